@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs distill's build dependencies from Debian packages. Idempotent: packages already
+# present are not touched, and apt-get runs only when something is missing.
+# The CUDA toolkit (nvcc, CUB/Thrust, cuBLAS) is used when present and never installed here.
+set -euo pipefail
+
+packages=(
+  cmake g++ make                 # build
+  libeigen3-dev                  # CPU GEMMs, interop
+  xtensor-dev                    # interop (tests)
+  catch2                         # tests (Catch2 2.x)
+  libbenchmark-dev               # distill_bench
+  libcli11-dev nlohmann-json3-dev  # flagship example: command line, results.json
+  libstb-dev                     # flagship example: PNG output
+  gnuplot-nox                    # flagship example: accuracy plots
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  [[ "$p" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "setup: all dependencies present"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -q
+"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
