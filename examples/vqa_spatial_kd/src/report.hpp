@@ -1,0 +1,441 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Results of the Sort-of-CLEVR runs: accuracy per question type, the final table, results.json,
+// curves.csv and a PNG plot of test accuracy per epoch (gnuplot).
+//
+// Metrics (9, in this order): the accuracy on each question type (shape, left, top, closest,
+// furthest, count), then on all non-relational questions, all relational questions, and all
+// questions. The kind accuracies are pooled over that kind's questions (correct / asked), as
+// Santoro et al. report them; with the generator's balanced mix (4/3/3 subtypes per image) they
+// are within a hair of the mean of the three subtype accuracies. Accuracies are fractions in
+// [0, 1] in the code, results.json and curves.csv, and percentages in the printed table.
+//
+// Over seeds: mean and sample standard deviation (n − 1 in the denominator); with one seed the
+// standard deviation is undefined: NaN in the code, null in results.json, omitted in the table.
+// NaN values (a question type a test set did not ask) are left out of the mean.
+//
+// Files
+//   results.json  {"config": <as given>, "accuracy_unit": ..., "std_definition": ..., "metrics": [9 names],
+//                  "models": [{"name", "test_accuracy": {metric: {"mean", "std", "n"}},
+//                              "train_seconds": {"mean", "std", "n"},
+//                              "seeds": [{"seed", "test_accuracy": {metric: value}, "train_seconds"}]}]}
+//   curves.csv    model,seed,epoch,test_overall,test_non_relational,test_relational,seconds
+//                 (one row per model, seed and epoch; seconds = training time so far)
+//   curves.png    test accuracy per epoch (overall, non-relational, relational), mean over seeds,
+//                 one line per model, drawn by gnuplot (pngcairo when gnuplot has it, else png);
+//                 the script is kept beside it as curves.gp. Without gnuplot the plot is skipped
+//                 with a message; everything else is still written.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sort_of_clevr.hpp"
+
+namespace vqa {
+
+inline constexpr int metric_count = question_type_count + 3;
+inline constexpr int metric_non_relational = question_type_count;  // index 6
+inline constexpr int metric_relational = question_type_count + 1;  // index 7
+inline constexpr int metric_overall = question_type_count + 2;     // index 8
+inline constexpr std::array<std::string_view, metric_count> metric_keys = {
+    "shape", "left", "top", "closest", "furthest", "count", "non_relational", "relational", "overall"};
+inline constexpr std::array<std::string_view, metric_count> metric_titles = {
+    "shape", "left", "top", "closest", "furthest", "count", "non-rel", "relational", "overall"};
+
+using accuracy_metrics = std::array<double, metric_count>;
+
+/// Counts right answers per question type.
+struct accuracy_counter {
+  std::array<std::int64_t, question_type_count> correct{}, asked{};
+
+  void add(question_type t, bool right) {
+    ++asked[static_cast<int>(t)];
+    correct[static_cast<int>(t)] += right ? 1 : 0;
+  }
+  void add(const question& q, int predicted_answer) { add(q.type, predicted_answer == q.answer); }
+  void merge(const accuracy_counter& o) {
+    for (int t = 0; t < question_type_count; ++t) correct[t] += o.correct[t], asked[t] += o.asked[t];
+  }
+  /// Accuracy over the types [first, last); NaN when none was asked.
+  double accuracy_over(int first, int last) const {
+    std::int64_t c = 0, n = 0;
+    for (int t = first; t < last; ++t) c += correct[t], n += asked[t];
+    return n > 0 ? static_cast<double>(c) / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
+  }
+  double accuracy(question_type t) const { return accuracy_over(static_cast<int>(t), static_cast<int>(t) + 1); }
+  double non_relational() const { return accuracy_over(0, subtypes_per_kind); }
+  double relational() const { return accuracy_over(subtypes_per_kind, question_type_count); }
+  double overall() const { return accuracy_over(0, question_type_count); }
+  accuracy_metrics metrics() const {
+    accuracy_metrics m{};
+    for (int t = 0; t < question_type_count; ++t) m[t] = accuracy(static_cast<question_type>(t));
+    m[metric_non_relational] = non_relational();
+    m[metric_relational] = relational();
+    m[metric_overall] = overall();
+    return m;
+  }
+};
+
+struct seed_result {
+  std::uint64_t seed = 0;
+  accuracy_metrics test{};  // final test accuracies
+  double train_seconds = 0;
+};
+
+/// One model's runs, one per seed.
+struct model_result {
+  std::string name;
+  std::vector<seed_result> seeds;
+};
+
+struct mean_std {
+  double mean = std::numeric_limits<double>::quiet_NaN();
+  double stddev = std::numeric_limits<double>::quiet_NaN();  // sample standard deviation; NaN for n < 2
+  std::size_t n = 0;                                         // values used (NaNs are left out)
+};
+
+inline mean_std summarize(std::span<const double> values) {
+  mean_std r;
+  double sum = 0;
+  for (double v : values)
+    if (!std::isnan(v)) sum += v, ++r.n;
+  if (r.n == 0) return r;
+  r.mean = sum / static_cast<double>(r.n);
+  if (r.n < 2) return r;
+  double ss = 0;
+  for (double v : values)
+    if (!std::isnan(v)) ss += (v - r.mean) * (v - r.mean);
+  r.stddev = std::sqrt(ss / static_cast<double>(r.n - 1));
+  return r;
+}
+
+/// Mean ± std over a model's seeds of each metric.
+inline std::array<mean_std, metric_count> summarize_accuracy(const model_result& m) {
+  std::array<mean_std, metric_count> out;
+  for (int k = 0; k < metric_count; ++k) {
+    std::vector<double> v;
+    for (const auto& s : m.seeds) v.push_back(s.test[k]);
+    out[k] = summarize(v);
+  }
+  return out;
+}
+
+inline mean_std summarize_train_seconds(const model_result& m) {
+  std::vector<double> v;
+  for (const auto& s : m.seeds) v.push_back(s.train_seconds);
+  return summarize(v);
+}
+
+// ---- the printed table ------------------------------------------------------------------------
+
+namespace report_detail {
+
+/// Display width of UTF-8 text (code points; the table's only non-ASCII character is "±").
+inline std::size_t display_width(std::string_view s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+inline std::string pad_right(const std::string& s, std::size_t w) { return s + std::string(w > display_width(s) ? w - display_width(s) : 0, ' '); }
+inline std::string pad_left(const std::string& s, std::size_t w) { return std::string(w > display_width(s) ? w - display_width(s) : 0, ' ') + s; }
+
+inline std::string fixed(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+/// "97.3 ± 0.4" (percent), "97.3" with one seed, "n/a" without values.
+inline std::string percent_cell(const mean_std& m) {
+  if (m.n == 0) return "n/a";
+  std::string s = fixed(100 * m.mean, 1);
+  if (!std::isnan(m.stddev)) s += " ± " + fixed(100 * m.stddev, 1);
+  return s;
+}
+
+inline std::string seconds_cell(const mean_std& m) {
+  if (m.n == 0) return "n/a";
+  const int d = m.mean >= 100 ? 0 : 1;
+  std::string s = fixed(m.mean, d);
+  if (!std::isnan(m.stddev)) s += " ± " + fixed(m.stddev, d);
+  return s + " s";
+}
+
+}  // namespace report_detail
+
+/// The final table: test accuracy (%) per question type, the two kinds and overall, mean ± std
+/// over seeds, and training time per seed, one row per model. Plain aligned text (UTF-8 "±").
+inline std::string format_results_table(std::span<const model_result> models) {
+  using namespace report_detail;
+  std::size_t seeds = 0, name_w = 5;
+  for (const auto& m : models) seeds = std::max(seeds, m.seeds.size()), name_w = std::max(name_w, display_width(m.name));
+  name_w += 2;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& m : models) {
+    const auto acc = summarize_accuracy(m);
+    std::vector<std::string> r;
+    for (int k = 0; k < metric_count; ++k) r.push_back(percent_cell(acc[k]));
+    r.push_back(seconds_cell(summarize_train_seconds(m)));
+    rows.push_back(std::move(r));
+  }
+  std::vector<std::string> titles(metric_titles.begin(), metric_titles.end());
+  titles.push_back("train time");
+  std::vector<std::size_t> w(titles.size());
+  for (std::size_t k = 0; k < titles.size(); ++k) {
+    w[k] = display_width(titles[k]);
+    for (const auto& r : rows) w[k] = std::max(w[k], display_width(r[k]));
+  }
+  // Groups: the three non-relational types | the three relational types | kinds and overall | time.
+  auto sep = [](std::size_t k) { return (k == 3 || k == 6 || k == 9) ? " | " : "  "; };
+  std::ostringstream os;
+  os << "Test accuracy (%) by question type, mean ± std over " << seeds << (seeds == 1 ? " seed" : " seeds")
+     << "; train time per seed\n";
+  std::string group = pad_right("", name_w) + pad_right("non-relational", w[0] + w[1] + w[2] + 4) + " | " +
+                      pad_right("relational", w[3] + w[4] + w[5] + 4) + " | " + pad_right("all", w[6] + w[7] + w[8] + 4) + " |";
+  os << group << "\n";
+  std::string head = pad_right("model", name_w);
+  for (std::size_t k = 0; k < titles.size(); ++k) head += (k ? sep(k) : "") + pad_left(titles[k], w[k]);
+  os << head << "\n" << std::string(display_width(head), '-') << "\n";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    std::string line = pad_right(models[i].name, name_w);
+    for (std::size_t k = 0; k < rows[i].size(); ++k) line += (k ? sep(k) : "") + pad_left(rows[i][k], w[k]);
+    os << line << "\n";
+  }
+  return os.str();
+}
+
+// ---- results.json -----------------------------------------------------------------------------
+
+/// results.json keeps its keys in the order written (config first, metrics in table order).
+using results_json_t = nlohmann::ordered_json;
+
+inline results_json_t number_or_null(double v) { return std::isnan(v) ? results_json_t() : results_json_t(v); }
+
+inline results_json_t to_json(const mean_std& m) {
+  results_json_t j;
+  j["mean"] = number_or_null(m.mean);
+  j["std"] = number_or_null(m.stddev);
+  j["n"] = m.n;
+  return j;
+}
+
+/// results.json's contents: the configuration as given (a nlohmann::json or ordered_json), then
+/// per model the summaries over seeds and each seed's numbers.
+inline results_json_t results_json(const results_json_t& config, std::span<const model_result> models) {
+  results_json_t j;
+  j["config"] = config;
+  j["accuracy_unit"] = "fraction of test questions answered correctly, in [0, 1]";
+  j["std_definition"] = "sample standard deviation over seeds (n - 1); null with one seed";
+  j["metrics"] = results_json_t::array();
+  for (auto k : metric_keys) j["metrics"].push_back(std::string(k));
+  j["models"] = results_json_t::array();
+  for (const auto& m : models) {
+    results_json_t jm;
+    jm["name"] = m.name;
+    const auto acc = summarize_accuracy(m);
+    for (int k = 0; k < metric_count; ++k) jm["test_accuracy"][std::string(metric_keys[k])] = to_json(acc[k]);
+    jm["train_seconds"] = to_json(summarize_train_seconds(m));
+    jm["seeds"] = results_json_t::array();
+    for (const auto& s : m.seeds) {
+      results_json_t js;
+      js["seed"] = s.seed;
+      for (int k = 0; k < metric_count; ++k) js["test_accuracy"][std::string(metric_keys[k])] = number_or_null(s.test[k]);
+      js["train_seconds"] = s.train_seconds;
+      jm["seeds"].push_back(js);
+    }
+    j["models"].push_back(jm);
+  }
+  return j;
+}
+
+/// Writes text to a file (creating its folder); throws std::runtime_error on failure.
+inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
+  std::error_code ec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+inline void write_results_json(const std::filesystem::path& path, const results_json_t& config, std::span<const model_result> models) {
+  write_text_file(path, results_json(config, models).dump(2) + "\n");
+}
+
+// ---- curves.csv -------------------------------------------------------------------------------
+
+/// One evaluation on the test set after an epoch.
+struct curve_point {
+  std::string model;
+  std::uint64_t seed = 0;
+  int epoch = 0;  // 1-based
+  double overall = 0, non_relational = 0, relational = 0;
+  double seconds = 0;  // training time so far
+};
+
+inline curve_point make_curve_point(std::string model, std::uint64_t seed, int epoch, const accuracy_metrics& m, double seconds) {
+  return {std::move(model), seed, epoch, m[metric_overall], m[metric_non_relational], m[metric_relational], seconds};
+}
+
+/// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
+inline std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+inline std::string curves_csv(std::span<const curve_point> points) {
+  std::string out = "model,seed,epoch,test_overall,test_non_relational,test_relational,seconds\n";
+  char buf[160];
+  for (const auto& p : points) {
+    std::snprintf(buf, sizeof buf, ",%llu,%d,%.6g,%.6g,%.6g,%.3f\n", static_cast<unsigned long long>(p.seed), p.epoch, p.overall,
+                  p.non_relational, p.relational, p.seconds);
+    out += csv_field(p.model) + buf;
+  }
+  return out;
+}
+
+inline void write_curves_csv(const std::filesystem::path& path, std::span<const curve_point> points) {
+  write_text_file(path, curves_csv(points));
+}
+
+// ---- the plot (gnuplot) -----------------------------------------------------------------------
+
+/// Mean over seeds of each model's curve: model → (epoch → {overall, non-rel, rel}), models in
+/// order of first appearance.
+struct mean_curve {
+  std::string model;
+  std::map<int, std::array<double, 3>> by_epoch;
+};
+
+inline std::vector<mean_curve> mean_curves(std::span<const curve_point> points) {
+  std::vector<mean_curve> out;
+  std::vector<std::map<int, std::array<double, 4>>> sums;  // overall, non-rel, rel, count
+  for (const auto& p : points) {
+    auto it = std::find_if(out.begin(), out.end(), [&](const mean_curve& c) { return c.model == p.model; });
+    if (it == out.end()) {
+      out.push_back({p.model, {}});
+      sums.emplace_back();
+      it = out.end() - 1;
+    }
+    auto& s = sums[static_cast<std::size_t>(it - out.begin())][p.epoch];
+    s[0] += p.overall, s[1] += p.non_relational, s[2] += p.relational, s[3] += 1;
+  }
+  for (std::size_t i = 0; i < out.size(); ++i)
+    for (const auto& [epoch, s] : sums[i]) out[i].by_epoch[epoch] = {s[0] / s[3], s[1] / s[3], s[2] / s[3]};
+  return out;
+}
+
+namespace report_detail {
+inline std::string gnuplot_double_quoted(const std::string& s) {
+  std::string q = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') q += '\\';
+    q += c;
+  }
+  return q + "\"";
+}
+inline std::string gnuplot_single_quoted(const std::string& s) {  // '' stands for ' inside '...'
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("''") : std::string(1, c);
+  return q + "'";
+}
+inline std::string shell_quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+}  // namespace report_detail
+
+/// The gnuplot script that draws the mean curves into `png` (a self-contained file: the data are
+/// inline datablocks). pngcairo is used when this gnuplot has it, the libgd png terminal otherwise.
+inline std::string gnuplot_script(std::span<const curve_point> points, const std::filesystem::path& png) {
+  using namespace report_detail;
+  const auto curves = mean_curves(points);
+  std::ostringstream os;
+  os << "# Sort-of-CLEVR test accuracy per epoch, mean over seeds (written by vqa_spatial_kd; rerun: gnuplot <this file>)\n"
+     << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n  set terminal pngcairo size 1500,480 noenhanced\n} else {\n"
+     << "  set terminal png size 1500,480 noenhanced\n}\n"
+     << "set output " << gnuplot_single_quoted(png.string()) << "\n";
+  char buf[128];
+  for (std::size_t i = 0; i < curves.size(); ++i) {
+    os << "$m" << i << " << EOD\n";
+    for (const auto& [epoch, v] : curves[i].by_epoch) {
+      std::snprintf(buf, sizeof buf, "%d %.6g %.6g %.6g\n", epoch, v[0], v[1], v[2]);
+      os << buf;
+    }
+    os << "EOD\n";
+  }
+  os << "set multiplot layout 1,3 title \"Sort-of-CLEVR: test accuracy per epoch (mean over seeds)\"\n"
+     << "set xlabel \"epoch\"\nset ylabel \"accuracy (%)\"\nset yrange [0:100]\nset grid\nset key bottom right\n";
+  const char* titles[3] = {"all questions", "non-relational", "relational"};
+  for (int panel = 0; panel < 3; ++panel) {
+    os << "set title \"" << titles[panel] << "\"\nplot ";
+    if (curves.empty()) os << "NaN notitle";
+    for (std::size_t i = 0; i < curves.size(); ++i)
+      os << (i ? ", \\\n     " : "") << "$m" << i << " using 1:(100*$" << panel + 2 << ") with linespoints lw 2 title "
+         << gnuplot_double_quoted(curves[i].model);
+    os << "\n";
+  }
+  os << "unset multiplot\nset output\n";
+  return os.str();
+}
+
+struct plot_result {
+  bool written = false;
+  std::string message;  // what happened (for the log)
+};
+
+/// Draws the mean test-accuracy curves into `png` with gnuplot, keeping the script beside it
+/// (same name, .gp). Without gnuplot (or when it fails) nothing is thrown: the result says why.
+inline plot_result plot_curves(std::span<const curve_point> points, const std::filesystem::path& png,
+                               const std::string& gnuplot = "gnuplot") {
+  using namespace report_detail;
+  plot_result r;
+  std::filesystem::path script = png;
+  script.replace_extension(".gp");
+  try {
+    write_text_file(script, gnuplot_script(points, png));
+  } catch (const std::exception& e) {
+    r.message = std::string("plot skipped: ") + e.what();
+    return r;
+  }
+  if (std::system(("command -v " + shell_quoted(gnuplot) + " > /dev/null 2>&1").c_str()) != 0) {
+    r.message = "plot skipped: " + gnuplot + " not found (install gnuplot, e.g. Debian's gnuplot-nox); the script is " +
+                script.string() + ", the numbers are in curves.csv";
+    return r;
+  }
+  std::filesystem::path log = png;
+  log += ".gnuplot.log";
+  std::error_code ec;
+  std::filesystem::remove(png, ec);
+  const int rc = std::system((shell_quoted(gnuplot) + " " + shell_quoted(script.string()) + " > " + shell_quoted(log.string()) + " 2>&1").c_str());
+  const bool exists = std::filesystem::exists(png, ec) && std::filesystem::file_size(png, ec) > 0;
+  if (rc != 0 || !exists) {
+    r.message = "plot failed: " + gnuplot + " " + script.string() + " (exit status " + std::to_string(rc) + "), see " + log.string();
+    return r;
+  }
+  std::filesystem::remove(log, ec);
+  r.written = true;
+  r.message = "plot written to " + png.string();
+  return r;
+}
+
+}  // namespace vqa

@@ -1,0 +1,594 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+//! @file
+//! Attention-distribution losses between a student's and a teacher's attention maps (DistillVLM,
+//! Fang et al. ICCV 2021: MSE on the attention distributions; TinyBERT / MiniLM: per-head
+//! attention transfer with KL; head mappings when the head counts differ).
+//!
+//! Inputs: student S [B, H_s, L_q, L_k] and teacher T [B, H_t, L_q, L_k], each given either as
+//! logits (pre-softmax scores; the softmax over the valid keys is fused into the loss pass and
+//! never stored) or as probabilities (post-softmax, used as given). Optional masks: key_mask
+//! [B, L_k] and query_mask [B, L_q] (uint8, nonzero = valid). For the row r = (b, h, i) of a
+//! valid query, with K_b the valid keys of sample b:
+//!
+//!   p_s[j]  = softmax_{K_b}(S_{b,h,i,:})[j]  or  S_{b,h,i,j}               (j in K_b; 0 elsewhere)
+//!   p_t[j]  = mean_{g in T(h)} softmax_{K_b}(T_{b,g,i,:})[j]  (or the probabilities themselves)
+//!             T(h) = {h} (one_to_one), {m(h)} (index: teacher_heads[h]),
+//!                    {hG, ..., hG+G-1} with G = H_t / H_s (group_mean: a 12-head teacher
+//!                    teaches a 4-head student through the mean of each group of 3 heads)
+//!   mse:                 l_r = sum_{j in K_b} (p_s[j] - p_t[j])^2
+//!   kl_teacher_student:  l_r = sum_{j in K_b} p_t[j] (log p_t[j] - log p_s[j])   (0 log 0 = 0)
+//!
+//! Reductions (over rows): none writes l_r per row (B*H_s*L_q, row-major, 0 for masked rows);
+//! sum = sum_r l_r; batchmean = sum / B; mean = sum / |V| where |V| is, for mse, the number of
+//! valid elements H_s * sum_b nq_b * nk_b (this is F.mse_loss's mean when nothing is masked) and,
+//! for kl, the number of valid rows H_s * sum_b nq_b * [nk_b > 0].
+//!
+//! Gradient (to the student only), c = grad_scale / divisor:
+//!   mse,  probabilities:  dL/dS_j = 2c (p_s[j] - p_t[j])
+//!   mse,  logits:         g_j = 2c (p_s[j] - p_t[j]);  dL/dS_j = p_s[j] (g_j - sum_k p_s[k] g_k)   (B1)
+//!   kl,   probabilities:  dL/dS_j = -c p_t[j] / p_s[j]      (0 where p_t[j] = 0)
+//!   kl,   logits:         dL/dS_j = c (p_s[j] sum_k p_t[k] - p_t[j])
+//! and 0 at masked keys and masked query rows.
+//!
+//! Numbers: -inf logits are zero probability. A row with no valid key (key mask all zero) or a
+//! masked query row contributes 0 loss and 0 gradient and is left out of `mean`'s divisor (both
+//! backends; the CUDA path cannot report it without synchronising, so neither does the CPU one).
+//! A row whose valid logits are all -inf is the zero vector (not a distribution): with kl and a
+//! teacher that has mass there, the loss is +inf. Probabilities are not renormalised after
+//! masking. NaN in a row gives NaN in that row's loss and gradient (and in the reduced loss).
+//!
+//! In place: grad_student may be the very view of the student (same pointer and strides); the
+//! gradient then overwrites the logits or probabilities and no extra buffer is needed.
+//!
+//! Entry points (CPU here, CUDA in kernels/distill/cuda/attention_map.cuh, which adds a
+//! workspace of attention_map_workspace_size() bytes before `opt`):
+//!   attention_map_mse_forward(ctx, student, teacher, masks, loss, opt)
+//!   attention_map_mse_backward(ctx, student, teacher, masks, grad_student, opt)
+//!   attention_map_mse_forward_backward(ctx, student, teacher, masks, loss, grad_student, opt)
+//!   attention_map_kl_teacher_student_{forward, backward, forward_backward}(same arguments)
+//! `masks` is attention_masks<Space>{key_mask, query_mask}; pass {} for none.
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "distill/core/checks.hpp"
+#include "distill/core/config.hpp"
+#include "distill/core/context.hpp"
+#include "distill/core/dtype.hpp"
+#include "distill/core/math.hpp"
+#include "distill/core/parallel.hpp"
+#include "distill/core/reduction.hpp"
+#include "distill/core/status.hpp"
+#include "distill/core/tensor_view.hpp"
+
+namespace distill {
+
+/// What an attention tensor holds.
+enum class attention_input {
+  logits,         ///< pre-softmax scores (softmax over the valid keys is taken inside the loss)
+  probabilities,  ///< post-softmax rows, used as given
+};
+
+/// Which teacher head(s) teach student head h.
+enum class attention_head_map {
+  one_to_one,  ///< teacher head h (H_t == H_s)
+  index,       ///< teacher head teacher_heads[h]
+  group_mean,  ///< mean of the teacher distributions of heads h*G .. h*G+G-1, G = H_t / H_s
+};
+
+struct attention_map_options {
+  attention_input student_input = attention_input::logits;
+  attention_input teacher_input = attention_input::logits;
+  attention_head_map head_map = attention_head_map::one_to_one;
+  std::span<const int> teacher_heads = {};  ///< head_map index: H_s entries in [0, H_t), host memory
+  reduction red = reduction::mean;          ///< see the file comment for each divisor
+  double grad_scale = 1.0;                  ///< upstream gradient of the loss
+  bool accumulate = false;                  ///< add into grad_student instead of overwriting it
+};
+
+/// Optional masks; an absent view means "all valid". Nonzero bytes are valid (a torch bool
+/// tensor's storage works as is).
+template <class Space = host_space>
+struct attention_masks {
+  tensor_view<const std::uint8_t, 2, Space> key;    ///< [B, L_k] key padding mask
+  tensor_view<const std::uint8_t, 2, Space> query;  ///< [B, L_q] valid query rows
+};
+
+namespace attention_map_detail {
+
+/// Which loss an entry point computes (each has its own public name).
+enum class divergence { mse, kl_teacher_student };
+
+// ---- scalar math shared by the CPU loops and the CUDA kernels ----
+
+/// Loss term of one key: (p_s - p_t)^2, or p_t (log p_t - log p_s) with 0 log 0 = 0.
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc mse_term(Acc ps, Acc pt) noexcept {
+  const Acc d = ps - pt;
+  return d * d;
+}
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_term(Acc pt, Acc log_pt, Acc log_ps) noexcept {
+  return pt == Acc(0) ? Acc(0) : pt * (log_pt - log_ps);
+}
+
+/// Gradient of one key. `dot` is sum_k p_s[k] g_k (mse, logits) and `teacher_mass` sum_k p_t[k]
+/// (kl, logits); `c` = grad_scale / divisor.
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc mse_upstream(Acc ps, Acc pt, Acc c) noexcept {
+  return Acc(2) * c * (ps - pt);
+}
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc softmax_backward(Acc ps, Acc g, Acc dot) noexcept {
+  return ps * (g - dot);
+}
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_grad_logits(Acc ps, Acc pt, Acc teacher_mass, Acc c) noexcept {
+  return c * (ps * teacher_mass - pt);
+}
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_grad_probabilities(Acc ps, Acc pt, Acc c) noexcept {
+  return pt == Acc(0) ? Acc(0) : -c * pt / ps;
+}
+
+/// Divisor of the reduction from the valid-key count nk_b and valid-query count nq_b summed the
+/// way the file comment says (`valid` = H_s * sum_b nq_b * nk_b for mse, H_s * sum_b nq_b * [nk_b > 0]
+/// for kl).
+inline double divisor(reduction red, double valid, index_t batch) noexcept {
+  switch (red) {
+    case reduction::mean: return valid;
+    case reduction::batchmean: return static_cast<double>(batch);
+    default: return 1.0;
+  }
+}
+
+// ---- validation, shared by both backends ----
+
+template <class VS, class VT, class Space>
+status check_inputs(const char* fn, const VS& student, const VT& teacher, const attention_masks<Space>& masks,
+                    const attention_map_options& opt, index_t max_index_heads) {
+  DISTILL_TRY(check_present(fn, "student", student));
+  DISTILL_TRY(check_present(fn, "teacher", teacher));
+  DISTILL_TRY(check_nonempty(fn, "student", student));
+  DISTILL_TRY(check_nonempty(fn, "teacher", teacher));
+  DISTILL_TRY(check_strides(fn, "student", student));
+  DISTILL_TRY(check_strides(fn, "teacher", teacher));
+  DISTILL_TRY(check_aligned(fn, "student", student));
+  DISTILL_TRY(check_aligned(fn, "teacher", teacher));
+  const index_t B = student.extent(0), Hs = student.extent(1), Lq = student.extent(2), Lk = student.extent(3);
+  const index_t Ht = teacher.extent(1);
+  if (teacher.extent(0) != B || teacher.extent(2) != Lq || teacher.extent(3) != Lk)
+    return fail(errc::shape_mismatch, fn,
+                "'teacher' has shape " + check_detail::shape_of(teacher) + " but 'student' has shape " +
+                    check_detail::shape_of(student) + " (batch, query and key lengths must agree; heads may differ)");
+  switch (opt.head_map) {
+    case attention_head_map::one_to_one:
+      if (Ht != Hs)
+        return fail(errc::shape_mismatch, fn,
+                    "'teacher' has " + std::to_string(Ht) + " heads but 'student' has " + std::to_string(Hs) +
+                        " (head_map one_to_one needs equal counts; use group_mean or index)");
+      if (!opt.teacher_heads.empty())
+        return fail(errc::invalid_argument, fn, "'teacher_heads' is given but head_map is one_to_one (use index)");
+      break;
+    case attention_head_map::group_mean:
+      if (Ht % Hs != 0)
+        return fail(errc::shape_mismatch, fn,
+                    "'teacher' has " + std::to_string(Ht) + " heads, not a multiple of the student's " +
+                        std::to_string(Hs) + " (head_map group_mean averages groups of H_t / H_s teacher heads)");
+      if (!opt.teacher_heads.empty())
+        return fail(errc::invalid_argument, fn, "'teacher_heads' is given but head_map is group_mean (use index)");
+      break;
+    case attention_head_map::index:
+      if (static_cast<index_t>(opt.teacher_heads.size()) != Hs)
+        return fail(errc::invalid_argument, fn,
+                    "'teacher_heads' has " + std::to_string(opt.teacher_heads.size()) + " entries, expected one per student head (" +
+                        std::to_string(Hs) + ")");
+      if (Hs > max_index_heads)
+        return fail(errc::invalid_argument, fn,
+                    "head_map index supports at most " + std::to_string(max_index_heads) + " student heads here, got " +
+                        std::to_string(Hs));
+      for (std::size_t h = 0; h < opt.teacher_heads.size(); ++h)
+        if (opt.teacher_heads[h] < 0 || opt.teacher_heads[h] >= Ht)
+          return fail(errc::invalid_argument, fn,
+                      "'teacher_heads[" + std::to_string(h) + "]' is " + std::to_string(opt.teacher_heads[h]) +
+                          ", outside the teacher's heads [0, " + std::to_string(Ht) + ")");
+      break;
+    default: return fail(errc::invalid_argument, fn, "'head_map' is not a valid attention_head_map");
+  }
+  if (opt.student_input != attention_input::logits && opt.student_input != attention_input::probabilities)
+    return fail(errc::invalid_argument, fn, "'student_input' is not a valid attention_input");
+  if (opt.teacher_input != attention_input::logits && opt.teacher_input != attention_input::probabilities)
+    return fail(errc::invalid_argument, fn, "'teacher_input' is not a valid attention_input");
+  if (opt.red != reduction::none && opt.red != reduction::sum && opt.red != reduction::mean &&
+      opt.red != reduction::batchmean)
+    return fail(errc::invalid_argument, fn, "'red' is not a valid reduction");
+  if (!std::isfinite(opt.grad_scale))
+    return fail(errc::invalid_argument, fn, "'grad_scale' must be finite, got " + check_detail::num(opt.grad_scale));
+  if (!masks.key.empty()) {
+    DISTILL_TRY(check_shape(fn, "key_mask", masks.key, {B, Lk}));
+    DISTILL_TRY(check_strides(fn, "key_mask", masks.key));
+  }
+  if (!masks.query.empty()) {
+    DISTILL_TRY(check_shape(fn, "query_mask", masks.query, {B, Lq}));
+    DISTILL_TRY(check_strides(fn, "query_mask", masks.query));
+  }
+  return {};
+}
+
+template <class VL>
+status check_loss(const char* fn, const VL& loss, index_t rows, reduction red) {
+  DISTILL_TRY(check_present(fn, "loss", loss));
+  DISTILL_TRY(check_strides(fn, "loss", loss));
+  DISTILL_TRY(check_aligned(fn, "loss", loss));
+  const index_t want = red == reduction::none ? rows : 1;
+  if (loss.extent(0) != want)
+    return fail(errc::shape_mismatch, fn,
+                "'loss' has extent " + std::to_string(loss.extent(0)) + ", expected " + std::to_string(want) +
+                    (red == reduction::none ? " (one loss per row B*H_s*L_q with reduction none)" : " (a reduced loss)"));
+  return {};
+}
+
+template <class VG, class VS>
+status check_grad(const char* fn, const VG& grad, const VS& student) {
+  DISTILL_TRY(check_present(fn, "grad_student", grad));
+  DISTILL_TRY(check_same_shape(fn, "grad_student", grad, "student", student));
+  DISTILL_TRY(check_strides(fn, "grad_student", grad));
+  DISTILL_TRY(check_aligned(fn, "grad_student", grad));
+  return {};
+}
+
+// ---- CPU path ----
+
+/// exp for float written as plain arithmetic so loops over it vectorise (std::exp does not
+/// without -ffast-math). Range reduction x = k ln2 + r, |r| <= ln2/2, degree-6 polynomial:
+/// about 2 ulp. exp(-inf) = 0, exp(NaN) = NaN, underflow flushes to 0 below -87.3.
+inline float exp_vectorizable(float x) noexcept {
+  constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  const float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  const float xs = x == x ? xc : 0.0f;
+  const float kf = (xs * log2e + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xs - kf * ln2_hi) - kf * ln2_lo;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const std::int32_t ki = static_cast<std::int32_t>(kf);
+  const float scale = std::bit_cast<float>(static_cast<std::int32_t>((ki + 127) << 23));
+  float y = p * scale;
+  y = x < -87.3f ? 0.0f : y;
+  y = x > 88.7f ? std::numeric_limits<float>::infinity() : y;
+  return x == x ? y : x;
+}
+
+template <class Acc>
+inline Acc exp_cpu(Acc x) noexcept {
+  if constexpr (std::is_same_v<Acc, float>) return exp_vectorizable(x);
+  else return std::exp(x);
+}
+
+constexpr int lanes = 16;
+
+/// Pairwise combination of the 16 lanes (a tree through fresh arrays: short latency, and
+/// compilers keep it in vector registers).
+template <class Acc, class Op>
+DISTILL_FORCEINLINE Acc fold_lanes(const Acc (&a)[lanes], Op op) noexcept {
+  Acc b[8], c[4];
+  for (int k = 0; k < 8; ++k) b[k] = op(a[k], a[k + 8]);
+  for (int k = 0; k < 4; ++k) c[k] = op(b[k], b[k + 4]);
+  return op(op(c[0], c[2]), op(c[1], c[3]));
+}
+template <class Acc>
+DISTILL_FORCEINLINE Acc fold_lanes(const Acc (&a)[lanes]) noexcept {
+  return fold_lanes(a, [](Acc x, Acc y) { return x + y; });
+}
+
+/// sum_j f(j) over [0, n) in 16 independent partial sums, so loops vectorise without
+/// reassociation flags (f may also store per-element results). Deterministic.
+template <class Acc, class F>
+DISTILL_FORCEINLINE Acc lanes_reduce(index_t n, F&& f) noexcept {
+  Acc acc[lanes] = {};
+  index_t j = 0;
+  for (; j + lanes <= n; j += lanes)
+    for (int k = 0; k < lanes; ++k) acc[k] += f(j + k);
+  for (int k = 0; k < lanes && j < n; ++j, ++k) acc[k] += f(j);
+  return fold_lanes(acc);
+}
+/// Two sums at once: f(j, a, b) adds its terms to a and b.
+template <class Acc, class F>
+DISTILL_FORCEINLINE void lanes_reduce2(index_t n, Acc& sum_a, Acc& sum_b, F&& f) noexcept {
+  Acc a[lanes] = {}, b[lanes] = {};
+  index_t j = 0;
+  for (; j + lanes <= n; j += lanes)
+    for (int k = 0; k < lanes; ++k) f(j + k, a[k], b[k]);
+  for (int k = 0; k < lanes && j < n; ++j, ++k) f(j, a[k], b[k]);
+  sum_a = fold_lanes(a);
+  sum_b = fold_lanes(b);
+}
+/// Reads row `src` (stride `sk`) into `x`, masked keys replaced by `masked_value`, and returns
+/// the maximum of what it stored (NaN skipped).
+template <class Acc, class T>
+Acc load_row(const T* src, index_t sk, index_t n, const std::uint8_t* km, index_t skm, Acc masked_value, Acc* x) {
+  Acc acc[lanes];
+  for (int k = 0; k < lanes; ++k) acc[k] = neg_infinity<Acc>();
+  auto body = [&](index_t j, Acc& m, Acc v) {
+    if (km) v = km[j * skm] ? v : masked_value;
+    x[j] = v;
+    m = v > m ? v : m;
+  };
+  index_t j = 0;
+  if (sk == 1) {
+    for (; j + lanes <= n; j += lanes)
+      for (int k = 0; k < lanes; ++k) body(j + k, acc[k], load<Acc>(src[j + k]));
+  }
+  for (int k = 0; j < n; ++j, k = (k + 1) % lanes) body(j, acc[k], load<Acc>(src[j * sk]));
+  return fold_lanes(acc, [](Acc a, Acc b) { return b > a ? b : a; });
+}
+
+/// Softmax statistics of a row x (logits, -inf at masked keys) with maximum m: p = exp(x - m)
+/// (unnormalised, one exp per key), scale = 1 / sum p, lse = log-sum-exp. A row with no finite
+/// mass has p = 0, scale = 0, lse = -inf, unless it holds NaN, which then spreads.
+template <class Acc>
+struct softmax_stats {
+  Acc scale;
+  Acc lse;
+};
+template <class Acc>
+softmax_stats<Acc> softmax_row(const Acc* x, Acc m, Acc* p, index_t n, bool want_lse = true) {
+  if (m == neg_infinity<Acc>()) {  // no mass, unless the maximum skipped NaNs
+    bool nan = false;
+    for (index_t j = 0; j < n; ++j) nan |= x[j] != x[j];
+    const Acc fill = nan ? std::numeric_limits<Acc>::quiet_NaN() : Acc(0);
+    for (index_t j = 0; j < n; ++j) p[j] = fill;
+    return {fill, nan ? fill : neg_infinity<Acc>()};
+  }
+  const Acc sum = lanes_reduce<Acc>(n, [&](index_t j) { return p[j] = exp_cpu(x[j] - m); });
+  return {Acc(1) / sum, want_lse ? m + std::log(sum) : Acc(0)};
+}
+
+/// Everything a row needs, resolved once per call.
+template <class TS, class TT, class TG>
+struct cpu_problem {
+  host_view<TS, 4> s;
+  host_view<TT, 4> t;
+  host_view<TG, 4> g;  // absent: no gradient
+  attention_masks<host_space> masks;
+  divergence div;
+  bool s_logits, t_logits;
+  attention_head_map head_map;
+  std::span<const int> heads;
+  index_t group;  // teacher heads per student head
+};
+
+/// One row (b, h, i): returns l_r and writes the gradient row (scaled by c) when requested.
+/// Six passes over the keys in the common case: load + max and exp + sum for each side, one
+/// pass for the loss and the row sum, one that writes the gradient. Scratch: 5 rows of Lk.
+template <class Acc, class TS, class TT, class TG>
+Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, Acc c, bool accumulate, Acc* xs, Acc* ps,
+            Acc* xt, Acc* pt, Acc* e) {
+  const index_t Lk = P.s.extent(3);
+  const bool qvalid = P.masks.query.empty() || P.masks.query(b, i) != 0;
+  TG* grow = P.g.empty() ? nullptr : P.g.data() + b * P.g.stride(0) + h * P.g.stride(1) + i * P.g.stride(2);
+  const index_t sgk = P.g.empty() ? 0 : P.g.stride(3);
+  if (!qvalid) {
+    if (grow && !accumulate)
+      for (index_t j = 0; j < Lk; ++j) grow[j * sgk] = store<TG>(Acc(0));
+    return Acc(0);
+  }
+  const std::uint8_t* km = P.masks.key.empty() ? nullptr : P.masks.key.data() + b * P.masks.key.stride(0);
+  const index_t skm = P.masks.key.empty() ? 0 : P.masks.key.stride(1);
+  const bool kl = P.div == divergence::kl_teacher_student;
+
+  // Student: p_s[j] = ps[j] * s_scale; log p_s[j] = xs[j] - s_lse (logits).
+  const TS* srow = P.s.data() + b * P.s.stride(0) + h * P.s.stride(1) + i * P.s.stride(2);
+  Acc s_scale = 1, s_lse = 0;
+  if (P.s_logits) {
+    const Acc m = load_row(srow, P.s.stride(3), Lk, km, skm, neg_infinity<Acc>(), xs);
+    const auto st = softmax_row(xs, m, ps, Lk, kl);
+    s_scale = st.scale, s_lse = st.lse;
+  } else {
+    load_row(srow, P.s.stride(3), Lk, km, skm, Acc(0), ps);
+  }
+
+  // Teacher: p_t[j] = pt[j] * t_scale; log p_t[j] = xt[j] - t_lse when one logit head gives it
+  // exactly (kl), otherwise log(p_t).
+  const index_t nheads = P.head_map == attention_head_map::group_mean ? P.group : 1;
+  const bool exact_log_t = P.t_logits && nheads == 1 && kl;
+  Acc t_scale = 1, t_lse = 0;
+  auto teacher_row = [&](index_t k) {
+    const index_t th = P.head_map == attention_head_map::group_mean ? h * P.group + k
+                       : P.head_map == attention_head_map::index ? static_cast<index_t>(P.heads[static_cast<std::size_t>(h)])
+                                                                 : h;
+    return P.t.data() + b * P.t.stride(0) + th * P.t.stride(1) + i * P.t.stride(2);
+  };
+  if (nheads == 1) {
+    if (P.t_logits) {
+      const Acc m = load_row(teacher_row(0), P.t.stride(3), Lk, km, skm, neg_infinity<Acc>(), xt);
+      const auto st = softmax_row(xt, m, pt, Lk, exact_log_t);
+      t_scale = st.scale, t_lse = st.lse;
+    } else {
+      load_row(teacher_row(0), P.t.stride(3), Lk, km, skm, Acc(0), pt);
+    }
+  } else {
+    // Mean of the group's distributions (e: one more scratch row).
+    for (index_t j = 0; j < Lk; ++j) pt[j] = Acc(0);
+    for (index_t k = 0; k < nheads; ++k) {
+      if (P.t_logits) {
+        const Acc m = load_row(teacher_row(k), P.t.stride(3), Lk, km, skm, neg_infinity<Acc>(), xt);
+        const Acc sc = softmax_row(xt, m, e, Lk, false).scale;
+        for (index_t j = 0; j < Lk; ++j) pt[j] += e[j] * sc;
+      } else {
+        load_row(teacher_row(k), P.t.stride(3), Lk, km, skm, Acc(0), e);
+        for (index_t j = 0; j < Lk; ++j) pt[j] += e[j];
+      }
+    }
+    const Acc g = static_cast<Acc>(nheads);
+    for (index_t j = 0; j < Lk; ++j) pt[j] /= g;  // division: G copies of one distribution stay exact
+  }
+
+  // Loss pass: normalise p_s and p_t in place, add up the loss and the row sum (mse: sum p_s g;
+  // kl: teacher mass); mse keeps g_j in xt.
+  Acc loss = 0, aux = 0;
+  if (!kl) {
+    lanes_reduce2<Acc>(Lk, loss, aux, [&](index_t j, Acc& l, Acc& d) {
+      const Acc a = ps[j] * s_scale, t = pt[j] * t_scale;
+      const Acc gj = mse_upstream(a, t, c);
+      ps[j] = a;
+      xt[j] = gj;
+      l += mse_term(a, t);
+      d += a * gj;
+    });
+  } else {
+    const bool s_empty = s_lse == neg_infinity<Acc>(), t_empty = t_lse == neg_infinity<Acc>();
+    lanes_reduce2<Acc>(Lk, loss, aux, [&](index_t j, Acc& l, Acc& mass) {
+      const Acc a = ps[j] * s_scale, t = pt[j] * t_scale;
+      const Acc log_ps = P.s_logits ? (s_empty ? neg_infinity<Acc>() : xs[j] - s_lse) : std::log(a);
+      const Acc log_pt = exact_log_t ? (t_empty ? neg_infinity<Acc>() : xt[j] - t_lse) : std::log(t);
+      ps[j] = a;
+      pt[j] = t;
+      l += kl_term(t, log_pt, log_ps);
+      mass += t;
+    });
+  }
+  if (!grow) return loss;
+
+  // Gradient pass into xt, then masked keys zeroed (p_s = p_t = 0 there, so every formula
+  // already gives 0; zeroing keeps a NaN stored in a masked slot from leaking), then the store.
+  if (!kl) {
+    if (P.s_logits)
+      for (index_t j = 0; j < Lk; ++j) xt[j] = softmax_backward(ps[j], xt[j], aux);
+  } else if (P.s_logits) {
+    for (index_t j = 0; j < Lk; ++j) xt[j] = kl_grad_logits(ps[j], pt[j], aux, c);
+  } else {
+    for (index_t j = 0; j < Lk; ++j) xt[j] = kl_grad_probabilities(ps[j], pt[j], c);
+  }
+  if (km)
+    for (index_t j = 0; j < Lk; ++j) xt[j] = km[j * skm] ? xt[j] : Acc(0);
+  if (accumulate) {
+    for (index_t j = 0; j < Lk; ++j) grow[j * sgk] = store<TG>(load<Acc>(grow[j * sgk]) + xt[j]);
+  } else if (sgk == 1) {
+    for (index_t j = 0; j < Lk; ++j) grow[j] = store<TG>(xt[j]);
+  } else {
+    for (index_t j = 0; j < Lk; ++j) grow[j * sgk] = store<TG>(xt[j]);
+  }
+  return loss;
+}
+
+/// |V| of the file comment from host masks.
+inline double valid_count_cpu(const attention_masks<host_space>& masks, divergence div, index_t B, index_t Hs,
+                              index_t Lq, index_t Lk) {
+  double total = 0;
+  for (index_t b = 0; b < B; ++b) {
+    index_t nk = Lk, nq = Lq;
+    if (!masks.key.empty()) {
+      nk = 0;
+      for (index_t j = 0; j < Lk; ++j) nk += masks.key(b, j) != 0;
+    }
+    if (!masks.query.empty()) {
+      nq = 0;
+      for (index_t i = 0; i < Lq; ++i) nq += masks.query(b, i) != 0;
+    }
+    total += div == divergence::mse ? static_cast<double>(nq) * static_cast<double>(nk)
+                                              : (nk > 0 ? static_cast<double>(nq) : 0.0);
+  }
+  return total * static_cast<double>(Hs);
+}
+
+template <class TS, class TT>
+status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
+               const attention_masks<host_space>& masks, host_view<accum_t<TS>, 1> loss,
+               host_view<std::remove_const_t<TS>, 4> grad, bool need_loss, bool need_grad, const attention_map_options& opt) {
+  using Acc = accum_t<TS>;
+  using TG = std::remove_const_t<TS>;
+  static_assert(is_supported_float_v<TS> && is_supported_float_v<TT>, "attention_map: unsupported element type");
+  DISTILL_TRY(check_inputs(fn, student, teacher, masks, opt, std::numeric_limits<index_t>::max()));
+  const index_t B = student.extent(0), Hs = student.extent(1), Lq = student.extent(2), Lk = student.extent(3);
+  const index_t rows = B * Hs * Lq;
+  if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.red));
+  if (need_grad) DISTILL_TRY(check_grad(fn, grad, student));
+
+  const double valid = valid_count_cpu(masks, div, B, Hs, Lq, Lk);
+  const double inv_div = safe_inverse(divisor(opt.red, valid, B));
+  const Acc c = static_cast<Acc>(opt.grad_scale * inv_div);
+  cpu_problem<TS, TT, TG> P{student, teacher, need_grad ? grad : host_view<TG, 4>{}, masks, div,
+                            opt.student_input == attention_input::logits, opt.teacher_input == attention_input::logits,
+                            opt.head_map, opt.teacher_heads, teacher.extent(1) / Hs};
+  const bool per_row = need_loss && opt.red == reduction::none;
+  auto chunk = [&](index_t r0, index_t r1) -> Acc {
+    std::vector<Acc> scratch(static_cast<std::size_t>(5 * Lk));
+    Acc* xs = scratch.data();
+    Acc *ps = xs + Lk, *xt = ps + Lk, *pt = xt + Lk, *e = pt + Lk;
+    Acc total = 0;
+    index_t b = r0 / (Hs * Lq), h = (r0 / Lq) % Hs, i = r0 % Lq;  // then counted, not divided
+    for (index_t r = r0; r < r1; ++r) {
+      const Acc l = row_cpu<Acc>(P, b, h, i, c, opt.accumulate, xs, ps, xt, pt, e);
+      if (per_row) loss(r) = l;
+      total += l;
+      if (++i == Lq) {
+        i = 0;
+        if (++h == Hs) h = 0, ++b;
+      }
+    }
+    return total;
+  };
+  const index_t min_chunk = std::max<index_t>(1, 4096 / std::max<index_t>(1, Lk));
+  const Acc total = parallel_sum<Acc>(ctx, rows, chunk, min_chunk);
+  if (need_loss && !per_row) loss(0) = static_cast<Acc>(static_cast<double>(total) * inv_div);
+  return {};
+}
+
+}  // namespace attention_map_detail
+
+// ---------------------------------------------------------------------------------------------
+// CPU entry points
+// ---------------------------------------------------------------------------------------------
+
+#define DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(name, kind)                                                            \
+  /** Loss only: `loss` is (1), or (B*H_s*L_q) with reduction none. */                                                \
+  template <class TS, class TT>                                                                                       \
+  [[nodiscard]] status name##_forward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,             \
+                                      const attention_masks<host_space>& masks, host_view<accum_t<TS>, 1> loss,       \
+                                      const attention_map_options& opt = {}) {                                        \
+    return attention_map_detail::run_cpu(#name "_forward", kind, ctx, student, teacher, masks, loss, {},              \
+                                         true, false, opt);                                                           \
+  }                                                                                                                   \
+  /** Gradient with respect to the student logits or probabilities. */                                                \
+  template <class TS, class TT>                                                                                       \
+  [[nodiscard]] status name##_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,            \
+                                       const attention_masks<host_space>& masks,                                      \
+                                       host_view<std::remove_const_t<TS>, 4> grad_student,                            \
+                                       const attention_map_options& opt = {}) {                                       \
+    return attention_map_detail::run_cpu(#name "_backward", kind, ctx, student, teacher, masks, {},                   \
+                                         grad_student, false, true, opt);                                             \
+  }                                                                                                                   \
+  /** Loss and gradient in one pass over the inputs. */                                                               \
+  template <class TS, class TT>                                                                                       \
+  [[nodiscard]] status name##_forward_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,    \
+                                               const attention_masks<host_space>& masks,                              \
+                                               host_view<accum_t<TS>, 1> loss,                                        \
+                                               host_view<std::remove_const_t<TS>, 4> grad_student,                    \
+                                               const attention_map_options& opt = {}) {                               \
+    return attention_map_detail::run_cpu(#name "_forward_backward", kind, ctx, student, teacher, masks, loss,         \
+                                         grad_student, true, true, opt);                                              \
+  }
+
+DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(attention_map_mse, attention_map_detail::divergence::mse)
+DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(attention_map_kl_teacher_student, attention_map_detail::divergence::kl_teacher_student)
+#undef DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS
+
+}  // namespace distill
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/attention_map.cuh"
+#endif

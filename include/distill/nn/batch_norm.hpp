@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+//! @file
+//! Batch normalisation (Ioffe & Szegedy 2015) over (N, C, S) inputs: statistics per channel c
+//! over the N * S values x[n, c, s] (S = H * W for images, 1 for (N, C) features). Pass an
+//! (N, C, H, W) tensor as `t.view<3>()`.
+//!
+//!   training:  mu_c = mean x[:, c, :],  var_c = mean (x - mu_c)^2 (biased),  M = N * S
+//!              invstd_c = 1 / sqrt(var_c + eps),  xhat = (x - mu_c) invstd_c,  y = gamma_c xhat + beta_c
+//!              running_mean = (1 - momentum) running_mean + momentum mu_c
+//!              running_var  = (1 - momentum) running_var  + momentum var_c * M / (M - 1)   (torch)
+//!   evaluation: mu_c = running_mean, invstd_c = 1 / sqrt(running_var + eps), no update
+//!   backward (training):  dx = gamma_c invstd_c (dy - mean(dy) - xhat mean(dy xhat))   (means over n, s)
+//!   backward (evaluation): dx = gamma_c invstd_c dy
+//!   dgamma_c = sum dy xhat,  dbeta_c = sum dy
+//!
+//! The forward writes mu_c and invstd_c (the ones it used, in both modes) to `saved_mean` and
+//! `saved_invstd`; the backward reads them. Training needs M >= 2. CPU: channels in parallel,
+//! two passes for the statistics (deterministic). CUDA: grid (channel, chunk of images) blocks
+//! compute (count, mean, M2) partials merged in order with Chan's formula, then an element-wise
+//! pass; the backward likewise.
+
+#include <cmath>
+
+#include "distill/nn/common.hpp"
+
+namespace distill::nn {
+
+struct batch_norm_params {
+  double eps = 1e-5;
+  double momentum = 0.1;
+  bool training = true;
+};
+
+namespace nn_detail {
+template <class X, class G>
+status check_batch_norm(const char* fn, const X& x, const G& gamma, const batch_norm_params& p) {
+  DISTILL_TRY(check_input(fn, "x", x));
+  DISTILL_TRY(check_positive(fn, "eps", p.eps));
+  DISTILL_TRY(check_in_range(fn, "momentum", p.momentum, 0.0, 1.0));
+  if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {x.extent(1)}));
+  if (p.training && x.extent(0) * x.extent(2) < 2)
+    return fail(errc::shape_mismatch, fn, "training needs at least 2 values per channel (N * S >= 2), got shape " +
+                                              check_detail::shape_of(x));
+  return {};
+}
+}  // namespace nn_detail
+
+/// running_mean / running_var are updated in training and read in evaluation; they may be absent
+/// in training (no running statistics kept). gamma / beta may be absent (no affine transform).
+template <class T>
+[[nodiscard]] status batch_norm_forward(const cpu& ctx, in_view<T, 3> x, in_view<T, 1> gamma, in_view<T, 1> beta,
+                                        out_view<T, 1> running_mean, out_view<T, 1> running_var, host_view<T, 3> y,
+                                        out_view<T, 1> saved_mean, out_view<T, 1> saved_invstd, const batch_norm_params& p) {
+  constexpr const char* fn = "nn::batch_norm_forward";
+  DISTILL_TRY(nn_detail::check_batch_norm(fn, x, gamma, p));
+  DISTILL_TRY(check_same_shape(fn, "y", y, "x", x));
+  const index_t N = x.extent(0), C = x.extent(1), S = x.extent(2);
+  if (!beta.empty()) DISTILL_TRY(check_shape(fn, "beta", beta, {C}));
+  DISTILL_TRY(check_present(fn, "saved_mean", saved_mean));
+  DISTILL_TRY(check_present(fn, "saved_invstd", saved_invstd));
+  DISTILL_TRY(check_shape(fn, "saved_mean", saved_mean, {C}));
+  DISTILL_TRY(check_shape(fn, "saved_invstd", saved_invstd, {C}));
+  if (running_mean.empty() != running_var.empty())
+    return fail(errc::invalid_argument, fn, "'running_mean' and 'running_var' must be both present or both absent");
+  if (!p.training && running_mean.empty())
+    return fail(errc::invalid_argument, fn, "evaluation mode needs 'running_mean' and 'running_var'");
+  if (!running_mean.empty()) {
+    DISTILL_TRY(check_shape(fn, "running_mean", running_mean, {C}));
+    DISTILL_TRY(check_shape(fn, "running_var", running_var, {C}));
+  }
+  const double M = static_cast<double>(N * S);
+  parallel_for(
+      ctx, C,
+      [&](index_t c0, index_t c1) {
+        for (index_t c = c0; c < c1; ++c) {
+          double mu, invstd;
+          if (p.training) {
+            double s = 0;
+            for (index_t n = 0; n < N; ++n)
+              for (index_t k = 0; k < S; ++k) s += static_cast<double>(x(n, c, k));
+            mu = s / M;
+            double v = 0;
+            for (index_t n = 0; n < N; ++n)
+              for (index_t k = 0; k < S; ++k) {
+                const double d = static_cast<double>(x(n, c, k)) - mu;
+                v += d * d;
+              }
+            const double var = v / M;
+            invstd = 1.0 / std::sqrt(var + p.eps);
+            if (!running_mean.empty()) {
+              running_mean(c) = static_cast<T>((1 - p.momentum) * static_cast<double>(running_mean(c)) + p.momentum * mu);
+              running_var(c) =
+                  static_cast<T>((1 - p.momentum) * static_cast<double>(running_var(c)) + p.momentum * var * M / (M - 1));
+            }
+          } else {
+            mu = static_cast<double>(running_mean(c));
+            invstd = 1.0 / std::sqrt(static_cast<double>(running_var(c)) + p.eps);
+          }
+          saved_mean(c) = static_cast<T>(mu);
+          saved_invstd(c) = static_cast<T>(invstd);
+          const double g = gamma.empty() ? 1.0 : static_cast<double>(gamma(c));
+          const double b = beta.empty() ? 0.0 : static_cast<double>(beta(c));
+          const double a = g * invstd, o = b - mu * a;  // y = a x + o
+          for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < S; ++k) y(n, c, k) = static_cast<T>(a * static_cast<double>(x(n, c, k)) + o);
+        }
+      },
+      std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));
+  return {};
+}
+
+/// `dx`, `dgamma`, `dbeta` may each be absent. `training` must match the forward's mode.
+template <class TD, class T = std::remove_const_t<TD>>
+[[nodiscard]] status batch_norm_backward(const cpu& ctx, in_view<T, 3> x, in_view<T, 1> gamma, in_view<T, 1> saved_mean,
+                                         in_view<T, 1> saved_invstd, host_view<TD, 3> dy, out_view<T, 3> dx,
+                                         out_view<T, 1> dgamma, out_view<T, 1> dbeta, bool training, grad_options opt = {}) {
+  constexpr const char* fn = "nn::batch_norm_backward";
+  DISTILL_TRY(nn_detail::check_batch_norm(fn, x, gamma, batch_norm_params{1e-5, 0.1, training}));
+  DISTILL_TRY(check_same_shape(fn, "dy", dy, "x", x));
+  const index_t N = x.extent(0), C = x.extent(1), S = x.extent(2);
+  DISTILL_TRY(check_present(fn, "saved_mean", saved_mean));
+  DISTILL_TRY(check_present(fn, "saved_invstd", saved_invstd));
+  DISTILL_TRY(check_shape(fn, "saved_mean", saved_mean, {C}));
+  DISTILL_TRY(check_shape(fn, "saved_invstd", saved_invstd, {C}));
+  if (!dx.empty()) DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
+  if (!dgamma.empty()) DISTILL_TRY(check_shape(fn, "dgamma", dgamma, {C}));
+  if (!dbeta.empty()) DISTILL_TRY(check_shape(fn, "dbeta", dbeta, {C}));
+  const double M = static_cast<double>(N * S);
+  parallel_for(
+      ctx, C,
+      [&](index_t c0, index_t c1) {
+        for (index_t c = c0; c < c1; ++c) {
+          const double mu = static_cast<double>(saved_mean(c)), is = static_cast<double>(saved_invstd(c));
+          double sdy = 0, sdyx = 0;
+          for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < S; ++k) {
+              const double g = static_cast<double>(dy(n, c, k));
+              sdy += g;
+              sdyx += g * (static_cast<double>(x(n, c, k)) - mu) * is;
+            }
+          if (!dgamma.empty()) dgamma(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dgamma(c)) + sdyx : sdyx);
+          if (!dbeta.empty()) dbeta(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dbeta(c)) + sdy : sdy);
+          if (dx.empty()) continue;
+          const double a = (gamma.empty() ? 1.0 : static_cast<double>(gamma(c))) * is;
+          const double mdy = training ? sdy / M : 0.0, mdyx = training ? sdyx / M : 0.0;
+          for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < S; ++k) {
+              const double xh = (static_cast<double>(x(n, c, k)) - mu) * is;
+              const double v = a * (static_cast<double>(dy(n, c, k)) - mdy - xh * mdyx);
+              dx(n, c, k) = static_cast<T>(opt.accumulate_input ? static_cast<double>(dx(n, c, k)) + v : v);
+            }
+        }
+      },
+      std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));
+  return {};
+}
+
+/// Batch norm with gamma (ones), beta (zeros) and running statistics (buffers "running_mean" =
+/// 0, "running_var" = 1). `training` selects the mode. Cache: the saved mean/invstd.
+template <class T, class Space = host_space>
+class batch_norm {
+ public:
+  index_t channels = 0;
+  batch_norm_params params;
+  parameter<T, Space> gamma, beta, running_mean, running_var;
+  tensor<T, Space> saved_mean, saved_invstd;  // cache (C) of the last forward
+
+  batch_norm() = default;
+  batch_norm(const std::string& name, index_t c, double eps = 1e-5, double momentum = 0.1)
+      : channels(c),
+        params{eps, momentum, true},
+        gamma(name + ".weight", {c}),
+        beta(name + ".bias", {c}),
+        running_mean(parameter<T, Space>::make_buffer(name + ".running_mean", {c})),
+        running_var(parameter<T, Space>::make_buffer(name + ".running_var", {c})),
+        saved_mean(tensor_shape{c}),
+        saved_invstd(tensor_shape{c}) {
+    throw_if_error(fill_constant(gamma.value, 1.0));
+    throw_if_error(fill_constant(running_var.value, 1.0));
+  }
+  bool training() const noexcept { return params.training; }
+  void set_training(bool t) noexcept { params.training = t; }
+
+  /// x, y: (N, C, S); pass (N, C, H, W) tensors as view<3>().
+  template <class Ctx>
+  [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 3, Space> x, out_view<T, 3, Space> y) {
+    return batch_norm_forward(ctx, x, gamma.value.template view<1>(), beta.value.template view<1>(),
+                              running_mean.value.template view<1>(), running_var.value.template view<1>(), y,
+                              saved_mean.template view<1>(), saved_invstd.template view<1>(), params);
+  }
+  template <class Ctx>
+  [[nodiscard]] status backward(const Ctx& ctx, in_view<T, 3, Space> x, in_view<T, 3, Space> dy, out_view<T, 3, Space> dx) {
+    return batch_norm_backward(ctx, x, gamma.value.template view<1>(), saved_mean.template cview<1>(),
+                               saved_invstd.template cview<1>(), dy, dx, nn_detail::grad_if_trainable<1>(gamma),
+                               nn_detail::grad_if_trainable<1>(beta), params.training, layer_grad_options);
+  }
+  parameter_list<T, Space> parameters() { return {&gamma, &beta, &running_mean, &running_var}; }
+};
+
+}  // namespace distill::nn
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/nn_batch_norm.cuh"
+#endif

@@ -1,0 +1,205 @@
+// Checkpoints: round trip of parameters, buffers, optimiser state and metadata; truncated,
+// corrupted and mismatched files refused with a clear status; the previous file intact after an
+// interrupted save.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "distill/nn/batch_norm.hpp"
+#include "distill/nn/checkpoint.hpp"
+#include "distill/nn/linear.hpp"
+#include "distill/nn/optimizer.hpp"
+#include "nn_test_util.hpp"
+
+using namespace distill;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct tiny_model {
+  nn::linear<float> fc1, fc2;
+  nn::batch_norm<float> bn;
+  explicit tiny_model(std::uint64_t seed)
+      : fc1("fc1", 5, 4, {.seed = seed}), fc2("fc2", 4, 3, {.seed = seed}), bn("bn", 4) {}
+  nn::parameter_list<float, host_space> parameters() { return nn::collect_parameters(fc1, bn, fc2); }
+};
+
+fs::path temp_dir(const char* name) {
+  const fs::path d = fs::temp_directory_path() / ("distill_nn_ckpt_" + std::to_string(distill_test::test_seed()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<unsigned char> read_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), {});
+}
+void write_bytes(const fs::path& p, const std::vector<unsigned char>& b) {
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+/// Give every parameter a gradient and take two Adam steps, so the optimiser has state.
+void train_a_little(tiny_model& m, nn::adam<float>& opt) {
+  for (auto* p : m.parameters()) {
+    if (!p->trainable) continue;
+    std::vector<float> g(static_cast<std::size_t>(p->size()));
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = 0.01f * static_cast<float>(i + 1);
+    REQUIRE(p->grad.copy_from_host(g).ok());
+  }
+  REQUIRE(opt.step(cpu{1}).ok());
+  REQUIRE(opt.step(cpu{1}).ok());
+  REQUIRE(m.bn.running_mean.value.copy_from_host(std::vector<float>{1, 2, 3, 4}).ok());
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint round trip: parameters, buffers, Adam state, step count, metadata", "[nn][checkpoint]") {
+  const fs::path dir = temp_dir("roundtrip");
+  const std::string path = (dir / "model.ckpt").string();
+  tiny_model a(1);
+  auto pa = a.parameters();
+  nn::adam<float> opt_a(pa, {.lr = 0.01});
+  train_a_little(a, opt_a);
+  nn::checkpoint ck;
+  REQUIRE(ck.add_parameters(pa).ok());
+  REQUIRE(ck.add_optimizer(opt_a).ok());
+  ck.put_int("epoch", 7);
+  ck.put_string("config", "preset=cpu-small");
+  REQUIRE(ck.save(path).ok());
+  CHECK(fs::exists(path));
+  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename() == "model.ckpt");  // no temporary left behind
+
+  tiny_model b(2);  // different initial weights
+  auto pb = b.parameters();
+  nn::adam<float> opt_b(pb, {.lr = 0.01});
+  nn::checkpoint in;
+  REQUIRE(nn::checkpoint::load(path, in).ok());
+  REQUIRE(in.restore_parameters(pb).ok());
+  REQUIRE(in.restore_optimizer(opt_b).ok());
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    CAPTURE(pa[i]->name);
+    CHECK(pa[i]->value.to_host() == pb[i]->value.to_host());
+  }
+  CHECK(opt_b.steps() == 2);
+  auto sa = opt_a.state(), sb = opt_b.state();
+  REQUIRE(sa.size() == sb.size());
+  for (std::size_t i = 0; i < sa.size(); ++i) CHECK(sa[i].second->to_host() == sb[i].second->to_host());
+  std::int64_t epoch = 0;
+  std::string config;
+  REQUIRE(in.get_int("epoch", epoch).ok());
+  REQUIRE(in.get_string("config", config).ok());
+  CHECK(epoch == 7);
+  CHECK(config == "preset=cpu-small");
+  // the resumed optimiser continues exactly like the original
+  train_a_little(a, opt_a);
+  train_a_little(b, opt_b);
+  for (std::size_t i = 0; i < pa.size(); ++i) CHECK(pa[i]->value.to_host() == pb[i]->value.to_host());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("checkpoint: truncated, corrupted and mismatched files are refused, and nothing is changed", "[nn][checkpoint][errors]") {
+  const fs::path dir = temp_dir("corrupt");
+  const std::string path = (dir / "model.ckpt").string();
+  tiny_model a(1);
+  auto pa = a.parameters();
+  nn::checkpoint ck;
+  REQUIRE(ck.add_parameters(pa).ok());
+  REQUIRE(ck.save(path).ok());
+  const auto good = read_bytes(path);
+
+  tiny_model b(2);
+  auto pb = b.parameters();
+  const auto before = pb[0]->value.to_host();
+  nn::checkpoint in;
+  // truncated at several points
+  for (std::size_t cut : {std::size_t(0), std::size_t(10), good.size() / 2, good.size() - 1}) {
+    CAPTURE(cut);
+    write_bytes(path, std::vector<unsigned char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(cut)));
+    const status st = nn::checkpoint::load(path, in);
+    CHECK(st.code() == errc::corrupt_data);
+  }
+  // one corrupted byte anywhere is caught (header, payload, checksum)
+  for (std::size_t at : {std::size_t(9), good.size() / 3, good.size() / 2, good.size() - 12}) {
+    CAPTURE(at);
+    auto bad = good;
+    bad[at] ^= 0x10;
+    write_bytes(path, bad);
+    const status st = nn::checkpoint::load(path, in);
+    CHECK(st.code() == errc::corrupt_data);
+    CHECK_FALSE(st.message().empty());
+  }
+  auto wrong_version = good;
+  wrong_version[8] = 9;
+  write_bytes(path, wrong_version);
+  CHECK(nn::checkpoint::load(path, in).code() == errc::corrupt_data);
+  CHECK(nn::checkpoint::load((dir / "missing.ckpt").string(), in).code() == errc::io_error);
+
+  // a valid file whose shapes or names do not match the model
+  write_bytes(path, good);
+  REQUIRE(nn::checkpoint::load(path, in).ok());
+  nn::linear<float> wider("fc1", 6, 4);
+  auto pw = wider.parameters();
+  auto st = in.restore_parameters(pw);
+  CHECK(st.code() == errc::shape_mismatch);
+  CHECK(st.message().find("fc1.weight") != std::string::npos);
+  nn::linear<float> renamed("head", 5, 4);
+  auto pr = renamed.parameters();
+  CHECK(in.restore_parameters(pr).code() == errc::invalid_argument);  // missing names
+  CHECK(in.restore_parameters(nn::parameter_list<float, host_space>{pb[0], pb[1]}).code() == errc::invalid_argument);  // extra names
+  nn::linear<double> as_double("fc1", 5, 4);
+  auto pd = as_double.parameters();
+  CHECK(in.restore_parameters(pd).code() == errc::unsupported_dtype);
+  CHECK(pb[0]->value.to_host() == before);  // nothing restored by failed attempts
+  fs::remove_all(dir);
+}
+
+TEST_CASE("checkpoint: an interrupted save leaves the previous file intact and loadable", "[nn][checkpoint]") {
+  const fs::path dir = temp_dir("interrupted");
+  const std::string path = (dir / "model.ckpt").string();
+  tiny_model a(1);
+  auto pa = a.parameters();
+  nn::checkpoint first;
+  REQUIRE(first.add_parameters(pa).ok());
+  REQUIRE(first.save(path).ok());
+  const auto good = read_bytes(path);
+
+  // change the model and save again, but "crash" half way through writing
+  tiny_model b(9);
+  auto pb = b.parameters();
+  nn::checkpoint second;
+  REQUIRE(second.add_parameters(pb).ok());
+  const std::size_t total = second.serialize().size();
+  const status st = second.save(path, {.fail_after_bytes = total / 2});
+  CHECK(st.code() == errc::io_error);
+  CHECK(read_bytes(path) == good);  // the last good checkpoint is untouched
+  nn::checkpoint in;
+  REQUIRE(nn::checkpoint::load(path, in).ok());
+  tiny_model c(5);
+  auto pc = c.parameters();
+  REQUIRE(in.restore_parameters(pc).ok());
+  CHECK(pc[0]->value.to_host() == pa[0]->value.to_host());
+  // the half-written temporary is what a crash leaves; it is never mistaken for the checkpoint
+  bool saw_temp = false;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (name != "model.ckpt") {
+      saw_temp = true;
+      CHECK(name.find("model.ckpt.tmp.") == 0);
+      nn::checkpoint partial;
+      CHECK(nn::checkpoint::load(e.path().string(), partial).code() == errc::corrupt_data);
+    }
+  }
+  CHECK(saw_temp);
+  // a later complete save replaces the file
+  REQUIRE(second.save(path).ok());
+  REQUIRE(nn::checkpoint::load(path, in).ok());
+  REQUIRE(in.restore_parameters(pc).ok());
+  CHECK(pc[0]->value.to_host() == pb[0]->value.to_host());
+  fs::remove_all(dir);
+}
