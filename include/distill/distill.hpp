@@ -17,6 +17,7 @@
 #include "distill/core/checks.hpp"        // defines: check_* argument validation helpers
 #include "distill/core/parallel.hpp"      // defines: parallel_for, parallel_sum
 #include "distill/core/cpu_gemm.hpp"      // defines: gemm (Eigen, threaded), transpose
+#include "distill/core/file_io.hpp"       // defines: fnv1a64, put_le32/64, get_le32/64, write_file_atomically, read_file
 
 // ---- primitives ----
 #include "distill/core/fast_math.hpp"                // defines: fast_exp, fast_log, fast_log1p (vectorisable float math)

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -274,6 +275,48 @@ TEMPLATE_TEST_CASE("sample_queue files: round trip", "[contrastive][queue][file]
   }
 }
 
+TEST_CASE("sample_queue files: the byte layout is the documented one", "[contrastive][queue][file]") {
+  // Decoded here independently of the library (little-endian fields, byte-wise FNV-1a 64 with
+  // offset basis 14695981039346656037 and prime 1099511628211), so the format cannot drift.
+  temp_dir dir;
+  const long K = 4, D = 3;
+  host_sample_queue<float> hq(K, D, true);
+  const std::vector<float> rows = {3, 0, 4, 0, 2, 0, 1, 2, 2};  // norms 5, 2, 3
+  const std::vector<std::int64_t> ids = {70, 71, 72};
+  REQUIRE(sample_queue_enqueue(cpu{1}, hq.queue(), make_view(rows.data(), 3, D), make_view(ids.data(), 3)).ok());
+  const std::string path = dir.file("q.bin");
+  REQUIRE(sample_queue_save(cpu{1}, hq.queue(), path).ok());
+  const auto b = read_bytes(path);
+  const auto le = [&](std::size_t at, int bytes) {
+    std::uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | b[at + static_cast<std::size_t>(i)];
+    return v;
+  };
+  const std::size_t payload = K * D * 4 + K * 8;
+  REQUIRE(b.size() == 64 + payload + 8);
+  CHECK(std::string(b.begin(), b.begin() + 8) == "DSTLQUE1");
+  CHECK(le(8, 4) == 1);    // version
+  CHECK(le(12, 4) == 1);   // f32
+  CHECK(le(16, 4) == 4);   // element bytes
+  CHECK(le(20, 4) == 1);   // ids present
+  CHECK(le(24, 8) == 4);   // K
+  CHECK(le(32, 8) == 3);   // D
+  CHECK(le(40, 8) == 3);   // write position
+  CHECK(le(48, 8) == 3);   // fill count
+  CHECK(le(56, 8) == payload);
+  const float expect[3] = {0.6f, 0.0f, 0.8f};  // first key, normalised
+  for (int d = 0; d < 3; ++d) {
+    float v;
+    std::memcpy(&v, &b[64 + 4 * static_cast<std::size_t>(d)], 4);
+    CHECK(v == Approx(expect[d]).epsilon(1e-6));
+  }
+  CHECK(le(64 + K * D * 4 + 8, 8) == 71);  // ids follow the keys
+  CHECK(le(64 + K * D * 4 + 24, 8) == static_cast<std::uint64_t>(no_sample_id));  // never-written slot
+  std::uint64_t h = 14695981039346656037ull;
+  for (std::size_t i = 0; i + 8 < b.size(); ++i) h = (h ^ b[i]) * 1099511628211ull;
+  CHECK(le(b.size() - 8, 8) == h);
+}
+
 TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refused", "[contrastive][queue][file]") {
   temp_dir dir;
   distill_test::rng g(304);
@@ -325,8 +368,8 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
   SECTION("wrong magic or version with a valid checksum") {
     auto bad = good;
     bad[8] = 2;  // version 2
-    const auto sum = contrastive_detail::fnv1a64(bad.data(), bad.size() - 8);
-    contrastive_detail::put_u64(bad.data() + bad.size() - 8, sum);
+    const auto sum = fnv1a64::of({bad.data(), bad.size() - 8});
+    put_le64(bad.data() + bad.size() - 8, sum);
     const std::string p = dir.file("v2.bin");
     write_bytes(p, bad);
     const auto st = sample_queue_load(cpu{1}, target.queue(), p);
@@ -338,9 +381,9 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
   }
   SECTION("an inconsistent state with a valid checksum") {
     auto bad = good;
-    contrastive_detail::put_u64(bad.data() + 48, 7);  // not full (7 of 20) ...
-    contrastive_detail::put_u64(bad.data() + 40, 9);  // ... yet the write position is not 7
-    contrastive_detail::put_u64(bad.data() + bad.size() - 8, contrastive_detail::fnv1a64(bad.data(), bad.size() - 8));
+    put_le64(bad.data() + 48, 7);  // not full (7 of 20) ...
+    put_le64(bad.data() + 40, 9);  // ... yet the write position is not 7
+    put_le64(bad.data() + bad.size() - 8, fnv1a64::of({bad.data(), bad.size() - 8}));
     expect_refused(bad, errc::corrupt_data, "state");
   }
   SECTION("mismatched D, K, dtype or ids") {

@@ -103,6 +103,42 @@ TEST_CASE("checkpoint round trip: parameters, buffers, Adam state, step count, m
   fs::remove_all(dir);
 }
 
+TEST_CASE("checkpoint: the byte layout is the documented one", "[nn][checkpoint]") {
+  // Decoded here independently of the library: little-endian fields and the format's checksum
+  // (FNV-1a constants over 8-byte little-endian words, then the tail bytes one at a time).
+  const fs::path dir = temp_dir("layout");
+  const std::string path = (dir / "one.ckpt").string();
+  nn::checkpoint ck;
+  ck.put_int("epoch", 7);
+  REQUIRE(ck.save(path).ok());
+  const auto b = read_bytes(path);
+  const auto le = [&](std::size_t at, int bytes) {
+    std::uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | b[at + static_cast<std::size_t>(i)];
+    return v;
+  };
+  const std::size_t body = 8 + 4 + 4 + 8 + (4 + 10 + 4 + 4 + 8 + 8 + 8);
+  REQUIRE(b.size() == body + 16);
+  CHECK(std::string(b.begin(), b.begin() + 8) == "DSTLCKPT");
+  CHECK(le(8, 4) == 1);            // version
+  CHECK(le(12, 4) == 0x01020304);  // byte-order mark
+  CHECK(le(16, 8) == 1);           // entries
+  CHECK(le(24, 4) == 10);          // name length
+  CHECK(std::string(b.begin() + 28, b.begin() + 38) == "meta/epoch");
+  CHECK(le(38, 4) == 3);  // i64
+  CHECK(le(42, 4) == 1);  // rank
+  CHECK(le(46, 8) == 1);  // extent
+  CHECK(le(54, 8) == 8);  // payload bytes
+  CHECK(le(62, 8) == 7);  // the value
+  std::uint64_t h = 14695981039346656037ull;
+  std::size_t i = 0;
+  for (; i + 8 <= body; i += 8) h = (h ^ le(i, 8)) * 1099511628211ull;
+  for (; i < body; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  CHECK(le(body, 8) == h);
+  CHECK(std::string(b.begin() + static_cast<long>(body) + 8, b.end()) == std::string("DSTLEND\0", 8));
+  fs::remove_all(dir);
+}
+
 TEST_CASE("checkpoint: truncated, corrupted and mismatched files are refused, and nothing is changed", "[nn][checkpoint][errors]") {
   const fs::path dir = temp_dir("corrupt");
   const std::string path = (dir / "model.ckpt").string();

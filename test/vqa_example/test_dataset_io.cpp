@@ -75,7 +75,7 @@ vqa::generator_params params(std::uint32_t images, bool pixels = true) {
 
 bool has_temp_files(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string().find(".tmp-") != std::string::npos) return true;
+    if (e.path().filename().string().find(".tmp") != std::string::npos) return true;
   return false;
 }
 

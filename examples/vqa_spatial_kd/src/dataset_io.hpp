@@ -33,8 +33,9 @@
 //   payload size inconsistent with the parameters, file size ≠ 72 + payload bytes (truncated or
 //   trailing bytes), payload checksum mismatch, or a decoded record out of range or whose answer
 //   disagrees with the scene → corrupt.
-// Writing goes to "<path>.tmp-<pid>", is flushed to disk, then renamed over <path>, so a
-// reader never sees a half-written file and a crash leaves the old file (or none).
+// Writing goes to "<path>.tmp.XXXXXX", is flushed to disk, then renamed over <path>
+// (distill::write_file_atomically), so a reader never sees a half-written file and a crash
+// leaves the old file (or none).
 
 #include <array>
 #include <chrono>
@@ -48,10 +49,16 @@
 #include <string>
 #include <vector>
 
-#include "file_io.hpp"
+#include "distill/core/file_io.hpp"
 #include "sort_of_clevr.hpp"
 
 namespace vqa {
+
+using distill::fnv1a64;
+using distill::get_le32;
+using distill::get_le64;
+using distill::put_le32;
+using distill::put_le64;
 
 inline constexpr std::array<char, 8> dataset_magic = {'S', 'O', 'C', 'L', 'E', 'V', 'R', '\0'};
 inline constexpr std::uint32_t dataset_format_version = 1;
@@ -247,11 +254,10 @@ inline void write_dataset(const std::filesystem::path& path, const dataset& d) {
   pc.update(d.pixels);
   const auto header = encode_header(d.params, pc.value());
 
-  try {
-    write_file_atomically(path, {header, scene_bytes, question_bytes, d.pixels});
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(std::string("write_dataset: ") + e.what());
-  }
+  distill::atomic_write_options opt;
+  opt.create_parent_directories = true;
+  const distill::status st = distill::write_file_atomically("write_dataset", path.string(), {header, scene_bytes, question_bytes, d.pixels}, opt);
+  if (!st.ok()) throw std::runtime_error(st.message());
 }
 
 /// How load_or_generate obtained its dataset.

@@ -50,7 +50,6 @@
 //! `masks` is attention_masks<Space>{key_mask, query_mask}; pass {} for none.
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -64,6 +63,7 @@
 #include "distill/core/config.hpp"
 #include "distill/core/context.hpp"
 #include "distill/core/dtype.hpp"
+#include "distill/core/fast_math.hpp"
 #include "distill/core/math.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/reduction.hpp"
@@ -248,36 +248,6 @@ status check_grad(const char* fn, const VG& grad, const VS& student) {
 
 // ---- CPU path ----
 
-/// exp for float written as plain arithmetic so loops over it vectorise (std::exp does not
-/// without -ffast-math). Range reduction x = k ln2 + r, |r| <= ln2/2, degree-6 polynomial:
-/// about 2 ulp. exp(-inf) = 0, exp(NaN) = NaN, underflow flushes to 0 below -87.3.
-inline float exp_vectorizable(float x) noexcept {
-  constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  const float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  const float xs = x == x ? xc : 0.0f;
-  const float kf = (xs * log2e + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (xs - kf * ln2_hi) - kf * ln2_lo;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const std::int32_t ki = static_cast<std::int32_t>(kf);
-  const float scale = std::bit_cast<float>(static_cast<std::int32_t>((ki + 127) << 23));
-  float y = p * scale;
-  y = x < -87.3f ? 0.0f : y;
-  y = x > 88.7f ? std::numeric_limits<float>::infinity() : y;
-  return x == x ? y : x;
-}
-
-template <class Acc>
-inline Acc exp_cpu(Acc x) noexcept {
-  if constexpr (std::is_same_v<Acc, float>) return exp_vectorizable(x);
-  else return std::exp(x);
-}
-
 constexpr int lanes = 16;
 
 /// Pairwise combination of the 16 lanes (a tree through fresh arrays: short latency, and
@@ -353,7 +323,7 @@ softmax_stats<Acc> softmax_row(const Acc* x, Acc m, Acc* p, index_t n, bool want
     for (index_t j = 0; j < n; ++j) p[j] = fill;
     return {fill, nan ? fill : neg_infinity<Acc>()};
   }
-  const Acc sum = lanes_reduce<Acc>(n, [&](index_t j) { return p[j] = exp_cpu(x[j] - m); });
+  const Acc sum = lanes_reduce<Acc>(n, [&](index_t j) { return p[j] = fast_exp(x[j] - m); });  // float: vectorises
   return {Acc(1) / sum, want_lse ? m + std::log(sum) : Acc(0)};
 }
 

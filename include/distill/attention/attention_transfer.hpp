@@ -344,6 +344,21 @@ inline std::string indexed(const char* name, std::size_t j) {
   return std::string("layers[") + std::to_string(j) + "]." + name;
 }
 
+/// Checks of layer j shared by the CPU and CUDA paths: its student/teacher pair (and gradient
+/// when needed), the batch size B of layer 0, and a finite weight.
+template <class L>
+status check_layer(const char* fn, std::size_t j, const L& layer, index_t B, bool need_grad) {
+  DISTILL_TRY(check_pair(fn, indexed("student", j), layer.student, indexed("teacher", j), layer.teacher, indexed("grad_student", j),
+                         layer.grad_student, need_grad));
+  if (layer.student.extent(0) != B) {
+    const std::string name = indexed("student", j);
+    return fail(errc::shape_mismatch, fn,
+                "'" + name + "' has batch size " + std::to_string(layer.student.extent(0)) + " but 'layers[0].student' has " +
+                    std::to_string(B));
+  }
+  return check_finite_option(fn, indexed("weight", j).c_str(), layer.weight, false, false);
+}
+
 // ---- CPU path ----
 
 template <class F>
@@ -476,13 +491,7 @@ status run_layers_cpu(const char* fn, const cpu& ctx, const Layers& layers, host
   const index_t B = std::ranges::begin(layers)->student.extent(0);
   std::size_t j = 0;
   for (const L& layer : layers) {
-    DISTILL_TRY(check_pair(fn, indexed("student", j), layer.student, indexed("teacher", j), layer.teacher,
-                           indexed("grad_student", j), layer.grad_student, need_grad));
-    if (layer.student.extent(0) != B)
-      return fail(errc::shape_mismatch, fn,
-                  "'" + indexed("student", j) + "' has batch size " + std::to_string(layer.student.extent(0)) +
-                      " but 'layers[0].student' has " + std::to_string(B));
-    DISTILL_TRY(check_finite_option(fn, indexed("weight", j).c_str(), layer.weight, false, false));
+    DISTILL_TRY(check_layer(fn, j, layer, B, need_grad));
     ++j;
   }
   if (need_loss) DISTILL_TRY(check_loss(fn, loss, B, opt.red));

@@ -50,16 +50,10 @@
 #include "distill/core/config.hpp"
 #include "distill/core/context.hpp"
 #include "distill/core/dtype.hpp"
+#include "distill/core/file_io.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
-
-#if !defined(_WIN32)
-#include <cerrno>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
 
 namespace distill {
 
@@ -292,41 +286,6 @@ struct queue_file_meta {
   std::uint64_t capacity = 0, dim = 0, write_pos = 0, filled = 0, payload_bytes = 0;
 };
 
-/// FNV-1a 64, 8 bytes per step unrolled (same result as the byte-wise definition).
-inline std::uint64_t fnv1a64(const unsigned char* p, std::size_t n, std::uint64_t h = 0xcbf29ce484222325ull) noexcept {
-  constexpr std::uint64_t prime = 0x100000001b3ull;
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    h = (h ^ p[i + 0]) * prime;
-    h = (h ^ p[i + 1]) * prime;
-    h = (h ^ p[i + 2]) * prime;
-    h = (h ^ p[i + 3]) * prime;
-    h = (h ^ p[i + 4]) * prime;
-    h = (h ^ p[i + 5]) * prime;
-    h = (h ^ p[i + 6]) * prime;
-    h = (h ^ p[i + 7]) * prime;
-  }
-  for (; i < n; ++i) h = (h ^ p[i]) * prime;
-  return h;
-}
-
-inline void put_u32(unsigned char* p, std::uint32_t v) noexcept {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-inline void put_u64(unsigned char* p, std::uint64_t v) noexcept {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-inline std::uint32_t get_u32(const unsigned char* p) noexcept {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
-  return v;
-}
-inline std::uint64_t get_u64(const unsigned char* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-  return v;
-}
-
 /// The whole file image (header + payload + checksum) for a queue whose keys and ids were
 /// already gathered densely into `payload` (keys K x D x elem bytes, then ids K x 8).
 inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std::vector<unsigned char>&& payload) {
@@ -335,120 +294,28 @@ inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std
   unsigned char* h = file.data();
   std::memset(h, 0, queue_file_header_bytes);
   std::memcpy(h, queue_file_magic, 8);
-  put_u32(h + 8, queue_file_version);
-  put_u32(h + 12, m.dtype);
-  put_u32(h + 16, m.elem_bytes);
-  put_u32(h + 20, m.flags);
-  put_u64(h + 24, m.capacity);
-  put_u64(h + 32, m.dim);
-  put_u64(h + 40, m.write_pos);
-  put_u64(h + 48, m.filled);
-  put_u64(h + 56, payload.size());
+  put_le32(h + 8, queue_file_version);
+  put_le32(h + 12, m.dtype);
+  put_le32(h + 16, m.elem_bytes);
+  put_le32(h + 20, m.flags);
+  put_le64(h + 24, m.capacity);
+  put_le64(h + 32, m.dim);
+  put_le64(h + 40, m.write_pos);
+  put_le64(h + 48, m.filled);
+  put_le64(h + 56, payload.size());
   if (!payload.empty()) std::memcpy(h + queue_file_header_bytes, payload.data(), payload.size());
-  const std::uint64_t sum = fnv1a64(file.data(), queue_file_header_bytes + payload.size());
-  put_u64(file.data() + queue_file_header_bytes + payload.size(), sum);
+  const std::uint64_t sum = fnv1a64::of({file.data(), queue_file_header_bytes + payload.size()});
+  put_le64(file.data() + queue_file_header_bytes + payload.size(), sum);
   return file;
 }
 
-inline status io_fail(const char* fn, const std::string& what, int err) {
-  return fail(errc::io_error, fn, what + (err ? std::string(": ") + std::strerror(err) : std::string()));
-}
-
-/// Write `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory. On failure the previous file at `path` is untouched.
-inline status write_file_atomically(const char* fn, const std::string& path, const std::vector<unsigned char>& bytes,
-                                    const queue_save_options& opt) {
-#if defined(_WIN32)
-  (void)bytes;
-  (void)opt;
-  return fail(errc::io_error, fn, "atomic save is implemented for POSIX systems only ('" + path + "')");
-#else
-  if (path.empty()) return fail(errc::invalid_argument, fn, "empty path");
-  std::string tmpl = path + ".tmp.XXXXXX";
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  const int fd = ::mkstemp(name.data());
-  if (fd < 0) return io_fail(fn, "cannot create a temporary file next to '" + path + "'", errno);
-  const std::string tmp(name.data());
-  auto abandon = [&](const std::string& what, int err) {
-    ::close(fd);
-    if (!opt.keep_temp_on_failure) ::unlink(tmp.c_str());
-    return io_fail(fn, what, err);
-  };
-  (void)::fchmod(fd, S_IRUSR | S_IWUSR | S_IRGRP | S_IROTH);
-  std::size_t limit = bytes.size();
-  const bool inject = opt.fail_after_bytes >= 0 && static_cast<std::uint64_t>(opt.fail_after_bytes) < bytes.size();
-  if (inject) limit = static_cast<std::size_t>(opt.fail_after_bytes);
-  std::size_t done = 0;
-  while (done < limit) {
-    const ssize_t w = ::write(fd, bytes.data() + done, limit - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return abandon("writing '" + tmp + "' failed", errno);
-    }
-    done += static_cast<std::size_t>(w);
-  }
-  if (inject) {
-    if (opt.keep_temp_on_failure) {
-      ::close(fd);  // as a killed process: the partial temporary stays, no cleanup
-      return fail(errc::io_error, fn, "simulated failure after " + std::to_string(limit) + " bytes of '" + tmp + "'");
-    }
-    return abandon("simulated failure after " + std::to_string(limit) + " bytes of '" + tmp + "'", 0);
-  }
-  if (::fsync(fd) != 0) return abandon("fsync of '" + tmp + "' failed", errno);
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return io_fail(fn, "closing '" + tmp + "' failed", err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return io_fail(fn, "renaming '" + tmp + "' to '" + path + "' failed", err);
-  }
-  // Make the rename itself durable (best effort: some file systems refuse fsync on directories).
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? std::string(".") : (slash == 0 ? std::string("/") : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
-  return {};
-#endif
-}
-
-/// Read the whole file; io_error when it cannot be opened or read.
-inline status read_whole_file(const char* fn, const std::string& path, std::vector<unsigned char>& out) {
-#if defined(_WIN32)
-  (void)out;
-  return fail(errc::io_error, fn, "queue files are implemented for POSIX systems only ('" + path + "')");
-#else
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return io_fail(fn, "cannot open '" + path + "'", errno);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return io_fail(fn, "cannot stat '" + path + "'", err);
-  }
-  out.resize(static_cast<std::size_t>(st.st_size));
-  std::size_t done = 0;
-  while (done < out.size()) {
-    const ssize_t r = ::read(fd, out.data() + done, out.size() - done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return io_fail(fn, "reading '" + path + "' failed", err);
-    }
-    if (r == 0) break;  // file shrank while reading: the size check below reports truncation
-    done += static_cast<std::size_t>(r);
-  }
-  out.resize(done);
-  ::close(fd);
-  return {};
-#endif
+/// Write a file image atomically (core/file_io.hpp), passing sample_queue_save's test hooks on.
+inline status write_queue_file(const char* fn, const std::string& path, const std::vector<unsigned char>& file,
+                               const queue_save_options& opt) {
+  atomic_write_options w;
+  if (opt.fail_after_bytes >= 0) w.fail_after_bytes = static_cast<std::uint64_t>(opt.fail_after_bytes);
+  w.keep_temp_on_failure = opt.keep_temp_on_failure;
+  return write_file_atomically(fn, path, file, w);
 }
 
 /// Check a file image against the queue it is loaded into; on success `payload` points at the
@@ -460,23 +327,23 @@ inline status parse_queue_file(const char* fn, const std::string& path, const st
     return corrupt("truncated (" + std::to_string(file.size()) + " bytes, shorter than the header)");
   const unsigned char* h = file.data();
   if (std::memcmp(h, queue_file_magic, 8) != 0) return corrupt("not a distill sample-queue file (bad magic)");
-  const std::uint32_t version = get_u32(h + 8);
+  const std::uint32_t version = get_le32(h + 8);
   if (version != queue_file_version)
     return corrupt("unsupported version " + std::to_string(version) + " (this build reads version " +
                    std::to_string(queue_file_version) + ")");
-  got.dtype = get_u32(h + 12);
-  got.elem_bytes = get_u32(h + 16);
-  got.flags = get_u32(h + 20);
-  got.capacity = get_u64(h + 24);
-  got.dim = get_u64(h + 32);
-  got.write_pos = get_u64(h + 40);
-  got.filled = get_u64(h + 48);
-  got.payload_bytes = get_u64(h + 56);
+  got.dtype = get_le32(h + 12);
+  got.elem_bytes = get_le32(h + 16);
+  got.flags = get_le32(h + 20);
+  got.capacity = get_le64(h + 24);
+  got.dim = get_le64(h + 32);
+  got.write_pos = get_le64(h + 40);
+  got.filled = get_le64(h + 48);
+  got.payload_bytes = get_le64(h + 56);
   if (got.payload_bytes != file.size() - queue_file_header_bytes - 8)
     return corrupt("truncated or padded: the header announces " + std::to_string(got.payload_bytes) +
                    " payload bytes, the file holds " + std::to_string(file.size() - queue_file_header_bytes - 8));
-  const std::uint64_t stored = get_u64(file.data() + file.size() - 8);
-  if (fnv1a64(file.data(), file.size() - 8) != stored) return corrupt("checksum mismatch (the file is corrupt)");
+  const std::uint64_t stored = get_le64(file.data() + file.size() - 8);
+  if (fnv1a64::of({file.data(), file.size() - 8}) != stored) return corrupt("checksum mismatch (the file is corrupt)");
   // The file is intact; now check it fits this queue.
   if (got.dtype != expect.dtype || got.elem_bytes != expect.elem_bytes)
     return corrupt(std::string("holds ") + dtype_code_name(got.dtype) + " keys but the queue stores " +
@@ -607,7 +474,7 @@ template <class T>
       std::memcpy(payload.data() + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, &id, 8);
     }
   const auto file = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
-  return contrastive_detail::write_file_atomically(fn, path, file, opt);
+  return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 
 /// Load a file written by sample_queue_save into `queue` (same dtype, K, D and ids presence).
@@ -618,7 +485,7 @@ template <class T>
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(contrastive_detail::read_whole_file(fn, path, file));
+  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
   DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
   const index_t K = queue.capacity(), D = queue.dim();

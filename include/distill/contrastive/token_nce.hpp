@@ -201,6 +201,14 @@ status check_grad_output(const char* fn, const char* name, const VG& grad, const
   return {};
 }
 
+/// Both gradient outputs (shared by the CPU and CUDA backward passes): grad_student required,
+/// grad_teacher optional, each the student's shape.
+template <class VGS, class VGT, class VS>
+status check_grad_outputs(const char* fn, const VGS& grad_student, const VGT& grad_teacher, const VS& student) {
+  DISTILL_TRY(check_grad_output(fn, "grad_student", grad_student, student, true));
+  return check_grad_output(fn, "grad_teacher", grad_teacher, student, false);
+}
+
 // ---- CPU plan and workspace ----
 inline constexpr index_t cpu_row_block = 128;  ///< query rows per GEMM block
 inline constexpr index_t cpu_key_tile = 256;   ///< keys per tile (the online-LSE step)
@@ -706,8 +714,7 @@ template <class TS, class TT, class TQ>
   DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
   const index_t M = student.extent(0);
   DISTILL_TRY(token_nce_detail::check_loss_outputs(fn, loss, per_token_loss, M, opt.red));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_student", grad_student, student, true));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_teacher", grad_teacher, student, false));
+  DISTILL_TRY(token_nce_detail::check_grad_outputs(fn, grad_student, grad_teacher, student));
   return token_nce_detail::cpu_run<Acc>(fn, ctx, student, teacher, queue, token_mask, token_ids, loss, per_token_loss, grad_student,
                                         grad_teacher, workspace, opt);
 }
@@ -741,8 +748,7 @@ template <class TS, class TT, class TQ>
   using Acc = std::remove_const_t<TS>;
   constexpr const char* fn = "token_nce_queue_backward";
   DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_student", grad_student, student, true));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_teacher", grad_teacher, student, false));
+  DISTILL_TRY(token_nce_detail::check_grad_outputs(fn, grad_student, grad_teacher, student));
   return token_nce_detail::cpu_run<Acc>(fn, ctx, student, teacher, queue, token_mask, token_ids, {}, {}, grad_student, grad_teacher,
                                         workspace, opt);
 }

@@ -136,6 +136,28 @@ status check_adain_pair(const char* fn, const XV& x, const YV& y, bool unbiased)
   return {};
 }
 
+/// Checks shared by the CPU and CUDA adain_forward: eps, the pair, out (content's shape).
+template <class XV, class YV, class OV>
+status check_adain_forward_args(const char* fn, const XV& content, const YV& style, const OV& out, const adain_options& opt) {
+  DISTILL_TRY(check_eps(fn, opt.eps));
+  DISTILL_TRY(check_adain_pair(fn, content, style, opt.unbiased));
+  return check_output(fn, "out", out, {content.extent(0), content.extent(1), content.extent(2), content.extent(3)});
+}
+
+/// Checks shared by the CPU and CUDA adain_backward: eps, the pair, grad_out (content's shape),
+/// grad_style (style's shape) and the optional grad_content (content's shape).
+template <class XV, class YV, class GOV, class GYV, class GXV>
+status check_adain_backward_args(const char* fn, const XV& content, const YV& style, const GOV& grad_out, const GYV& grad_style,
+                                 const GXV& grad_content, const adain_options& opt) {
+  DISTILL_TRY(check_eps(fn, opt.eps));
+  DISTILL_TRY(check_adain_pair(fn, content, style, opt.unbiased));
+  const index_t cx[4] = {content.extent(0), content.extent(1), content.extent(2), content.extent(3)};
+  DISTILL_TRY(check_input(fn, "grad_out", grad_out));
+  DISTILL_TRY(check_shape(fn, "grad_out", grad_out, cx));
+  DISTILL_TRY(check_output(fn, "grad_style", grad_style, {style.extent(0), style.extent(1), style.extent(2), style.extent(3)}));
+  return check_optional(fn, "grad_content", grad_content, cx);
+}
+
 /// sigma = sqrt(v + eps).
 template <class Acc>
 DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc sigma_of(const welford_state<Acc>& s, bool unbiased, Acc eps) noexcept {
@@ -189,10 +211,7 @@ template <class TX, class TY>
   features_detail::static_check_cpu_type<TY>();
   using Acc = accum_t<TX>;
   constexpr const char* fn = "adain_forward";
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_adain_pair(fn, content, style, opt.unbiased));
-  DISTILL_TRY(features_detail::check_output(fn, "out", out,
-                                            {content.extent(0), content.extent(1), content.extent(2), content.extent(3)}));
+  DISTILL_TRY(features_detail::check_adain_forward_args(fn, content, style, out, opt));
   const Acc eps = static_cast<Acc>(opt.eps);
   const index_t C = content.extent(1);
   const auto part = parallel_sum<features_detail::loss_partial<Acc>>(ctx, content.extent(0) * C, [&](index_t p0, index_t p1) {
@@ -226,14 +245,7 @@ template <class TX, class TY, class TGO>
   features_detail::static_check_cpu_type<TGO>();
   using Acc = accum_t<TX>;
   constexpr const char* fn = "adain_backward";
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_adain_pair(fn, content, style, opt.unbiased));
-  const index_t cx[4] = {content.extent(0), content.extent(1), content.extent(2), content.extent(3)};
-  DISTILL_TRY(features_detail::check_input(fn, "grad_out", grad_out));
-  DISTILL_TRY(check_shape(fn, "grad_out", grad_out, cx));
-  DISTILL_TRY(features_detail::check_output(fn, "grad_style", grad_style,
-                                            {style.extent(0), style.extent(1), style.extent(2), style.extent(3)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_content", grad_content, cx));
+  DISTILL_TRY(features_detail::check_adain_backward_args(fn, content, style, grad_out, grad_style, grad_content, opt));
   const Acc eps = static_cast<Acc>(opt.eps);
   const index_t C = content.extent(1), H = content.extent(2), W = content.extent(3);
   const auto part = parallel_sum<features_detail::loss_partial<Acc>>(ctx, content.extent(0) * C, [&](index_t p0, index_t p1) {
@@ -279,10 +291,7 @@ status adain_stats_loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 4> s, 
   static_check_cpu_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(check_adain_stats_options(fn, opt));
-  DISTILL_TRY(check_channel_pair(fn, s, t, opt.unbiased));
-  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
-  if (!grad.empty())
-    DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2), s.extent(3)}));
+  DISTILL_TRY(check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
   const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(1));
   const auto part = channel_loop_cpu<Acc>(ctx, s, t, grad, make_adain_stats_term<Acc>(opt), opt.unbiased,
                                           static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,

@@ -168,18 +168,22 @@ inline status check_embedding_options(const char* fn, const embedding_alignment_
   return {};
 }
 
-template <class SV, class TV, class WV, class MV, class LV>
-status check_embedding_args(const char* fn, const SV& s, const TV& t, const WV& w, const MV& m, const LV& loss,
-                            reduction red) {
+/// Checks shared by the CPU and CUDA paths: options, the pair, the optional row weights, row
+/// mask, loss ([N] with reduction::none, else [1]) and gradient (student's shape).
+template <class SV, class TV, class WV, class MV, class LV, class GV>
+status check_embedding_args(const char* fn, const SV& s, const TV& t, const WV& w, const MV& m, const LV& loss, const GV& grad,
+                            const embedding_alignment_options& opt) {
+  DISTILL_TRY(check_embedding_options(fn, opt));
   DISTILL_TRY(check_input(fn, "student", s));
   DISTILL_TRY(check_input(fn, "teacher", t));
   DISTILL_TRY(check_same_shape(fn, "teacher", t, "student", s));
   DISTILL_TRY(check_optional(fn, "row_weights", w, {s.extent(0)}));
   DISTILL_TRY(check_optional(fn, "row_mask", m, {s.extent(0)}));
   if (!loss.empty()) {
-    const index_t want[1] = {red == reduction::none ? s.extent(0) : 1};
+    const index_t want[1] = {opt.red == reduction::none ? s.extent(0) : 1};
     DISTILL_TRY(check_shape(fn, "loss", loss, want));
   }
+  if (!grad.empty()) DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1)}));
   return {};
 }
 
@@ -250,9 +254,7 @@ Acc embedding_row_dispatch(bool contig, const TS* sr, index_t ss, const TT* tr, 
 template <class Acc, class SV, class TV, class WV, class MV, class LV, class GV>
 status embedding_alignment_cpu(const char* fn, const cpu& ctx, const SV& s, const TV& t, const WV& weights,
                                const MV& mask, const LV& loss, const GV& grad, const embedding_alignment_options& opt) {
-  DISTILL_TRY(check_embedding_options(fn, opt));
-  DISTILL_TRY(check_embedding_args(fn, s, t, weights, mask, loss, opt.red));
-  if (!grad.empty()) DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1)}));
+  DISTILL_TRY(check_embedding_args(fn, s, t, weights, mask, loss, grad, opt));
   DISTILL_TRY(check_row_weights_host(fn, weights));
   const index_t N = s.extent(0), D = s.extent(1);
   Acc weight_sum = Acc(0);

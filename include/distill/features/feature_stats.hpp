@@ -613,6 +613,51 @@ status check_token_pair(const char* fn, const SV& s, const SMV& smask, const TV&
   return {};
 }
 
+/// Checks shared by the CPU and CUDA channel_stats_forward/backward: x [B, C, H, W], eps, the
+/// degrees of freedom, and two optional [B, C] views (mean and std_dev, or their gradients).
+template <class XV, class AV, class BV>
+status check_channel_stats_args(const char* fn, const XV& x, const char* name_a, const AV& a, const char* name_b, const BV& b,
+                                const feature_stats_options& opt) {
+  DISTILL_TRY(check_input(fn, "x", x));
+  DISTILL_TRY(check_eps(fn, opt.eps));
+  DISTILL_TRY(check_plane_dof(fn, "x", x.extent(2) * x.extent(3), opt.unbiased));
+  DISTILL_TRY(check_optional(fn, name_a, a, {x.extent(0), x.extent(1)}));
+  return check_optional(fn, name_b, b, {x.extent(0), x.extent(1)});
+}
+
+/// Checks shared by the CPU and CUDA token_stats_forward/backward: x [B, L, D], eps, the
+/// optional token_mask [B, L] and two optional [B, D] views (mean and std_dev, or their gradients).
+template <class XV, class MV, class AV, class BV>
+status check_token_stats_args(const char* fn, const XV& x, const MV& token_mask, const char* name_a, const AV& a,
+                              const char* name_b, const BV& b, const feature_stats_options& opt) {
+  DISTILL_TRY(check_input(fn, "x", x));
+  DISTILL_TRY(check_eps(fn, opt.eps));
+  DISTILL_TRY(check_optional(fn, "token_mask", token_mask, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(check_optional(fn, name_a, a, {x.extent(0), x.extent(2)}));
+  return check_optional(fn, name_b, b, {x.extent(0), x.extent(2)});
+}
+
+/// Checks shared by the CPU and CUDA losses over a [B, C, H, W] pair (statistics matching, AdaIN
+/// statistics): the pair, the optional scalar loss and the optional gradient (student's shape).
+template <class SV, class TV, class LV, class GV>
+status check_channel_loss_args(const char* fn, const SV& s, const TV& t, const LV& loss, const GV& grad, bool unbiased) {
+  DISTILL_TRY(check_channel_pair(fn, s, t, unbiased));
+  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
+  if (!grad.empty())
+    DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2), s.extent(3)}));
+  return {};
+}
+
+/// The same for a [B, L, D] token pair with optional masks.
+template <class SV, class SMV, class TV, class TMV, class LV, class GV>
+status check_token_loss_args(const char* fn, const SV& s, const SMV& smask, const TV& t, const TMV& tmask, const LV& loss,
+                             const GV& grad) {
+  DISTILL_TRY(check_token_pair(fn, s, smask, t, tmask));
+  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
+  if (!grad.empty()) DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2)}));
+  return {};
+}
+
 struct no_channel_output {
   template <class Acc>
   void operator()(index_t, index_t, const welford_state<Acc>&) const noexcept {}
@@ -631,11 +676,7 @@ template <class T>
   features_detail::static_check_cpu_type<T>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "channel_stats_forward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_plane_dof(fn, "x", x.extent(2) * x.extent(3), opt.unbiased));
-  DISTILL_TRY(features_detail::check_optional(fn, "mean", mean, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "std_dev", std_dev, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "mean", mean, "std_dev", std_dev, opt));
   const Acc eps = static_cast<Acc>(opt.eps);
   const host_view<const T, 4> none;
   const host_view<std::remove_const_t<T>, 4> no_grad;
@@ -659,11 +700,7 @@ template <class T>
   features_detail::static_check_cpu_type<T>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "channel_stats_backward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_plane_dof(fn, "x", x.extent(2) * x.extent(3), opt.unbiased));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_mean", grad_mean, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_std", grad_std, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2), x.extent(3)}));
   const features_detail::stats_backward_term<host_view<const Acc, 2>> term{grad_mean, grad_std, x.extent(1),
                                                                           static_cast<Acc>(opt.eps), opt.unbiased};
@@ -685,11 +722,7 @@ template <class T>
   features_detail::static_check_cpu_type<T>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "token_stats_forward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_optional(fn, "token_mask", token_mask, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "mean", mean, {x.extent(0), x.extent(2)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "std_dev", std_dev, {x.extent(0), x.extent(2)}));
+  DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "mean", mean, "std_dev", std_dev, opt));
   DISTILL_TRY(features_detail::check_token_mask_host(fn, "token_mask", token_mask, x.extent(0), x.extent(1), opt.unbiased));
   const Acc eps = static_cast<Acc>(opt.eps);
   const host_view<const T, 3> none;
@@ -714,11 +747,7 @@ template <class T>
   features_detail::static_check_cpu_type<T>();
   using Acc = accum_t<T>;
   constexpr const char* fn = "token_stats_backward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_optional(fn, "token_mask", token_mask, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_mean", grad_mean, {x.extent(0), x.extent(2)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_std", grad_std, {x.extent(0), x.extent(2)}));
+  DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2)}));
   DISTILL_TRY(features_detail::check_token_mask_host(fn, "token_mask", token_mask, x.extent(0), x.extent(1), opt.unbiased));
   const features_detail::stats_backward_term<host_view<const Acc, 2>> term{grad_mean, grad_std, x.extent(2),
@@ -755,10 +784,7 @@ status stats_matching_channels_cpu(const char* fn, const cpu& ctx, host_view<TS,
   static_check_cpu_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(check_stats_matching_options(fn, opt));
-  DISTILL_TRY(check_channel_pair(fn, s, t, opt.unbiased));
-  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
-  if (!grad.empty())
-    DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2), s.extent(3)}));
+  DISTILL_TRY(check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
   const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(1));
   const auto part = channel_loop_cpu<Acc>(ctx, s, t, grad, make_stats_matching_term<Acc>(opt), opt.unbiased,
                                           static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,
@@ -775,9 +801,7 @@ status stats_matching_tokens_cpu(const char* fn, const cpu& ctx, host_view<TS, 3
   static_check_cpu_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(check_stats_matching_options(fn, opt));
-  DISTILL_TRY(check_token_pair(fn, s, sm, t, tm));
-  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
-  if (!grad.empty()) DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2)}));
+  DISTILL_TRY(check_token_loss_args(fn, s, sm, t, tm, loss, grad));
   DISTILL_TRY(check_token_mask_host(fn, "student_mask", sm, s.extent(0), s.extent(1), opt.unbiased));
   DISTILL_TRY(check_token_mask_host(fn, "teacher_mask", tm, t.extent(0), t.extent(1), opt.unbiased));
   const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(2));

@@ -100,6 +100,41 @@ status check_classifier_inputs(const char* fn, const RV& regions, const CV& clas
   return {};
 }
 
+/// Gradient outputs, shared by the CPU and CUDA backward and cross-entropy passes:
+/// grad_regions [N, D], optional grad_background [D] (only with a background), optional
+/// grad_classes [C, D].
+template <class RV, class CV, class BV, class GRV, class GBV, class GCV>
+status check_classifier_grads(const char* fn, const RV& regions, const CV& classes, const BV& background, const GRV& grad_regions,
+                              const GBV& grad_background, const GCV& grad_classes) {
+  DISTILL_TRY(check_output(fn, "grad_regions", grad_regions, {regions.extent(0), regions.extent(1)}));
+  if (!grad_background.empty() && background.empty())
+    return fail(errc::invalid_argument, fn, "'grad_background' was given but 'background' is absent");
+  DISTILL_TRY(check_optional(fn, "grad_background", grad_background, {regions.extent(1)}));
+  return check_optional(fn, "grad_classes", grad_classes, {classes.extent(0), classes.extent(1)});
+}
+
+/// Checks shared by the CPU and CUDA cross-entropy passes, before any data is read: options,
+/// inputs (K through `k_out`), labels [N], row_weights [N], loss (1), logits_scratch [N, K] and,
+/// when `backward`, the gradients.
+template <class RV, class CV, class BV, class MV, class LV, class WV, class SV, class XV, class GRV, class GBV, class GCV>
+status check_classifier_ce_args(const char* fn, const RV& regions, const CV& classes, const BV& background, const MV& class_mask,
+                                const LV& labels, const WV& row_weights, const SV& loss, const XV& logits_scratch,
+                                const GRV& grad_regions, const GBV& grad_background, const GCV& grad_classes,
+                                const text_classifier_options& opt, const classifier_cross_entropy_options& ce, bool backward,
+                                index_t& k_out) {
+  DISTILL_TRY(check_classifier_options(fn, opt));
+  DISTILL_TRY(check_ce_options(fn, ce));
+  DISTILL_TRY(check_classifier_inputs(fn, regions, classes, background, class_mask, k_out));
+  const index_t N = regions.extent(0);
+  DISTILL_TRY(check_input(fn, "labels", labels));
+  DISTILL_TRY(check_shape(fn, "labels", labels, {N}));
+  DISTILL_TRY(check_optional(fn, "row_weights", row_weights, {N}));
+  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
+  DISTILL_TRY(check_output(fn, "logits_scratch", logits_scratch, {N, k_out}));
+  if (backward) DISTILL_TRY(check_classifier_grads(fn, regions, classes, background, grad_regions, grad_background, grad_classes));
+  return {};
+}
+
 /// B2 factor of row r of a matrix (or of a vector when V is rank 1).
 template <class Acc, class V>
 l2_factor<Acc> row_l2_factor(const V& m, index_t r, l2_normalization mode, Acc eps, bool& bad) {
@@ -397,11 +432,7 @@ template <class T>
   DISTILL_TRY(features_detail::check_classifier_inputs(fn, regions, classes, background, class_mask, K));
   DISTILL_TRY(features_detail::check_input(fn, "grad_logits", grad_logits));
   DISTILL_TRY(check_shape(fn, "grad_logits", grad_logits, {regions.extent(0), K}));
-  DISTILL_TRY(features_detail::check_output(fn, "grad_regions", grad_regions, {regions.extent(0), regions.extent(1)}));
-  if (!grad_background.empty() && background.empty())
-    return fail(errc::invalid_argument, fn, "'grad_background' was given but 'background' is absent");
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_background", grad_background, {regions.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_classes", grad_classes, {classes.extent(0), classes.extent(1)}));
+  DISTILL_TRY(features_detail::check_classifier_grads(fn, regions, classes, background, grad_regions, grad_background, grad_classes));
   const auto f = features_detail::compute_classifier_factors<U>(ctx, regions, classes, background, opt);
   DISTILL_TRY(features_detail::classifier_backward_cpu<U>(ctx, regions, classes, background, class_mask, grad_logits,
                                                           grad_regions, grad_background, grad_classes, f, opt));
@@ -419,23 +450,9 @@ status classifier_ce_cpu(const char* fn, const cpu& ctx, host_view<T, 2> regions
                          const classifier_cross_entropy_options& ce, bool backward) {
   static_check_cpu_type<T>();
   using U = std::remove_const_t<T>;
-  DISTILL_TRY(check_classifier_options(fn, opt));
-  DISTILL_TRY(check_ce_options(fn, ce));
   index_t K = 0;
-  DISTILL_TRY(check_classifier_inputs(fn, regions, classes, background, class_mask, K));
-  const index_t N = regions.extent(0);
-  DISTILL_TRY(check_input(fn, "labels", labels));
-  DISTILL_TRY(check_shape(fn, "labels", labels, {N}));
-  DISTILL_TRY(check_optional(fn, "row_weights", row_weights, {N}));
-  DISTILL_TRY(check_scalar_out(fn, "loss", loss));
-  DISTILL_TRY(check_output(fn, "logits_scratch", logits_scratch, {N, K}));
-  if (backward) {
-    DISTILL_TRY(check_output(fn, "grad_regions", grad_regions, {N, regions.extent(1)}));
-    if (!grad_background.empty() && background.empty())
-      return fail(errc::invalid_argument, fn, "'grad_background' was given but 'background' is absent");
-    DISTILL_TRY(check_optional(fn, "grad_background", grad_background, {regions.extent(1)}));
-    DISTILL_TRY(check_optional(fn, "grad_classes", grad_classes, {classes.extent(0), classes.extent(1)}));
-  }
+  DISTILL_TRY(check_classifier_ce_args(fn, regions, classes, background, class_mask, labels, row_weights, loss, logits_scratch,
+                                       grad_regions, grad_background, grad_classes, opt, ce, backward, K));
   DISTILL_TRY(check_labels_host(fn, labels, K, ce.ignore_index));
   DISTILL_TRY(check_row_weights_host(fn, row_weights));
   const auto f = compute_classifier_factors<U>(ctx, regions, classes, background, opt);

@@ -14,8 +14,8 @@
 //! (h = (h ^ word) * 0x100000001b3, tail bytes one at a time): every step is a bijection in h, so
 //! any single changed byte changes the checksum.
 //!
-//! Saving writes "<path>.tmp.<pid>" in the same directory, fsyncs it, renames it over <path>
-//! (atomic on POSIX) and fsyncs the directory. Loading verifies magic, version, byte order,
+//! Saving writes "<path>.tmp.XXXXXX" in the same directory, fsyncs it, renames it over <path>
+//! (atomic on POSIX) and fsyncs the directory (core/file_io.hpp's write_file_atomically). Loading verifies magic, version, byte order,
 //! checksum and every bound, and returns corrupt_data ("truncated", "checksum mismatch", ...)
 //! otherwise; restoring into a model returns shape_mismatch / unsupported_dtype /
 //! invalid_argument (missing or unexpected names) and changes nothing unless everything matches.
@@ -34,11 +34,8 @@
 //!   DISTILL_TRY(in.restore_parameters(params));
 //!   DISTILL_TRY(in.restore_optimizer(opt));
 
-#include <algorithm>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -46,17 +43,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "distill/core/file_io.hpp"
 #include "distill/core/status.hpp"
 #include "distill/nn/parameter.hpp"
 #include "distill/nn/tensor.hpp"
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
-#include <unistd.h>
-#define DISTILL_CHECKPOINT_POSIX 1
-#else
-#define DISTILL_CHECKPOINT_POSIX 0
-#endif
 
 namespace distill::nn {
 
@@ -95,21 +85,14 @@ inline constexpr char end_magic[8] = {'D', 'S', 'T', 'L', 'E', 'N', 'D', '\0'};
 inline constexpr std::uint32_t version = 1;
 inline constexpr std::uint32_t byte_order_mark = 0x01020304u;
 
+/// The format's checksum: FNV-1a's constants over 8-byte little-endian words, then the tail bytes
+/// one at a time. Not byte-wise FNV-1a (core/file_io.hpp's fnv1a64): version 1 files store this.
 inline std::uint64_t checksum(const unsigned char* p, std::size_t n) noexcept {
-  std::uint64_t h = 0xcbf29ce484222325ull;
+  std::uint64_t h = fnv1a64::offset_basis;
   std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    std::uint64_t w = 0;
-    for (int k = 0; k < 8; ++k) w |= static_cast<std::uint64_t>(p[i + static_cast<std::size_t>(k)]) << (8 * k);
-    h = (h ^ w) * 0x100000001b3ull;
-  }
-  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  for (; i + 8 <= n; i += 8) h = (h ^ get_le64(p + i)) * fnv1a64::prime;
+  for (; i < n; ++i) h = (h ^ p[i]) * fnv1a64::prime;
   return h;
-}
-
-template <class U>
-void put_le(std::vector<unsigned char>& out, U v) {
-  for (std::size_t k = 0; k < sizeof(U); ++k) out.push_back(static_cast<unsigned char>(static_cast<std::uint64_t>(v) >> (8 * k)));
 }
 
 /// Bounds-checked little-endian reader over the file bytes.
@@ -123,10 +106,15 @@ struct reader {
       ok = false;
       return U{};
     }
-    std::uint64_t v = 0;
-    for (std::size_t k = 0; k < sizeof(U); ++k) v |= static_cast<std::uint64_t>(p[at + k]) << (8 * k);
+    U v;
+    if constexpr (std::is_same_v<U, std::uint32_t>) {
+      v = get_le32(p + at);
+    } else {
+      static_assert(std::is_same_v<U, std::uint64_t>, "the format holds u32 and u64 fields");
+      v = get_le64(p + at);
+    }
     at += sizeof(U);
-    return static_cast<U>(v);
+    return v;
   }
   const unsigned char* take(std::size_t bytes) {
     if (!ok || n - at < bytes) {
@@ -149,63 +137,6 @@ inline std::size_t dtype_size(checkpoint_dtype d) {
   return 0;
 }
 
-inline status write_file_atomically(const std::string& path, const std::vector<unsigned char>& bytes,
-                                    const checkpoint_save_options& opt) {
-  constexpr const char* fn = "nn::checkpoint::save";
-#if DISTILL_CHECKPOINT_POSIX
-  const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return fail(errc::io_error, fn, "cannot create '" + tmp + "': " + std::strerror(errno));
-  std::size_t written = 0;
-  const std::size_t limit = std::min(bytes.size(), opt.fail_after_bytes);
-  while (written < limit) {
-    const ::ssize_t w = ::write(fd, bytes.data() + written, limit - written);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const std::string why = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return fail(errc::io_error, fn, "writing '" + tmp + "' failed: " + why);
-    }
-    written += static_cast<std::size_t>(w);
-  }
-  if (limit < bytes.size()) {  // simulated crash: leave the partial temporary file, never rename
-    ::close(fd);
-    return fail(errc::io_error, fn, "simulated interruption after " + std::to_string(limit) + " bytes of '" + tmp + "'");
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return fail(errc::io_error, fn, "flushing '" + tmp + "' failed: " + why);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return fail(errc::io_error, fn, "renaming '" + tmp + "' to '" + path + "' failed: " + why);
-  }
-  // Make the rename itself durable.
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
-  return {};
-#else
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return fail(errc::io_error, fn, "cannot create '" + tmp + "'");
-  const std::size_t limit = std::min(bytes.size(), opt.fail_after_bytes);
-  const bool ok = std::fwrite(bytes.data(), 1, limit, f) == limit && std::fflush(f) == 0;
-  std::fclose(f);
-  if (!ok) return fail(errc::io_error, fn, "writing '" + tmp + "' failed");
-  if (limit < bytes.size()) return fail(errc::io_error, fn, "simulated interruption");
-  std::remove(path.c_str());
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return fail(errc::io_error, fn, "renaming '" + tmp + "' failed");
-  return {};
-#endif
-}
 }  // namespace checkpoint_detail
 
 /// An in-memory set of named tensors, saved and loaded as one file.
@@ -337,26 +268,29 @@ class checkpoint {
   std::vector<unsigned char> serialize() const {
     using namespace checkpoint_detail;
     std::vector<unsigned char> out(magic, magic + 8);
-    put_le(out, version);
-    put_le(out, byte_order_mark);
-    put_le(out, static_cast<std::uint64_t>(entries_.size()));
+    append_le32(out, version);
+    append_le32(out, byte_order_mark);
+    append_le64(out, entries_.size());
     for (const auto& [name, e] : entries_) {
-      put_le(out, static_cast<std::uint32_t>(name.size()));
+      append_le32(out, static_cast<std::uint32_t>(name.size()));
       out.insert(out.end(), name.begin(), name.end());
-      put_le(out, static_cast<std::uint32_t>(e.dtype));
-      put_le(out, static_cast<std::uint32_t>(e.shape.size()));
-      for (index_t d : e.shape) put_le(out, static_cast<std::uint64_t>(d));
-      put_le(out, static_cast<std::uint64_t>(e.bytes.size()));
+      append_le32(out, static_cast<std::uint32_t>(e.dtype));
+      append_le32(out, static_cast<std::uint32_t>(e.shape.size()));
+      for (index_t d : e.shape) append_le64(out, static_cast<std::uint64_t>(d));
+      append_le64(out, e.bytes.size());
       out.insert(out.end(), e.bytes.begin(), e.bytes.end());
     }
-    put_le(out, checksum(out.data(), out.size()));
+    append_le64(out, checksum(out.data(), out.size()));
     out.insert(out.end(), end_magic, end_magic + 8);
     return out;
   }
 
   /// Write atomically (temporary file in the same directory, fsync, rename, fsync directory).
   [[nodiscard]] status save(const std::string& path, const checkpoint_save_options& opt = {}) const {
-    return checkpoint_detail::write_file_atomically(path, serialize(), opt);
+    atomic_write_options w;
+    w.fail_after_bytes = opt.fail_after_bytes;
+    w.keep_temp_on_failure = true;  // the simulated crash leaves its temporary file, as a real one would
+    return write_file_atomically("nn::checkpoint::save", path, serialize(), w);
   }
 
   /// Parse bytes; corrupt_data with the reason when anything is off.
@@ -415,16 +349,8 @@ class checkpoint {
 
   /// Read and verify a checkpoint file.
   [[nodiscard]] static status load(const std::string& path, checkpoint& out) {
-    constexpr const char* fn = "nn::checkpoint::load";
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) return fail(errc::io_error, fn, "cannot open '" + path + "': " + std::strerror(errno));
     std::vector<unsigned char> bytes;
-    unsigned char buf[1 << 16];
-    std::size_t got;
-    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + got);
-    const bool err = std::ferror(f) != 0;
-    std::fclose(f);
-    if (err) return fail(errc::io_error, fn, "reading '" + path + "' failed");
+    DISTILL_TRY(read_file("nn::checkpoint::load", path, bytes));
     return parse(bytes.data(), bytes.size(), out);
   }
 

@@ -21,6 +21,17 @@
 
 namespace distill::nn {
 
+namespace nn_detail {
+/// The row statistics mean and rstd (N): required by both passes on both backends.
+template <class MV, class RV>
+status check_layer_norm_stats(const char* fn, const MV& mean, const RV& rstd, index_t N) {
+  DISTILL_TRY(check_present(fn, "mean", mean));
+  DISTILL_TRY(check_present(fn, "rstd", rstd));
+  DISTILL_TRY(check_shape(fn, "mean", mean, {N}));
+  return check_shape(fn, "rstd", rstd, {N});
+}
+}  // namespace nn_detail
+
 template <class T>
 [[nodiscard]] status layer_norm_forward(const cpu& ctx, in_view<T, 2> x, in_view<T, 1> gamma, in_view<T, 1> beta,
                                         host_view<T, 2> y, out_view<T, 1> mean, out_view<T, 1> rstd, double eps = 1e-5) {
@@ -31,10 +42,7 @@ template <class T>
   const index_t N = x.extent(0), D = x.extent(1);
   if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {D}));
   if (!beta.empty()) DISTILL_TRY(check_shape(fn, "beta", beta, {D}));
-  DISTILL_TRY(check_present(fn, "mean", mean));
-  DISTILL_TRY(check_present(fn, "rstd", rstd));
-  DISTILL_TRY(check_shape(fn, "mean", mean, {N}));
-  DISTILL_TRY(check_shape(fn, "rstd", rstd, {N}));
+  DISTILL_TRY(nn_detail::check_layer_norm_stats(fn, mean, rstd, N));
   using Acc = accum_t<T>;
   parallel_for(
       ctx, N,
@@ -73,10 +81,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   DISTILL_TRY(check_same_shape(fn, "dy", dy, "x", x));
   const index_t N = x.extent(0), D = x.extent(1);
   if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {D}));
-  DISTILL_TRY(check_present(fn, "mean", mean));
-  DISTILL_TRY(check_present(fn, "rstd", rstd));
-  DISTILL_TRY(check_shape(fn, "mean", mean, {N}));
-  DISTILL_TRY(check_shape(fn, "rstd", rstd, {N}));
+  DISTILL_TRY(nn_detail::check_layer_norm_stats(fn, mean, rstd, N));
   if (!dx.empty()) DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
   if (!dgamma.empty()) DISTILL_TRY(check_shape(fn, "dgamma", dgamma, {D}));
   if (!dbeta.empty()) DISTILL_TRY(check_shape(fn, "dbeta", dbeta, {D}));

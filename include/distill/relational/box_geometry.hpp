@@ -145,6 +145,39 @@ status check_boxes_view(const char* fn, const char* name, const V& v, index_t ro
   return check_shape(fn, name, v, {rows, 4});
 }
 
+/// Shapes shared by the CPU and CUDA pair entry points: subject and object boxes [P, 4] and the
+/// features (or their gradient, named `features_name`) [P, 20].
+template <class SV, class OV, class FV>
+status check_pair_views(const char* fn, const SV& subject_boxes, const OV& object_boxes, const char* features_name,
+                        const FV& features) {
+  const index_t P = subject_boxes.extent(0);
+  DISTILL_TRY(check_boxes_view(fn, "subject_boxes", subject_boxes, P));
+  DISTILL_TRY(check_boxes_view(fn, "object_boxes", object_boxes, P));
+  DISTILL_TRY(check_present(fn, features_name, features));
+  DISTILL_TRY(check_strides(fn, features_name, features));
+  return check_shape(fn, features_name, features, {P, box_pair_feature_count});
+}
+
+/// The backward's optional box gradients [P, 4].
+template <class GSV, class GOV>
+status check_box_grads(const char* fn, const GSV& grad_subject_boxes, const GOV& grad_object_boxes, index_t P) {
+  if (!grad_subject_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grad_subject_boxes", grad_subject_boxes, P));
+  if (!grad_object_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grad_object_boxes", grad_object_boxes, P));
+  return {};
+}
+
+/// Shapes of the all-pairs entry points: boxes [B, N, 4], features [B, N, N, 20].
+template <class BV, class FV>
+status check_all_pairs_views(const char* fn, const BV& boxes, const FV& features) {
+  DISTILL_TRY(check_present(fn, "boxes", boxes));
+  DISTILL_TRY(check_strides(fn, "boxes", boxes));
+  const index_t B = boxes.extent(0), N = boxes.extent(1);
+  DISTILL_TRY(check_shape(fn, "boxes", boxes, {B, N, 4}));
+  DISTILL_TRY(check_present(fn, "features", features));
+  DISTILL_TRY(check_strides(fn, "features", features));
+  return check_shape(fn, "features", features, {B, N, N, box_pair_feature_count});
+}
+
 /// CPU: every box finite with x2 > x1 and y2 > y1.
 template <class Box>
 status check_box_values(const char* fn, const char* name, Box box, index_t count) {
@@ -175,11 +208,7 @@ template <class TS, class TO, class TF>
   static_assert(box_detail::same_value_v<TO, T> && std::is_same_v<TF, T>, "box_pair_features_forward: element types differ");
   constexpr const char* fn = "box_pair_features_forward";
   const index_t P = subject_boxes.extent(0);
-  DISTILL_TRY(box_detail::check_boxes_view(fn, "subject_boxes", subject_boxes, P));
-  DISTILL_TRY(box_detail::check_boxes_view(fn, "object_boxes", object_boxes, P));
-  DISTILL_TRY(check_present(fn, "features", features));
-  DISTILL_TRY(check_strides(fn, "features", features));
-  DISTILL_TRY(check_shape(fn, "features", features, {P, box_pair_feature_count}));
+  DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "features", features));
   DISTILL_TRY(box_detail::check_box_values(fn, "subject_boxes", subject_boxes, P));
   DISTILL_TRY(box_detail::check_box_values(fn, "object_boxes", object_boxes, P));
   parallel_for(ctx, P, [&](index_t p0, index_t p1) {
@@ -204,13 +233,8 @@ template <class TS, class TO, class TD, class TG>
                 "box_pair_features_backward: element types differ (gradients non-const)");
   constexpr const char* fn = "box_pair_features_backward";
   const index_t P = subject_boxes.extent(0);
-  DISTILL_TRY(box_detail::check_boxes_view(fn, "subject_boxes", subject_boxes, P));
-  DISTILL_TRY(box_detail::check_boxes_view(fn, "object_boxes", object_boxes, P));
-  DISTILL_TRY(check_present(fn, "grad_features", grad_features));
-  DISTILL_TRY(check_strides(fn, "grad_features", grad_features));
-  DISTILL_TRY(check_shape(fn, "grad_features", grad_features, {P, box_pair_feature_count}));
-  if (!grad_subject_boxes.empty()) DISTILL_TRY(box_detail::check_boxes_view(fn, "grad_subject_boxes", grad_subject_boxes, P));
-  if (!grad_object_boxes.empty()) DISTILL_TRY(box_detail::check_boxes_view(fn, "grad_object_boxes", grad_object_boxes, P));
+  DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "grad_features", grad_features));
+  DISTILL_TRY(box_detail::check_box_grads(fn, grad_subject_boxes, grad_object_boxes, P));
   DISTILL_TRY(box_detail::check_box_values(fn, "subject_boxes", subject_boxes, P));
   DISTILL_TRY(box_detail::check_box_values(fn, "object_boxes", object_boxes, P));
   parallel_for(ctx, P, [&](index_t p0, index_t p1) {
@@ -235,13 +259,8 @@ template <class TB, class TF>
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "box features on the CPU take float or double");
   static_assert(std::is_same_v<TF, T>, "box_pair_features_all_pairs_forward: element types differ (features non-const)");
   constexpr const char* fn = "box_pair_features_all_pairs_forward";
-  DISTILL_TRY(check_present(fn, "boxes", boxes));
-  DISTILL_TRY(check_strides(fn, "boxes", boxes));
+  DISTILL_TRY(box_detail::check_all_pairs_views(fn, boxes, features));
   const index_t B = boxes.extent(0), N = boxes.extent(1);
-  DISTILL_TRY(check_shape(fn, "boxes", boxes, {B, N, 4}));
-  DISTILL_TRY(check_present(fn, "features", features));
-  DISTILL_TRY(check_strides(fn, "features", features));
-  DISTILL_TRY(check_shape(fn, "features", features, {B, N, N, box_pair_feature_count}));
   DISTILL_TRY(box_detail::check_box_values(fn, "boxes", [&](index_t r, int k) { return boxes(r / N, r % N, k); }, B * N));
   parallel_for(ctx, B * N, [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {

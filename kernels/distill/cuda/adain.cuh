@@ -115,10 +115,7 @@ template <class TX, class TY>
   using UX = std::remove_const_t<TX>;
   using UY = std::remove_const_t<TY>;
   constexpr const char* fn = "adain_forward";
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_adain_pair(fn, content, style, opt.unbiased));
-  DISTILL_TRY(features_detail::check_output(fn, "out", out,
-                                            {content.extent(0), content.extent(1), content.extent(2), content.extent(3)}));
+  DISTILL_TRY(features_detail::check_adain_forward_args(fn, content, style, out, opt));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "content", content));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "style", style));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "out", out));
@@ -147,14 +144,7 @@ template <class TX, class TY, class TGO>
   using UX = std::remove_const_t<TX>;
   using UY = std::remove_const_t<TY>;
   constexpr const char* fn = "adain_backward";
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_adain_pair(fn, content, style, opt.unbiased));
-  const index_t cx[4] = {content.extent(0), content.extent(1), content.extent(2), content.extent(3)};
-  DISTILL_TRY(features_detail::check_input(fn, "grad_out", grad_out));
-  DISTILL_TRY(check_shape(fn, "grad_out", grad_out, cx));
-  DISTILL_TRY(features_detail::check_output(fn, "grad_style", grad_style,
-                                            {style.extent(0), style.extent(1), style.extent(2), style.extent(3)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_content", grad_content, cx));
+  DISTILL_TRY(features_detail::check_adain_backward_args(fn, content, style, grad_out, grad_style, grad_content, opt));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "content", content));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "style", style));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_out", grad_out));
@@ -194,10 +184,7 @@ status adain_stats_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(features_detail::check_adain_stats_options(fn, opt));
-  DISTILL_TRY(features_detail::check_channel_pair(fn, s, t, opt.unbiased));
-  DISTILL_TRY(features_detail::check_scalar_out(fn, "loss", loss));
-  if (!grad.empty())
-    DISTILL_TRY(features_detail::check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2), s.extent(3)}));
+  DISTILL_TRY(features_detail::check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
   DISTILL_TRY(check_device_input(fn, "student", s));
   DISTILL_TRY(check_device_input(fn, "teacher", t));
   DISTILL_TRY(check_device_input(fn, "grad_student", grad));

@@ -462,13 +462,7 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
   std::vector<plan> plans;
   std::size_t j = 0;
   for (const Lr& layer : layers) {
-    DISTILL_TRY(check_pair(fn, indexed("student", j), layer.student, indexed("teacher", j), layer.teacher,
-                           indexed("grad_student", j), layer.grad_student, need_grad));
-    if (layer.student.extent(0) != B)
-      return fail(errc::shape_mismatch, fn,
-                  "'" + indexed("student", j) + "' has batch size " + std::to_string(layer.student.extent(0)) +
-                      " but 'layers[0].student' has " + std::to_string(B));
-    DISTILL_TRY(check_finite_option(fn, indexed("weight", j).c_str(), layer.weight, false, false));
+    DISTILL_TRY(check_layer(fn, j, layer, B, need_grad));
     DISTILL_TRY(check_inner_contiguous(fn, indexed("student", j).c_str(), layer.student));
     DISTILL_TRY(check_inner_contiguous(fn, indexed("teacher", j).c_str(), layer.teacher));
     if (need_grad) DISTILL_TRY(check_inner_contiguous(fn, indexed("grad_student", j).c_str(), layer.grad_student));

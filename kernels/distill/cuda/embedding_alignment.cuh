@@ -113,9 +113,7 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
   static_check_cuda_type<TS>();
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
-  DISTILL_TRY(features_detail::check_embedding_options(fn, opt));
-  DISTILL_TRY(features_detail::check_embedding_args(fn, s, t, weights, mask, loss, opt.red));
-  if (!grad.empty()) DISTILL_TRY(features_detail::check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1)}));
+  DISTILL_TRY(features_detail::check_embedding_args(fn, s, t, weights, mask, loss, grad, opt));
   DISTILL_TRY(check_device_input(fn, "student", s));
   DISTILL_TRY(check_device_input(fn, "teacher", t));
   DISTILL_TRY(check_device_input(fn, "grad_student", grad));

@@ -454,11 +454,7 @@ template <class T>
   using Acc = accum_t<T>;
   using U = std::remove_const_t<T>;
   constexpr const char* fn = "channel_stats_forward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_plane_dof(fn, "x", x.extent(2) * x.extent(3), opt.unbiased));
-  DISTILL_TRY(features_detail::check_optional(fn, "mean", mean, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "std_dev", std_dev, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "mean", mean, "std_dev", std_dev, opt));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "x", x));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "mean", mean));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "std_dev", std_dev));
@@ -477,11 +473,7 @@ template <class T>
   using Acc = accum_t<T>;
   using U = std::remove_const_t<T>;
   constexpr const char* fn = "channel_stats_backward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_plane_dof(fn, "x", x.extent(2) * x.extent(3), opt.unbiased));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_mean", grad_mean, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_std", grad_std, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2), x.extent(3)}));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "x", x));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_mean", grad_mean));
@@ -504,11 +496,7 @@ template <class T>
   using Acc = accum_t<T>;
   using U = std::remove_const_t<T>;
   constexpr const char* fn = "token_stats_forward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_optional(fn, "token_mask", token_mask, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "mean", mean, {x.extent(0), x.extent(2)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "std_dev", std_dev, {x.extent(0), x.extent(2)}));
+  DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "mean", mean, "std_dev", std_dev, opt));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "x", x));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "token_mask", token_mask));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "mean", mean));
@@ -527,11 +515,7 @@ template <class T>
   using Acc = accum_t<T>;
   using U = std::remove_const_t<T>;
   constexpr const char* fn = "token_stats_backward";
-  DISTILL_TRY(features_detail::check_input(fn, "x", x));
-  DISTILL_TRY(features_detail::check_eps(fn, opt.eps));
-  DISTILL_TRY(features_detail::check_optional(fn, "token_mask", token_mask, {x.extent(0), x.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_mean", grad_mean, {x.extent(0), x.extent(2)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_std", grad_std, {x.extent(0), x.extent(2)}));
+  DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2)}));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "x", x));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "token_mask", token_mask));
@@ -559,10 +543,7 @@ status stats_matching_channels_cuda(const char* fn, const cuda& ctx, cuda_view<T
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(features_detail::check_stats_matching_options(fn, opt));
-  DISTILL_TRY(features_detail::check_channel_pair(fn, s, t, opt.unbiased));
-  DISTILL_TRY(features_detail::check_scalar_out(fn, "loss", loss));
-  if (!grad.empty())
-    DISTILL_TRY(features_detail::check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2), s.extent(3)}));
+  DISTILL_TRY(features_detail::check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
   DISTILL_TRY(check_device_input(fn, "student", s));
   DISTILL_TRY(check_device_input(fn, "teacher", t));
   DISTILL_TRY(check_device_input(fn, "grad_student", grad));
@@ -590,9 +571,7 @@ status stats_matching_tokens_cuda(const char* fn, const cuda& ctx, cuda_view<TS,
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(features_detail::check_stats_matching_options(fn, opt));
-  DISTILL_TRY(features_detail::check_token_pair(fn, s, sm, t, tm));
-  DISTILL_TRY(features_detail::check_scalar_out(fn, "loss", loss));
-  if (!grad.empty()) DISTILL_TRY(features_detail::check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1), s.extent(2)}));
+  DISTILL_TRY(features_detail::check_token_loss_args(fn, s, sm, t, tm, loss, grad));
   DISTILL_TRY(check_device_input(fn, "student", s));
   DISTILL_TRY(check_device_input(fn, "teacher", t));
   DISTILL_TRY(check_device_input(fn, "grad_student", grad));

@@ -104,10 +104,7 @@ template <class T>
   const index_t N = x.extent(0), D = x.extent(1);
   if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {D}));
   if (!beta.empty()) DISTILL_TRY(check_shape(fn, "beta", beta, {D}));
-  DISTILL_TRY(check_present(fn, "mean", mean));
-  DISTILL_TRY(check_present(fn, "rstd", rstd));
-  DISTILL_TRY(check_shape(fn, "mean", mean, {N}));
-  DISTILL_TRY(check_shape(fn, "rstd", rstd, {N}));
+  DISTILL_TRY(nn_detail::check_layer_norm_stats(fn, mean, rstd, N));
   for (auto [name, v] : {std::pair{"gamma", gamma}, std::pair{"beta", beta}}) DISTILL_TRY(check_contiguous_device_vector(fn, name, v));
   DISTILL_TRY(check_contiguous_device_vector(fn, "mean", mean));
   DISTILL_TRY(check_contiguous_device_vector(fn, "rstd", rstd));
@@ -129,10 +126,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   DISTILL_TRY(check_device_input(fn, "dy", dy));
   const index_t N = x.extent(0), D = x.extent(1);
   if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {D}));
-  DISTILL_TRY(check_present(fn, "mean", mean));
-  DISTILL_TRY(check_present(fn, "rstd", rstd));
-  DISTILL_TRY(check_shape(fn, "mean", mean, {N}));
-  DISTILL_TRY(check_shape(fn, "rstd", rstd, {N}));
+  DISTILL_TRY(nn_detail::check_layer_norm_stats(fn, mean, rstd, N));
   if (!dx.empty()) {
     DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
     DISTILL_TRY(check_device_input(fn, "dx", dx));

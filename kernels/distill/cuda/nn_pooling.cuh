@@ -95,6 +95,14 @@ __global__ void nn_pool2d_backward_gather_kernel(image_arg<const T> dy, const st
   }
 }
 
+/// argmax (N, C, Ho, Wo) as the pooling kernels read and write it: contiguous device memory.
+template <class A>
+status check_device_argmax(const char* fn, const A& argmax, index_t N, index_t C, index_t Ho, index_t Wo) {
+  DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
+  if (!argmax.contiguous()) return fail(errc::unsupported_layout, fn, "'argmax' must be contiguous on CUDA");
+  return check_device_view(fn, "argmax", argmax);
+}
+
 }  // namespace cuda_detail
 
 template <class T>
@@ -137,9 +145,7 @@ template <class T>
   DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
   DISTILL_TRY(check_device_input(fn, "y", y));
   DISTILL_TRY(check_present(fn, "argmax", argmax));
-  DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
-  if (!argmax.contiguous()) return fail(errc::unsupported_layout, fn, "'argmax' must be contiguous on CUDA");
-  DISTILL_TRY(check_device_view(fn, "argmax", argmax));
+  DISTILL_TRY(check_device_argmax(fn, argmax, N, C, Ho, Wo));
   nn_pool2d_forward_kernel<T><<<elementwise_blocks(N * C * Ho * Wo), 256, 0, stream_of(ctx)>>>(
       arg4(x), arg4(y), argmax.data(), N, C, W, Ho, Wo, p.kernel, p.stride, true);
   return launch_status(fn, stream_of(ctx));
@@ -156,9 +162,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
   DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
   DISTILL_TRY(check_device_input(fn, "dy", dy));
-  DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
-  if (!argmax.contiguous()) return fail(errc::unsupported_layout, fn, "'argmax' must be contiguous on CUDA");
-  DISTILL_TRY(check_device_view(fn, "argmax", argmax));
+  DISTILL_TRY(check_device_argmax(fn, argmax, N, C, Ho, Wo));
   cuda_view<const T, 4> dyc = dy;
   nn_pool2d_backward_gather_kernel<T><<<elementwise_blocks(N * C * H * W), 256, 0, stream_of(ctx)>>>(
       arg4(dyc), argmax.data(), arg4(dx), N, C, H, W, Ho, Wo, p.kernel, p.stride, true, opt.accumulate_input);

@@ -158,7 +158,7 @@ template <class T>
                                        cudaMemcpyDeviceToHost, s));
   DISTILL_CUDA_TRY(cudaStreamSynchronize(s));
   const auto file = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
-  return contrastive_detail::write_file_atomically(fn, path, file, opt);
+  return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 
 /// Load into a device queue (the file is read and checked on the host first, then copied on
@@ -168,7 +168,7 @@ template <class T>
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(contrastive_detail::read_whole_file(fn, path, file));
+  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
   DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
   const index_t K = queue.capacity(), D = queue.dim();

@@ -466,11 +466,7 @@ template <class T>
   DISTILL_TRY(features_detail::check_classifier_inputs(fn, regions, classes, background, class_mask, K));
   DISTILL_TRY(features_detail::check_input(fn, "grad_logits", grad_logits));
   DISTILL_TRY(check_shape(fn, "grad_logits", grad_logits, {regions.extent(0), K}));
-  DISTILL_TRY(features_detail::check_output(fn, "grad_regions", grad_regions, {regions.extent(0), regions.extent(1)}));
-  if (!grad_background.empty() && background.empty())
-    return fail(errc::invalid_argument, fn, "'grad_background' was given but 'background' is absent");
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_background", grad_background, {regions.extent(1)}));
-  DISTILL_TRY(features_detail::check_optional(fn, "grad_classes", grad_classes, {classes.extent(0), classes.extent(1)}));
+  DISTILL_TRY(features_detail::check_classifier_grads(fn, regions, classes, background, grad_regions, grad_background, grad_classes));
   DISTILL_TRY(features_cuda_detail::check_classifier_device_inputs<U>(fn, regions, classes, background, class_mask));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_logits", grad_logits));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_regions", grad_regions));
@@ -497,23 +493,11 @@ status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regio
   static_check_cuda_type<T>();
   using U = std::remove_const_t<T>;
   using Acc = accum_t<T>;
-  DISTILL_TRY(features_detail::check_classifier_options(fn, opt));
-  DISTILL_TRY(features_detail::check_ce_options(fn, ce));
   index_t K = 0;
-  DISTILL_TRY(features_detail::check_classifier_inputs(fn, regions, classes, background, class_mask, K));
+  DISTILL_TRY(features_detail::check_classifier_ce_args(fn, regions, classes, background, class_mask, labels, row_weights, loss,
+                                                        logits_scratch, grad_regions, grad_background, grad_classes, opt, ce,
+                                                        backward, K));
   const index_t N = regions.extent(0);
-  DISTILL_TRY(features_detail::check_input(fn, "labels", labels));
-  DISTILL_TRY(check_shape(fn, "labels", labels, {N}));
-  DISTILL_TRY(features_detail::check_optional(fn, "row_weights", row_weights, {N}));
-  DISTILL_TRY(features_detail::check_scalar_out(fn, "loss", loss));
-  DISTILL_TRY(features_detail::check_output(fn, "logits_scratch", logits_scratch, {N, K}));
-  if (backward) {
-    DISTILL_TRY(features_detail::check_output(fn, "grad_regions", grad_regions, {N, regions.extent(1)}));
-    if (!grad_background.empty() && background.empty())
-      return fail(errc::invalid_argument, fn, "'grad_background' was given but 'background' is absent");
-    DISTILL_TRY(features_detail::check_optional(fn, "grad_background", grad_background, {regions.extent(1)}));
-    DISTILL_TRY(features_detail::check_optional(fn, "grad_classes", grad_classes, {classes.extent(0), classes.extent(1)}));
-  }
   DISTILL_TRY(check_classifier_device_inputs<U>(fn, regions, classes, background, class_mask));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "labels", labels));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "row_weights", row_weights));

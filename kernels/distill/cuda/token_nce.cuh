@@ -1159,6 +1159,15 @@ status check_device_inputs(const char* fn, const VS& student, const VT& teacher,
   return {};
 }
 
+/// The gradient outputs' shapes (as on the CPU), plus the unit inner stride the kernels need.
+template <class VGS, class VGT, class VS>
+status check_grad_outputs(const char* fn, const VGS& grad_student, const VGT& grad_teacher, const VS& student) {
+  DISTILL_TRY(token_nce_detail::check_grad_outputs(fn, grad_student, grad_teacher, student));
+  DISTILL_TRY(check_inner_contiguous(fn, "grad_student", grad_student));
+  if (!grad_teacher.empty()) DISTILL_TRY(check_inner_contiguous(fn, "grad_teacher", grad_teacher));
+  return {};
+}
+
 }  // namespace cuda_detail::nce
 
 /// Bytes of device scratch for M tokens of dimension D against a queue of capacity K (the
@@ -1186,10 +1195,7 @@ template <class TS, class TT, class TQ>
   DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
   const index_t M = student.extent(0);
   DISTILL_TRY(token_nce_detail::check_loss_outputs(fn, loss, per_token_loss, M, opt.red));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_student", grad_student, student, true));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_teacher", grad_teacher, student, false));
-  DISTILL_TRY(check_inner_contiguous(fn, "grad_student", grad_student));
-  if (!grad_teacher.empty()) DISTILL_TRY(check_inner_contiguous(fn, "grad_teacher", grad_teacher));
+  DISTILL_TRY(cuda_detail::nce::check_grad_outputs(fn, grad_student, grad_teacher, student));
   DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, student, teacher, queue, token_mask, token_ids));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "per_token_loss", per_token_loss));
@@ -1234,10 +1240,7 @@ template <class TS, class TT, class TQ>
   cuda_detail::nce::static_check_cuda_types<TS, TT, TQ>();
   constexpr const char* fn = "token_nce_queue_backward";
   DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_student", grad_student, student, true));
-  DISTILL_TRY(token_nce_detail::check_grad_output(fn, "grad_teacher", grad_teacher, student, false));
-  DISTILL_TRY(check_inner_contiguous(fn, "grad_student", grad_student));
-  if (!grad_teacher.empty()) DISTILL_TRY(check_inner_contiguous(fn, "grad_teacher", grad_teacher));
+  DISTILL_TRY(cuda_detail::nce::check_grad_outputs(fn, grad_student, grad_teacher, student));
   DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, student, teacher, queue, token_mask, token_ids));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad_student));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_teacher", grad_teacher));

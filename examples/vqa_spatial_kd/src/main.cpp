@@ -1,0 +1,532 @@
+// SPDX-License-Identifier: MIT
+// vqa_spatial_kd: Spatial Knowledge Distillation on Sort-of-CLEVR, end to end.
+//
+//   data    generate (or load) Sort-of-CLEVR: scenes, 20 questions per image, answers
+//   logic   the rules in rules/*.rules turn each (scene, question) into a pair mask (distill::logic)
+//   models  baseline RN, two teachers (logic mask / predicted mask), two students (model.hpp)
+//   report  accuracy by question type, mean ± std over seeds; results.json, curves.csv, plot, PNGs
+//
+//   vqa_spatial_kd --preset cpu-small|paper|smoke [--pixels] [--seeds 3] [--out DIR] [overrides]
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "render.hpp"  // first: it owns the stb_image_write implementation
+#include "batching.hpp"
+#include "dataset_io.hpp"
+#include "distill/logic/sort_of_clevr.hpp"
+#include "progress.hpp"
+#include "report.hpp"
+#include "runner.hpp"
+#include "sort_of_clevr.hpp"
+
+#ifndef DISTILL_VQA_RULES_DIR
+#define DISTILL_VQA_RULES_DIR "rules"
+#endif
+
+namespace fs = std::filesystem;
+using namespace vqa;
+
+namespace {
+
+// ---- configuration: a preset, then the command line's overrides ------------------------------
+
+struct run_options {
+  std::string preset = "cpu-small";
+  bool pixels = false;
+  int seeds = 3;
+  std::uint64_t first_seed = 1;
+  std::uint64_t data_seed = 1;
+  std::string out = "vqa_out";
+  std::string data_dir;  // default: <out>/data
+  std::string rules_dir = DISTILL_VQA_RULES_DIR;
+  std::string device = "auto";
+  int epochs = 12;
+  int train_images = 5000;
+  int test_images = 1000;
+  int render = 8;
+  bool resume = false;
+  std::vector<std::string> models;  // default: all five
+  model_spec arch;                  // g, f and scorer sizes of every model
+  int student_g_hidden = 0;         // 0: same as the others
+  train_config train;
+};
+
+void apply_preset(run_options& o) {
+  if (o.preset == "cpu-small") {  // state descriptions, sized for 2 CPU cores (see README)
+    o.train_images = 5000, o.test_images = 1000, o.epochs = 12, o.seeds = 3;
+    o.arch.g_hidden = 128, o.arch.g_layers = 3, o.arch.f_hidden = {128}, o.arch.scorer_hidden = 128;
+    o.train.lr = 1e-3, o.train.batch = 64, o.train.f_dropout = 0.0;
+  } else if (o.preset == "paper") {  // Santoro et al. / kimhc6028: g 4x256, f 256-256-dropout-10, Adam 1e-4
+    o.train_images = 10000, o.test_images = 1000, o.epochs = 40, o.seeds = 1;
+    o.arch.g_hidden = 256, o.arch.g_layers = 4, o.arch.f_hidden = {256, 256}, o.arch.scorer_hidden = 256;
+    o.train.lr = 1e-4, o.train.batch = 64, o.train.f_dropout = 0.5;
+  } else if (o.preset == "smoke") {  // seconds: for tests and a first look
+    o.train_images = 300, o.test_images = 60, o.epochs = 2, o.seeds = 1, o.render = 2;
+    o.arch.g_hidden = 32, o.arch.g_layers = 2, o.arch.f_hidden = {32}, o.arch.scorer_hidden = 16;
+    o.train.lr = 1e-3, o.train.batch = 32, o.train.f_dropout = 0.0;
+  } else {
+    throw std::invalid_argument("--preset must be cpu-small, paper or smoke, not '" + o.preset + "'");
+  }
+}
+
+const std::vector<std::string> all_models = {"baseline", "teacher_logic", "teacher_predicted", "student_logits", "student_attention"};
+
+model_spec spec_of(const std::string& name, const run_options& o) {
+  model_spec s = o.arch;
+  s.name = name;
+  if (name == "baseline") {
+    s.title = "baseline RN";
+  } else if (name == "teacher_logic") {
+    s.title = "teacher (logic mask)", s.mask = mask_source::logic, s.is_teacher = true;
+  } else if (name == "teacher_predicted") {
+    s.title = "teacher (predicted mask)", s.mask = mask_source::predicted, s.supervise_pairs = true;
+  } else if (name == "student_logits") {
+    s.title = "student (a) logit KD", s.distill_logits = true, s.distill_features = o.pixels;
+  } else if (name == "student_attention") {
+    s.title = "student (b) pair-attention KD", s.mask = mask_source::predicted, s.distill_logits = true, s.distill_pairs = true,
+    s.distill_features = o.pixels;
+  } else {
+    throw std::invalid_argument("unknown model '" + name + "' (known: baseline, teacher_logic, teacher_predicted, student_logits, student_attention)");
+  }
+  if (o.student_g_hidden > 0 && (name == "student_logits" || name == "student_attention")) s.g_hidden = o.student_g_hidden;
+  return s;
+}
+
+nlohmann::json config_json(const run_options& o, const std::string& device) {
+  nlohmann::json j;
+  j["preset"] = o.preset, j["pixels"] = o.pixels, j["seeds"] = o.seeds, j["first_seed"] = o.first_seed;
+  j["data_seed"] = o.data_seed, j["device"] = device, j["threads"] = o.train.threads;
+  j["epochs"] = o.epochs, j["train_images"] = o.train_images, j["test_images"] = o.test_images;
+  j["questions_per_image"] = 20, j["batch"] = o.train.batch, j["lr"] = o.train.lr, j["optimizer"] = "adam";
+  j["g_hidden"] = o.arch.g_hidden, j["g_layers"] = o.arch.g_layers, j["f_hidden"] = o.arch.f_hidden;
+  j["f_dropout"] = o.train.f_dropout, j["scorer_hidden"] = o.arch.scorer_hidden, j["student_g_hidden"] = o.student_g_hidden;
+  j["alpha"] = o.train.alpha, j["temperature"] = o.train.temperature, j["pair_weight"] = o.train.pair_weight;
+  j["attention_weight"] = o.train.attention_weight, j["models"] = o.models;
+  if (o.pixels) {
+    j["cnn_channels"] = o.train.cnn_channels, j["at_weight"] = o.train.at_weight, j["adain_weight"] = o.train.adain_weight;
+    j["nce_weight"] = o.train.nce_weight, j["nce_temperature"] = o.train.nce_temperature, j["queue_size"] = o.train.queue_size;
+  }
+  return j;
+}
+
+// ---- data: the dataset, its state inputs and the logic masks of every question ---------------
+
+struct split_data {
+  dataset d;
+  int N = 6;                         // objects per scene the models see (6, or 25 cells)
+  std::vector<float> masks;          // [questions, N, N]
+};
+
+distill::sort_of_clevr_question logic_question(question_type t) {
+  switch (t) {
+    case question_type::shape: return distill::sort_of_clevr_question::shape;
+    case question_type::left: return distill::sort_of_clevr_question::horizontal;
+    case question_type::top: return distill::sort_of_clevr_question::vertical;
+    case question_type::closest: return distill::sort_of_clevr_question::closest;
+    case question_type::furthest: return distill::sort_of_clevr_question::furthest;
+    case question_type::count: return distill::sort_of_clevr_question::count;
+  }
+  return distill::sort_of_clevr_question::shape;
+}
+
+/// The CNN cell (of the 5 x 5 grid over the 75 x 75 image) holding a pixel position.
+int cell_of(int x, int y) { return std::min(4, y / 15) * 5 + std::min(4, x / 15); }
+
+/// Logic masks for every question of a split, from the rule files (distill::logic, MAP inference).
+std::vector<float> logic_masks(const dataset& d, const distill::sort_of_clevr_rules& rules, int threads, bool cells) {
+  const std::size_t Q = d.questions.size();
+  std::vector<distill::scene_object> scenes(Q * object_count);
+  std::vector<std::int32_t> colours(Q), types(Q);
+  for (std::size_t i = 0; i < Q; ++i) {
+    const question& q = d.questions[i];
+    for (int k = 0; k < object_count; ++k) {
+      const object_state& s = d.scenes[q.image].objects[static_cast<std::size_t>(k)];
+      scenes[i * object_count + static_cast<std::size_t>(k)] = {static_cast<float>(s.x), static_cast<float>(s.y), s.colour,
+                                                               static_cast<std::int32_t>(s.form), 0, 0};
+    }
+    colours[i] = q.colour;
+    types[i] = static_cast<std::int32_t>(logic_question(q.type));
+  }
+  std::vector<distill::sort_of_clevr_masker> maskers(static_cast<std::size_t>(std::max(1, threads)));
+  for (auto& m : maskers) distill::throw_if_error(m.prepare(rules, object_count));
+  std::vector<float> m6(Q * object_count * object_count);
+  const auto n = static_cast<distill::index_t>(Q);
+  distill::throw_if_error(distill::sort_of_clevr_masks(
+      distill::cpu{threads}, maskers, distill::make_view(static_cast<const distill::scene_object*>(scenes.data()), n, object_count),
+      distill::make_view(static_cast<const std::int32_t*>(colours.data()), n),
+      distill::make_view(static_cast<const std::int32_t*>(types.data()), n), distill::make_view(m6.data(), n, object_count, object_count)));
+  if (!cells) return m6;
+  // Pixels: the models' objects are the 25 CNN cells; pair (i, j) of objects becomes the pair of
+  // the cells holding their centres (two objects in one cell add up).
+  std::vector<float> m25(Q * 625, 0.0f);
+  for (std::size_t i = 0; i < Q; ++i) {
+    const scene& s = d.scenes[d.questions[i].image];
+    for (int a = 0; a < object_count; ++a)
+      for (int b = 0; b < object_count; ++b) {
+        const auto& oa = s.objects[static_cast<std::size_t>(a)];
+        const auto& ob = s.objects[static_cast<std::size_t>(b)];
+        float& dst = m25[i * 625 + static_cast<std::size_t>(cell_of(oa.x, oa.y) * 25 + cell_of(ob.x, ob.y))];
+        dst = std::min(1.0f, dst + m6[i * 36 + static_cast<std::size_t>(a * 6 + b)]);
+      }
+  }
+  return m25;
+}
+
+/// Host memory of one batch, filled from a split by question ids.
+struct batch_buffers {
+  std::vector<float> state, images, questions, masks;
+  std::vector<std::int32_t> answers32;
+  std::vector<std::int64_t> answers;
+
+  host_batch fill(const split_data& s, std::span<const std::uint32_t> ids, bool pixels) {
+    const std::size_t B = ids.size(), NN = static_cast<std::size_t>(s.N * s.N);
+    questions.resize(B * question_size), answers32.resize(B), answers.resize(B), masks.resize(B * NN);
+    state.resize(B * object_count * object_feature_size);
+    gather_state_batch(s.d, ids, state, questions, answers32);
+    if (pixels) {
+      images.resize(B * image_bytes);
+      gather_image_batch(s.d, ids, images);
+    }
+    for (std::size_t i = 0; i < B; ++i) {
+      answers[i] = answers32[i];
+      std::copy_n(s.masks.data() + ids[i] * NN, NN, masks.data() + i * NN);
+    }
+    host_batch b;
+    b.size = static_cast<int>(B), b.objects = s.N;
+    b.state = state.data(), b.images = pixels ? images.data() : nullptr, b.questions = questions.data();
+    b.answers = answers.data(), b.logic_mask = masks.data();
+    return b;
+  }
+};
+
+// ---- training and evaluation -----------------------------------------------------------------
+
+std::unique_ptr<model_runner> make_runner(const std::string& device, const model_spec& s, const train_config& c) {
+#if defined(DISTILL_VQA_WITH_CUDA)
+  if (device == "cuda") return make_cuda_runner(s, c);
+#endif
+  (void)device;
+  return make_cpu_runner(s, c);
+}
+
+accuracy_counter evaluate(model_runner& m, const split_data& test, const run_options& o, std::vector<std::int32_t>* answers_out = nullptr) {
+  accuracy_counter acc;
+  batch_buffers buf;
+  std::vector<std::int32_t> pred(static_cast<std::size_t>(o.train.batch));
+  const std::size_t Q = test.d.questions.size();
+  if (answers_out) answers_out->assign(Q, -1);
+  std::vector<std::uint32_t> ids;
+  for (std::size_t first = 0; first < Q; first += static_cast<std::size_t>(o.train.batch)) {
+    ids.clear();
+    for (std::size_t i = first; i < std::min(Q, first + static_cast<std::size_t>(o.train.batch)); ++i) ids.push_back(static_cast<std::uint32_t>(i));
+    const host_batch b = buf.fill(test, ids, o.pixels);
+    distill::throw_if_error(m.predict(b, pred.data(), nullptr));
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      acc.add(test.d.questions[ids[i]], pred[i]);
+      if (answers_out) (*answers_out)[ids[i]] = pred[i];
+    }
+  }
+  return acc;
+}
+
+struct trained {
+  std::unique_ptr<model_runner> model;
+  seed_result result;
+};
+
+std::string checkpoint_path(const run_options& o, const std::string& model, std::uint64_t seed) {
+  return (fs::path(o.out) / "checkpoints" / (model + "-seed" + std::to_string(seed) + ".ckpt")).string();
+}
+
+/// Trains one model for one seed (resuming from its checkpoint when asked), evaluating on the
+/// test set after every epoch.
+trained train_model(const model_spec& spec, std::uint64_t seed, const run_options& o, const std::string& device, const split_data& train,
+                    const split_data& test, model_runner* teacher, std::vector<curve_point>& curves) {
+  train_config cfg = o.train;
+  cfg.seed = seed;
+  trained t{make_runner(device, spec, cfg), {}};
+  t.result.seed = seed;
+  int start_epoch = 0;
+  double seconds = 0;
+  std::vector<curve_point> mine;
+  const std::string ckpt = checkpoint_path(o, spec.name, seed);
+  if (o.resume && fs::exists(ckpt)) {
+    std::string meta;
+    const distill::status st = t.model->load(ckpt, start_epoch, meta);
+    if (st.ok()) {
+      const auto j = nlohmann::json::parse(meta);
+      seconds = j.at("seconds").get<double>();
+      for (const auto& p : j.at("curve"))
+        mine.push_back({spec.name, seed, p.at("epoch").get<int>(), p.at("overall").get<double>(), p.at("non_relational").get<double>(),
+                        p.at("relational").get<double>(), p.at("seconds").get<double>()});
+      std::cerr << "  resumed " << spec.name << " seed " << seed << " after epoch " << start_epoch << "\n";
+    } else {
+      std::cerr << "  not resuming " << spec.name << " seed " << seed << ": " << st.to_string() << "\n";
+      t.model = make_runner(device, spec, cfg);
+      start_epoch = 0;
+    }
+  }
+  const std::size_t Q = train.d.questions.size();
+  const auto B = static_cast<std::size_t>(o.train.batch);
+  batch_buffers buf;
+  accuracy_counter acc;
+  for (int epoch = start_epoch; epoch < o.epochs; ++epoch) {
+    const auto order = shuffled_order(Q, seed, static_cast<std::uint64_t>(epoch));
+    progress_bar bar(spec.title + " seed " + std::to_string(seed) + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
+                     static_cast<std::int64_t>(Q), progress_options{.unit = "q", .clock = {}});
+    const auto t0 = std::chrono::steady_clock::now();
+    double loss_sum = 0;
+    std::size_t steps = 0;
+    for (std::size_t first = 0; first < Q; first += B) {
+      const std::size_t n = std::min(B, Q - first);
+      const host_batch b = buf.fill(train, std::span<const std::uint32_t>(order).subspan(first, n), o.pixels);
+      double loss = 0;
+      distill::throw_if_error(t.model->train_step(b, teacher, o.train.lr, loss));
+      if (!std::isfinite(loss)) throw std::runtime_error(spec.name + ": the training loss is not finite (" + std::to_string(loss) + ")");
+      loss_sum += loss, ++steps;
+      bar.advance(static_cast<std::int64_t>(n));
+      if (steps % 20 == 0) {
+        char s[48];
+        std::snprintf(s, sizeof s, "loss %.4f", loss_sum / static_cast<double>(steps));
+        bar.set_suffix(s);
+      }
+    }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    acc = evaluate(*t.model, test, o);
+    char s[96];
+    std::snprintf(s, sizeof s, "loss %.4f | test %.1f%% (non-rel %.1f%%, rel %.1f%%)", loss_sum / static_cast<double>(std::max<std::size_t>(steps, 1)),
+                  100 * acc.overall(), 100 * acc.non_relational(), 100 * acc.relational());
+    bar.set_suffix(s);
+    bar.finish();
+    mine.push_back(make_curve_point(spec.name, seed, epoch + 1, acc.metrics(), seconds));
+    nlohmann::json meta;
+    meta["seconds"] = seconds;
+    meta["curve"] = nlohmann::json::array();
+    for (const auto& p : mine)
+      meta["curve"].push_back({{"epoch", p.epoch}, {"overall", p.overall}, {"non_relational", p.non_relational},
+                               {"relational", p.relational}, {"seconds", p.seconds}});
+    const distill::status st = t.model->save(ckpt, epoch + 1, meta.dump());
+    if (!st.ok()) std::cerr << "  warning: checkpoint not saved: " << st.to_string() << "\n";
+  }
+  if (start_epoch >= o.epochs) acc = evaluate(*t.model, test, o);  // fully trained checkpoint
+  t.result.test = acc.metrics();
+  t.result.train_seconds = seconds;
+  curves.insert(curves.end(), mine.begin(), mine.end());
+  return t;
+}
+
+/// PNG panels of a few test questions: the scene, the question, every model's answer, the logic
+/// mask (what the logic teacher was told) and the predicted-mask teacher's pair attention.
+void render_examples(const split_data& test, const run_options& o, const std::map<std::string, std::vector<std::int32_t>>& answers,
+                     model_runner* predicted, const fs::path& path) {
+  if (o.render <= 0) return;
+  std::vector<panel_content> panels;
+  const std::size_t Q = test.d.questions.size();
+  const std::size_t NN = static_cast<std::size_t>(test.N * test.N);
+  for (std::size_t i = 0; i < Q && static_cast<int>(panels.size()) < o.render; i += 7) {  // a spread of question types
+    const question& q = test.d.questions[i];
+    panel_content p;
+    p.objects = test.d.scenes[q.image];
+    if (test.d.has_pixels()) p.pixels.assign(test.d.image(q.image).begin(), test.d.image(q.image).end());
+    p.asked = q;
+    const auto centres = test.N == 25 ? grid_cell_centres(5) : std::vector<std::array<float, 2>>{};
+    p.masks.emplace_back("logic mask", std::vector<float>(test.masks.begin() + static_cast<std::ptrdiff_t>(i * NN),
+                                                          test.masks.begin() + static_cast<std::ptrdiff_t>((i + 1) * NN)),
+                         pair_mask::magenta, false, centres);
+    if (predicted) {
+      batch_buffers buf;
+      const std::uint32_t id = static_cast<std::uint32_t>(i);
+      const host_batch b = buf.fill(test, std::span<const std::uint32_t>(&id, 1), o.pixels);
+      std::int32_t a = 0;
+      std::vector<float> w(NN);
+      if (predicted->predict(b, &a, w.data()).ok())
+        p.masks.emplace_back("predicted attention", std::move(w), rgb8{0, 120, 220}, true, centres);
+    }
+    for (const auto& [name, ans] : answers) p.answers.push_back({name, ans[i]});
+    panels.push_back(std::move(p));
+  }
+  if (render_grid(panels, 4, path)) std::cerr << "wrote " << path.string() << "\n";
+  else std::cerr << "could not write " << path.string() << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Spatial Knowledge Distillation on Sort-of-CLEVR: a logic-mask teacher teaches students that see no mask"};
+  run_options o;
+  std::string preset = "cpu-small";
+  app.add_option("--preset", preset, "cpu-small (state descriptions, 2 CPU cores), paper (Santoro et al. sizes; with --pixels for a GPU) or smoke")
+      ->check(CLI::IsMember({"cpu-small", "paper", "smoke"}));
+  app.add_flag("--pixels", o.pixels, "learn from pixels: objects are the 25 cells of a 4-layer CNN");
+  auto* seeds = app.add_option("--seeds", o.seeds, "number of seeds (mean ± std over them)")->check(CLI::Range(1, 100));
+  app.add_option("--first-seed", o.first_seed, "seed of the first run (the others follow)");
+  app.add_option("--out", o.out, "output folder: results.json, curves.csv, accuracy.png, examples.png, checkpoints/");
+  app.add_option("--data-dir", o.data_dir, "where the dataset files live (default <out>/data)");
+  app.add_option("--rules", o.rules_dir, "folder of the rule files (non_relational/closest/furthest/count.rules)");
+  app.add_option("--device", o.device, "auto (CUDA when built with it and a GPU is present), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--threads", o.train.threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app.add_flag("--resume", o.resume, "continue from the checkpoints in <out>/checkpoints");
+  app.add_option("--models", o.models, "models to train (default all): baseline teacher_logic teacher_predicted student_logits student_attention");
+  // overrides of the preset
+  std::optional<int> epochs, train_images, test_images, batch, g_hidden, g_layers, scorer_hidden, student_g_hidden, render;
+  std::optional<double> lr, alpha, temperature, pair_weight, attention_weight, dropout, at_weight, adain_weight, nce_weight;
+  std::optional<std::vector<int>> f_hidden;
+  std::optional<std::uint64_t> data_seed;
+  app.add_option("--epochs", epochs, "training epochs per model")->check(CLI::Range(1, 100000));
+  app.add_option("--train-images", train_images, "training images (20 questions each)")->check(CLI::Range(1, 10000000));
+  app.add_option("--test-images", test_images, "test images (20 questions each)")->check(CLI::Range(1, 10000000));
+  app.add_option("--data-seed", data_seed, "seed of the generated dataset");
+  app.add_option("--batch", batch, "questions per step")->check(CLI::Range(1, 65536));
+  app.add_option("--lr", lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--g-hidden", g_hidden, "width of g")->check(CLI::Range(1, 8192));
+  app.add_option("--g-layers", g_layers, "layers of g")->check(CLI::Range(1, 8));
+  app.add_option("--f-hidden", f_hidden, "hidden widths of f, e.g. --f-hidden 256 256");
+  app.add_option("--dropout", dropout, "dropout before f's last layer")->check(CLI::Range(0.0, 0.99));
+  app.add_option("--scorer-hidden", scorer_hidden, "hidden width of the pair scorer")->check(CLI::Range(1, 8192));
+  app.add_option("--student-g-hidden", student_g_hidden, "width of the students' g (smaller students)")->check(CLI::Range(1, 8192));
+  app.add_option("--alpha", alpha, "students: weight of the soft-target KL (1 - alpha on the labels)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--temperature", temperature, "soft-target temperature")->check(CLI::PositiveNumber);
+  app.add_option("--pair-weight", pair_weight, "teacher (predicted mask): weight of the pair supervision")->check(CLI::NonNegativeNumber);
+  app.add_option("--attention-weight", attention_weight, "student (b): weight of the pair-attention distillation")->check(CLI::NonNegativeNumber);
+  app.add_option("--at-weight", at_weight, "pixels: attention-transfer beta")->check(CLI::NonNegativeNumber);
+  app.add_option("--adain-weight", adain_weight, "pixels: AdaIN statistics loss weight")->check(CLI::NonNegativeNumber);
+  app.add_option("--nce-weight", nce_weight, "pixels: token contrastive loss weight")->check(CLI::NonNegativeNumber);
+  app.add_option("--render", render, "example panels to draw into examples.png (0: none)")->check(CLI::Range(0, 64));
+  o.train.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    o.preset = preset;
+    const int threads = o.train.threads;
+    const int seeds_given = o.seeds;
+    apply_preset(o);
+    o.train.threads = threads;
+    if (seeds->count()) o.seeds = seeds_given;
+    if (epochs) o.epochs = *epochs;
+    if (train_images) o.train_images = *train_images;
+    if (test_images) o.test_images = *test_images;
+    if (data_seed) o.data_seed = *data_seed;
+    if (batch) o.train.batch = *batch;
+    if (lr) o.train.lr = *lr;
+    if (g_hidden) o.arch.g_hidden = *g_hidden;
+    if (g_layers) o.arch.g_layers = *g_layers;
+    if (f_hidden) o.arch.f_hidden = *f_hidden;
+    if (dropout) o.train.f_dropout = *dropout;
+    if (scorer_hidden) o.arch.scorer_hidden = *scorer_hidden;
+    if (student_g_hidden) o.student_g_hidden = *student_g_hidden;
+    if (alpha) o.train.alpha = *alpha;
+    if (temperature) o.train.temperature = *temperature;
+    if (pair_weight) o.train.pair_weight = *pair_weight;
+    if (attention_weight) o.train.attention_weight = *attention_weight;
+    if (at_weight) o.train.at_weight = *at_weight;
+    if (adain_weight) o.train.adain_weight = *adain_weight;
+    if (nce_weight) o.train.nce_weight = *nce_weight;
+    if (render) o.render = *render;
+    o.train.pixels = o.pixels;
+    if (o.models.empty()) o.models = all_models;
+    for (const auto& m : o.models) (void)spec_of(m, o);  // reject unknown names early
+    const bool students = std::count(o.models.begin(), o.models.end(), "student_logits") ||
+                          std::count(o.models.begin(), o.models.end(), "student_attention");
+    if (students && !std::count(o.models.begin(), o.models.end(), "teacher_logic"))
+      o.models.insert(o.models.begin(), "teacher_logic");  // the students' teacher
+    std::stable_sort(o.models.begin(), o.models.end(), [](const std::string& a, const std::string& b) {
+      return std::find(all_models.begin(), all_models.end(), a) < std::find(all_models.begin(), all_models.end(), b);
+    });
+
+    // device
+    std::string device = o.device, device_name = "CPU (" + std::to_string(o.train.threads) + " threads)";
+#if defined(DISTILL_VQA_WITH_CUDA)
+    const std::string gpu = cuda_device_name();
+    if (device == "auto") device = gpu.empty() ? "cpu" : "cuda";
+    if (device == "cuda") {
+      if (gpu.empty()) throw std::runtime_error("--device cuda: no usable CUDA device");
+      device_name = gpu;
+    }
+#else
+    if (device == "cuda") throw std::runtime_error("--device cuda: this build has no CUDA (nvcc was not found when it was configured)");
+    device = "cpu";
+#endif
+    fs::create_directories(fs::path(o.out) / "checkpoints");
+    if (o.data_dir.empty()) o.data_dir = (fs::path(o.out) / "data").string();
+    fs::create_directories(o.data_dir);
+    std::cerr << "vqa_spatial_kd: preset " << o.preset << (o.pixels ? " (pixels)" : " (state descriptions)") << ", " << o.seeds
+              << " seed(s), " << o.epochs << " epochs, on " << device_name << "\n";
+
+    // data + logic masks
+    distill::sort_of_clevr_rules rules;
+    distill::rule_error rerr;
+    if (const distill::status st = distill::load_sort_of_clevr_rules(o.rules_dir, rules, &rerr); !st.ok())
+      throw std::runtime_error(st.to_string() + " (pass --rules DIR)");
+    auto load_split = [&](dataset_split split, int images) {
+      generator_params p;
+      p.seed = o.data_seed, p.split = split, p.images = static_cast<std::uint32_t>(images), p.with_pixels = o.pixels;
+      split_data s;
+      const fs::path path = fs::path(o.data_dir) / ("sort_of_clevr_" + std::string(name_of(split)) + (o.pixels ? "_pixels" : "") + ".bin");
+      s.d = load_or_generate(path, p);
+      s.N = o.pixels ? 25 : object_count;
+      const auto t0 = std::chrono::steady_clock::now();
+      s.masks = logic_masks(s.d, rules, o.train.threads, o.pixels);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::cerr << "  " << name_of(split) << ": " << s.d.image_count() << " images, " << s.d.questions.size() << " questions; logic masks in "
+                << report_detail::fixed(dt, 2) << " s (" << report_detail::fixed(static_cast<double>(s.d.questions.size()) / std::max(dt, 1e-9), 0)
+                << " masks/s)\n";
+      return s;
+    };
+    const split_data train = load_split(dataset_split::train, o.train_images);
+    const split_data test = load_split(dataset_split::test, o.test_images);
+
+    // train every model for every seed
+    std::vector<model_result> results;
+    for (const auto& m : o.models) results.push_back({spec_of(m, o).title, {}});
+    std::vector<curve_point> curves;
+    std::map<std::string, std::vector<std::int32_t>> last_answers;  // first seed: for the PNG panels
+    std::unique_ptr<model_runner> last_predicted;
+    for (int k = 0; k < o.seeds; ++k) {
+      const std::uint64_t seed = o.first_seed + static_cast<std::uint64_t>(k);
+      std::unique_ptr<model_runner> teacher;
+      for (std::size_t mi = 0; mi < o.models.size(); ++mi) {
+        const model_spec spec = spec_of(o.models[mi], o);
+        trained t = train_model(spec, seed, o, device, train, test, spec.distill_logits ? teacher.get() : nullptr, curves);
+        results[mi].seeds.push_back(t.result);
+        const auto& r = t.result.test;
+        std::cerr << "  " << spec.title << " seed " << seed << ": non-relational " << report_detail::fixed(100 * r[metric_non_relational], 1)
+                  << "%, relational " << report_detail::fixed(100 * r[metric_relational], 1) << "% ("
+                  << report_detail::fixed(t.result.train_seconds, 0) << " s, " << t.model->parameter_count() << " parameters)\n";
+        if (k == 0) {
+          evaluate(*t.model, test, o, &last_answers[spec.name]);
+          if (spec.name == "teacher_predicted") last_predicted = std::move(t.model);
+        }
+        if (spec.is_teacher) teacher = std::move(t.model);
+      }
+    }
+
+    // report
+    const std::string table = format_results_table(results);
+    std::cout << "\nTest accuracy by question type (" << o.seeds << " seed" << (o.seeds > 1 ? "s, mean ± std" : "") << "), "
+              << device_name << ":\n\n" << table << std::flush;
+    const fs::path out(o.out);
+    write_results_json(out / "results.json", config_json(o, device_name), results);
+    write_curves_csv(out / "curves.csv", curves);
+    const plot_result plot = plot_curves(curves, out / "accuracy.png");
+    std::cerr << (plot.written ? "wrote " + (out / "accuracy.png").string() : plot.message) << "\n";
+    render_examples(test, o, last_answers, last_predicted.get(), out / "examples.png");
+    std::cerr << "wrote " << (out / "results.json").string() << " and " << (out / "curves.csv").string() << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "vqa_spatial_kd: " << e.what() << "\n";
+    return 1;
+  }
+}
