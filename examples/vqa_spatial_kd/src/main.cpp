@@ -336,16 +336,28 @@ void render_examples(const split_data& test, const run_options& o, const std::ma
   std::vector<panel_content> panels;
   const std::size_t Q = test.d.questions.size();
   const std::size_t NN = static_cast<std::size_t>(test.N * test.N);
-  for (std::size_t i = 0; i < Q && static_cast<int>(panels.size()) < o.render; i += 7) {  // a spread of question types
+  // One question of each type in turn (relational first), each from another image.
+  const question_type order[] = {question_type::closest, question_type::furthest, question_type::count,
+                                 question_type::shape,   question_type::left,     question_type::top};
+  std::vector<std::size_t> picked;
+  std::vector<bool> image_used(test.d.image_count(), false);
+  for (int round = 0; static_cast<int>(picked.size()) < o.render && round < o.render; ++round)
+    for (question_type t : order) {
+      if (static_cast<int>(picked.size()) >= o.render) break;
+      for (std::size_t i = 0; i < Q; ++i)
+        if (test.d.questions[i].type == t && !image_used[test.d.questions[i].image]) {
+          picked.push_back(i);
+          image_used[test.d.questions[i].image] = true;
+          break;
+        }
+    }
+  for (std::size_t i : picked) {
     const question& q = test.d.questions[i];
     panel_content p;
     p.objects = test.d.scenes[q.image];
     if (test.d.has_pixels()) p.pixels.assign(test.d.image(q.image).begin(), test.d.image(q.image).end());
     p.asked = q;
     const auto centres = test.N == 25 ? grid_cell_centres(5) : std::vector<std::array<float, 2>>{};
-    p.masks.emplace_back("logic mask", std::vector<float>(test.masks.begin() + static_cast<std::ptrdiff_t>(i * NN),
-                                                          test.masks.begin() + static_cast<std::ptrdiff_t>((i + 1) * NN)),
-                         pair_mask::magenta, false, centres);
     if (predicted) {
       batch_buffers buf;
       const std::uint32_t id = static_cast<std::uint32_t>(i);
@@ -355,6 +367,9 @@ void render_examples(const split_data& test, const run_options& o, const std::ma
       if (predicted->predict(b, &a, w.data()).ok())
         p.masks.emplace_back("predicted attention", std::move(w), rgb8{0, 120, 220}, true, centres);
     }
+    p.masks.emplace_back("logic mask", std::vector<float>(test.masks.begin() + static_cast<std::ptrdiff_t>(i * NN),
+                                                          test.masks.begin() + static_cast<std::ptrdiff_t>((i + 1) * NN)),
+                         pair_mask::magenta, false, centres);  // on top: what the teacher was told
     for (const auto& [name, ans] : answers) p.answers.push_back({name, ans[i]});
     panels.push_back(std::move(p));
   }
@@ -369,11 +384,13 @@ int main(int argc, char** argv) {
   run_options o;
   std::string preset = "cpu-small";
   app.add_option("--preset", preset, "cpu-small (state descriptions, 2 CPU cores), paper (Santoro et al. sizes; with --pixels for a GPU) or smoke")
-      ->check(CLI::IsMember({"cpu-small", "paper", "smoke"}));
+      ->check(CLI::IsMember({"cpu-small", "paper", "smoke"}))
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts/run.sh passes a default first
   app.add_flag("--pixels", o.pixels, "learn from pixels: objects are the 25 cells of a 4-layer CNN");
   auto* seeds = app.add_option("--seeds", o.seeds, "number of seeds (mean ± std over them)")->check(CLI::Range(1, 100));
   app.add_option("--first-seed", o.first_seed, "seed of the first run (the others follow)");
-  app.add_option("--out", o.out, "output folder: results.json, curves.csv, accuracy.png, examples.png, checkpoints/");
+  app.add_option("--out", o.out, "output folder: results.json, curves.csv, curves.png, examples.png, checkpoints/")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--data-dir", o.data_dir, "where the dataset files live (default <out>/data)");
   app.add_option("--rules", o.rules_dir, "folder of the rule files (non_relational/closest/furthest/count.rules)");
   app.add_option("--device", o.device, "auto (CUDA when built with it and a GPU is present), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
@@ -520,8 +537,8 @@ int main(int argc, char** argv) {
     const fs::path out(o.out);
     write_results_json(out / "results.json", config_json(o, device_name), results);
     write_curves_csv(out / "curves.csv", curves);
-    const plot_result plot = plot_curves(curves, out / "accuracy.png");
-    std::cerr << (plot.written ? "wrote " + (out / "accuracy.png").string() : plot.message) << "\n";
+    const plot_result plot = plot_curves(curves, out / "curves.png");
+    std::cerr << (plot.written ? "wrote " + (out / "curves.png").string() : plot.message) << "\n";
     render_examples(test, o, last_answers, last_predicted.get(), out / "examples.png");
     std::cerr << "wrote " << (out / "results.json").string() << " and " << (out / "curves.csv").string() << "\n";
     return 0;

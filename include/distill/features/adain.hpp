@@ -287,17 +287,8 @@ template <class TS, class TT>
 status adain_stats_loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 4> s, host_view<TT, 4> t,
                             host_view<accum_t<TS>, 1> loss, host_view<std::remove_const_t<TS>, 4> grad,
                             const adain_stats_loss_options& opt) {
-  static_check_cpu_type<TS>();
-  static_check_cpu_type<TT>();
-  using Acc = accum_t<TS>;
   DISTILL_TRY(check_adain_stats_options(fn, opt));
-  DISTILL_TRY(check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
-  const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(1));
-  const auto part = channel_loop_cpu<Acc>(ctx, s, t, grad, make_adain_stats_term<Acc>(opt), opt.unbiased,
-                                          static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,
-                                          no_channel_output{});
-  if (!loss.empty()) loss(0) = part.loss * static_cast<Acc>(inv_div);
-  return report_flags(fn, part, "student", "teacher");
+  return channel_loss_cpu(fn, ctx, s, t, loss, grad, opt, make_adain_stats_term<accum_t<TS>>(opt));
 }
 }  // namespace features_detail
 

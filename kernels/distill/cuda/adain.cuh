@@ -180,27 +180,8 @@ template <class TS, class TT>
 status adain_stats_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cuda_view<TT, 4> t,
                              cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad,
                              cuda_view<std::byte, 1> workspace, const adain_stats_loss_options& opt) {
-  static_check_cuda_type<TS>();
-  static_check_cuda_type<TT>();
-  using Acc = accum_t<TS>;
   DISTILL_TRY(features_detail::check_adain_stats_options(fn, opt));
-  DISTILL_TRY(features_detail::check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
-  DISTILL_TRY(check_device_input(fn, "student", s));
-  DISTILL_TRY(check_device_input(fn, "teacher", t));
-  DISTILL_TRY(check_device_input(fn, "grad_student", grad));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  const index_t P = s.extent(0) * s.extent(1);
-  Acc* partial = nullptr;
-  if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
-  const double inv_div = 1.0 / features_detail::stats_divisor(opt.red, s.extent(0), s.extent(1));
-  using US = std::remove_const_t<TS>;
-  using UT = std::remove_const_t<TT>;
-  channel_pass_args<Acc, US, UT, US> a{s, t, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
-                                       static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,
-                                       plane_contiguous(s), plane_contiguous(t), plane_contiguous(grad)};
-  DISTILL_TRY(launch_channel_pass(fn, ctx, a, features_detail::make_adain_stats_term<Acc>(opt)));
-  if (!loss.empty()) DISTILL_TRY(launch_sum_partials<Acc>(fn, ctx, partial, P, static_cast<Acc>(inv_div), nullptr, loss.data()));
-  return {};
+  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_adain_stats_term<accum_t<TS>>(opt));
 }
 }  // namespace features_cuda_detail
 

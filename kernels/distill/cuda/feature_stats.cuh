@@ -535,14 +535,17 @@ template <class T>
 // =============================================================================================
 namespace features_cuda_detail {
 
-template <class TS, class TT>
-status stats_matching_channels_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cuda_view<TT, 4> t,
-                                    cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad,
-                                    cuda_view<std::byte, 1> workspace, const stats_matching_options& opt) {
+/// The loss driver shared by statistics matching and the AdaIN statistics loss over [B, C, H, W]
+/// on the device (the caller has checked its own options): shapes, device pointers, one pass
+/// over the channels with `term`, the reduced loss. `opt` supplies eps, unbiased, red,
+/// grad_scale and accumulate.
+template <class TS, class TT, class Opt, class Term>
+status channel_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cuda_view<TT, 4> t, cuda_view<accum_t<TS>, 1> loss,
+                         cuda_view<std::remove_const_t<TS>, 4> grad, cuda_view<std::byte, 1> workspace, const Opt& opt,
+                         const Term& term) {
   static_check_cuda_type<TS>();
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
-  DISTILL_TRY(features_detail::check_stats_matching_options(fn, opt));
   DISTILL_TRY(features_detail::check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
   DISTILL_TRY(check_device_input(fn, "student", s));
   DISTILL_TRY(check_device_input(fn, "teacher", t));
@@ -557,9 +560,17 @@ status stats_matching_channels_cuda(const char* fn, const cuda& ctx, cuda_view<T
   channel_pass_args<Acc, US, UT, US> a{s, t, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
                                        static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,
                                        plane_contiguous(s), plane_contiguous(t), plane_contiguous(grad)};
-  DISTILL_TRY(launch_channel_pass(fn, ctx, a, features_detail::make_stats_matching_term<Acc>(opt)));
+  DISTILL_TRY(launch_channel_pass(fn, ctx, a, term));
   if (!loss.empty()) DISTILL_TRY(launch_sum_partials<Acc>(fn, ctx, partial, P, static_cast<Acc>(inv_div), nullptr, loss.data()));
   return {};
+}
+
+template <class TS, class TT>
+status stats_matching_channels_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cuda_view<TT, 4> t,
+                                    cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad,
+                                    cuda_view<std::byte, 1> workspace, const stats_matching_options& opt) {
+  DISTILL_TRY(features_detail::check_stats_matching_options(fn, opt));
+  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_stats_matching_term<accum_t<TS>>(opt));
 }
 
 template <class TS, class TT>
