@@ -210,10 +210,10 @@ def time_cuda(fn, reps=100):
     return sorted(ts)[len(ts) // 2]
 
 
-def run_distill(bench, names, threads):
+def run_distill(bench, names, threads, env_extra=None):
     # Google Benchmark appends /real_time or /manual_time to names that use those timers.
     pattern = "^(" + "|".join(re.escape(n) for n in names) + ")(/real_time|/manual_time)?$"
-    env = dict(os.environ, DISTILL_BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, DISTILL_BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **(env_extra or {}))
     out = subprocess.run([bench, f"--benchmark_filter={pattern}", "--benchmark_format=json",
                           "--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"],
                          capture_output=True, text=True, env=env, check=True).stdout
@@ -224,8 +224,22 @@ def run_distill(bench, names, threads):
             continue
         name = re.sub(r"/(real_time|manual_time)$", "", b["run_name"])
         scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
-        res[name] = {"ms": b["real_time"] * scale, "roofline": b.get("roofline")}
+        res[name] = {"ms": b["real_time"] * scale, "roofline": b.get("roofline"), "GBps": b.get("GBps"), "GFLOPs": b.get("GFLOPs")}
     return res, data.get("context", {})
+
+
+def measure_ceilings(bench, threads, cuda):
+    """This machine's roofline, measured by distill_bench's ceiling/ benchmarks in the same session;
+    passed to the main run so its roofline counters use it (not the anchors of another machine)."""
+    if cuda:
+        names = ["ceiling/cuda/copy/1GiB", "ceiling/cuda/gemm/8192/f32", "ceiling/cuda/gemm/8192/tf32", "ceiling/cuda/gemm/8192/bf16"]
+    else:
+        names = ["ceiling/cpu/copy/128MiB", "ceiling/cpu/gemm/1024x1024x1024/f32"]
+    res, _ = run_distill(bench, names, threads)
+    if cuda:
+        return {"DISTILL_BENCH_GPU_GBPS": res[names[0]]["GBps"], "DISTILL_BENCH_GPU_TFLOPS_F32": res[names[1]]["GFLOPs"] / 1e3,
+                "DISTILL_BENCH_GPU_TFLOPS_TF32": res[names[2]]["GFLOPs"] / 1e3, "DISTILL_BENCH_GPU_TFLOPS_BF16": res[names[3]]["GFLOPs"] / 1e3}
+    return {"DISTILL_BENCH_CPU_GBPS": res[names[0]]["GBps"], "DISTILL_BENCH_CPU_GFLOPS": res[names[1]]["GFLOPs"]}
 
 
 def main():
@@ -241,15 +255,17 @@ def main():
     cases = [c for c in cases if re.search(args.filter, c[0])]
     dev = "cuda" if args.cuda else "cpu"
     torch.set_num_threads(args.threads)
-    ours, context = run_distill(args.bench, [c[0] for c in cases], args.threads)
+    ceilings = measure_ceilings(args.bench, args.threads, args.cuda)
+    ours, context = run_distill(args.bench, [c[0] for c in cases], args.threads, {k: f"{v:.6g}" for k, v in ceilings.items()})
 
-    machine = torch.cuda.get_device_name() if args.cuda else (context.get("host_name", "") + f", {args.threads} threads")
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
+    machine = torch.cuda.get_device_name() if args.cuda else f"{cpu_model}, {context.get('num_cpus', '?')} cores, {args.threads} threads"
     compilers = [("eager", lambda f: f)]
     if args.cuda:
         compilers.append(("compile", lambda f, cache={}: cache.setdefault(id(f), torch.compile(f))))
     timer = time_cuda if args.cuda else time_cpu
 
-    rows, results = [], {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": []}
+    rows, results = [], {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "ceilings": ceilings, "rows": []}
     for name, make, target in cases:
         closure = make(dev)
         peer = {}
@@ -270,7 +286,8 @@ def main():
 
     head = "| benchmark | distill ms | " + " | ".join(f"torch {c} ms" for c, _ in compilers) + " | speed-up vs best peer | target ms | roofline |"
     sep = "|" + "---|" * (5 + len(compilers))
-    print(f"Machine: {machine}; PyTorch {torch.__version__}; {results['date']}\n")
+    print(f"Machine: {machine}; PyTorch {torch.__version__}; {results['date']}")
+    print("Roofline measured in the same session: " + ", ".join(f"{k[14:]}={v:.4g}" for k, v in ceilings.items()) + "\n")
     print(head)
     print(sep)
     print("\n".join(rows))
