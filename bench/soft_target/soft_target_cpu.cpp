@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Soft-target losses on the CPU. Headlines (float, T = 2, batchmean, fused forward+backward,
 // bytes = read student + read teacher + write gradient):
-//   soft_target_kl/cpu/fwd_bwd/1024x32000   target <= 35 ms on 2 threads (PyTorch 1.13: 1119 ms)
+//   soft_target_kl/cpu/fwd_bwd/1024x32000   target <= 35 ms on 2 threads (PyTorch 1.13: 1119 ms on the
+//                                           anchors' machine, 400 ms on the one in docs/performance.md)
 //   soft_target_kl/cpu/fwd_bwd/256x3129     target <= 1.5 ms
 //   soft_target_kl/cpu/fwd_bwd/4096x10      target <= 0.1 ms
 // plus a few non-headline passes and primitives at a moderate size.

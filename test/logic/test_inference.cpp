@@ -578,6 +578,11 @@ TEST_CASE("inference: batches equal single solves for every thread count", "[log
   CHECK(logic_mask_batch(cpu{1}, solvers, make_view(static_cast<const scene_object*>(scenes.data()), B, N), short_obs,
                          rs.find_predicate("rel"), make_view(masks.data(), B, N, N))
             .code() == errc::shape_mismatch);
+  // Null observed values are refused up front (not first met by a worker past scene 0).
+  const observed_batch null_obs[] = {{rs.find_predicate("q"), make_view(static_cast<const float*>(nullptr), B, N)}};
+  CHECK(logic_mask_batch(cpu{2}, solvers, make_view(static_cast<const scene_object*>(scenes.data()), B, N), null_obs,
+                         rs.find_predicate("rel"), make_view(masks.data(), B, N, N))
+            .code() == errc::invalid_argument);
   CHECK(logic_mask_batch(cpu{1}, std::span<logic_solver>{}, make_view(static_cast<const scene_object*>(scenes.data()), B, N), obs,
                          rs.find_predicate("rel"), make_view(masks.data(), B, N, N))
             .code() == errc::invalid_argument);

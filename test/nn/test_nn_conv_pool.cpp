@@ -6,7 +6,9 @@
 #include <tuple>
 #include <vector>
 
+#include "distill/nn/cast.hpp"
 #include "distill/nn/conv2d.hpp"
+#include "distill/nn/embedding.hpp"
 #include "distill/nn/pooling.hpp"
 #include "nn_test_util.hpp"
 #include "reference/nn_ref.hpp"
@@ -118,6 +120,30 @@ TEST_CASE("conv2d layer: Relation-Network stack shapes, init bounds, errors", "[
   CHECK(nn::conv2d_forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4), c1.weight.value.view<4>(),
                            host_view<const float, 1>{}, make_view(y.data(), 2, 24, 2, 2), nn::conv2d_params{0, 2, 1, 1})
             .code() == errc::invalid_argument);
+}
+
+TEST_CASE("a null output or upstream-gradient view with a valid shape is refused, not written", "[nn][errors]") {
+  std::vector<float> x(2 * 3 * 4 * 4, 1.0f), w(4 * 3 * 3 * 3, 1.0f), dx(x.size());
+  const auto xv = make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4);
+  const auto wv = make_view(static_cast<const float*>(w.data()), 4, 3, 3, 3);
+  float* null = nullptr;
+  auto is_null_error = [](const status& st, const char* name) {
+    INFO(st.message());
+    return st.code() == errc::invalid_argument && st.message().find(std::string("'") + name + "' is a null pointer") != std::string::npos;
+  };
+  CHECK(is_null_error(nn::conv2d_forward(cpu{1}, xv, wv, host_view<const float, 1>{}, make_view(null, 2, 4, 2, 2), nn::conv2d_params{2, 2, 1, 1}), "y"));
+  CHECK(is_null_error(nn::conv2d_backward(cpu{1}, xv, wv, make_view(static_cast<const float*>(null), 2, 4, 2, 2), make_view(dx.data(), 2, 3, 4, 4),
+                                          host_view<float, 4>{}, host_view<float, 1>{}, nn::conv2d_params{2, 2, 1, 1}),
+                      "dy"));
+  const nn::pool2d_params pool{2, 2};
+  CHECK(is_null_error(nn::avg_pool2d_forward(cpu{1}, xv, make_view(null, 2, 3, 2, 2), pool), "y"));
+  CHECK(is_null_error(nn::avg_pool2d_backward(cpu{1}, make_view(static_cast<const float*>(null), 2, 3, 2, 2), make_view(dx.data(), 2, 3, 4, 4), pool), "dy"));
+  CHECK(is_null_error(nn::global_avg_pool_forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 16), make_view(null, 2, 3)), "y"));
+  CHECK(is_null_error(nn::cast(cpu{1}, make_view(static_cast<const float*>(x.data()), 6, 16), make_view(static_cast<double*>(nullptr), 6, 16)), "out"));
+  const std::vector<std::int64_t> ids{0, 2};
+  std::vector<float> table(3 * 5);
+  CHECK(is_null_error(nn::embedding_backward<std::int64_t, float>(cpu{1}, make_view(ids.data(), 2), make_view(static_cast<const float*>(null), 2, 5), make_view(table.data(), 3, 5)),
+                      "dy"));
 }
 
 TEST_CASE("pooling: max/average/global against the reference, gradients against finite differences", "[nn][pooling][grad]") {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Sparse top-k teacher (spec §2.4 variants A and C) on the CPU: the reference's gradient against
 // finite differences, the library against the reference (reductions, labels, weights, hard term,
-// diagnostics, dL/dT, in place, padding slots, dtypes), and the refused inputs.
+// diagnostics, dL/dT, in place, padding slots), and the refused inputs.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -50,8 +50,35 @@ topk_case make_case(distill_test::rng& g, std::size_t n, std::size_t c, std::siz
 }
 
 struct expected {
-  std::vector<double> loss, grad, kl;
+  std::vector<double> loss, grad, kl, entropy, top1;
 };
+
+/// Entropy of the sparse teacher (A: of p~; C: of (p, rest mass)), straight from its definition.
+double topk_entropy(ref::topk_variant v, const std::vector<std::int64_t>& idx, const std::vector<double>& lv) {
+  std::vector<double> li;
+  for (std::size_t j = 0; j < idx.size(); ++j)
+    if (idx[j] >= 0) li.push_back(lv[j]);
+  const double shift = v == ref::topk_variant::renormalized ? ref::logsumexp(li) : 0.0;
+  double h = 0, mass = 0;
+  for (double l : li) {
+    const double p = std::exp(l - shift);
+    if (p != 0) h -= p * (l - shift);
+    mass += p;
+  }
+  const double r = v == ref::topk_variant::renormalized ? 0.0 : std::max(0.0, 1.0 - mass);
+  if (r > 0) h -= r * std::log(r);
+  return h;
+}
+
+/// 1 when the student's first argmax is the class of the largest teacher value (ties: lowest class).
+double topk_top1(const std::vector<double>& zs, const std::vector<std::int64_t>& idx, const std::vector<double>& lv) {
+  std::int64_t best = -1;
+  double best_v = 0;
+  for (std::size_t j = 0; j < idx.size(); ++j)
+    if (idx[j] >= 0 && (best < 0 || lv[j] > best_v || (lv[j] == best_v && idx[j] < best))) best = idx[j], best_v = lv[j];
+  const auto student = std::max_element(zs.begin(), zs.end()) - zs.begin();
+  return best >= 0 && student == best ? 1.0 : 0.0;
+}
 
 expected evaluate(const topk_case& tc, ref::topk_variant v, const ref::config& cf) {
   expected e;
@@ -68,6 +95,8 @@ expected evaluate(const topk_case& tc, ref::topk_variant v, const ref::config& c
   std::vector<double> rl(tc.n, 0.0);
   e.grad.assign(tc.n * tc.c, 0.0);
   e.kl.assign(tc.n, 0.0);
+  e.entropy.assign(tc.n, 0.0);
+  e.top1.assign(tc.n, 0.0);
   for (std::size_t r = 0; r < tc.n; ++r) {
     if (ignored(r)) continue;
     const std::vector<double> zs(tc.zs.begin() + r * tc.c, tc.zs.begin() + (r + 1) * tc.c);
@@ -80,6 +109,8 @@ expected evaluate(const topk_case& tc, ref::topk_variant v, const ref::config& c
     const double hard = label >= 0 ? -lq1[static_cast<std::size_t>(label)] : 0.0;
     rl[r] = w(r) * (cf.soft_weight * ct * f + cf.hard_weight * hard);
     e.kl[r] = f;
+    e.entropy[r] = topk_entropy(v, idx, lv);
+    e.top1[r] = topk_top1(zs, idx, lv);
     for (std::size_t k = 0; k < tc.c; ++k) {
       double gk = cf.soft_weight * ct / t * gy[k];
       if (cf.hard_weight != 0) gk += cf.hard_weight * (std::exp(lq1[k]) - (static_cast<std::int64_t>(k) == label));
@@ -156,8 +187,10 @@ TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
         soft_target_host_extras<float> ex;
         if (!tc.labels.empty()) ex.labels = make_view(static_cast<const std::int64_t*>(tc.labels.data()), n);
         if (!w.empty()) ex.row_weights = make_view(static_cast<const float*>(w.data()), n);
-        distill_test::guarded<float> kl(n), dt(1);
+        distill_test::guarded<float> kl(n), ent(n), top1(n), dt(1);
         ex.row_kl = make_view(kl.data(), n);
+        ex.row_teacher_entropy = make_view(ent.data(), n);
+        ex.row_top1_agreement = make_view(top1.data(), n);
         const std::size_t ln = red == ref::reduction::none ? n : 1;
         distill_test::guarded<float> loss(ln), grad(n * c);
         ex.grad_temperature = make_view(dt.data(), 1);
@@ -172,7 +205,9 @@ TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
         CHECK_CLOSE("grad", grad.contents(), want.grad, (distill_test::tolerance{2e-7 * ct, 1e-4}));
         std::vector<double> kl_want = want.kl;
         CHECK_CLOSE("row_kl", kl.contents(), kl_want, (distill_test::tolerance{2e-6, 3e-5}));
-        CHECK((loss.intact() && grad.intact() && kl.intact() && dt.intact()));
+        CHECK_CLOSE("row_teacher_entropy", ent.contents(), want.entropy, (distill_test::tolerance{2e-6, 3e-5}));
+        CHECK(top1.contents() == std::vector<float>(want.top1.begin(), want.top1.end()));
+        CHECK((loss.intact() && grad.intact() && kl.intact() && ent.intact() && top1.intact() && dt.intact()));
         // dL/dT: central differences of the reference in T (teacher values fixed)
         const double fd = distill_test::numeric_gradient(
                               [&](const std::vector<double>& tt) {

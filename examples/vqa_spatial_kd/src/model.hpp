@@ -137,6 +137,18 @@ class rn_model final : public model_runner {
   }
 
   distill::status train_step(const host_batch& b, model_runner* teacher_base, double lr, double& loss_out) override {
+    rn_model* teacher = nullptr;
+    DISTILL_TRY(compute_gradients(b, teacher_base, loss_out, &teacher));
+    opt_->options.lr = lr;
+    DISTILL_TRY(opt_->step(ctx_));
+    if (teacher && cfg_.pixels && spec_.distill_features) DISTILL_TRY(enqueue_teacher_tokens(*teacher));
+    return {};
+  }
+
+  /// The training loss of the batch (every term times its weight: the objective the gradients
+  /// belong to) and the gradients of all parameters, without an optimiser step.
+  distill::status compute_gradients(const host_batch& b, model_runner* teacher_base, double& loss_out,
+                                    rn_model** teacher_out = nullptr) {
     using namespace distill;
     rn_model* teacher = nullptr;
     if (spec_.distill_logits || spec_.distill_pairs || (spec_.distill_features && cfg_.pixels)) {
@@ -149,7 +161,7 @@ class rn_model final : public model_runner {
     DISTILL_TRY(nn::zero_grad(ctx_, params_));
     DISTILL_TRY(forward(b, true, /*uploaded=*/true));
     const index_t B = b.size;
-    losses_.clear();
+    losses_.clear(), loss_weights_.clear();
 
     // ---- loss on the logits -> d_logits
     DISTILL_TRY(d_logits_.resize({B, answers}));
@@ -197,12 +209,12 @@ class rn_model final : public model_runner {
 
     // ---- pixels: back through the CNN (+ feature distillation from the teacher's CNN)
     if (cfg_.pixels) DISTILL_TRY(cnn_backward(b, teacher));
-
-    opt_->options.lr = lr;
-    DISTILL_TRY(opt_->step(ctx_));
-    if (teacher && cfg_.pixels && spec_.distill_features) DISTILL_TRY(enqueue_teacher_tokens(*teacher));
+    if (teacher_out) *teacher_out = teacher;
     return sum_losses(loss_out);
   }
+
+  /// Every trainable parameter and buffer (values and gradients), e.g. for gradient checks.
+  const distill::nn::parameter_list<T, Space>& parameters() const { return params_; }
 
   distill::status predict(const host_batch& b, std::int32_t* out, float* pair_weights) override {
     using namespace distill;
@@ -402,18 +414,20 @@ class rn_model final : public model_runner {
     return {};
   }
 
-  /// Next loss scalar (each loss term writes its own, summed on the host after the step).
-  distill::tensor_view<float, 1, Space> next_loss() {
+  /// Next loss scalar: each loss term writes its own; `weight` is what its gradient was scaled
+  /// by (grad_scale), so that the weighted sum on the host is the objective being minimised.
+  distill::tensor_view<float, 1, Space> next_loss(double weight = 1.0) {
     losses_.emplace_back();
+    loss_weights_.push_back(weight);
     throw_if_error(losses_.back().resize({1}));
     return losses_.back().template view<1>();
   }
   distill::status sum_losses(double& total) {
     total = 0;
-    for (const auto& l : losses_) {
+    for (std::size_t i = 0; i < losses_.size(); ++i) {
       float v = 0;
-      DISTILL_TRY(download(l, &v));
-      total += v;
+      DISTILL_TRY(download(losses_[i], &v));
+      total += loss_weights_[i] * v;
     }
     return {};
   }
@@ -501,10 +515,10 @@ class rn_model final : public model_runner {
       auto o = scorer_options(cfg_.pair_weight);
       if constexpr (on_cuda)
         DISTILL_TRY(pair_scorer_loss_forward_backward(ctx_, scores_.template cview<3>(), logic_.template cview<3>(), no_object_mask(),
-                                                      next_loss(), d_scores_.template view<3>(), scorer_workspace(B), o));
+                                                      next_loss(cfg_.pair_weight), d_scores_.template view<3>(), scorer_workspace(B), o));
       else
         DISTILL_TRY(pair_scorer_loss_forward_backward(ctx_, scores_.template cview<3>(), logic_.template cview<3>(), no_object_mask(),
-                                                      next_loss(), d_scores_.template view<3>(), o));
+                                                      next_loss(cfg_.pair_weight), d_scores_.template view<3>(), o));
     }
     if (spec_.distill_pairs) {  // KL(teacher pair distribution || softmax(scores)) over the N^2 pairs
       (void)teacher;            // teacher_logic's pair mask is the logic mask of the batch
@@ -519,11 +533,11 @@ class rn_model final : public model_runner {
       if constexpr (on_cuda) {
 #if DISTILL_CUDA_COMPILER
         DISTILL_TRY(attention_map_kl_teacher_student_forward_backward(ctx_, s4, target_.template cview<4>(), attention_masks<Space>{},
-                                                                      next_loss(), d4, sized(ws_att_, attention_map_workspace_size()), o));
+                                                                      next_loss(cfg_.attention_weight), d4, sized(ws_att_, attention_map_workspace_size()), o));
 #endif
       } else {
         DISTILL_TRY(attention_map_kl_teacher_student_forward_backward(ctx_, s4, target_.template cview<4>(), attention_masks<Space>{},
-                                                                      next_loss(), d4, o));
+                                                                      next_loss(cfg_.attention_weight), d4, o));
       }
     }
     pair_scorer_grads<T, Space> sg;
@@ -593,7 +607,7 @@ class rn_model final : public model_runner {
       DISTILL_TRY(ws_nce_.resize({static_cast<index_t>(ws_bytes)}));
       DISTILL_TRY(token_nce_queue_forward_backward(ctx_, tokens_.rows_view(), teacher->tokens_.rows_view(), queue_view(),
                                                    tensor_view<const std::uint8_t, 1, Space>{}, tensor_view<const std::int64_t, 1, Space>{},
-                                                   next_loss(), tensor_view<float, 1, Space>{}, d_tokens_.rows_view(),
+                                                   next_loss(cfg_.nce_weight), tensor_view<float, 1, Space>{}, d_tokens_.rows_view(),
                                                    tensor_view<float, 2, Space>{}, ws_nce_.template view<1>(), o));
     }
     DISTILL_TRY(cnn_da_[3].resize(cnn_a_[3].shape()));
@@ -619,10 +633,10 @@ class rn_model final : public model_runner {
           if constexpr (on_cuda) {
             DISTILL_TRY(ws_adain_.resize({static_cast<index_t>(stats_loss_workspace_size<T>(B * C))}));
             DISTILL_TRY(adain_stats_loss_forward_backward(ctx_, cnn_a_[k].template cview<4>(), teacher->cnn_a_[k].template cview<4>(),
-                                                          next_loss(), cnn_da_[k].template view<4>(), ws_adain_.template view<1>(), ad));
+                                                          next_loss(cfg_.adain_weight), cnn_da_[k].template view<4>(), ws_adain_.template view<1>(), ad));
           } else {
             DISTILL_TRY(adain_stats_loss_forward_backward(ctx_, cnn_a_[k].template cview<4>(), teacher->cnn_a_[k].template cview<4>(),
-                                                          next_loss(), cnn_da_[k].template view<4>(), ad));
+                                                          next_loss(cfg_.adain_weight), cnn_da_[k].template view<4>(), ad));
           }
         }
       }
@@ -690,6 +704,7 @@ class rn_model final : public model_runner {
   tensor d_f_[2];
   std::vector<tensor> cnn_dz_, cnn_dr_, cnn_da_;
   std::vector<tensor> losses_;
+  std::vector<double> loss_weights_;
   distill::nn::tensor<std::byte, Space> ws_pairing_, ws_scorer_, ws_soft_, ws_att_, ws_at_, ws_adain_, ws_nce_;
 };
 

@@ -21,7 +21,7 @@
 //!
 //! Gradients (teacher gets none); g = grad_scale * w * r:
 //!   g_u[n]  = k (u^s[n] - u^t[n]),    k = g * 2 beta / N                     (squared_mean)
-//!                                     k = g * beta / (2 d_b), 0 when d_b = 0  (paper_norm)
+//!                                     k = g * beta / (2 max(d_b, eps)), 0 when d_b = 0  (paper_norm)
 //!   g_Q     = (g_u - u^s <u^s, g_u>) / ||Q^s|| = (k / n_s) (<u^s, u^t> u^s - u^t)   (B2; n = clamped
 //!             norms; when ||Q^s|| <= eps the normalisation is Q^s / eps and g_Q = (k / eps)(u^s - u^t))
 //!   dL/dA^s_{b,c,n} = g_Q[n] * (1/C_s) * p |A|^{p-1} sign(A)           (= (2/C_s) g_Q A for p = 2;

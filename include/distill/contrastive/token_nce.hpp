@@ -463,6 +463,12 @@ status cpu_run(const char* fn, const cpu& ctx, host_view<const Acc, 2> Z, host_v
 
   using row_array = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
   using const_row_array = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
+  // Key `key` of set `ks` is not a negative of query row i (id rid): a false negative, or for
+  // in-batch keys the row itself or padding.
+  const auto excluded = [&](const key_set<Acc>& ks, index_t i, std::int64_t rid, index_t key) {
+    const std::int64_t kid = ks.ids ? ks.ids[key * ks.ids_stride] : no_sample_id;
+    return ks.in_batch ? inbatch_excluded(i, key, valid(key), rid, kid) : same_sample(rid, kid);
+  };
   // Rows [r0, r1) against keys [k0, k1) of set `ks`, into split `s`'s state.
   auto tile_pass = [&](index_t r0, index_t r1, const key_set<Acc>& ks, index_t k0, index_t k1, int s, index_t w) {
     const index_t R = r1 - r0;
@@ -491,10 +497,7 @@ status cpu_run(const char* fn, const cpu& ctx, host_view<const Acc, 2> Z, host_v
         bool any_excluded = false;
         if (ks.in_batch || check_ids) {
           for (index_t j = 0; j < n; ++j) {
-            const index_t key = t0 + j;
-            const std::int64_t kid = ks.ids ? ks.ids[key * ks.ids_stride] : no_sample_id;
-            const bool ex = ks.in_batch ? inbatch_excluded(i, key, valid(key), rid, kid) : same_sample(rid, kid);
-            if (ex) {
+            if (excluded(ks, i, rid, t0 + j)) {
               srow[j] = neg_infinity<Acc>();
               any_excluded = true;
             }
@@ -511,11 +514,8 @@ status cpu_run(const char* fn, const cpu& ctx, host_view<const Acc, 2> Z, host_v
           alpha = exp(m_old - m_new);
           srow = (srow * scale - m_new).exp();
           if (any_excluded) {
-            for (index_t j = 0; j < n; ++j) {
-              const index_t key = t0 + j;
-              const std::int64_t kid = ks.ids ? ks.ids[key * ks.ids_stride] : no_sample_id;
-              if (ks.in_batch ? inbatch_excluded(i, key, valid(key), rid, kid) : same_sample(rid, kid)) srow[j] = Acc(0);
-            }
+            for (index_t j = 0; j < n; ++j)
+              if (excluded(ks, i, rid, t0 + j)) srow[j] = Acc(0);
           }
           pl[i] = pl[i] * alpha + srow.sum();
           pm[i] = m_new;

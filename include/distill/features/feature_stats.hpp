@@ -37,8 +37,9 @@
 //! Bad input: shapes that disagree, empty extents, negative strides -> shape_mismatch /
 //! unsupported_layout; eps <= 0 -> invalid_argument; unbiased variance of a single position ->
 //! invalid_argument; a sample whose tokens are all masked (or, unbiased, only one valid) ->
-//! invalid_argument on the CPU (the CUDA path cannot read the mask without synchronising: such a
-//! sample gets mu = 0, v = 0 and a zero gradient). NaN/inf in an input: the CPU path writes the
+//! invalid_argument on the CPU (the CUDA path cannot read the mask without synchronising: an
+//! all-masked sample gets mu = 0, v = 0 and a zero gradient; an unbiased sample with one valid
+//! token gets v = 0 and only the mean term's gradient). NaN/inf in an input: the CPU path writes the
 //! outputs as the arithmetic gives (NaN in the affected channel, NaN loss) and returns
 //! errc::non_finite naming the input (also when the squared deviations overflow the accumulator);
 //! the CUDA path propagates NaN the same way without a status.

@@ -236,6 +236,21 @@ status classifier_logits_cpu(const cpu& ctx, const RV& regions, const CV& classe
   return {};
 }
 
+/// B2 backward of one row of D values: out(d) = (pre(d) - x^(d) <x^, pre>) a (or += with
+/// accumulate), x^ = x a; the projection only where the norm was not clamped / zeroed. Each
+/// pre(d) is read before out(d) is written, so out may alias pre.
+template <class T, class X, class Pre, class Out>
+void l2_backward_row_cpu(index_t D, const l2_factor<T>& f, X&& x, Pre&& pre, Out&& out, bool accumulate) {
+  T ug = T(0);
+  if (f.project)
+    for (index_t d = 0; d < D; ++d) ug += x(d) * f.inv * pre(d);
+  for (index_t d = 0; d < D; ++d) {
+    const T g = (pre(d) - x(d) * f.inv * ug) * f.inv;
+    T& o = out(d);
+    o = accumulate ? o + g : g;
+  }
+}
+
 /// The backward of the classifier given dL/dz (any layout), CPU.
 template <class T, class RV, class CV, class BV, class MV, class GV, class GRV, class GBV, class GCV>
 status classifier_backward_cpu(const cpu& ctx, const RV& regions, const CV& classes, const BV& background,
@@ -276,14 +291,9 @@ status classifier_backward_cpu(const cpu& ctx, const RV& regions, const CV& clas
           const T gbg = grad_logits(r, 0) * bg_scale;
           for (index_t d = 0; d < D; ++d) er[d] += gbg * background(d);
         }
-        const l2_factor<T> fr = f.regions[static_cast<std::size_t>(r)];
-        T ug = T(0);
-        if (fr.project)
-          for (index_t d = 0; d < D; ++d) ug += regions(r, d) * fr.inv * er[d];
-        for (index_t d = 0; d < D; ++d) {
-          const T g = (er[d] - regions(r, d) * fr.inv * ug) * fr.inv;
-          grad_regions(r, d) = opt.accumulate ? grad_regions(r, d) + g : g;
-        }
+        l2_backward_row_cpu(
+            D, f.regions[static_cast<std::size_t>(r)], [&](index_t d) { return regions(r, d); },
+            [&](index_t d) { return er[d]; }, [&](index_t d) -> T& { return grad_regions(r, d); }, opt.accumulate);
       }
     }
   });
@@ -296,13 +306,9 @@ status classifier_backward_cpu(const cpu& ctx, const RV& regions, const CV& clas
       const T k = grad_logits(r, 0) * inv_tau * f.regions[static_cast<std::size_t>(r)].inv;
       for (index_t d = 0; d < D; ++d) gw[static_cast<std::size_t>(d)] += k * regions(r, d);
     }
-    T ug = T(0);
-    if (f.background.project)
-      for (index_t d = 0; d < D; ++d) ug += background(d) * f.background.inv * gw[static_cast<std::size_t>(d)];
-    for (index_t d = 0; d < D; ++d) {
-      const T g = (gw[static_cast<std::size_t>(d)] - background(d) * f.background.inv * ug) * f.background.inv;
-      grad_background(d) = opt.accumulate ? grad_background(d) + g : g;
-    }
+    l2_backward_row_cpu(
+        D, f.background, [&](index_t d) { return background(d); }, [&](index_t d) { return gw[static_cast<std::size_t>(d)]; },
+        [&](index_t d) -> T& { return grad_background(d); }, opt.accumulate);
   }
 
   // ---- classes: E_t = sum over row blocks of (G diag(a_r) )^T e, scaled by m_c / tau, then B2 ----
@@ -331,16 +337,10 @@ status classifier_backward_cpu(const cpu& ctx, const RV& regions, const CV& clas
                                      rblk, blk == 0 ? T(0) : T(1), target));
     }
     parallel_for(ctx, C, [&](index_t c0, index_t c1) {
-      for (index_t c = c0; c < c1; ++c) {
-        const l2_factor<T> fc = f.classes[static_cast<std::size_t>(c)];
-        T ug = T(0);
-        if (fc.project)
-          for (index_t d = 0; d < D; ++d) ug += classes(c, d) * fc.inv * target(c, d);
-        for (index_t d = 0; d < D; ++d) {
-          const T g = (target(c, d) - classes(c, d) * fc.inv * ug) * fc.inv;
-          grad_classes(c, d) = opt.accumulate ? grad_classes(c, d) + g : g;
-        }
-      }
+      for (index_t c = c0; c < c1; ++c)  // target may be grad_classes itself (read before written)
+        l2_backward_row_cpu(
+            D, f.classes[static_cast<std::size_t>(c)], [&](index_t d) { return classes(c, d); },
+            [&](index_t d) { return target(c, d); }, [&](index_t d) -> T& { return grad_classes(c, d); }, opt.accumulate);
     });
   }
   return {};

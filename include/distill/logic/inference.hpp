@@ -45,6 +45,7 @@
 //! them and iterates without allocating. A six-object Sort-of-CLEVR mask takes a few µs.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -670,6 +671,28 @@ status run_batch(const cpu& ctx, index_t workers, index_t B, Item&& item, logic_
   return {};
 }
 
+// The scenes [B, N] and masks [B, N, N] of a batch call, validated the same way by every batch entry point.
+inline status check_batch_scenes_and_masks(const char* fn, host_view<const scene_object, 2> scenes, host_view<float, 3> masks) {
+  if (scenes.extent(0) > 0 && scenes.extent(1) <= 0)
+    return fail(errc::invalid_argument, fn, "'scenes' are empty: a scene needs at least one object");
+  DISTILL_TRY(check_nonempty(fn, "scenes", scenes));
+  DISTILL_TRY(check_present(fn, "scenes", scenes));
+  DISTILL_TRY(check_strides(fn, "scenes", scenes));
+  const index_t B = scenes.extent(0), N = scenes.extent(1);
+  DISTILL_TRY(check_present(fn, "masks", masks));
+  DISTILL_TRY(check_shape(fn, "masks", masks, {B, N, N}));
+  return check_strides(fn, "masks", masks);
+}
+
+// Scene b [N] and mask b [N, N] of a batch, as views with the batch's strides.
+inline host_view<const scene_object, 1> batch_scene(host_view<const scene_object, 2> scenes, index_t b) {
+  return make_strided_view(scenes.row(b), std::array<index_t, 1>{scenes.extent(1)}, std::array<index_t, 1>{scenes.stride(1)});
+}
+inline host_view<float, 2> batch_mask(host_view<float, 3> masks, index_t b) {
+  return make_strided_view(masks.row(b), std::array<index_t, 2>{masks.extent(1), masks.extent(2)},
+                           std::array<index_t, 2>{masks.stride(1), masks.stride(2)});
+}
+
 }  // namespace logic_detail
 
 /// Masks for a batch of scenes with the same number of objects: scenes [B, N], masks [B, N, N],
@@ -683,16 +706,10 @@ status run_batch(const cpu& ctx, index_t workers, index_t B, Item&& item, logic_
   constexpr const char* fn = "logic_mask_batch";
   if (report) *report = logic_batch_report{};
   if (solvers.empty()) return fail(errc::invalid_argument, fn, "'solvers' is empty: pass at least one prepared solver");
-  if (scenes.extent(0) > 0 && scenes.extent(1) <= 0)
-    return fail(errc::invalid_argument, fn, "'scenes' are empty: a scene needs at least one object");
-  DISTILL_TRY(check_nonempty(fn, "scenes", scenes));
-  DISTILL_TRY(check_present(fn, "scenes", scenes));
-  DISTILL_TRY(check_strides(fn, "scenes", scenes));
-  DISTILL_TRY(check_present(fn, "masks", masks));
-  const index_t B = scenes.extent(0), N = scenes.extent(1);
-  DISTILL_TRY(check_shape(fn, "masks", masks, {B, N, N}));
-  DISTILL_TRY(check_strides(fn, "masks", masks));
+  DISTILL_TRY(logic_detail::check_batch_scenes_and_masks(fn, scenes, masks));
+  const index_t B = scenes.extent(0);
   for (std::size_t k = 0; k < observed.size(); ++k) {
+    DISTILL_TRY(check_present(fn, "observed values", observed[k].values));
     DISTILL_TRY(check_extent(fn, "observed values", observed[k].values, 0, B, "one row per scene"));
     DISTILL_TRY(check_strides(fn, "observed values", observed[k].values));
   }
@@ -708,11 +725,8 @@ status run_batch(const cpu& ctx, index_t workers, index_t B, Item&& item, logic_
           row[k].predicate = observed[k].predicate;
           row[k].values = make_strided_view(v.row(b), std::array<index_t, 1>{v.extent(1)}, std::array<index_t, 1>{v.stride(1)});
         }
-        const auto scene = make_strided_view(scenes.row(b), std::array<index_t, 1>{N}, std::array<index_t, 1>{scenes.stride(1)});
-        const auto mask = make_strided_view(masks.row(b), std::array<index_t, 2>{N, N},
-                                            std::array<index_t, 2>{masks.stride(1), masks.stride(2)});
-        return logic_mask(cpu{1}, solvers[static_cast<std::size_t>(worker)], scene, std::span<const observed_values>(row, no),
-                          open_predicate, mask, opt, &rep);
+        return logic_mask(cpu{1}, solvers[static_cast<std::size_t>(worker)], logic_detail::batch_scene(scenes, b),
+                          std::span<const observed_values>(row, no), open_predicate, logic_detail::batch_mask(masks, b), opt, &rep);
       },
       report);
 }

@@ -23,6 +23,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "distill/core/checks.hpp"
@@ -152,29 +153,19 @@ class sort_of_clevr_masker {
   constexpr const char* fn = "sort_of_clevr_masks";
   if (report) *report = logic_batch_report{};
   if (maskers.empty()) return fail(errc::invalid_argument, fn, "'maskers' is empty: pass at least one prepared masker");
-  if (scenes.extent(0) > 0 && scenes.extent(1) <= 0)
-    return fail(errc::invalid_argument, fn, "'scenes' are empty: a scene needs at least one object");
-  DISTILL_TRY(check_nonempty(fn, "scenes", scenes));
-  DISTILL_TRY(check_present(fn, "scenes", scenes));
-  DISTILL_TRY(check_strides(fn, "scenes", scenes));
-  const index_t B = scenes.extent(0), N = scenes.extent(1);
-  DISTILL_TRY(check_present(fn, "colours", colours));
-  DISTILL_TRY(check_shape(fn, "colours", colours, {B}));
-  DISTILL_TRY(check_strides(fn, "colours", colours));
-  DISTILL_TRY(check_present(fn, "questions", questions));
-  DISTILL_TRY(check_shape(fn, "questions", questions, {B}));
-  DISTILL_TRY(check_strides(fn, "questions", questions));
-  DISTILL_TRY(check_present(fn, "masks", masks));
-  DISTILL_TRY(check_shape(fn, "masks", masks, {B, N, N}));
-  DISTILL_TRY(check_strides(fn, "masks", masks));
+  DISTILL_TRY(logic_detail::check_batch_scenes_and_masks(fn, scenes, masks));
+  const index_t B = scenes.extent(0);
+  for (const auto& [name, v] : {std::pair{"colours", colours}, std::pair{"questions", questions}}) {
+    DISTILL_TRY(check_present(fn, name, v));
+    DISTILL_TRY(check_shape(fn, name, v, {B}));
+    DISTILL_TRY(check_strides(fn, name, v));
+  }
   return logic_detail::run_batch(
       ctx, static_cast<index_t>(maskers.size()), B,
       [&](index_t worker, index_t b, logic_report& rep) {
-        const auto scene = make_strided_view(scenes.row(b), std::array<index_t, 1>{N}, std::array<index_t, 1>{scenes.stride(1)});
-        const auto mask = make_strided_view(masks.row(b), std::array<index_t, 2>{N, N},
-                                            std::array<index_t, 2>{masks.stride(1), masks.stride(2)});
-        return maskers[static_cast<std::size_t>(worker)].mask(scene, colours(b), static_cast<sort_of_clevr_question>(questions(b)),
-                                                              mask, opt, &rep);
+        return maskers[static_cast<std::size_t>(worker)].mask(logic_detail::batch_scene(scenes, b), colours(b),
+                                                              static_cast<sort_of_clevr_question>(questions(b)),
+                                                              logic_detail::batch_mask(masks, b), opt, &rep);
       },
       report);
 }

@@ -93,7 +93,9 @@ struct soft_target_extras {
   /// (N) out: the hard-label CE per row (at T = 1, unweighted); needs `labels`.
   tensor_view<Acc, 1, Space> row_hard_loss;
   /// CUDA only: scratch of `soft_target_workspace_bytes(N)` bytes (16-byte aligned), needed
-  /// when the loss is reduced or `grad_temperature` is requested. Ignored by the CPU path.
+  /// when the loss is reduced, when `grad_temperature` is requested, or when reduction mean
+  /// with labels or row weights counts its divisor on the device (backward passes too).
+  /// Ignored by the CPU path.
   tensor_view<std::byte, 1, Space> workspace;
 };
 

@@ -100,16 +100,17 @@ DISTILL_HOST_DEVICE inline void topk_rest(topk_variant v, Acc lv, Acc sum_all, A
   rest_coef = sum_rest > Acc(0) ? r / sum_rest : Acc(0);
 }
 
-template <class TS, class TT, class Acc, class G>
-status topk_validate(const char* fn, const host_view<TS, 2>& student, const host_view<const std::int64_t, 2>& idx,
-                     const host_view<TT, 2>& values, const host_view<Acc, 1>& loss, bool loss_required,
-                     const host_view<G, 2>& grad, bool want_grad, const topk_teacher_options& opt,
-                     const soft_target_extras<Acc, host_space>& ex, bool is_cuda) {
+/// The checks of the CPU and CUDA entry points (`is_cuda` adds the layout and workspace rules).
+template <class VS, class VI, class VV, class VL, class VG, class Acc, class Space>
+status topk_validate(const char* fn, const VS& student, const VI& idx, const VV& values, const VL& loss,
+                     bool loss_required, const VG& grad, bool want_grad, const topk_teacher_options& opt,
+                     const soft_target_extras<Acc, Space>& ex, bool is_cuda) {
   DISTILL_TRY(validate_soft_target(fn, student, values, false, loss, loss_required, grad, want_grad, opt, ex, false, is_cuda));
   DISTILL_TRY(check_present(fn, "teacher_indices", idx));
   DISTILL_TRY(check_same_shape(fn, "teacher_indices", idx, "teacher_logprobs", values));
   DISTILL_TRY(check_strides(fn, "teacher_indices", idx));
   DISTILL_TRY(check_aligned(fn, "teacher_indices", idx));
+  if (is_cuda) DISTILL_TRY(check_inner_contiguous(fn, "teacher_indices", idx));
   if (values.extent(1) > student.extent(1))
     return fail(errc::shape_mismatch, fn,
                 "'teacher_logprobs' has " + std::to_string(values.extent(1)) + " entries per row but 'student' only " +

@@ -118,6 +118,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   constexpr const char* fn = "nn::batch_norm_backward";
   DISTILL_TRY(nn_detail::check_batch_norm(fn, x, gamma, batch_norm_params{1e-5, 0.1, training}));
   DISTILL_TRY(check_same_shape(fn, "dy", dy, "x", x));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   const index_t N = x.extent(0), C = x.extent(1), S = x.extent(2);
   DISTILL_TRY(check_present(fn, "saved_mean", saved_mean));
   DISTILL_TRY(check_present(fn, "saved_invstd", saved_invstd));

@@ -25,6 +25,7 @@ template <class TI, class TO>
   constexpr const char* fn = "nn::cast";
   DISTILL_TRY(nn_detail::check_input(fn, "in", in));
   DISTILL_TRY(check_same_shape(fn, "out", out, "in", in));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "out", out));
   DISTILL_TRY(check_strides(fn, "out", out));
   using Acc = std::conditional_t<std::is_same_v<std::remove_cv_t<TI>, double> && std::is_same_v<TO, double>, double, float>;
   const index_t cols = in.extent(1);

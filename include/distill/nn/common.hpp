@@ -114,6 +114,12 @@ void map_rows(const cpu& ctx, const X& x, const Y& y, F f) {
       std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, cols)));
 }
 
+/// A required view whose shape was already checked: if it has elements, its data must be there.
+template <class V>
+status check_not_null(const char* fn, const char* name, const V& v) {
+  return v.size() != 0 ? check_present(fn, name, v) : status{};
+}
+
 /// Validation shared by the layers: present, non-empty, non-negative strides.
 template <class V>
 status check_input(const char* fn, const char* name, const V& v) {

@@ -212,6 +212,7 @@ template <class T>
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv2d_geometry_of(fn, x, w, p, g));
   DISTILL_TRY(check_shape(fn, "y", y, {g.B, g.Co, g.Ho, g.Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
   DISTILL_TRY(nn_detail::check_image_layout(fn, "y", y));
   if (!b.empty()) DISTILL_TRY(check_shape(fn, "b", b, {g.Co}));
   const index_t K = g.K(), P = g.P();
@@ -245,6 +246,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv2d_geometry_of(fn, x, w, p, g));
   DISTILL_TRY(check_shape(fn, "dy", dy, {g.B, g.Co, g.Ho, g.Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   DISTILL_TRY(nn_detail::check_image_layout(fn, "dy", dy));
   if (!dx.empty()) {
     DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));

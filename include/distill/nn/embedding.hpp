@@ -40,6 +40,7 @@ template <class I, class T>
   DISTILL_TRY(nn_detail::check_input(fn, "table", table));
   DISTILL_TRY(nn_detail::check_ids<I>(fn, ids, table.extent(0)));
   DISTILL_TRY(check_shape(fn, "y", y, {ids.extent(0), table.extent(1)}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
   DISTILL_TRY(check_strides(fn, "y", y));
   const index_t D = table.extent(1);
   parallel_for(
@@ -62,6 +63,7 @@ template <class I, class T>
   DISTILL_TRY(nn_detail::check_input(fn, "dtable", dtable));
   DISTILL_TRY(nn_detail::check_ids<I>(fn, ids, dtable.extent(0)));
   DISTILL_TRY(check_shape(fn, "dy", dy, {ids.extent(0), dtable.extent(1)}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   const index_t N = ids.extent(0), V = dtable.extent(0), D = dtable.extent(1);
   parallel_for(
       ctx, D,

@@ -79,6 +79,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   constexpr const char* fn = "nn::layer_norm_backward";
   DISTILL_TRY(nn_detail::check_input(fn, "x", x));
   DISTILL_TRY(check_same_shape(fn, "dy", dy, "x", x));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   const index_t N = x.extent(0), D = x.extent(1);
   if (!gamma.empty()) DISTILL_TRY(check_shape(fn, "gamma", gamma, {D}));
   DISTILL_TRY(nn_detail::check_layer_norm_stats(fn, mean, rstd, N));

@@ -11,7 +11,7 @@
 //!
 //! CPU: three distill::gemm calls (Eigen, split across the context's threads) and a bias pass.
 //! CUDA: three cuBLAS GEMMs (compute mode from the cuda_blas) and two small kernels (bias add,
-//! deterministic bias column sum). Float and double on the CPU, float (and double) on CUDA.
+//! deterministic bias column sum). Float and double on the CPU; float on CUDA (double compiles, but its bias sums run in float).
 //! Views need unit inner stride; row strides are free (slices, padded rows).
 
 #include <string>

@@ -55,6 +55,7 @@ template <class T>
   constexpr const char* fn = "nn::global_avg_pool_forward";
   DISTILL_TRY(nn_detail::check_input(fn, "x", x));
   DISTILL_TRY(check_shape(fn, "y", y, {x.extent(0), x.extent(1)}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
   const index_t N = x.extent(0), C = x.extent(1), S = x.extent(2);
   using Acc = accum_t<T>;
   parallel_for(
@@ -103,6 +104,7 @@ template <class T>
   const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
   const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
   DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
   DISTILL_TRY(check_present(fn, "argmax", argmax));
   DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {
@@ -134,7 +136,9 @@ template <class TD, class T = std::remove_const_t<TD>>
   const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
   const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
   DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "argmax", argmax));
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {
     for (index_t i = i0; i < i1; ++i) {
       const index_t n = i / C, c = i % C;
@@ -163,6 +167,7 @@ template <class T>
   const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
   const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
   DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
   using Acc = accum_t<T>;
   const Acc inv = Acc(1) / static_cast<Acc>(p.kernel * p.kernel);
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {
@@ -188,6 +193,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
   const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
   DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
+  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
   using Acc = accum_t<T>;
   const Acc inv = Acc(1) / static_cast<Acc>(p.kernel * p.kernel);
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {

@@ -20,8 +20,9 @@
 //! with cudaMalloc, and `copy_from_host` / `to_host` copy synchronously (set-up and checkpoints,
 //! never inside a training step).
 //!
-//! Owning types are the one place distill allocates: their constructors throw `distill::error`
-//! (or std::bad_alloc) when memory runs out; every other call returns a `status`.
+//! Owning types hold the nn/ state (some CPU paths, e.g. conv2d and the attention backward, also
+//! take per-call scratch vectors): their constructors throw `distill::error` (or std::bad_alloc)
+//! when memory runs out; every other call returns a `status`.
 
 #include <array>
 #include <initializer_list>

@@ -4,7 +4,7 @@
 //! CUDA half of nn/parameter.hpp: zero_grad and clip_grad_norm over many parameters.
 //!
 //! Multi-tensor launches: up to `max_tensors_per_launch` parameters travel in one kernel
-//! argument struct (pointers + sizes, ~600 bytes), grid.y = tensor, grid.x = chunk. The norm is
+//! argument struct (pointers + sizes, ~400 bytes), grid.y = tensor, grid.x = chunk. The norm is
 //! two-level and deterministic: each (tensor, chunk) block writes one float partial of the sum of
 //! squares to `scratch`; one block then adds the partials in index order in double, writes the
 //! norm and the clip factor to device memory, and a last launch scales the gradients by that

@@ -231,18 +231,7 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
                 "the CUDA top-k loss takes float, float16/__half or bfloat16/__nv_bfloat16 values");
   using S = std::remove_const_t<TS>;
   using T = std::remove_const_t<TT>;
-  DISTILL_TRY(soft_target_detail::validate_soft_target(fn, student, values, false, loss, loss_required, grad, want_grad,
-                                                       opt, ex, false, true));
-  DISTILL_TRY(check_present(fn, "teacher_indices", idx));
-  DISTILL_TRY(check_same_shape(fn, "teacher_indices", idx, "teacher_logprobs", values));
-  DISTILL_TRY(check_strides(fn, "teacher_indices", idx));
-  DISTILL_TRY(check_inner_contiguous(fn, "teacher_indices", idx));
-  if (values.extent(1) > student.extent(1))
-    return fail(errc::shape_mismatch, fn,
-                "'teacher_logprobs' has " + std::to_string(values.extent(1)) + " entries per row but 'student' only " +
-                    std::to_string(student.extent(1)) + " classes");
-  if (opt.variant != topk_variant::renormalized && opt.variant != topk_variant::rest_bucket)
-    return fail(errc::invalid_argument, fn, "'variant' is not a valid topk_variant");
+  DISTILL_TRY(soft_target_detail::topk_validate(fn, student, idx, values, loss, loss_required, grad, want_grad, opt, ex, true));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "student", student));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "teacher_indices", idx));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "teacher_logprobs", values));
@@ -285,8 +274,6 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
   a.row_loss = common.row_loss, a.row_dt = common.row_dt;
   a.diag_kl = common.diag_kl, a.diag_entropy = common.diag_entropy, a.diag_top1 = common.diag_top1,
   a.diag_hard = common.diag_hard;
-  if (values.extent(1) > 1 && values.stride(1) != 1)
-    return fail(errc::unsupported_layout, fn, "'teacher_logprobs' must have unit stride along its last axis");
 
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   if (a.rows > 2147483647) return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 rows");

@@ -522,6 +522,17 @@ void dense_small_rows_cpu(const dense_call<Acc>& call, const typename Policy::pa
       zs[k][j] = j < m ? load<Acc>(srow[j][k]) : ninf<Acc>();
       zt[k][j] = j < m ? load<Acc>(trow[j][k]) : ninf<Acc>();
     }
+  // first argmax of the raw logits over the whole row (diagnostics), before DKD masks its target
+  std::int32_t it[L], is[L];
+  for (int j = 0; j < L; ++j) it[j] = is[j] = -1;
+  if (call.want_diag)
+    for (int j = 0; j < m; ++j) {
+      Acc bt = ninf<Acc>(), bs = ninf<Acc>();
+      for (int k = 0; k < nc; ++k) {
+        if (zt[k][j] > bt) bt = zt[k][j], it[j] = k;
+        if (zs[k][j] > bs) bs = zs[k][j], is[j] = k;
+      }
+    }
   for (int j = 0; j < m; ++j)
     if (label[j] >= 0) {  // the label column, kept apart (DKD removes its target from the sums)
       tv[j].z = zs[label[j]][j];
@@ -530,25 +541,13 @@ void dense_small_rows_cpu(const dense_call<Acc>& call, const typename Policy::pa
       if (Policy::uses_target) zs[label[j]][j] = zt[label[j]][j] = ninf<Acc>();
     }
 
-  // maxima and first argmax (over the whole row, DKD's target included, for the diagnostics)
+  // maxima (DKD: over the non-target classes)
   Acc rmt[L], rms[L];
-  std::int32_t it[L], is[L];
-  for (int j = 0; j < L; ++j) rmt[j] = rms[j] = ninf<Acc>(), it[j] = is[j] = -1;
+  for (int j = 0; j < L; ++j) rmt[j] = rms[j] = ninf<Acc>();
   for (int k = 0; k < nc; ++k)
     for (int j = 0; j < L; ++j) {
       rmt[j] = zt[k][j] > rmt[j] ? zt[k][j] : rmt[j];
       rms[j] = zs[k][j] > rms[j] ? zs[k][j] : rms[j];
-    }
-  if (call.want_diag)
-    for (int j = 0; j < m; ++j) {
-      Acc bt = ninf<Acc>(), bs = ninf<Acc>();
-      for (int k = 0; k < nc; ++k) {
-        const bool target = Policy::uses_target && k == tgt[j];
-        const Acc vt = target ? tv[j].x * call.sc.temperature : zt[k][j];
-        const Acc vs = target ? tv[j].z : zs[k][j];
-        if (vt > bt) bt = vt, it[j] = k;
-        if (vs > bs) bs = vs, is[j] = k;
-      }
     }
   Acc mx[L], my[L], mz[L];
   for (int j = 0; j < L; ++j) {
