@@ -183,11 +183,13 @@ TEST_CASE("fashion_kd: a learner restored from its checkpoint continues exactly"
   const auto cfg = tiny_config();
   batch_data data(4, r);
   const distill::cpu ctx{1};
-  for (const std::string method : {"ce", "ffsd"}) {
+  for (const std::string method : {"ce", "ce with dropout", "ffsd"}) {
     DYNAMIC_SECTION(method) {
       auto make = [&]() -> std::unique_ptr<learner> {
         if (method == "ffsd") return std::make_unique<ffsd_learner>(cfg, 4, 50);
-        return std::make_unique<student_learner>(method, cfg, 4, 50, nullptr);
+        run_config c = cfg;
+        if (method == "ce with dropout") c.student.dropout = 0.3;  // the mask counters must be restored too
+        return std::make_unique<student_learner>("ce", c, 4, 50, nullptr);
       };
       auto a = make(), b = make();
       for (int i = 0; i < 3; ++i) a->train_step(ctx, data.view(), nullptr, {0, i, 10});

@@ -173,10 +173,12 @@ class student_learner final : public learner {
   void save(nn::checkpoint& ck) override {
     distill::throw_if_error(ck.add_parameters(parameters()));
     save_optimizer(ck, "", sgd_.opt);
+    net_.save_state(ck, "");
   }
   void load(const nn::checkpoint& ck) override {
     distill::throw_if_error(ck.restore_parameters(parameters()));
     load_optimizer(ck, "", sgd_.opt);
+    net_.load_state(ck, "");
   }
 
  private:

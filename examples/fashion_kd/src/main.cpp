@@ -12,11 +12,13 @@
 //   fashion_kd --preset smoke|cpu-small|full [--methods ...] [--seeds 3] [--out DIR] [overrides]
 
 #include <CLI/CLI.hpp>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -35,6 +37,21 @@ namespace fs = std::filesystem;
 using namespace fkd;
 
 namespace {
+
+/// CPU seconds (user + system) this process has used: on a shared machine, the measure of the
+/// work done that the other processes do not inflate (wall time on 2 dedicated cores ~ CPU / 2).
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+/// The 1-minute load average ("" where /proc is missing).
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string v;
+  f >> v;
+  return v;
+}
 
 /// What must match for a student checkpoint to be resumed: everything but the list of seeds
 /// and methods and the thread count.
@@ -177,6 +194,8 @@ int main(int argc, char** argv) {
     if (stats_w) c.loss.stats_weight = *stats_w;
     if (adain_w) c.loss.adain_weight = *adain_w;
     const distill::cpu ctx{c.threads};
+    const auto wall0 = std::chrono::steady_clock::now();
+    const std::string load0 = load_average();
     const std::string device = "CPU, " + std::to_string(c.threads) + " thread" + (c.threads > 1 ? "s" : "");
     fs::create_directories(fs::path(out) / "checkpoints");
     std::cerr << "fashion_kd: preset " << c.preset << ", " << c.seeds << " seed(s), methods:";
@@ -269,9 +288,14 @@ int main(int argc, char** argv) {
     std::vector<row_result> table_rows;
     if (!teacher_row.runs.empty()) table_rows.push_back(teacher_row);
     table_rows.insert(table_rows.end(), rows.begin(), rows.end());
-    std::cout << "\n" << format_table(table_rows, device) << "\n" << format_comparisons(rows) << std::flush;
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(), cpu = cpu_seconds();
+    const std::string run_line = "whole run: " + examples::table::fixed(wall / 60, 1) + " min wall, " + examples::table::fixed(cpu / 60, 1) +
+                                 " min CPU (user + system); load average " + load0 + " at the start, " + load_average() + " at the end";
+    std::cout << "\n" << format_table(table_rows, device) << "\n" << format_comparisons(rows) << run_line << "\n" << std::flush;
     const fs::path o(out);
-    write_results_json(o / "results.json", nlohmann::ordered_json::parse(to_json(c).dump()), device, teacher_row, rows);
+    auto config_json = nlohmann::ordered_json::parse(to_json(c).dump());
+    config_json["run"] = {{"wall_seconds", wall}, {"cpu_seconds", cpu}, {"load_average_start", load0}, {"load_average_end", load_average()}};
+    write_results_json(o / "results.json", config_json, device, teacher_row, rows);
     write_curves_csv(o / "curves.csv", curves);
     const auto plot = plot_curves(curves, table_rows, o / "curves.png");
     std::cerr << plot.message << "\n";

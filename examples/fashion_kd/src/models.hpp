@@ -61,12 +61,14 @@ class staged_net {
       in = spec.channels[k];
     }
     index_t features = spec.channels.empty() ? 784 : static_cast<index_t>(in) * side * side;
-    for (std::size_t k = 0; k < spec.head.size(); ++k) {
-      head_.add(nn::linear<float>(name + ".fc" + std::to_string(k), features, spec.head[k], linear_init(seed)));
-      head_.add(nn::activation::relu);
-      features = spec.head[k];
+    for (std::size_t k = 0; k <= spec.head.size(); ++k) {
+      if (spec.dropout > 0)  // each dropout draws its own stream, keyed by (seed, name, position)
+        head_.add(nn::dropout<float>(spec.dropout, nn::stream_key(seed, nn::name_hash(name + ".dropout" + std::to_string(k)))));
+      const index_t out = k < spec.head.size() ? spec.head[k] : classes;
+      head_.add(nn::linear<float>(name + ".fc" + std::to_string(k), features, out, linear_init(seed)));
+      if (k < spec.head.size()) head_.add(nn::activation::relu);
+      features = out;
     }
-    head_.add(nn::linear<float>(name + ".fc" + std::to_string(spec.head.size()), features, classes, linear_init(seed)));
     stage_grads_.resize(stages_.size());
   }
 
@@ -87,6 +89,25 @@ class staged_net {
   void set_training(bool t) {
     for (auto& s : stages_) s.set_training(t);
     head_.set_training(t);
+  }
+  /// The dropout layers' mask counters: state a checkpoint must keep for an exact resume.
+  std::vector<std::uint64_t*> dropout_offsets() {
+    std::vector<std::uint64_t*> v;
+    for (std::size_t i = 0; i < head_.size(); ++i)
+      if (auto* d = std::get_if<nn::dropout<float>>(&head_[i])) v.push_back(&d->offset);
+    return v;
+  }
+  void save_state(nn::checkpoint& ck, const std::string& prefix) {
+    const auto offsets = dropout_offsets();
+    for (std::size_t k = 0; k < offsets.size(); ++k) ck.put_int(prefix + "dropout" + std::to_string(k) + ".offset", static_cast<std::int64_t>(*offsets[k]));
+  }
+  void load_state(const nn::checkpoint& ck, const std::string& prefix) {
+    const auto offsets = dropout_offsets();
+    for (std::size_t k = 0; k < offsets.size(); ++k) {
+      std::int64_t v = 0;
+      distill::throw_if_error(ck.get_int(prefix + "dropout" + std::to_string(k) + ".offset", v));
+      *offsets[k] = static_cast<std::uint64_t>(v);
+    }
   }
 
   [[nodiscard]] distill::status forward(const distill::cpu& ctx, cview<4> x) {
