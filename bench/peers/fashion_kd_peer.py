@@ -288,8 +288,8 @@ TITLES = {"ce": "student alone (CE)", "kd": "Hinton KD", "dkd": "DKD", "at": "AT
 def presets(name):
     c = dict(seeds=3, epochs=8, teacher_epochs=10, student_per_class=1500, teacher_per_class=0, validation_per_class=500, eval_images=0,
              batch=128, teacher_batch=128, lr=0.05, momentum=0.9, weight_decay=5e-4, teacher=([32, 64, 64], [256], 0.3), student=([8, 16], [64], 0.0),
-             mlp=([], [96], 0.0), kd_t=4.0, kd_alpha=0.9, dkd_alpha=1.0, dkd_beta=8.0, dkd_t=4.0, dkd_warmup=1.0, at_beta=1000.0, stats_w=1.0,
-             adain_w=1.0, teacher_pad=0, teacher_flip=False, pad=0, flip=False)
+             mlp=([], [96], 0.0), kd_t=2.0, kd_alpha=0.9, dkd_alpha=1.0, dkd_beta=2.0, dkd_t=4.0, dkd_warmup=1.0, at_beta=100.0, stats_w=0.1,
+             adain_w=0.1, teacher_pad=0, teacher_flip=False, pad=0, flip=False)
     if name == "full":
         c.update(epochs=30, teacher_epochs=30, student_per_class=0, teacher_pad=2, teacher_flip=True)
     elif name == "smoke":

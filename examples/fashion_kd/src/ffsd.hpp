@@ -9,7 +9,8 @@
 //                         i > 0: + l_div [ div(F_i, F_{i-1})                          diversity term
 //                                         + sum_l AT(F_i^l, D_i(shift(F_{i-1}))_l) ]  self-distillation
 //   fusion module         input: the students' last maps concatenated (detached), [B, M C, 7, 7]
-//                         depthwise 3x3 -> BN -> ReLU -> 1x1 to C -> BN -> ReLU (= its map) -> avg-pool -> FC
+//                         depthwise 3x3 -> BN -> ReLU -> 1x1 to C -> BN -> ReLU (= its map) -> the
+//                         students' head (FFSD: avg-pool -> FC, which is its ResNets' head)
 //                         CE + T^2 KL(mean_i q_i || q_fusion)
 //   leader                CE + T^2 KL(q_fusion || q_leader)
 //                         + l_fus [ AT(F_L, map_fusion) + AT(TF(F_L), concat F_i)
@@ -70,13 +71,15 @@ class fusion_block {
   tensor dw_out_, d_dw_out_;
 };
 
-/// The fusion module: a fusion block (M C -> C channels) whose map is kept, then global average
-/// pooling and a linear classifier.
+/// The fusion module: a fusion block (M C -> C channels) whose map is kept, then the students' own
+/// head on it (in FFSD's ResNets both are average pooling + a linear layer; here the students end
+/// in flatten + linear layers, and a weaker fusion classifier would be a weak teacher for the leader).
 class fusion_module {
  public:
-  fusion_module(const std::string& name, int students, int channels, std::uint64_t seed) : block_(name, students * channels, channels, seed) {
-    classifier_.add(nn::global_avg_pool_stage{});
-    classifier_.add(nn::linear<float>(name + ".fc", channels, classes, linear_init(seed)));
+  fusion_module(const std::string& name, int students, const net_spec& student, std::uint64_t seed)
+      : block_(name, students * student.channels.back(), student.channels.back(), seed) {
+    const int side = stage_side(student, student.channels.size() - 1);
+    classifier_ = make_head(name, static_cast<index_t>(student.channels.back()) * side * side, student.head, student.dropout, seed);
   }
   [[nodiscard]] distill::status forward(const distill::cpu& ctx, cview<4> x) {
     DISTILL_TRY(block_.forward(ctx, x));
@@ -199,7 +202,7 @@ class ffsd_learner final : public learner {
         C_(cfg.student.channels.back()),
         leader_("ffsd.leader", cfg.student, seed),
         trans_fusion_("ffsd.trans_fusion", C_, M_ * C_, seed),
-        fusion_("ffsd.fusion", M_, C_, seed),
+        fusion_("ffsd.fusion", M_, cfg.student, seed),
         leader_decoder_("ffsd.leader_decoder", C_, static_cast<int>(cfg.student.channels.size()) - 1, seed) {
     if (M_ < 2) throw std::invalid_argument("ffsd needs at least 2 common students");
     if (cfg.student.channels.size() < 2) throw std::invalid_argument("ffsd needs a student with at least 2 stages");

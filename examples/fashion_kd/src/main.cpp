@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "methods to run (default all): ce kd dkd at at_kd stats adain ffsd mlp_ce mlp_kd");
   std::optional<int> seeds, threads, epochs, teacher_epochs, batch, student_per_class, teacher_per_class, eval_images, augment_pad;
   std::optional<std::uint64_t> first_seed;
-  std::optional<double> lr, kd_t, kd_alpha, dkd_beta, at_beta, stats_w, adain_w;
+  std::optional<double> lr, kd_t, kd_alpha, dkd_beta, dkd_t, dkd_warmup, at_beta, stats_w, adain_w;
   std::optional<std::vector<int>> student_channels, teacher_channels, student_head, teacher_head, mlp_hidden;
   bool augment_flip = false;
   app.add_option("--seeds", seeds, "number of seeds (mean ± std over them)")->check(CLI::Range(1, 100));
@@ -160,6 +160,8 @@ int main(int argc, char** argv) {
   app.add_option("--kd-temperature", kd_t, "Hinton KD temperature")->check(CLI::PositiveNumber);
   app.add_option("--kd-alpha", kd_alpha, "Hinton KD weight of the soft term (1 - alpha on CE)")->check(CLI::Range(0.0, 1.0));
   app.add_option("--dkd-beta", dkd_beta, "DKD weight of NCKD")->check(CLI::NonNegativeNumber);
+  app.add_option("--dkd-temperature", dkd_t, "DKD temperature")->check(CLI::PositiveNumber);
+  app.add_option("--dkd-warmup", dkd_warmup, "DKD warm-up in epochs (weight min(epochs done / warm-up, 1))")->check(CLI::NonNegativeNumber);
   app.add_option("--at-beta", at_beta, "attention transfer beta (beta/2 per stage pair)")->check(CLI::NonNegativeNumber);
   app.add_option("--stats-weight", stats_w, "weight of the statistics L2 loss")->check(CLI::NonNegativeNumber);
   app.add_option("--adain-weight", adain_w, "weight of the AdaIN-KD loss")->check(CLI::NonNegativeNumber);
@@ -190,6 +192,8 @@ int main(int argc, char** argv) {
     if (kd_t) c.loss.kd_temperature = *kd_t;
     if (kd_alpha) c.loss.kd_alpha = *kd_alpha;
     if (dkd_beta) c.loss.dkd_beta = *dkd_beta;
+    if (dkd_t) c.loss.dkd_temperature = *dkd_t;
+    if (dkd_warmup) c.loss.dkd_warmup_epochs = *dkd_warmup;
     if (at_beta) c.loss.at_beta = *at_beta;
     if (stats_w) c.loss.stats_weight = *stats_w;
     if (adain_w) c.loss.adain_weight = *adain_w;
