@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: MIT
+// RoI Align: hand-worked values on a linear feature map (bilinear sampling of a plane is exact),
+// the library against the naive double reference over every option (aligned, adaptive and fixed
+// sampling, spatial scale, rois partly or wholly outside the map, tiny rois), float and double;
+// the reference backward and the library backward against central finite differences; the
+// adjoint identity; bitwise determinism across thread counts; accumulate; bad input.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "distill/detection/roi_align.hpp"
+#include "reference/detection_ref.hpp"
+#include "support/compare.hpp"
+#include "support/finite_diff.hpp"
+#include "support/guarded.hpp"
+#include "support/random.hpp"
+
+using namespace distill;
+using roi = std::array<double, 5>;
+
+namespace {
+
+struct roi_case {
+  int B, C, H, W, ph, pw;
+  std::vector<roi> rois;
+  distill_ref::roi_align_ref_options ref;
+  roi_align_options opt() const {
+    roi_align_options o;
+    o.spatial_scale = static_cast<float>(ref.scale);
+    o.sampling_ratio = ref.sampling_ratio;
+    o.aligned = ref.aligned;
+    return o;
+  }
+};
+
+/// Rois in image coordinates (image = map / scale): inside, straddling the border, outside, tiny.
+std::vector<roi> random_rois(distill_test::rng& g, int K, int B, int H, int W, double scale) {
+  std::vector<roi> out;
+  const double ih = H / scale, iw = W / scale;
+  for (int k = 0; k < K; ++k) {
+    const double kind = g.uniform();
+    double x1, y1, w, h;
+    if (kind < 0.15) {  // tiny
+      x1 = g.uniform(0, iw), y1 = g.uniform(0, ih), w = g.uniform(0, 0.8 / scale), h = g.uniform(0, 0.8 / scale);
+    } else if (kind < 0.3) {  // straddles or leaves the map
+      x1 = g.uniform(-0.5 * iw, 1.2 * iw), y1 = g.uniform(-0.5 * ih, 1.2 * ih), w = g.uniform(0.1, iw), h = g.uniform(0.1, ih);
+    } else {
+      x1 = g.uniform(0, 0.8 * iw), y1 = g.uniform(0, 0.8 * ih), w = g.uniform(1, iw - x1), h = g.uniform(1, ih - y1);
+    }
+    out.push_back({static_cast<double>(g.integer(0, B - 1)), x1, y1, x1 + w, y1 + h});
+  }
+  return out;
+}
+
+roi_case random_case(distill_test::rng& g, int variant) {
+  roi_case c;
+  c.B = static_cast<int>(g.integer(1, 3)), c.C = static_cast<int>(g.integer(1, 4));
+  c.H = static_cast<int>(g.integer(1, 9)), c.W = static_cast<int>(g.integer(1, 11));
+  c.ph = static_cast<int>(g.integer(1, 4)), c.pw = static_cast<int>(g.integer(1, 4));
+  c.ref.scale = variant % 3 == 0 ? 1.0 : (variant % 3 == 1 ? 0.5 : 0.25);
+  c.ref.sampling_ratio = variant % 2 == 0 ? -1 : static_cast<int>(g.integer(1, 3));
+  c.ref.aligned = (variant / 2) % 2 == 1;
+  c.rois = random_rois(g, static_cast<int>(g.integer(1, 7)), c.B, c.H, c.W, c.ref.scale);
+  return c;
+}
+
+template <class T>
+std::vector<T> flat_rois(const std::vector<roi>& rois) {
+  std::vector<T> v;
+  for (const roi& r : rois)
+    for (double x : r) v.push_back(static_cast<T>(x));
+  return v;
+}
+
+template <class T>
+std::vector<T> run_forward(const roi_case& c, const std::vector<T>& x, int threads = 2) {
+  const auto r = flat_rois<T>(c.rois);
+  const int K = static_cast<int>(c.rois.size());
+  std::vector<T> out(static_cast<std::size_t>(K) * c.C * c.ph * c.pw, T(-1));
+  const status st = roi_align_forward(cpu{threads}, make_view(x.data(), c.B, c.C, c.H, c.W), make_view(r.data(), K, 5),
+                                      make_view(out.data(), K, c.C, c.ph, c.pw), c.opt());
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  return out;
+}
+
+template <class T>
+std::vector<T> run_backward(const roi_case& c, const std::vector<T>& grad_out, int threads = 2) {
+  const auto r = flat_rois<T>(c.rois);
+  const int K = static_cast<int>(c.rois.size());
+  std::vector<T> grad(static_cast<std::size_t>(c.B) * c.C * c.H * c.W, T(123));
+  const status st = roi_align_backward(cpu{threads}, make_view(r.data(), K, 5), make_view(grad_out.data(), K, c.C, c.ph, c.pw),
+                                       make_view(grad.data(), c.B, c.C, c.H, c.W), c.opt());
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  return grad;
+}
+
+}  // namespace
+
+TEST_CASE("roi_align: hand-worked values on a linear map", "[detection][roi_align]") {
+  // f(y, x) = 4 y + x on a 4 x 4 map. Bilinear sampling of a plane is exact and the 2 x 2 samples
+  // of a bin are symmetric about its centre, so each output is f at the bin centre.
+  std::vector<double> x(16);
+  for (int y = 0; y < 4; ++y)
+    for (int z = 0; z < 4; ++z) x[y * 4 + z] = 4.0 * y + z;
+  roi_case c{1, 1, 4, 4, 2, 2, {{0, 0.5, 0.5, 2.5, 2.5}}, {1.0, 2, false}};
+  CHECK(run_forward(c, x) == std::vector<double>{5, 6, 9, 10});  // bin centres (1,1) (1,2) (2,1) (2,2)
+  c.ref.aligned = true;  // shifted by half a pixel: centres (0.5,0.5) (0.5,1.5) ...
+  CHECK(run_forward(c, x) == std::vector<double>{2.5, 3.5, 6.5, 7.5});
+  c.ref = {0.5, 2, false};  // image coordinates twice the map's: the same roi in map cells (0.25..1.25)
+  c.rois = {{0, 0.5, 0.5, 2.5, 2.5}};  // not aligned, height 1 -> bins of 0.5: centres 0.5 and 1.0
+  CHECK(run_forward(c, x) == std::vector<double>{2.5, 3.0, 4.5, 5.0});
+  c.ref = {1.0, -1, false};
+  c.rois = {{0, 10, 10, 12, 12}};  // every sample beyond W + 1: zeros
+  CHECK(run_forward(c, x) == std::vector<double>{0, 0, 0, 0});
+}
+
+TEMPLATE_TEST_CASE("roi_align: forward and backward against the reference", "[detection][roi_align]", float, double) {
+  using T = TestType;
+  const auto tolerance = std::is_same_v<T, float> ? distill_test::tolerance{1e-5, 1e-5} : distill_test::tol::f64;
+  distill_test::rng g(31);
+  for (int variant = 0; variant < 36; ++variant) {
+    const roi_case c = random_case(g, variant);
+    INFO("variant " << variant << ": B " << c.B << " C " << c.C << " H " << c.H << " W " << c.W << " ph " << c.ph << " pw " << c.pw
+                    << " K " << c.rois.size() << " scale " << c.ref.scale << " sampling " << c.ref.sampling_ratio << " aligned "
+                    << c.ref.aligned);
+    distill_ref::feature_map_ref x{c.B, c.C, c.H, c.W, g.normals(static_cast<std::size_t>(c.B) * c.C * c.H * c.W)};
+    const auto expected = distill_ref::roi_align_forward_ref(x, c.rois, c.ph, c.pw, c.ref);
+    const std::vector<T> xt(x.v.begin(), x.v.end());
+    CHECK_CLOSE("forward", run_forward(c, xt), expected, tolerance);
+
+    const auto go = g.normals(expected.size());
+    const auto expected_grad = distill_ref::roi_align_backward_ref(c.B, c.C, c.H, c.W, c.rois, go, c.ph, c.pw, c.ref);
+    const std::vector<T> got(go.begin(), go.end());
+    CHECK_CLOSE("backward", run_backward(c, got), expected_grad.v, tolerance);
+  }
+}
+
+TEST_CASE("roi_align: backward against finite differences, adjoint identity", "[detection][roi_align]") {
+  distill_test::rng g(32);
+  for (int variant = 0; variant < 8; ++variant) {
+    const roi_case c = random_case(g, variant);
+    INFO("variant " << variant);
+    const std::vector<double> x = g.normals(static_cast<std::size_t>(c.B) * c.C * c.H * c.W);
+    const std::vector<double> go = g.normals(c.rois.size() * c.C * c.ph * c.pw);
+    auto loss_lib = [&](const std::vector<double>& v) {
+      const auto y = run_forward(c, v, 1);
+      double s = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) s += go[i] * y[i];
+      return s;
+    };
+    auto loss_ref = [&](const std::vector<double>& v) {
+      const auto y = distill_ref::roi_align_forward_ref({c.B, c.C, c.H, c.W, v}, c.rois, c.ph, c.pw, c.ref);
+      double s = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) s += go[i] * y[i];
+      return s;
+    };
+    const auto numeric = distill_test::numeric_gradient(loss_ref, x);
+    CHECK_CLOSE("reference backward vs finite differences",
+                distill_ref::roi_align_backward_ref(c.B, c.C, c.H, c.W, c.rois, go, c.ph, c.pw, c.ref).v, numeric, distill_test::tol::fd);
+    const auto grad = run_backward(c, go);
+    CHECK_CLOSE("library backward vs finite differences", grad, distill_test::numeric_gradient(loss_lib, x), distill_test::tol::fd);
+    double adjoint = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) adjoint += grad[i] * x[i];
+    CHECK_CLOSE_SCALAR("<dL/dx, x> = <dL/dy, y>", adjoint, loss_lib(x), distill_test::tol::f64);
+  }
+}
+
+TEST_CASE("roi_align: deterministic across thread counts; accumulate; strided views", "[detection][roi_align]") {
+  distill_test::rng g(33);
+  roi_case c{2, 5, 12, 13, 3, 4, {}, {0.5, -1, true}};
+  c.rois = random_rois(g, 40, c.B, c.H, c.W, c.ref.scale);
+  const std::vector<float> go = g.normals<float>(c.rois.size() * c.C * c.ph * c.pw);
+  const auto one = run_backward(c, go, 1), two = run_backward(c, go, 2), three = run_backward(c, go, 3);
+  CHECK(one == two);
+  CHECK(one == three);
+
+  // accumulate adds into what is there.
+  const auto r = flat_rois<float>(c.rois);
+  const int K = static_cast<int>(c.rois.size());
+  std::vector<float> acc(one.size(), 2.0f);
+  roi_align_options o = c.opt();
+  o.accumulate = true;
+  REQUIRE(roi_align_backward(cpu{2}, make_view(r.data(), K, 5), make_view(go.data(), K, c.C, c.ph, c.pw),
+                             make_view(acc.data(), c.B, c.C, c.H, c.W), o)
+              .ok());
+  for (std::size_t i = 0; i < acc.size(); ++i) acc[i] -= 2.0f;
+  CHECK_CLOSE("accumulate", acc, one, (distill_test::tolerance{1e-5, 1e-5}));  // each add rounds at the scale of 2
+
+  // A strided output (channel stride padded) gets the same values and leaves the padding alone.
+  const std::vector<float> x = g.normals<float>(static_cast<std::size_t>(c.B) * c.C * c.H * c.W);
+  const auto dense = run_forward(c, x);
+  const index_t plane = c.ph * c.pw, cs = plane + 2;
+  distill_test::guarded<float> out(static_cast<std::size_t>(K) * c.C * cs);
+  REQUIRE(roi_align_forward(cpu{2}, make_view(x.data(), c.B, c.C, c.H, c.W), make_view(r.data(), K, 5),
+                            make_strided_view(out.data(), std::array<index_t, 4>{K, c.C, c.ph, c.pw},
+                                              std::array<index_t, 4>{c.C * cs, cs, c.pw, 1}),
+                            c.opt())
+              .ok());
+  std::vector<float> strided;
+  for (int k = 0; k < K * c.C; ++k)
+    for (index_t i = 0; i < plane; ++i) strided.push_back(out.data()[k * cs + i]);
+  CHECK(strided == dense);
+  CHECK(out.intact());
+  CHECK(out.padding_intact(static_cast<std::size_t>(K) * c.C, plane, cs));
+}
+
+TEST_CASE("roi_align: bad input is refused with its error code", "[detection][roi_align][errors]") {
+  std::vector<double> x(2 * 3 * 4 * 4, 1.0), out(1 * 3 * 2 * 2);
+  auto fwd = [&](const std::vector<double>& r, index_t ph = 2, roi_align_options o = {}) {
+    return roi_align_forward(cpu{1}, make_view(x.data(), 2, 3, 4, 4), make_view(r.data(), 1, 5), make_view(out.data(), 1, 3, ph, 2), o).code();
+  };
+  CHECK(fwd({0, 0, 0, 2, 2}) == errc::ok);
+  CHECK(fwd({2, 0, 0, 2, 2}) == errc::invalid_argument);    // batch index out of range
+  CHECK(fwd({0.5, 0, 0, 2, 2}) == errc::invalid_argument);  // not an integer
+  CHECK(fwd({-1, 0, 0, 2, 2}) == errc::invalid_argument);
+  CHECK(fwd({0, 3, 0, 2, 2}) == errc::invalid_argument);  // inverted
+  CHECK(fwd({0, 0, std::numeric_limits<double>::infinity(), 2, 2}) == errc::non_finite);
+  CHECK(fwd({0, 0, 0, 2, 2}, 1) == errc::ok);
+  roi_align_options bad;
+  bad.spatial_scale = 0;
+  CHECK(fwd({0, 0, 0, 2, 2}, 2, bad) == errc::invalid_argument);
+  const std::vector<double> r = {0, 0, 0, 2, 2};
+  CHECK(roi_align_forward(cpu{1}, make_view(x.data(), 2, 3, 4, 4), make_view(r.data(), 1, 5), make_view(out.data(), 1, 2, 3, 2)).code() ==
+        errc::shape_mismatch);  // wrong channel count
+  CHECK(roi_align_forward(cpu{1}, make_view(x.data(), 2, 3, 4, 4), make_view(r.data(), 1, 4), make_view(out.data(), 1, 3, 2, 2)).code() ==
+        errc::shape_mismatch);  // rois not [K, 5]
+  CHECK(roi_align_backward(cpu{1}, make_view(r.data(), 1, 5), make_view(out.data(), 1, 3, 2, 2), make_view(x.data(), 2, 2, 6, 4)).code() ==
+        errc::shape_mismatch);
+  // No rois: the backward writes zeros.
+  std::vector<double> grad(x.size(), 5.0);
+  REQUIRE(roi_align_backward(cpu{1}, host_view<const double, 2>(nullptr, {0, 5}, {5, 1}), host_view<const double, 4>(nullptr, {0, 3, 2, 2}, {12, 4, 2, 1}),
+                             make_view(grad.data(), 2, 3, 4, 4))
+              .ok());
+  CHECK(grad == std::vector<double>(x.size(), 0.0));
+}
