@@ -72,7 +72,9 @@ TEMPLATE_TEST_CASE("box_iou: matrix against the reference, strided output", "[de
 
 TEMPLATE_TEST_CASE("box coder: encode, decode and clip against the reference", "[detection][boxes]", float, double) {
   using T = TestType;
-  const auto tolerance = std::is_same_v<T, float> ? distill_test::tolerance{1e-5, 1e-5} : distill_test::tol::f64;
+  // float: coordinates up to ~60 are differences of centre and half size (cancellation), so an
+  // absolute error of a few ulps of 60.
+  const auto tolerance = std::is_same_v<T, float> ? distill_test::tolerance{1e-4, 1e-5} : distill_test::tol::f64;
   distill_test::rng g(12);
   const int N = 41;
   const auto P = random_boxes(g, N), G = random_boxes(g, N);
