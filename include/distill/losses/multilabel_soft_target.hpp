@@ -194,9 +194,13 @@ status check_args(const char* fn, const VS& student, const VT& teacher, const In
   DISTILL_TRY(optional_vector("class_weights", in.class_weights, C, "one weight per class"));
   DISTILL_TRY(optional_vector("pos_weights", in.pos_weights, C, "one weight per class"));
   DISTILL_TRY(check_positive(fn, "temperature", opt.temperature));
-  for (auto [name, v] : {std::pair{"soft_weight", opt.soft_weight}, std::pair{"hard_label_weight", opt.hard_label_weight},
-                         std::pair{"grad_scale", opt.grad_scale}})
+  auto finite = [&](const char* name, float v) -> status {
     if (!std::isfinite(v)) return fail(errc::invalid_argument, fn, std::string("'") + name + "' must be finite");
+    return {};
+  };
+  DISTILL_TRY(finite("soft_weight", opt.soft_weight));
+  DISTILL_TRY(finite("hard_label_weight", opt.hard_label_weight));
+  DISTILL_TRY(finite("grad_scale", opt.grad_scale));
   if (opt.reduction != reduction::none && opt.reduction != reduction::sum && opt.reduction != reduction::mean &&
       opt.reduction != reduction::batchmean)
     return fail(errc::invalid_argument, fn, "'reduction' is not a valid reduction");
@@ -228,13 +232,17 @@ status check_host_values(const char* fn, const multilabel_soft_target_inputs<Acc
           return fail(errc::invalid_argument, fn,
                       "'labels' (" + std::to_string(r) + ", " + std::to_string(k) + ") is " + std::to_string(int(in.labels(r, k))) +
                           "; labels are 0 or 1");
-  for (auto [name, v] : {std::pair{"row_weights", in.row_weights}, std::pair{"class_weights", in.class_weights},
-                         std::pair{"pos_weights", in.pos_weights}})
+  auto weights = [&](const char* name, const host_view<const Acc, 1>& v) -> status {
     for (index_t i = 0; i < v.extent(0) && !v.empty(); ++i) {
       const double w = static_cast<double>(v(i));
       if (!std::isfinite(w)) return fail(errc::non_finite, fn, std::string("'") + name + "' " + std::to_string(i) + " is not finite");
       if (w < 0) return fail(errc::invalid_argument, fn, std::string("'") + name + "' " + std::to_string(i) + " is negative");
     }
+    return {};
+  };
+  DISTILL_TRY(weights("row_weights", in.row_weights));
+  DISTILL_TRY(weights("class_weights", in.class_weights));
+  DISTILL_TRY(weights("pos_weights", in.pos_weights));
   return {};
 }
 
