@@ -212,12 +212,22 @@ status check_roi_values(const char* fn, const VR& rois, index_t batches) {
   return {};
 }
 
-/// Per-axis sample tables of one roi on the CPU: entry p * grid + i.
+/// One sample along one axis on the CPU: the element offsets (cell * stride) it reads and their weights.
 template <class Acc>
-void axis_table(Acc start, Acc bin, int grid, int bins, int size, std::vector<axis_weights<Acc>>& out) {
+struct axis_read {
+  index_t lo, hi;
+  Acc w_lo, w_hi;
+};
+
+/// Per-axis sample table of one roi, entry p * grid + i, offsets along an axis of `stride`.
+template <class Acc>
+void axis_table(Acc start, Acc bin, int grid, int bins, int size, index_t stride, std::vector<axis_read<Acc>>& out) {
   out.resize(static_cast<std::size_t>(grid > 0 ? grid * bins : 0));
   for (int p = 0; p < bins; ++p)
-    for (int i = 0; i < grid; ++i) out[static_cast<std::size_t>(p * grid + i)] = interpolate_axis(sample_position(start, bin, grid, p, i), size);
+    for (int i = 0; i < grid; ++i) {
+      const axis_weights<Acc> a = interpolate_axis(sample_position(start, bin, grid, p, i), size);
+      out[static_cast<std::size_t>(p * grid + i)] = {a.lo * stride, a.hi * stride, a.w_lo, a.w_hi};
+    }
 }
 
 template <class VR, class Acc = std::remove_const_t<typename VR::element_type>>
@@ -245,25 +255,27 @@ template <class TI, class TR, class TO>
   const int ph = static_cast<int>(output.extent(2)), pw = static_cast<int>(output.extent(3));
   DISTILL_TRY(rd::check_roi_values(fn, rois, B));
   parallel_for(ctx, K * C, [&](index_t i0, index_t i1) {
-    std::vector<rd::axis_weights<T>> ys, xs;
+    std::vector<rd::axis_read<T>> ys, xs;
     index_t tables_of = -1;
     for (index_t i = i0; i < i1; ++i) {
       const index_t k = i / C, c = i % C;
       const rd::geometry<T> g = rd::roi_geometry(rois, k, B, opt, ph, pw);
       if (tables_of != k) {
-        rd::axis_table(g.start_h, g.bin_h, g.grid_h, ph, H, ys);
-        rd::axis_table(g.start_w, g.bin_w, g.grid_w, pw, W, xs);
+        rd::axis_table(g.start_h, g.bin_h, g.grid_h, ph, H, input.stride(2), ys);
+        rd::axis_table(g.start_w, g.bin_w, g.grid_w, pw, W, input.stride(3), xs);
         tables_of = k;
       }
+      const TI* plane = &input(g.batch, c, 0, 0);
       for (int p = 0; p < ph; ++p)
         for (int q = 0; q < pw; ++q) {
           T sum = T(0);
           for (int a = 0; a < g.grid_h; ++a) {
-            const rd::axis_weights<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
+            const rd::axis_read<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
+            const TI* row_lo = plane + y.lo;
+            const TI* row_hi = plane + y.hi;
             for (int e = 0; e < g.grid_w; ++e) {
-              const rd::axis_weights<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
-              sum += y.w_lo * (x.w_lo * input(g.batch, c, y.lo, x.lo) + x.w_hi * input(g.batch, c, y.lo, x.hi)) +
-                     y.w_hi * (x.w_lo * input(g.batch, c, y.hi, x.lo) + x.w_hi * input(g.batch, c, y.hi, x.hi));
+              const rd::axis_read<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
+              sum += y.w_lo * (x.w_lo * row_lo[x.lo] + x.w_hi * row_lo[x.hi]) + y.w_hi * (x.w_lo * row_hi[x.lo] + x.w_hi * row_hi[x.hi]);
             }
           }
           output(k, c, p, q) = sum * g.inv_count;
@@ -296,26 +308,31 @@ template <class TR, class TG, class TI>
         for (index_t c = c0; c < c1; ++c)
           for (int y = 0; y < H; ++y)
             for (int x = 0; x < W; ++x) grad_input(b, c, y, x) = T(0);
-    std::vector<rd::axis_weights<T>> ys, xs;
+    std::vector<rd::axis_read<T>> ys, xs;
     for (index_t k = 0; k < K; ++k) {
       const rd::geometry<T> g = rd::roi_geometry(rois, k, B, opt, ph, pw);
-      rd::axis_table(g.start_h, g.bin_h, g.grid_h, ph, H, ys);
-      rd::axis_table(g.start_w, g.bin_w, g.grid_w, pw, W, xs);
-      for (index_t c = c0; c < c1; ++c)
+      rd::axis_table(g.start_h, g.bin_h, g.grid_h, ph, H, grad_input.stride(2), ys);
+      rd::axis_table(g.start_w, g.bin_w, g.grid_w, pw, W, grad_input.stride(3), xs);
+      for (index_t c = c0; c < c1; ++c) {
+        T* plane = &grad_input(g.batch, c, 0, 0);
         for (int p = 0; p < ph; ++p)
           for (int q = 0; q < pw; ++q) {
             const T go = grad_output(k, c, p, q) * g.inv_count;
             for (int a = 0; a < g.grid_h; ++a) {
-              const rd::axis_weights<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
+              const rd::axis_read<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
+              T* row_lo = plane + y.lo;
+              T* row_hi = plane + y.hi;
+              const T g_lo = go * y.w_lo, g_hi = go * y.w_hi;
               for (int e = 0; e < g.grid_w; ++e) {
-                const rd::axis_weights<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
-                grad_input(g.batch, c, y.lo, x.lo) += go * y.w_lo * x.w_lo;
-                grad_input(g.batch, c, y.lo, x.hi) += go * y.w_lo * x.w_hi;
-                grad_input(g.batch, c, y.hi, x.lo) += go * y.w_hi * x.w_lo;
-                grad_input(g.batch, c, y.hi, x.hi) += go * y.w_hi * x.w_hi;
+                const rd::axis_read<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
+                row_lo[x.lo] += g_lo * x.w_lo;
+                row_lo[x.hi] += g_lo * x.w_hi;
+                row_hi[x.lo] += g_hi * x.w_lo;
+                row_hi[x.hi] += g_hi * x.w_hi;
               }
             }
           }
+      }
     }
   }, 1);
   return {};
