@@ -221,6 +221,31 @@ TEST_CASE("multilabel soft target: properties", "[multilabel]") {
   }
 }
 
+TEST_CASE("multilabel soft target: a teacher given as probabilities, through T logit(s)", "[multilabel]") {
+  // Liu et al. use WSDDN's image scores s in [0, 1] as targets: z_t = T log(s / (1 - s)) makes
+  // sigmoid(z_t / T) = s, and s = 0 or 1 become -inf / +inf logits without NaN.
+  const double T = 5;
+  const std::vector<double> s_t = {0.0, 0.25, 0.9, 1.0}, zs = {-1.0, 0.5, 2.0, -3.0};
+  std::vector<double> zt;
+  for (double s : s_t) zt.push_back(T * std::log(s / (1 - s)));
+  multilabel_soft_target_options o;
+  o.temperature = static_cast<float>(T);
+  o.scale_by_t_squared = false;
+  o.reduction = reduction::sum;
+  double loss = 0;
+  std::vector<double> grad(4);
+  REQUIRE(multilabel_soft_target_forward_backward(cpu{1}, make_view(zs.data(), 1, 4), make_view(zt.data(), 1, 4), {}, make_view(&loss, 1),
+                                                  make_view(grad.data(), 1, 4), {}, o)
+              .ok());
+  double expected = 0;
+  for (int k = 0; k < 4; ++k) {
+    const double q = distill_ref::sigmoid_ref(zs[k] / T);
+    expected += distill_ref::bce_ref(s_t[k], q);
+    CHECK_CLOSE_SCALAR("grad", grad[k], (q - s_t[k]) / T, distill_test::tol::f64);
+  }
+  CHECK_CLOSE_SCALAR("loss", loss, expected, distill_test::tol::f64);
+}
+
 TEMPLATE_TEST_CASE("multilabel soft target: +-1e4 and +-inf logits stay finite where the math is", "[multilabel]", float, double) {
   using T = TestType;
   const T big = T(1e4), inf = std::numeric_limits<T>::infinity();
