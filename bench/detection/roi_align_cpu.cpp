@@ -3,12 +3,12 @@
 // bench/peers/roi_align_peer.py (torchvision.ops.roi_align, or the same math in plain torch).
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <vector>
 
 #include "bench_common.hpp"
 #include "detection/roi_align_shapes.hpp"
 #include "distill/detection/roi_align.hpp"
+#include "support/random.hpp"
 
 namespace {
 
@@ -20,19 +20,12 @@ distill::roi_align_options options_of(const roi_align_shape& s) {
   return o;
 }
 
-std::vector<float> normals(std::size_t n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
-}
-
 void roi_align_cpu(benchmark::State& state, roi_align_shape s, bool backward) {
   const int K = s.B * s.rois_per_image;
   const auto rois = distill_bench::roi_align_rois(s);
-  std::vector<float> map = normals(static_cast<std::size_t>(s.B) * s.C * s.H * s.W, 1);
-  std::vector<float> pooled = normals(static_cast<std::size_t>(K) * s.C * s.out * s.out, 2);
+  distill_test::rng g(1);
+  std::vector<float> map = g.normals<float>(static_cast<std::size_t>(s.B) * s.C * s.H * s.W);
+  std::vector<float> pooled = g.normals<float>(static_cast<std::size_t>(K) * s.C * s.out * s.out);
   const distill::cpu ctx{distill_bench::cpu_threads()};
   const auto mv = distill::make_view(map.data(), s.B, s.C, s.H, s.W);
   const auto pv = distill::make_view(pooled.data(), K, s.C, s.out, s.out);

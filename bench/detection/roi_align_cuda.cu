@@ -3,7 +3,6 @@
 // roi_align_shapes.hpp; peer: bench/peers/roi_align_peer.py --cuda (torchvision's atomic scatter).
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -11,6 +10,7 @@
 #include "detection/roi_align_shapes.hpp"
 #include "distill/detection/roi_align.hpp"
 #include "support/device_buffer.cuh"
+#include "support/random.hpp"
 
 namespace {
 
@@ -24,11 +24,9 @@ void roi_align_cuda(benchmark::State& state, roi_align_shape s, bool backward) {
     return;
   }
   const int K = s.B * s.rois_per_image;
-  std::mt19937 gen(1);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> map(static_cast<std::size_t>(s.B) * s.C * s.H * s.W), pooled(static_cast<std::size_t>(K) * s.C * s.out * s.out);
-  for (auto& x : map) x = d(gen);
-  for (auto& x : pooled) x = d(gen);
+  distill_test::rng g(1);
+  const std::vector<float> map = g.normals<float>(static_cast<std::size_t>(s.B) * s.C * s.H * s.W);
+  const std::vector<float> pooled = g.normals<float>(static_cast<std::size_t>(K) * s.C * s.out * s.out);
   distill_test::device_buffer<float> dmap(map), dpooled(pooled), drois(distill_bench::roi_align_rois(s));
   distill::roi_align_options o;
   o.spatial_scale = s.scale, o.sampling_ratio = 2, o.aligned = true;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "detection/roi_align_cases.hpp"
 #include "distill/detection/boxes.hpp"
 #include "distill/detection/roi_align.hpp"
 #include "reference/detection_ref.hpp"
@@ -21,7 +22,6 @@
 
 using namespace distill;
 using distill_test::device_buffer;
-using roi = std::array<double, 5>;
 
 namespace {
 
@@ -80,36 +80,6 @@ TEST_CASE("cuda boxes: IoU, clip and coder against the reference and the CPU", "
 
 namespace {
 
-struct device_case {
-  int B, C, H, W, ph, pw;
-  std::vector<roi> rois;
-  distill_ref::roi_align_ref_options ref;
-  roi_align_options opt() const {
-    roi_align_options o;
-    o.spatial_scale = static_cast<float>(ref.scale), o.sampling_ratio = ref.sampling_ratio, o.aligned = ref.aligned;
-    return o;
-  }
-};
-
-device_case random_device_case(distill_test::rng& g, int variant) {
-  device_case c;
-  c.B = static_cast<int>(g.integer(1, 3)), c.C = static_cast<int>(g.integer(1, 9));
-  c.H = static_cast<int>(g.integer(1, 40)), c.W = static_cast<int>(g.integer(1, 70));  // several tiles
-  c.ph = static_cast<int>(g.integer(1, 7)), c.pw = static_cast<int>(g.integer(1, 7));
-  c.ref = {variant % 3 == 0 ? 1.0 : (variant % 3 == 1 ? 0.5 : 0.25), variant % 2 == 0 ? -1 : static_cast<int>(g.integer(1, 3)),
-           (variant / 2) % 2 == 1};
-  const int K = static_cast<int>(g.integer(1, variant % 4 == 3 ? 600 : 40));  // more than one 256-roi chunk sometimes
-  const double ih = c.H / c.ref.scale, iw = c.W / c.ref.scale;
-  for (int k = 0; k < K; ++k) {
-    const double x1 = g.uniform(-0.3 * iw, iw), y1 = g.uniform(-0.3 * ih, ih);
-    const double w = g.coin(0.15) ? g.uniform(0, 1) : g.uniform(0, iw), h = g.coin(0.15) ? g.uniform(0, 1) : g.uniform(0, ih);
-    // float-representable coordinates, so the double reference sees what the kernel sees
-    c.rois.push_back({static_cast<double>(g.integer(0, c.B - 1)), double(float(x1)), double(float(y1)), double(float(x1 + w)),
-                      double(float(y1 + h))});
-  }
-  return c;
-}
-
 template <class T>
 std::vector<T> to(const std::vector<double>& v) {
   std::vector<T> out;
@@ -124,15 +94,13 @@ std::vector<double> from(const std::vector<T>& v) {
 }
 
 template <class T>
-void check_roi_align_case(const device_case& c, distill_test::rng& g, distill_test::tolerance tolerance) {
+void check_roi_align_case(const roi_test::roi_case& c, distill_test::rng& g, distill_test::tolerance tolerance) {
   const int K = static_cast<int>(c.rois.size());
   // Round the inputs to T first so the reference computes on exactly what the kernel reads.
   const std::vector<T> x_t = to<T>(g.normals(static_cast<std::size_t>(c.B) * c.C * c.H * c.W));
   const std::vector<T> go_t = to<T>(g.normals(static_cast<std::size_t>(K) * c.C * c.ph * c.pw));
   const distill_ref::feature_map_ref x{c.B, c.C, c.H, c.W, from(x_t)};
-  std::vector<float> r;
-  for (const roi& q : c.rois)
-    for (double v : q) r.push_back(static_cast<float>(v));
+  const std::vector<float> r = roi_test::flat_rois<float>(c.rois);
   device_buffer<T> dx(x_t), dgo(go_t), dy(go_t.size()), dgx(x_t.size());
   device_buffer<float> dr(r);
   REQUIRE(roi_align_forward(cuda{}, dx.view(c.B, c.C, c.H, c.W), dr.view(K, 5), dy.view(K, c.C, c.ph, c.pw), c.opt()).ok());
@@ -153,7 +121,8 @@ void check_roi_align_case(const device_case& c, distill_test::rng& g, distill_te
 TEST_CASE("cuda roi_align: float against the reference, every option", "[cuda][detection][roi_align]") {
   distill_test::rng g(52);
   for (int variant = 0; variant < 24; ++variant) {
-    const device_case c = random_device_case(g, variant);
+    // Up to 70 x 40 maps (several tiles) and 600 rois (more than one 256-roi chunk).
+    const roi_test::roi_case c = roi_test::random_case(g, variant, 40, 9, 7, variant % 4 == 3 ? 600 : 40);
     INFO("variant " << variant << " K " << c.rois.size() << " H " << c.H << " W " << c.W);
     // The sums of a backward element can be long (many rois): float accumulation error.
     check_roi_align_case<float>(c, g, distill_test::tolerance{2e-5, 1e-4});
@@ -163,7 +132,7 @@ TEST_CASE("cuda roi_align: float against the reference, every option", "[cuda][d
 TEST_CASE("cuda roi_align: float16 and bfloat16 feature maps", "[cuda][detection][roi_align]") {
   distill_test::rng g(53);
   for (int variant = 0; variant < 6; ++variant) {
-    const device_case c = random_device_case(g, variant);
+    const roi_test::roi_case c = roi_test::random_case(g, variant, 40, 9, 7, 40);
     // The reference sees the rounded inputs; the outputs are rounded once when stored.
     check_roi_align_case<float16>(c, g, distill_test::tolerance{2e-3, 2e-3});
     check_roi_align_case<bfloat16>(c, g, distill_test::tolerance{2e-2, 1e-2});

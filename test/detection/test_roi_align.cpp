@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "detection/roi_align_cases.hpp"
 #include "distill/detection/roi_align.hpp"
 #include "reference/detection_ref.hpp"
 #include "support/compare.hpp"
@@ -19,61 +20,12 @@
 #include "support/random.hpp"
 
 using namespace distill;
-using roi = std::array<double, 5>;
+using roi_test::flat_rois;
+using roi_test::random_case;
+using roi_test::random_rois;
+using roi_test::roi_case;
 
 namespace {
-
-struct roi_case {
-  int B, C, H, W, ph, pw;
-  std::vector<roi> rois;
-  distill_ref::roi_align_ref_options ref;
-  roi_align_options opt() const {
-    roi_align_options o;
-    o.spatial_scale = static_cast<float>(ref.scale);
-    o.sampling_ratio = ref.sampling_ratio;
-    o.aligned = ref.aligned;
-    return o;
-  }
-};
-
-/// Rois in image coordinates (image = map / scale): inside, straddling the border, outside, tiny.
-std::vector<roi> random_rois(distill_test::rng& g, int K, int B, int H, int W, double scale) {
-  std::vector<roi> out;
-  const double ih = H / scale, iw = W / scale;
-  for (int k = 0; k < K; ++k) {
-    const double kind = g.uniform();
-    double x1, y1, w, h;
-    if (kind < 0.15) {  // tiny
-      x1 = g.uniform(0, iw), y1 = g.uniform(0, ih), w = g.uniform(0, 0.8 / scale), h = g.uniform(0, 0.8 / scale);
-    } else if (kind < 0.3) {  // straddles or leaves the map
-      x1 = g.uniform(-0.5 * iw, 1.2 * iw), y1 = g.uniform(-0.5 * ih, 1.2 * ih), w = g.uniform(0.1, iw), h = g.uniform(0.1, ih);
-    } else {
-      x1 = g.uniform(0, 0.8 * iw), y1 = g.uniform(0, 0.8 * ih), w = g.uniform(1, iw - x1), h = g.uniform(1, ih - y1);
-    }
-    out.push_back({static_cast<double>(g.integer(0, B - 1)), x1, y1, x1 + w, y1 + h});
-  }
-  return out;
-}
-
-roi_case random_case(distill_test::rng& g, int variant) {
-  roi_case c;
-  c.B = static_cast<int>(g.integer(1, 3)), c.C = static_cast<int>(g.integer(1, 4));
-  c.H = static_cast<int>(g.integer(1, 9)), c.W = static_cast<int>(g.integer(1, 11));
-  c.ph = static_cast<int>(g.integer(1, 4)), c.pw = static_cast<int>(g.integer(1, 4));
-  c.ref.scale = variant % 3 == 0 ? 1.0 : (variant % 3 == 1 ? 0.5 : 0.25);
-  c.ref.sampling_ratio = variant % 2 == 0 ? -1 : static_cast<int>(g.integer(1, 3));
-  c.ref.aligned = (variant / 2) % 2 == 1;
-  c.rois = random_rois(g, static_cast<int>(g.integer(1, 7)), c.B, c.H, c.W, c.ref.scale);
-  return c;
-}
-
-template <class T>
-std::vector<T> flat_rois(const std::vector<roi>& rois) {
-  std::vector<T> v;
-  for (const roi& r : rois)
-    for (double x : r) v.push_back(static_cast<T>(x));
-  return v;
-}
 
 template <class T>
 std::vector<T> run_forward(const roi_case& c, const std::vector<T>& x, int threads = 2) {
