@@ -122,6 +122,49 @@ TEST_CASE("roi_align: backward against finite differences, adjoint identity", "[
   }
 }
 
+TEST_CASE("roi_align: the CUDA backward's gather form equals the reference backward", "[detection][roi_align]") {
+  // The CUDA backward sums, per input cell, the samples that read it: rois filtered by
+  // cells_touched, samples bounded by samples_touching, weighed by weight_of_cell. Run the same
+  // scalar functions here (in float, as the kernel) so their math is tested without a GPU.
+  namespace rd = roi_align_detail;
+  distill_test::rng g(34);
+  for (int variant = 0; variant < 24; ++variant) {
+    const roi_case c = random_case(g, variant, 12, 2, 5, 12);
+    INFO("variant " << variant);
+    const auto go = g.normals(c.rois.size() * c.C * c.ph * c.pw);
+    std::vector<double> gathered(static_cast<std::size_t>(c.B) * c.C * c.H * c.W, 0.0);
+    for (int b = 0; b < c.B; ++b)
+      for (int ch = 0; ch < c.C; ++ch)
+        for (int y = 0; y < c.H; ++y)
+          for (int x = 0; x < c.W; ++x) {
+            double acc = 0;
+            for (std::size_t k = 0; k < c.rois.size(); ++k) {
+              float r[5];
+              for (int i = 0; i < 5; ++i) r[i] = static_cast<float>(c.rois[k][i]);
+              const rd::geometry<float> q = rd::geometry_of(r, c.B, static_cast<float>(c.ref.scale), c.ref.aligned, c.ph, c.pw, c.ref.sampling_ratio);
+              if (q.batch != b || q.grid_h <= 0 || q.grid_w <= 0) continue;
+              int r0, r1, q0, q1;
+              rd::cells_touched(q.start_h, q.bin_h * static_cast<float>(c.ph), c.H, r0, r1);
+              rd::cells_touched(q.start_w, q.bin_w * static_cast<float>(c.pw), c.W, q0, q1);
+              if (y < r0 || y > r1 || x < q0 || x > q1) continue;  // the tile filter, at cell granularity
+              int sy0, sy1, sx0, sx1;
+              rd::samples_touching(q.start_h, q.bin_h, q.grid_h, c.ph, c.H, y, sy0, sy1);
+              rd::samples_touching(q.start_w, q.bin_w, q.grid_w, c.pw, c.W, x, sx0, sx1);
+              for (int sy = sy0; sy <= sy1; ++sy)
+                for (int sx = sx0; sx <= sx1; ++sx) {
+                  const int p = sy / q.grid_h, qq = sx / q.grid_w;
+                  const float wy = rd::weight_of_cell(rd::sample_position(q.start_h, q.bin_h, q.grid_h, p, sy % q.grid_h), c.H, y);
+                  const float wx = rd::weight_of_cell(rd::sample_position(q.start_w, q.bin_w, q.grid_w, qq, sx % q.grid_w), c.W, x);
+                  acc += double(wy) * wx * q.inv_count * go[((k * c.C + ch) * c.ph + p) * c.pw + qq];
+                }
+            }
+            gathered[((static_cast<std::size_t>(b) * c.C + ch) * c.H + y) * c.W + x] = acc;
+          }
+    CHECK_CLOSE("gather", gathered, distill_ref::roi_align_backward_ref(c.B, c.C, c.H, c.W, c.rois, go, c.ph, c.pw, c.ref).v,
+                (distill_test::tolerance{1e-5, 1e-5}));
+  }
+}
+
 TEST_CASE("roi_align: deterministic across thread counts; accumulate; strided views", "[detection][roi_align]") {
   distill_test::rng g(33);
   roi_case c{2, 5, 12, 13, 3, 4, {}, {0.5, -1, true}};

@@ -162,6 +162,16 @@ DISTILL_HOST_DEVICE inline void samples_touching(Acc start, Acc bin, int grid, i
   last = l < Acc(0) ? -1 : (l >= static_cast<Acc>(total - 1) ? total - 1 : static_cast<int>(l));
 }
 
+/// Conservative first and last cell a roi's samples can read along one axis, clamped to the map
+/// (the CUDA backward's tile filter). Empty when first > last.
+template <class Acc>
+DISTILL_HOST_DEVICE inline void cells_touched(Acc start, Acc extent, int size, int& first, int& last) noexcept {
+  using std::floor;
+  const Acc lo = floor(start) - Acc(1), hi = floor(start + extent) + Acc(1);
+  first = lo < Acc(0) ? 0 : (lo > static_cast<Acc>(size - 1) ? size : static_cast<int>(lo));
+  last = hi < Acc(0) ? -1 : (hi > static_cast<Acc>(size - 1) ? size - 1 : static_cast<int>(hi));
+}
+
 template <class VI, class VR, class VO>
 status check_views(const char* fn, const char* in_name, const VI& input, const VR& rois, const char* out_name, const VO& output,
                    const roi_align_options& opt) {

@@ -98,13 +98,6 @@ __global__ void __launch_bounds__(kThreads) roi_align_forward_element_per_thread
   }
 }
 
-/// Conservative first and last cell a roi's samples can read along one axis (clamped to the map).
-__device__ __forceinline__ void cells_touched(float start, float extent, int size, int& first, int& last) {
-  const float lo = floorf(start) - 1.0f, hi = floorf(start + extent) + 1.0f;
-  first = lo < 0.0f ? 0 : (lo > static_cast<float>(size - 1) ? size : static_cast<int>(lo));
-  last = hi < 0.0f ? -1 : (hi > static_cast<float>(size - 1) ? size - 1 : static_cast<int>(hi));
-}
-
 template <class T>
 __global__ void __launch_bounds__(kThreads) roi_align_backward_gather_tile_kernel(map4<const T> grad_output, roi_rows rois, launch_params lp,
                                                                                   index_t channel_groups, bool accumulate, map4<T> grad_input) {
@@ -127,8 +120,8 @@ __global__ void __launch_bounds__(kThreads) roi_align_backward_gather_tile_kerne
       g = geometry_at(rois, k, lp);
       if (g.batch == b && g.grid_h > 0 && g.grid_w > 0) {
         int r0, r1, q0, q1;
-        cells_touched(g.start_h, g.bin_h * static_cast<float>(lp.ph), lp.H, r0, r1);
-        cells_touched(g.start_w, g.bin_w * static_cast<float>(lp.pw), lp.W, q0, q1);
+        rd::cells_touched(g.start_h, g.bin_h * static_cast<float>(lp.ph), lp.H, r0, r1);
+        rd::cells_touched(g.start_w, g.bin_w * static_cast<float>(lp.pw), lp.W, q0, q1);
         keep = r0 <= r1 && q0 <= q1 && r0 < ty0 + kTileH && r1 >= ty0 && q0 < tx0 + kTileW && q1 >= tx0;
       }
     }
