@@ -168,3 +168,32 @@ TEST_CASE("boxes: bad input is refused with its error code", "[detection][boxes]
   CHECK(box_clip(cpu{1}, make_view(good.data(), 2, 4), make_view(out.data(), 2, 4), box_clip_options{-1, 3}).code() ==
         errc::invalid_argument);
 }
+
+TEST_CASE("box_match: best target per box against a scan of the reference IoU", "[detection][boxes]") {
+  distill_test::rng g(14);
+  const int N = 60, M = 7;
+  auto B = random_boxes(g, N), G = random_boxes(g, M);
+  B[3] = G[2];  // an exact match
+  B[4] = {100, 100, 101, 101};  // overlaps nothing: the first target, IoU 0
+  const auto b = flat<double>(B), t = flat<double>(G);
+  std::vector<std::int64_t> matched(N, -9);
+  std::vector<double> best(N, -1);
+  REQUIRE(box_match(cpu{2}, make_view(b.data(), N, 4), make_view(t.data(), M, 4), make_view(matched.data(), N), make_view(best.data(), N)).ok());
+  for (int i = 0; i < N; ++i) {
+    std::int64_t arg = 0;
+    for (int j = 1; j < M; ++j)
+      if (distill_ref::iou_ref(B[i], G[j]) > distill_ref::iou_ref(B[i], G[arg])) arg = j;
+    CHECK(matched[i] == arg);
+    CHECK_CLOSE_SCALAR("best iou", best[i], distill_ref::iou_ref(B[i], G[arg]), distill_test::tol::f64);
+  }
+  CHECK(matched[3] == 2);
+  CHECK(best[3] == 1.0);
+  CHECK(matched[4] == 0);
+  CHECK(best[4] == 0.0);
+  // No targets: -1 and 0.
+  REQUIRE(box_match(cpu{1}, make_view(b.data(), N, 4), host_view<const double, 2>(nullptr, {0, 4}, {4, 1}), make_view(matched.data(), N),
+                    make_view(best.data(), N))
+              .ok());
+  CHECK(matched == std::vector<std::int64_t>(N, -1));
+  CHECK(best == std::vector<double>(N, 0.0));
+}

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Detection primitives on CUDA: box IoU / clip / coder against the double reference and the CPU
+// Detection primitives on CUDA: box IoU / match / clip / coder against the double reference and the CPU
 // path; RoI Align forward and backward against the double reference over every option (float;
 // float16 and bfloat16 feature maps with their tolerances), the backward bitwise reproducible
 // run to run, accumulate, a roi with an out-of-range batch index, host memory refused.
@@ -51,6 +51,16 @@ TEST_CASE("cuda boxes: IoU, clip and coder against the reference and the CPU", "
   for (int i = 0; i < N; ++i)
     for (int j = 0; j < M; ++j) expected.push_back(distill_ref::iou_ref(box_at(a, i), box_at(b, j)));
   CHECK_CLOSE("iou", iou, expected, distill_test::tol::f32);
+
+  // box_match: each box of `a` against the M boxes of `b`, compared with the CPU.
+  device_buffer<std::int64_t> dmatched(N);
+  device_buffer<float> dbest(N);
+  REQUIRE(box_match(cuda{}, da.view(N, 4), db.view(M, 4), dmatched.view(N), dbest.view(N)).ok());
+  std::vector<std::int64_t> matched_cpu(N);
+  std::vector<float> best_cpu(N);
+  REQUIRE(box_match(cpu{1}, make_view(a.data(), N, 4), make_view(b.data(), M, 4), make_view(matched_cpu.data(), N), make_view(best_cpu.data(), N)).ok());
+  CHECK(dmatched.download() == matched_cpu);
+  CHECK_CLOSE("match iou", dbest.download(), best_cpu, distill_test::tol::f32);
 
   const int K = M;
   const auto t = random_box_list(g, K);

@@ -24,6 +24,10 @@
 //!
 //! Entry points (CUDA overloads with the same arguments in kernels/distill/cuda/boxes.cuh):
 //!   box_iou(ctx, boxes_a [N, 4], boxes_b [M, 4], iou [N, M])
+//!   box_match(ctx, boxes [N, 4], targets [M, 4], matched [N] (int64), matched_iou [N])
+//!       for each box the target of largest IoU (first on ties; -1 and IoU 0 when M = 0): the
+//!       proposal-to-ground-truth assignment of a detector head (threshold matched_iou, e.g.
+//!       >= 0.5 foreground, < 0.5 background, as Fast R-CNN)
 //!   box_clip(ctx, boxes [N, 4], clipped [N, 4], box_clip_options)        (in place allowed)
 //!   box_encode(ctx, proposals [N, 4], targets [N, 4], deltas [N, 4], box_coder_options)
 //!   box_decode_forward(ctx, proposals, deltas, boxes [N, 4], box_coder_options)
@@ -36,6 +40,7 @@
 //! synchronisation: there such boxes give inf or NaN, as the formulas do.
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -207,6 +212,23 @@ status check_iou_views(const char* fn, const VA& a, const VB& b, const VI& iou) 
   return check_aligned(fn, "iou", iou);
 }
 
+template <class VB, class VT, class VM, class VI>
+status check_match_views(const char* fn, const VB& boxes, const VT& targets, const VM& matched, const VI& matched_iou) {
+  const index_t n = boxes.extent(0);
+  DISTILL_TRY(check_boxes(fn, "boxes", boxes));
+  DISTILL_TRY(check_boxes(fn, "targets", targets));
+  DISTILL_TRY(check_extent(fn, "matched", matched, 0, n, "one per box"));
+  DISTILL_TRY(check_extent(fn, "matched_iou", matched_iou, 0, n, "one per box"));
+  if (n > 0) {
+    DISTILL_TRY(check_present(fn, "matched", matched));
+    DISTILL_TRY(check_present(fn, "matched_iou", matched_iou));
+  }
+  DISTILL_TRY(check_strides(fn, "matched", matched));
+  DISTILL_TRY(check_strides(fn, "matched_iou", matched_iou));
+  DISTILL_TRY(check_aligned(fn, "matched", matched));
+  return check_aligned(fn, "matched_iou", matched_iou);
+}
+
 template <class VP, class VD, class VO>
 status check_coder_views(const char* fn, const char* in_name, const VP& proposals, const VD& in, const char* out_name,
                          const VO& out, const box_coder_options& opt) {
@@ -243,6 +265,36 @@ template <class TA, class TB, class TI>
         detection_detail::load4(boxes_b, j, b);
         iou(i, j) = detection_detail::iou(a, b);
       }
+    }
+  }, 16);
+  return {};
+}
+
+/// matched[i] = argmax_j IoU(boxes[i], targets[j]) (first on ties, -1 when there is no target),
+/// matched_iou[i] = that IoU (0 when there is no target).
+template <class TB, class TT, class TI>
+[[nodiscard]] status box_match(const cpu& ctx, host_view<TB, 2> boxes, host_view<TT, 2> targets, host_view<std::int64_t, 1> matched,
+                               host_view<TI, 1> matched_iou) {
+  using T = std::remove_const_t<TB>;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "box_match on the CPU takes float or double");
+  static_assert(std::is_same_v<std::remove_const_t<TT>, T> && std::is_same_v<TI, T>, "box_match: element types differ (matched_iou non-const)");
+  constexpr const char* fn = "box_match";
+  DISTILL_TRY(detection_detail::check_match_views(fn, boxes, targets, matched, matched_iou));
+  DISTILL_TRY(detection_detail::check_box_values(fn, "boxes", boxes));
+  DISTILL_TRY(detection_detail::check_box_values(fn, "targets", targets));
+  const index_t M = targets.extent(0);
+  parallel_for(ctx, boxes.extent(0), [&](index_t i0, index_t i1) {
+    for (index_t i = i0; i < i1; ++i) {
+      T a[4], b[4];
+      detection_detail::load4(boxes, i, a);
+      std::int64_t best = -1;
+      T best_iou = T(0);
+      for (index_t j = 0; j < M; ++j) {
+        detection_detail::load4(targets, j, b);
+        const T v = detection_detail::iou(a, b);
+        if (best < 0 || v > best_iou) best = j, best_iou = v;
+      }
+      matched(i) = best, matched_iou(i) = best_iou;
     }
   }, 16);
   return {};

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "distill/cuda/runtime.cuh"
@@ -67,7 +68,25 @@ __global__ void __launch_bounds__(kThreads) box_iou_forward_tiled_kernel(box_row
   }
 }
 
-__global__ void box_clip_kernel(box_rows in, index_t N, float width, float height, box_rows_out out) {
+/// One thread per box scans every target (targets are few: the ground truth of an image).
+__global__ void box_match_box_per_thread_kernel(box_rows boxes, index_t N, box_rows targets, index_t M, std::int64_t* matched,
+                                                index_t ms, float* matched_iou, index_t is) {
+  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N) return;
+  float a[4], b[4];
+  boxes.load(i, a);
+  std::int64_t best = -1;
+  float best_iou = 0.0f;
+  for (index_t j = 0; j < M; ++j) {
+    targets.load(j, b);
+    const float v = detection_detail::iou(a, b);
+    if (best < 0 || v > best_iou) best = j, best_iou = v;
+  }
+  matched[i * ms] = best;
+  matched_iou[i * is] = best_iou;
+}
+
+__global__ void box_clip_box_per_thread_kernel(box_rows in, index_t N, float width, float height, box_rows_out out) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
   float b[4], c[4];
@@ -78,7 +97,7 @@ __global__ void box_clip_kernel(box_rows in, index_t N, float width, float heigh
 
 using coder_args = detection_detail::coder_weights<float>;
 
-__global__ void box_encode_kernel(box_rows proposals, box_rows targets, index_t N, coder_args ca, box_rows_out deltas) {
+__global__ void box_encode_box_per_thread_kernel(box_rows proposals, box_rows targets, index_t N, coder_args ca, box_rows_out deltas) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
   float p[4], g[4], d[4];
@@ -88,7 +107,7 @@ __global__ void box_encode_kernel(box_rows proposals, box_rows targets, index_t 
   for (int k = 0; k < 4; ++k) deltas(i, k) = d[k];
 }
 
-__global__ void box_decode_forward_kernel(box_rows proposals, box_rows deltas, index_t N, coder_args ca, box_rows_out boxes) {
+__global__ void box_decode_forward_box_per_thread_kernel(box_rows proposals, box_rows deltas, index_t N, coder_args ca, box_rows_out boxes) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
   float p[4], d[4], b[4], size[2];
@@ -99,7 +118,7 @@ __global__ void box_decode_forward_kernel(box_rows proposals, box_rows deltas, i
   for (int k = 0; k < 4; ++k) boxes(i, k) = b[k];
 }
 
-__global__ void box_decode_backward_kernel(box_rows proposals, box_rows deltas, box_rows grad_boxes, index_t N, coder_args ca,
+__global__ void box_decode_backward_box_per_thread_kernel(box_rows proposals, box_rows deltas, box_rows grad_boxes, index_t N, coder_args ca,
                                            bool accumulate, box_rows_out grad_deltas) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
@@ -137,6 +156,26 @@ template <class TA, class TB>
   return cuda_detail::launch_status(fn, stream);
 }
 
+/// CUDA: for each box the target of largest IoU and that IoU (float).
+template <class TB, class TT>
+[[nodiscard]] status box_match(const cuda& ctx, cuda_view<TB, 2> boxes, cuda_view<TT, 2> targets, cuda_view<std::int64_t, 1> matched,
+                               cuda_view<float, 1> matched_iou) {
+  namespace dc = detection_cuda_detail;
+  static_assert(dc::is_float_v<TB> && dc::is_float_v<TT>, "CUDA box_match takes float views");
+  constexpr const char* fn = "box_match";
+  DISTILL_TRY(detection_detail::check_match_views(fn, boxes, targets, matched, matched_iou));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes", boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "targets", targets));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "matched", matched));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "matched_iou", matched_iou));
+  const index_t N = boxes.extent(0);
+  if (N == 0) return {};
+  const cudaStream_t stream = cuda_detail::stream_of(ctx);
+  dc::box_match_box_per_thread_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(
+      dc::rows_of(boxes), N, dc::rows_of(targets), targets.extent(0), matched.data(), matched.stride(0), matched_iou.data(), matched_iou.stride(0));
+  return cuda_detail::launch_status(fn, stream);
+}
+
 /// CUDA: boxes clipped to [0, width] x [0, height] (float; `clipped` may be `boxes`).
 template <class TB>
 [[nodiscard]] status box_clip(const cuda& ctx, cuda_view<TB, 2> boxes, cuda_view<float, 2> clipped, const box_clip_options& opt) {
@@ -151,7 +190,7 @@ template <class TB>
   const index_t N = boxes.extent(0);
   if (N == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  dc::box_clip_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(boxes), N, opt.width, opt.height,
+  dc::box_clip_box_per_thread_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(boxes), N, opt.width, opt.height,
                                                                       dc::out_rows_of(clipped));
   return cuda_detail::launch_status(fn, stream);
 }
@@ -170,7 +209,7 @@ template <class TP, class TG>
   const index_t N = proposals.extent(0);
   if (N == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  dc::box_encode_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(proposals), dc::rows_of(targets), N,
+  dc::box_encode_box_per_thread_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(proposals), dc::rows_of(targets), N,
                                                                         detection_detail::coder_weights_of<float>(opt), dc::out_rows_of(deltas));
   return cuda_detail::launch_status(fn, stream);
 }
@@ -189,7 +228,7 @@ template <class TP, class TD>
   const index_t N = proposals.extent(0);
   if (N == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  dc::box_decode_forward_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(proposals), dc::rows_of(deltas), N,
+  dc::box_decode_forward_box_per_thread_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(dc::rows_of(proposals), dc::rows_of(deltas), N,
                                                                                 detection_detail::coder_weights_of<float>(opt), dc::out_rows_of(boxes));
   return cuda_detail::launch_status(fn, stream);
 }
@@ -210,7 +249,7 @@ template <class TP, class TD, class TG>
   const index_t N = proposals.extent(0);
   if (N == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  dc::box_decode_backward_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(
+  dc::box_decode_backward_box_per_thread_kernel<<<dc::blocks_for(N), dc::kThreads, 0, stream>>>(
       dc::rows_of(proposals), dc::rows_of(deltas), dc::rows_of(grad_boxes), N, detection_detail::coder_weights_of<float>(opt), opt.accumulate,
       dc::out_rows_of(grad_deltas));
   return cuda_detail::launch_status(fn, stream);

@@ -37,7 +37,7 @@ constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;
 constexpr int kReduceThreads = 1024;
 
-__global__ void __launch_bounds__(kReduceThreads) multilabel_divisor_single_block_kernel(inputs_t in, index_t N, index_t C, float* inv_div) {
+__global__ void __launch_bounds__(kReduceThreads) multilabel_soft_target_divisor_single_block_kernel(inputs_t in, index_t N, index_t C, float* inv_div) {
   __shared__ float smem[kReduceThreads / 32];
   float s = 0.0f;
   for (index_t r = threadIdx.x; r < N; r += kReduceThreads) {
@@ -66,7 +66,7 @@ struct row_args {
 };
 
 template <class TS, class TT, class TG>
-__global__ void __launch_bounds__(kThreads) multilabel_soft_target_warp_per_row_kernel(row_args<TS, TT, TG> a) {
+__global__ void __launch_bounds__(kThreads) multilabel_soft_target_forward_backward_warp_per_row_kernel(row_args<TS, TT, TG> a) {
   const index_t N = a.student.extent(0), C = a.student.extent(1);
   const int lane = threadIdx.x % 32;
   const float inv_div = a.inv_div_dev != nullptr ? a.inv_div_dev[0] : a.inv_div_host;
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) multilabel_soft_target_warp_per_row_
   }
 }
 
-__global__ void __launch_bounds__(kReduceThreads) multilabel_sum_rows_single_block_kernel(const float* partial, index_t N, const float* inv_div_dev,
+__global__ void __launch_bounds__(kReduceThreads) multilabel_soft_target_reduce_single_block_kernel(const float* partial, index_t N, const float* inv_div_dev,
                                                                                           float inv_div_host, float* loss) {
   __shared__ float smem[kReduceThreads / 32];
   float s = 0.0f;
@@ -143,7 +143,7 @@ status cuda_entry(const char* fn, const cuda& ctx, cuda_view<TS, 2> student, cud
   }
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   if (device_div) {
-    multilabel_divisor_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(in, N, C, ws);
+    multilabel_soft_target_divisor_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(in, N, C, ws);
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   }
   const float inv_div_host = host_div < 0 ? 0.0f : safe_inverse(static_cast<float>(host_div));
@@ -160,10 +160,10 @@ status cuda_entry(const char* fn, const cuda& ctx, cuda_view<TS, 2> student, cud
                       md::scalars_of<float>(opt),
                       opt.accumulate};
   const index_t blocks = std::min<index_t>(cuda_detail::ceil_div<index_t>(N, kRowsPerBlock), index_t(1) << 20);
-  multilabel_soft_target_warp_per_row_kernel<S, T, G><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  multilabel_soft_target_forward_backward_warp_per_row_kernel<S, T, G><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
   DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   if (reduced_loss) {
-    multilabel_sum_rows_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(ws + 1, N, device_div ? ws : nullptr, inv_div_host, loss.data());
+    multilabel_soft_target_reduce_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(ws + 1, N, device_div ? ws : nullptr, inv_div_host, loss.data());
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   }
   return {};
