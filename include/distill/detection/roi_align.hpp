@@ -264,31 +264,46 @@ template <class TI, class TR, class TO>
   const int H = static_cast<int>(input.extent(2)), W = static_cast<int>(input.extent(3));
   const int ph = static_cast<int>(output.extent(2)), pw = static_cast<int>(output.extent(3));
   DISTILL_TRY(rd::check_roi_values(fn, rois, B));
+  // Per roi, the four (offset, weight) reads of every sample, shared by all its channels (the
+  // weights include 1 / count); per channel the loop is then loads and multiply-adds only.
+  struct sample_reads {
+    index_t offset[4];
+    T weight[4];
+  };
   parallel_for(ctx, K * C, [&](index_t i0, index_t i1) {
     std::vector<rd::axis_read<T>> ys, xs;
-    index_t tables_of = -1;
+    std::vector<sample_reads> reads;
+    index_t reads_of = -1;
+    int per_bin = 0;
     for (index_t i = i0; i < i1; ++i) {
       const index_t k = i / C, c = i % C;
       const rd::geometry<T> g = rd::roi_geometry(rois, k, B, opt, ph, pw);
-      if (tables_of != k) {
+      if (reads_of != k) {
         rd::axis_table(g.start_h, g.bin_h, g.grid_h, ph, H, input.stride(2), ys);
         rd::axis_table(g.start_w, g.bin_w, g.grid_w, pw, W, input.stride(3), xs);
-        tables_of = k;
+        per_bin = g.grid_h * g.grid_w;
+        reads.clear();
+        for (int p = 0; p < ph; ++p)
+          for (int q = 0; q < pw; ++q)
+            for (int a = 0; a < g.grid_h; ++a)
+              for (int e = 0; e < g.grid_w; ++e) {
+                const rd::axis_read<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
+                const rd::axis_read<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
+                const T wy_lo = y.w_lo * g.inv_count, wy_hi = y.w_hi * g.inv_count;
+                reads.push_back({{y.lo + x.lo, y.lo + x.hi, y.hi + x.lo, y.hi + x.hi},
+                                 {wy_lo * x.w_lo, wy_lo * x.w_hi, wy_hi * x.w_lo, wy_hi * x.w_hi}});
+              }
+        reads_of = k;
       }
       const TI* plane = &input(g.batch, c, 0, 0);
+      const sample_reads* r = reads.data();
       for (int p = 0; p < ph; ++p)
         for (int q = 0; q < pw; ++q) {
           T sum = T(0);
-          for (int a = 0; a < g.grid_h; ++a) {
-            const rd::axis_read<T>& y = ys[static_cast<std::size_t>(p * g.grid_h + a)];
-            const TI* row_lo = plane + y.lo;
-            const TI* row_hi = plane + y.hi;
-            for (int e = 0; e < g.grid_w; ++e) {
-              const rd::axis_read<T>& x = xs[static_cast<std::size_t>(q * g.grid_w + e)];
-              sum += y.w_lo * (x.w_lo * row_lo[x.lo] + x.w_hi * row_lo[x.hi]) + y.w_hi * (x.w_lo * row_hi[x.lo] + x.w_hi * row_hi[x.hi]);
-            }
-          }
-          output(k, c, p, q) = sum * g.inv_count;
+          for (int n = 0; n < per_bin; ++n, ++r)
+            sum += r->weight[0] * plane[r->offset[0]] + r->weight[1] * plane[r->offset[1]] + r->weight[2] * plane[r->offset[2]] +
+                   r->weight[3] * plane[r->offset[3]];
+          output(k, c, p, q) = sum;
         }
     }
   }, 4);
