@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cuda", action="store_true")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of peer and distill per benchmark")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if args.cuda else "cpu"
@@ -114,7 +115,8 @@ def main():
             return roi_align_plain(x, r, out, scale, 2, True)
 
     print(f"peer: {peer_name}, torch {torch.__version__}, device {device}, threads {args.threads}")
-    peer_ms = {}
+    backend = "cuda" if args.cuda else "cpu"
+    rows = []
     for name, B, C, H, W, per_image, out, scale in SHAPES:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(B, C, H, W, generator=g).to(device).requires_grad_(True)
@@ -123,24 +125,38 @@ def main():
         go = torch.randn(y.shape, generator=g).to(device)
         check = (roi_align_plain(x, r, out, scale, 2, True) - y).abs().max().item()
         key = f"{name}_{B}x{C}x{H}x{W}_k{B * per_image}"
-        fwd = time_ms(lambda: peer(x, r, out, scale), device, args.repeats)
-        both = time_ms(lambda: torch.autograd.grad(peer(x, r, out, scale), x, go), device, args.repeats)
-        peer_ms[f"fwd/{key}"] = fwd
-        peer_ms[f"bwd/{key}"] = max(both - fwd, 1e-6)  # backward alone = fwd+bwd minus fwd
-        print(f"  {key}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms (plain-torch check max |diff| {check:.2e})")
-    if not args.bench:
-        return
-    backend = "cuda" if args.cuda else "cpu"
-    res = subprocess.run([args.bench, f"--benchmark_filter=^roi_align/{backend}/", "--benchmark_format=json"],
+        print(f"  {key}: plain-torch check max |diff| {check:.2e}")
+        for pass_ in ("fwd", "bwd"):
+            # Rounds alternate the peer and distill so that a busy machine slows both alike; the
+            # peer's backward is (forward + backward) - forward.
+            peer_runs, distill_runs = [], []
+            for _ in range(args.rounds):
+                fwd = time_ms(lambda: peer(x, r, out, scale), device, args.repeats)
+                if pass_ == "fwd":
+                    peer_runs.append(fwd)
+                else:
+                    both = time_ms(lambda: torch.autograd.grad(peer(x, r, out, scale), x, go), device, args.repeats)
+                    peer_runs.append(max(both - fwd, 1e-6))
+                if args.bench:
+                    distill_runs.append(distill_ms(args.bench, f"^roi_align/{backend}/{pass_}/{key}/"))
+            peer_med = sorted(peer_runs)[len(peer_runs) // 2]
+            if distill_runs:
+                ratios = sorted(p / d for p, d in zip(peer_runs, distill_runs))
+                dist_med = sorted(distill_runs)[len(distill_runs) // 2]
+                rows.append(f"| roi_align/{backend}/{pass_}/{key} | {dist_med:.3f} | {peer_med:.3f} | "
+                            f"{ratios[len(ratios) // 2]:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
+            else:
+                print(f"  {pass_}: {peer_med:.3f} ms")
+    if rows:
+        print(f"\n| benchmark | distill ms | {peer_name} ms | speed-up, median of {args.rounds} rounds (range) |\n|---|---|---|---|")
+        print("\n".join(rows))
+
+
+def distill_ms(bench, pattern):
+    res = subprocess.run([bench, f"--benchmark_filter={pattern}", "--benchmark_format=json", "--benchmark_min_time=0.5"],
                          capture_output=True, text=True, check=True)
-    print(f"\n| benchmark | distill ms | {peer_name} ms | speed-up |\n|---|---|---|---|")
-    for b in json.loads(res.stdout)["benchmarks"]:
-        _, _, pass_, key = b["name"].split("/", 3)
-        key = key.split("/")[0]
-        ms = b["real_time"] if b["time_unit"] == "ms" else b["real_time"] * {"us": 1e-3, "ns": 1e-6, "s": 1e3}[b["time_unit"]]
-        p = peer_ms.get(f"{pass_}/{key}")
-        if p:
-            print(f"| {b['name']} | {ms:.3f} | {p:.3f} | {p / ms:.2f}x |")
+    b = json.loads(res.stdout)["benchmarks"][0]
+    return b["real_time"] * {"ms": 1.0, "us": 1e-3, "ns": 1e-6, "s": 1e3}[b["time_unit"]]
 
 
 if __name__ == "__main__":
