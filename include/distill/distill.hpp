@@ -28,9 +28,17 @@
 #include "distill/losses/soft_cross_entropy.hpp"      // defines: soft_cross_entropy_forward/backward/forward_backward
 #include "distill/losses/dkd.hpp"                     // defines: dkd_forward/backward/forward_backward, dkd_options
 #include "distill/losses/topk_teacher.hpp"            // defines: kl_topk_teacher_student_forward/backward/forward_backward, topk_teacher_options, topk_variant
+#include "distill/losses/multilabel_soft_target.hpp"   // defines: multilabel_soft_target_forward/backward/forward_backward, multilabel_soft_target_options, multilabel_soft_target_inputs, multilabel_soft_target_workspace_size
 #include "distill/relational/pairing.hpp"       // defines: relational_pairing_forward/backward/forward_backward, relational_mlp, relational_mlp_view, relational_pairing_grads, relational_pairing_options, relational_pairing_workspace_size, pairing_math
 #include "distill/relational/pair_scorer.hpp"   // defines: pair_scorer_forward/backward, pair_scorer_loss_forward/backward/forward_backward, pair_scorer_weights, pair_scorer_grads, pair_scorer_options, pair_scorer_kind, pair_normalization
 #include "distill/relational/box_geometry.hpp"  // defines: box_pair_features_forward/backward, box_pair_features_all_pairs_forward, box_pair_feature_count, box_features_options
+#include "distill/detection/boxes.hpp"      // defines: box_iou, box_match, box_clip, box_encode, box_decode_forward/backward, box_clip_options, box_coder_options
+#include "distill/detection/nms.hpp"        // defines: non_max_suppression, nms_options
+#include "distill/detection/sliding_windows.hpp"  // defines: sliding_window_boxes, sliding_window_count, sliding_window_options
+#include "distill/detection/roi_align.hpp"  // defines: roi_align_forward/backward, roi_align_options
+#include "distill/metrics/average_precision.hpp"  // defines: average_precision, multilabel_average_precision, ap_interpolation, average_precision_options
+#include "distill/metrics/detection_metrics.hpp"  // defines: detection_average_precision, corloc, detection_list, ground_truth_list, detection_ap_options, corloc_options
+#include "distill/metrics/topk_accuracy.hpp"      // defines: topk_accuracy, topk_accuracy_options
 #include "distill/logic/lukasiewicz.hpp"    // defines: lukasiewicz_and/or/not/implies(_n), distance_to_satisfaction, hinge_energy
 #include "distill/logic/scene.hpp"          // defines: scene_object, spatial_predicate_options, builtin_predicate, builtin_truth_values, check_scene
 #include "distill/logic/rules.hpp"          // defines: rule_set, parse_rules, load_rules, rule_error, logic_rule, predicate_kind

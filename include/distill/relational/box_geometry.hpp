@@ -48,6 +48,7 @@
 #include "distill/core/parallel.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/detection/boxes.hpp"
 
 namespace distill {
 
@@ -65,10 +66,7 @@ DISTILL_HOST_DEVICE inline void pair_features(const Acc s[4], const Acc o[4], Ac
   const Acc ws = s[2] - s[0], hs = s[3] - s[1], wo = o[2] - o[0], ho = o[3] - o[1];
   const Acc ux1 = s[0] <= o[0] ? s[0] : o[0], uy1 = s[1] <= o[1] ? s[1] : o[1];
   const Acc ux2 = s[2] >= o[2] ? s[2] : o[2], uy2 = s[3] >= o[3] ? s[3] : o[3];
-  const Acc iw_raw = (s[2] <= o[2] ? s[2] : o[2]) - (s[0] >= o[0] ? s[0] : o[0]);
-  const Acc ih_raw = (s[3] <= o[3] ? s[3] : o[3]) - (s[1] >= o[1] ? s[1] : o[1]);
-  const Acc iw = iw_raw > Acc(0) ? iw_raw : Acc(0), ih = ih_raw > Acc(0) ? ih_raw : Acc(0);
-  const Acc inter = iw * ih, as = ws * hs, ao = wo * ho;
+  const Acc as = ws * hs, ao = wo * ho;
   f[0] = s[0], f[1] = s[1], f[2] = s[2], f[3] = s[3], f[4] = as;
   f[5] = (s[0] - o[0]) / wo, f[6] = (s[1] - o[1]) / ho;
   f[7] = log_(ws / wo), f[8] = log_(hs / ho);
@@ -76,7 +74,7 @@ DISTILL_HOST_DEVICE inline void pair_features(const Acc s[4], const Acc o[4], Ac
   f[11] = log_(wo / ws), f[12] = log_(ho / hs);
   f[13] = (ux2 - ux1) * (uy2 - uy1);
   f[14] = o[0], f[15] = o[1], f[16] = o[2], f[17] = o[3], f[18] = ao;
-  f[19] = inter / (as + ao - inter);
+  f[19] = detection_detail::iou(s, o);  // the one IoU of distill (detection/boxes.hpp)
 }
 
 /// Gradient of sum_k gf[k] f[k] with respect to both boxes (added into gs and go).
