@@ -68,7 +68,7 @@ void kl_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c)
   }
   distill::soft_target_options o;
   o.temperature = 2.0f;
-  o.red = distill::reduction::batchmean;
+  o.reduction = distill::reduction::batchmean;
   distill::soft_target_cuda_extras<float> ex;
   ex.workspace = distill::make_view<distill::cuda_space>(ws.p, static_cast<distill::index_t>(ws.n));
   distill::status st;

@@ -162,7 +162,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
     if (!b.labels.empty()) ex.row_hard_loss = d_hard.view();
   }
   ex.workspace = ws.view(ws.size());
-  const std::size_t loss_n = cf.red == ref::reduction::none ? n : 1;
+  const std::size_t loss_n = cf.reduction == ref::reduction::none ? n : 1;
   cudaStream_t stream;
   REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
   ref::config cf_call = cf;
@@ -171,7 +171,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
   std::vector<double> grad_first;
   for (pass p : {pass::forward, pass::backward, pass::forward_backward}) {
     INFO(name_of(k) << " " << name_of(p) << " n=" << n << " c=" << c << " pad=" << co.pad << " T=" << cf.temperature
-                    << " red=" << static_cast<int>(cf.red) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
+                    << " red=" << static_cast<int>(cf.reduction) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
     device_matrix<TS> s(b.zs, n, c, ld);
     const double acc0 = 0.125;
     device_matrix<TS> grad(co.accumulate ? std::vector<double>(n * c, acc0) : std::vector<double>{}, n, c, ld);
@@ -188,7 +188,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
     if (p != pass::backward) {
       auto got = loss.values();
       if (co.bad_label) {
-        if (cf.red == ref::reduction::none) {
+        if (cf.reduction == ref::reduction::none) {
           CHECK(std::isnan(got[bad_row]));
           got[bad_row] = want.loss[bad_row];
         } else {
@@ -196,7 +196,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
           got[0] = want.loss[0];
         }
       }
-      if (!(co.bad_label && cf.red != ref::reduction::none)) CHECK_CLOSE("loss", got, want.loss, tl.loss);
+      if (!(co.bad_label && cf.reduction != ref::reduction::none)) CHECK_CLOSE("loss", got, want.loss, tl.loss);
     }
     if (p != pass::forward) {
       const device_matrix<TS>& gm = co.in_place ? s : grad;
@@ -291,7 +291,7 @@ TEST_CASE("CUDA dense losses match the reference: resident and streaming kernels
       cf.k = k;
       cf.temperature = 2.0;
       cf.jsd_beta = 0.3;
-      cf.red = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
+      cf.reduction = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
       const ref::batch b = make_batch(g, n, c, 2.0);
       cuda_case co;
       co.pad = pad;
@@ -308,7 +308,7 @@ TEST_CASE("CUDA: every reduction and option, device normalizer and temperature, 
       for (std::size_t c : {std::size_t(37), std::size_t(9000)}) {  // resident, streaming
         ref::config cf;
         cf.k = k;
-        cf.red = red;
+        cf.reduction = red;
         cf.temperature = c == 37 ? 1.0 : 2.5;
         cf.soft_weight = 0.6;
         cf.hard_weight = 0.4;
@@ -350,7 +350,7 @@ TEST_CASE("CUDA: in place, accumulate, out-of-range labels give NaN rows", "[sof
       cuda_case bad;
       bad.labels = true;
       bad.bad_label = true;
-      cf.red = ref::reduction::none;
+      cf.reduction = ref::reduction::none;
       run_cuda_case<float, float>(k, cf, b, bad, gpu_tol(4, 9), 4);
     }
   }
@@ -402,7 +402,7 @@ TEST_CASE("CUDA: extreme logits, -inf masks and fully masked rows", "[soft_targe
     for (std::size_t j = 0; j < c; ++j) t[c + j] = -std::numeric_limits<float>::infinity();
     device_buffer<float> ds(s), dt(t), dg(4 * c), dloss(4);
     soft_target_options o;
-    o.red = reduction::none;
+    o.reduction = reduction::none;
     REQUIRE(kl_teacher_student_forward_backward(cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), 4, c),
                                                 make_view<cuda_space>(static_cast<const float*>(dt.data()), 4, c),
                                                 dloss.view(4), dg.view(4, c), o)
@@ -428,7 +428,7 @@ TEST_CASE("CUDA: JSD endpoints and continuity, DKD identity", "[soft_target][cud
       ref::config cf;
       cf.k = k;
       cf.jsd_beta = beta;
-      cf.red = ref::reduction::none;
+      cf.reduction = ref::reduction::none;
       REQUIRE(call(k, pass::forward_backward, cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
                    make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c), dl.view(n), dg.view(n, c), cf,
                    soft_target_cuda_extras<float>{})
@@ -489,7 +489,7 @@ TEST_CASE("CUDA top-k teacher matches the CPU path; bad indices give NaN rows", 
       o.variant = v;
       o.temperature = 2.0f;
       o.hard_label_weight = 0.3f;
-      o.red = reduction::mean;
+      o.reduction = reduction::mean;
       // CPU
       float cpu_loss = 0, cpu_dt = 0;
       std::vector<float> cpu_grad(n * c);
@@ -525,7 +525,7 @@ TEST_CASE("CUDA top-k teacher matches the CPU path; bad indices give NaN rows", 
       labels[2] = 1;
       didx.upload(idx);
       dlab.upload(labels);
-      o.red = reduction::none;
+      o.reduction = reduction::none;
       device_buffer<float> dl5(n);
       soft_target_cuda_extras<float> labels_only;
       labels_only.labels = dex.labels;
@@ -550,7 +550,7 @@ TEST_CASE("CUDA refuses host memory, bad layouts and a missing workspace", "[sof
   const auto sv = make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c);
   const auto tv = make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c);
   soft_target_options o;
-  o.red = reduction::sum;
+  o.reduction = reduction::sum;
   device_buffer<std::byte> ws(soft_target_workspace_bytes(n));
   soft_target_cuda_extras<float> ex;
   ex.workspace = ws.view(ws.size());
