@@ -422,7 +422,7 @@ status workspace_accumulators(const char* fn, cuda_view<std::byte, 1> workspace,
   if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < need)
     return fail(errc::invalid_argument, fn,
                 "'workspace' holds " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, " +
-                    std::to_string(need) + " are needed (see the entry point's *_workspace_size)");
+                    std::to_string(need) + " are needed (see the primitive's _workspace_size)");
   if (workspace.stride(0) != 1) return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
   const auto addr = reinterpret_cast<std::uintptr_t>(workspace.data()) + offset_bytes;
   if (addr % alignof(Acc) != 0)
@@ -530,8 +530,8 @@ template <class T>
 }
 
 // =============================================================================================
-// CUDA overloads: statistics-matching loss. `workspace` (stats_loss_workspace_size<TS>(B*C) bytes,
-// resp. B*D) is required whenever `loss` is present.
+// CUDA overloads: statistics-matching loss. `workspace` (stats_matching_workspace_size(ctx, B, C) bytes,
+// resp. (ctx, B, D)) is required whenever `loss` is present.
 // =============================================================================================
 namespace features_cuda_detail {
 
@@ -554,7 +554,7 @@ status channel_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cu
   const index_t P = s.extent(0) * s.extent(1);
   Acc* partial = nullptr;
   if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
-  const double inv_div = 1.0 / features_detail::stats_divisor(opt.red, s.extent(0), s.extent(1));
+  const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(1));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
   channel_pass_args<Acc, US, UT, US> a{s, t, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
@@ -592,7 +592,7 @@ status stats_matching_tokens_cuda(const char* fn, const cuda& ctx, cuda_view<TS,
   const index_t P = s.extent(0) * s.extent(2);
   Acc* partial = nullptr;
   if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
-  const double inv_div = 1.0 / features_detail::stats_divisor(opt.red, s.extent(0), s.extent(2));
+  const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(2));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
   token_pass_args<Acc, US, UT, US> a{s, sm, t, tm, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
@@ -615,6 +615,7 @@ template <class TS, class TT>
 template <class TS, class TT>
 [[nodiscard]] status stats_matching_backward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
                                              cuda_view<std::remove_const_t<TS>, 4> grad_student,
+                                             cuda_view<std::byte, 1> /*workspace: not needed*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -646,6 +647,7 @@ template <class TS, class TT>
                                              cuda_view<const std::uint8_t, 2> student_mask, cuda_view<TT, 3> teacher,
                                              cuda_view<const std::uint8_t, 2> teacher_mask,
                                              cuda_view<std::remove_const_t<TS>, 3> grad_student,
+                                             cuda_view<std::byte, 1> /*workspace: not needed*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));

@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(BlockSize)
 /// 1 / divisor of the CE reduction.
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    ce_weight_sum_single_block_kernel(cuda_view<const std::int64_t, 1> labels, cuda_view<const Acc, 1> weights,
+    ce_weight_sum_single_block_kernel(label_view<cuda_space> labels, cuda_view<const Acc, 1> weights,
                                       std::int64_t ignore_index, reduction red, Acc* inv_div) {
   __shared__ Acc smem[BlockSize / 32];
   const index_t n = labels.extent(0);
@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(BlockSize)
 /// One block per row: loss partial w (LSE - z_y) and dL/dz written over z.
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    ce_block_per_row_kernel(cuda_view<Acc, 2> z, cuda_view<const std::int64_t, 1> labels, cuda_view<const Acc, 1> weights,
+    ce_block_per_row_kernel(cuda_view<Acc, 2> z, label_view<cuda_space> labels, cuda_view<const Acc, 1> weights,
                             std::int64_t ignore_index, const Acc* inv_div, Acc grad_scale, Acc* partial) {
   __shared__ Acc smem[2 * (BlockSize / 32)];
   const index_t r = blockIdx.x, K = z.extent(1);
@@ -422,7 +422,7 @@ status check_classifier_device_inputs(const char* fn, cuda_view<const T, 2> regi
 
 }  // namespace features_cuda_detail
 
-/// CUDA overloads: as on the CPU plus `workspace` (text_classifier_workspace_size<T>(N, C, D) bytes).
+/// CUDA overloads, the same arguments as on the CPU. `workspace`: text_classifier_workspace_size(ctx, N, C, D) bytes.
 template <class T>
 [[nodiscard]] status text_classifier_forward(const cuda& ctx, cuda_view<T, 2> regions,
                                              cuda_view<const std::remove_const_t<T>, 2> classes,
@@ -485,11 +485,11 @@ namespace features_cuda_detail {
 template <class T>
 status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
                           cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-                          cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights,
+                          label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights,
                           cuda_view<accum_t<T>, 1> loss, cuda_view<std::remove_const_t<T>, 2> grad_regions,
                           cuda_view<std::remove_const_t<T>, 1> grad_background, cuda_view<std::remove_const_t<T>, 2> grad_classes,
                           cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace,
-                          const text_classifier_options& opt, const classifier_cross_entropy_options& ce, bool backward) {
+                          const text_classifier_options& opt, const text_classifier_cross_entropy_options& ce, bool backward) {
   static_check_cuda_type<T>();
   using U = std::remove_const_t<T>;
   using Acc = accum_t<T>;
@@ -512,7 +512,7 @@ status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regio
   cudaStream_t st = cuda_detail::stream_of(ctx);
   DISTILL_TRY((classifier_prepare_cuda<Acc, U>(fn, st, regions, classes, background, class_mask, w, opt)));
   DISTILL_TRY((classifier_logits_cuda<Acc, U>(fn, st, regions, classes, background, logits_scratch, w, opt)));
-  ce_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(labels, row_weights, ce.ignore_index, ce.red, w.inv_div);
+  ce_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(labels, row_weights, ce.ignore_index, ce.reduction, w.inv_div);
   ce_block_per_row_kernel<256, Acc><<<static_cast<unsigned>(N), 256, 0, st>>>(
       logits_scratch, labels, row_weights, ce.ignore_index, w.inv_div, static_cast<Acc>(ce.grad_scale), w.partial);
   DISTILL_TRY(cuda_detail::launch_status(fn, st));
@@ -527,29 +527,28 @@ template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward(
     const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
     cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-    cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
-    cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace, const text_classifier_options& opt = {},
-    const classifier_cross_entropy_options& ce = {}) {
+    label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
+    cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace,
+    const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   return features_cuda_detail::classifier_ce_cuda(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
-                                                  {}, {}, {}, logits_scratch, workspace, opt, ce, false);
+                                                  {}, {}, {}, logits_scratch, workspace, opt, opt, false);
 }
 
 template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward_backward(
     const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
     cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-    cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
+    label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
     cuda_view<std::remove_const_t<T>, 2> grad_regions, cuda_view<std::remove_const_t<T>, 1> grad_background,
     cuda_view<std::remove_const_t<T>, 2> grad_classes, cuda_view<accum_t<T>, 2> logits_scratch,
-    cuda_view<std::byte, 1> workspace, const text_classifier_options& opt = {},
-    const classifier_cross_entropy_options& ce = {}) {
+    cuda_view<std::byte, 1> workspace, const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_regions", grad_regions));
   return features_cuda_detail::classifier_ce_cuda(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
                                                   grad_regions, grad_background, grad_classes, logits_scratch, workspace, opt,
-                                                  ce, true);
+                                                  opt, true);
 }
 
 }  // namespace distill
