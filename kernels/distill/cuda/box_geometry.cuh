@@ -79,18 +79,19 @@ inline constexpr bool is_float_v = std::is_same_v<std::remove_const_t<T>, float>
 
 }  // namespace cuda_detail::box
 
-/// CUDA: features [P, 20] of the pairs (subject_boxes[p], object_boxes[p]) (float). Degenerate
+/// CUDA: features [P, 20] of the pairs (boxes.subject[p], boxes.object[p]) (float). Degenerate
 /// boxes are not checked here (no synchronisation): they give inf / NaN features.
-template <class TS, class TO>
-[[nodiscard]] status box_pair_features_forward(const cuda& ctx, cuda_view<TS, 2> subject_boxes, cuda_view<TO, 2> object_boxes,
-                                               cuda_view<float, 2> features) {
+template <class T>
+[[nodiscard]] status box_pair_features_forward(const cuda& ctx, const box_pairs<T, cuda_space>& boxes, cuda_view<T, 2> features) {
   namespace cb = cuda_detail::box;
-  static_assert(cb::is_float_v<TS> && cb::is_float_v<TO>, "CUDA box features take float views");
+  static_assert(cb::is_float_v<T>, "CUDA box features take float views");
   constexpr const char* fn = "box_pair_features_forward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "features", features));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "subject_boxes", subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "object_boxes", object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.subject", subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.object", object_boxes));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "features", features));
   if (P == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
@@ -101,21 +102,25 @@ template <class TS, class TO>
 }
 
 /// CUDA: gradients of sum(grad_features * features) with respect to the boxes (float).
-template <class TS, class TO, class TD>
-[[nodiscard]] status box_pair_features_backward(const cuda& ctx, cuda_view<TS, 2> subject_boxes, cuda_view<TO, 2> object_boxes,
-                                                cuda_view<TD, 2> grad_features, cuda_view<float, 2> grad_subject_boxes,
-                                                cuda_view<float, 2> grad_object_boxes, const box_features_options& opt = {}) {
+template <class T>
+[[nodiscard]] status box_pair_features_backward(const cuda& ctx, const box_pairs<T, cuda_space>& boxes,
+                                                in_view<T, 2, cuda_space> grad_features, const box_pair_grads<T, cuda_space>& grads,
+                                                const box_features_options& opt = {}) {
   namespace cb = cuda_detail::box;
-  static_assert(cb::is_float_v<TS> && cb::is_float_v<TO> && cb::is_float_v<TD>, "CUDA box features take float views");
+  static_assert(cb::is_float_v<T>, "CUDA box features take float views");
   constexpr const char* fn = "box_pair_features_backward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
+  const auto& grad_subject_boxes = grads.subject;
+  const auto& grad_object_boxes = grads.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "grad_features", grad_features));
   DISTILL_TRY(box_detail::check_box_grads(fn, grad_subject_boxes, grad_object_boxes, P));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "subject_boxes", subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "object_boxes", object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.subject", subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.object", object_boxes));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_features", grad_features));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_subject_boxes", grad_subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_object_boxes", grad_object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.subject", grad_subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.object", grad_object_boxes));
   if (P == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   cb::backward_kernel<<<cuda_detail::relational::blocks_for(P), 256, 0, stream>>>(

@@ -46,7 +46,7 @@ struct pair_valid {
   __device__ __forceinline__ bool operator()(index_t b, index_t i, index_t j) const {
     const bool pi = om == nullptr || om[b * om_s0 + i * om_s1] != 0;
     const bool pj = om == nullptr || om[b * om_s0 + j * om_s1] != 0;
-    return scorer_detail::valid_pair(pi, pj, i, j, self);
+    return relational_detail::pair_in_set(pi, pj, i, j, self);
   }
 };
 
@@ -443,7 +443,7 @@ template <class TO, class TQ, class TW>
   scorer_detail::dims d;
   DISTILL_TRY(scorer_detail::validate_inputs(fn, objects, question, object_mask, weights, d));
   DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "scores", scores, d));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "pair_weights", pair_weights));
+  DISTILL_TRY(check_optional(fn, "pair_weights", pair_weights));
   if (!pair_weights.empty()) DISTILL_TRY(check_shape(fn, "pair_weights", pair_weights, {d.B, d.N, d.N}));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "objects", objects));
   DISTILL_TRY(cs::check_cuda_view(fn, "question", question));
@@ -484,8 +484,8 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
   scorer_detail::dims d;
   DISTILL_TRY(scorer_detail::validate_inputs(fn, objects, question, object_mask, weights, d));
   DISTILL_TRY(scorer_detail::validate_grads(fn, grads, weights, d));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "grad_pair_weights", grad_pair_weights));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "grad_scores", grad_scores));
+  DISTILL_TRY(check_optional(fn, "grad_pair_weights", grad_pair_weights));
+  DISTILL_TRY(check_optional(fn, "grad_scores", grad_scores));
   if (grad_pair_weights.empty() && grad_scores.empty())
     return fail(errc::invalid_argument, fn, "give 'grad_pair_weights', 'grad_scores' or both");
   if (!grad_pair_weights.empty()) {
@@ -571,7 +571,7 @@ status loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 3> scores, cuda_
   DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "target", target, d));
   if (!loss.empty()) {
     DISTILL_TRY(check_strides(fn, "loss", loss));
-    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.red == reduction::none ? d.B : index_t(1)}));
+    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.reduction == reduction::none ? d.B : index_t(1)}));
   }
   if (!grad_scores.empty()) DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "grad_scores", grad_scores, d));
   DISTILL_TRY(check_cuda_view(fn, "scores", scores));
@@ -589,7 +589,7 @@ status loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 3> scores, cuda_
   a.s = pairs_of(scores), a.t = pairs_of(target), a.valid = valid_of(object_mask, opt.include_self_pairs);
   a.norm = opt.normalization, a.B = d.B, a.N = d.N;
   loss_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(a, per_loss, units, scale, pairs_ref{}, false);
-  loss_reduce_kernel<<<1, 32, 0, stream>>>(per_loss, units, d.B, opt.red, opt.grad_scale, loss.empty() ? nullptr : loss.data(),
+  loss_reduce_kernel<<<1, 32, 0, stream>>>(per_loss, units, d.B, opt.reduction, opt.grad_scale, loss.empty() ? nullptr : loss.data(),
                                            loss.empty() ? 0 : loss.stride(0), scale);
   if (!grad_scores.empty())
     loss_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(a, per_loss, units, scale, pairs_of(grad_scores),

@@ -550,7 +550,7 @@ inline int grid_for(const distill::pairing_detail::dims& d) {
   return static_cast<int>(std::max<index_t>(1, std::min<index_t>(tiles, static_cast<index_t>(kBlocksPerSM) * sm_count())));
 }
 
-inline std::size_t compute_bytes(pairing_math m) { return m == pairing_math::bf16 ? 2 : 4; }
+inline std::size_t compute_bytes(matmul_precision m) { return m == matmul_precision::bf16 ? 2 : 4; }
 
 /// Byte offsets of the CUDA workspace (256-byte aligned regions).
 struct cuda_layout {
@@ -559,7 +559,7 @@ struct cuda_layout {
               pairs = 0, partial = 0, dw_acc = 0, db_acc = 0, stash = 0, bytes = 0;
 };
 
-inline cuda_layout make_cuda_layout(const distill::pairing_detail::dims& d, pairing_math math, int grid) {
+inline cuda_layout make_cuda_layout(const distill::pairing_detail::dims& d, matmul_precision math, int grid) {
   cuda_layout lay;
   lay.grid = grid;
   std::size_t off = 0;
@@ -623,7 +623,7 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
   const auto& d = pb.d;
   const cudaStream_t stream = stream_of(ctx);
   const int grid = grid_for(d);
-  const cuda_layout lay = make_cuda_layout(d, pb.opt.math, grid);
+  const cuda_layout lay = make_cuda_layout(d, pb.opt.precision, grid);
   if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < lay.bytes)
     return fail(errc::invalid_argument, fn,
                 "'workspace' has " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, needs " +
@@ -741,8 +741,8 @@ status validate_cuda_inputs(const char* fn, const cuda_view<TO, 3>& o, const cud
                             const cuda_view<const std::uint8_t, 2>& om, const relational_mlp<TW, cuda_space>& g,
                             const relational_pairing_options& opt, distill::pairing_detail::dims& d) {
   DISTILL_TRY(distill::pairing_detail::validate_inputs(fn, o, q, m, om, g, opt, d));
-  if (opt.math != pairing_math::fp32 && opt.math != pairing_math::tf32 && opt.math != pairing_math::bf16)
-    return fail(errc::invalid_argument, fn, "'math' is not a pairing_math");
+  if (opt.precision != matmul_precision::fp32 && opt.precision != matmul_precision::tf32 && opt.precision != matmul_precision::bf16)
+    return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
   if (d.B * d.N * d.N > index_t(2147483647))
     return fail(errc::shape_mismatch, fn, "B N^2 must be below 2^31 on the CUDA path (pair codes are 32-bit)");
   DISTILL_TRY(check_device_view(fn, "objects", o));
@@ -770,12 +770,12 @@ status validate_cuda_grads(const char* fn, const relational_pairing_grads<TG, cu
 
 inline status dispatch(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_view<std::byte, 1>& workspace) {
   DISTILL_TRY(check_device_view(fn, "workspace", workspace));
-  switch (pb.opt.math) {
-    case pairing_math::fp32: return run<mode_fp32>(fn, ctx, pb, workspace);
-    case pairing_math::tf32: return run<mode_tf32>(fn, ctx, pb, workspace);
-    case pairing_math::bf16: return run<mode_bf16>(fn, ctx, pb, workspace);
+  switch (pb.opt.precision) {
+    case matmul_precision::fp32: return run<mode_fp32>(fn, ctx, pb, workspace);
+    case matmul_precision::tf32: return run<mode_tf32>(fn, ctx, pb, workspace);
+    case matmul_precision::bf16: return run<mode_bf16>(fn, ctx, pb, workspace);
   }
-  return fail(errc::invalid_argument, fn, "'math' is not a pairing_math");
+  return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
 }
 
 template <class TW>
@@ -788,14 +788,16 @@ relational_mlp<const float, cuda_space> as_const_mlp(const relational_mlp<TW, cu
 
 }  // namespace cuda_detail::pairing
 
-/// Bytes of workspace the CUDA path needs (depends on the device's SM count and opt.math).
-inline std::size_t relational_pairing_workspace_size(const cuda& /*ctx*/, index_t B, index_t N, index_t D, index_t Q, index_t H,
-                                                     int L, const relational_pairing_options& opt = {}) {
+/// Bytes of workspace the CUDA path needs (depends on the device's SM count and opt.precision);
+/// T is not used on CUDA (float only), it is there so both overloads are called alike.
+template <class T = float>
+std::size_t relational_pairing_workspace_size(const cuda& /*ctx*/, index_t B, index_t N, index_t D, index_t Q, index_t H, int L,
+                                              const relational_pairing_options& opt = {}) {
   pairing_detail::dims d;
   d.B = std::max<index_t>(B, 1), d.N = std::max<index_t>(N, 1), d.D = std::max<index_t>(D, 0), d.Q = std::max<index_t>(Q, 0);
   d.H = std::max<index_t>(H, 1), d.L = std::clamp(L, 1, relational_max_layers);
   namespace cp = cuda_detail::pairing;
-  return cp::make_cuda_layout(d, opt.math, cp::grid_for(d)).bytes;
+  return cp::make_cuda_layout(d, opt.precision, cp::grid_for(d)).bytes;
 }
 
 /// CUDA forward (float; see the CPU overload for the arguments).
@@ -806,7 +808,7 @@ template <class TO, class TQ, class TM, class TW>
                                                 cuda_view<std::byte, 1> workspace, const relational_pairing_options& opt = {}) {
   namespace cp = cuda_detail::pairing;
   static_assert(cp::is_float_v<TO> && cp::is_float_v<TQ> && cp::is_float_v<TM> && cp::is_float_v<TW>,
-                "relational pairing on CUDA takes float views (opt.math picks fp32, TF32 or bf16 arithmetic)");
+                "relational pairing on CUDA takes float views (opt.precision picks fp32, TF32 or bf16 arithmetic)");
   constexpr const char* fn = "relational_pairing_forward";
   cp::cuda_problem pb;
   DISTILL_TRY(cp::validate_cuda_inputs(fn, objects, question, pair_mask, object_mask, g, opt, pb.d));
@@ -824,7 +826,7 @@ status backward_common(const char* fn, const cuda& ctx, cuda_view<TO, 3> objects
                        const relational_pairing_grads<float, cuda_space>& grads, cuda_view<std::byte, 1> workspace,
                        const relational_pairing_options& opt) {
   static_assert(is_float_v<TO> && is_float_v<TQ> && is_float_v<TM> && is_float_v<TW> && is_float_v<TD>,
-                "relational pairing on CUDA takes float views (opt.math picks fp32, TF32 or bf16 arithmetic)");
+                "relational pairing on CUDA takes float views (opt.precision picks fp32, TF32 or bf16 arithmetic)");
   cuda_problem pb;
   DISTILL_TRY(validate_cuda_inputs(fn, objects, question, pair_mask, object_mask, g, opt, pb.d));
   DISTILL_TRY(distill::pairing_detail::validate_matrix_bh(fn, "grad_out", grad_out, pb.d));
