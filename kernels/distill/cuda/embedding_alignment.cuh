@@ -41,8 +41,8 @@ struct embedding_args {
 
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    row_weight_sum_single_block_kernel(cuda_view<const Acc, 1> weights, cuda_view<const std::uint8_t, 1> mask, index_t n,
-                                       Acc* inv_div) {
+    embedding_alignment_row_weight_sum_single_block_kernel(cuda_view<const Acc, 1> weights, cuda_view<const std::uint8_t, 1> mask,
+                                                           index_t n, Acc* inv_div) {
   __shared__ Acc smem[BlockSize / 32];
   Acc s = Acc(0);
   for (index_t r = threadIdx.x; r < n; r += BlockSize) s += features_detail::row_weight<Acc>(weights, mask, r);
@@ -128,7 +128,7 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
   if (reduced_loss || need_div) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, N + 1, &ws));
   cudaStream_t st = cuda_detail::stream_of(ctx);
   if (need_div) {
-    row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, ws);
+    embedding_alignment_row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, ws);
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
   const Acc inv_div_host = opt.reduction == reduction::batchmean ? Acc(1) / static_cast<Acc>(N) : Acc(1);

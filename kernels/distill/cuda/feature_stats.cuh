@@ -204,7 +204,7 @@ __device__ DISTILL_FORCEINLINE pivoted_moments<Acc> plane_stats(const T* base, i
 
 template <int BlockSize, int Items, class Acc, class TS, class TT, class TG, class Term>
 __global__ void __launch_bounds__(BlockSize)
-    channel_pass_block_per_channel_kernel(channel_pass_args<Acc, TS, TT, TG> a, Term term) {
+    feature_stats_channel_block_per_channel_kernel(channel_pass_args<Acc, TS, TT, TG> a, Term term) {
   __shared__ Acc smem[6 * (BlockSize / 32)];
   const index_t p = blockIdx.x;
   const index_t C = a.s.extent(1);
@@ -268,11 +268,11 @@ status launch_channel_pass(const char* fn, const cuda& ctx, const channel_pass_a
     return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 channels or positions per channel are not supported on CUDA");
   const unsigned grid = static_cast<unsigned>(planes);
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  if (n <= 64) channel_pass_block_per_channel_kernel<64, 1><<<grid, 64, 0, st>>>(a, term);
-  else if (n <= 256) channel_pass_block_per_channel_kernel<256, 1><<<grid, 256, 0, st>>>(a, term);
-  else if (n <= 1024) channel_pass_block_per_channel_kernel<256, 4><<<grid, 256, 0, st>>>(a, term);
-  else if (n <= 4096) channel_pass_block_per_channel_kernel<256, 16><<<grid, 256, 0, st>>>(a, term);
-  else channel_pass_block_per_channel_kernel<256, 0><<<grid, 256, 0, st>>>(a, term);
+  if (n <= 64) feature_stats_channel_block_per_channel_kernel<64, 1><<<grid, 64, 0, st>>>(a, term);
+  else if (n <= 256) feature_stats_channel_block_per_channel_kernel<256, 1><<<grid, 256, 0, st>>>(a, term);
+  else if (n <= 1024) feature_stats_channel_block_per_channel_kernel<256, 4><<<grid, 256, 0, st>>>(a, term);
+  else if (n <= 4096) feature_stats_channel_block_per_channel_kernel<256, 16><<<grid, 256, 0, st>>>(a, term);
+  else feature_stats_channel_block_per_channel_kernel<256, 0><<<grid, 256, 0, st>>>(a, term);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -335,8 +335,8 @@ __device__ DISTILL_FORCEINLINE Acc first_valid_value(const XV& x, const MV& mask
 }
 
 template <class Acc, class TS, class TT, class TG, class Term>
-__global__ void __launch_bounds__(token_tile_d * token_tile_l)
-    token_pass_feature_tile_kernel(token_pass_args<Acc, TS, TT, TG> a, Term term) {
+__global__ void __launch_bounds__(token_tile_d* token_tile_l)
+    feature_stats_token_feature_tile_kernel(token_pass_args<Acc, TS, TT, TG> a, Term term) {
   __shared__ Acc sm[3][token_tile_l][token_tile_d];
   const index_t D = a.s.extent(2);
   const index_t tiles = (D + token_tile_d - 1) / token_tile_d;
@@ -388,7 +388,7 @@ status launch_token_pass(const char* fn, const cuda& ctx, const token_pass_args<
   if (a.s.extent(0) * tiles > INT_MAX) return fail(errc::shape_mismatch, fn, "too many samples x feature tiles for one grid");
   const dim3 block(token_tile_d, token_tile_l);
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  token_pass_feature_tile_kernel<<<static_cast<unsigned>(a.s.extent(0) * tiles), block, 0, st>>>(a, term);
+  feature_stats_token_feature_tile_kernel<<<static_cast<unsigned>(a.s.extent(0) * tiles), block, 0, st>>>(a, term);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -398,7 +398,7 @@ status launch_token_pass(const char* fn, const cuda& ctx, const token_pass_args<
 // ---------------------------------------------------------------------------------------------
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    sum_partials_single_block_kernel(const Acc* partial, index_t n, Acc scale, const Acc* scale_dev, Acc* out) {
+    feature_stats_sum_partials_single_block_kernel(const Acc* partial, index_t n, Acc scale, const Acc* scale_dev, Acc* out) {
   __shared__ Acc smem[BlockSize / 32];
   Acc s = Acc(0);
   for (index_t i = threadIdx.x; i < n; i += BlockSize) s += partial[i];
@@ -410,7 +410,7 @@ template <class Acc>
 status launch_sum_partials(const char* fn, const cuda& ctx, const Acc* partial, index_t n, Acc scale,
                            const Acc* scale_dev, Acc* out) {
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  sum_partials_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(partial, n, scale, scale_dev, out);
+  feature_stats_sum_partials_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(partial, n, scale, scale_dev, out);
   return cuda_detail::launch_status(fn, st);
 }
 
