@@ -237,7 +237,7 @@ TEMPLATE_TEST_CASE("CUDA statistics matching, channels and tokens", "[features][
     double rl[1];
     std::vector<double> rg(s.size());
     REQUIRE(stats_matching_forward_backward(cpu{1}, make_view(s.data(), B, Ls, D), make_view(sm.data(), B, Ls), make_view(t.data(), B, Lt, D),
-                                            make_view(tm.data(), B, Lt), make_view(rl, 1), make_view(rg.data(), B, Ls, D), o)
+                                            make_view(tm.data(), B, Lt), make_view(rl, 1), make_view(rg.data(), B, Ls, D), {}, o)
                 .ok());
     CHECK_CLOSE_SCALAR("token loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
     const auto gd = dgv.download();

@@ -68,13 +68,14 @@
 namespace distill {
 
 struct token_nce_options {
-  float temperature = 0.07f;           ///< tau > 0
-  distill::reduction reduction = distill::reduction::mean;     ///< mean = over valid (unmasked) tokens
-  bool in_batch_negatives = false;     ///< add the other valid teacher tokens as negatives
-  float normalize_eps = 1e-12f;        ///< eps of the L2 normalisation (F.normalize's default)
-  float grad_scale = 1.0f;             ///< upstream gradient (loss weight)
-  bool accumulate = false;             ///< gradients add into their outputs instead of overwriting
-  matmul_precision precision = matmul_precision::fp32;  ///< products of the CUDA path (the CPU computes in its accumulator type)
+  float temperature = 0.07f;                                ///< tau > 0
+  distill::reduction reduction = distill::reduction::mean;  ///< mean = over valid (unmasked) tokens
+  bool in_batch_negatives = false;                          ///< add the other valid teacher tokens as negatives
+  float normalize_eps = 1e-12f;                             ///< eps of the L2 normalisation (F.normalize's default)
+  float grad_scale = 1.0f;                                  ///< upstream gradient (loss weight)
+  bool accumulate = false;                                  ///< gradients add into their outputs instead of overwriting
+  /// products of the CUDA path (the CPU computes in its accumulator type)
+  matmul_precision precision = matmul_precision::fp32;
 };
 
 namespace token_nce_detail {

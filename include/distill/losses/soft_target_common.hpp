@@ -87,10 +87,10 @@ struct soft_target_extras {
   /// (N) per-row weights w_r (default 1). With reduction none they scale each row's output.
   tensor_view<const Acc, 1, Space> row_weights;
   /// (1) divisor D of mean/batchmean (e.g. the global token count across accumulation steps).
-  /// Must be finite and >= 0 (see "Scalars in memory" below).
+  /// Must be finite and >= 0 (see "Scalars in memory" in the file comment).
   tensor_view<const Acc, 1, Space> normalizer;
   /// (1) a learnable temperature; overrides `options.temperature` when present. Must be finite
-  /// and > 0 (see "Scalars in memory" below).
+  /// and > 0 (see "Scalars in memory" in the file comment).
   tensor_view<const Acc, 1, Space> temperature;
   /// (1) out: dL/dT (the reduced loss times grad_scale, differentiated in T).
   tensor_view<Acc, 1, Space> grad_temperature;
