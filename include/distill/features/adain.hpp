@@ -18,7 +18,7 @@
 //! 2. AdaIN-KD loss (§4.3, reconstruction): teacher content re-styled with the student's
 //!    statistics, then the rest of the frozen teacher O, compared with the teacher's own output:
 //!      F~ = AdaIN(F_t; F_s),   L = mse(O(F~), O(F_t))   (mean over every element of O's output;
-//!                                                        or the sum, red = sum)
+//!                                                        or the sum, reduction = sum)
 //!      dL/dF_s = AdaIN backward to the style input of  O^T-vjp( 2 (O(F~) - O(F_t)) / numel )
 //!    `adain_kd_loss_forward_backward` runs it given O as two callables (forward and
 //!    vector-Jacobian product); the teacher's weights are never updated.
@@ -33,7 +33,7 @@
 //!    sqrt(v) without eps, exactly as the peer does):
 //!      l_bc = w_a [ r^2 M2_t / N_t + dm^2 ] + w_mu dm^2 + w_sigma (sqrt(v_s) - sqrt(v_t))^2,
 //!             r = sigma_s / sigma_t - 1,  dm = mu_s - mu_t
-//!      L    = sum_bc l_bc / (B C)        (red = mean; batchmean / B, sum / 1)
+//!      L    = sum_bc l_bc / (B C)        (reduction = mean; batchmean / B, sum / 1)
 //!      dl/dmu_s = 2 dm (w_a + w_mu)
 //!      dl/dv_s  = w_a r M2_t / (N_t sigma_t sigma_s) + w_sigma (sqrt(v_s) - sqrt(v_t)) / sqrt(v_s)
 //!    (the last term is taken as 0 for a constant student channel, where x - mu = 0 anyway), and
