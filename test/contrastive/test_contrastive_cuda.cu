@@ -190,9 +190,7 @@ void compare(const case_data& k, const cuda_result& r, const tolerances& t, bool
   }
 }
 
-const char* name(distill::matmul_precision p) {
-  return p == distill::matmul_precision::fp32 ? "strict_fp32" : p == distill::matmul_precision::tf32 ? "tf32" : "bf16";
-}
+const char* name(distill::matmul_precision p) { return distill::to_string(p); }
 
 struct temp_dir {
   std::filesystem::path path;

@@ -71,7 +71,7 @@ TEST_CASE("CUDA linear matches the CPU path and the reference in every GEMM mode
                                                                        : distill_test::tolerance{1e-1, 5e-2};
     for (int trial = 0; trial < 6; ++trial) {
       const long N = g.integer(1, 300), I = g.integer(1, 130), O = g.integer(1, 90);
-      CAPTURE(nn::to_string(math), N, I, O);
+      CAPTURE(distill::to_string(math), N, I, O);
       const vec x = g.normals(N * I), w = g.normals(O * I, 0, 0.3), b = g.normals(O), dy = g.normals(N * O);
       auto dx_ = dev<float>({N, I}, x), dw_ = dev<float>({O, I}, w), db_ = dev<float>({O}, b), ddy = dev<float>({N, O}, dy);
       nn::device_tensor<float> dyv({N, O}), ddx({N, I}), ddw({O, I}), ddb({O});
