@@ -13,6 +13,10 @@ packages=(
   libcli11-dev nlohmann-json3-dev  # flagship example: command line, results.json
   libstb-dev                     # flagship example: PNG output
   gnuplot-nox                    # flagship example: accuracy plots
+  libdlpack-dev                  # interop/dlpack.hpp
+  python3-torch libtorch-dev     # PyTorch bindings (bindings/torch): Python and C++ PyTorch 1.13 (CPU)
+  python3-pytest python3-torchvision  # their tests (torchvision: the reference RoI Align)
+  dataset-fashion-mnist          # the bindings' training-loop test
 )
 
 missing=()
