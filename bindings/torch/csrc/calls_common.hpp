@@ -48,7 +48,7 @@ template <class... Ts, class F>
 distill::status dispatch(type_list<Ts...>, const char* fn, const char* name, tensor t, F&& f) {
   if (t == nullptr) return distill::fail(distill::errc::invalid_argument, fn, std::string("'") + name + "' is required");
   distill::status st;
-  const bool found = ((distill::dlpack_holds<Ts>(t->dtype) ? (st = f(type_tag<Ts>{}), true) : false) || ...);
+  const bool found = ((distill::dlpack_holds<Ts>(t->dtype) ? ((void)(st = f(type_tag<Ts>{})), true) : false) || ...);
   if (found) return st;
   std::string accepted;
   ((accepted += (accepted.empty() ? "" : ", ") + distill::dlpack_dtype_name(distill::dlpack_dtype<Ts>())), ...);

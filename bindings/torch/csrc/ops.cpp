@@ -50,9 +50,17 @@ class described {
     if (!t.defined()) return nullptr;
     DLTensor& d = store_.emplace_back();
     d.data = t.data_ptr();
-    if (t.is_cuda()) d.device = {kDLCUDA, static_cast<int>(t.get_device())};
-    else if (t.is_cpu()) d.device = {kDLCPU, 0};
-    else TORCH_CHECK_VALUE(false, "distill runs on CPU and CUDA tensors, not on ", t.device());
+    if (t.is_cuda()) {
+      // a view carries no device index: the call runs on the first CUDA tensor's device
+      if (cuda_device_ < 0) cuda_device_ = t.get_device();
+      TORCH_CHECK_VALUE(t.get_device() == cuda_device_, "distill: the tensors of one call must be on one CUDA device, got cuda:",
+                        cuda_device_, " and cuda:", t.get_device());
+      d.device = {kDLCUDA, static_cast<int>(t.get_device())};
+    } else if (t.is_cpu()) {
+      d.device = {kDLCPU, 0};
+    } else {
+      TORCH_CHECK_VALUE(false, "distill runs on CPU and CUDA tensors, not on ", t.device());
+    }
     d.ndim = static_cast<int>(t.dim());
     d.dtype = dtype_of(t);
     d.shape = const_cast<int64_t*>(t.sizes().data());
@@ -64,6 +72,7 @@ class described {
 
  private:
   std::deque<DLTensor> store_;  // stable addresses
+  int64_t cuda_device_ = -1;
 };
 
 // ---- options ----

@@ -40,6 +40,12 @@ def _frozen(teacher, name="teacher"):
     return teacher
 
 
+def _accumulation(x):
+    """distill's accumulation type for inputs of x's dtype: float64 for float64, else float32
+    (the dtype of losses, statistics, weights and temperatures)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _scaled(grad, upstream, row_shape):
     """grad * upstream: a scalar upstream for a reduced loss, one value per row otherwise."""
     if grad is None:
@@ -112,15 +118,16 @@ def _soft_target(loss, student, teacher, *, teacher_indices=None, labels=None, r
                  scale_by_t_squared=True, reduction="batchmean", soft_weight=1.0, hard_label_weight=0.0,
                  ignore_index=-100, **extra):
     _frozen(teacher)
+    acc = _accumulation(student)
     t_tensor = temperature if isinstance(temperature, torch.Tensor) else None
     t_value = 1.0 if t_tensor is not None else float(temperature)
+    t_view = None if t_tensor is None else t_tensor.detach().reshape(1).to(acc)
     if row_weights is not None:
-        row_weights = row_weights.to(torch.float64 if student.dtype == torch.float64 else torch.float32)
+        row_weights = row_weights.to(acc)
 
     def call(pass_, weights):
-        return ops.soft_target(loss, pass_, student, teacher, teacher_indices, labels, weights,
-                               None if t_tensor is None else t_tensor.detach().reshape(1), t_value, scale_by_t_squared,
-                               reduction, soft_weight, hard_label_weight, ignore_index, 1.0, **extra)
+        return ops.soft_target(loss, pass_, student, teacher, teacher_indices, labels, weights, t_view, t_value,
+                               scale_by_t_squared, reduction, soft_weight, hard_label_weight, ignore_index, 1.0, **extra)
 
     return _SoftTarget.apply(call, reduction, row_weights, student, t_tensor)
 
@@ -177,8 +184,7 @@ def multilabel_soft_target(student, teacher, *, labels=None, mask=None, row_weig
     bool); mask (N, C) drops elements. Liu et al.'s stage 2: temperature=5,
     scale_by_t_squared=False, hard_label_weight=1."""
     _frozen(teacher)
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
-    weights = [None if w is None else w.to(acc) for w in (row_weights, class_weights, pos_weights)]
+    weights = [None if w is None else w.to(_accumulation(student)) for w in (row_weights, class_weights, pos_weights)]
 
     def run(pass_):
         return ops.multilabel_soft_target(pass_, student, teacher, labels, mask, *weights, temperature,
@@ -249,7 +255,7 @@ class _FeatureStats(torch.autograd.Function):
     def backward(ctx, grad_mean, grad_std):
         x, token_mask = ctx.saved_tensors
         shape = (x.shape[0], x.shape[2] if x.dim() == 3 else x.shape[1])
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = _accumulation(x)
         zeros = lambda: torch.zeros(shape, dtype=acc, device=x.device)  # noqa: E731 - an unused output
         grad_mean = zeros() if grad_mean is None else grad_mean.to(acc)
         grad_std = zeros() if grad_std is None else grad_std.to(acc)
@@ -320,7 +326,7 @@ def embedding_alignment(student, teacher, *, metric="mse", normalize="none", nor
     metric='mse', reduction='batchmean'."""
     _frozen(teacher)
     if row_weights is not None:
-        row_weights = row_weights.to(torch.float64 if student.dtype == torch.float64 else torch.float32)
+        row_weights = row_weights.to(_accumulation(student))
 
     def run(pass_):
         return ops.embedding_alignment(pass_, student, teacher, row_weights, row_mask, metric, normalize, norm_eps,
