@@ -8,8 +8,8 @@ them alike; the table gives medians and the ratios, and the load average before 
     PYTHONPATH=build/python /usr/bin/python3 bench/peers/torch_binding.py --threads 2
 
 Debian's PyTorch does its matrix products through the system's libblas.so.3: with the reference
-BLAS (the default) the GEMM-bound peers (token NCE, relational pairing) are 20x slower than they
-need be. Install libopenblas0-pthread, or point LD_LIBRARY_PATH at its openblas-pthread folder;
+BLAS (the default) the GEMM-bound peers (token NCE, relational pairing) ran 6 to 12 times slower
+here than with OpenBLAS. Install libopenblas0-pthread, or point LD_LIBRARY_PATH at its openblas-pthread folder;
 the header line names the BLAS library that was loaded.
 
 Also measures the binding's own overhead on a tiny shape (KD on 4 x 10 logits): the autograd
