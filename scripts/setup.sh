@@ -13,8 +13,11 @@ packages=(
   libcli11-dev nlohmann-json3-dev  # examples: command line, results.json
   libstb-dev                     # examples: PNG output
   gnuplot-nox                    # examples: accuracy plots
-  zlib1g-dev                     # fashion_kd: reads the gzipped IDX files
-  dataset-fashion-mnist          # fashion_kd: the Fashion-MNIST images (/usr/share/datasets/fashion-mnist)
+  zlib1g-dev                     # examples/common: reads the gzipped IDX files
+  dataset-fashion-mnist          # Fashion-MNIST images (/usr/share/datasets/fashion-mnist)
+  libdlpack-dev                  # interop/dlpack.hpp
+  python3-torch libtorch-dev     # PyTorch bindings (bindings/torch): Python and C++ PyTorch 1.13 (CPU)
+  python3-pytest python3-torchvision  # their tests (torchvision: the reference RoI Align)
 )
 
 missing=()
