@@ -209,7 +209,7 @@ TEST_CASE("render: text stays inside its box; wrapping respects the width", "[vq
   CHECK(outside == 0);
 
   // Bytes outside printable ASCII (UTF-8, control characters) are drawn as '?'.
-  CHECK(vqa::printable_ascii("a\xC2\xB1" "b\n\x7F") == "a??b??");
+  CHECK(examples::printable_ascii("a\xC2\xB1" "b\n\x7F") == "a??b??");
   CHECK(vqa::text_width("\xC2\xB1\t", 2) == vqa::text_width("???", 2));
   vqa::canvas u(100, 40), qm(100, 40);
   vqa::draw_text(u, 2, 2, "\xC2\xB1\t", vqa::rgb8{0, 0, 0}, 2);

@@ -1,4 +1,4 @@
-// Results and progress (examples/vqa_spatial_kd/src/report.hpp, progress.hpp): accuracy per
+// Results and progress (examples/vqa_spatial_kd/src/report.hpp, examples/common/progress.hpp): accuracy per
 // question type, mean ± std over seeds against hand-computed values, the table, results.json,
 // curves.csv, the gnuplot plot (or its graceful absence) and the progress bar's output.
 #include <catch2/catch.hpp>
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "../../examples/vqa_spatial_kd/src/progress.hpp"
+#include "../../examples/common/progress.hpp"
 #include "../../examples/vqa_spatial_kd/src/report.hpp"
 #include "support/random.hpp"
 
@@ -266,19 +266,19 @@ TEST_CASE("report: the accuracy plot through gnuplot, or a message without it", 
 }
 
 TEST_CASE("progress: durations, rates and the progress line", "[vqa_example]") {
-  CHECK(vqa::format_duration(0) == "00:00");
-  CHECK(vqa::format_duration(59.4) == "00:59");
-  CHECK(vqa::format_duration(61) == "01:01");
-  CHECK(vqa::format_duration(3725) == "1:02:05");
-  CHECK(vqa::format_duration(-1) == "--:--");
-  CHECK(vqa::format_duration(std::numeric_limits<double>::infinity()) == "--:--");
-  CHECK(vqa::format_rate(412.3) == "412 it/s");
-  CHECK(vqa::format_rate(3.54, "q") == "3.5 q/s");
-  CHECK(vqa::format_rate(0.254) == "0.25 it/s");
-  CHECK(vqa::format_rate(0) == "? it/s");
-  CHECK(vqa::format_progress("train", 50, 100, 5.0, 10, "loss 0.5") == "train [#####.....]  50/100  10.0 it/s  00:05<00:05  loss 0.5");
-  CHECK(vqa::format_progress("x", 7, 0, 2.0, 10) == "x  7  3.5 it/s  00:02<?");
-  CHECK(vqa::format_progress("y", 150, 100, 1.0, 4) == "y [####]  150/100  150 it/s  00:01<00:00");
+  CHECK(examples::format_duration(0) == "00:00");
+  CHECK(examples::format_duration(59.4) == "00:59");
+  CHECK(examples::format_duration(61) == "01:01");
+  CHECK(examples::format_duration(3725) == "1:02:05");
+  CHECK(examples::format_duration(-1) == "--:--");
+  CHECK(examples::format_duration(std::numeric_limits<double>::infinity()) == "--:--");
+  CHECK(examples::format_rate(412.3) == "412 it/s");
+  CHECK(examples::format_rate(3.54, "q") == "3.5 q/s");
+  CHECK(examples::format_rate(0.254) == "0.25 it/s");
+  CHECK(examples::format_rate(0) == "? it/s");
+  CHECK(examples::format_progress("train", 50, 100, 5.0, 10, "loss 0.5") == "train [#####.....]  50/100  10.0 it/s  00:05<00:05  loss 0.5");
+  CHECK(examples::format_progress("x", 7, 0, 2.0, 10) == "x  7  3.5 it/s  00:02<?");
+  CHECK(examples::format_progress("y", 150, 100, 1.0, 4) == "y [####]  150/100  150 it/s  00:01<00:00");
 }
 
 TEST_CASE("progress: plain lines every interval, terminal redraws at most 10 per second", "[vqa_example]") {
@@ -286,13 +286,13 @@ TEST_CASE("progress: plain lines every interval, terminal redraws at most 10 per
   auto clock = [&] { return now; };
   {  // plain: lines at 10 s, 20 s, 30 s and the final one
     std::ostringstream out;
-    vqa::progress_options o;
+    examples::progress_options o;
     o.out = &out;
-    o.display = vqa::progress_display::plain;
+    o.display = examples::progress_display::plain;
     o.clock = clock;
     o.bar_width = 10;
     {
-      vqa::progress_bar bar("epoch", 35, o);
+      examples::progress_bar bar("epoch", 35, o);
       for (int i = 0; i < 35; ++i) {
         now += 1;
         bar.advance();
@@ -308,11 +308,11 @@ TEST_CASE("progress: plain lines every interval, terminal redraws at most 10 per
   {  // terminal: 1000 updates over 2 s → at most 21 redraws (+1 final), each "\r"; one newline at the end
     now = 0;
     std::ostringstream out;
-    vqa::progress_options o;
+    examples::progress_options o;
     o.out = &out;
-    o.display = vqa::progress_display::terminal;
+    o.display = examples::progress_display::terminal;
     o.clock = clock;
-    vqa::progress_bar bar("step", 1000, o);
+    examples::progress_bar bar("step", 1000, o);
     for (int i = 0; i < 1000; ++i) {
       now += 0.002;
       bar.set_suffix("loss 1.0");
@@ -331,10 +331,10 @@ TEST_CASE("progress: plain lines every interval, terminal redraws at most 10 per
   }
   {  // silent
     std::ostringstream out;
-    vqa::progress_options o;
+    examples::progress_options o;
     o.out = &out;
-    o.display = vqa::progress_display::silent;
-    vqa::progress_bar bar("quiet", 10, o);
+    o.display = examples::progress_display::silent;
+    examples::progress_bar bar("quiet", 10, o);
     bar.advance(10);
     bar.finish();
     CHECK(out.str().empty());

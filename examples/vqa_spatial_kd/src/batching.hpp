@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Mini-batches for the Sort-of-CLEVR trainers: a reproducible shuffle per (seed, epoch), and the
-// gathering of a batch of questions into the dense arrays the models read:
+// Mini-batches for the Sort-of-CLEVR trainers: the gathering of a batch of questions into the
+// dense arrays the models read (the reproducible shuffle per (seed, epoch) is
+// examples::shuffled_order, ../../common/random.hpp):
 //   objects    (B, 6, 10)       state-description features of each question's image
 //                               [x/75, y/75, colour one-hot, shape one-hot] (sort_of_clevr.hpp)
 //   questions  (B, 11)          the 11-float question encoding
@@ -11,7 +12,6 @@
 // All arrays are row-major and contiguous; the caller owns them.
 
 #include <cstdint>
-#include <numeric>
 #include <span>
 #include <stdexcept>
 #include <utility>
@@ -21,15 +21,7 @@
 
 namespace vqa {
 
-/// A permutation of 0..n-1 that depends only on (seed, epoch): Fisher-Yates driven by splitmix64
-/// (no std:: distributions, so it is the same on every platform).
-inline std::vector<std::uint32_t> shuffled_order(std::size_t n, std::uint64_t seed, std::uint64_t epoch) {
-  std::vector<std::uint32_t> order(n);
-  std::iota(order.begin(), order.end(), 0u);
-  splitmix64 rng(mix64(mix64(seed) ^ (0x5348554646ull /* "SHUFF" */ + epoch)));
-  for (std::size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
-  return order;
-}
+using examples::shuffled_order;
 
 /// Fills the state-description inputs of a batch of questions (ids index d.questions).
 /// objects.size() = B·60, questions.size() = B·11, answers.size() = B (answers may be empty).

@@ -27,7 +27,7 @@
 #include "batching.hpp"
 #include "dataset_io.hpp"
 #include "distill/logic/sort_of_clevr.hpp"
-#include "progress.hpp"
+#include "../../common/progress.hpp"
 #include "report.hpp"
 #include "runner.hpp"
 #include "sort_of_clevr.hpp"
@@ -38,6 +38,8 @@
 
 namespace fs = std::filesystem;
 using namespace vqa;
+using examples::progress_bar;
+using examples::progress_options;
 
 namespace {
 

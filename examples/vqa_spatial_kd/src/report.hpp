@@ -45,6 +45,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../../common/results.hpp"
 #include "sort_of_clevr.hpp"
 
 namespace vqa {
@@ -104,26 +105,8 @@ struct model_result {
   std::vector<seed_result> seeds;
 };
 
-struct mean_std {
-  double mean = std::numeric_limits<double>::quiet_NaN();
-  double stddev = std::numeric_limits<double>::quiet_NaN();  // sample standard deviation; NaN for n < 2
-  std::size_t n = 0;                                         // values used (NaNs are left out)
-};
-
-inline mean_std summarize(std::span<const double> values) {
-  mean_std r;
-  double sum = 0;
-  for (double v : values)
-    if (!std::isnan(v)) sum += v, ++r.n;
-  if (r.n == 0) return r;
-  r.mean = sum / static_cast<double>(r.n);
-  if (r.n < 2) return r;
-  double ss = 0;
-  for (double v : values)
-    if (!std::isnan(v)) ss += (v - r.mean) * (v - r.mean);
-  r.stddev = std::sqrt(ss / static_cast<double>(r.n - 1));
-  return r;
-}
+using examples::mean_std;
+using examples::summarize;
 
 /// Mean ± std over a model's seeds of each metric.
 inline std::array<mean_std, metric_count> summarize_accuracy(const model_result& m) {
@@ -145,38 +128,7 @@ inline mean_std summarize_train_seconds(const model_result& m) {
 // ---- the printed table ------------------------------------------------------------------------
 
 namespace report_detail {
-
-/// Display width of UTF-8 text (code points; the table's only non-ASCII character is "±").
-inline std::size_t display_width(std::string_view s) {
-  std::size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-inline std::string pad_right(const std::string& s, std::size_t w) { return s + std::string(w > display_width(s) ? w - display_width(s) : 0, ' '); }
-inline std::string pad_left(const std::string& s, std::size_t w) { return std::string(w > display_width(s) ? w - display_width(s) : 0, ' ') + s; }
-
-inline std::string fixed(double v, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
-
-/// "97.3 ± 0.4" (percent), "97.3" with one seed, "n/a" without values.
-inline std::string percent_cell(const mean_std& m) {
-  if (m.n == 0) return "n/a";
-  std::string s = fixed(100 * m.mean, 1);
-  if (!std::isnan(m.stddev)) s += " ± " + fixed(100 * m.stddev, 1);
-  return s;
-}
-
-inline std::string seconds_cell(const mean_std& m) {
-  if (m.n == 0) return "n/a";
-  const int d = m.mean >= 100 ? 0 : 1;
-  std::string s = fixed(m.mean, d);
-  if (!std::isnan(m.stddev)) s += " ± " + fixed(m.stddev, d);
-  return s + " s";
-}
-
+using namespace examples::table;
 }  // namespace report_detail
 
 /// The final table: test accuracy (%) per question type, the two kinds and overall, mean ± std
@@ -222,18 +174,9 @@ inline std::string format_results_table(std::span<const model_result> models) {
 
 // ---- results.json -----------------------------------------------------------------------------
 
-/// results.json keeps its keys in the order written (config first, metrics in table order).
-using results_json_t = nlohmann::ordered_json;
-
-inline results_json_t number_or_null(double v) { return std::isnan(v) ? results_json_t() : results_json_t(v); }
-
-inline results_json_t to_json(const mean_std& m) {
-  results_json_t j;
-  j["mean"] = number_or_null(m.mean);
-  j["std"] = number_or_null(m.stddev);
-  j["n"] = m.n;
-  return j;
-}
+using examples::number_or_null;
+using examples::results_json_t;
+using examples::to_json;
 
 /// results.json's contents: the configuration as given (a nlohmann::json or ordered_json), then
 /// per model the summaries over seeds and each seed's numbers.
@@ -264,15 +207,7 @@ inline results_json_t results_json(const results_json_t& config, std::span<const
   return j;
 }
 
-/// Writes text to a file (creating its folder); throws std::runtime_error on failure.
-inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
-  std::error_code ec;
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) throw std::runtime_error("cannot write " + path.string());
-}
+using examples::write_text_file;
 
 inline void write_results_json(const std::filesystem::path& path, const results_json_t& config, std::span<const model_result> models) {
   write_text_file(path, results_json(config, models).dump(2) + "\n");
@@ -293,13 +228,7 @@ inline curve_point make_curve_point(std::string model, std::uint64_t seed, int e
   return {std::move(model), seed, epoch, m[metric_overall], m[metric_non_relational], m[metric_relational], seconds};
 }
 
-/// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
-inline std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char c : s) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
+using examples::csv_field;
 
 inline std::string curves_csv(std::span<const curve_point> points) {
   std::string out = "model,seed,epoch,test_overall,test_non_relational,test_relational,seconds\n";
@@ -343,37 +272,14 @@ inline std::vector<mean_curve> mean_curves(std::span<const curve_point> points) 
   return out;
 }
 
-namespace report_detail {
-inline std::string gnuplot_double_quoted(const std::string& s) {
-  std::string q = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') q += '\\';
-    q += c;
-  }
-  return q + "\"";
-}
-inline std::string gnuplot_single_quoted(const std::string& s) {  // '' stands for ' inside '...'
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("''") : std::string(1, c);
-  return q + "'";
-}
-inline std::string shell_quoted(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-}  // namespace report_detail
 
 /// The gnuplot script that draws the mean curves into `png` (a self-contained file: the data are
 /// inline datablocks). pngcairo is used when this gnuplot has it, the libgd png terminal otherwise.
 inline std::string gnuplot_script(std::span<const curve_point> points, const std::filesystem::path& png) {
-  using namespace report_detail;
   const auto curves = mean_curves(points);
   std::ostringstream os;
   os << "# Sort-of-CLEVR test accuracy per epoch, mean over seeds (written by vqa_spatial_kd; rerun: gnuplot <this file>)\n"
-     << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n  set terminal pngcairo size 1500,480 noenhanced\n} else {\n"
-     << "  set terminal png size 1500,480 noenhanced\n}\n"
-     << "set output " << gnuplot_single_quoted(png.string()) << "\n";
+     << examples::gnuplot::png_terminal(1500, 480, png);
   char buf[128];
   for (std::size_t i = 0; i < curves.size(); ++i) {
     os << "$m" << i << " << EOD\n";
@@ -391,51 +297,20 @@ inline std::string gnuplot_script(std::span<const curve_point> points, const std
     if (curves.empty()) os << "NaN notitle";
     for (std::size_t i = 0; i < curves.size(); ++i)
       os << (i ? ", \\\n     " : "") << "$m" << i << " using 1:(100*$" << panel + 2 << ") with linespoints lw 2 title "
-         << gnuplot_double_quoted(curves[i].model);
+         << examples::gnuplot::double_quoted(curves[i].model);
     os << "\n";
   }
   os << "unset multiplot\nset output\n";
   return os.str();
 }
 
-struct plot_result {
-  bool written = false;
-  std::string message;  // what happened (for the log)
-};
+using examples::plot_result;
 
 /// Draws the mean test-accuracy curves into `png` with gnuplot, keeping the script beside it
 /// (same name, .gp). Without gnuplot (or when it fails) nothing is thrown: the result says why.
 inline plot_result plot_curves(std::span<const curve_point> points, const std::filesystem::path& png,
                                const std::string& gnuplot = "gnuplot") {
-  using namespace report_detail;
-  plot_result r;
-  std::filesystem::path script = png;
-  script.replace_extension(".gp");
-  try {
-    write_text_file(script, gnuplot_script(points, png));
-  } catch (const std::exception& e) {
-    r.message = std::string("plot skipped: ") + e.what();
-    return r;
-  }
-  if (std::system(("command -v " + shell_quoted(gnuplot) + " > /dev/null 2>&1").c_str()) != 0) {
-    r.message = "plot skipped: " + gnuplot + " not found (install gnuplot, e.g. Debian's gnuplot-nox); the script is " +
-                script.string() + ", the numbers are in curves.csv";
-    return r;
-  }
-  std::filesystem::path log = png;
-  log += ".gnuplot.log";
-  std::error_code ec;
-  std::filesystem::remove(png, ec);
-  const int rc = std::system((shell_quoted(gnuplot) + " " + shell_quoted(script.string()) + " > " + shell_quoted(log.string()) + " 2>&1").c_str());
-  const bool exists = std::filesystem::exists(png, ec) && std::filesystem::file_size(png, ec) > 0;
-  if (rc != 0 || !exists) {
-    r.message = "plot failed: " + gnuplot + " " + script.string() + " (exit status " + std::to_string(rc) + "), see " + log.string();
-    return r;
-  }
-  std::filesystem::remove(log, ec);
-  r.written = true;
-  r.message = "plot written to " + png.string();
-  return r;
+  return examples::run_gnuplot(gnuplot_script(points, png), png, gnuplot, "curves.csv");
 }
 
 }  // namespace vqa

@@ -75,6 +75,9 @@
 #include <string_view>
 #include <vector>
 
+#include "../../common/image.hpp"
+#include "../../common/random.hpp"
+
 namespace vqa {
 
 inline constexpr int image_size = 75;              // pixels per side
@@ -97,16 +100,13 @@ inline constexpr std::uint32_t generator_version = 1;
 
 // ---- vocabulary -------------------------------------------------------------------------------
 
-struct rgb8 {
-  std::uint8_t r, g, b;
-  friend bool operator==(const rgb8&, const rgb8&) = default;
-};
+using examples::rgb8;
 
 inline constexpr std::array<std::string_view, object_count> colour_names = {"red", "green", "blue",
                                                                            "orange", "gray", "yellow"};
 inline constexpr std::array<rgb8, object_count> colour_rgb = {
     rgb8{255, 0, 0}, rgb8{0, 255, 0}, rgb8{0, 0, 255}, rgb8{255, 156, 0}, rgb8{128, 128, 128}, rgb8{255, 255, 0}};
-inline constexpr rgb8 background_rgb{255, 255, 255};
+inline constexpr rgb8 background_rgb = examples::white_rgb;
 
 enum class shape : std::uint8_t { square = 0, circle = 1 };
 inline constexpr std::array<std::string_view, 2> shape_names = {"square", "circle"};
@@ -302,30 +302,8 @@ inline std::string question_text(const question& q) {
 
 // ---- seeded generation ------------------------------------------------------------------------
 
-/// splitmix64 (Steele, Lea, Flood 2014): a tiny, portable, well-mixed 64-bit generator.
-class splitmix64 {
- public:
-  explicit splitmix64(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  /// Uniform integer in [0, n), unbiased (rejects the top 2^64 mod n values).
-  std::uint64_t below(std::uint64_t n) {
-    const std::uint64_t threshold = (0 - n) % n;
-    for (;;) {
-      const std::uint64_t r = next();
-      if (r >= threshold) return r % n;
-    }
-  }
-
- private:
-  std::uint64_t state_;
-};
-
-inline std::uint64_t mix64(std::uint64_t x) { return splitmix64(x).next(); }
+using examples::mix64;
+using examples::splitmix64;
 
 enum class dataset_split : std::uint32_t { train = 0, test = 1 };
 inline constexpr std::string_view name_of(dataset_split s) { return s == dataset_split::train ? "train" : "test"; }

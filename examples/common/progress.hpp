@@ -21,7 +21,7 @@
 #include <unistd.h>
 #endif
 
-namespace vqa {
+namespace examples {
 
 /// "42s", "03:25", "1:02:03" for elapsed and remaining times; "--:--" when unknown.
 inline std::string format_duration(double seconds) {
@@ -149,4 +149,4 @@ class progress_bar {
   double start_ = 0, last_draw_ = 0;
 };
 
-}  // namespace vqa
+}  // namespace examples
