@@ -53,6 +53,7 @@ struct wsd_config {
   optimiser_config teacher_opt{2e-3, 1e-4, 16, 8};
   optimiser_config student_opt{2e-3, 1e-4, 32, 8};
   double teacher_scale = 1.0;      ///< class and region scale of the WSDDN softmaxes
+  int stage1_epochs = 4;           ///< stage 1 (before the classification phase): feature regression only
   int stage1_proposals = 16;       ///< per image: the teacher's top proposals (by region score) whose features the student regresses
   double stage1_weight = 1.0;      ///< Caffe Euclidean loss 1/(2N) sum ||f_s - f_t||^2, times this
   double stage2_temperature = 5.0; ///< SigmoidCE(z_s / T, s_t) + SigmoidCE(z_s, y), no T^2 (Liu et al.)
@@ -86,7 +87,7 @@ inline void apply_preset(run_config& c, const std::string& preset) {
     c.world.train_scenes = 240, c.world.validation_scenes = 40, c.world.test_scenes = 80;
     c.context.context_scenes = 160, c.context.recogniser_scenes = 80;
     c.context.context_opt = {2e-3, 1e-4, 32, 1}, c.context.recogniser_opt = {2e-3, 1e-4, 16, 1};
-    c.wsd.train_scenes = 64, c.wsd.teacher_opt = {2e-3, 1e-4, 8, 1}, c.wsd.student_opt = {2e-3, 1e-4, 16, 1};
+    c.wsd.train_scenes = 64, c.wsd.teacher_opt = {2e-3, 1e-4, 8, 1}, c.wsd.student_opt = {2e-3, 1e-4, 16, 1}, c.wsd.stage1_epochs = 1;
     c.wsd.proposal_stride = 16;
   } else {
     throw std::invalid_argument("--preset must be smoke, cpu-small or full, not '" + preset + "'");
@@ -109,7 +110,7 @@ inline json to_json(const context_config& a) {
 inline json to_json(const wsd_config& b) {
   return {{"train_scenes", b.train_scenes}, {"proposal_sizes", b.proposal_sizes}, {"proposal_ratios", b.proposal_ratios},
           {"proposal_stride", b.proposal_stride}, {"teacher_optimiser", to_json(b.teacher_opt)}, {"student_optimiser", to_json(b.student_opt)},
-          {"teacher_scale", b.teacher_scale}, {"stage1_proposals", b.stage1_proposals}, {"stage1_weight", b.stage1_weight},
+          {"teacher_scale", b.teacher_scale}, {"stage1_epochs", b.stage1_epochs}, {"stage1_proposals", b.stage1_proposals}, {"stage1_weight", b.stage1_weight},
           {"stage2_temperature", b.stage2_temperature}, {"stage2_soft_weight", b.stage2_soft_weight}, {"stage2_hard_weight", b.stage2_hard_weight}};
 }
 inline json to_json(const run_config& c) {

@@ -166,8 +166,8 @@ inline context_seed_result run_context_seed(const distill::cpu& ctx, const run_c
   context_net teacher(seed, S);
   {
     const index_t steps = static_cast<index_t>(a.context_scenes / static_cast<std::uint32_t>(a.context_opt.batch));
-    json fp = base_fingerprint;
-    fp["run"] = "context", fp["seed"] = seed;
+    json fp = {{"world", base_fingerprint.at("world")}, {"context_scenes", a.context_scenes}, {"max_mask_fraction", a.max_mask_fraction},
+               {"optimiser", to_json(a.context_opt)}, {"run", "context"}, {"seed", seed}};
     training_run run("context-seed" + std::to_string(seed), "top-1", checkpoints / ("context-seed" + std::to_string(seed) + ".ckpt"), fp,
                      teacher.parameters(), a.context_opt, steps);
     if (resume) run.try_resume();
@@ -241,8 +241,12 @@ inline context_seed_result run_context_seed(const distill::cpu& ctx, const run_c
     item_recogniser net(seed, S);  // the same initialisation for both
     const std::string name = std::string(distilled ? "recogniser-context-kd" : "recogniser-plain") + "-seed" + std::to_string(seed);
     const index_t steps = static_cast<index_t>(rn / static_cast<std::uint32_t>(a.recogniser_opt.batch));
-    json fp = base_fingerprint;
-    fp["run"] = distilled ? "recogniser_kd" : "recogniser_plain", fp["seed"] = seed;
+    // the plain recogniser depends on its data and schedule only, the distilled one on the teacher's run too
+    json fp = {{"world", base_fingerprint.at("world")}, {"scenes", {a.context_scenes, a.recogniser_scenes}}, {"optimiser", to_json(a.recogniser_opt)},
+               {"run", distilled ? "recogniser_kd" : "recogniser_plain"}, {"seed", seed}};
+    if (distilled)
+      fp["teacher"] = {{"max_mask_fraction", a.max_mask_fraction}, {"optimiser", to_json(a.context_opt)}, {"kd_weight", a.kd_weight},
+                       {"kd_temperature", a.kd_temperature}};
     training_run run(name, "accuracy", checkpoints / (name + ".ckpt"), fp, net.parameters(), a.recogniser_opt, steps);
     if (resume) run.try_resume();
     tensor x, grad, teacher_logits;

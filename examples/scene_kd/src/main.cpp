@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -34,6 +35,9 @@ namespace fs = std::filesystem;
 using namespace skd;
 
 namespace {
+
+/// CPU time of this process, all threads (user + system), seconds.
+double cpu_seconds() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
 
 std::string load_average() {
   std::ifstream in("/proc/loadavg");
@@ -64,7 +68,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> systems = {"context", "wsd"};
   std::optional<int> seeds, threads, context_epochs, recogniser_epochs, teacher_epochs, student_epochs;
   std::optional<std::uint64_t> first_seed, world_seed;
-  std::optional<double> kd_weight, kd_temperature, stage1_weight, stage2_temperature, ooc_rate;
+  std::optional<double> kd_weight, kd_temperature, stage1_weight, stage2_temperature, ooc_rate, teacher_scale;
   app.add_option("--preset", preset, "smoke (about a minute, CI), cpu-small (each system within 20 minutes on 2 cores) or full")
       ->check(CLI::IsMember({"smoke", "cpu-small", "full"}));
   app.add_option("--systems", systems, "which systems to run: context, wsd (default both)")->check(CLI::IsMember({"context", "wsd"}));
@@ -83,6 +87,7 @@ int main(int argc, char** argv) {
   app.add_option("--student-epochs", student_epochs, "epochs of the multi-label students")->check(CLI::Range(1, 10000));
   app.add_option("--kd-weight", kd_weight, "weight w of the context teacher: (1 - w) CE + w T^2 KL")->check(CLI::Range(0.0, 1.0));
   app.add_option("--kd-temperature", kd_temperature, "temperature of the context teacher's soft targets")->check(CLI::PositiveNumber);
+  app.add_option("--teacher-scale", teacher_scale, "scale of both WSDDN softmaxes' logits (Liu et al. start a learnable one at 2)")->check(CLI::PositiveNumber);
   app.add_option("--stage1-weight", stage1_weight, "weight of the RoI-feature regression (stage 1)")->check(CLI::NonNegativeNumber);
   app.add_option("--stage2-temperature", stage2_temperature, "temperature of the sigmoid soft targets (stage 2)")->check(CLI::PositiveNumber);
   c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -102,6 +107,7 @@ int main(int argc, char** argv) {
     if (kd_weight) c.context.kd_weight = *kd_weight;
     if (kd_temperature) c.context.kd_temperature = *kd_temperature;
     if (stage1_weight) c.wsd.stage1_weight = *stage1_weight;
+    if (teacher_scale) c.wsd.teacher_scale = *teacher_scale;
     if (stage2_temperature) c.wsd.stage2_temperature = *stage2_temperature;
     c.run_context = std::find(systems.begin(), systems.end(), "context") != systems.end();
     c.run_wsd = std::find(systems.begin(), systems.end(), "wsd") != systems.end();
@@ -142,12 +148,13 @@ int main(int argc, char** argv) {
 
     if (c.run_context) {
       const auto t0 = std::chrono::steady_clock::now();
+      const double cpu0 = cpu_seconds();
       const json fp = fingerprint(c, "context");
       for (int k = 0; k < c.seeds; ++k) context_runs.push_back(run_context_seed(ctx, c, w, c.first_seed + static_cast<std::uint64_t>(k), ckpt, resume, fp));
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), cpu = cpu_seconds() - cpu0;
       const prior_baselines priors = context_priors(w, c.context, context_runs.front().test_examples);
-      std::cout << "\nSystem A: scene-based KD, " << c.seeds << " seed(s), " << table::fixed(seconds / 60, 1) << " min (" << device << ", load average now "
-                << load_average() << ")\n\n"
+      std::cout << "\nSystem A: scene-based KD, " << c.seeds << " seed(s), " << table::fixed(seconds / 60, 1) << " min wall, " << table::fixed(cpu / 60, 1)
+                << " min CPU (" << device << ", load average now " << load_average() << ")\n\n"
                 << "Context model: the class of a masked item from the rest of the scene (test scenes; mean ± std over seeds)\n"
                 << context_topk_table(context_runs, priors) << context_gap_lines(context_runs) << "\n"
                 << "Item recogniser with and without the context model as teacher (w = " << c.context.kd_weight << ", T = " << c.context.kd_temperature
@@ -156,6 +163,7 @@ int main(int argc, char** argv) {
                 << recogniser_table(context_runs) << std::flush;
       results["context_system"] = context_json(context_runs, priors);
       results["context_system"]["seconds"] = seconds;
+      results["context_system"]["cpu_seconds"] = cpu;
       std::cerr << plot_topk(context_runs, priors, o / "topk.png").message << "\n";
       save_png(picture_context(w, context_runs.front()), o / "context_examples.png");
       for (const auto& r : context_runs) logs.insert(logs.end(), {&r.context_log, &r.plain.log, &r.distilled.log});
@@ -163,22 +171,24 @@ int main(int argc, char** argv) {
 
     if (c.run_wsd) {
       const auto t0 = std::chrono::steady_clock::now();
+      const double cpu0 = cpu_seconds();
       const json fp = fingerprint(c, "wsd");
       const auto proposals = lib::sliding_windows(c.wsd.proposal_sizes, c.wsd.proposal_ratios, c.wsd.proposal_stride, w.side);
       const double recall = proposal_recall(proposals, w.test);
       std::cerr << "  " << proposals.size() / 4 << " sliding-window proposals per scene; " << table::fixed(100 * recall, 1)
                 << "% of the test items have one with IoU >= 0.5\n";
       for (int k = 0; k < c.seeds; ++k) wsd_runs.push_back(run_wsd_seed(ctx, c, w, proposals, c.first_seed + static_cast<std::uint64_t>(k), ckpt, resume, fp));
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::cout << "\nSystem B: multi-label KD from a weakly-supervised detector, " << c.seeds << " seed(s), " << table::fixed(seconds / 60, 1) << " min ("
-                << device << ", load average now " << load_average() << "); " << proposals.size() / 4 << " proposals per scene\n\n"
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), cpu = cpu_seconds() - cpu0;
+      std::cout << "\nSystem B: multi-label KD from a weakly-supervised detector, " << c.seeds << " seed(s), " << table::fixed(seconds / 60, 1) << " min wall, "
+                << table::fixed(cpu / 60, 1) << " min CPU (" << device << ", load average now " << load_average() << "); " << proposals.size() / 4 << " proposals per scene\n\n"
                 << wsd_table(wsd_runs, recall) << std::flush;
       results["wsd_system"] = wsd_json(wsd_runs, recall, static_cast<index_t>(proposals.size() / 4));
       results["wsd_system"]["seconds"] = seconds;
+      results["wsd_system"]["cpu_seconds"] = cpu;
       std::cerr << plot_ap_per_class(wsd_runs, o / "ap_per_class.png").message << "\n";
       save_png(picture_wsd(w, wsd_runs.front()), o / "wsd_examples.png");
       for (const auto& r : wsd_runs) {
-        logs.push_back(&r.teacher_log);
+        logs.insert(logs.end(), {&r.teacher_log, &r.stage1_log});
         for (const auto& s : r.students) logs.push_back(&s.log);
       }
     }

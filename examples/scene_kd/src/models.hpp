@@ -14,15 +14,18 @@
 //                      G box + b) (96) -> 10. It sees the item, the whole scene and where the item
 //                      is, so it can learn context; whether it does is what the teacher changes.
 //   wsddn_teacher      scene -> backbone (16 s2, 32 s2, 32) = F at stride 4 -> RoI Align 3x3 of
-//                      every sliding-window proposal -> 128 (ReLU: the RoI features stage 1
+//                      every sliding-window proposal -> 64 (ReLU: the RoI features stage 1
 //                      regresses) -> classification and detection logits (10 each) -> WSDDN head.
 //   multilabel_student scene -> trunk (8 s2, 16 s2, 32) = map at stride 4 -> one stage 48 s2 ->
-//                      global average pool -> 10 sigmoid logits. Stage 1 adds an adapter used only
-//                      in training: RoI Align 3x3 of the trunk's map on teacher proposals -> 128.
+//                      global average pool -> 10 sigmoid logits. Stage 1 trains the trunk with an
+//                      adapter used only then: RoI Align 3x3 of the trunk's map on teacher
+//                      proposals -> linear -> the teacher's RoI feature width.
 // Initialisation: Kaiming normal for convolutions, PyTorch's default for linear layers, from the
 // run's seed (nn/init.hpp: a stream per (seed, parameter name)).
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,6 +68,15 @@ inline index_t count_learnt(const param_list& params) {
 }
 
 inline void resize(tensor& t, const nn::tensor_shape& s) { throw_if_error(t.resize(s)); }
+
+/// Copies the values of `from` into `to`: the same network built twice (names and shapes in the same order).
+inline void copy_parameters(const param_list& from, const param_list& to) {
+  if (from.size() != to.size()) throw std::logic_error("copy_parameters: different networks");
+  for (std::size_t i = 0; i < from.size(); ++i) {
+    if (from[i]->name != to[i]->name || from[i]->size() != to[i]->size()) throw std::logic_error("copy_parameters: " + from[i]->name + " differs");
+    std::copy_n(from[i]->value.data(), from[i]->size(), to[i]->value.data());
+  }
+}
 
 // ---- the context model --------------------------------------------------------------------
 
@@ -323,36 +335,47 @@ class multilabel_student {
   }
   const tensor& logits() const { return top_.output(); }
 
-  /// Stage 1: the adapter's features (K, width) of rois (K, 5) on the trunk's map of the last forward.
-  const tensor& roi_features(const distill::cpu& ctx, const tensor& rois) {
-    rois_ = &rois;
+  /// From dL/dlogits of the last forward. Parameter gradients accumulate.
+  void backward(const distill::cpu& ctx, cview<2> dlogits) {
+    const tensor& map = trunk_.output();
+    resize(d_map_, map.shape());
+    throw_if_error(top_.backward(ctx, map.cview<4>(), dlogits, d_map_.view<1>()));
+    throw_if_error(trunk_.backward(ctx, x_, d_map_.cview<4>()));
+  }
+
+  /// Stage 1: the adapter's features (K, width) of rois (K, 5) on the trunk's map of x (B, 1, S, S).
+  const tensor& roi_features(const distill::cpu& ctx, cview<4> x, const tensor& rois) {
+    x_ = x, rois_ = &rois;
+    throw_if_error(trunk_.forward(ctx, x));
     resize(pooled_, {rois.extent(0), map_channels, roi_side, roi_side});
     lib::roi_align_forward(ctx, trunk_.output().cview<4>(), rois.cview<2>(), pooled_.view<4>(), map_stride);
     throw_if_error(adapter_.forward(ctx, pooled_.cview<4>()));
     return adapter_.output();
   }
-
-  /// From dL/dlogits and, when stage 1 ran, dL/d(roi features). Parameter gradients accumulate.
-  void backward(const distill::cpu& ctx, cview<2> dlogits, const tensor* d_roi_features = nullptr) {
-    const tensor& map = trunk_.output();
-    resize(d_map_, map.shape());
-    throw_if_error(top_.backward(ctx, map.cview<4>(), dlogits, d_map_.view<1>()));
-    if (d_roi_features) {
-      resize(d_pooled_, pooled_.shape());
-      throw_if_error(adapter_.backward(ctx, pooled_.cview<4>(), d_roi_features->cview<2>(), d_pooled_.view<1>()));
-      lib::roi_align_backward(ctx, rois_->cview<2>(), d_pooled_.cview<4>(), d_map_.view<4>(), map_stride, true);
-    }
+  /// From dL/d(roi features) of the last roi_features. Parameter gradients accumulate.
+  void roi_backward(const distill::cpu& ctx, const tensor& d_roi_features) {
+    resize(d_pooled_, pooled_.shape());
+    throw_if_error(adapter_.backward(ctx, pooled_.cview<4>(), d_roi_features.cview<2>(), d_pooled_.view<1>()));
+    resize(d_map_, trunk_.output().shape());
+    lib::roi_align_backward(ctx, rois_->cview<2>(), d_pooled_.cview<4>(), d_map_.view<4>(), map_stride, false);
     throw_if_error(trunk_.backward(ctx, x_, d_map_.cview<4>()));
   }
 
-  /// The deployed network (trunk and top); the adapter only exists for training.
-  param_list deployed_parameters() {
+  /// The classifier (trunk and top): what is deployed and what the classification phase trains.
+  param_list classifier_parameters() {
     param_list p = trunk_.parameters();
     append(p, top_.parameters());
     return p;
   }
+  /// What stage 1 trains: the trunk and the adapter (the adapter exists only for it).
+  param_list stage1_parameters() {
+    param_list p = trunk_.parameters();
+    append(p, adapter_.parameters());
+    return p;
+  }
+  /// Every parameter (to copy a pretrained student).
   param_list parameters() {
-    param_list p = deployed_parameters();
+    param_list p = classifier_parameters();
     append(p, adapter_.parameters());
     return p;
   }

@@ -140,18 +140,30 @@ inline std::string recogniser_table(const std::vector<context_seed_result>& runs
 
 // ---- system B ---------------------------------------------------------------------------------
 
+/// Where the teacher's top box of each present test class lies.
+inline std::string top_box_line(const std::vector<wsd_seed_result>& runs) {
+  std::string s = "The teacher's mAP on the students' training scenes: " + table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_train_map; })) +
+                  "%.\nThe teacher's top box of each present class (test scenes):";
+  for (int k = 0; k < top_box_kinds; ++k)
+    s += std::string(k ? "," : "") + " " + top_box_kind_names[static_cast<std::size_t>(k)] + " " +
+         table::percent_cell(over_seeds(runs, [&](const auto& x) { return x.teacher_top_boxes[static_cast<std::size_t>(k)]; })) + "%";
+  return s + "\n";
+}
+
 inline std::string wsd_table(const std::vector<wsd_seed_result>& runs, double recall) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"WSDDN teacher", table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_map; })),
                   table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_validation; })), "",
                   table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_corloc; })),
+                  table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_validation_corloc; })),
                   table::percent_cell(over_seeds(runs, [](const auto& x) { return x.teacher_ap50; }))});
   for (std::size_t a = 0; a < student_arms.size(); ++a)
     rows.push_back({arm_title(a), table::percent_cell(over_seeds(runs, [&](const auto& x) { return x.students[a].map; })),
                     table::percent_cell(over_seeds(runs, [&](const auto& x) { return x.students[a].validation; })),
-                    a == 0 ? "" : points_cell(over_seeds(runs, [&](const auto& x) { return x.students[a].map - x.students[0].map; })), "", ""});
-  return format_table({"image-level labels only", "test mAP %", "validation mAP %", "vs alone (paired)", "CorLoc %", "AP50 %"}, rows) +
-         "CorLoc is bounded by the proposals: " + table::fixed(100 * recall, 1) + "% of the test items have a sliding window with IoU >= 0.5.\n";
+                    a == 0 ? "" : points_cell(over_seeds(runs, [&](const auto& x) { return x.students[a].map - x.students[0].map; })), "", "", ""});
+  return format_table({"image-level labels only", "test mAP %", "validation mAP %", "vs alone (paired)", "CorLoc %", "validation CorLoc %", "AP50 %"}, rows) +
+         "CorLoc is bounded by the proposals: " + table::fixed(100 * recall, 1) + "% of the test items have a sliding window with IoU >= 0.5.\n" +
+         top_box_line(runs);
 }
 
 // ---- files ------------------------------------------------------------------------------------
@@ -218,7 +230,9 @@ inline json wsd_json(const std::vector<wsd_seed_result>& runs, double recall, in
   for (const auto& r : runs) {
     json s = {{"seed", r.seed},
               {"teacher", {{"map", r.teacher_map}, {"ap_per_class", r.teacher_ap_per_class}, {"corloc", r.teacher_corloc}, {"corloc_per_class", r.teacher_corloc_per_class},
-                           {"ap50", r.teacher_ap50}, {"validation_map", r.teacher_validation}, {"training", log_json(r.teacher_log)}}}};
+                           {"validation_corloc", r.teacher_validation_corloc}, {"train_map", r.teacher_train_map}, {"top_box_breakdown", r.teacher_top_boxes},
+                           {"ap50", r.teacher_ap50}, {"validation_map", r.teacher_validation}, {"training", log_json(r.teacher_log)}}},
+              {"student_stage1_training", log_json(r.stage1_log)}};
     for (std::size_t a = 0; a < student_arms.size(); ++a)
       s[std::string("student_") + student_arms[a]] = {{"map", r.students[a].map}, {"ap_per_class", r.students[a].ap_per_class},
                                                       {"validation_map", r.students[a].validation}, {"training", log_json(r.students[a].log)}};
@@ -327,9 +341,12 @@ inline examples::canvas picture_context(const world& w, const context_seed_resul
     examples::scene_picture_options o;
     o.item_labels = false;
     o.mask = examples::mask_for(it, e.shape);
+    // what the model sees: the masked pixels at the mean grey (shaded red here)
+    std::vector<std::uint8_t> px(w.test.image(e.scene).begin(), w.test.image(e.scene).end());
+    examples::apply_mask<std::uint8_t>(px, w.side, *o.mask, static_cast<std::uint8_t>(std::lround(255 * w.mean)));
     o.caption = {std::string("hidden: ") + std::string(examples::fashion_short_names[it.cls]) + (it.out_of_context ? " (out of context)" : ""), "guesses:"};
     for (int j = 0; j < 3; ++j) o.caption.back() += " " + std::string(examples::fashion_short_names[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])]) + " " + percent_text(p[order[static_cast<std::size_t>(j)]]);
-    parts.push_back(examples::render_scene(w.test, e.scene, o));
+    parts.push_back(examples::render_scene(px, w.side, w.test.scenes[e.scene], o));
   }
   return examples::tile(parts, 4);
 }
@@ -370,7 +387,7 @@ inline examples::canvas picture_wsd(const world& w, const wsd_seed_result& r) {
       std::string line = a == 0 ? "alone:" : "both:";
       for (int k = 0; k < classes; ++k)
         if (r.student_probabilities[a].size() > i * classes && r.student_probabilities[a][i * classes + static_cast<std::size_t>(k)] >= 0.5f)
-          line += " " + std::string(examples::fashion_short_names[static_cast<std::size_t>(k)]);
+          line.append(" ").append(examples::fashion_short_names[static_cast<std::size_t>(k)]);
       o.caption.push_back(line);
     }
     parts.push_back(examples::render_scene(w.test, d.scene, o));

@@ -33,6 +33,7 @@ struct epoch_record {
 struct run_log {
   std::string name;       ///< e.g. "context-seed1"
   std::string metric;     ///< what `validation` measures, e.g. "top-1"
+  bool percent = true;    ///< print `validation` as a percentage
   int epochs_done = 0;
   double seconds = 0;     ///< training time (evaluations excluded)
   std::vector<epoch_record> curve;
@@ -42,7 +43,7 @@ class training_run {
  public:
   /// `fingerprint`: everything that decides the run's result (a checkpoint is resumed only when it matches).
   training_run(std::string name, std::string metric, const std::filesystem::path& checkpoint, json fingerprint, param_list params,
-               const optimiser_config& o, index_t steps_per_epoch)
+               const optimiser_config& o, index_t steps_per_epoch, bool percent = true)
       : checkpoint_(checkpoint),
         fingerprint_(std::move(fingerprint)),
         params_(std::move(params)),
@@ -52,6 +53,7 @@ class training_run {
         steps_(steps_per_epoch) {
     log_.name = std::move(name);
     log_.metric = std::move(metric);
+    log_.percent = percent;
     if (steps_ <= 0) throw std::runtime_error(log_.name + ": fewer training scenes than one batch");
   }
 
@@ -93,7 +95,9 @@ class training_run {
            const std::function<void(bool)>& set_training) {
     using clock = std::chrono::steady_clock;
     for (int epoch = log_.epochs_done; epoch < epochs_; ++epoch) {
-      examples::progress_bar bar(log_.name + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), steps_, {.unit = "step"});
+      examples::progress_options bar_options;
+      bar_options.unit = "step";
+      examples::progress_bar bar(log_.name + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), steps_, bar_options);
       const auto t0 = clock::now();
       double loss = 0;
       set_training(true);
@@ -112,7 +116,8 @@ class training_run {
       log_.curve.push_back({epoch + 1, loss / static_cast<double>(steps_), val, log_.seconds});
       log_.epochs_done = epoch + 1;
       std::cerr << "  " << log_.name << ": epoch " << epoch + 1 << " loss " << examples::table::fixed(loss / static_cast<double>(steps_), 4)
-                << ", validation " << log_.metric << " " << examples::table::fixed(100 * val, 2) << "% (" << examples::table::fixed(log_.seconds, 1)
+                << ", validation " << log_.metric << " " << (log_.percent ? examples::table::fixed(100 * val, 2) + "%" : examples::table::fixed(val, 4)) << " ("
+                << examples::table::fixed(log_.seconds, 1)
                 << " s)\n";
       save();
     }

@@ -5,10 +5,12 @@
 //   1. teacher: WSDDN over class-agnostic sliding windows (not the true boxes); test: image-level
 //      mAP, CorLoc (the top proposal of each present class overlaps a true box of that class with
 //      IoU >= 0.5), and detection AP at IoU 0.5 after per-class NMS;
-//   2. student: a plain CNN with sigmoid outputs, trained four ways from the same initialisation
-//      on the same batches: alone (BCE with the labels), + stage 1 (its map RoI-aligned on the
-//      teacher's top proposals regresses the teacher's RoI features, Euclidean loss), + stage 2
-//      (SigmoidCE(z/T, s_teacher) + SigmoidCE(z, y), T = 5), + both; test: mAP.
+//   2. student: a plain CNN with sigmoid outputs. As in Liu et al.'s code, stage 1 is a training
+//      stage of its own: the student's map, RoI-aligned on the teacher's top proposals, regresses
+//      the teacher's RoI features (Euclidean loss, no labels). Then the classification phase,
+//      four ways from the same initialisation on the same batches: alone (BCE with the labels),
+//      + stage 1 (starting from the stage-1 weights), + stage 2 (SigmoidCE(z/T, s_teacher) +
+//      SigmoidCE(z, y), T = 5), + both; test: mAP.
 
 #include <algorithm>
 #include <array>
@@ -22,6 +24,10 @@
 #include "training.hpp"
 
 namespace skd {
+
+inline constexpr int top_box_kinds = 5;
+inline constexpr std::array<const char*, top_box_kinds> top_box_kind_names = {"correct (IoU >= 0.5)", "on a part of the item", "around the item (too large)",
+                                                                                "on an item of another class", "elsewhere"};
 
 inline constexpr std::array<const char*, 4> student_arms = {"alone", "stage1", "stage2", "both"};
 inline std::string arm_title(std::size_t a) {
@@ -44,9 +50,10 @@ struct scene_detections {
 
 struct wsd_seed_result {
   std::uint64_t seed = 0;
-  double teacher_map = 0, teacher_corloc = 0, teacher_ap50 = 0, teacher_validation = 0;
+  double teacher_map = 0, teacher_corloc = 0, teacher_ap50 = 0, teacher_validation = 0, teacher_validation_corloc = 0, teacher_train_map = 0;
   std::vector<double> teacher_ap_per_class, teacher_corloc_per_class;
-  run_log teacher_log;
+  std::array<double, top_box_kinds> teacher_top_boxes{};  ///< where its top box of each present test class lies
+  run_log teacher_log, stage1_log;
   std::array<student_result, 4> students;
   std::vector<scene_detections> pictures;                  ///< the first test scenes
   std::array<std::vector<float>, 4> student_probabilities;  ///< of those scenes
@@ -109,6 +116,167 @@ inline std::vector<float> student_scores(const distill::cpu& ctx, multilabel_stu
   return out;
 }
 
+/// The teacher's image-level mAP, CorLoc (its top proposal per class) and AP50 (the 50 best
+/// proposals of each class, NMS at IoU 0.4, at most 5 kept) on scenes; the first `pictures`
+/// scenes' top boxes.
+struct teacher_evaluation {
+  double map = 0, ap50 = 0;
+  std::vector<double> ap_per_class;
+  lib::localisation where;
+  std::array<double, top_box_kinds> top_boxes{};  ///< where the top box of each present class lies (shares)
+  std::vector<scene_detections> pictures;
+};
+
+/// Where a class's top box lies relative to the scene's items (the first that applies).
+inline int top_box_kind(const std::array<float, 4>& b, const ex::scene& sc, int k) {
+  const float area = (b[2] - b[0]) * (b[3] - b[1]);
+  auto inter = [&](const ex::pixel_box& q) {
+    const float w = std::min(b[2], float(q.x2)) - std::max(b[0], float(q.x1)), h = std::min(b[3], float(q.y2)) - std::max(b[1], float(q.y1));
+    return w > 0 && h > 0 ? w * h : 0.0f;
+  };
+  float best_iou = 0, in_item = 0, covers_item = 0, on_other = 0;
+  for (const auto& it : sc.items) {
+    const float i = inter(it.box), a = float(it.box.area());
+    if (it.cls == k) {
+      best_iou = std::max(best_iou, i / (area + a - i));
+      in_item = std::max(in_item, i / area);
+      covers_item = std::max(covers_item, i / a);
+    } else {
+      on_other = std::max(on_other, i / area);
+    }
+  }
+  if (best_iou >= 0.5f) return 0;     // correct
+  if (in_item >= 0.7f) return 1;      // on a part of an item of the class
+  if (covers_item >= 0.7f) return 2;  // around an item of the class (too large: e.g. both shoes of a pair)
+  if (on_other >= 0.5f) return 3;     // mostly on an item of another class (a co-occurring one)
+  return 4;                           // elsewhere
+}
+
+inline teacher_evaluation evaluate_teacher(const distill::cpu& ctx, wsddn_teacher& teacher, const world& w, const ex::scene_set& set,
+                                           const std::vector<std::uint32_t>& ids, std::size_t pictures) {
+  const index_t P = teacher.proposals();
+  const auto& proposals = teacher.proposal_boxes();
+  teacher_evaluation e;
+  std::vector<float> scores(ids.size() * classes), det_boxes, det_scores, top_boxes, top_scores;
+  std::vector<std::int64_t> det_labels, det_images, top_labels, top_images;
+  std::vector<float> cls_boxes(static_cast<std::size_t>(P) * 4), cls_scores(static_cast<std::size_t>(P));
+  std::vector<index_t> order(static_cast<std::size_t>(P));
+  auto box = [&](index_t p, int q) { return proposals[static_cast<std::size_t>(p * 4 + q)]; };
+  std::size_t at = 0;
+  teacher_pass(ctx, teacher, w, set, ids, [&](auto part, const tensor& image, const tensor& region, const tensor&) {
+    for (std::size_t i = 0; i < part.size(); ++i, ++at) {
+      std::copy_n(image.data() + i * classes, classes, scores.data() + at * classes);
+      scene_detections pic;
+      pic.scene = part[i];
+      for (int k = 0; k < classes; ++k) {
+        const float* rho = region.data() + static_cast<index_t>(i) * P * classes + k;  // rho[p * classes]: proposal p
+        index_t best = 0;
+        for (index_t p = 1; p < P; ++p)
+          if (rho[p * classes] > rho[best * classes]) best = p;
+        for (int q = 0; q < 4; ++q) top_boxes.push_back(box(best, q)), pic.top_box[static_cast<std::size_t>(k)][static_cast<std::size_t>(q)] = box(best, q);
+        top_scores.push_back(rho[best * classes]), top_labels.push_back(k), top_images.push_back(part[i]);
+        pic.image_score[static_cast<std::size_t>(k)] = image.data()[i * classes + static_cast<std::size_t>(k)];
+        std::iota(order.begin(), order.end(), index_t(0));
+        const index_t m = std::min<index_t>(50, P);
+        std::partial_sort(order.begin(), order.begin() + m, order.end(), [&](index_t u, index_t v) { return rho[u * classes] > rho[v * classes]; });
+        for (index_t j = 0; j < m; ++j) {
+          for (int q = 0; q < 4; ++q) cls_boxes[static_cast<std::size_t>(j * 4 + q)] = box(order[static_cast<std::size_t>(j)], q);
+          cls_scores[static_cast<std::size_t>(j)] = rho[order[static_cast<std::size_t>(j)] * classes];
+        }
+        for (std::int64_t kept : lib::nms(distill::make_view(static_cast<const float*>(cls_boxes.data()), m, index_t(4)),
+                                          distill::make_view(static_cast<const float*>(cls_scores.data()), m), 0.4f, 5)) {
+          for (int q = 0; q < 4; ++q) det_boxes.push_back(cls_boxes[static_cast<std::size_t>(kept * 4 + q)]);
+          det_scores.push_back(cls_scores[static_cast<std::size_t>(kept)]), det_labels.push_back(k), det_images.push_back(part[i]);
+        }
+      }
+      for (int k = 0; k < classes; ++k)
+        if (std::any_of(set.scenes[part[i]].items.begin(), set.scenes[part[i]].items.end(), [k](const auto& it) { return it.cls == k; }))
+          e.top_boxes[static_cast<std::size_t>(top_box_kind(pic.top_box[static_cast<std::size_t>(k)], set.scenes[part[i]], k))] += 1;
+      if (e.pictures.size() < pictures) e.pictures.push_back(pic);
+    }
+  });
+  double total = 0;
+  for (double v : e.top_boxes) total += v;
+  for (double& v : e.top_boxes) v /= std::max(total, 1.0);
+  e.map = map_of(scores, present_classes(set, ids), e.ap_per_class);
+  std::vector<float> gt_boxes;
+  std::vector<std::int64_t> gt_labels, gt_images;
+  for (std::uint32_t id : ids)
+    for (const auto& it : set.scenes[id].items) {
+      gt_boxes.insert(gt_boxes.end(), {float(it.box.x1), float(it.box.y1), float(it.box.x2), float(it.box.y2)});
+      gt_labels.push_back(it.cls), gt_images.push_back(id);
+    }
+  auto v2 = [](const std::vector<float>& v) { return distill::make_view(v.data(), static_cast<index_t>(v.size() / 4), index_t(4)); };
+  auto v1 = [](const auto& v) { return distill::make_view(v.data(), static_cast<index_t>(v.size())); };
+  const distill::ground_truth_list<float> gt{v2(gt_boxes), v1(gt_labels), v1(gt_images)};
+  e.where = lib::localisation_metrics({v2(top_boxes), v1(top_scores), v1(top_labels), v1(top_images)}, gt, classes);
+  e.ap50 = lib::localisation_metrics({v2(det_boxes), v1(det_scores), v1(det_labels), v1(det_images)}, gt, classes).ap50;
+  return e;
+}
+
+/// What the students learn from, per scene: the teacher's image scores as logits T logit(s)
+/// (stage 2: sigmoid(z / T) = s exactly; s = 0 or 1 give -inf or +inf, which the loss treats as
+/// certainties) and its K best proposals (by the best class's region score) with their RoI
+/// features (stage 1).
+struct teacher_targets {
+  int K = 0;
+  std::vector<float> logits, boxes, features;  // (N, 10), (N, K, 4), (N, K, width)
+  double map = 0;                              // the teacher's mAP on these scenes
+  /// rois (B K, 5) and teacher features (B K, width) of the scenes ids (indices into this set).
+  void gather(std::span<const std::uint32_t> ids, tensor& rois, tensor& feats) const {
+    const index_t R = static_cast<index_t>(ids.size()) * K, D = wsddn_teacher::feature_width;
+    resize(rois, {R, 5});
+    resize(feats, {R, D});
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      for (int j = 0; j < K; ++j) {
+        const std::size_t src = static_cast<std::size_t>(ids[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(j),
+                          dst = i * static_cast<std::size_t>(K) + static_cast<std::size_t>(j);
+        rois.data()[dst * 5] = static_cast<float>(i);
+        std::copy_n(&boxes[src * 4], 4, rois.data() + dst * 5 + 1);
+        std::copy_n(&features[src * static_cast<std::size_t>(D)], D, feats.data() + dst * static_cast<std::size_t>(D));
+      }
+  }
+};
+
+inline teacher_targets teacher_targets_on(const distill::cpu& ctx, wsddn_teacher& teacher, const world& w, const ex::scene_set& set,
+                                          const std::vector<std::uint32_t>& ids, int K, double T) {
+  const index_t P = teacher.proposals(), D = wsddn_teacher::feature_width;
+  const auto& proposals = teacher.proposal_boxes();
+  teacher_targets t;
+  t.K = K;
+  t.logits.resize(ids.size() * classes);
+  t.boxes.resize(ids.size() * static_cast<std::size_t>(K) * 4);
+  t.features.resize(ids.size() * static_cast<std::size_t>(K) * static_cast<std::size_t>(D));
+  std::size_t at = 0;
+  std::vector<index_t> order(static_cast<std::size_t>(P));
+  std::vector<float> best(static_cast<std::size_t>(P)), scores(ids.size() * classes);
+  teacher_pass(ctx, teacher, w, set, ids, [&](auto part, const tensor& image, const tensor& region, const tensor& features) {
+    std::copy_n(image.data(), part.size() * classes, scores.data() + at * classes);
+    for (std::size_t i = 0; i < part.size(); ++i, ++at) {
+      for (int k = 0; k < classes; ++k) {
+        const double s = std::clamp(static_cast<double>(image.data()[i * classes + static_cast<std::size_t>(k)]), 0.0, 1.0);  // s <= 1 up to rounding
+        t.logits[at * classes + static_cast<std::size_t>(k)] = static_cast<float>(T * (std::log(s) - std::log1p(-s)));
+      }
+      for (index_t p = 0; p < P; ++p) {
+        const float* rho = region.data() + (static_cast<index_t>(i) * P + p) * classes;
+        best[static_cast<std::size_t>(p)] = *std::max_element(rho, rho + classes);
+      }
+      std::iota(order.begin(), order.end(), index_t(0));
+      std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                        [&](index_t u, index_t v) { return best[static_cast<std::size_t>(u)] > best[static_cast<std::size_t>(v)]; });
+      for (int j = 0; j < K; ++j) {
+        const index_t p = order[static_cast<std::size_t>(j)];
+        const std::size_t dst = at * static_cast<std::size_t>(K) + static_cast<std::size_t>(j);
+        std::copy_n(&proposals[static_cast<std::size_t>(p * 4)], 4, &t.boxes[dst * 4]);
+        std::copy_n(features.data() + (static_cast<index_t>(i) * P + p) * D, D, &t.features[dst * static_cast<std::size_t>(D)]);
+      }
+    }
+  });
+  std::vector<double> per_class;
+  t.map = map_of(scores, present_classes(set, ids), per_class);
+  return t;
+}
+
 }  // namespace wsd_detail
 
 inline wsd_seed_result run_wsd_seed(const distill::cpu& ctx, const run_config& c, const world& w, const std::vector<float>& proposals, std::uint64_t seed,
@@ -121,7 +289,15 @@ inline wsd_seed_result run_wsd_seed(const distill::cpu& ctx, const run_config& c
              test_ids = range_ids(0, static_cast<std::uint32_t>(w.test.size()));
   const auto train_labels = present_classes(w.train, train_ids), val_labels = present_classes(w.validation, val_ids),
              test_labels = present_classes(w.test, test_ids);
-  const index_t P = static_cast<index_t>(proposals.size() / 4);
+
+  // What decides each run (a checkpoint is resumed only when it matches): students that learn
+  // from the teacher depend on everything that made the teacher.
+  const json data_fp = {{"world", base_fingerprint.at("world")}, {"train_scenes", b.train_scenes}, {"seed", seed}};
+  json teacher_fp = data_fp;
+  teacher_fp["teacher"] = {{"proposals", proposals}, {"optimiser", to_json(b.teacher_opt)}, {"scale", b.teacher_scale}};
+  json stage1_fp = teacher_fp;
+  stage1_fp["stage1"] = {{"epochs", b.stage1_epochs}, {"proposals", b.stage1_proposals}, {"weight", b.stage1_weight}, {"optimiser", to_json(b.student_opt)}};
+  const json stage2_fp = {{"temperature", b.stage2_temperature}, {"soft_weight", b.stage2_soft_weight}};
 
   // ---- 1. the weakly-supervised teacher ------------------------------------------------------
   wsddn_teacher teacher(seed, proposals, b.teacher_scale);
@@ -136,8 +312,8 @@ inline wsd_seed_result run_wsd_seed(const distill::cpu& ctx, const run_config& c
   };
   {
     const index_t steps = static_cast<index_t>(b.train_scenes / static_cast<std::uint32_t>(b.teacher_opt.batch));
-    json fp = base_fingerprint;
-    fp["run"] = "wsddn_teacher", fp["seed"] = seed;
+    json fp = teacher_fp;
+    fp["run"] = "wsddn_teacher";
     const std::string name = "wsddn-teacher-seed" + std::to_string(seed);
     training_run run(name, "mAP", checkpoints / (name + ".ckpt"), fp, teacher.parameters(), b.teacher_opt, steps);
     if (resume) run.try_resume();
@@ -163,109 +339,79 @@ inline wsd_seed_result run_wsd_seed(const distill::cpu& ctx, const run_config& c
     res.teacher_validation = run.log().curve.empty() ? std::nan("") : run.log().curve.back().validation;
   }
 
-  // test: mAP from image scores; CorLoc and AP50 from region scores
-  {
-    std::vector<float> scores(test_ids.size() * classes), det_boxes, det_scores;
-    std::vector<std::int64_t> det_labels, det_images;
-    std::vector<float> top_boxes, top_scores;
-    std::vector<std::int64_t> top_labels, top_images;
-    std::vector<float> cls_boxes(static_cast<std::size_t>(P) * 4), cls_scores(static_cast<std::size_t>(P));
-    std::vector<index_t> order(static_cast<std::size_t>(P));
-    std::size_t at = 0;
-    teacher_pass(ctx, teacher, w, w.test, test_ids, [&](auto part, const tensor& image, const tensor& region, const tensor&) {
-      for (std::size_t i = 0; i < part.size(); ++i, ++at) {
-        std::copy_n(image.data() + i * classes, classes, scores.data() + at * classes);
-        scene_detections pic;
-        pic.scene = part[i];
-        for (int k = 0; k < classes; ++k) {
-          const float* rho = region.data() + static_cast<index_t>(i) * P * classes + k;
-          // the top proposal (CorLoc reads only it)
-          index_t best = 0;
-          for (index_t p = 1; p < P; ++p)
-            if (rho[p * classes] > rho[best * classes]) best = p;
-          for (int q = 0; q < 4; ++q) top_boxes.push_back(proposals[static_cast<std::size_t>(best * 4 + q)]);
-          top_scores.push_back(rho[best * classes]), top_labels.push_back(k), top_images.push_back(part[i]);
-          pic.image_score[static_cast<std::size_t>(k)] = image.data()[i * classes + static_cast<std::size_t>(k)];
-          for (int q = 0; q < 4; ++q) pic.top_box[static_cast<std::size_t>(k)][static_cast<std::size_t>(q)] = proposals[static_cast<std::size_t>(best * 4 + q)];
-          // detections: the 50 best proposals of the class, NMS at IoU 0.4, at most 5 kept
-          std::iota(order.begin(), order.end(), index_t(0));
-          const index_t m = std::min<index_t>(50, P);
-          std::partial_sort(order.begin(), order.begin() + m, order.end(), [&](index_t u, index_t v) { return rho[u * classes] > rho[v * classes]; });
-          for (index_t j = 0; j < m; ++j) {
-            for (int q = 0; q < 4; ++q) cls_boxes[static_cast<std::size_t>(j * 4 + q)] = proposals[static_cast<std::size_t>(order[static_cast<std::size_t>(j)] * 4 + q)];
-            cls_scores[static_cast<std::size_t>(j)] = rho[order[static_cast<std::size_t>(j)] * classes];
-          }
-          for (std::int64_t kept : lib::nms(distill::make_view(static_cast<const float*>(cls_boxes.data()), m, index_t(4)),
-                                            distill::make_view(static_cast<const float*>(cls_scores.data()), m), 0.4f, 5)) {
-            for (int q = 0; q < 4; ++q) det_boxes.push_back(cls_boxes[static_cast<std::size_t>(kept * 4 + q)]);
-            det_scores.push_back(cls_scores[static_cast<std::size_t>(kept)]), det_labels.push_back(k), det_images.push_back(part[i]);
-          }
-        }
-        if (res.pictures.size() < pictures) res.pictures.push_back(pic);
-      }
-    });
-    res.teacher_map = map_of(scores, test_labels, res.teacher_ap_per_class);
-    std::vector<float> gt_boxes;
-    std::vector<std::int64_t> gt_labels, gt_images;
-    for (std::uint32_t id : test_ids)
-      for (const auto& it : w.test.scenes[id].items) {
-        gt_boxes.insert(gt_boxes.end(), {float(it.box.x1), float(it.box.y1), float(it.box.x2), float(it.box.y2)});
-        gt_labels.push_back(it.cls), gt_images.push_back(id);
-      }
-    auto cv2 = [](const std::vector<float>& v) { return distill::make_view(v.data(), static_cast<index_t>(v.size() / 4), index_t(4)); };
-    auto cv1 = [](const auto& v) { return distill::make_view(v.data(), static_cast<index_t>(v.size())); };
-    const distill::ground_truth_list<float> gt{cv2(gt_boxes), cv1(gt_labels), cv1(gt_images)};
-    const auto top = lib::localisation_metrics({cv2(top_boxes), cv1(top_scores), cv1(top_labels), cv1(top_images)}, gt, classes);
-    const auto det = lib::localisation_metrics({cv2(det_boxes), cv1(det_scores), cv1(det_labels), cv1(det_images)}, gt, classes);
-    res.teacher_corloc = top.corloc, res.teacher_corloc_per_class = top.corloc_per_class;
-    res.teacher_ap50 = det.ap50;
-  }
+  // validation and test: mAP from image scores, CorLoc and AP50 from region scores
+  const teacher_evaluation val_eval = evaluate_teacher(ctx, teacher, w, w.validation, val_ids, 0);
+  const teacher_evaluation test_eval = evaluate_teacher(ctx, teacher, w, w.test, test_ids, pictures);
+  res.teacher_map = test_eval.map, res.teacher_ap_per_class = test_eval.ap_per_class;
+  res.teacher_corloc = test_eval.where.corloc, res.teacher_corloc_per_class = test_eval.where.corloc_per_class, res.teacher_ap50 = test_eval.ap50;
+  res.teacher_validation_corloc = val_eval.where.corloc;
+  res.teacher_top_boxes = test_eval.top_boxes;
+  res.pictures = test_eval.pictures;
 
-  // ---- 2. what the students learn from: the teacher on the training scenes -----------------------
+  // ---- 2. what the students learn from: the teacher on the training (and validation) scenes ----
   const int K = b.stage1_proposals;
-  std::vector<float> teacher_logits(train_ids.size() * classes), teacher_features(train_ids.size() * static_cast<std::size_t>(K) * wsddn_teacher::feature_width);
-  std::vector<float> teacher_rois(train_ids.size() * static_cast<std::size_t>(K) * 4);
+  const teacher_targets train_t = teacher_targets_on(ctx, teacher, w, w.train, train_ids, K, b.stage2_temperature);
+  const teacher_targets val_t = teacher_targets_on(ctx, teacher, w, w.validation, val_ids, K, b.stage2_temperature);
+  res.teacher_train_map = train_t.map;
+
+  // ---- 3. stage 1 (Liu et al.'s first training stage, its only loss): the student's trunk and an
+  //         adapter regress the teacher's RoI features on the teacher's top proposals -----------
+  const std::size_t B = static_cast<std::size_t>(b.student_opt.batch);
+  const index_t steps = static_cast<index_t>(b.train_scenes / static_cast<std::uint32_t>(B));
+  multilabel_student pretrained(seed, wsddn_teacher::feature_width);
   {
-    const double T = b.stage2_temperature;
-    std::size_t at = 0;
-    std::vector<index_t> order(static_cast<std::size_t>(P));
-    std::vector<float> best(static_cast<std::size_t>(P));
-    teacher_pass(ctx, teacher, w, w.train, train_ids, [&](auto part, const tensor& image, const tensor& region, const tensor& features) {
-      for (std::size_t i = 0; i < part.size(); ++i, ++at) {
-        for (int k = 0; k < classes; ++k) {  // logits T logit(s): the loss's sigmoid(z_t / T) is then s exactly
-          const double s = image.data()[i * classes + static_cast<std::size_t>(k)];
-          teacher_logits[at * classes + static_cast<std::size_t>(k)] = static_cast<float>(T * (std::log(s) - std::log1p(-s)));
-        }
-        for (index_t p = 0; p < P; ++p) {
-          const float* rho = region.data() + (static_cast<index_t>(i) * P + p) * classes;
-          best[static_cast<std::size_t>(p)] = *std::max_element(rho, rho + classes);
-        }
-        std::iota(order.begin(), order.end(), index_t(0));
-        std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](index_t u, index_t v) { return best[static_cast<std::size_t>(u)] > best[static_cast<std::size_t>(v)]; });
-        for (int j = 0; j < K; ++j) {
-          const index_t p = order[static_cast<std::size_t>(j)];
-          std::copy_n(&proposals[static_cast<std::size_t>(p * 4)], 4, &teacher_rois[(at * static_cast<std::size_t>(K) + static_cast<std::size_t>(j)) * 4]);
-          std::copy_n(features.data() + (static_cast<index_t>(i) * P + p) * wsddn_teacher::feature_width, wsddn_teacher::feature_width,
-                      &teacher_features[(at * static_cast<std::size_t>(K) + static_cast<std::size_t>(j)) * wsddn_teacher::feature_width]);
-        }
-      }
-    });
+    optimiser_config o = b.student_opt;
+    o.epochs = b.stage1_epochs;
+    json fp = stage1_fp;
+    fp["run"] = "student_stage1";
+    const std::string name = "student-stage1-pretraining-seed" + std::to_string(seed);
+    training_run run(name, "feature loss", checkpoints / (name + ".ckpt"), fp, pretrained.stage1_parameters(), o, steps, false);
+    if (resume) run.try_resume();
+    std::vector<std::uint32_t> ids(B);
+    tensor x, rois, t_feat, d_feat;
+    const auto regression = [&](const ex::scene_set& set, std::span<const std::uint32_t> part, const teacher_targets& t, bool train) {
+      fill_scenes(w, set, part, x);
+      t.gather(part, rois, t_feat);
+      const tensor& f = pretrained.roi_features(ctx, x.cview<4>(), rois);
+      resize(d_feat, f.shape());
+      const double loss = lib::feature_regression(ctx, f.cview<2>(), t_feat.cview<2>(), b.stage1_weight, d_feat.view<2>());
+      if (train) pretrained.roi_backward(ctx, d_feat);
+      return loss;
+    };
+    run.run(
+        ctx,
+        [&](int epoch, index_t s) {
+          const auto order = ex::shuffled_order(b.train_scenes, seed ^ 0x53545547ull /* "STUG" */, static_cast<std::uint64_t>(epoch));
+          for (std::size_t i = 0; i < B; ++i) ids[i] = order[static_cast<std::size_t>(s) * B + i];
+          return regression(w.train, ids, train_t, true);
+        },
+        [&] {
+          double total = 0;
+          std::size_t n = 0;
+          for (std::size_t f = 0; f < val_ids.size(); f += 64, ++n)
+            total += regression(w.validation, std::span<const std::uint32_t>(val_ids).subspan(f, std::min<std::size_t>(64, val_ids.size() - f)), val_t, false);
+          return n ? total / static_cast<double>(n) : 0.0;
+        },
+        [&](bool t) { pretrained.set_training(t); });
+    res.stage1_log = run.log();
   }
 
-  // ---- 3. the students ---------------------------------------------------------------------------
+  // ---- 4. the classification phase of each student: from its initialisation (alone, + stage 2)
+  //         or from stage 1 (+ stage 1, both), BCE with the labels, + the teacher's soft targets
+  //         (stage 2) ---------------------------------------------------------------------------
   for (std::size_t arm = 0; arm < student_arms.size(); ++arm) {
     const bool stage1 = arm == 1 || arm == 3, stage2 = arm == 2 || arm == 3;
     multilabel_student student(seed, wsddn_teacher::feature_width);  // the same initialisation for every arm
-    const index_t steps = static_cast<index_t>(b.train_scenes / static_cast<std::uint32_t>(b.student_opt.batch));
-    json fp = base_fingerprint;
-    fp["run"] = std::string("student_") + student_arms[arm], fp["seed"] = seed;
+    if (stage1) copy_parameters(pretrained.parameters(), student.parameters());
+    json fp = stage1 ? stage1_fp : stage2 ? teacher_fp : data_fp;
+    if (stage2) fp["stage2"] = stage2_fp;
+    fp["hard_weight"] = b.stage2_hard_weight, fp["optimiser"] = to_json(b.student_opt), fp["run"] = std::string("student_") + student_arms[arm];
     const std::string name = std::string("student-") + student_arms[arm] + "-seed" + std::to_string(seed);
-    training_run run(name, "mAP", checkpoints / (name + ".ckpt"), fp, stage1 ? student.parameters() : student.deployed_parameters(), b.student_opt, steps);
+    training_run run(name, "mAP", checkpoints / (name + ".ckpt"), fp, student.classifier_parameters(), b.student_opt, steps);
     if (resume) run.try_resume();
-    const std::size_t B = static_cast<std::size_t>(b.student_opt.batch);
     std::vector<std::uint32_t> ids(B);
     std::vector<std::uint8_t> y;
-    tensor x, grad, t_logits, rois, t_feat, d_feat;
+    tensor x, grad, t_logits;
     run.run(
         ctx,
         [&](int epoch, index_t s) {
@@ -276,28 +422,11 @@ inline wsd_seed_result run_wsd_seed(const distill::cpu& ctx, const run_config& c
           student.forward(ctx, x.cview<4>());
           resize(grad, student.logits().shape());
           resize(t_logits, {static_cast<index_t>(B), classes});
-          for (std::size_t i = 0; i < B; ++i) std::copy_n(&teacher_logits[ids[i] * classes], classes, t_logits.data() + i * classes);
-          double loss = lib::multilabel_kd(ctx, student.logits().cview<2>(), t_logits.cview<2>(),
-                                           distill::make_view(static_cast<const std::uint8_t*>(y.data()), static_cast<index_t>(B), index_t(classes)),
-                                           b.stage2_temperature, stage2 ? b.stage2_soft_weight : 0.0, b.stage2_hard_weight, grad.view<2>());
-          if (!stage1) {
-            student.backward(ctx, grad.cview<2>());
-            return loss;
-          }
-          const index_t R = static_cast<index_t>(B) * K;
-          resize(rois, {R, 5});
-          resize(t_feat, {R, wsddn_teacher::feature_width});
-          for (std::size_t i = 0; i < B; ++i)
-            for (int j = 0; j < K; ++j) {
-              const std::size_t src = static_cast<std::size_t>(ids[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(j), dst = i * static_cast<std::size_t>(K) + static_cast<std::size_t>(j);
-              rois.data()[dst * 5] = static_cast<float>(i);
-              std::copy_n(&teacher_rois[src * 4], 4, rois.data() + dst * 5 + 1);
-              std::copy_n(&teacher_features[src * wsddn_teacher::feature_width], wsddn_teacher::feature_width, t_feat.data() + dst * wsddn_teacher::feature_width);
-            }
-          const tensor& f = student.roi_features(ctx, rois);
-          resize(d_feat, f.shape());
-          loss += lib::feature_regression(ctx, f.cview<2>(), t_feat.cview<2>(), b.stage1_weight, d_feat.view<2>());
-          student.backward(ctx, grad.cview<2>(), &d_feat);
+          for (std::size_t i = 0; i < B; ++i) std::copy_n(&train_t.logits[ids[i] * classes], classes, t_logits.data() + i * classes);
+          const double loss = lib::multilabel_kd(ctx, student.logits().cview<2>(), t_logits.cview<2>(),
+                                                 distill::make_view(static_cast<const std::uint8_t*>(y.data()), static_cast<index_t>(B), index_t(classes)),
+                                                 b.stage2_temperature, stage2 ? b.stage2_soft_weight : 0.0, b.stage2_hard_weight, grad.view<2>());
+          student.backward(ctx, grad.cview<2>());
           return loss;
         },
         [&] {
