@@ -398,10 +398,11 @@ inline scene generate_scene(const scene_item_source& source, const scene_world_p
     std::vector<int> sizes(plan.size());
     for (std::size_t i = 0; i < plan.size(); ++i) {
       const planned_item& q = plan[i];
-      sizes[i] = q.pair_of >= 0 ? sizes[static_cast<std::size_t>(q.pair_of)] : static_cast<int>(std::lround(uniform_int(r, q.size_lo, q.size_hi) * scale));
+      sizes[i] = q.pair_of >= 0 ? sizes[static_cast<std::size_t>(q.pair_of)] : static_cast<int>(std::lround(static_cast<float>(uniform_int(r, q.size_lo, q.size_hi)) * scale));
       const int jx = uniform_int(r, -3, 3), jy = uniform_int(r, -3, 3);
       const int s = sizes[i];
-      const int cx = static_cast<int>(std::lround((q.cx + gx + jx) * scale)), cy = static_cast<int>(std::lround((q.cy + gy + jy) * scale));
+      const int cx = static_cast<int>(std::lround(static_cast<float>(q.cx + gx + jx) * scale)),
+                cy = static_cast<int>(std::lround(static_cast<float>(q.cy + gy + jy) * scale));
       scene_item& it = items[i];
       it.cls = q.cls, it.slot = q.slot, it.out_of_context = ooc[i], it.mirrored = q.mirrored, it.source = src[i];
       it.size = static_cast<std::uint8_t>(s);
@@ -457,8 +458,8 @@ struct world_statistics {
   std::array<std::size_t, 7> per_item_count{};  ///< scenes holding n items, n = 0..6
   std::size_t out_of_context_items = 0, out_of_context_scenes = 0, pairs = 0;
   double mean_overlap = 0, max_overlap = 0;     ///< pairwise tight-box intersection / smaller area
-  double out_of_context_item_fraction() const { return items ? static_cast<double>(out_of_context_items) / items : 0; }
-  double out_of_context_scene_fraction() const { return scenes ? static_cast<double>(out_of_context_scenes) / scenes : 0; }
+  double out_of_context_item_fraction() const { return items ? static_cast<double>(out_of_context_items) / static_cast<double>(items) : 0; }
+  double out_of_context_scene_fraction() const { return scenes ? static_cast<double>(out_of_context_scenes) / static_cast<double>(scenes) : 0; }
 };
 
 inline world_statistics measure_world(const scene_set& s) {

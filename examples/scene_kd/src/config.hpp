@@ -52,11 +52,11 @@ struct wsd_config {
   double proposal_stride = 8;
   optimiser_config teacher_opt{2e-3, 1e-4, 16, 8};
   optimiser_config student_opt{2e-3, 1e-4, 32, 8};
-  double teacher_scale = 1.0;      ///< class and region scale of the WSDDN softmaxes
+  double teacher_scale = 1.0;      ///< class and region scale of the WSDDN softmaxes (Liu et al.: learnable from 2; 1 localised better on validation)
   int stage1_epochs = 4;           ///< stage 1 (before the classification phase): feature regression only
   int stage1_proposals = 16;       ///< per image: the teacher's top proposals (by region score) whose features the student regresses
   double stage1_weight = 1.0;      ///< Caffe Euclidean loss 1/(2N) sum ||f_s - f_t||^2, times this
-  double stage2_temperature = 5.0; ///< SigmoidCE(z_s / T, s_t) + SigmoidCE(z_s, y), no T^2 (Liu et al.)
+  double stage2_temperature = 1.0; ///< SigmoidCE(z_s / T, s_t) + SigmoidCE(z_s, y), no T^2; Liu et al. use 5, the validation sweep picked 1 (README)
   double stage2_soft_weight = 1.0, stage2_hard_weight = 1.0;
 };
 

@@ -25,9 +25,10 @@
 
 namespace skd {
 
-inline constexpr int top_box_kinds = 5;
-inline constexpr std::array<const char*, top_box_kinds> top_box_kind_names = {"correct (IoU >= 0.5)", "on a part of the item", "around the item (too large)",
-                                                                                "on an item of another class", "elsewhere"};
+inline constexpr int top_box_kinds = 6;
+inline constexpr std::array<const char*, top_box_kinds> top_box_kind_names = {
+    "correct (IoU >= 0.5)", "inside the item (a part)", "around the item (too large)", "overlapping it (0.1 <= IoU < 0.5)", "on an item of another class",
+    "elsewhere"};
 
 inline constexpr std::array<const char*, 4> student_arms = {"alone", "stage1", "stage2", "both"};
 inline std::string arm_title(std::size_t a) {
@@ -148,8 +149,9 @@ inline int top_box_kind(const std::array<float, 4>& b, const ex::scene& sc, int 
   if (best_iou >= 0.5f) return 0;     // correct
   if (in_item >= 0.7f) return 1;      // on a part of an item of the class
   if (covers_item >= 0.7f) return 2;  // around an item of the class (too large: e.g. both shoes of a pair)
-  if (on_other >= 0.5f) return 3;     // mostly on an item of another class (a co-occurring one)
-  return 4;                           // elsewhere
+  if (best_iou >= 0.1f) return 3;     // shifted: overlapping an item of the class
+  if (on_other >= 0.5f) return 4;     // mostly on an item of another class (a co-occurring one)
+  return 5;                           // elsewhere
 }
 
 inline teacher_evaluation evaluate_teacher(const distill::cpu& ctx, wsddn_teacher& teacher, const world& w, const ex::scene_set& set,

@@ -25,18 +25,20 @@
 //! differentiable everywhere), reduced over the B images: none loss[b] = sum_k l_bk; sum; mean
 //! (divided by B C); batchmean (divided by B). g = grad_scale dL/ds.
 //!
-//! Entry points (CPU here; a CUDA path would take the same arguments):
+//! Entry points (CPU here; CUDA overloads with the same arguments in kernels/distill/cuda/wsddn.cuh):
 //!   wsddn_forward(ctx, logits, image_scores [B, C], region_scores [B, R, C] or {}, workspace, options)
 //!   wsddn_backward(ctx, logits, grad_image_scores [B, C], grads, workspace, options)
 //!   wsddn_forward_backward(ctx, logits, labels [B, C], image_scores [B, C] or {}, loss, grads, workspace, options)
 //!   wsddn_workspace_size(ctx, images, regions, classes)    bytes of `workspace`: 0 on the CPU
-//! logits: wsddn_streams{classification, detection}, each [B, R, C] of float or double (const or
-//! not); grads: wsddn_streams of the same shapes (overwritten, or added to with `accumulate`);
-//! scores of the logits' element type; loss (1), or (B) with reduction none, of accum_t.
+//! logits: wsddn_streams{classification, detection}, each [B, R, C] of float or double on the CPU,
+//! float on CUDA (const or not; CUDA needs unit stride along classes); grads: wsddn_streams of
+//! the same shapes (overwritten, or added to with `accumulate`); scores of the logits' element
+//! type; loss (1), or (B) with reduction none, of accum_t.
 //!
 //! Bad input: shapes, strides, scales <= 0 or non-finite, ε outside (0, 1/2), labels other than
-//! 0/1 -> status. NaN logits give NaN in their image; a proposal whose classification logits are
-//! all -inf, or a class whose detection logits are all -inf, gives NaN (an empty softmax).
+//! 0/1 -> status (CUDA cannot inspect device labels: a nonzero label counts as 1 there). NaN
+//! logits give NaN in their image; a proposal whose classification logits are all -inf, or a
+//! class whose detection logits are all -inf, gives NaN (an empty softmax).
 
 #include <algorithm>
 #include <cmath>
@@ -74,10 +76,17 @@ struct wsddn_streams {
 template <class T>
 using wsddn_host_streams = wsddn_streams<T, host_space>;
 
-/// Bytes of `workspace` the entry points need on `ctx`: none on the CPU.
+/// Bytes of `workspace` the entry points need on `ctx`: none on the CPU; on CUDA two floats per
+/// proposal (the classification softmax's statistics) and one per image (its loss), rounded up to
+/// 256 bytes.
 template <class Ctx>
-constexpr std::size_t wsddn_workspace_size(const Ctx&, index_t /*images*/, index_t /*regions*/, index_t /*classes*/) noexcept {
-  return 0;
+constexpr std::size_t wsddn_workspace_size(const Ctx&, index_t images, index_t regions, index_t /*classes*/) noexcept {
+  if constexpr (std::is_same_v<Ctx, cuda>) {
+    const std::size_t B = static_cast<std::size_t>(images < 0 ? 0 : images), R = static_cast<std::size_t>(regions < 0 ? 0 : regions);
+    return ((2 * B * R + B) * sizeof(float) + 255) / 256 * 256;
+  } else {
+    return 0;
+  }
 }
 
 namespace wsddn_detail {
@@ -296,3 +305,7 @@ template <class TL, class TO, class TS = std::remove_const_t<TL>>
 }
 
 }  // namespace distill
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/wsddn.cuh"
+#endif
