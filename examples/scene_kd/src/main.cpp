@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
     const std::string device = "CPU, " + std::to_string(c.threads) + " thread" + (c.threads > 1 ? "s" : "");
     std::cerr << "scene_kd: preset " << c.preset << ", " << c.seeds << " seed(s); " << device << "; load average " << load_average() << "\n";
 
+    json results;
     const auto t_world = std::chrono::steady_clock::now();
     const world w = load_world(c.world, c.data_dir, world_dir.empty() ? o / "world" : fs::path(world_dir));
     const auto stats_train = examples::measure_world(w.train), stats_test = examples::measure_world(w.test);
@@ -129,10 +130,21 @@ int main(int argc, char** argv) {
               << table::fixed(100 * stats_test.out_of_context_scene_fraction(), 1) << "% of scenes; mean box overlap "
               << table::fixed(100 * stats_test.mean_overlap, 1) << "% (" << table::fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_world).count(), 1)
               << " s)\n";
+    {  // the sizes of the networks (learnt values; batch-norm statistics excluded)
+      context_net a(1, w.side);
+      item_recogniser r(1, w.side);
+      wsddn_teacher t(1, lib::sliding_windows(c.wsd.proposal_sizes, c.wsd.proposal_ratios, c.wsd.proposal_stride, w.side), 1.0);
+      multilabel_student s(1, wsddn_teacher::feature_width);
+      results["parameters"] = {{"context_model", count_learnt(a.parameters())}, {"item_recogniser", count_learnt(r.parameters())},
+                               {"wsddn_teacher", count_learnt(t.parameters())}, {"student", count_learnt(s.classifier_parameters())},
+                               {"student_stage1_adapter", count_learnt(s.parameters()) - count_learnt(s.classifier_parameters())}};
+      std::cout << "networks (learnt values): context model " << count_learnt(a.parameters()) << ", item recogniser " << count_learnt(r.parameters())
+                << ", WSDDN teacher " << count_learnt(t.parameters()) << ", student " << count_learnt(s.classifier_parameters())
+                << " (+ " << count_learnt(s.parameters()) - count_learnt(s.classifier_parameters()) << " in the stage-1 adapter)\n";
+    }
     save_png(picture_world(w), o / "world.png");
     save_png(picture_degradations(w), o / "degradations.png");
 
-    json results;
     results["config"] = to_json(c);
     results["device"] = device;
     results["load_average_start"] = load_average();

@@ -125,6 +125,23 @@ status check_image_matrix(const char* fn, const char* name, const V& v, index_t 
   return check_strides(fn, name, v);
 }
 
+/// The arguments of the fused loss beyond the logits and gradients.
+template <class L, class VL, class VS, class VLoss>
+status check_loss_args(const char* fn, const L& logits, const VL& labels, const VS& image_scores, const VLoss& loss, const wsddn_options& opt) {
+  const index_t B = logits.classification.extent(0), C = logits.classification.extent(2);
+  DISTILL_TRY(check_present(fn, "labels", labels));
+  DISTILL_TRY(check_image_matrix(fn, "labels", labels, B, C));
+  if (!image_scores.empty()) DISTILL_TRY(check_image_matrix(fn, "image_scores", image_scores, B, C));
+  DISTILL_TRY(check_present(fn, "loss", loss));
+  return check_shape(fn, "loss", loss, {opt.reduction == reduction::none ? B : index_t(1)});
+}
+
+/// D of the loss's reduction over B images of C classes.
+template <class Acc>
+Acc loss_divisor(const wsddn_options& opt, index_t B, index_t C) {
+  return opt.reduction == reduction::mean ? static_cast<Acc>(B * C) : opt.reduction == reduction::batchmean ? static_cast<Acc>(B) : Acc(1);
+}
+
 /// One image's streams: a (R x C) and d (R x C) row-major, and s (C).
 template <class Acc>
 struct image_state {
@@ -262,18 +279,14 @@ template <class TL, class TO, class TS = std::remove_const_t<TL>>
   DISTILL_TRY(wsddn_detail::check_logits(fn, logits, opt));
   DISTILL_TRY(wsddn_detail::check_grads(fn, logits, grads));
   const index_t B = logits.classification.extent(0), C = logits.classification.extent(2);
-  DISTILL_TRY(check_present(fn, "labels", labels));
-  DISTILL_TRY(wsddn_detail::check_image_matrix(fn, "labels", labels, B, C));
-  if (!image_scores.empty()) DISTILL_TRY(wsddn_detail::check_image_matrix(fn, "image_scores", image_scores, B, C));
+  DISTILL_TRY(wsddn_detail::check_loss_args(fn, logits, labels, image_scores, loss, opt));
   const bool per_image = opt.reduction == reduction::none;
-  DISTILL_TRY(check_present(fn, "loss", loss));
-  DISTILL_TRY(check_shape(fn, "loss", loss, {per_image ? B : index_t(1)}));
   for (index_t b = 0; b < B; ++b)
     for (index_t k = 0; k < C; ++k)
       if (labels(b, k) > 1)
         return fail(errc::invalid_argument, fn, "labels must be 0 or 1; labels(" + std::to_string(b) + ", " + std::to_string(k) + ") = " +
                                                     std::to_string(static_cast<int>(labels(b, k))));
-  const Acc divisor = opt.reduction == reduction::mean ? static_cast<Acc>(B * C) : opt.reduction == reduction::batchmean ? static_cast<Acc>(B) : Acc(1);
+  const Acc divisor = wsddn_detail::loss_divisor<Acc>(opt, B, C);
   const Acc gscale = static_cast<Acc>(opt.grad_scale) / divisor, eps = static_cast<Acc>(opt.probability_eps);
   const Acc kc = static_cast<Acc>(opt.class_scale), kr = static_cast<Acc>(opt.region_scale);
   std::vector<Acc> image_loss(static_cast<std::size_t>(B));

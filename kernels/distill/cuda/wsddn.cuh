@@ -237,18 +237,14 @@ template <class TL>
   DISTILL_TRY(wd::check_common(fn, logits, workspace, opt));
   DISTILL_TRY(wsddn_detail::check_grads(fn, logits, grads));
   const index_t B = logits.classification.extent(0), R = logits.classification.extent(1), C = logits.classification.extent(2);
-  DISTILL_TRY(check_present(fn, "labels", labels));
-  DISTILL_TRY(wsddn_detail::check_image_matrix(fn, "labels", labels, B, C));
-  if (!image_scores.empty()) DISTILL_TRY(wsddn_detail::check_image_matrix(fn, "image_scores", image_scores, B, C));
+  DISTILL_TRY(wsddn_detail::check_loss_args(fn, logits, labels, image_scores, loss, opt));
   const bool per_image = opt.reduction == reduction::none;
-  DISTILL_TRY(check_present(fn, "loss", loss));
-  DISTILL_TRY(check_shape(fn, "loss", loss, {per_image ? B : index_t(1)}));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "labels", labels));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "image_scores", image_scores));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.classification", grads.classification));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.detection", grads.detection));
-  const float divisor = opt.reduction == reduction::mean ? static_cast<float>(B * C) : opt.reduction == reduction::batchmean ? static_cast<float>(B) : 1.0f;
+  const float divisor = wsddn_detail::loss_divisor<float>(opt, B, C);
   wd::kernel_args a{};
   a.x = logits.classification, a.y = logits.detection, a.image_scores = image_scores, a.labels = labels, a.dx = grads.classification,
   a.dy = grads.detection;
