@@ -11,11 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "distill/logic/sort_of_clevr.hpp"
+#include "../../examples/vqa_spatial_kd/src/logic_masks.hpp"
 #include "support/compare.hpp"
 #include "support/random.hpp"
 
 using namespace distill;
+using namespace vqa;
 
 namespace {
 

@@ -111,13 +111,13 @@ void run_case(ref::kind k, const ref::config& cf_in, ref::batch b, const case_op
     ex.row_top1_agreement = make_view(d_top.data(), n);
     if (!b.labels.empty()) ex.row_hard_loss = make_view(d_hard.data(), n);
   }
-  const std::size_t loss_n = cf.red == ref::reduction::none ? n : 1;
+  const std::size_t loss_n = cf.reduction == ref::reduction::none ? n : 1;
   const cpu ctx{co.threads};
 
   std::vector<double> loss_fwd, grad_bwd;
   for (pass p : {pass::forward, pass::backward, pass::forward_backward}) {
     INFO(name_of(k) << " " << name_of(p) << " n=" << n << " c=" << c << " T=" << cf.temperature << " red="
-                    << static_cast<int>(cf.red) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
+                    << static_cast<int>(cf.reduction) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
     distill_test::guarded<Acc> loss(loss_n);
     strided_matrix<TS> grad_own(std::vector<double>{}, n, c, co.pad, co.column_major);
     strided_matrix<TS> s_copy(b.zs, n, c, co.pad, co.column_major);  // in place: fresh student each pass

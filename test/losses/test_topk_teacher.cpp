@@ -86,8 +86,8 @@ expected evaluate(const topk_case& tc, ref::topk_variant v, const ref::config& c
   auto ignored = [&](std::size_t r) { return !tc.labels.empty() && tc.labels[r] == cf.ignore_index; };
   auto w = [&](std::size_t r) { return tc.weights.empty() ? 1.0 : tc.weights[r]; };
   double d = 1;
-  if (cf.red == ref::reduction::batchmean) d = static_cast<double>(tc.n);
-  if (cf.red == ref::reduction::mean) {
+  if (cf.reduction == ref::reduction::batchmean) d = static_cast<double>(tc.n);
+  if (cf.reduction == ref::reduction::mean) {
     d = 0;
     for (std::size_t r = 0; r < tc.n; ++r)
       if (!ignored(r)) d += w(r);
@@ -117,7 +117,7 @@ expected evaluate(const topk_case& tc, ref::topk_variant v, const ref::config& c
       e.grad[r * tc.c + k] = cf.grad_scale * w(r) / d * gk;
     }
   }
-  if (cf.red == ref::reduction::none) e.loss = rl;
+  if (cf.reduction == ref::reduction::none) e.loss = rl;
   else e.loss = {std::accumulate(rl.begin(), rl.end(), 0.0) / d};
   return e;
 }
@@ -133,7 +133,7 @@ topk_teacher_options lib_options(const ref::config& cf, ref::topk_variant v) {
   topk_teacher_options o;
   o.temperature = static_cast<float>(cf.temperature);
   o.scale_by_t_squared = cf.t_squared;
-  o.red = st_test::to_lib(cf.red);
+  o.reduction = st_test::to_lib(cf.reduction);
   o.soft_weight = static_cast<float>(cf.soft_weight);
   o.hard_label_weight = static_cast<float>(cf.hard_weight);
   o.grad_scale = static_cast<float>(cf.grad_scale);
@@ -167,7 +167,7 @@ TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
         ref::config cf;
         cf.temperature = variant == 1 ? 1.0 : 2.0;
         cf.t_squared = variant != 2;
-        cf.red = red;
+        cf.reduction = red;
         cf.hard_weight = variant >= 1 ? 0.3 : 0.0;
         cf.soft_weight = 0.75;
         cf.grad_scale = variant == 3 ? 2.0 : 1.0;
@@ -197,7 +197,7 @@ TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
         const auto opt = lib_options(cf, v);
         const status st = kl_topk_teacher_student_forward_backward(
             cpu{2}, make_view(zs.data(), n, c), make_view(tc.idx.data(), n, k), make_view(lv.data(), n, k),
-            make_view(loss.data(), ln), make_view(grad.data(), n, c), opt, ex);
+            make_view(loss.data(), ln), make_view(grad.data(), n, c), ex, {}, opt);
         INFO("variant " << static_cast<int>(v) << " red " << static_cast<int>(red) << " case " << variant << ": " << st.to_string());
         REQUIRE(st.ok());
         const double ct = cf.t_squared ? cf.temperature * cf.temperature : 1.0;
@@ -221,20 +221,20 @@ TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
         // forward and backward alone agree with the fused pass; in place equals out of place
         distill_test::guarded<float> loss2(ln), grad2(n * c);
         REQUIRE(kl_topk_teacher_student_forward(cpu{1}, make_view(zs.data(), n, c), make_view(tc.idx.data(), n, k),
-                                                make_view(lv.data(), n, k), make_view(loss2.data(), ln), opt,
-                                                labels_and_weights(ex))
+                                                make_view(lv.data(), n, k), make_view(loss2.data(), ln),
+                                                labels_and_weights(ex), {}, opt)
                     .ok());
         CHECK(loss2.contents() == loss.contents());
         REQUIRE(kl_topk_teacher_student_backward(cpu{1}, make_view(zs.data(), n, c), make_view(tc.idx.data(), n, k),
-                                                 make_view(lv.data(), n, k), make_view(grad2.data(), n, c), opt,
-                                                 labels_and_weights(ex))
+                                                 make_view(lv.data(), n, k), make_view(grad2.data(), n, c),
+                                                 labels_and_weights(ex), {}, opt)
                     .ok());
         CHECK(grad2.contents() == grad.contents());
         std::vector<float> inplace = zs;
         REQUIRE(kl_topk_teacher_student_backward(cpu{2}, make_view(static_cast<const float*>(inplace.data()), n, c),
                                                  make_view(tc.idx.data(), n, k), make_view(lv.data(), n, k),
-                                                 make_view(inplace.data(), n, c), opt,
-                                                 labels_and_weights(ex))
+                                                 make_view(inplace.data(), n, c),
+                                                 labels_and_weights(ex), {}, opt)
                     .ok());
         CHECK(inplace == grad.contents());
       }
@@ -258,14 +258,14 @@ TEST_CASE("top-k with every slot the full vocabulary equals forward KL", "[soft_
   float kd = 0, a = 0, b = 0;
   std::vector<float> gkd(n * c), ga(n * c), gb(n * c);
   REQUIRE(kl_teacher_student_forward_backward(cpu{1}, make_view(zs.data(), n, c), make_view(zt.data(), n, c),
-                                              make_view(&kd, 1), make_view(gkd.data(), n, c), o).ok());
+                                              make_view(&kd, 1), make_view(gkd.data(), n, c), {}, {}, o).ok());
   topk_teacher_options to;
   to.temperature = 1.5f;
   REQUIRE(kl_topk_teacher_student_forward_backward(cpu{1}, make_view(zs.data(), n, c), make_view(idx.data(), n, c),
-                                                   make_view(lv.data(), n, c), make_view(&a, 1), make_view(ga.data(), n, c), to).ok());
+                                                   make_view(lv.data(), n, c), make_view(&a, 1), make_view(ga.data(), n, c), {}, {}, to).ok());
   to.variant = topk_variant::rest_bucket;
   REQUIRE(kl_topk_teacher_student_forward_backward(cpu{1}, make_view(zs.data(), n, c), make_view(idx.data(), n, c),
-                                                   make_view(lv.data(), n, c), make_view(&b, 1), make_view(gb.data(), n, c), to).ok());
+                                                   make_view(lv.data(), n, c), make_view(&b, 1), make_view(gb.data(), n, c), {}, {}, to).ok());
   CHECK(a == Approx(kd).epsilon(1e-5));
   CHECK(b == Approx(kd).epsilon(1e-5));
   CHECK_CLOSE("A gradient", ga, gkd, (distill_test::tolerance{1e-6, 1e-4}));
@@ -281,7 +281,7 @@ TEST_CASE("top-k refuses bad indices and reports empty rows", "[soft_target][top
     o.variant = v;
     return kl_topk_teacher_student_forward_backward(cpu{1}, make_view(zs.data(), n, c), make_view(idx.data(), n, k),
                                                     make_view(lv.data(), n, k), make_view(&loss, 1),
-                                                    make_view(grad.data(), n, c), o);
+                                                    make_view(grad.data(), n, c), {}, {}, o);
   };
   CHECK(run({0, 1, 2, 3, 4, 0}).ok());
   CHECK(run({0, 1, -1, 3, -7, 0}).ok());  // negative = unused slot
@@ -299,11 +299,11 @@ TEST_CASE("top-k refuses bad indices and reports empty rows", "[soft_target][top
   std::vector<std::int64_t> wide(n * 6, -1);
   std::vector<float> lv6(n * 6, -1.0f);
   st = kl_topk_teacher_student_forward(cpu{1}, make_view(zs.data(), n, c), make_view(wide.data(), n, 6),
-                                       make_view(lv6.data(), n, 6), make_view(&loss, 1));
+                                       make_view(lv6.data(), n, 6), make_view(&loss, 1), {}, {});
   CHECK(st.code() == errc::shape_mismatch);
   // shape mismatch between indices and values
   std::vector<std::int64_t> idx4(n * 4, 0);
   st = kl_topk_teacher_student_forward(cpu{1}, make_view(zs.data(), n, c), make_view(idx4.data(), n, 4),
-                                       make_view(lv.data(), n, k), make_view(&loss, 1));
+                                       make_view(lv.data(), n, k), make_view(&loss, 1), {}, {});
   CHECK(st.code() == errc::shape_mismatch);
 }

@@ -41,10 +41,10 @@ void kl_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c)
   float loss = 0;
   distill::soft_target_options o;
   o.temperature = 2.0f;
-  o.red = distill::reduction::batchmean;
+  o.reduction = distill::reduction::batchmean;
   const distill::cpu ctx{distill_bench::cpu_threads()};
   for (auto _ : state) {
-    const auto st = distill::kl_teacher_student_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), o);
+    const auto st = distill::kl_teacher_student_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
@@ -59,7 +59,7 @@ void kl_fwd(benchmark::State& state, distill::index_t n, distill::index_t c) {
   o.temperature = 2.0f;
   const distill::cpu ctx{distill_bench::cpu_threads()};
   for (auto _ : state) {
-    const auto st = distill::kl_teacher_student_forward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), o);
+    const auto st = distill::kl_teacher_student_forward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), {}, {}, o);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
   }
@@ -74,7 +74,7 @@ void jsd_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c
   o.beta = 0.5f;
   const distill::cpu ctx{distill_bench::cpu_threads()};
   for (auto _ : state) {
-    const auto st = distill::jsd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), o);
+    const auto st = distill::jsd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
@@ -91,7 +91,7 @@ void dkd_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c
   ex.labels = distill::make_view(static_cast<const std::int64_t*>(in.labels.data()), n);
   const distill::cpu ctx{distill_bench::cpu_threads()};
   for (auto _ : state) {
-    const auto st = distill::dkd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), o, ex);
+    const auto st = distill::dkd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), ex, {}, o);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
@@ -112,7 +112,7 @@ void topk_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t 
   for (auto _ : state) {
     const auto st = distill::kl_topk_teacher_student_forward_backward(ctx, in.sv(), distill::make_view(idx.data(), n, k),
                                                                       distill::make_view(lp.data(), n, k),
-                                                                      distill::make_view(&loss, 1), in.gv(), o);
+                                                                      distill::make_view(&loss, 1), in.gv(), {}, {}, o);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();

@@ -56,7 +56,7 @@ O options_from(const ref::config& c) {
   O o;
   o.temperature = static_cast<float>(c.temperature);
   o.scale_by_t_squared = c.t_squared;
-  o.red = to_lib(c.red);
+  o.reduction = to_lib(c.reduction);
   o.soft_weight = static_cast<float>(c.soft_weight);
   o.hard_label_weight = static_cast<float>(c.hard_weight);
   o.grad_scale = static_cast<float>(c.grad_scale);
@@ -73,17 +73,18 @@ O options_from(const ref::config& c) {
 }
 
 /// Call the chosen primitive and pass on any context (distill::cpu or distill::cuda) and views.
-/// `accumulate` is applied on top of the config's options.
+/// `accumulate` is applied on top of the config's options; `ws` is the workspace (CUDA).
 template <class Ctx, class VS, class VT, class VL, class VG, class Ex>
 distill::status call(ref::kind k, pass p, const Ctx& ctx, VS s, VT t, VL loss, VG grad, const ref::config& c,
-                     const Ex& ex, bool accumulate = false) {
+                     const Ex& ex, bool accumulate = false,
+                     distill::tensor_view<std::byte, 1, typename Ctx::memory_space> ws = {}) {
   using namespace distill;
   auto go = [&](auto opt, auto fwd, auto bwd, auto both) {
     opt.accumulate = accumulate;
     switch (p) {
-      case pass::forward: return fwd(ctx, s, t, loss, opt, ex);
-      case pass::backward: return bwd(ctx, s, t, grad, opt, ex);
-      default: return both(ctx, s, t, loss, grad, opt, ex);
+      case pass::forward: return fwd(ctx, s, t, loss, ex, ws, opt);
+      case pass::backward: return bwd(ctx, s, t, grad, ex, ws, opt);
+      default: return both(ctx, s, t, loss, grad, ex, ws, opt);
     }
   };
 #define ST_TEST_LAMBDAS(prim)                                                                       \

@@ -36,7 +36,7 @@ struct out {
 template <class O = soft_target_options>
 out run(ref::kind k, const std::vector<float>& s, const std::vector<float>& t, std::size_t n, std::size_t c, ref::config cf,
         const soft_target_host_extras<float>& ex = {}, int threads = 2) {
-  cf.red = ref::reduction::none;
+  cf.reduction = ref::reduction::none;
   out o;
   o.loss.assign(n, -1.0f);
   o.grad.assign(n * c, -1.0f);
@@ -201,7 +201,7 @@ TEST_CASE("a row with every class masked is NaN and reported; partially masked r
     // the batch-reduced loss is NaN, not silently finite
     float total = 0;
     std::vector<float> g(n * c);
-    cf.red = ref::reduction::batchmean;
+    cf.reduction = ref::reduction::batchmean;
     const status st = call(k, pass::forward_backward, cpu{1}, make_view(s.data(), n, c), make_view(t.data(), n, c),
                            make_view(&total, 1), make_view(g.data(), n, c), cf, soft_target_host_extras<float>{});
     CHECK(st.code() == errc::non_finite);
@@ -245,7 +245,7 @@ TEST_CASE("results do not depend on the number of threads", "[soft_target][prope
     cf.temperature = 2;
     float l1 = 0, l2 = 0;
     std::vector<float> g1(r.n * r.c), g2(r.n * r.c);
-    cf.red = ref::reduction::batchmean;
+    cf.reduction = ref::reduction::batchmean;
     REQUIRE(call(k, pass::forward_backward, cpu{1}, make_view(r.s.data(), r.n, r.c), make_view(r.t.data(), r.n, r.c),
                  make_view(&l1, 1), make_view(g1.data(), r.n, r.c), cf, soft_target_host_extras<float>{})
                 .ok());
@@ -284,4 +284,35 @@ TEST_CASE("accumulate adds to the gradient; in place equals out of place", "[sof
                 .ok());
     CHECK(inplace == fresh);
   }
+}
+
+TEST_CASE("int32 and int64 labels give the same results", "[soft_target][labels]") {
+  distill_test::rng g(17);
+  const rows r = random_rows(g, 12, 9);
+  std::vector<std::int64_t> l64(12);
+  std::vector<std::int32_t> l32(12);
+  for (std::size_t i = 0; i < 12; ++i) l32[i] = static_cast<std::int32_t>(l64[i] = i == 5 ? -100 : static_cast<std::int64_t>(i * 5 % 9));
+  for (ref::kind k : {ref::kind::kl_teacher_student, ref::kind::dkd}) {
+    ref::config cf;
+    cf.k = k;
+    cf.hard_weight = 0.5;
+    soft_target_host_extras<float> e64, e32;
+    e64.labels = make_view(static_cast<const std::int64_t*>(l64.data()), 12);
+    e32.labels = make_view(l32.data(), 12);
+    const out a = run(k, r.s, r.t, r.n, r.c, cf, e64), b = run(k, r.s, r.t, r.n, r.c, cf, e32);
+    REQUIRE(a.st.ok());
+    REQUIRE(b.st.ok());
+    CHECK(a.loss == b.loss);
+    CHECK(a.grad == b.grad);
+    CHECK(a.loss[5] == 0.0f);  // ignore_index works for int32 storage too
+  }
+  // an out-of-range int32 label is refused like an int64 one
+  l32[3] = 9;
+  soft_target_host_extras<float> bad;
+  bad.labels = make_view(l32.data(), 12);
+  ref::config cf;
+  cf.hard_weight = 0.5;
+  const out o = run(ref::kind::kl_teacher_student, r.s, r.t, r.n, r.c, cf, bad);
+  CHECK(o.st.code() == errc::invalid_argument);
+  CHECK_THAT(o.st.message(), Catch::Contains("label 9 of row 3"));
 }

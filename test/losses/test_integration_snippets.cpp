@@ -33,7 +33,7 @@ baseline make_baseline() {
   distill::throw_if_error(distill::kl_teacher_student_forward_backward(
       distill::cpu{1}, distill::make_view(static_cast<const float*>(b.s.data()), N, C),
       distill::make_view(static_cast<const float*>(b.t.data()), N, C), distill::make_view(&b.loss, 1),
-      distill::make_view(b.grad.data(), N, C), opt));
+      distill::make_view(b.grad.data(), N, C), {}, {}, opt));
   return b;
 }
 
@@ -57,7 +57,7 @@ TEST_CASE("integration snippet: raw host pointers with padded rows", "[soft_targ
   float loss = 0.0f;
   distill::soft_target_options opt;
   opt.temperature = 2.0f;
-  const distill::status st = distill::kl_teacher_student_forward_backward(distill::cpu{2}, s, t, distill::make_view(&loss, 1), g, opt);
+  const distill::status st = distill::kl_teacher_student_forward_backward(distill::cpu{2}, s, t, distill::make_view(&loss, 1), g, {}, {}, opt);
   if (!st.ok()) std::fprintf(stderr, "%s\n", st.to_string().c_str());
   // --- end ---
 
@@ -80,7 +80,7 @@ TEST_CASE("integration snippet: Eigen matrices", "[soft_target][integration]") {
   opt.temperature = 2.0f;
   distill::throw_if_error(distill::kl_teacher_student_forward_backward(
       distill::cpu{2}, distill::from_eigen(std::as_const(student)), distill::from_eigen(std::as_const(teacher)),
-      distill::make_view(&loss, 1), distill::from_eigen(grad), opt));
+      distill::make_view(&loss, 1), distill::from_eigen(grad), {}, {}, opt));
   // --- end ---
 
   CHECK(loss == b.loss);
@@ -91,7 +91,7 @@ TEST_CASE("integration snippet: Eigen matrices", "[soft_target][integration]") {
   float loss_cm = 0.0f;
   distill::throw_if_error(distill::kl_teacher_student_forward_backward(
       distill::cpu{2}, distill::from_eigen(std::as_const(cs)), distill::from_eigen(std::as_const(ct)),
-      distill::make_view(&loss_cm, 1), distill::from_eigen(cg), opt));
+      distill::make_view(&loss_cm, 1), distill::from_eigen(cg), {}, {}, opt));
   // (short row-major rows run "rows in lanes", strided ones row by row: same values up to rounding)
   CHECK(loss_cm == Approx(b.loss).epsilon(1e-6));
   RowMajor cg_rows = cg;
@@ -112,7 +112,7 @@ TEST_CASE("integration snippet: xtensor arrays", "[soft_target][integration]") {
   opt.temperature = 2.0f;
   distill::throw_if_error(distill::kl_teacher_student_forward_backward(
       distill::cpu{2}, distill::from_xtensor(std::as_const(student)), distill::from_xtensor(std::as_const(teacher)),
-      distill::from_xtensor(loss), distill::from_xtensor(grad), opt));
+      distill::from_xtensor(loss), distill::from_xtensor(grad), {}, {}, opt));
   // --- end ---
 
   CHECK(loss(0) == b.loss);

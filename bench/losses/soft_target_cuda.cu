@@ -59,7 +59,7 @@ void kl_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c)
   }
   device_array<T> s(n * c, 1), t(n * c, 2), g(n * c, 3);
   device_array<float> loss(1, 4);
-  device_array<std::byte> ws(distill::soft_target_workspace_bytes(n), 5);
+  device_array<std::byte> ws(distill::soft_target_workspace_size(distill::cuda{}, n), 5);
   if (!s.p || !t.p || !g.p) {
     state.SkipWithError("cudaMalloc failed");
     for (auto _ : state) {
@@ -68,16 +68,16 @@ void kl_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c)
   }
   distill::soft_target_options o;
   o.temperature = 2.0f;
-  o.red = distill::reduction::batchmean;
-  distill::soft_target_cuda_extras<float> ex;
-  ex.workspace = distill::make_view<distill::cuda_space>(ws.p, static_cast<distill::index_t>(ws.n));
+  o.reduction = distill::reduction::batchmean;
+  const distill::soft_target_cuda_extras<float> ex;
+  const auto wsv = distill::make_view<distill::cuda_space>(ws.p, static_cast<distill::index_t>(ws.n));
   distill::status st;
   distill_bench::run_cuda(state, [&](cudaStream_t stream) {
     (void)(st = distill::kl_teacher_student_forward_backward(distill::cuda{stream},
                                                       distill::make_view<distill::cuda_space>(static_cast<const T*>(s.p), n, c),
                                                       distill::make_view<distill::cuda_space>(static_cast<const T*>(t.p), n, c),
                                                       distill::make_view<distill::cuda_space>(loss.p, 1),
-                                                      distill::make_view<distill::cuda_space>(g.p, n, c), o, ex));
+                                                      distill::make_view<distill::cuda_space>(g.p, n, c), ex, wsv, o));
   });
   if (!st.ok()) state.SkipWithError(st.to_string().c_str());
   distill_bench::set_bytes(state, 3.0 * static_cast<double>(n) * c * sizeof(T), distill_bench::ceiling().gpu_gbps);
@@ -91,17 +91,17 @@ void jsd_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c
   }
   device_array<T> s(n * c, 1), t(n * c, 2), g(n * c, 3);
   device_array<float> loss(1, 4);
-  device_array<std::byte> ws(distill::soft_target_workspace_bytes(n), 5);
+  device_array<std::byte> ws(distill::soft_target_workspace_size(distill::cuda{}, n), 5);
   distill::jsd_options o;
   o.temperature = 2.0f;
-  distill::soft_target_cuda_extras<float> ex;
-  ex.workspace = distill::make_view<distill::cuda_space>(ws.p, static_cast<distill::index_t>(ws.n));
+  const distill::soft_target_cuda_extras<float> ex;
+  const auto wsv = distill::make_view<distill::cuda_space>(ws.p, static_cast<distill::index_t>(ws.n));
   distill::status st;
   distill_bench::run_cuda(state, [&](cudaStream_t stream) {
     (void)(st = distill::jsd_forward_backward(distill::cuda{stream}, distill::make_view<distill::cuda_space>(static_cast<const T*>(s.p), n, c),
                                        distill::make_view<distill::cuda_space>(static_cast<const T*>(t.p), n, c),
                                        distill::make_view<distill::cuda_space>(loss.p, 1),
-                                       distill::make_view<distill::cuda_space>(g.p, n, c), o, ex));
+                                       distill::make_view<distill::cuda_space>(g.p, n, c), ex, wsv, o));
   });
   if (!st.ok()) state.SkipWithError(st.to_string().c_str());
   distill_bench::set_bytes(state, 3.0 * static_cast<double>(n) * c * sizeof(T), distill_bench::ceiling().gpu_gbps);

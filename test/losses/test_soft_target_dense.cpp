@@ -49,7 +49,7 @@ TEST_CASE("reference gradients match central finite differences", "[soft_target]
           cf.jsd_trl = trl;
           cf.dkd_alpha = 1.3, cf.dkd_beta = 2.0;
           cf.hard_weight = 0.4;
-          cf.red = ref::reduction::mean;
+          cf.reduction = ref::reduction::mean;
           ref::batch b = make_batch(g, 3, 6, 1.5);
           b.labels = {2, 0, 5};
           b.weights = {0.5, 1.0, 2.0};
@@ -81,7 +81,7 @@ TEST_CASE("dense losses match the reference on random shapes, float and double",
         cf.t_squared = t != 0.5;
         cf.jsd_beta = 0.3;
         cf.dkd_alpha = 1.0, cf.dkd_beta = 8.0;
-        cf.red = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
+        cf.reduction = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
         const ref::batch b = make_batch(g, n, c, 2.0);
         const double ct = cf.t_squared ? t * t : 1.0;
         run_case<float, float>(k, cf, b, {}, float_tol(8 / t, ct), n * c);
@@ -109,7 +109,7 @@ TEST_CASE("every reduction, labels with ignore_index, weights, normalizer, hard-
       for (int variant = 0; variant < 3; ++variant) {
         ref::config cf;
         cf.k = k;
-        cf.red = red;
+        cf.reduction = red;
         cf.temperature = variant == 1 ? 1.0 : 3.0;  // T == 1 takes the hard term from q itself
         cf.soft_weight = 0.7;
         cf.hard_weight = variant == 0 ? 0.0 : 0.3;
@@ -139,7 +139,7 @@ TEST_CASE("diagnostics and the temperature gradient from the same pass", "[soft_
       cf.t_squared = t2;
       cf.hard_weight = 0.5;
       cf.grad_scale = 1.5;
-      cf.red = ref::reduction::mean;
+      cf.reduction = ref::reduction::mean;
       cf.jsd_beta = 0.4;
       cf.dkd_alpha = 0.7, cf.dkd_beta = 3.0;
       case_options co;

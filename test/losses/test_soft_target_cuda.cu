@@ -149,7 +149,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
   device_buffer<float> weights(wf.empty() ? std::vector<float>{0} : wf);
   device_buffer<float> normalizer(std::vector<float>{13.0f}), temperature(std::vector<float>{static_cast<float>(cf.temperature)});
   device_floats d_kl(n), d_ent(n), d_top(n), d_hard(n), d_t(1);
-  device_buffer<std::byte> ws(soft_target_workspace_bytes(static_cast<index_t>(n)));
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, static_cast<index_t>(n)));
   soft_target_cuda_extras<float> ex;
   if (!b.labels.empty()) ex.labels = labels.view(n);
   if (co.weights) ex.row_weights = make_view<cuda_space>(static_cast<const float*>(weights.data()), n);
@@ -161,8 +161,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
     ex.row_top1_agreement = d_top.view();
     if (!b.labels.empty()) ex.row_hard_loss = d_hard.view();
   }
-  ex.workspace = ws.view(ws.size());
-  const std::size_t loss_n = cf.red == ref::reduction::none ? n : 1;
+  const std::size_t loss_n = cf.reduction == ref::reduction::none ? n : 1;
   cudaStream_t stream;
   REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
   ref::config cf_call = cf;
@@ -171,7 +170,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
   std::vector<double> grad_first;
   for (pass p : {pass::forward, pass::backward, pass::forward_backward}) {
     INFO(name_of(k) << " " << name_of(p) << " n=" << n << " c=" << c << " pad=" << co.pad << " T=" << cf.temperature
-                    << " red=" << static_cast<int>(cf.red) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
+                    << " red=" << static_cast<int>(cf.reduction) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
     device_matrix<TS> s(b.zs, n, c, ld);
     const double acc0 = 0.125;
     device_matrix<TS> grad(co.accumulate ? std::vector<double>(n * c, acc0) : std::vector<double>{}, n, c, ld);
@@ -180,7 +179,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
     if (co.grad_temperature && p != pass::forward) ex_p.grad_temperature = d_t.view();
     auto gv = co.in_place ? s.template view<TS>() : grad.template view<TS>();
     const status st = call(k, p, cuda{stream}, s.template view<const TS>(), t.template view<const TT>(), loss.view(), gv,
-                           cf_call, ex_p, co.accumulate);
+                           cf_call, ex_p, co.accumulate, ws.view(ws.size()));
     INFO(st.to_string());
     REQUIRE(st.ok());
     REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
@@ -188,7 +187,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
     if (p != pass::backward) {
       auto got = loss.values();
       if (co.bad_label) {
-        if (cf.red == ref::reduction::none) {
+        if (cf.reduction == ref::reduction::none) {
           CHECK(std::isnan(got[bad_row]));
           got[bad_row] = want.loss[bad_row];
         } else {
@@ -196,7 +195,7 @@ void run_cuda_case(ref::kind k, const ref::config& cf_in, ref::batch b, const cu
           got[0] = want.loss[0];
         }
       }
-      if (!(co.bad_label && cf.red != ref::reduction::none)) CHECK_CLOSE("loss", got, want.loss, tl.loss);
+      if (!(co.bad_label && cf.reduction != ref::reduction::none)) CHECK_CLOSE("loss", got, want.loss, tl.loss);
     }
     if (p != pass::forward) {
       const device_matrix<TS>& gm = co.in_place ? s : grad;
@@ -254,12 +253,12 @@ void compare_with_cpu(ref::kind k, const ref::config& cf, const ref::batch& b, t
   device_buffer<TT> dt(ht);
   device_buffer<std::int64_t> dl(labels);
   device_buffer<float> dloss(1);
-  device_buffer<std::byte> ws(soft_target_workspace_bytes(static_cast<index_t>(n)));
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, static_cast<index_t>(n)));
   soft_target_cuda_extras<float> dex;
   dex.labels = dl.view(n);
-  dex.workspace = ws.view(ws.size());
   REQUIRE(call(k, pass::forward_backward, cuda{}, make_view<cuda_space>(static_cast<const TS*>(ds.data()), n, c),
-               make_view<cuda_space>(static_cast<const TT*>(dt.data()), n, c), dloss.view(1), dg.view(n, c), cf, dex)
+               make_view<cuda_space>(static_cast<const TT*>(dt.data()), n, c), dloss.view(1), dg.view(n, c), cf, dex, false,
+               ws.view(ws.size()))
               .ok());
   distill_test::cuda_sync();
   INFO(name_of(k) << " n=" << n << " c=" << c << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
@@ -291,7 +290,7 @@ TEST_CASE("CUDA dense losses match the reference: resident and streaming kernels
       cf.k = k;
       cf.temperature = 2.0;
       cf.jsd_beta = 0.3;
-      cf.red = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
+      cf.reduction = c % 2 ? ref::reduction::batchmean : ref::reduction::sum;
       const ref::batch b = make_batch(g, n, c, 2.0);
       cuda_case co;
       co.pad = pad;
@@ -308,7 +307,7 @@ TEST_CASE("CUDA: every reduction and option, device normalizer and temperature, 
       for (std::size_t c : {std::size_t(37), std::size_t(9000)}) {  // resident, streaming
         ref::config cf;
         cf.k = k;
-        cf.red = red;
+        cf.reduction = red;
         cf.temperature = c == 37 ? 1.0 : 2.5;
         cf.soft_weight = 0.6;
         cf.hard_weight = 0.4;
@@ -350,7 +349,7 @@ TEST_CASE("CUDA: in place, accumulate, out-of-range labels give NaN rows", "[sof
       cuda_case bad;
       bad.labels = true;
       bad.bad_label = true;
-      cf.red = ref::reduction::none;
+      cf.reduction = ref::reduction::none;
       run_cuda_case<float, float>(k, cf, b, bad, gpu_tol(4, 9), 4);
     }
   }
@@ -402,10 +401,10 @@ TEST_CASE("CUDA: extreme logits, -inf masks and fully masked rows", "[soft_targe
     for (std::size_t j = 0; j < c; ++j) t[c + j] = -std::numeric_limits<float>::infinity();
     device_buffer<float> ds(s), dt(t), dg(4 * c), dloss(4);
     soft_target_options o;
-    o.red = reduction::none;
+    o.reduction = reduction::none;
     REQUIRE(kl_teacher_student_forward_backward(cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), 4, c),
                                                 make_view<cuda_space>(static_cast<const float*>(dt.data()), 4, c),
-                                                dloss.view(4), dg.view(4, c), o)
+                                                dloss.view(4), dg.view(4, c), {}, {}, o)
                 .ok());
     distill_test::cuda_sync();
     const auto l = dloss.download();
@@ -428,7 +427,7 @@ TEST_CASE("CUDA: JSD endpoints and continuity, DKD identity", "[soft_target][cud
       ref::config cf;
       cf.k = k;
       cf.jsd_beta = beta;
-      cf.red = ref::reduction::none;
+      cf.reduction = ref::reduction::none;
       REQUIRE(call(k, pass::forward_backward, cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
                    make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c), dl.view(n), dg.view(n, c), cf,
                    soft_target_cuda_extras<float>{})
@@ -449,15 +448,14 @@ TEST_CASE("CUDA results are deterministic", "[soft_target][cuda]") {
   const auto b = make_batch(g, n, c, 2.0);
   const auto s = cast_vec<float>(b.zs), t = cast_vec<float>(b.zt);
   device_buffer<float> ds(s), dt(t), dl(1), dg(n * c);
-  device_buffer<std::byte> ws(soft_target_workspace_bytes(n));
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, n));
   soft_target_cuda_extras<float> ex;
-  ex.workspace = ws.view(ws.size());
   std::vector<float> first_g;
   float first_l = 0;
   for (int rep = 0; rep < 3; ++rep) {
     REQUIRE(kl_teacher_student_forward_backward(cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
                                                 make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c),
-                                                dl.view(1), dg.view(n, c), soft_target_options{}, ex)
+                                                dl.view(1), dg.view(n, c), ex, ws.view(ws.size()), soft_target_options{})
                 .ok());
     distill_test::cuda_sync();
     if (rep == 0) {
@@ -489,7 +487,7 @@ TEST_CASE("CUDA top-k teacher matches the CPU path; bad indices give NaN rows", 
       o.variant = v;
       o.temperature = 2.0f;
       o.hard_label_weight = 0.3f;
-      o.red = reduction::mean;
+      o.reduction = reduction::mean;
       // CPU
       float cpu_loss = 0, cpu_dt = 0;
       std::vector<float> cpu_grad(n * c);
@@ -499,21 +497,21 @@ TEST_CASE("CUDA top-k teacher matches the CPU path; bad indices give NaN rows", 
       hex.grad_temperature = make_view(&cpu_dt, 1);
       REQUIRE(kl_topk_teacher_student_forward_backward(cpu{2}, make_view(s.data(), n, c), make_view(idx.data(), n, k),
                                                        make_view(lv.data(), n, k), make_view(&cpu_loss, 1),
-                                                       make_view(cpu_grad.data(), n, c), o, hex)
+                                                       make_view(cpu_grad.data(), n, c), hex, {}, o)
                   .ok());
       // CUDA
       device_buffer<float> ds(s), dlv(lv), dw(weights), dloss(1), dgrad(n * c), ddt(1);
       device_buffer<std::int64_t> didx(idx), dlab(labels);
-      device_buffer<std::byte> ws(soft_target_workspace_bytes(n));
+      device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, n));
       soft_target_cuda_extras<float> dex;
       dex.labels = dlab.view(n);
       dex.row_weights = make_view<cuda_space>(static_cast<const float*>(dw.data()), n);
       dex.grad_temperature = ddt.view(1);
-      dex.workspace = ws.view(ws.size());
       REQUIRE(kl_topk_teacher_student_forward_backward(
                   cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
                   make_view<cuda_space>(static_cast<const std::int64_t*>(didx.data()), n, k),
-                  make_view<cuda_space>(static_cast<const float*>(dlv.data()), n, k), dloss.view(1), dgrad.view(n, c), o, dex)
+                  make_view<cuda_space>(static_cast<const float*>(dlv.data()), n, k), dloss.view(1), dgrad.view(n, c), dex,
+                  ws.view(ws.size()), o)
                   .ok());
       distill_test::cuda_sync();
       INFO("variant " << static_cast<int>(v) << " c=" << c);
@@ -525,15 +523,15 @@ TEST_CASE("CUDA top-k teacher matches the CPU path; bad indices give NaN rows", 
       labels[2] = 1;
       didx.upload(idx);
       dlab.upload(labels);
-      o.red = reduction::none;
+      o.reduction = reduction::none;
       device_buffer<float> dl5(n);
       soft_target_cuda_extras<float> labels_only;
       labels_only.labels = dex.labels;
       REQUIRE(kl_topk_teacher_student_forward_backward(
                   cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
                   make_view<cuda_space>(static_cast<const std::int64_t*>(didx.data()), n, k),
-                  make_view<cuda_space>(static_cast<const float*>(dlv.data()), n, k), dl5.view(n), dgrad.view(n, c), o,
-                  labels_only)
+                  make_view<cuda_space>(static_cast<const float*>(dlv.data()), n, k), dl5.view(n), dgrad.view(n, c),
+                  labels_only, {}, o)
                   .ok());
       distill_test::cuda_sync();
       const auto l5 = dl5.download();
@@ -550,38 +548,101 @@ TEST_CASE("CUDA refuses host memory, bad layouts and a missing workspace", "[sof
   const auto sv = make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c);
   const auto tv = make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c);
   soft_target_options o;
-  o.red = reduction::sum;
-  device_buffer<std::byte> ws(soft_target_workspace_bytes(n));
+  o.reduction = reduction::sum;
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, n));
   soft_target_cuda_extras<float> ex;
-  ex.workspace = ws.view(ws.size());
-  CHECK(kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), o, ex).ok());
+  CHECK(kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), ex, ws.view(ws.size()), o).ok());
   // host memory passed as device memory
   auto hv = make_view<cuda_space>(static_cast<const float*>(host.data()), n, c);
-  CHECK(kl_teacher_student_forward(cuda{}, hv, tv, dl.view(1), o, ex).code() == errc::wrong_memory_space);
+  CHECK(kl_teacher_student_forward(cuda{}, hv, tv, dl.view(1), ex, ws.view(ws.size()), o).code() == errc::wrong_memory_space);
   // non-unit inner stride
   auto strided = make_strided_view<cuda_space>(static_cast<const float*>(ds.data()), std::array<index_t, 2>{n, c / 2},
                                                std::array<index_t, 2>{index_t(c), 2});
   auto tv2 = make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c / 2);
-  CHECK(kl_teacher_student_forward(cuda{}, strided, tv2, dl.view(1), o, ex).code() == errc::unsupported_layout);
-  // reduced loss without a workspace
-  const status st = kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), o);
+  CHECK(kl_teacher_student_forward(cuda{}, strided, tv2, dl.view(1), ex, ws.view(ws.size()), o).code() == errc::unsupported_layout);
+  // reduced loss without a workspace, or with one byte too few
+  const status st = kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), {}, {}, o);
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("workspace") != std::string::npos);
+  CHECK(kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), ex, ws.view(ws.size() - 1), o).code() == errc::invalid_argument);
   // class-count mismatch, empty batch, bad options
   CHECK(kl_teacher_student_forward(cuda{}, sv, make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c - 1),
-                                   dl.view(1), o, ex)
+                                   dl.view(1), ex, ws.view(ws.size()), o)
             .code() == errc::shape_mismatch);
   CHECK(kl_teacher_student_forward(cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), 0, c),
-                                   make_view<cuda_space>(static_cast<const float*>(dt.data()), 0, c), dl.view(1), o, ex)
+                                   make_view<cuda_space>(static_cast<const float*>(dt.data()), 0, c), dl.view(1), ex,
+                                   ws.view(ws.size()), o)
             .code() == errc::shape_mismatch);
   jsd_options jo;
   jo.beta = 2.0f;
-  CHECK(jsd_forward(cuda{}, sv, tv, dl.view(1), jo, ex).code() == errc::invalid_argument);
+  CHECK(jsd_forward(cuda{}, sv, tv, dl.view(1), ex, ws.view(ws.size()), jo).code() == errc::invalid_argument);
   o.temperature = 0.0f;
-  CHECK(kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), o, ex).code() == errc::invalid_argument);
+  CHECK(kl_teacher_student_forward(cuda{}, sv, tv, dl.view(1), ex, ws.view(ws.size()), o).code() == errc::invalid_argument);
   // misaligned device pointer
   const float* off = reinterpret_cast<const float*>(reinterpret_cast<const char*>(ds.data()) + 2);
   CHECK(kl_teacher_student_forward(cuda{}, make_view<cuda_space>(off, 2, 4), make_view<cuda_space>(static_cast<const float*>(dt.data()), 2, 4),
-                                   dl.view(1), soft_target_options{}, ex)
+                                   dl.view(1), ex, ws.view(ws.size()), soft_target_options{})
             .code() == errc::misaligned);
+}
+
+TEST_CASE("CUDA: a bad device temperature or normaliser makes the call's results NaN (the CPU refuses it)",
+          "[soft_target][cuda][errors]") {
+  const std::size_t n = 3, c = 7;
+  distill_test::rng g(109);
+  const auto s = cast_vec<float>(random_logits(g, n, c, 1.0)), t = cast_vec<float>(random_logits(g, n, c, 1.0));
+  device_buffer<float> ds(s), dt(t), dl(1), dg(n * c), scalar(1);
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, n));
+  const auto sv = make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c);
+  const auto tv = make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const bool temperature : {true, false}) {
+    for (const float bad : temperature ? std::vector<float>{0.0f, -1.0f, nan} : std::vector<float>{-1.0f, nan}) {
+      INFO((temperature ? "temperature " : "normalizer ") << bad);
+      scalar.upload(std::vector<float>{bad});
+      soft_target_cuda_extras<float> ex;
+      if (temperature) ex.temperature = make_view<cuda_space>(static_cast<const float*>(scalar.data()), 1);
+      else ex.normalizer = make_view<cuda_space>(static_cast<const float*>(scalar.data()), 1);
+      REQUIRE(kl_teacher_student_forward_backward(cuda{}, sv, tv, dl.view(1), dg.view(n, c), ex, ws.view(ws.size())).ok());
+      distill_test::cuda_sync();
+      CHECK(std::isnan(dl.download()[0]));
+      if (temperature)
+        for (float x : dg.download()) CHECK(std::isnan(x));
+      // the CPU refuses the same value
+      float cpu_loss = 0, host_scalar = bad;
+      std::vector<float> cpu_grad(n * c);
+      soft_target_host_extras<float> hex;
+      if (temperature) hex.temperature = make_view(static_cast<const float*>(&host_scalar), 1);
+      else hex.normalizer = make_view(static_cast<const float*>(&host_scalar), 1);
+      CHECK(kl_teacher_student_forward_backward(cpu{1}, make_view(s.data(), n, c), make_view(t.data(), n, c),
+                                                make_view(&cpu_loss, 1), make_view(cpu_grad.data(), n, c), hex, {})
+                .code() == errc::invalid_argument);
+    }
+  }
+}
+
+TEST_CASE("CUDA: int32 labels give the int64 results", "[soft_target][cuda]") {
+  const std::size_t n = 6, c = 9;
+  distill_test::rng g(110);
+  const auto s = cast_vec<float>(random_logits(g, n, c, 1.5)), t = cast_vec<float>(random_logits(g, n, c, 1.5));
+  std::vector<std::int64_t> y64 = {0, 8, -100, 3, 4, 1};
+  std::vector<std::int32_t> y32(y64.begin(), y64.end());
+  device_buffer<float> ds(s), dt(t), dl(1), dg(n * c);
+  device_buffer<std::int64_t> d64(y64);
+  device_buffer<std::int32_t> d32(y32);
+  device_buffer<std::byte> ws(soft_target_workspace_size(cuda{}, n));
+  soft_target_options o;
+  o.hard_label_weight = 0.4f;
+  auto run = [&](label_view<cuda_space> labels) {
+    soft_target_cuda_extras<float> ex;
+    ex.labels = labels;
+    REQUIRE(kl_teacher_student_forward_backward(cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), n, c),
+                                                make_view<cuda_space>(static_cast<const float*>(dt.data()), n, c), dl.view(1),
+                                                dg.view(n, c), ex, ws.view(ws.size()), o)
+                .ok());
+    distill_test::cuda_sync();
+    std::vector<float> out = dg.download();
+    out.push_back(dl.download()[0]);
+    return out;
+  };
+  CHECK(run(d32.view(n)) == run(d64.view(n)));
 }
