@@ -69,7 +69,7 @@ inline double cross_entropy(const distill::cpu& ctx, cview<2> logits, distill::h
   float loss = 0;
   distill::nn::cross_entropy_options o;
   o.grad_scale = weight;
-  throw_if_error(distill::nn::softmax_cross_entropy_forward_backward<std::int64_t, float>(ctx, logits, labels, distill::make_view(&loss, 1), grad, o));
+  throw_if_error(distill::nn::softmax_cross_entropy_forward_backward(ctx, logits, labels, distill::make_view(&loss, 1), grad, o));
   return loss;
 }
 
@@ -81,12 +81,12 @@ inline double soft_target_kd(const distill::cpu& ctx, cview<2> student, cview<2>
   float loss = 0;
   distill::soft_target_options o;
   o.temperature = static_cast<float>(T);
-  o.red = distill::reduction::mean;
+  o.reduction = distill::reduction::mean;
   o.grad_scale = static_cast<float>(w);
   o.accumulate = true;
   distill::soft_target_host_extras<float> extras;
   extras.row_weights = row_weights;
-  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, student, teacher, distill::make_view(&loss, 1), grad, o, extras));
+  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, student, teacher, distill::make_view(&loss, 1), grad, extras, {}, o));
   return loss;
 }
 
@@ -114,10 +114,10 @@ inline double feature_regression(const distill::cpu& ctx, cview<2> student, cvie
   float loss = 0;
   distill::embedding_alignment_options o;
   o.metric = distill::embedding_metric::squared_l2;
-  o.red = distill::reduction::batchmean;
+  o.reduction = distill::reduction::batchmean;
   o.scale = 0.5 * w;
   throw_if_error(distill::embedding_alignment_forward_backward(ctx, student, teacher, distill::host_view<const float, 1>{},
-                                                               distill::host_view<const std::uint8_t, 1>{}, distill::make_view(&loss, 1), grad, o));
+                                                               distill::host_view<const std::uint8_t, 1>{}, distill::make_view(&loss, 1), grad, {}, o));
   return loss;
 }
 

@@ -52,7 +52,7 @@ struct kernel_args {
 };
 
 template <pass P>
-__global__ void __launch_bounds__(kThreads) wsddn_block_per_image_kernel(kernel_args a) {
+__device__ void image_pass(const kernel_args& a) {
   extern __shared__ float smem[];
   const index_t R = a.x.extent(1), C = a.x.extent(2);
   float* col_max = smem;
@@ -131,6 +131,11 @@ __global__ void __launch_bounds__(kThreads) wsddn_block_per_image_kernel(kernel_
   }
 }
 
+// One kernel per pass, as the library names them; the body is shared.
+__global__ void __launch_bounds__(kThreads) wsddn_forward_block_per_image_kernel(kernel_args a) { image_pass<pass::forward>(a); }
+__global__ void __launch_bounds__(kThreads) wsddn_backward_block_per_image_kernel(kernel_args a) { image_pass<pass::backward>(a); }
+__global__ void __launch_bounds__(kThreads) wsddn_forward_backward_block_per_image_kernel(kernel_args a) { image_pass<pass::fused>(a); }
+
 __global__ void __launch_bounds__(kReduceThreads) wsddn_loss_reduce_single_block_kernel(const float* image_loss, index_t B, float inv_div, float* loss) {
   __shared__ float smem[kReduceThreads / 32];
   float sum = 0.0f;
@@ -145,12 +150,7 @@ constexpr void check_types() {
 }
 
 inline status check_workspace(const char* fn, cuda_view<std::byte, 1> workspace, index_t B, index_t R, index_t C) {
-  const std::size_t need = wsddn_workspace_size(cuda{}, B, R, C);
-  if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < need)
-    return fail(errc::invalid_argument, fn, "'workspace' must hold wsddn_workspace_size(ctx, " + std::to_string(B) + ", " + std::to_string(R) + ", " +
-                                                std::to_string(C) + ") = " + std::to_string(need) + " bytes");
-  if (workspace.extent(0) > 1 && workspace.stride(0) != 1) return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
-  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 != 0) return fail(errc::misaligned, fn, "'workspace' must be 16-byte aligned");
+  DISTILL_TRY(distill::check_workspace(fn, workspace, wsddn_workspace_size(cuda{}, B, R, C), "wsddn_workspace_size"));
   return cuda_detail::check_device_view(fn, "workspace", workspace);
 }
 
@@ -170,9 +170,9 @@ inline status launch(const char* fn, const cuda& ctx, pass p, const kernel_args&
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const std::size_t shared = static_cast<std::size_t>(4 * C) * sizeof(float);
   const unsigned blocks = static_cast<unsigned>(B);
-  if (p == pass::forward) wsddn_block_per_image_kernel<pass::forward><<<blocks, kThreads, shared, stream>>>(a);
-  if (p == pass::backward) wsddn_block_per_image_kernel<pass::backward><<<blocks, kThreads, shared, stream>>>(a);
-  if (p == pass::fused) wsddn_block_per_image_kernel<pass::fused><<<blocks, kThreads, shared, stream>>>(a);
+  if (p == pass::forward) wsddn_forward_block_per_image_kernel<<<blocks, kThreads, shared, stream>>>(a);
+  if (p == pass::backward) wsddn_backward_block_per_image_kernel<<<blocks, kThreads, shared, stream>>>(a);
+  if (p == pass::fused) wsddn_forward_backward_block_per_image_kernel<<<blocks, kThreads, shared, stream>>>(a);
   return cuda_detail::launch_status(fn, stream);
 }
 
