@@ -10,9 +10,11 @@ packages=(
   xtensor-dev                    # interop (tests)
   catch2                         # tests (Catch2 2.x)
   libbenchmark-dev               # distill_bench
-  libcli11-dev nlohmann-json3-dev  # flagship example: command line, results.json
-  libstb-dev                     # flagship example: PNG output
-  gnuplot-nox                    # flagship example: accuracy plots
+  libcli11-dev nlohmann-json3-dev  # examples: command line, results.json
+  libstb-dev                     # examples: PNG output
+  gnuplot-nox                    # examples: accuracy plots
+  zlib1g-dev                     # fashion_kd: reads the gzipped IDX files
+  dataset-fashion-mnist          # fashion_kd: the Fashion-MNIST images (/usr/share/datasets/fashion-mnist)
 )
 
 missing=()

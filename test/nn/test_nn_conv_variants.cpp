@@ -54,7 +54,7 @@ TEMPLATE_TEST_CASE("depthwise_conv2d forward matches the direct reference", "[nn
       std::vector<TestType> ybuf(static_cast<std::size_t>(c.B * (img + gap)), TestType(-7));
       auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.C, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
       REQUIRE(nn::depthwise_conv2d_forward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv1(b), yv,
-                                           nn::conv2d_params{c.s, c.s, c.p, c.p})
+                                           {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
                   .ok());
       vec got;
       bool gaps_intact = true;
@@ -83,7 +83,7 @@ TEST_CASE("depthwise_conv2d backward matches finite differences of the reference
       const nn::conv2d_params p{c.s, c.s, c.p, c.p};
       REQUIRE(nn::depthwise_conv2d_backward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv4(r, c.B, c.C, Ho, Wo),
                                             make_view(dx.data(), c.B, c.C, c.H, c.W), make_view(dw.data(), c.C, 1, c.k, c.k),
-                                            make_view(db.data(), c.C), p)
+                                            make_view(db.data(), c.C), {}, p)
                   .ok());
       nn_test::check_gradient("dx", [&](const vec& v) { return nn_test::dot(r, fwd(v, w, b)); }, x, dx);
       nn_test::check_gradient("dw", [&](const vec& v) { return nn_test::dot(r, fwd(x, v, b)); }, w, dw);
@@ -91,7 +91,7 @@ TEST_CASE("depthwise_conv2d backward matches finite differences of the reference
       vec dx2 = dx, dw2 = dw, db2 = db;
       REQUIRE(nn::depthwise_conv2d_backward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv4(r, c.B, c.C, Ho, Wo),
                                             make_view(dx2.data(), c.B, c.C, c.H, c.W), make_view(dw2.data(), c.C, 1, c.k, c.k),
-                                            make_view(db2.data(), c.C), p, nn::grad_options{true, true})
+                                            make_view(db2.data(), c.C), {}, p, nn::grad_options{true, true})
                   .ok());
       for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
       for (std::size_t i = 0; i < dw.size(); ++i) REQUIRE(dw2[i] == Approx(2 * dw[i]).margin(1e-12));
@@ -115,7 +115,7 @@ TEMPLATE_TEST_CASE("conv_transpose2d forward matches the scatter reference", "[n
       std::vector<TestType> ybuf(static_cast<std::size_t>(c.B * (img + gap)), TestType(-7));
       auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.Co, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
       REQUIRE(nn::conv_transpose2d_forward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv1(b), yv,
-                                           nn::conv_transpose2d_params{c.s, c.s, c.p, c.p, c.op, c.op})
+                                           {}, nn::conv_transpose2d_params{c.s, c.s, c.p, c.p, c.op, c.op})
                   .ok());
       vec got;
       bool gaps_intact = true;
@@ -144,7 +144,7 @@ TEST_CASE("conv_transpose2d backward matches finite differences of the reference
       const nn::conv_transpose2d_params p{c.s, c.s, c.p, c.p, c.op, c.op};
       REQUIRE(nn::conv_transpose2d_backward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv4(r, c.B, c.Co, Ho, Wo),
                                             make_view(dx.data(), c.B, c.Ci, c.H, c.W), make_view(dw.data(), c.Ci, c.Co, c.k, c.k),
-                                            make_view(db.data(), c.Co), p)
+                                            make_view(db.data(), c.Co), {}, p)
                   .ok());
       nn_test::check_gradient("dx", [&](const vec& v) { return nn_test::dot(r, fwd(v, w, b)); }, x, dx);
       nn_test::check_gradient("dw", [&](const vec& v) { return nn_test::dot(r, fwd(x, v, b)); }, w, dw);
@@ -152,7 +152,7 @@ TEST_CASE("conv_transpose2d backward matches finite differences of the reference
       vec dx2 = dx, dw2 = dw, db2 = db;
       REQUIRE(nn::conv_transpose2d_backward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv4(r, c.B, c.Co, Ho, Wo),
                                             make_view(dx2.data(), c.B, c.Ci, c.H, c.W), make_view(dw2.data(), c.Ci, c.Co, c.k, c.k),
-                                            make_view(db2.data(), c.Co), p, nn::grad_options{true, true})
+                                            make_view(db2.data(), c.Co), {}, p, nn::grad_options{true, true})
                   .ok());
       for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
       for (std::size_t i = 0; i < dw.size(); ++i) REQUIRE(dw2[i] == Approx(2 * dw[i]).margin(1e-12));
@@ -169,10 +169,10 @@ TEST_CASE("conv_transpose2d is the adjoint of conv2d: <conv2d(y), x> = <y, conv_
   const vec y = g.normals(static_cast<std::size_t>(B * Co * Ho * Wo));
   vec ty(static_cast<std::size_t>(B * Co * Ho * Wo)), cx(x.size());
   REQUIRE(nn::conv_transpose2d_forward(cpu{2}, cv4(x, B, Ci, H, W), cv4(w, Ci, Co, k, k), host_view<const double, 1>{},
-                                       make_view(ty.data(), B, Co, Ho, Wo), nn::conv_transpose2d_params{2, 2, 1, 1, 1, 1})
+                                       make_view(ty.data(), B, Co, Ho, Wo), {}, nn::conv_transpose2d_params{2, 2, 1, 1, 1, 1})
               .ok());
   REQUIRE(nn::conv2d_forward(cpu{2}, cv4(y, B, Co, Ho, Wo), cv4(w, Ci, Co, k, k), host_view<const double, 1>{}, make_view(cx.data(), B, Ci, H, W),
-                             nn::conv2d_params{2, 2, 1, 1})
+                             {}, nn::conv2d_params{2, 2, 1, 1})
               .ok());
   CHECK(nn_test::dot(cx, x) == Approx(nn_test::dot(y, ty)).epsilon(1e-12));
 }
@@ -197,7 +197,7 @@ TEST_CASE("depthwise and transposed convolution layers: shapes, gradients into p
     std::vector<double> dwd(once.size());
     const auto xd = nn_test::widen(x), wd = nn_test::widen(up.weight.value.to_host()), dyd = nn_test::widen(dy);
     REQUIRE(nn::conv_transpose2d_backward(cpu{1}, cv4(xd, 2, 4, 7, 7), cv4(wd, 4, 2, 3, 3), cv4(dyd, 2, 2, 14, 14), host_view<double, 4>{},
-                                          make_view(dwd.data(), 4, 2, 3, 3), host_view<double, 1>{}, up.params)
+                                          make_view(dwd.data(), 4, 2, 3, 3), host_view<double, 1>{}, {}, up.params)
                 .ok());
     once = dwd;
   }
@@ -206,27 +206,27 @@ TEST_CASE("depthwise and transposed convolution layers: shapes, gradients into p
 
   // errors
   CHECK(nn::conv_transpose2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), up.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(y.data(), 2, 2, 14, 14), nn::conv_transpose2d_params{2, 2, 1, 1, 2, 2})
+                                     make_view(y.data(), 2, 2, 14, 14), {}, nn::conv_transpose2d_params{2, 2, 1, 1, 2, 2})
             .code() == errc::invalid_argument);  // output padding >= stride
   CHECK(nn::conv_transpose2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), up.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(y.data(), 2, 2, 13, 13), up.params)
+                                     make_view(y.data(), 2, 2, 13, 13), {}, up.params)
             .code() == errc::shape_mismatch);  // y extent
   CHECK(nn::conv_transpose2d_forward(cpu{1}, cv4(x, 4, 2, 7, 7), up.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(y.data(), 4, 2, 7, 7), up.params)
+                                     make_view(y.data(), 4, 2, 7, 7), {}, up.params)
             .code() == errc::shape_mismatch);  // channels of x
   std::vector<float> yd(2 * 4 * 7 * 7);
   CHECK(nn::depthwise_conv2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), dwc.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(yd.data(), 2, 4, 7, 7), nn::conv2d_params{1, 1, 1, 1})
+                                     make_view(yd.data(), 2, 4, 7, 7), {}, nn::conv2d_params{1, 1, 1, 1})
             .ok());
   CHECK(nn::depthwise_conv2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), dwc.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(yd.data(), 2, 4, 7, 7), nn::conv2d_params{1, 1, 0, 0})
+                                     make_view(yd.data(), 2, 4, 7, 7), {}, nn::conv2d_params{1, 1, 0, 0})
             .code() == errc::shape_mismatch);  // y extent without padding
   std::vector<float> w2(4 * 2 * 9);
   CHECK(nn::depthwise_conv2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), cv4(w2, 4, 2, 3, 3), host_view<const float, 1>{},
-                                     make_view(yd.data(), 2, 4, 7, 7), nn::conv2d_params{1, 1, 1, 1})
+                                     make_view(yd.data(), 2, 4, 7, 7), {}, nn::conv2d_params{1, 1, 1, 1})
             .code() == errc::shape_mismatch);  // not one filter per channel
   float* null = nullptr;
   CHECK(nn::depthwise_conv2d_forward(cpu{1}, cv4(x, 2, 4, 7, 7), dwc.weight.value.view<4>(), host_view<const float, 1>{},
-                                     make_view(null, 2, 4, 7, 7), nn::conv2d_params{1, 1, 1, 1})
+                                     make_view(null, 2, 4, 7, 7), {}, nn::conv2d_params{1, 1, 1, 1})
             .code() == errc::invalid_argument);
 }

@@ -9,7 +9,8 @@
 //                         i > 0: + l_div [ div(F_i, F_{i-1})                          diversity term
 //                                         + sum_l AT(F_i^l, D_i(shift(F_{i-1}))_l) ]  self-distillation
 //   fusion module         input: the students' last maps concatenated (detached), [B, M C, 7, 7]
-//                         depthwise 3x3 -> BN -> ReLU -> 1x1 to C -> BN -> ReLU (= its map) -> avg-pool -> FC
+//                         depthwise 3x3 -> BN -> ReLU -> 1x1 to C -> BN -> ReLU (= its map) -> the
+//                         students' head (FFSD: avg-pool -> FC, which is its ResNets' head)
 //                         CE + T^2 KL(mean_i q_i || q_fusion)
 //   leader                CE + T^2 KL(q_fusion || q_leader)
 //                         + l_fus [ AT(F_L, map_fusion) + AT(TF(F_L), concat F_i)
@@ -70,13 +71,15 @@ class fusion_block {
   tensor dw_out_, d_dw_out_;
 };
 
-/// The fusion module: a fusion block (M C -> C channels) whose map is kept, then global average
-/// pooling and a linear classifier.
+/// The fusion module: a fusion block (M C -> C channels) whose map is kept, then the students' own
+/// head on it (in FFSD's ResNets both are average pooling + a linear layer; here the students end
+/// in flatten + linear layers, and a weaker fusion classifier would be a weak teacher for the leader).
 class fusion_module {
  public:
-  fusion_module(const std::string& name, int students, int channels, std::uint64_t seed) : block_(name, students * channels, channels, seed) {
-    classifier_.add(nn::global_avg_pool_stage{});
-    classifier_.add(nn::linear<float>(name + ".fc", channels, classes, linear_init(seed)));
+  fusion_module(const std::string& name, int students, const net_spec& student, std::uint64_t seed)
+      : block_(name, students * student.channels.back(), student.channels.back(), seed) {
+    const int side = stage_side(student, student.channels.size() - 1);
+    classifier_ = make_head(name, static_cast<index_t>(student.channels.back()) * side * side, student.head, student.dropout, seed);
   }
   [[nodiscard]] distill::status forward(const distill::cpu& ctx, cview<4> x) {
     DISTILL_TRY(block_.forward(ctx, x));
@@ -199,7 +202,7 @@ class ffsd_learner final : public learner {
         C_(cfg.student.channels.back()),
         leader_("ffsd.leader", cfg.student, seed),
         trans_fusion_("ffsd.trans_fusion", C_, M_ * C_, seed),
-        fusion_("ffsd.fusion", M_, C_, seed),
+        fusion_("ffsd.fusion", M_, cfg.student, seed),
         leader_decoder_("ffsd.leader_decoder", C_, static_cast<int>(cfg.student.channels.size()) - 1, seed) {
     if (M_ < 2) throw std::invalid_argument("ffsd needs at least 2 common students");
     if (cfg.student.channels.size() < 2) throw std::invalid_argument("ffsd needs a student with at least 2 stages");
@@ -217,7 +220,10 @@ class ffsd_learner final : public learner {
     decoder_opt_.push_back(std::make_unique<scheduled_adam>(leader_decoder_.parameters(), cfg.loss.ffsd_decoder_lr, cfg.student_opt.weight_decay, total_steps));
   }
 
-  double train_step(const distill::cpu& ctx, const batch& b, staged_net*, const step_info& at) override {
+  /// Every loss reads the forward values of the start of the step (peers, fusion and decoder
+  /// outputs are constants in it, as in the reference code), so computing all gradients first
+  /// and then stepping every optimiser equals the reference's network-by-network updates.
+  double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net*, const step_info& at) override {
     const auto y = loss::labels_of(b.labels);
     const double T = loss_.ffsd_temperature;
     const double l_div = warm(loss_.ffsd_lambda_diversity, at.epoch), l_fus = warm(loss_.ffsd_lambda_fusion, at.epoch),
@@ -249,7 +255,6 @@ class ffsd_learner final : public learner {
         l += self_distillation_term(ctx, s, *decoders_[static_cast<std::size_t>(i - 1)], shifted_.cview<4>(), l_div);
       }
       distill::throw_if_error(s.backward(ctx, dlogits_.cview<2>(), feature_grad_ptrs_));
-      student_opt_[static_cast<std::size_t>(i)]->step(ctx);
       total += l;
     }
 
@@ -259,7 +264,6 @@ class ffsd_learner final : public learner {
     total += loss::cross_entropy(ctx, fusion_.logits().cview<2>(), y, dlogits_.view<2>());
     total += loss::soft_kl(ctx, fusion_.logits().cview<2>(), ensemble_.cview<2>(), T, 1.0, dlogits_.view<2>(), true);
     distill::throw_if_error(fusion_.backward(ctx, concat_.cview<4>(), dlogits_.cview<2>()));
-    fusion_opt_->step(ctx);
 
     // the leader (and its trans-fusion module)
     distill::throw_if_error(nn::zero_grad(ctx, leader_opt_->opt.params()));
@@ -277,16 +281,23 @@ class ffsd_learner final : public learner {
     add_into(feature_grad(last), d_leader_last_);
     l += self_distillation_term(ctx, leader_, leader_decoder_, fusion_.map().cview<4>(), l_fus);
     distill::throw_if_error(leader_.backward(ctx, dlogits_.cview<2>(), feature_grad_ptrs_));
-    leader_opt_->step(ctx);
     total += l;
 
-    // the decoders learn to reconstruct the earlier stages from the last one (pre-step features)
+    // the decoders learn to reconstruct the earlier stages from the last one
     for (int i = 1; i < M_; ++i)
-      total += train_decoder(ctx, *decoders_[static_cast<std::size_t>(i - 1)], *students_[static_cast<std::size_t>(i)],
+      total += decoder_gradients(ctx, *decoders_[static_cast<std::size_t>(i - 1)], *students_[static_cast<std::size_t>(i)],
                              *decoder_opt_[static_cast<std::size_t>(i - 1)], l_sd);
-    total += train_decoder(ctx, leader_decoder_, leader_, *decoder_opt_.back(), l_sd);
+    total += decoder_gradients(ctx, leader_decoder_, leader_, *decoder_opt_.back(), l_sd);
     return total;
   }
+
+  void step(const distill::cpu& ctx) override {
+    for (auto& o : student_opt_) o->step(ctx);
+    fusion_opt_->step(ctx);
+    leader_opt_->step(ctx);
+    for (auto& o : decoder_opt_) o->step(ctx);
+  }
+  param_list parameters() override { return all_parameters(); }
 
   std::vector<evaluated_net> evaluated() override {
     std::vector<evaluated_net> v{{"ffsd_leader", &leader_}};
@@ -375,8 +386,8 @@ class ffsd_learner final : public learner {
     return l;
   }
 
-  /// One Adam step of a decoder on weight * sum_l [nmse + AT](D(F^last)_l, F^l) of `net`'s last forward.
-  double train_decoder(const distill::cpu& ctx, decoder& d, staged_net& net, scheduled_adam& opt, double weight) {
+  /// The gradients of a decoder's loss weight * sum_l [nmse + AT](D(F^last)_l, F^l) of `net`'s last forward.
+  double decoder_gradients(const distill::cpu& ctx, decoder& d, staged_net& net, scheduled_adam& opt, double weight) {
     distill::throw_if_error(nn::zero_grad(ctx, opt.opt.params()));
     d.set_training(true);
     const std::size_t last = net.stage_count() - 1;
@@ -390,7 +401,6 @@ class ffsd_learner final : public learner {
       l += loss::attention_transfer(ctx, out.cview<4>(), net.stage_output(s).cview<4>(), weight, decoder_grads_[s].view<4>(), true);
     }
     distill::throw_if_error(d.backward(ctx, decoder_grads_));
-    opt.step(ctx);
     return l;
   }
 

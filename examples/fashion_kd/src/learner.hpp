@@ -59,9 +59,18 @@ struct evaluated_net {
 class learner {
  public:
   virtual ~learner() = default;
-  /// One optimiser step on the batch; `teacher` holds its outputs on this batch (or is null for
-  /// methods without a teacher). Returns the training loss.
-  virtual double train_step(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) = 0;
+  /// The training loss on the batch, and its gradients in every trainable parameter (zeroed
+  /// first); `teacher` holds its outputs on this batch (null for methods without a teacher).
+  virtual double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) = 0;
+  /// One step of every optimiser from the gradients.
+  virtual void step(const distill::cpu& ctx) = 0;
+  double train_step(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) {
+    const double l = compute_gradients(ctx, b, teacher, at);
+    step(ctx);
+    return l;
+  }
+  /// Every trainable parameter and buffer (for checks and checkpoints).
+  virtual param_list parameters() = 0;
   /// The networks to evaluate (the deployed ones).
   virtual std::vector<evaluated_net> evaluated() = 0;
   virtual void save(nn::checkpoint& ck) = 0;
@@ -125,7 +134,7 @@ class student_learner final : public learner {
         net_(!net_name.empty() ? net_name : is_mlp(method) ? "mlp" : "student", is_mlp(method) ? cfg.mlp : cfg.student, seed),
         sgd_(all_parameters(cfg, seed, teacher), cfg.student_opt, total_steps, cfg.student_opt.weight_decay) {}
 
-  double train_step(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) override {
+  double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) override {
     const auto y = loss::labels_of(b.labels);
     distill::throw_if_error(nn::zero_grad(ctx, sgd_.opt.params()));
     net_.set_training(true);
@@ -146,26 +155,30 @@ class student_learner final : public learner {
     if (method_ == "at" || method_ == "at_kd") l += attention_terms(ctx, *teacher);
     if (method_ == "stats" || method_ == "adain") l += statistics_term(ctx, *teacher);
     distill::throw_if_error(net_.backward(ctx, dlogits_.cview<2>(), feature_grads_));
-    sgd_.step(ctx);
     return l;
+  }
+  void step(const distill::cpu& ctx) override { sgd_.step(ctx); }
+  param_list parameters() override {
+    auto p = net_.parameters();
+    if (connector_) {
+      const auto c = connector_->parameters();
+      p.insert(p.end(), c.begin(), c.end());
+    }
+    return p;
   }
 
   std::vector<evaluated_net> evaluated() override { return {{row_, &net_}}; }
   staged_net& net() { return net_; }
 
   void save(nn::checkpoint& ck) override {
-    distill::throw_if_error(ck.add_parameters(net_.parameters()));
-    if (connector_) distill::throw_if_error(ck.add_parameters(connector_->parameters()));
+    distill::throw_if_error(ck.add_parameters(parameters()));
     save_optimizer(ck, "", sgd_.opt);
+    net_.save_state(ck, "");
   }
   void load(const nn::checkpoint& ck) override {
-    auto params = net_.parameters();
-    if (connector_) {
-      const auto c = connector_->parameters();
-      params.insert(params.end(), c.begin(), c.end());
-    }
-    distill::throw_if_error(ck.restore_parameters(params));
+    distill::throw_if_error(ck.restore_parameters(parameters()));
     load_optimizer(ck, "", sgd_.opt);
+    net_.load_state(ck, "");
   }
 
  private:

@@ -34,6 +34,7 @@ namespace fkd::loss {
 
 using distill::throw_if_error;
 using labels_view = distill::host_view<const std::int64_t, 1>;
+using no_workspace = distill::host_view<std::byte, 1>;  // every CPU loss here needs 0 bytes of scratch
 
 inline labels_view labels_of(std::span<const std::int64_t> y) { return distill::make_view(y.data(), static_cast<index_t>(y.size())); }
 
@@ -42,7 +43,7 @@ inline float cross_entropy(const distill::cpu& ctx, cview<2> logits, labels_view
   float l = 0;
   distill::nn::cross_entropy_options o;
   o.grad_scale = weight;
-  throw_if_error(distill::nn::softmax_cross_entropy_forward_backward<std::int64_t, float>(ctx, logits, y, distill::make_view(&l, 1), grad, o));
+  throw_if_error(distill::nn::softmax_cross_entropy_forward_backward(ctx, logits, y, distill::make_view(&l, 1), grad, o));
   return static_cast<float>(weight) * l;
 }
 
@@ -55,7 +56,7 @@ inline float hinton_kd(const distill::cpu& ctx, cview<2> student, cview<2> teach
   o.hard_label_weight = static_cast<float>(1 - alpha);
   distill::soft_target_host_extras<float> extra;
   extra.labels = y;
-  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, o, extra));
+  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, extra, no_workspace{}, o));
   return l;
 }
 
@@ -66,7 +67,7 @@ inline float soft_kl(const distill::cpu& ctx, cview<2> logits, cview<2> peer, do
   o.temperature = static_cast<float>(temperature);
   o.soft_weight = static_cast<float>(weight);
   o.accumulate = accumulate;
-  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, logits, peer, distill::make_view(&l, 1), grad, o));
+  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, logits, peer, distill::make_view(&l, 1), grad, {}, no_workspace{}, o));
   return l;
 }
 
@@ -82,7 +83,7 @@ inline float dkd(const distill::cpu& ctx, cview<2> student, cview<2> teacher, la
   o.hard_label_weight = 1.0f;
   distill::soft_target_host_extras<float> extra;
   extra.labels = y;
-  throw_if_error(distill::dkd_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, o, extra));
+  throw_if_error(distill::dkd_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, extra, no_workspace{}, o));
   return l;
 }
 
@@ -93,7 +94,7 @@ inline float attention_transfer(const distill::cpu& ctx, cview<4> student, cview
   distill::attention_transfer_options o;
   o.beta = beta;
   o.accumulate = accumulate;
-  throw_if_error(distill::attention_transfer_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, o));
+  throw_if_error(distill::attention_transfer_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, no_workspace{}, o));
   return l;
 }
 
@@ -102,7 +103,7 @@ inline float stats_l2(const distill::cpu& ctx, cview<4> student, cview<4> teache
   float l = 0;
   distill::stats_matching_options o;
   o.grad_scale = weight;
-  throw_if_error(distill::stats_matching_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, o));
+  throw_if_error(distill::stats_matching_forward_backward(ctx, student, teacher, distill::make_view(&l, 1), grad, no_workspace{}, o));
   return static_cast<float>(weight) * l;
 }
 
@@ -125,13 +126,14 @@ inline float adain_kd(const distill::cpu& ctx, cview<4> student, cview<4> teache
   throw_if_error(buf.mixed.resize(fshape));
   throw_if_error(buf.grad_mixed.resize(fshape));
   for (tensor* t : {&buf.out_mixed, &buf.out_teacher, &buf.grad_out}) throw_if_error(t->resize(oshape));
-  distill::adain_kd_workspace<float, distill::host_space> ws;
+  distill::adain_kd_buffers<float, distill::host_space> ws;
   ws.mixed = buf.mixed.view<4>(), ws.grad_mixed = buf.grad_mixed.view<4>();
   ws.out_mixed = buf.out_mixed.view<2>(), ws.out_teacher = buf.out_teacher.view<2>(), ws.grad_out = buf.grad_out.view<2>();
   distill::adain_kd_options o;
   o.grad_scale = weight;
   float l = 0;
-  throw_if_error(distill::adain_kd_loss_forward_backward(ctx, student, teacher, head.forward, head.vjp, distill::make_view(&l, 1), grad, ws, o));
+  throw_if_error(distill::adain_kd_loss_forward_backward(ctx, student, teacher, head.forward, head.vjp, distill::make_view(&l, 1), grad, ws,
+                                                        no_workspace{}, o));
   return static_cast<float>(weight) * l;
 }
 
@@ -142,13 +144,13 @@ inline float diversity(const distill::cpu& ctx, cview<4> student, cview<4> peer,
   o.weight = weight;
   o.accumulate = accumulate;
   throw_if_error(distill::attention_diversity_forward_backward(ctx, student, peer, distill::make_view(&l, 1), grad,
-                                                               distill::host_view<std::byte, 1>{}, o));
+                                                               no_workspace{}, o));
   return l;
 }
 
 /// The peer's features moved towards the diversity target (the decoder input of FFSD).
 inline void diversity_shift(const distill::cpu& ctx, cview<4> peer, view<4> shifted) {
-  throw_if_error(distill::attention_diversity_shift(ctx, peer, shifted, distill::host_view<std::byte, 1>{}));
+  throw_if_error(distill::attention_diversity_shift(ctx, peer, shifted, no_workspace{}));
 }
 
 /// weight * mean over samples of mse(x_b / ||x_b||, y_b / ||y_b||), each sample flattened
@@ -159,12 +161,12 @@ inline float normalized_mse(const distill::cpu& ctx, cview<4> x, cview<4> target
   distill::embedding_alignment_options o;
   o.metric = distill::embedding_metric::mse;
   o.normalize = distill::l2_normalization::clamp;
-  o.red = distill::reduction::batchmean;
+  o.reduction = distill::reduction::batchmean;
   o.grad_scale = weight;
   o.accumulate = accumulate;
   throw_if_error(distill::embedding_alignment_forward_backward(ctx, distill::make_view(x.data(), B, D), distill::make_view(target.data(), B, D),
                                                                distill::host_view<const float, 1>{}, distill::host_view<const std::uint8_t, 1>{},
-                                                               distill::make_view(&l, 1), distill::make_view(grad.data(), B, D), o));
+                                                               distill::make_view(&l, 1), distill::make_view(grad.data(), B, D), no_workspace{}, o));
   return static_cast<float>(weight) * l;
 }
 

@@ -12,11 +12,13 @@
 //   fashion_kd --preset smoke|cpu-small|full [--methods ...] [--seeds 3] [--out DIR] [overrides]
 
 #include <CLI/CLI.hpp>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -35,6 +37,21 @@ namespace fs = std::filesystem;
 using namespace fkd;
 
 namespace {
+
+/// CPU seconds (user + system) this process has used: on a shared machine, the measure of the
+/// work done that the other processes do not inflate (wall time on 2 dedicated cores ~ CPU / 2).
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+/// The 1-minute load average ("" where /proc is missing).
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string v;
+  f >> v;
+  return v;
+}
 
 /// What must match for a student checkpoint to be resumed: everything but the list of seeds
 /// and methods and the thread count.
@@ -116,7 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "methods to run (default all): ce kd dkd at at_kd stats adain ffsd mlp_ce mlp_kd");
   std::optional<int> seeds, threads, epochs, teacher_epochs, batch, student_per_class, teacher_per_class, eval_images, augment_pad;
   std::optional<std::uint64_t> first_seed;
-  std::optional<double> lr, kd_t, kd_alpha, dkd_beta, at_beta, stats_w, adain_w;
+  std::optional<double> lr, kd_t, kd_alpha, dkd_beta, dkd_t, dkd_warmup, at_beta, stats_w, adain_w;
   std::optional<std::vector<int>> student_channels, teacher_channels, student_head, teacher_head, mlp_hidden;
   bool augment_flip = false;
   app.add_option("--seeds", seeds, "number of seeds (mean ± std over them)")->check(CLI::Range(1, 100));
@@ -143,6 +160,8 @@ int main(int argc, char** argv) {
   app.add_option("--kd-temperature", kd_t, "Hinton KD temperature")->check(CLI::PositiveNumber);
   app.add_option("--kd-alpha", kd_alpha, "Hinton KD weight of the soft term (1 - alpha on CE)")->check(CLI::Range(0.0, 1.0));
   app.add_option("--dkd-beta", dkd_beta, "DKD weight of NCKD")->check(CLI::NonNegativeNumber);
+  app.add_option("--dkd-temperature", dkd_t, "DKD temperature")->check(CLI::PositiveNumber);
+  app.add_option("--dkd-warmup", dkd_warmup, "DKD warm-up in epochs (weight min(epochs done / warm-up, 1))")->check(CLI::NonNegativeNumber);
   app.add_option("--at-beta", at_beta, "attention transfer beta (beta/2 per stage pair)")->check(CLI::NonNegativeNumber);
   app.add_option("--stats-weight", stats_w, "weight of the statistics L2 loss")->check(CLI::NonNegativeNumber);
   app.add_option("--adain-weight", adain_w, "weight of the AdaIN-KD loss")->check(CLI::NonNegativeNumber);
@@ -173,10 +192,14 @@ int main(int argc, char** argv) {
     if (kd_t) c.loss.kd_temperature = *kd_t;
     if (kd_alpha) c.loss.kd_alpha = *kd_alpha;
     if (dkd_beta) c.loss.dkd_beta = *dkd_beta;
+    if (dkd_t) c.loss.dkd_temperature = *dkd_t;
+    if (dkd_warmup) c.loss.dkd_warmup_epochs = *dkd_warmup;
     if (at_beta) c.loss.at_beta = *at_beta;
     if (stats_w) c.loss.stats_weight = *stats_w;
     if (adain_w) c.loss.adain_weight = *adain_w;
     const distill::cpu ctx{c.threads};
+    const auto wall0 = std::chrono::steady_clock::now();
+    const std::string load0 = load_average();
     const std::string device = "CPU, " + std::to_string(c.threads) + " thread" + (c.threads > 1 ? "s" : "");
     fs::create_directories(fs::path(out) / "checkpoints");
     std::cerr << "fashion_kd: preset " << c.preset << ", " << c.seeds << " seed(s), methods:";
@@ -269,9 +292,14 @@ int main(int argc, char** argv) {
     std::vector<row_result> table_rows;
     if (!teacher_row.runs.empty()) table_rows.push_back(teacher_row);
     table_rows.insert(table_rows.end(), rows.begin(), rows.end());
-    std::cout << "\n" << format_table(table_rows, device) << "\n" << format_comparisons(rows) << std::flush;
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(), cpu = cpu_seconds();
+    const std::string run_line = "whole run: " + examples::table::fixed(wall / 60, 1) + " min wall, " + examples::table::fixed(cpu / 60, 1) +
+                                 " min CPU (user + system); load average " + load0 + " at the start, " + load_average() + " at the end";
+    std::cout << "\n" << format_table(table_rows, device) << "\n" << format_comparisons(rows) << run_line << "\n" << std::flush;
     const fs::path o(out);
-    write_results_json(o / "results.json", nlohmann::ordered_json::parse(to_json(c).dump()), device, teacher_row, rows);
+    auto config_json = nlohmann::ordered_json::parse(to_json(c).dump());
+    config_json["run"] = {{"wall_seconds", wall}, {"cpu_seconds", cpu}, {"load_average_start", load0}, {"load_average_end", load_average()}};
+    write_results_json(o / "results.json", config_json, device, teacher_row, rows);
     write_curves_csv(o / "curves.csv", curves);
     const auto plot = plot_curves(curves, table_rows, o / "curves.png");
     std::cerr << plot.message << "\n";

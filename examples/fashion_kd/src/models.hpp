@@ -49,6 +49,28 @@ inline void add_conv_bn_relu(nn::sequential<float>& s, const std::string& name, 
   s.add(nn::activation::relu);
 }
 
+/// Linear layers features -> hidden... -> 10 with ReLU between them and, when dropout > 0, a
+/// dropout before each (own stream per position); layers named "<name>.fc<k>".
+inline nn::sequential<float> make_head(const std::string& name, index_t features, const std::vector<int>& hidden, double dropout,
+                                       std::uint64_t seed) {
+  nn::sequential<float> head;
+  for (std::size_t k = 0; k <= hidden.size(); ++k) {
+    if (dropout > 0) head.add(nn::dropout<float>(dropout, nn::stream_key(seed, nn::name_hash(name + ".dropout" + std::to_string(k)))));
+    const index_t out = k < hidden.size() ? hidden[k] : classes;
+    head.add(nn::linear<float>(name + ".fc" + std::to_string(k), features, out, linear_init(seed)));
+    if (k < hidden.size()) head.add(nn::activation::relu);
+    features = out;
+  }
+  return head;
+}
+
+/// The side of a stage-k output of a 28 x 28 input (each of the first pooled_stages halves it).
+inline int stage_side(const net_spec& spec, std::size_t k) {
+  int side = 28;
+  for (std::size_t j = 0; j <= k && static_cast<int>(j) < spec.pooled_stages; ++j) side /= 2;
+  return side;
+}
+
 class staged_net {
  public:
   staged_net(const std::string& name, const net_spec& spec, std::uint64_t seed) : spec_(spec) {
@@ -60,13 +82,7 @@ class staged_net {
       stages_.push_back(std::move(s));
       in = spec.channels[k];
     }
-    index_t features = spec.channels.empty() ? 784 : static_cast<index_t>(in) * side * side;
-    for (std::size_t k = 0; k < spec.head.size(); ++k) {
-      head_.add(nn::linear<float>(name + ".fc" + std::to_string(k), features, spec.head[k], linear_init(seed)));
-      head_.add(nn::activation::relu);
-      features = spec.head[k];
-    }
-    head_.add(nn::linear<float>(name + ".fc" + std::to_string(spec.head.size()), features, classes, linear_init(seed)));
+    head_ = make_head(name, spec.channels.empty() ? 784 : static_cast<index_t>(in) * side * side, spec.head, spec.dropout, seed);
     stage_grads_.resize(stages_.size());
   }
 
@@ -87,6 +103,25 @@ class staged_net {
   void set_training(bool t) {
     for (auto& s : stages_) s.set_training(t);
     head_.set_training(t);
+  }
+  /// The dropout layers' mask counters: state a checkpoint must keep for an exact resume.
+  std::vector<std::uint64_t*> dropout_offsets() {
+    std::vector<std::uint64_t*> v;
+    for (std::size_t i = 0; i < head_.size(); ++i)
+      if (auto* d = std::get_if<nn::dropout<float>>(&head_[i])) v.push_back(&d->offset);
+    return v;
+  }
+  void save_state(nn::checkpoint& ck, const std::string& prefix) {
+    const auto offsets = dropout_offsets();
+    for (std::size_t k = 0; k < offsets.size(); ++k) ck.put_int(prefix + "dropout" + std::to_string(k) + ".offset", static_cast<std::int64_t>(*offsets[k]));
+  }
+  void load_state(const nn::checkpoint& ck, const std::string& prefix) {
+    const auto offsets = dropout_offsets();
+    for (std::size_t k = 0; k < offsets.size(); ++k) {
+      std::int64_t v = 0;
+      distill::throw_if_error(ck.get_int(prefix + "dropout" + std::to_string(k) + ".offset", v));
+      *offsets[k] = static_cast<std::uint64_t>(v);
+    }
   }
 
   [[nodiscard]] distill::status forward(const distill::cpu& ctx, cview<4> x) {

@@ -137,7 +137,7 @@ inline void train_members(const distill::cpu& ctx, std::vector<member>& members,
   for (int epoch = first_epoch; epoch < plan.epochs; ++epoch) {
     const auto order = examples::shuffled_order(N, plan.seed, static_cast<std::uint64_t>(epoch));
     examples::progress_bar bar(plan.label + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(plan.epochs),
-                               static_cast<std::int64_t>(steps) * static_cast<std::int64_t>(B), {.unit = "img"});
+                               static_cast<std::int64_t>(steps) * static_cast<std::int64_t>(B), {.unit = "img", .clock = {}});
     bool need_teacher = false;
     for (const auto& m : members) need_teacher |= m.start_epoch <= epoch && m.uses_teacher;
     double teacher_seconds = 0;

@@ -26,8 +26,8 @@
 #include "render.hpp"  // first: it owns the stb_image_write implementation
 #include "batching.hpp"
 #include "dataset_io.hpp"
-#include "logic_masks.hpp"
 #include "../../common/progress.hpp"
+#include "logic_masks.hpp"
 #include "report.hpp"
 #include "runner.hpp"
 #include "sort_of_clevr.hpp"

@@ -69,6 +69,22 @@ inline std::size_t attention_diversity_workspace_size(const cpu&, index_t /*batc
 
 namespace attention_diversity_detail {
 
+/// q[h W + w] = (1/C) sum_c a(b, c, h, w)^2 for one sample; returns ||q||.
+template <class Acc, class V>
+Acc energy_map(const V& a, index_t b, std::vector<Acc>& q) {
+  const index_t C = a.extent(1), H = a.extent(2), W = a.extent(3);
+  q.assign(static_cast<std::size_t>(H * W), Acc(0));
+  for (index_t c = 0; c < C; ++c)
+    for (index_t h = 0; h < H; ++h)
+      for (index_t w = 0; w < W; ++w) {
+        const Acc v = load<Acc>(a(b, c, h, w));
+        q[static_cast<std::size_t>(h * W + w)] += v * v;
+      }
+  Acc ss = 0;
+  for (auto& v : q) v /= static_cast<Acc>(C), ss += v * v;
+  return std::sqrt(ss);
+}
+
 /// One sample's peer statistics: y = R / max(nu, eps) (in `y`), nu and theta.
 template <class Acc>
 struct peer_map {
@@ -77,17 +93,8 @@ struct peer_map {
 
   template <class V>
   void compute(const V& peer, index_t b, Acc eps) {
-    const index_t C = peer.extent(1), H = peer.extent(2), W = peer.extent(3), N = H * W;
-    y.assign(static_cast<std::size_t>(N), Acc(0));
-    for (index_t c = 0; c < C; ++c)
-      for (index_t h = 0; h < H; ++h)
-        for (index_t w = 0; w < W; ++w) {
-          const Acc v = load<Acc>(peer(b, c, h, w));
-          y[static_cast<std::size_t>(h * W + w)] += v * v;
-        }
-    Acc ss = 0;
-    for (auto& v : y) v /= static_cast<Acc>(C), ss += v * v;
-    nu = std::sqrt(ss);
+    const index_t N = peer.extent(2) * peer.extent(3);
+    nu = energy_map(peer, b, y);
     const Acc n = nu < eps ? eps : nu;
     for (auto& v : y) v /= n;
     sorted = y;
@@ -146,19 +153,10 @@ status run(const char* fn, const cpu& ctx, host_view<TS, 4> student, host_view<T
   std::vector<Acc> sample_loss(static_cast<std::size_t>(B));
   parallel_for(ctx, B, [&](index_t b0, index_t b1) {
     peer_map<Acc> pm;
-    std::vector<Acc> q(static_cast<std::size_t>(N));
+    std::vector<Acc> q;
     for (index_t b = b0; b < b1; ++b) {
       pm.compute(peer, b, eps);
-      std::fill(q.begin(), q.end(), Acc(0));
-      for (index_t c = 0; c < C; ++c)
-        for (index_t h = 0; h < H; ++h)
-          for (index_t w = 0; w < W; ++w) {
-            const Acc a = load<Acc>(student(b, c, h, w));
-            q[static_cast<std::size_t>(h * W + w)] += a * a;
-          }
-      Acc ss = 0;
-      for (auto& v : q) v /= static_cast<Acc>(C), ss += v * v;
-      const Acc norm = std::sqrt(ss);
+      const Acc norm = energy_map(student, b, q);
       const bool clamped = !(norm >= eps);
       const Acc ns = clamped ? eps : norm;
       Acc l = 0, ug = 0;  // sum (u - t)^2 and <u, u - t>

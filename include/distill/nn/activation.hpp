@@ -18,6 +18,8 @@
 
 #include <cmath>
 
+#include <type_traits>
+
 #include "distill/nn/common.hpp"
 
 namespace distill::nn {
@@ -82,6 +84,22 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc activation_derivative(activation a, 
   }
 }
 
+namespace nn_detail {
+/// f(std::integral_constant<activation, A>{}) for the runtime kind `a`: one branch per call, so the
+/// element loops below see a constant kind (inlined, vectorised).
+template <class F>
+void with_activation(activation a, F&& f) {
+  switch (a) {
+    case activation::relu: return f(std::integral_constant<activation, activation::relu>{});
+    case activation::gelu: return f(std::integral_constant<activation, activation::gelu>{});
+    case activation::gelu_tanh: return f(std::integral_constant<activation, activation::gelu_tanh>{});
+    case activation::tanh: return f(std::integral_constant<activation, activation::tanh>{});
+    case activation::sigmoid: return f(std::integral_constant<activation, activation::sigmoid>{});
+    default: return f(std::integral_constant<activation, activation::identity>{});
+  }
+}
+}  // namespace nn_detail
+
 /// y = f(x).
 template <class T>
 [[nodiscard]] status activation_forward(const cpu& ctx, activation a, in_view<T, 2> x, host_view<T, 2> y) {
@@ -90,6 +108,19 @@ template <class T>
   DISTILL_TRY(check_same_shape(fn, "y", y, "x", x));
   DISTILL_TRY(check_strides(fn, "y", y));
   using Acc = accum_t<T>;
+  if (x.contiguous() && y.contiguous()) {  // the common case: one flat loop per thread
+    const T* xp = x.data();
+    T* yp = y.data();
+    nn_detail::with_activation(a, [&](auto kind) {
+      parallel_for(
+          ctx, x.size(),
+          [&](index_t b, index_t e) {
+            for (index_t i = b; i < e; ++i) yp[i] = static_cast<T>(activation_value<Acc>(kind.value, static_cast<Acc>(xp[i])));
+          },
+          index_t(1) << 15);
+    });
+    return {};
+  }
   nn_detail::map_rows<T>(ctx, x, y, [&](index_t r, index_t c) { return static_cast<T>(activation_value<Acc>(a, static_cast<Acc>(x(r, c)))); });
   return {};
 }
@@ -104,6 +135,22 @@ template <class T>
   DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
   DISTILL_TRY(check_strides(fn, "dx", dx));
   using Acc = accum_t<T>;
+  if (x.contiguous() && dy.contiguous() && dx.contiguous()) {
+    const T *xp = x.data(), *gp = dy.data();
+    T* dp = dx.data();
+    nn_detail::with_activation(a, [&](auto kind) {
+      parallel_for(
+          ctx, x.size(),
+          [&](index_t b, index_t e) {
+            for (index_t i = b; i < e; ++i) {
+              const Acc g = static_cast<Acc>(gp[i]) * activation_derivative<Acc>(kind.value, static_cast<Acc>(xp[i]));
+              dp[i] = static_cast<T>(opt.accumulate_input ? static_cast<Acc>(dp[i]) + g : g);
+            }
+          },
+          index_t(1) << 15);
+    });
+    return {};
+  }
   nn_detail::map_rows<T>(ctx, x, dx, [&](index_t r, index_t c) {
     const Acc g = static_cast<Acc>(dy(r, c)) * activation_derivative<Acc>(a, static_cast<Acc>(x(r, c)));
     return static_cast<T>(opt.accumulate_input ? static_cast<Acc>(dx(r, c)) + g : g);

@@ -33,6 +33,29 @@ struct batch_norm_params {
 };
 
 namespace nn_detail {
+/// sum_k x(n, c, k) (squared = false) or sum_k (x(n, c, k) - mu)^2 (squared = true) over one
+/// row, in double; a contiguous row is read through a pointer (vectorised).
+template <class X>
+double row_sum(const X& x, index_t n, index_t c, index_t S, bool squared, double mu = 0.0) {
+  double s = 0;
+  if (x.stride(2) == 1) {
+    const auto* r = &x(n, c, 0);
+    if (!squared)
+      for (index_t k = 0; k < S; ++k) s += static_cast<double>(r[k]);
+    else
+      for (index_t k = 0; k < S; ++k) {
+        const double d = static_cast<double>(r[k]) - mu;
+        s += d * d;
+      }
+  } else {
+    for (index_t k = 0; k < S; ++k) {
+      const double d = static_cast<double>(x(n, c, k)) - mu;
+      s += squared ? d * d : d;
+    }
+  }
+  return s;
+}
+
 template <class X, class G>
 status check_batch_norm(const char* fn, const X& x, const G& gamma, const batch_norm_params& p) {
   DISTILL_TRY(check_input(fn, "x", x));
@@ -77,15 +100,10 @@ template <class T>
           double mu, invstd;
           if (p.training) {
             double s = 0;
-            for (index_t n = 0; n < N; ++n)
-              for (index_t k = 0; k < S; ++k) s += static_cast<double>(x(n, c, k));
+            for (index_t n = 0; n < N; ++n) s += nn_detail::row_sum(x, n, c, S, false);
             mu = s / M;
             double v = 0;
-            for (index_t n = 0; n < N; ++n)
-              for (index_t k = 0; k < S; ++k) {
-                const double d = static_cast<double>(x(n, c, k)) - mu;
-                v += d * d;
-              }
+            for (index_t n = 0; n < N; ++n) v += nn_detail::row_sum(x, n, c, S, true, mu);
             const double var = v / M;
             invstd = 1.0 / std::sqrt(var + p.eps);
             if (!running_mean.empty()) {
@@ -102,8 +120,15 @@ template <class T>
           const double g = gamma.empty() ? 1.0 : static_cast<double>(gamma(c));
           const double b = beta.empty() ? 0.0 : static_cast<double>(beta(c));
           const double a = g * invstd, o = b - mu * a;  // y = a x + o
-          for (index_t n = 0; n < N; ++n)
-            for (index_t k = 0; k < S; ++k) y(n, c, k) = static_cast<T>(a * static_cast<double>(x(n, c, k)) + o);
+          for (index_t n = 0; n < N; ++n) {
+            if (x.stride(2) == 1 && y.stride(2) == 1) {
+              const T* xr = &x(n, c, 0);
+              T* yr = &y(n, c, 0);
+              for (index_t k = 0; k < S; ++k) yr[k] = static_cast<T>(a * static_cast<double>(xr[k]) + o);
+            } else {
+              for (index_t k = 0; k < S; ++k) y(n, c, k) = static_cast<T>(a * static_cast<double>(x(n, c, k)) + o);
+            }
+          }
         }
       },
       std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));
@@ -133,24 +158,49 @@ template <class TD, class T = std::remove_const_t<TD>>
       [&](index_t c0, index_t c1) {
         for (index_t c = c0; c < c1; ++c) {
           const double mu = static_cast<double>(saved_mean(c)), is = static_cast<double>(saved_invstd(c));
+          const bool rows = x.stride(2) == 1 && dy.stride(2) == 1 && (dx.empty() || dx.stride(2) == 1);
           double sdy = 0, sdyx = 0;
-          for (index_t n = 0; n < N; ++n)
-            for (index_t k = 0; k < S; ++k) {
-              const double g = static_cast<double>(dy(n, c, k));
-              sdy += g;
-              sdyx += g * (static_cast<double>(x(n, c, k)) - mu) * is;
+          for (index_t n = 0; n < N; ++n) {
+            if (rows) {
+              const T* xr = &x(n, c, 0);
+              const TD* gr = &dy(n, c, 0);
+              for (index_t k = 0; k < S; ++k) {
+                const double g = static_cast<double>(gr[k]);
+                sdy += g;
+                sdyx += g * (static_cast<double>(xr[k]) - mu);
+              }
+            } else {
+              for (index_t k = 0; k < S; ++k) {
+                const double g = static_cast<double>(dy(n, c, k));
+                sdy += g;
+                sdyx += g * (static_cast<double>(x(n, c, k)) - mu);
+              }
             }
+          }
+          sdyx *= is;
           if (!dgamma.empty()) dgamma(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dgamma(c)) + sdyx : sdyx);
           if (!dbeta.empty()) dbeta(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dbeta(c)) + sdy : sdy);
           if (dx.empty()) continue;
           const double a = (gamma.empty() ? 1.0 : static_cast<double>(gamma(c))) * is;
           const double mdy = training ? sdy / M : 0.0, mdyx = training ? sdyx / M : 0.0;
-          for (index_t n = 0; n < N; ++n)
-            for (index_t k = 0; k < S; ++k) {
-              const double xh = (static_cast<double>(x(n, c, k)) - mu) * is;
-              const double v = a * (static_cast<double>(dy(n, c, k)) - mdy - xh * mdyx);
-              dx(n, c, k) = static_cast<T>(opt.accumulate_input ? static_cast<double>(dx(n, c, k)) + v : v);
+          // dx = a (dy - mdy - (x - mu) is mdyx) = a dy + (a mu is mdyx - a mdy) - a is mdyx x
+          for (index_t n = 0; n < N; ++n) {
+            if (rows) {
+              const T* xr = &x(n, c, 0);
+              const TD* gr = &dy(n, c, 0);
+              T* dr = &dx(n, c, 0);
+              for (index_t k = 0; k < S; ++k) {
+                const double v = a * (static_cast<double>(gr[k]) - mdy - (static_cast<double>(xr[k]) - mu) * is * mdyx);
+                dr[k] = static_cast<T>(opt.accumulate_input ? static_cast<double>(dr[k]) + v : v);
+              }
+            } else {
+              for (index_t k = 0; k < S; ++k) {
+                const double xh = (static_cast<double>(x(n, c, k)) - mu) * is;
+                const double v = a * (static_cast<double>(dy(n, c, k)) - mdy - xh * mdyx);
+                dx(n, c, k) = static_cast<T>(opt.accumulate_input ? static_cast<double>(dx(n, c, k)) + v : v);
+              }
             }
+          }
         }
       },
       std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));

@@ -14,6 +14,9 @@
 //!   backward:  cy_b = im2col(dy_b) (K, P),  dx_b = W cy_b,  dW = sum_b x_b cy_b^T,  db = sum dy
 //! FLOPs: 2 B Ci K P per GEMM.
 //!
+//! Workspace (the protocol of conv2d.hpp, so that a CUDA path keeps these signatures): the
+//! argument before the params, conv_transpose2d_workspace_size<T>(ctx, ...) bytes, 0 on the CPU.
+//!
 //! CPU only (no CUDA overload yet): images in parallel as in conv2d.hpp (im2col / col2im of that
 //! header, GEMMs through distill::gemm on one thread per image), dW summed per thread and added
 //! in thread order (deterministic for a fixed thread count). Layouts: (C, H, W) of each image
@@ -37,6 +40,14 @@ struct conv_transpose2d_params {
 /// Output extent along one axis of a transposed convolution (<= 0 when invalid).
 constexpr index_t conv_transpose2d_output_extent(index_t in, index_t k, index_t stride, index_t pad, index_t output_pad) noexcept {
   return (in - 1) * stride - 2 * pad + k + output_pad;
+}
+
+/// Bytes of scratch the transposed convolution needs for B images of Ci x H x W: none on the CPU
+/// (each thread keeps one image's Co kh kw x H W columns in a vector).
+template <class T = float>
+constexpr std::size_t conv_transpose2d_workspace_size(const cpu&, index_t /*B*/, index_t /*Ci*/, index_t /*Co*/, index_t /*kh*/,
+                                                      index_t /*kw*/, index_t /*H*/, index_t /*W*/) noexcept {
+  return 0;
 }
 
 namespace nn_detail {
@@ -65,7 +76,7 @@ status conv_transpose2d_geometry_of(const char* fn, const X& x, const Wt& w, con
 /// y = conv_transpose2d(x, w) + b. `b` may be absent.
 template <class T>
 [[nodiscard]] status conv_transpose2d_forward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, in_view<T, 1> b, host_view<T, 4> y,
-                                              const conv_transpose2d_params& p = {}) {
+                                              host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/, const conv_transpose2d_params& p = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "nn::conv_transpose2d_forward: float or double");
   constexpr const char* fn = "nn::conv_transpose2d_forward";
   conv2d_geometry g;
@@ -96,7 +107,8 @@ template <class T>
 /// Gradients of the transposed convolution. `dx`, `dw`, `db` may each be absent.
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status conv_transpose2d_backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, host_view<TD, 4> dy, out_view<T, 4> dx,
-                                               out_view<T, 4> dw, out_view<T, 1> db, const conv_transpose2d_params& p = {},
+                                               out_view<T, 4> dw, out_view<T, 1> db, host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/,
+                                               const conv_transpose2d_params& p = {},
                                                grad_options opt = {}) {
   constexpr const char* fn = "nn::conv_transpose2d_backward";
   conv2d_geometry g;
@@ -185,12 +197,12 @@ class conv_transpose2d {
             conv_transpose2d_output_extent(W, kernel, params.stride_w, params.pad_w, params.output_pad_w)};
   }
   [[nodiscard]] status forward(const cpu& ctx, in_view<T, 4> x, out_view<T, 4> y) {
-    return conv_transpose2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, params);
+    return conv_transpose2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, {}, params);
   }
   /// Accumulates into weight.grad / bias.grad (when trainable); `dx` may be absent.
   [[nodiscard]] status backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> dy, out_view<T, 4> dx) {
     return conv_transpose2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                                     nn_detail::grad_if_trainable<1>(bias), params, layer_grad_options);
+                                     nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
   }
   parameter_list<T, host_space> parameters() {
     parameter_list<T, host_space> p{&weight};

@@ -13,6 +13,9 @@
 //!              db[c] = sum_{b, oy, ox} dy[b, c, oy, ox]
 //! FLOPs: 2 B C kh kw Ho Wo per pass.
 //!
+//! Workspace (the protocol of conv2d.hpp, so that a CUDA path keeps these signatures): the
+//! argument before the params, depthwise_conv2d_workspace_size<T>(ctx, ...) bytes, 0 on the CPU.
+//!
 //! CPU only (no CUDA overload yet): direct loops, (b, c) planes in parallel for y and dx (dx is
 //! scattered within its own plane, so no two threads write the same element), channels in
 //! parallel for dw and db (each summed over the batch in order: deterministic). Layouts: (C, H, W)
@@ -25,6 +28,13 @@
 #include "distill/nn/conv2d.hpp"
 
 namespace distill::nn {
+
+/// Bytes of scratch the depthwise forward and backward need: none on the CPU.
+template <class T = float>
+constexpr std::size_t depthwise_conv2d_workspace_size(const cpu&, index_t /*B*/, index_t /*C*/, index_t /*kh*/, index_t /*kw*/,
+                                                      index_t /*Ho*/, index_t /*Wo*/) noexcept {
+  return 0;
+}
 
 namespace nn_detail {
 template <class X, class Wt>
@@ -63,7 +73,7 @@ void for_each_tap_position(const conv2d_geometry& g, index_t ky, index_t kx, F&&
 /// y = depthwise_conv2d(x, w) + b. `b` may be absent.
 template <class T>
 [[nodiscard]] status depthwise_conv2d_forward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, in_view<T, 1> b, host_view<T, 4> y,
-                                              const conv2d_params& p = {}) {
+                                              host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/, const conv2d_params& p = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "nn::depthwise_conv2d_forward: float or double");
   constexpr const char* fn = "nn::depthwise_conv2d_forward";
   conv2d_geometry g;
@@ -94,7 +104,8 @@ template <class T>
 /// Gradients of the depthwise convolution. `dx`, `dw`, `db` may each be absent.
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status depthwise_conv2d_backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, host_view<TD, 4> dy, out_view<T, 4> dx,
-                                               out_view<T, 4> dw, out_view<T, 1> db, const conv2d_params& p = {}, grad_options opt = {}) {
+                                               out_view<T, 4> dw, out_view<T, 1> db, host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/,
+                                               const conv2d_params& p = {}, grad_options opt = {}) {
   constexpr const char* fn = "nn::depthwise_conv2d_backward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::depthwise_geometry_of(fn, x, w, p, g));
@@ -180,12 +191,12 @@ class depthwise_conv2d {
     return {B, channels, conv2d_output_extent(H, kernel, params.stride_h, params.pad_h), conv2d_output_extent(W, kernel, params.stride_w, params.pad_w)};
   }
   [[nodiscard]] status forward(const cpu& ctx, in_view<T, 4> x, out_view<T, 4> y) {
-    return depthwise_conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, params);
+    return depthwise_conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, {}, params);
   }
   /// Accumulates into weight.grad / bias.grad (when trainable); `dx` may be absent.
   [[nodiscard]] status backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> dy, out_view<T, 4> dx) {
     return depthwise_conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                                     nn_detail::grad_if_trainable<1>(bias), params, layer_grad_options);
+                                     nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
   }
   parameter_list<T, host_space> parameters() {
     parameter_list<T, host_space> p{&weight};
