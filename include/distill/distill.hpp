@@ -38,6 +38,7 @@
 #include "distill/detection/nms.hpp"        // defines: non_max_suppression, nms_options
 #include "distill/detection/sliding_windows.hpp"  // defines: sliding_window_boxes, sliding_window_count, sliding_window_options
 #include "distill/detection/roi_align.hpp"  // defines: roi_align_forward/backward, roi_align_options
+#include "distill/detection/wsddn.hpp"      // defines: wsddn_forward/backward/forward_backward, wsddn_streams, wsddn_host_streams, wsddn_options, wsddn_workspace_size
 #include "distill/metrics/average_precision.hpp"  // defines: average_precision, multilabel_average_precision, ap_interpolation, average_precision_options
 #include "distill/metrics/detection_metrics.hpp"  // defines: detection_average_precision, corloc, detection_list, ground_truth_list, detection_ap_options, corloc_options
 #include "distill/metrics/topk_accuracy.hpp"      // defines: topk_accuracy, topk_accuracy_options
