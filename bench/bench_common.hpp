@@ -24,6 +24,8 @@
 #include <string>
 #include <thread>
 
+#include "distill/core/simd.hpp"
+
 namespace distill_bench {
 
 inline double env_or(const char* name, double fallback) {
@@ -63,8 +65,15 @@ inline void set_flops(benchmark::State& state, double flops, double ceiling_gflo
   state.counters["roofline"] = benchmark::Counter(flops * 1e-9 / ceiling_gflops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Which instruction set the CPU paths of this binary were built for (-march and the SIMD
+/// batches it gives, core/simd.hpp): CPU figures are only comparable within one level.
 inline void add_context_impl() {
   benchmark::AddCustomContext("distill_cpu_threads", std::to_string(cpu_threads()));
+#if defined(DISTILL_BENCH_MARCH)
+  benchmark::AddCustomContext("distill_march", DISTILL_BENCH_MARCH);
+#endif
+  benchmark::AddCustomContext("distill_simd", std::string(distill::simd::instruction_set()) + ", " +
+                                                  std::to_string(distill::simd::width<float>) + " floats a batch");
 }
 
 }  // namespace distill_bench

@@ -87,11 +87,13 @@ struct dkd_policy {
     return r;
   }
   // p and q below are p^_k and q^_k (normalised over the non-target classes)
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row& r, const params& pr, Acc, Acc, Acc p, Acc q) noexcept {
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const row& r, const params& pr, V, V, V p, V q) noexcept {
     return pr.alpha * q * (r.pt - r.qt) + r.beta_eff * (q - p);
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params& pr, Acc x, Acc y, Acc p, Acc) noexcept {
-    return -pr.alpha * r.lbin_w * p + r.beta_eff * keep_or_zero(p != Acc(0), p * ((x - r.lpn) - (y - r.lqn) - r.nckd));
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const row& r, const params& pr, V x, V y, V p, V) noexcept {
+    return -pr.alpha * r.lbin_w * p + r.beta_eff * keep_or_zero(nonzero(p), p * ((x - r.lpn) - (y - r.lqn) - r.nckd));
   }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student_target(const row& r, const params& pr) noexcept { return pr.alpha * (r.qt - r.pt); }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher_target(const row& r, const params& pr) noexcept { return pr.alpha * r.lbin_w; }

@@ -46,10 +46,12 @@ struct kl_student_teacher_policy {
     const Acc lt = s.teacher_lse(), ls = s.student_lse();
     return {lt, ls, s.b / s.ss - ls + lt};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row& r, const params&, Acc x, Acc y, Acc, Acc q) noexcept {
-    return keep_or_zero(q != Acc(0), q * ((y - r.lqn) - (x - r.lpn) - r.f));
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const row& r, const params&, V x, V y, V, V q) noexcept {
+    return keep_or_zero(nonzero(q), q * ((y - r.lqn) - (x - r.lpn) - r.f));
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return p - q; }
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const row&, const params&, V, V, V p, V q) noexcept { return p - q; }
 };
 
 }  // namespace soft_target_detail

@@ -50,9 +50,11 @@ struct kl_teacher_student_policy {
     const Acc lt = s.teacher_lse(), ls = s.student_lse();
     return {lt, ls, s.a / s.st - lt + ls};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return q - p; }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params&, Acc x, Acc y, Acc p, Acc) noexcept {
-    return keep_or_zero(p != Acc(0), p * ((x - r.lpn) - (y - r.lqn) - r.f));
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const row&, const params&, V, V, V p, V q) noexcept { return q - p; }
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const row& r, const params&, V x, V y, V p, V) noexcept {
+    return keep_or_zero(nonzero(p), p * ((x - r.lpn) - (y - r.lqn) - r.f));
   }
 };
 

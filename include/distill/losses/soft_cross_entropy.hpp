@@ -44,10 +44,12 @@ struct soft_cross_entropy_policy {
     const Acc ep_y = s.mt + s.tx / s.st - s.a / s.st;
     return {lt, ls, ls - ep_y};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return q - p; }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params&, Acc, Acc y, Acc p, Acc) noexcept {
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const row&, const params&, V, V, V p, V q) noexcept { return q - p; }
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const row& r, const params&, V, V y, V p, V) noexcept {
     // E_p[log q] = -f
-    return keep_or_zero(p != Acc(0), -p * ((y - r.lqn) + r.f));
+    return keep_or_zero(nonzero(p), -p * ((y - r.lqn) + r.f));
   }
 };
 

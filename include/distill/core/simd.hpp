@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+//! @file
+//! Portable SIMD for the CPU paths: xsimd batches of the widest instruction set the translation
+//! unit is compiled for, so every vectorised loop is written once for all widths:
+//!
+//!   -march=x86-64 / x86-64-v2   SSE2 / SSE4.2,  4 floats a batch
+//!   -march=x86-64-v3            AVX2 + FMA,     8 floats
+//!   -march=x86-64-v4 / native   AVX-512,       16 floats (on CPUs that have it)
+//!   aarch64                     NEON,           4 floats
+//!
+//!   for (index_t k = 0; k + simd::width<float> <= n; k += simd::width<float>)
+//!     acc += simd::load<float>(x + k);
+//!   if (k < n) acc += simd::load_partial<float>(x + k, n - k, 0.0f);   // the ragged end
+//!   const float total = simd::reduce_sum(acc);
+//!
+//! What xsimd 8.1 (Debian 12) lacks is here: loads and stores that convert from and to the
+//! storage types (float16, bfloat16, float into double), partial loads and stores of the
+//! ragged end, non-temporal stores (x86 only; a plain store elsewhere), and `reduce_max`.
+//! Reductions run in a fixed order, so a result depends on the instruction set but never on
+//! timing or on the thread count. docs/design.md explains why xsimd (and not Highway or SLEEF).
+
+#include <bit>
+#include <cstdint>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "distill/core/config.hpp"
+#include "distill/core/dtype.hpp"
+
+#if defined(__SSE2__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace distill::simd {
+
+/// The instruction set xsimd picked for this translation unit (its best compiled-in one).
+using arch = xsimd::default_arch;
+
+/// A batch of `width<T>` values of T (float or double).
+template <class T>
+using batch = xsimd::batch<T, arch>;
+template <class T>
+using batch_mask = xsimd::batch_bool<T, arch>;
+
+/// Lanes of a batch of T.
+template <class T>
+inline constexpr int width = static_cast<int>(batch<T>::size);
+
+/// Name of the instruction set this code was compiled for ("avx512bw", "fma3+avx2", "sse2",
+/// "arm64+neon", ...), for benchmark and test reports.
+constexpr const char* instruction_set() noexcept { return arch::name(); }
+
+/// float for float and batch<float>; the element type behind a value that may be either.
+template <class V>
+struct scalar_of {
+  using type = V;
+};
+template <class T, class A>
+struct scalar_of<xsimd::batch<T, A>> {
+  using type = T;
+};
+template <class V>
+using scalar_t = typename scalar_of<V>::type;
+
+/// `c ? a : b` lane by lane, for a float, a double or a batch (`c` a bool or a batch mask), in
+/// host and device code alike (the per-class math of the losses is shared with the CUDA
+/// kernels). Scalars on the host blend bit patterns: GCC turns a float select whose arms hold
+/// trapping operations back into a branch, and a loop with a branch is not auto-vectorised.
+template <class C, class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V select(const C& c, const V& a, const V& b) noexcept {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  if constexpr (std::is_floating_point_v<V>) {
+    using U = std::conditional_t<sizeof(V) == 4, std::uint32_t, std::uint64_t>;
+    const U m = U(0) - static_cast<U>(static_cast<bool>(c));
+    return std::bit_cast<V>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m));
+  } else if constexpr (std::is_same_v<C, bool>) {
+    return c ? a : b;
+  } else {
+    return xsimd::select(c, a, b);
+  }
+#endif
+}
+
+// Comparisons: never write `a != b` on batches. xsimd 8.1's AVX and AVX-512 `!=` is an ordered
+// comparison, false where a lane is NaN, unlike C++ and unlike xsimd's own SSE2 `!=`.
+
+/// True where `v` is NaN (a bool for a scalar, a mask for a batch).
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE auto is_nan(const V& v) noexcept {
+#if defined(__CUDA_ARCH__)
+  return v != v;
+#else
+  if constexpr (std::is_arithmetic_v<V>) return v != v;
+  else return xsimd::isnan(v);
+#endif
+}
+/// True where `v` is not 0, NaN included (C++'s `v != 0` on every instruction set).
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE auto nonzero(const V& v) noexcept {
+#if defined(__CUDA_ARCH__)
+  return v != V(0);
+#else
+  if constexpr (std::is_arithmetic_v<V>) return v != V(0);
+  else return !(v == V(0));
+#endif
+}
+/// `keep ? v : 0`, written so that a NaN `v` in a discarded lane never leaks (0 * NaN would).
+template <class C, class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V keep_or_zero(const C& keep, const V& v) noexcept {
+  return select(keep, v, V(0));
+}
+
+namespace detail {
+template <class S, class T>
+inline constexpr bool direct_load_v = std::is_same_v<S, T> || (std::is_same_v<S, float> && std::is_same_v<T, double>);
+}
+
+/// width<T> consecutive values from `p` (any alignment), converted to T. float16/bfloat16 are
+/// converted lane by lane through a small buffer (the CPU paths read them rarely).
+template <class T, class S>
+DISTILL_FORCEINLINE batch<T> load(const S* p) noexcept {
+  if constexpr (detail::direct_load_v<S, T>) {
+    return batch<T>::load_unaligned(p);
+  } else {
+    alignas(64) T buf[width<T>];
+    for (int j = 0; j < width<T>; ++j) buf[j] = distill::load<T>(p[j]);
+    return batch<T>::load_aligned(buf);
+  }
+}
+
+/// The first `n` (<= width<T>) values of `p` in the low lanes, `fill` in the others; reads only
+/// p[0, n).
+template <class T, class S>
+DISTILL_FORCEINLINE batch<T> load_partial(const S* p, int n, T fill) noexcept {
+  if (n == width<T>) return simd::load<T>(p);
+  alignas(64) T buf[width<T>];
+  for (int j = 0; j < width<T>; ++j) buf[j] = j < n ? distill::load<T>(p[j]) : fill;
+  return batch<T>::load_aligned(buf);
+}
+
+/// Stores all lanes of `v` at `p` (any alignment), converted to G.
+template <class G, class T>
+DISTILL_FORCEINLINE void store(G* p, const batch<T>& v) noexcept {
+  if constexpr (std::is_same_v<G, T>) {
+    v.store_unaligned(p);
+  } else {
+    alignas(64) T buf[width<T>];
+    v.store_aligned(buf);
+    for (int j = 0; j < width<T>; ++j) p[j] = distill::store<G>(buf[j]);
+  }
+}
+
+/// Stores the first `n` (<= width<T>) lanes of `v`; writes only p[0, n).
+template <class G, class T>
+DISTILL_FORCEINLINE void store_partial(G* p, int n, const batch<T>& v) noexcept {
+  if (n == width<T>) return simd::store(p, v);
+  alignas(64) T buf[width<T>];
+  v.store_aligned(buf);
+  for (int j = 0; j < n; ++j) p[j] = distill::store<G>(buf[j]);
+}
+
+/// Calls f(k, n) for the batches of [0, count): n = width<T> for whole batches, the rest for
+/// the last one; f reads and writes with load_partial / store_partial (whole batches fold to
+/// plain loads and stores once inlined).
+template <class T, class F>
+DISTILL_FORCEINLINE void for_each_batch(index_t count, F&& f) {
+  index_t k = 0;
+  for (; k + width<T> <= count; k += width<T>) f(k, width<T>);
+  if (k < count) f(k, static_cast<int>(count - k));
+}
+
+/// Whether `stream` bypasses the caches on this instruction set (x86: non-temporal stores).
+template <class T>
+inline constexpr bool has_streaming_store =
+#if defined(__SSE2__)
+    std::is_floating_point_v<T>;
+#else
+    false;
+#endif
+
+/// Stores `v` at `p` (aligned to sizeof(batch<T>)) without first reading the line into the
+/// cache (x86 non-temporal store): for outputs written once and not read again soon, this
+/// saves the read-for-ownership, a third of a streaming pass's memory traffic. Call
+/// `stream_fence()` before the data is handed to another thread. A plain store elsewhere.
+template <class T>
+DISTILL_FORCEINLINE void stream(T* p, const batch<T>& v) noexcept {
+  constexpr bool is_float = std::is_same_v<T, float>;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(v) == 64) {
+    if constexpr (is_float) _mm512_stream_ps(p, v);
+    else _mm512_stream_pd(p, v);
+    return;
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(v) == 32) {
+    if constexpr (is_float) _mm256_stream_ps(p, v);
+    else _mm256_stream_pd(p, v);
+    return;
+  }
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(v) == 16) {
+    if constexpr (is_float) _mm_stream_ps(p, v);
+    else _mm_stream_pd(p, v);
+    return;
+  }
+#endif
+  v.store_aligned(p);
+}
+/// Orders earlier `stream` stores before later stores (x86 sfence; nothing elsewhere).
+DISTILL_FORCEINLINE void stream_fence() noexcept {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+/// Sum of the lanes (xsimd's fixed tree order).
+template <class T>
+DISTILL_FORCEINLINE T reduce_sum(const batch<T>& v) noexcept {
+  return xsimd::hadd(v);
+}
+
+/// Largest lane, pairwise; NaN lanes are skipped unless every lane is NaN.
+template <class T>
+DISTILL_FORCEINLINE T reduce_max(const batch<T>& v) noexcept {
+  alignas(64) T a[width<T>];
+  v.store_aligned(a);
+  for (int half = width<T> / 2; half > 0; half /= 2)
+    for (int j = 0; j < half; ++j) a[j] = a[j + half] > a[j] ? a[j + half] : a[j];
+  return a[0];
+}
+
+/// Lane-wise maximum that keeps `acc` where `v` is NaN (so NaN never wins a running maximum).
+template <class T>
+DISTILL_FORCEINLINE batch<T> max_skip_nan(const batch<T>& acc, const batch<T>& v) noexcept {
+  return xsimd::select(v > acc, v, acc);
+}
+
+}  // namespace distill::simd
