@@ -3,7 +3,7 @@
 
 For every headline benchmark of distill_bench this script times the same computation in PyTorch
 (forward + backward, gradient to the student input, same shapes and formulas as
-../shared/perf/cpu_peers.py and gpu_peers.py), then prints one table:
+the founding team's peer scripts), then prints one table:
 
     benchmark | distill ms | peer ms (eager [, compile]) | speed-up | target ms | roofline
 
@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-# ---- the peers' definitions (identical to ../shared/perf/*_peers.py) ------------------------
+# ---- the peers' definitions (the founding team's PyTorch peers, unchanged) -------------------
 
 
 def kd(s, t, T=2.0):

@@ -139,7 +139,7 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V kl_grad_logits(V ps, V pt, S teacher_m
 }
 template <class V, class S>
 DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V kl_grad_probabilities(V ps, V pt, S c) noexcept {
-  return simd::select(pt == V(0), V(0), -c * pt / ps);
+  return simd::select(pt == V(0), V(0), simd::div(-c * pt, ps));
 }
 
 /// Divisor of the reduction from the valid-key count nk_b and valid-query count nq_b summed the
@@ -266,7 +266,7 @@ template <class Acc, class T>
 Acc load_row(const T* src, index_t sk, index_t n, const std::uint8_t* km, index_t skm, Acc masked_value, Acc* x) {
   using V = simd::batch<Acc>;
   V m(neg_infinity<Acc>());
-  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) {
+  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
     V v;
     if (sk == 1) {
       v = simd::load_partial<Acc>(src + j, cnt, masked_value);
@@ -301,7 +301,7 @@ softmax_stats<Acc> softmax_row(const Acc* x, Acc m, Acc* p, index_t n, bool want
   }
   using V = simd::batch<Acc>;
   V sum(Acc(0));
-  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) {
+  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
     const V e = fast_exp(simd::load_partial<Acc>(x + j, cnt, neg_infinity<Acc>()) - m);
     simd::store_partial(p + j, cnt, e);
     sum += e;
@@ -385,7 +385,7 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
       } else {
         load_row(teacher_row(k), P.t.stride(3), Lk, km, skm, Acc(0), e);
       }
-      simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) {
+      simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
         const V v = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) + simd::load_partial<Acc>(e + j, cnt, Acc(0)) * sc;
         simd::store_partial(pt + j, cnt, v);
       });
@@ -398,7 +398,7 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
   // kl: teacher mass); mse keeps g_j in xt. Padding lanes hold zero probability: no terms.
   V vloss(Acc(0)), vaux(Acc(0));
   if (!kl) {
-    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) {
+    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
       const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0)) * s_scale;
       const V t = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) * t_scale;
       const V gj = mse_upstream(a, t, c);
@@ -410,7 +410,7 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
   } else {
     const bool s_empty = s_lse == neg_infinity<Acc>(), t_empty = t_lse == neg_infinity<Acc>();
     const V ninf(neg_infinity<Acc>());
-    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) {
+    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
       const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0)) * s_scale;
       const V t = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) * t_scale;
       const V log_ps = P.s_logits ? (s_empty ? ninf : simd::load_partial<Acc>(xs + j, cnt, Acc(0)) - s_lse) : fast_log(a);
@@ -426,7 +426,7 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
 
   // Gradient pass, masked keys zeroed (p_s = p_t = 0 there, so every formula already gives 0;
   // zeroing keeps a NaN stored in a masked slot from leaking), then the store.
-  simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) {
+  simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
     const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0));
     V gv;
     if (!kl) {

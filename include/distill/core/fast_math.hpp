@@ -107,28 +107,35 @@ DISTILL_FORCEINLINE V exp_impl(const V& x) noexcept {
   const V ln2_hi(0.693145751953125f);        // 16 significant bits: n * ln2_hi is exact
   const V ln2_lo(1.428606765330187045e-6f);  // ln 2 - ln2_hi
   const V round_magic(12582912.0f);          // 1.5 * 2^23: adding it rounds to an integer
-  const V xc = clamp(x, -104.0f, 89.0f);     // n stays in [-150, 128]
-  const V shifted = mul_add(xc, log2e, round_magic);
-  const V n = shifted - round_magic;
-  V r = mul_add(-n, ln2_hi, xc);
-  r = mul_add(-n, ln2_lo, r);
   // e^r on |r| <= ln2/2: a degree-6 minimax polynomial (relative error 2e-9) in Horner form.
-  V p(1.384365372e-3f);
-  p = mul_add(p, r, V(8.374155499e-3f));
-  p = mul_add(p, r, V(4.166800156e-2f));
-  p = mul_add(p, r, V(1.666643173e-1f));
-  p = mul_add(p, r, V(4.999999404e-1f));
-  p = mul_add(p, r, V(1.0f));
-  p = mul_add(p, r, V(1.0f));
-  // The integer n sits in the low mantissa bits of `shifted`.
-  const I ni = to_bits(shifted) - I(to_bits(12582912.0f));
+  auto exp_reduced = [&](const V& xc, V& shifted) DISTILL_INLINE_LAMBDA {
+    shifted = mul_add(xc, log2e, round_magic);  // n = round(x / ln 2) in the low mantissa bits
+    const V n = shifted - round_magic;
+    V r = mul_add(-n, ln2_hi, xc);
+    r = mul_add(-n, ln2_lo, r);
+    V p(1.384365372e-3f);
+    p = mul_add(p, r, V(8.374155499e-3f));
+    p = mul_add(p, r, V(4.166800156e-2f));
+    p = mul_add(p, r, V(1.666643173e-1f));
+    p = mul_add(p, r, V(4.999999404e-1f));
+    p = mul_add(p, r, V(1.0f));
+    return mul_add(p, r, V(1.0f));
+  };
+  V shifted;
   if constexpr (!std::is_same_v<V, float>) {
-    // Batches whose results are all normal floats (the common case) scale by 2^n through the
-    // exponent field; this is exact, so it gives the same bits as the general form below.
-    if (xsimd::all(xsimd::abs(xc) <= V(86.5f))) return pick_nan(x, from_bits(to_bits(p) + (ni << 23)));
+    // Batches whose results are all normal floats (|x| <= 86.5; the common case, and never a
+    // NaN) scale by 2^n through the exponent field: the bits of `shifted` shifted left by 23
+    // are n << 23 (the magic constant's shift out). This is exact, so it gives the same bits as
+    // the general form below.
+    if (xsimd::all(xsimd::abs(x) <= V(86.5f))) {
+      const V p = exp_reduced(x, shifted);
+      return from_bits(to_bits(p) + (to_bits(shifted) << 23));
+    }
   }
-  // 2^n as 2^n1 * 2^n2 with both halves in the normal range, so overflow gives +inf and
-  // underflow gives correctly rounded subnormals or 0.
+  // Clamp so that n stays in [-150, 128]; 2^n as 2^n1 * 2^n2 with both halves in the normal
+  // range, so overflow gives +inf and underflow gives correctly rounded subnormals or 0.
+  const V p = exp_reduced(clamp(x, -104.0f, 89.0f), shifted);
+  const I ni = to_bits(shifted) - I(to_bits(12582912.0f));
   const I n1 = ni >> 1;
   const I n2 = ni - n1;
   const V s1 = from_bits((n1 + I(127)) << 23);
@@ -140,7 +147,7 @@ DISTILL_FORCEINLINE V exp_impl(const V& x) noexcept {
 /// by log and log1p): log(1 + f) = 2 s (1 + s^2/3 + s^4/5 + s^6/7 + s^8/9 + ...), s = f/(2 + f).
 template <class V>
 DISTILL_FORCEINLINE V log1p_series(const V& f) noexcept {
-  const V s = f / (V(2.0f) + f);
+  const V s = simd::div(f, V(2.0f) + f);
   const V s2 = s * s;
   V poly(1.0f / 9.0f);
   poly = mul_add(poly, s2, V(1.0f / 7.0f));
@@ -185,7 +192,7 @@ DISTILL_FORCEINLINE V log1p_impl(const V& x) noexcept {
   // with w = fl(1 + x), the first-order correction for the rounding of w.
   const V near_zero = log1p_series(x);
   const V w = V(1.0f) + x;
-  const V far = log_impl(w) + (x - (w - V(1.0f))) / w;  // w == 0: fixed below
+  const V far = log_impl(w) + simd::div(x - (w - V(1.0f)), w);  // w == 0: fixed below
   V out = select((x > V(-0.29289321f)) && (x < V(0.41421356f)), near_zero, far);
   out = select(x == V(-1.0f), V(-inf), out);
   out = select(x == V(inf), V(inf), out);

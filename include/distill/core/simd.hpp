@@ -24,13 +24,31 @@
 #include <cstdint>
 #include <type_traits>
 
+// GCC 12's AVX-512 intrinsics (_mm512_max_ps, ...) warn "used uninitialized" about their own
+// _mm512_undefined_* operands once inlined (GCC bug 105593, fixed in GCC 13); the warning is
+// attributed to the header lines, so it is silenced where the headers are first read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include "distill/core/config.hpp"
 #include "distill/core/dtype.hpp"
 
-#if defined(__SSE2__) || defined(_M_X64)
-#include <immintrin.h>
+/// For lambdas that hold a loop body: they must inline for the loop to stay in registers, and
+/// GCC does not always do it by itself (`[&](...) DISTILL_INLINE_LAMBDA { ... }`).
+#if defined(__GNUC__)
+#define DISTILL_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define DISTILL_INLINE_LAMBDA
 #endif
 
 namespace distill::simd {
@@ -98,16 +116,24 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE auto is_nan(const V& v) noexcept {
   else return xsimd::isnan(v);
 #endif
 }
-/// True where `v` is not 0, NaN included (C++'s `v != 0` on every instruction set).
+/// a / b, correctly rounded on every instruction set: xsimd 8.1 divides float batches on AArch64
+/// with NEON's reciprocal estimate and two Newton steps (up to 2 ulp off), not with the
+/// instruction AArch64 has.
 template <class V>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE auto nonzero(const V& v) noexcept {
-#if defined(__CUDA_ARCH__)
-  return v != V(0);
-#else
-  if constexpr (std::is_arithmetic_v<V>) return v != V(0);
-  else return !(v == V(0));
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V div(const V& a, const V& b) noexcept {
+#if defined(__aarch64__) && !defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<V, xsimd::batch<float, xsimd::neon64>>) return vdivq_f32(a, b);
 #endif
+  return a / b;
 }
+
+/// `c != 0 ? v : 0` (NaN counts as nonzero), one compare and one blend on a batch: the form of
+/// the "0 * anything = 0" terms (p log p, p (x - y), ...) that must not turn 0 * inf into NaN.
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V keep_nonzero(const V& c, const V& v) noexcept {
+  return select(c == V(0), V(0), v);
+}
+
 /// `keep ? v : 0`, written so that a NaN `v` in a discarded lane never leaks (0 * NaN would).
 template <class C, class V>
 DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V keep_or_zero(const C& keep, const V& v) noexcept {

@@ -156,8 +156,8 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc ninf() noexcept {
 
 // Per-lane selects for the per-class math, which the host runs on SIMD batches and the device
 // on floats (core/simd.hpp).
+using simd::keep_nonzero;
 using simd::keep_or_zero;
-using simd::nonzero;
 using simd::select;
 
 /// log(e^a + e^b): -inf when both are -inf; accurate relative to the larger argument.

@@ -145,7 +145,7 @@ DISTILL_FORCEINLINE U topk_rest_grad(const U& zs, const U& e, const U& old, Acc 
     if constexpr (NeedZ) v += coef_hard * fast_exp(zs - lz);
     else v += coef_hard * (e * sm_scale);
   }
-  if constexpr (DT) dt += keep_or_zero(nonzero(gs), gs * (zs * inv_t));
+  if constexpr (DT) dt += keep_nonzero(gs, gs * (zs * inv_t));
   return v;
 }
 
@@ -181,7 +181,7 @@ row_result<Acc> topk_row_cpu(const cpu_call<Acc>& call, topk_variant variant, co
 
   // pass 2: e^{y - max y} into scratch, its sum (and the raw sum for the hard term)
   V ss(Acc(0)), sz(Acc(0));
-  auto stats = [&](const V& zs) {
+  auto stats = [&](const V& zs) DISTILL_INLINE_LAMBDA {
     const V e = fast_exp(zs * inv_t - my_e);
     ss += e;
     if (need_z) sz += fast_exp(zs - mz_e);
@@ -255,7 +255,7 @@ row_result<Acc> topk_row_cpu(const cpu_call<Acc>& call, topk_variant variant, co
   auto run = [&](auto need_z_c, auto dt_c, auto acc_c) {
     constexpr bool NZ = decltype(need_z_c)::value, DT = decltype(dt_c)::value, Accum = decltype(acc_c)::value;
     V dt(Acc(0));
-    auto at = [&](const V& zs, const V& e, const V& old) {
+    auto at = [&](const V& zs, const V& e, const V& old) DISTILL_INLINE_LAMBDA {
       return topk_rest_grad<NZ, DT>(zs, e, old, inv_ss, rest_coef, coef_soft, coef_hard, sm_scale, lz, inv_t, dt);
     };
     index_t c = 0;

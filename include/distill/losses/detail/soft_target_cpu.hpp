@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -41,13 +42,6 @@
 #include "distill/core/simd.hpp"
 #include "distill/losses/detail/soft_target_rows.hpp"
 #include "distill/losses/soft_target_common.hpp"
-
-// Lambdas in the batch loops must inline for the loops to stay in registers.
-#if defined(__GNUC__)
-#define DISTILL_ST_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define DISTILL_ST_LAMBDA_INLINE
-#endif
 
 namespace distill::soft_target_detail {
 
@@ -121,15 +115,15 @@ range_sums<Acc> stats_range(const S* s, const T* t, index_t b, index_t e, Acc in
   using V = simd::batch<Acc>;
   constexpr int W = simd::width<Acc>;
   V st(Acc(0)), ss(Acc(0)), sa(Acc(0)), stx(Acc(0)), sb(Acc(0)), sz(Acc(0));
-  auto block = [&](const V& zs, const V& zt, V& et, V& es) DISTILL_ST_LAMBDA_INLINE {
+  auto block = [&](const V& zs, const V& zt, V& et, V& es) DISTILL_INLINE_LAMBDA {
     const V x = zt * inv_t, y = zs * inv_t;
     et = fast_exp(x - mx);
     es = fast_exp(y - my);
     st += et;
     ss += es;
-    if constexpr (A) sa += keep_or_zero(nonzero(et), et * (x - y));
-    if constexpr (TX) stx += keep_or_zero(nonzero(et), et * (x - mx));
-    if constexpr (B) sb += keep_or_zero(nonzero(es), es * (y - x));
+    if constexpr (A) sa += keep_nonzero(et, et * (x - y));
+    if constexpr (TX) stx += keep_nonzero(et, et * (x - mx));
+    if constexpr (B) sb += keep_nonzero(es, es * (y - x));
     if constexpr (Z) sz += fast_exp(zs - mz);
   };
   index_t k = b;
@@ -168,7 +162,7 @@ void mixture_range(const typename Policy::row& row, const typename Policy::param
   using V = simd::batch<Acc>;
   constexpr int W = simd::width<Acc>;
   V pa(Acc(0)), qb(Acc(0));
-  auto block = [&](const V& zs, const V& zt, const V& et, const V& es) DISTILL_ST_LAMBDA_INLINE {
+  auto block = [&](const V& zs, const V& zt, const V& et, const V& es) DISTILL_INLINE_LAMBDA {
     V u, v;
     Policy::mixture_terms(row, prm, zt * inv_t, zs * inv_t, et * pf, es * qf, u, v);
     pa += u;
@@ -189,21 +183,21 @@ void mixture_range(const typename Policy::row& row, const typename Policy::param
 /// How pass 3 forms softmax(z^s) for the hard-label term.
 enum class hard_mode { none, from_q, from_exp };
 
-/// Everything pass 3 needs besides the data pointers.
-template <class Acc>
+/// Everything pass 3 needs besides the data pointers: of one row (T = Acc), or of a batch of
+/// rows one per lane (T = a batch, rows_in_lanes).
+template <class T>
 struct grad_scalars {
-  Acc inv_t, pf, qf;         // p = e^{x - mx} * pf, q = e^{y - my} * qf
-  Acc coef_soft, coef_hard;  // row coefficients (see soft_target_common.hpp)
-  Acc lz;                    // log-sum-exp of the raw student row (hard term, from_exp)
+  T inv_t, pf, qf;         // p = e^{x - mx} * pf, q = e^{y - my} * qf
+  T coef_soft, coef_hard;  // row coefficients (see soft_target_common.hpp)
+  T lz;                    // log-sum-exp of the raw student row (hard term, from_exp)
 };
 
-/// dL/dz^s of one class or of a batch of classes (U = Acc or a batch), without the hard label's
-/// -1 (the caller adds it: batches do not compare class indices). With DT, adds the classes'
-/// terms of sum_k (df/dx_k x_k + df/dy_k y_k) to `dt`.
-template <class Policy, hard_mode Hard, bool DT, bool Accum, class Acc, class U, class D>
-DISTILL_FORCEINLINE U class_grad(const typename Policy::row& row, const typename Policy::params& prm,
-                                 const grad_scalars<Acc>& k_, const U& zs, const U& zt, const U& et, const U& es,
-                                 const U& old, D& dt) noexcept {
+/// dL/dz^s of one class or of a batch of classes (U = Acc or a batch; `row` and `k_` of one row,
+/// or batches of rows), without the hard label's -1 (the caller adds it: batches do not compare
+/// class indices). With DT, adds the classes' terms of sum_k (df/dx_k x_k + df/dy_k y_k) to `dt`.
+template <class Policy, hard_mode Hard, bool DT, bool Accum, class Row, class K, class U, class D>
+DISTILL_FORCEINLINE U class_grad(const Row& row, const typename Policy::params& prm, const grad_scalars<K>& k_,
+                                 const U& zs, const U& zt, const U& et, const U& es, const U& old, D& dt) noexcept {
   const U x = zt * k_.inv_t, y = zs * k_.inv_t;
   const U p = et * k_.pf, q = es * k_.qf;
   const U gs = Policy::grad_student(row, prm, x, y, p, q);
@@ -213,7 +207,7 @@ DISTILL_FORCEINLINE U class_grad(const typename Policy::row& row, const typename
   if constexpr (Accum) v += old;
   if constexpr (DT) {
     const U gt = Policy::grad_teacher(row, prm, x, y, p, q);
-    dt += keep_or_zero(nonzero(gs), gs * y) + keep_or_zero(nonzero(gt), gt * x);
+    dt += keep_nonzero(gs, gs * y) + keep_nonzero(gt, gt * x);
   }
   return v;
 }
@@ -229,12 +223,12 @@ Acc grad_range(const typename Policy::row& row, const typename Policy::params& p
   constexpr int W = simd::width<Acc>;
   V dt(Acc(0));
   // read the student logits before the (possibly aliasing) gradient store of the same classes
-  auto full = [&](index_t k) DISTILL_ST_LAMBDA_INLINE {
+  auto full = [&](index_t k) DISTILL_INLINE_LAMBDA {
     return class_grad<Policy, Hard, DT, Accum>(row, prm, k_, simd::load<Acc>(s + k), simd::load<Acc>(t + k),
                                                V::load_unaligned(et_buf + k), V::load_unaligned(es_buf + k),
                                                Accum ? simd::load<Acc>(g + k) : V(Acc(0)), dt);
   };
-  auto partial = [&](index_t k, int n) DISTILL_ST_LAMBDA_INLINE {  // zero probabilities: zero terms
+  auto partial = [&](index_t k, int n) DISTILL_INLINE_LAMBDA {  // zero probabilities: zero terms
     const V v = class_grad<Policy, Hard, DT, Accum>(
         row, prm, k_, simd::load_partial<Acc>(s + k, n, Acc(0)), simd::load_partial<Acc>(t + k, n, Acc(0)),
         simd::load_partial<Acc>(et_buf + k, n, Acc(0)), simd::load_partial<Acc>(es_buf + k, n, Acc(0)),
@@ -431,11 +425,35 @@ DISTILL_FORCEINLINE void row_stage_grad(row_work<Policy, Acc, S, T, G>& w, const
 /// Rows of at most `small_row_classes` classes go through `rows_in_lanes`.
 inline constexpr index_t small_row_classes = 16;
 
+/// The policy rows of the lanes as one row of batches (a policy row is a struct of Acc fields
+/// only, `row_t<Acc>`; lanes past m hold zeros).
+template <class Policy, class Acc>
+auto rows_to_lanes(const typename Policy::row* rows, int m) noexcept {
+  using V = simd::batch<Acc>;
+  using row_v = typename Policy::template row_t<V>;
+  using row_s = typename Policy::row;
+  constexpr int L = simd::width<Acc>;
+  constexpr int F = static_cast<int>(sizeof(row_s) / sizeof(Acc));
+  static_assert(sizeof(row_s) == F * sizeof(Acc) && sizeof(row_v) == F * sizeof(V), "a policy row holds Acc fields only");
+  static_assert(std::is_trivially_copyable_v<row_s> && std::is_trivially_copyable_v<row_v>);
+  alignas(64) Acc field[F][L] = {};
+  for (int j = 0; j < m; ++j) {
+    Acc f[F];
+    std::memcpy(f, &rows[j], sizeof(row_s));
+    for (int i = 0; i < F; ++i) field[i][j] = f[i];
+  }
+  V lanes[F];
+  for (int i = 0; i < F; ++i) lanes[i] = V::load_aligned(field[i]);
+  row_v out;
+  std::memcpy(static_cast<void*>(&out), lanes, sizeof(row_v));
+  return out;
+}
+
 /// Up to simd::width<Acc> short contiguous rows, one row per lane ("rows in lanes"): each class
 /// is one batch operation across the rows, so the per-row dependency chain (max -> sums -> logs
-/// -> gradient) is paid once per group of rows instead of once per row. The row statistics go
-/// across the lanes; the per-row finalisation and the gradient run row by row, the gradient a
-/// batch of classes at a time with the same policy code as the long rows.
+/// -> gradient) is paid once per group of rows instead of once per row. The per-row
+/// finalisation runs lane by lane; everything per class is the same policy code as the long
+/// rows, on batches of rows.
 template <class Policy, class Acc, class S, class T, class G>
 void small_rows_in_lanes(const cpu_call<Acc>& call, const typename Policy::params& prm, const S* const* srow,
                          const T* const* trow, G* const* grow, index_t cols, const std::int64_t* labels,
@@ -492,9 +510,9 @@ void small_rows_in_lanes(const cpu_call<Acc>& call, const typename Policy::param
     e2.store_aligned(es[k]);
     vst += e1;
     vss += e2;
-    vsa += keep_or_zero(nonzero(e1), e1 * (x - y));
-    vstx += keep_or_zero(nonzero(e1), e1 * (x - mx));
-    vsb += keep_or_zero(nonzero(e2), e2 * (y - x));
+    vsa += keep_nonzero(e1, e1 * (x - y));
+    vstx += keep_nonzero(e1, e1 * (x - mx));
+    vsb += keep_nonzero(e2, e2 * (y - x));
     if (need_z) vsz += fast_exp(V::load_aligned(zs[k]) - mz);
   }
   alignas(64) Acc rmt[L], rms[L], mxs[L], mys[L], st[L], ss[L], sa[L], stx[L], sb[L], sz[L];
@@ -502,8 +520,9 @@ void small_rows_in_lanes(const cpu_call<Acc>& call, const typename Policy::param
   vst.store_aligned(st), vss.store_aligned(ss), vsa.store_aligned(sa);
   vstx.store_aligned(stx), vsb.store_aligned(sb), vsz.store_aligned(sz);
 
-  // per row: finalisation, loss, gradient
-  const bool use_hard = call.hard_weight != Acc(0);
+  // per row: finalisation and the row's scalars
+  typename Policy::row row[L] = {};
+  alignas(64) Acc pf[L] = {}, qf[L] = {}, lz[L] = {}, coef_soft[L] = {}, coef_hard[L] = {};
   for (int j = 0; j < m; ++j) {
     dense_state<Acc> s = dense_state<Acc>::empty();
     s.mt = rmt[j] * inv_t, s.st = st[j], s.a = sa[j], s.tx = stx[j];
@@ -517,71 +536,88 @@ void small_rows_in_lanes(const cpu_call<Acc>& call, const typename Policy::param
     }
     full.it = it[j], full.is = is[j];
     out[j].masked = full.mt == ninf<Acc>() || full.ms == ninf<Acc>();
-    typename Policy::row row = Policy::finalize(s, prm, tv[j]);
-    Acc pf, qf;
+    row[j] = Policy::finalize(s, prm, tv[j]);
     if constexpr (Policy::normalises_full_rows) {
-      pf = Acc(1) / st[j];
-      qf = Acc(1) / ss[j];
+      pf[j] = Acc(1) / st[j];
+      qf[j] = Acc(1) / ss[j];
     } else {
-      pf = row.lpn == ninf<Acc>() ? Acc(0) : st_exp(mxs[j] - row.lpn);
-      qf = row.lqn == ninf<Acc>() ? Acc(0) : st_exp(mys[j] - row.lqn);
+      pf[j] = row[j].lpn == ninf<Acc>() ? Acc(0) : st_exp(mxs[j] - row[j].lpn);
+      qf[j] = row[j].lqn == ninf<Acc>() ? Acc(0) : st_exp(mys[j] - row[j].lqn);
     }
-    Acc lz = Acc(0);
     out[j].hard_ce = Acc(0);
     if (call.hard && label[j] >= 0) {
-      lz = need_z ? full.raw_student_lse() : full.student_lse();
-      out[j].hard_ce = lz - tv[j].z;
+      lz[j] = need_z ? full.raw_student_lse() : full.student_lse();
+      out[j].hard_ce = lz[j] - tv[j].z;
     }
     if (call.want_diag) out[j].diag = diagnostics_of(full);
-    // this row's classes, contiguous and padded with zero probabilities to K (a whole number
-    // of batches); the mixture and the gradient then use the long rows' code
-    alignas(64) Acc xs[K], xt[K], pe[K], qe[K], og[K], gv[K];
-    for (int k = 0; k < K; ++k) {
-      const bool in = k < nc;
-      xs[k] = in ? zs[k][j] : Acc(0), xt[k] = in ? zt[k][j] : Acc(0);
-      pe[k] = in ? et[k][j] : Acc(0), qe[k] = in ? es[k][j] : Acc(0);
-      og[k] = in && call.accumulate ? load<Acc>(grow[j][k]) : Acc(0);
+    coef_soft[j] = call.grad_scale * weights[j] * call.soft_weight * call.sc.c * inv_t * call.inv_divisor;
+    coef_hard[j] = call.grad_scale * weights[j] * call.hard_weight * call.inv_divisor;
+  }
+  grad_scalars<V> gk;
+  gk.inv_t = V(inv_t), gk.pf = V::load_aligned(pf), gk.qf = V::load_aligned(qf), gk.lz = V::load_aligned(lz);
+  gk.coef_soft = V::load_aligned(coef_soft), gk.coef_hard = V::load_aligned(coef_hard);
+  if constexpr (Policy::has_mixture_pass) {
+    const auto lanes = rows_to_lanes<Policy, Acc>(row, m);
+    V pa(Acc(0)), qb(Acc(0));
+    for (int k = 0; k < nc; ++k) {
+      V u, v;
+      Policy::mixture_terms(lanes, prm, V::load_aligned(zt[k]) * inv_t, V::load_aligned(zs[k]) * inv_t,
+                            V::load_aligned(et[k]) * gk.pf, V::load_aligned(es[k]) * gk.qf, u, v);
+      pa += u;
+      qb += v;
     }
-    if constexpr (Policy::has_mixture_pass) {
-      Acc pa = 0, qb = 0;
-      mixture_range<Policy, Acc>(row, prm, xs, xt, 0, K, inv_t, pe, qe, pf, qf, pa, qb);
-      Policy::finish_mixture(row, prm, pa, qb);
-    }
+    alignas(64) Acc pas[L], qbs[L];
+    pa.store_aligned(pas), qb.store_aligned(qbs);
+    for (int j = 0; j < m; ++j) Policy::finish_mixture(row[j], prm, pas[j], qbs[j]);
+  }
+  for (int j = 0; j < m; ++j) {
     const Acc hard = call.hard_weight != Acc(0) ? call.hard_weight * out[j].hard_ce : Acc(0);
-    out[j].loss = weights[j] * (call.soft_weight * call.sc.c * row.f + hard);
-    if (!call.want_grad) continue;
+    out[j].loss = weights[j] * (call.soft_weight * call.sc.c * row[j].f + hard);
+  }
+  if (!call.want_grad) return;
 
-    grad_scalars<Acc> gk;
-    gk.inv_t = inv_t, gk.pf = pf, gk.qf = qf, gk.lz = lz;
-    gk.coef_soft = call.grad_scale * weights[j] * call.soft_weight * call.sc.c * inv_t * call.inv_divisor;
-    gk.coef_hard = call.grad_scale * weights[j] * call.hard_weight * call.inv_divisor;
-    Acc dt = Acc(0);
-    auto grad_classes = [&](auto hard_c, auto dt_c) {
-      constexpr bool H = decltype(hard_c)::value, D = decltype(dt_c)::value;
-      constexpr hard_mode HM = H ? hard_mode::from_exp : hard_mode::none;
-      V vdt(Acc(0));
-      for (int k = 0; k < K; k += L)
-        class_grad<Policy, HM, D, true>(row, prm, gk, V::load_aligned(xs + k), V::load_aligned(xt + k),
-                                        V::load_aligned(pe + k), V::load_aligned(qe + k), V::load_aligned(og + k), vdt)
-            .store_aligned(gv + k);
-      dt = simd::reduce_sum(vdt);
-    };
-    with_bool(use_hard, [&](auto h) { with_bool(call.want_dt, [&](auto d) { grad_classes(h, d); }); });
-    if (use_hard && label[j] >= 0 && !Policy::uses_target) gv[label[j]] -= gk.coef_hard;
-    if constexpr (Policy::uses_target) {  // DKD's target class (its lane above held -inf logits)
-      if (tgt[j] >= 0) {
-        const Acc gs = Policy::grad_student_target(row, prm);
-        Acc v = gk.coef_soft * gs + og[tgt[j]];
-        if (use_hard) v += gk.coef_hard * (st_exp(tv[j].z - lz) - Acc(1));
-        gv[tgt[j]] = v;
-        if (call.want_dt) {
-          const Acc gt = Policy::grad_teacher_target(row, prm);
-          dt += keep_or_zero(gs != Acc(0), gs * tv[j].y) + keep_or_zero(gt != Acc(0), gt * tv[j].x);
-        }
+  // gradient, class by class across the rows, then transposed back
+  const bool use_hard = call.hard_weight != Acc(0);
+  const auto lanes = rows_to_lanes<Policy, Acc>(row, m);
+  alignas(64) Acc label_f[L], gv[K][L], dts[L];
+  for (int j = 0; j < L; ++j) label_f[j] = static_cast<Acc>(label[j]);  // small class indices: exact
+  const V labels_v = V::load_aligned(label_f);
+  V dt(Acc(0));
+  auto grad_classes = [&](auto hard_c, auto dt_c) {
+    constexpr hard_mode H = decltype(hard_c)::value ? hard_mode::from_exp : hard_mode::none;
+    constexpr bool D = decltype(dt_c)::value;
+    for (int k = 0; k < nc; ++k) {
+      V old(Acc(0));
+      if (call.accumulate) {
+        alignas(64) Acc o[L] = {};
+        for (int j = 0; j < m; ++j) o[j] = load<Acc>(grow[j][k]);
+        old = V::load_aligned(o);
+      }
+      V v = class_grad<Policy, H, D, true>(lanes, prm, gk, V::load_aligned(zs[k]), V::load_aligned(zt[k]),
+                                           V::load_aligned(et[k]), V::load_aligned(es[k]), old, dt);
+      if constexpr (H != hard_mode::none) v -= select(labels_v == V(static_cast<Acc>(k)), gk.coef_hard, vzero);
+      v.store_aligned(gv[k]);
+    }
+  };
+  with_bool(use_hard, [&](auto h) { with_bool(call.want_dt, [&](auto d) { grad_classes(h, d); }); });
+  dt.store_aligned(dts);
+  if constexpr (Policy::uses_target) {  // DKD's target classes (their lanes above held -inf logits)
+    for (int j = 0; j < m; ++j) {
+      if (tgt[j] < 0) continue;
+      const Acc gs = Policy::grad_student_target(row[j], prm);
+      Acc v = coef_soft[j] * gs;
+      if (use_hard) v += coef_hard[j] * (st_exp(tv[j].z - lz[j]) - Acc(1));
+      if (call.accumulate) v += load<Acc>(grow[j][tgt[j]]);
+      gv[tgt[j]][j] = v;
+      if (call.want_dt) {
+        const Acc gt = Policy::grad_teacher_target(row[j], prm);
+        dts[j] += keep_or_zero(gs != Acc(0), gs * tv[j].y) + keep_or_zero(gt != Acc(0), gt * tv[j].x);
       }
     }
-    for (int k = 0; k < nc; ++k) grow[j][k] = store<G>(gv[k]);
-    if (call.want_dt) out[j].dt = weights[j] * call.soft_weight * (call.sc.dc * row.f - call.sc.c * inv_t * dt);
+  }
+  for (int j = 0; j < m; ++j) {
+    for (int k = 0; k < nc; ++k) grow[j][k] = store<G>(gv[k][j]);
+    if (call.want_dt) out[j].dt = weights[j] * call.soft_weight * (call.sc.dc * row[j].f - call.sc.c * inv_t * dts[j]);
   }
 }
 
@@ -745,5 +781,3 @@ status dense_cpu_entry(const char* fn, const cpu& ctx, const host_view<TS, 2>& s
 }
 
 }  // namespace distill::soft_target_detail
-
-#undef DISTILL_ST_LAMBDA_INLINE
