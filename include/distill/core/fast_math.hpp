@@ -66,6 +66,13 @@ DISTILL_FORCEINLINE xsimd::batch<float, A> mul_add(const xsimd::batch<float, A>&
                                                    const xsimd::batch<float, A>& c) noexcept {
   return xsimd::fma(a, b, c);
 }
+/// c - a * b, fused like mul_add.
+DISTILL_FORCEINLINE float neg_mul_add(float a, float b, float c) noexcept { return mul_add(-a, b, c); }
+template <class A>
+DISTILL_FORCEINLINE xsimd::batch<float, A> neg_mul_add(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
+                                                       const xsimd::batch<float, A>& c) noexcept {
+  return xsimd::fnma(a, b, c);
+}
 DISTILL_FORCEINLINE std::int32_t to_bits(float f) noexcept { return std::bit_cast<std::int32_t>(f); }
 DISTILL_FORCEINLINE float from_bits(std::int32_t u) noexcept { return std::bit_cast<float>(u); }
 DISTILL_FORCEINLINE float to_float(std::int32_t i) noexcept { return static_cast<float>(i); }
@@ -111,8 +118,8 @@ DISTILL_FORCEINLINE V exp_impl(const V& x) noexcept {
   auto exp_reduced = [&](const V& xc, V& shifted) DISTILL_INLINE_LAMBDA {
     shifted = mul_add(xc, log2e, round_magic);  // n = round(x / ln 2) in the low mantissa bits
     const V n = shifted - round_magic;
-    V r = mul_add(-n, ln2_hi, xc);
-    r = mul_add(-n, ln2_lo, r);
+    V r = neg_mul_add(n, ln2_hi, xc);
+    r = neg_mul_add(n, ln2_lo, r);
     V p(1.384365372e-3f);
     p = mul_add(p, r, V(8.374155499e-3f));
     p = mul_add(p, r, V(4.166800156e-2f));

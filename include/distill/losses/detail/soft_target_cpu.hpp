@@ -741,6 +741,11 @@ template <class Policy, class TS, class TT, class G, class Acc>
 status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student, const host_view<TT, 2>& teacher,
                  const host_view<Acc, 1>& loss, const host_view<G, 2>& grad, const soft_target_options& opt,
                  const typename Policy::params& prm, const soft_target_extras<Acc, host_space>& ex, bool want_grad) {
+#if defined(__CUDA_ARCH__)
+  // nvcc's device pass parses host code without compiling it; the SIMD batches below must not be
+  // instantiated there under device rules (DISTILL_HOST_DEVICE per-class math on batches).
+  return {};
+#else
   using S = std::remove_const_t<TS>;
   using T = std::remove_const_t<TT>;
   const host_view<const S, 2> s = student;
@@ -763,6 +768,7 @@ status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student
                     "' is -inf in every class (no distribution); its loss and gradient are NaN");
   }
   return {};
+#endif
 }
 
 /// Validation + dispatch used by every dense primitive's CPU entry points.
