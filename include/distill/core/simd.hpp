@@ -267,4 +267,22 @@ DISTILL_FORCEINLINE batch<T> max_skip_nan(const batch<T>& acc, const batch<T>& v
   return xsimd::select(v > acc, v, acc);
 }
 
+/// sum_k a[k] b[k] over n contiguous values (batch accumulators, then reduce_sum).
+template <class T>
+T dot(const T* a, const T* b, index_t n) noexcept {
+  batch<T> acc(T(0));
+  for_each_batch<T>(n, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
+    acc = xsimd::fma(load_partial<T>(a + k, m, T(0)), load_partial<T>(b + k, m, T(0)), acc);
+  });
+  return reduce_sum(acc);
+}
+/// y[k] += x * a[k] over n contiguous values.
+template <class T>
+void axpy(T* y, T x, const T* a, index_t n) noexcept {
+  const batch<T> vx(x);
+  for_each_batch<T>(n, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
+    store_partial(y + k, m, xsimd::fma(vx, load_partial<T>(a + k, m, T(0)), load_partial<T>(y + k, m, T(0))));
+  });
+}
+
 }  // namespace distill::simd
