@@ -90,7 +90,7 @@ struct jsd_policy {
   /// a_k and b_k from d = log p_k - log q_k (continuous at beta = 0 and 1).
   template <class V>
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void log_ratios(const params& pr, V d, V& a, V& b) noexcept {
-    // both candidates are computed and blended (branch-free, so the host loops vectorise)
+    // both candidates are computed and blended (branch-free: V may be a SIMD batch)
     b = select(pr.beta == Acc(0), V(1) - st_exp(d), -log_add_exp(pr.log_beta + d, V(pr.log1m_beta)) * pr.inv_beta);
     a = select(pr.beta == Acc(1), V(1) - st_exp(-d), -log_add_exp(pr.log1m_beta - d, V(pr.log_beta)) * pr.inv_1m_beta);
   }

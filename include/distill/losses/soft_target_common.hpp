@@ -116,10 +116,9 @@ constexpr std::size_t soft_target_workspace_bytes(index_t rows) noexcept {
 namespace soft_target_detail {
 
 // ---------------------------------------------------------------------------------------------
-// Scalar math shared by the CPU loops and the CUDA kernels. On the host, the branch-free
-// core/fast_math.hpp versions (they are called per class, or per row across vector lanes, inside
-// loops that must vectorise); on the device the hardware exp, logf and the accurate log1pf (JSD
-// needs relative accuracy near 0).
+// Math shared by the CPU loops and the CUDA kernels. On the host, the core/fast_math.hpp
+// versions, for floats and for SIMD batches (per class, or per row across batch lanes); on the
+// device the hardware exp, logf and the accurate log1pf (JSD needs relative accuracy near 0).
 // ---------------------------------------------------------------------------------------------
 template <class Acc>
 DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc st_exp(Acc x) noexcept {
