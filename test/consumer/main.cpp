@@ -18,7 +18,7 @@ int main() {
   float kl = -1;
   st = distill::kl_teacher_student_forward_backward(distill::cpu{1}, distill::make_view(s.data(), 2, 3),
                                                     distill::make_view(t.data(), 2, 3), distill::make_view(&kl, 1),
-                                                    distill::make_view(g.data(), 2, 3));
+                                                    distill::make_view(g.data(), 2, 3), {}, {});
   // row 1: KL(softmax(3,2,1) || softmax(1,2,3)) = 1.15042 at T = 1, row 2: 0; batchmean halves it
   if (!st.ok() || !(kl > 0.5750f && kl < 0.5754f)) {
     std::printf("consumer: unexpected KL %g (%s)\n", static_cast<double>(kl), st.to_string().c_str());

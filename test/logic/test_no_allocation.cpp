@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "distill/logic/sort_of_clevr.hpp"
+#include "../../examples/vqa_spatial_kd/src/logic_masks.hpp"
 #include "support/random.hpp"
 
 // GCC cannot see that operator new below pairs malloc with free.
@@ -31,6 +31,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace distill;
+using namespace vqa;
 
 TEST_CASE("logic: solving allocates nothing after prepare", "[logic][performance]") {
   const std::string dir =

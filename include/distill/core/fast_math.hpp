@@ -8,7 +8,7 @@
 //!     simd::store(e + k, distill::fast_exp(simd::load<float>(x + k) - m));
 //!
 //! Accuracy over the whole float range, measured against double std::exp / std::log / std::log1p
-//! on every 97th float bit pattern (test/soft_target/test_fast_math.cpp checks the bounds in brackets,
+//! on every 97th float bit pattern (test/losses/test_fast_math.cpp checks the bounds in brackets,
 //! for the scalar and the batch forms):
 //!   fast_exp    0.92 ulp [1.5]; subnormal results within 1 subnormal ulp; exp(-inf) = 0,
 //!               exp(x < -103.98) = 0, exp(x > 88.72) = +inf, exp(NaN) = NaN, exp(subnormal) = 1.

@@ -759,7 +759,7 @@ status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student
     else if (contiguous) contiguous_rows<Policy>(call, prm, s, t, grad, sink, r0, r1);
     else strided_rows<Policy>(call, prm, s, t, grad, sink, r0, r1);
   });
-  const index_t bad = sink.finish(loss, opt.red);
+  const index_t bad = sink.finish(loss, opt.reduction);
   if (bad >= 0) {
     bool teacher_masked = true;
     for (index_t k = 0; k < cols && teacher_masked; ++k) teacher_masked = load<Acc>(teacher(bad, k)) == ninf<Acc>();

@@ -28,7 +28,7 @@ struct cpu_call {
   Acc soft_weight, hard_weight, grad_scale, inv_divisor;
   bool want_grad, want_dt, want_diag, accumulate;
   bool hard;  // the hard-label term (or its diagnostic) needs the raw student log-sum-exp
-  host_view<const std::int64_t, 1> labels;
+  label_view<host_space> labels;
   host_view<const Acc, 1> row_weights;
   std::int64_t ignore_index;
 
@@ -60,12 +60,12 @@ cpu_call<Acc> make_cpu_call(const soft_target_options& opt, const soft_target_ex
   Acc divisor = Acc(1);
   if (!ex.normalizer.empty()) {
     divisor = ex.normalizer(0);
-  } else if (opt.red == reduction::mean) {
+  } else if (opt.reduction == reduction::mean) {
     divisor = Acc(0);
     for (index_t r = 0; r < rows; ++r)
       if (!c.ignored(r)) divisor += c.weight(r);
   } else {
-    divisor = reduction_divisor(opt.red, static_cast<Acc>(rows), Acc(0));
+    divisor = reduction_divisor(opt.reduction, static_cast<Acc>(rows), Acc(0));
   }
   c.inv_divisor = safe_inverse(divisor);
   return c;
