@@ -9,10 +9,10 @@
 // roofline of this machine:
 //   bytes_per_second (GB/s) and roofline = achieved / ceiling bandwidth   (bandwidth-bound)
 //   flops (FLOP/s) and roofline = achieved / ceiling GEMM rate            (compute-bound)
-// The ceilings are the ones measured in ../shared/perf/anchors.md (2-core AVX-512 machine:
+// The default ceilings are the founding team's performance anchors (a 2-core AVX-512 Xeon:
 // streaming 18.2 GB/s, Eigen GEMM 98.5 GFLOP/s; H100: 3001 GB/s, 51.6 TFLOP/s fp32,
-// 365 TFLOP/s TF32, 687 TFLOP/s bf16) and are re-measured by the ceiling/... benchmarks in
-// this binary; override with DISTILL_BENCH_CPU_GBPS, DISTILL_BENCH_CPU_GFLOPS,
+// 365 TFLOP/s TF32, 687 TFLOP/s bf16); compare.py re-measures them with the ceiling/...
+// benchmarks of this binary in the same run; override with DISTILL_BENCH_CPU_GBPS, DISTILL_BENCH_CPU_GFLOPS,
 // DISTILL_BENCH_GPU_GBPS, DISTILL_BENCH_GPU_TFLOPS_F32/_TF32/_BF16.
 //
 // CUDA timing: cudaEvent pairs around the work on one stream, state.SetIterationTime and
@@ -23,6 +23,8 @@
 #include <cstdlib>
 #include <string>
 #include <thread>
+
+#include "distill/core/simd.hpp"
 
 namespace distill_bench {
 
@@ -63,8 +65,15 @@ inline void set_flops(benchmark::State& state, double flops, double ceiling_gflo
   state.counters["roofline"] = benchmark::Counter(flops * 1e-9 / ceiling_gflops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Which instruction set the CPU paths of this binary were built for (-march and the SIMD
+/// batches it gives, core/simd.hpp): CPU figures are only comparable within one level.
 inline void add_context_impl() {
   benchmark::AddCustomContext("distill_cpu_threads", std::to_string(cpu_threads()));
+#if defined(DISTILL_BENCH_MARCH)
+  benchmark::AddCustomContext("distill_march", DISTILL_BENCH_MARCH);
+#endif
+  benchmark::AddCustomContext("distill_simd", std::string(distill::simd::instruction_set()) + ", " +
+                                                  std::to_string(distill::simd::width<float>) + " floats a batch");
 }
 
 }  // namespace distill_bench

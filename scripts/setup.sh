@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   cmake g++ make                 # build
   libeigen3-dev                  # CPU GEMMs, interop
+  libxsimd-dev                   # portable SIMD of the CPU paths (core/simd.hpp), header-only
   xtensor-dev                    # interop (tests)
   catch2                         # tests (Catch2 2.x)
   libbenchmark-dev               # distill_bench

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // CUDA benchmarks of the attention family, with the same math as the PyTorch peer in
-// ../shared/perf/gpu_peers.py:
+// bench/peers/compare.py:
 //   attention_transfer: q = F.normalize(f.pow(2).mean(1).flatten(1)), (q_s - q_t).pow(2).mean(),
 //                       gradient to the student features (p = 2, squared_mean, beta = 1, mean)
 //   attention_map_mse:  F.mse_loss(softmax(s), softmax(t)), gradient to the student logits

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Token-wise InfoNCE against a queue on the CPU, the same math as the PyTorch peer `token_nce`
-// in ../shared/perf/cpu_peers.py: normalise q and k, logits [pos, q queue^T] / tau, CE with
+// in bench/peers/compare.py: normalise q and k, logits [pos, q queue^T] / tau, CE with
 // label 0, mean over tokens, tau = 0.07, gradient to q. FLOPs counted as the peer does
 // (3 * 2 * M * K * D). Also: the two GEMMs alone on a materialised [M, K] matrix (the floor of
 // this algorithm on this machine), and the momentum update of a 25M-parameter encoder.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Token-wise InfoNCE against a queue on the GPU, the same math as the PyTorch peer `token_nce`
-// in ../shared/perf/gpu_peers.py: normalise q and k, logits [pos, q queue^T] / tau, CE with
+// in bench/peers/compare.py: normalise q and k, logits [pos, q queue^T] / tau, CE with
 // label 0, mean over tokens, tau = 0.07, gradient to q. FLOPs counted as the peer does
 // (3 * 2 * M * K * D). The queue (64 MB at 65536 x 256) is larger than L2, so no rotation is
 // needed; the scratch size is reported as `workspace_MB` (no M x K buffer).

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // CPU benchmarks of the features family, with the same math as the PyTorch peer in
-// ../shared/perf/cpu_peers.py:
+// bench/peers/compare.py:
 //   adain_stats: mse(AdaIN(ft; fs), ft) + mse(mu_s, mu_t) + mse(sqrt(v_s), sqrt(v_t)), biased
 //                variance, eps 1e-5, gradient to fs (distill::adain_stats_loss_forward_backward)
 //   embedding_alignment: ViLD's L1 between L2-normalised region and CLIP embeddings, mean over

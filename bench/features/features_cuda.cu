@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // CUDA benchmarks of the features family, with the same math as the PyTorch peer in
-// ../shared/perf/gpu_peers.py:
+// bench/peers/compare.py:
 //   adain_stats: mse(AdaIN(ft; fs), ft) + mse(mu_s, mu_t) + mse(sqrt(v_s), sqrt(v_t)), biased
 //                variance, eps 1e-5, gradient to fs; fp32, 128x256x32x32 (134 MB per tensor, far
 //                beyond L2, so no input rotation is needed)

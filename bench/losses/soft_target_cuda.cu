@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Soft-target losses on CUDA. Headlines (T = 2, batchmean, fused forward+backward; bytes = read
-// student + read teacher + write gradient; targets on an H100 from shared/perf/anchors.md):
+// student + read teacher + write gradient; targets on an H100 as in compare.py's CUDA_CASES):
 //   soft_target_kl/cuda/fwd_bwd/8192x32000/f32    <= 1.25 ms (torch.compile 3.40 ms)
 //   soft_target_kl/cuda/fwd_bwd/8192x32000/bf16   <= 0.65 ms
 //   soft_target_kl/cuda/fwd_bwd/4096x128256/bf16  <= 1.30 ms

@@ -3,12 +3,15 @@
 
 For every headline benchmark of distill_bench this script times the same computation in PyTorch
 (forward + backward, gradient to the student input, same shapes and formulas as
-../shared/perf/cpu_peers.py and gpu_peers.py), then prints one table:
+the founding team's peer scripts), then prints one table:
 
     benchmark | distill ms | peer ms (eager [, compile]) | speed-up | target ms | roofline
 
 Usage (CPU, Debian's python3-torch: `apt-get install -y python3-torch libopenblas0-pthread`):
-    /usr/bin/python3 bench/peers/compare.py --bench build/bench/distill_bench --threads 2
+    OMP_WAIT_POLICY=passive /usr/bin/python3 bench/peers/compare.py --bench build/bench/distill_bench --threads 2
+The header line names the instruction set distill_bench was built for (its benchmark context:
+-march and SIMD width); compare builds of one level only. An AVX2 table on an AVX-512 machine:
+a build with -DDISTILL_MARCH=x86-64-v3, and ATEN_CPU_CAPABILITY=avx2 for PyTorch.
 On a GPU machine with PyTorch (eager and torch.compile):
     python3 bench/peers/compare.py --bench build-gpu/bench/distill_bench --cuda
 Writes the table as markdown to stdout and everything as JSON to --out (default compare.json).
@@ -24,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-# ---- the peers' definitions (identical to ../shared/perf/*_peers.py) ------------------------
+# ---- the peers' definitions (the founding team's PyTorch peers, unchanged) -------------------
 
 
 def kd(s, t, T=2.0):
@@ -265,7 +268,13 @@ def main():
         compilers.append(("compile", lambda f, cache={}: cache.setdefault(id(f), torch.compile(f))))
     timer = time_cuda if args.cuda else time_cpu
 
-    rows, results = [], {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "ceilings": ceilings, "rows": []}
+    # which instruction set distill's CPU paths were built for (the benchmark context), and
+    # which one PyTorch dispatches to (ATEN_CPU_CAPABILITY caps it, e.g. avx2)
+    isa = f"distill built for {context.get('distill_march', '?')} ({context.get('distill_simd', '?')})"
+    if not args.cuda:
+        isa += f"; PyTorch CPU capability {os.environ.get('ATEN_CPU_CAPABILITY', 'default (best available)')}"
+    rows, results = [], {"machine": machine, "isa": isa, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                         "ceilings": ceilings, "rows": []}
     for name, make, target in cases:
         closure = make(dev)
         peer = {}
@@ -287,6 +296,7 @@ def main():
     head = "| benchmark | distill ms | " + " | ".join(f"torch {c} ms" for c, _ in compilers) + " | speed-up vs best peer | target ms | roofline |"
     sep = "|" + "---|" * (5 + len(compilers))
     print(f"Machine: {machine}; PyTorch {torch.__version__}; {results['date']}")
+    print(isa)
     print("Roofline measured in the same session: " + ", ".join(f"{k[14:]}={v:.4g}" for k, v in ceilings.items()) + "\n")
     print(head)
     print(sep)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Relational pairing on the CPU, side by side with the PyTorch peer of
-// ../shared/perf/cpu_peers.py (`RN`): g = 4 layers x 256 with ReLU after each, the sum over all
+// bench/peers/compare.py (`RN`): g = 4 layers x 256 with ReLU after each, the sum over all
 // N^2 ordered pairs weighted by a mask, forward + backward to the objects and every parameter.
 //
 //   relational_pairing/cpu/fwd_bwd/<B>x<N>x<D>x<H>          dense all-ones mask (headline)

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Relational pairing on CUDA, side by side with the PyTorch peer of ../shared/perf/gpu_peers.py
+// Relational pairing on CUDA, side by side with the PyTorch peer of bench/peers/compare.py
 // (`RN`: g = 4 layers x 256 with ReLU after each, every ordered pair, forward + backward to the
 // objects and every parameter).
 //

@@ -18,11 +18,12 @@
 #include "distill/core/reduction.hpp"     // defines: reduction (none, sum, mean, batchmean)
 #include "distill/core/checks.hpp"        // defines: check_* argument validation helpers, check_workspace
 #include "distill/core/parallel.hpp"      // defines: parallel_for, parallel_sum
+#include "distill/core/simd.hpp"          // defines: simd::batch, simd::width, simd::load/store/stream, simd::instruction_set
 #include "distill/core/cpu_gemm.hpp"      // defines: gemm (Eigen, threaded), gemm_workspace_size, transpose
 #include "distill/core/file_io.hpp"       // defines: fnv1a64, put_le32/64, get_le32/64, write_file_atomically, read_file
 
 // ---- primitives ----
-#include "distill/core/fast_math.hpp"                // defines: fast_exp, fast_log, fast_log1p (vectorisable float math)
+#include "distill/core/fast_math.hpp"                // defines: fast_exp, fast_log, fast_log1p (float and SIMD batches)
 #include "distill/losses/soft_target_common.hpp"      // defines: soft_target_options, soft_target_extras, soft_target_workspace_size
 #include "distill/losses/kl_teacher_student.hpp"      // defines: kl_teacher_student_forward/backward/forward_backward
 #include "distill/losses/kl_student_teacher.hpp"      // defines: kl_student_teacher_forward/backward/forward_backward

@@ -159,6 +159,31 @@ TEST_CASE("top-k reference gradients match finite differences", "[soft_target][t
   }
 }
 
+TEST_CASE("top-k rest bucket: the student mass outside the top-k, at every SIMD width", "[soft_target][topk]") {
+  // Regression: GCC 12 at -O3 -march=x86-64-v3 miscompiled the former auto-vectorised sum of the
+  // rest mass (lanes 8-15 of every 16-class block came out wrong), so the rest-bucket loss was
+  // wrong on every AVX2 build. Here the student's mass sits in classes 8-15 and 24-31, and the
+  // top-k slots pick classes in and out of those lanes.
+  const std::size_t c = 45, k = 5;
+  topk_case tc{1, c, k, {}, {0, 9, 17, 30, 44}, {-1.5, -2.0, -2.5, -3.0, -3.5}, {}, {}};
+  for (std::size_t j = 0; j < c; ++j) tc.zs.push_back((j / 8) % 2 == 1 ? 3.0 + 0.1 * j : -1.0 - 0.05 * j);
+  for (double t : {1.0, 2.0}) {
+    ref::config cf;
+    cf.temperature = t;
+    const expected want = evaluate(tc, ref::topk_variant::rest_bucket, cf);
+    const auto zs = st_test::cast_vec<float>(tc.zs);
+    const auto lv = st_test::cast_vec<float>(tc.lv);
+    distill_test::guarded<float> loss(1), grad(c);
+    const status st = kl_topk_teacher_student_forward_backward(
+        cpu{1}, make_view(zs.data(), 1, c), make_view(tc.idx.data(), 1, k), make_view(lv.data(), 1, k),
+        make_view(loss.data(), 1), make_view(grad.data(), 1, c), {}, {}, lib_options(cf, ref::topk_variant::rest_bucket));
+    INFO("T = " << t << ": " << st.to_string());
+    REQUIRE(st.ok());
+    CHECK_CLOSE("loss", loss.contents(), want.loss, (distill_test::tolerance{1e-6, 1e-5}));
+    CHECK_CLOSE("grad", grad.contents(), want.grad, (distill_test::tolerance{1e-7, 1e-5}));
+  }
+}
+
 TEST_CASE("top-k KL matches the reference", "[soft_target][topk]") {
   distill_test::rng g(32);
   for (auto v : {ref::topk_variant::renormalized, ref::topk_variant::rest_bucket}) {

@@ -68,6 +68,7 @@
 #include "distill/core/math.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/reduction.hpp"
+#include "distill/core/simd.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -109,36 +110,37 @@ namespace attention_map_detail {
 /// Which loss an entry point computes (each has its own public name).
 enum class divergence { mse, kl_teacher_student };
 
-// ---- scalar math shared by the CPU loops and the CUDA kernels ----
+// ---- per-key math shared by the CPU batches and the CUDA kernels (V: a float, a double or a
+// SIMD batch of core/simd.hpp) ----
 
 /// Loss term of one key: (p_s - p_t)^2, or p_t (log p_t - log p_s) with 0 log 0 = 0.
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc mse_term(Acc ps, Acc pt) noexcept {
-  const Acc d = ps - pt;
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V mse_term(V ps, V pt) noexcept {
+  const V d = ps - pt;
   return d * d;
 }
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_term(Acc pt, Acc log_pt, Acc log_ps) noexcept {
-  return pt == Acc(0) ? Acc(0) : pt * (log_pt - log_ps);
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V kl_term(V pt, V log_pt, V log_ps) noexcept {
+  return simd::select(pt == V(0), V(0), pt * (log_pt - log_ps));
 }
 
 /// Gradient of one key. `dot` is sum_k p_s[k] g_k (mse, logits) and `teacher_mass` sum_k p_t[k]
 /// (kl, logits); `c` = grad_scale / divisor.
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc mse_upstream(Acc ps, Acc pt, Acc c) noexcept {
-  return Acc(2) * c * (ps - pt);
+template <class V, class S>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V mse_upstream(V ps, V pt, S c) noexcept {
+  return S(2) * c * (ps - pt);
 }
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc softmax_backward(Acc ps, Acc g, Acc dot) noexcept {
+template <class V, class S>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V softmax_backward(V ps, V g, S dot) noexcept {
   return ps * (g - dot);
 }
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_grad_logits(Acc ps, Acc pt, Acc teacher_mass, Acc c) noexcept {
+template <class V, class S>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V kl_grad_logits(V ps, V pt, S teacher_mass, S c) noexcept {
   return c * (ps * teacher_mass - pt);
 }
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc kl_grad_probabilities(Acc ps, Acc pt, Acc c) noexcept {
-  return pt == Acc(0) ? Acc(0) : -c * pt / ps;
+template <class V, class S>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V kl_grad_probabilities(V ps, V pt, S c) noexcept {
+  return simd::select(pt == V(0), V(0), simd::div(-c * pt, ps));
 }
 
 /// Divisor of the reduction from the valid-key count nk_b and valid-query count nq_b summed the
@@ -248,63 +250,37 @@ status check_grad(const char* fn, const VG& grad, const VS& student) {
 }
 
 // ---- CPU path ----
+// Each pass over a row's keys runs on SIMD batches (core/simd.hpp); the ragged end is a partial
+// batch padded with zero probability.
 
-constexpr int lanes = 16;
-
-/// Pairwise combination of the 16 lanes (a tree through fresh arrays: short latency, and
-/// compilers keep it in vector registers).
-template <class Acc, class Op>
-DISTILL_FORCEINLINE Acc fold_lanes(const Acc (&a)[lanes], Op op) noexcept {
-  Acc b[8], c[4];
-  for (int k = 0; k < 8; ++k) b[k] = op(a[k], a[k + 8]);
-  for (int k = 0; k < 4; ++k) c[k] = op(b[k], b[k + 4]);
-  return op(op(c[0], c[2]), op(c[1], c[3]));
-}
+/// Which keys of [j, j + n) are valid under a key-mask row (n <= the batch width).
 template <class Acc>
-DISTILL_FORCEINLINE Acc fold_lanes(const Acc (&a)[lanes]) noexcept {
-  return fold_lanes(a, [](Acc x, Acc y) { return x + y; });
+DISTILL_FORCEINLINE simd::batch_mask<Acc> valid_keys(const std::uint8_t* km, index_t skm, index_t j, int n) noexcept {
+  alignas(64) Acc v[simd::width<Acc>];
+  for (int l = 0; l < simd::width<Acc>; ++l) v[l] = l < n && km[(j + l) * skm] ? Acc(1) : Acc(0);
+  return simd::batch<Acc>::load_aligned(v) > simd::batch<Acc>(Acc(0));
 }
 
-/// sum_j f(j) over [0, n) in 16 independent partial sums, so loops vectorise without
-/// reassociation flags (f may also store per-element results). Deterministic.
-template <class Acc, class F>
-DISTILL_FORCEINLINE Acc lanes_reduce(index_t n, F&& f) noexcept {
-  Acc acc[lanes] = {};
-  index_t j = 0;
-  for (; j + lanes <= n; j += lanes)
-    for (int k = 0; k < lanes; ++k) acc[k] += f(j + k);
-  for (int k = 0; k < lanes && j < n; ++j, ++k) acc[k] += f(j);
-  return fold_lanes(acc);
-}
-/// Two sums at once: f(j, a, b) adds its terms to a and b.
-template <class Acc, class F>
-DISTILL_FORCEINLINE void lanes_reduce2(index_t n, Acc& sum_a, Acc& sum_b, F&& f) noexcept {
-  Acc a[lanes] = {}, b[lanes] = {};
-  index_t j = 0;
-  for (; j + lanes <= n; j += lanes)
-    for (int k = 0; k < lanes; ++k) f(j + k, a[k], b[k]);
-  for (int k = 0; k < lanes && j < n; ++j, ++k) f(j, a[k], b[k]);
-  sum_a = fold_lanes(a);
-  sum_b = fold_lanes(b);
-}
-/// Reads row `src` (stride `sk`) into `x`, masked keys replaced by `masked_value`, and returns
-/// the maximum of what it stored (NaN skipped).
+/// Reads row `src` (key stride `sk`) into `x`, masked keys replaced by `masked_value`, and
+/// returns the maximum of what it stored (NaN skipped).
 template <class Acc, class T>
 Acc load_row(const T* src, index_t sk, index_t n, const std::uint8_t* km, index_t skm, Acc masked_value, Acc* x) {
-  Acc acc[lanes];
-  for (int k = 0; k < lanes; ++k) acc[k] = neg_infinity<Acc>();
-  auto body = [&](index_t j, Acc& m, Acc v) {
-    if (km) v = km[j * skm] ? v : masked_value;
-    x[j] = v;
-    m = v > m ? v : m;
-  };
-  index_t j = 0;
-  if (sk == 1) {
-    for (; j + lanes <= n; j += lanes)
-      for (int k = 0; k < lanes; ++k) body(j + k, acc[k], load<Acc>(src[j + k]));
-  }
-  for (int k = 0; j < n; ++j, k = (k + 1) % lanes) body(j, acc[k], load<Acc>(src[j * sk]));
-  return fold_lanes(acc, [](Acc a, Acc b) { return b > a ? b : a; });
+  using V = simd::batch<Acc>;
+  V m(neg_infinity<Acc>());
+  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+    V v;
+    if (sk == 1) {
+      v = simd::load_partial<Acc>(src + j, cnt, masked_value);
+    } else {
+      alignas(64) Acc buf[simd::width<Acc>];
+      for (int l = 0; l < simd::width<Acc>; ++l) buf[l] = l < cnt ? load<Acc>(src[(j + l) * sk]) : masked_value;
+      v = V::load_aligned(buf);
+    }
+    if (km) v = simd::select(valid_keys<Acc>(km, skm, j, cnt), v, V(masked_value));
+    simd::store_partial(x + j, cnt, v);
+    m = simd::max_skip_nan(m, v);
+  });
+  return simd::reduce_max(m);
 }
 
 /// Softmax statistics of a row x (logits, -inf at masked keys) with maximum m: p = exp(x - m)
@@ -324,8 +300,15 @@ softmax_stats<Acc> softmax_row(const Acc* x, Acc m, Acc* p, index_t n, bool want
     for (index_t j = 0; j < n; ++j) p[j] = fill;
     return {fill, nan ? fill : neg_infinity<Acc>()};
   }
-  const Acc sum = lanes_reduce<Acc>(n, [&](index_t j) { return p[j] = fast_exp(x[j] - m); });  // float: vectorises
-  return {Acc(1) / sum, want_lse ? m + std::log(sum) : Acc(0)};
+  using V = simd::batch<Acc>;
+  V sum(Acc(0));
+  simd::for_each_batch<Acc>(n, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+    const V e = fast_exp(simd::load_partial<Acc>(x + j, cnt, neg_infinity<Acc>()) - m);
+    simd::store_partial(p + j, cnt, e);
+    sum += e;
+  });
+  const Acc total = simd::reduce_sum(sum);
+  return {Acc(1) / total, want_lse ? m + std::log(total) : Acc(0)};
 }
 
 /// Everything a row needs, resolved once per call.
@@ -348,6 +331,7 @@ struct cpu_problem {
 template <class Acc, class TS, class TT, class TG>
 Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, Acc c, bool accumulate, Acc* xs, Acc* ps,
             Acc* xt, Acc* pt, Acc* e) {
+  using V = simd::batch<Acc>;
   const index_t Lk = P.s.extent(3);
   const bool qvalid = P.masks.query.empty() || P.masks.query(b, i) != 0;
   TG* grow = P.g.empty() ? nullptr : P.g.data() + b * P.g.stride(0) + h * P.g.stride(1) + i * P.g.stride(2);
@@ -395,64 +379,77 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
     // Mean of the group's distributions (e: one more scratch row).
     for (index_t j = 0; j < Lk; ++j) pt[j] = Acc(0);
     for (index_t k = 0; k < nheads; ++k) {
+      Acc sc = Acc(1);
       if (P.t_logits) {
         const Acc m = load_row(teacher_row(k), P.t.stride(3), Lk, km, skm, neg_infinity<Acc>(), xt);
-        const Acc sc = softmax_row(xt, m, e, Lk, false).scale;
-        for (index_t j = 0; j < Lk; ++j) pt[j] += e[j] * sc;
+        sc = softmax_row(xt, m, e, Lk, false).scale;
       } else {
         load_row(teacher_row(k), P.t.stride(3), Lk, km, skm, Acc(0), e);
-        for (index_t j = 0; j < Lk; ++j) pt[j] += e[j];
       }
+      simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+        const V v = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) + simd::load_partial<Acc>(e + j, cnt, Acc(0)) * sc;
+        simd::store_partial(pt + j, cnt, v);
+      });
     }
     const Acc g = static_cast<Acc>(nheads);
     for (index_t j = 0; j < Lk; ++j) pt[j] /= g;  // division: G copies of one distribution stay exact
   }
 
   // Loss pass: normalise p_s and p_t in place, add up the loss and the row sum (mse: sum p_s g;
-  // kl: teacher mass); mse keeps g_j in xt.
-  Acc loss = 0, aux = 0;
+  // kl: teacher mass); mse keeps g_j in xt. Padding lanes hold zero probability: no terms.
+  V vloss(Acc(0)), vaux(Acc(0));
   if (!kl) {
-    lanes_reduce2<Acc>(Lk, loss, aux, [&](index_t j, Acc& l, Acc& d) {
-      const Acc a = ps[j] * s_scale, t = pt[j] * t_scale;
-      const Acc gj = mse_upstream(a, t, c);
-      ps[j] = a;
-      xt[j] = gj;
-      l += mse_term(a, t);
-      d += a * gj;
+    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+      const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0)) * s_scale;
+      const V t = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) * t_scale;
+      const V gj = mse_upstream(a, t, c);
+      simd::store_partial(ps + j, cnt, a);
+      simd::store_partial(xt + j, cnt, gj);
+      vloss += mse_term(a, t);
+      vaux += a * gj;
     });
   } else {
     const bool s_empty = s_lse == neg_infinity<Acc>(), t_empty = t_lse == neg_infinity<Acc>();
-    lanes_reduce2<Acc>(Lk, loss, aux, [&](index_t j, Acc& l, Acc& mass) {
-      const Acc a = ps[j] * s_scale, t = pt[j] * t_scale;
-      const Acc log_ps = P.s_logits ? (s_empty ? neg_infinity<Acc>() : xs[j] - s_lse) : std::log(a);
-      const Acc log_pt = exact_log_t ? (t_empty ? neg_infinity<Acc>() : xt[j] - t_lse) : std::log(t);
-      ps[j] = a;
-      pt[j] = t;
-      l += kl_term(t, log_pt, log_ps);
-      mass += t;
+    const V ninf(neg_infinity<Acc>());
+    simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+      const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0)) * s_scale;
+      const V t = simd::load_partial<Acc>(pt + j, cnt, Acc(0)) * t_scale;
+      const V log_ps = P.s_logits ? (s_empty ? ninf : simd::load_partial<Acc>(xs + j, cnt, Acc(0)) - s_lse) : fast_log(a);
+      const V log_pt = exact_log_t ? (t_empty ? ninf : simd::load_partial<Acc>(xt + j, cnt, Acc(0)) - t_lse) : fast_log(t);
+      simd::store_partial(ps + j, cnt, a);
+      simd::store_partial(pt + j, cnt, t);
+      vloss += kl_term(t, log_pt, log_ps);
+      vaux += t;
     });
   }
+  const Acc loss = simd::reduce_sum(vloss), aux = simd::reduce_sum(vaux);
   if (!grow) return loss;
 
-  // Gradient pass into xt, then masked keys zeroed (p_s = p_t = 0 there, so every formula
-  // already gives 0; zeroing keeps a NaN stored in a masked slot from leaking), then the store.
-  if (!kl) {
-    if (P.s_logits)
-      for (index_t j = 0; j < Lk; ++j) xt[j] = softmax_backward(ps[j], xt[j], aux);
-  } else if (P.s_logits) {
-    for (index_t j = 0; j < Lk; ++j) xt[j] = kl_grad_logits(ps[j], pt[j], aux, c);
-  } else {
-    for (index_t j = 0; j < Lk; ++j) xt[j] = kl_grad_probabilities(ps[j], pt[j], c);
-  }
-  if (km)
-    for (index_t j = 0; j < Lk; ++j) xt[j] = km[j * skm] ? xt[j] : Acc(0);
-  if (accumulate) {
-    for (index_t j = 0; j < Lk; ++j) grow[j * sgk] = store<TG>(load<Acc>(grow[j * sgk]) + xt[j]);
-  } else if (sgk == 1) {
-    for (index_t j = 0; j < Lk; ++j) grow[j] = store<TG>(xt[j]);
-  } else {
-    for (index_t j = 0; j < Lk; ++j) grow[j * sgk] = store<TG>(xt[j]);
-  }
+  // Gradient pass, masked keys zeroed (p_s = p_t = 0 there, so every formula already gives 0;
+  // zeroing keeps a NaN stored in a masked slot from leaking), then the store.
+  simd::for_each_batch<Acc>(Lk, [&](index_t j, int cnt) DISTILL_INLINE_LAMBDA {
+    const V a = simd::load_partial<Acc>(ps + j, cnt, Acc(0));
+    V gv;
+    if (!kl) {
+      gv = simd::load_partial<Acc>(xt + j, cnt, Acc(0));
+      if (P.s_logits) gv = softmax_backward(a, gv, aux);
+    } else {
+      const V t = simd::load_partial<Acc>(pt + j, cnt, Acc(0));
+      gv = P.s_logits ? kl_grad_logits(a, t, aux, c) : kl_grad_probabilities(a, t, c);
+    }
+    if (km) gv = simd::select(valid_keys<Acc>(km, skm, j, cnt), gv, V(Acc(0)));
+    if (sgk == 1) {
+      if (accumulate) gv += simd::load_partial<Acc>(grow + j, cnt, Acc(0));
+      simd::store_partial(grow + j, cnt, gv);
+    } else {
+      alignas(64) Acc buf[simd::width<Acc>];
+      gv.store_aligned(buf);
+      for (int l = 0; l < cnt; ++l) {
+        TG& out = grow[(j + l) * sgk];
+        out = store<TG>(accumulate ? load<Acc>(out) + buf[l] : buf[l]);
+      }
+    }
+  });
   return loss;
 }
 
@@ -489,6 +486,9 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
   if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.reduction));
   if (need_grad) DISTILL_TRY(check_grad(fn, grad, student));
 
+#if defined(__CUDA_ARCH__)
+  return {};  // nvcc's device pass parses host code without compiling it: no SIMD batches there
+#else
   const double valid = valid_count_cpu(masks, div, B, Hs, Lq, Lk);
   const double inv_div = safe_inverse(divisor(opt.reduction, valid, B));
   const Acc c = static_cast<Acc>(opt.grad_scale * inv_div);
@@ -517,6 +517,7 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
   const Acc total = parallel_sum<Acc>(ctx, rows, chunk, min_chunk);
   if (need_loss && !per_row) loss(0) = static_cast<Acc>(static_cast<double>(total) * inv_div);
   return {};
+#endif
 }
 
 /// The engine on memory `Space`: the CPU one here, the CUDA one (`backend<cuda_space>`) in

@@ -51,14 +51,17 @@ struct dkd_policy {
   static constexpr bool uses_target = true, has_mixture_pass = false;
   static constexpr bool needs_a = true, needs_tx = false, needs_b = false;
   static constexpr bool normalises_full_rows = false;  // p^ and q^ are normalised without the target
-  struct row {
-    Acc lpn, lqn;   // non-target LSEs (normalising p^ and q^)
-    Acc pt, qt;     // target probabilities
-    Acc lbin_w;     // l p_t (1 - p_t) (0 where p_t (1 - p_t) = 0)
-    Acc nckd;
-    Acc beta_eff;   // beta, or 0 when the teacher has no non-target mass
-    Acc f;
+  /// Row scalars (fields of one type: the CPU path gathers a batch of rows into row_t<batch>).
+  template <class T>
+  struct row_t {
+    T lpn, lqn;   // non-target LSEs (normalising p^ and q^)
+    T pt, qt;     // target probabilities
+    T lbin_w;     // l p_t (1 - p_t) (0 where p_t (1 - p_t) = 0)
+    T nckd;
+    T beta_eff;   // beta, or 0 when the teacher has no non-target mass
+    T f;
   };
+  using row = row_t<Acc>;
   static status validate(const char* fn, index_t classes, const params& p) {
     if (classes < 2) return fail(errc::shape_mismatch, fn, "DKD needs at least 2 classes (a target and a non-target)");
     DISTILL_TRY(check_finite_option(fn, "alpha", static_cast<double>(p.alpha)));
@@ -86,11 +89,13 @@ struct dkd_policy {
     return r;
   }
   // p and q below are p^_k and q^_k (normalised over the non-target classes)
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row& r, const params& pr, Acc, Acc, Acc p, Acc q) noexcept {
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const R& r, const params& pr, V, V, V p, V q) noexcept {
     return pr.alpha * q * (r.pt - r.qt) + r.beta_eff * (q - p);
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params& pr, Acc x, Acc y, Acc p, Acc) noexcept {
-    return -pr.alpha * r.lbin_w * p + r.beta_eff * keep_or_zero(p != Acc(0), p * ((x - r.lpn) - (y - r.lqn) - r.nckd));
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const R& r, const params& pr, V x, V y, V p, V) noexcept {
+    return -pr.alpha * r.lbin_w * p + r.beta_eff * keep_nonzero(p, p * ((x - r.lpn) - (y - r.lqn) - r.nckd));
   }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student_target(const row& r, const params& pr) noexcept { return pr.alpha * (r.qt - r.pt); }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher_target(const row& r, const params& pr) noexcept { return pr.alpha * r.lbin_w; }

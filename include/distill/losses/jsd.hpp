@@ -75,44 +75,50 @@ struct jsd_policy {
   static constexpr bool uses_target = false, has_mixture_pass = true;
   static constexpr bool needs_a = false, needs_tx = false, needs_b = false;
   static constexpr bool normalises_full_rows = true;
-  struct row {
-    Acc lpn, lqn;  // LSE(x), LSE(y)
-    Acc pa, qb;    // <p, a>, <q, b>
-    Acc f;
+  /// Row scalars (fields of one type: the CPU path gathers a batch of rows into row_t<batch>).
+  template <class T>
+  struct row_t {
+    T lpn, lqn;  // LSE(x), LSE(y)
+    T pa, qb;    // <p, a>, <q, b>
+    T f;
   };
+  using row = row_t<Acc>;
   static status validate(const char* fn, index_t, const params& p) {
     return check_in_range(fn, "beta", static_cast<double>(p.beta), 0.0, 1.0);
   }
   /// a_k and b_k from d = log p_k - log q_k (continuous at beta = 0 and 1).
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void log_ratios(const params& pr, Acc d, Acc& a, Acc& b) noexcept {
-    // both candidates are computed and blended (branch-free, so the host loops vectorise)
-    b = select(pr.beta == Acc(0), Acc(1) - st_exp(d), -log_add_exp(pr.log_beta + d, pr.log1m_beta) * pr.inv_beta);
-    a = select(pr.beta == Acc(1), Acc(1) - st_exp(-d), -log_add_exp(pr.log1m_beta - d, pr.log_beta) * pr.inv_1m_beta);
+  template <class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void log_ratios(const params& pr, V d, V& a, V& b) noexcept {
+    // both candidates are computed and blended (branch-free: V may be a SIMD batch)
+    b = select(pr.beta == Acc(0), V(1) - st_exp(d), -log_add_exp(pr.log_beta + d, V(pr.log1m_beta)) * pr.inv_beta);
+    a = select(pr.beta == Acc(1), V(1) - st_exp(-d), -log_add_exp(pr.log1m_beta - d, V(pr.log_beta)) * pr.inv_1m_beta);
   }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE row finalize(const dense_state<Acc>& s, const params&, const target_values<Acc>&) noexcept {
     return {s.teacher_lse(), s.student_lse(), Acc(0), Acc(0), Acc(0)};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void mixture_terms(const row& r, const params& pr, Acc x, Acc y, Acc p, Acc q, Acc& pa,
-                                                Acc& qb) noexcept {
-    Acc a, b;
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void mixture_terms(const R& r, const params& pr, V x, V y, V p, V q, V& pa, V& qb) noexcept {
+    V a, b;
     log_ratios(pr, (x - r.lpn) - (y - r.lqn), a, b);
-    pa = keep_or_zero(p != Acc(0), p * a);
-    qb = keep_or_zero(q != Acc(0), q * b);
+    pa = keep_nonzero(p, p * a);
+    qb = keep_nonzero(q, q * b);
   }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE void finish_mixture(row& r, const params& pr, Acc pa, Acc qb) noexcept {
     r.pa = pa;
     r.qb = qb;
     r.f = pr.scale * (pa + qb);
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row& r, const params& pr, Acc x, Acc y, Acc, Acc q) noexcept {
-    Acc a, b;
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const R& r, const params& pr, V x, V y, V, V q) noexcept {
+    V a, b;
     log_ratios(pr, (x - r.lpn) - (y - r.lqn), a, b);
-    return keep_or_zero(q != Acc(0), pr.scale * q * (b - r.qb));
+    return keep_nonzero(q, pr.scale * q * (b - r.qb));
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params& pr, Acc x, Acc y, Acc p, Acc) noexcept {
-    Acc a, b;
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const R& r, const params& pr, V x, V y, V p, V) noexcept {
+    V a, b;
     log_ratios(pr, (x - r.lpn) - (y - r.lqn), a, b);
-    return keep_or_zero(p != Acc(0), pr.scale * p * (a - r.pa));
+    return keep_nonzero(p, pr.scale * p * (a - r.pa));
   }
 };
 

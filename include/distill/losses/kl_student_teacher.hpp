@@ -37,19 +37,24 @@ struct kl_student_teacher_policy {
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = false, needs_tx = false, needs_b = true;
   static constexpr bool normalises_full_rows = true;
-  struct row {
-    Acc lpn, lqn;  // LSE(x), LSE(y)
-    Acc f;         // KL(q || p)
+  /// Row scalars (fields of one type: the CPU path gathers a batch of rows into row_t<batch>).
+  template <class T>
+  struct row_t {
+    T lpn, lqn;  // LSE(x), LSE(y)
+    T f;         // KL(q || p)
   };
+  using row = row_t<Acc>;
   static status validate(const char*, index_t, const params&) { return {}; }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE row finalize(const dense_state<Acc>& s, const params&, const target_values<Acc>&) noexcept {
     const Acc lt = s.teacher_lse(), ls = s.student_lse();
     return {lt, ls, s.b / s.ss - ls + lt};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row& r, const params&, Acc x, Acc y, Acc, Acc q) noexcept {
-    return keep_or_zero(q != Acc(0), q * ((y - r.lqn) - (x - r.lpn) - r.f));
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const R& r, const params&, V x, V y, V, V q) noexcept {
+    return keep_nonzero(q, q * ((y - r.lqn) - (x - r.lpn) - r.f));
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return p - q; }
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const R&, const params&, V, V, V p, V q) noexcept { return p - q; }
 };
 
 }  // namespace soft_target_detail

@@ -43,18 +43,23 @@ struct kl_teacher_student_policy {
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = true, needs_tx = false, needs_b = false;
   static constexpr bool normalises_full_rows = true;  // p and q are the full-row softmaxes
-  struct row {
-    Acc lpn, lqn;  // log-sum-exps normalising p and q
-    Acc f;         // KL(p || q)
+  /// Row scalars (fields of one type: the CPU path gathers a batch of rows into row_t<batch>).
+  template <class T>
+  struct row_t {
+    T lpn, lqn;  // log-sum-exps normalising p and q
+    T f;         // KL(p || q)
   };
+  using row = row_t<Acc>;
   static status validate(const char*, index_t, const params&) { return {}; }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE row finalize(const dense_state<Acc>& s, const params&, const target_values<Acc>&) noexcept {
     const Acc lt = s.teacher_lse(), ls = s.student_lse();
     return {lt, ls, s.a / s.st - lt + ls};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return q - p; }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params&, Acc x, Acc y, Acc p, Acc) noexcept {
-    return keep_or_zero(p != Acc(0), p * ((x - r.lpn) - (y - r.lqn) - r.f));
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const R&, const params&, V, V, V p, V q) noexcept { return q - p; }
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const R& r, const params&, V x, V y, V p, V) noexcept {
+    return keep_nonzero(p, p * ((x - r.lpn) - (y - r.lqn) - r.f));
   }
 };
 

@@ -33,10 +33,13 @@ struct soft_cross_entropy_policy {
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = true, needs_tx = true, needs_b = false;
   static constexpr bool normalises_full_rows = true;
-  struct row {
-    Acc lpn, lqn;  // LSE(x), LSE(y)
-    Acc f;         // CE(p, q)
+  /// Row scalars (fields of one type: the CPU path gathers a batch of rows into row_t<batch>).
+  template <class T>
+  struct row_t {
+    T lpn, lqn;  // LSE(x), LSE(y)
+    T f;         // CE(p, q)
   };
+  using row = row_t<Acc>;
   static status validate(const char*, index_t, const params&) { return {}; }
   DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE row finalize(const dense_state<Acc>& s, const params&, const target_values<Acc>&) noexcept {
     const Acc lt = s.teacher_lse(), ls = s.student_lse();
@@ -44,10 +47,12 @@ struct soft_cross_entropy_policy {
     const Acc ep_y = s.mt + s.tx / s.st - s.a / s.st;
     return {lt, ls, ls - ep_y};
   }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_student(const row&, const params&, Acc, Acc, Acc p, Acc q) noexcept { return q - p; }
-  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE Acc grad_teacher(const row& r, const params&, Acc, Acc y, Acc p, Acc) noexcept {
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_student(const R&, const params&, V, V, V p, V q) noexcept { return q - p; }
+  template <class R, class V>
+  DISTILL_HOST_DEVICE static DISTILL_FORCEINLINE V grad_teacher(const R& r, const params&, V, V y, V p, V) noexcept {
     // E_p[log q] = -f
-    return keep_or_zero(p != Acc(0), -p * ((y - r.lqn) + r.f));
+    return keep_nonzero(p, -p * ((y - r.lqn) + r.f));
   }
 };
 

@@ -58,6 +58,7 @@
 #include "distill/core/labels.hpp"
 #include "distill/core/math.hpp"
 #include "distill/core/reduction.hpp"
+#include "distill/core/simd.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -121,10 +122,9 @@ constexpr std::size_t soft_target_workspace_size(const cuda&, index_t rows) noex
 namespace soft_target_detail {
 
 // ---------------------------------------------------------------------------------------------
-// Scalar math shared by the CPU loops and the CUDA kernels. On the host, the branch-free
-// core/fast_math.hpp versions (they are called per class, or per row across vector lanes, inside
-// loops that must vectorise); on the device the hardware exp, logf and the accurate log1pf (JSD
-// needs relative accuracy near 0).
+// Math shared by the CPU loops and the CUDA kernels. On the host, the core/fast_math.hpp
+// versions, for floats and for SIMD batches (per class, or per row across batch lanes); on the
+// device the hardware exp, logf and the accurate log1pf (JSD needs relative accuracy near 0).
 // ---------------------------------------------------------------------------------------------
 template <class Acc>
 DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc st_exp(Acc x) noexcept {
@@ -159,34 +159,20 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc ninf() noexcept {
   return -std::numeric_limits<Acc>::infinity();
 }
 
-/// `c ? a : b` for per-class math inside vectorised host loops. On the host it blends bit
-/// patterns: GCC turns a float select whose arms hold trapping operations back into a branch
-/// and then refuses to vectorise the loop (see core/fast_math.hpp). On the device, a select.
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc select(bool c, Acc a, Acc b) noexcept {
-#if defined(__CUDA_ARCH__)
-  return c ? a : b;
-#else
-  using U = std::conditional_t<sizeof(Acc) == 4, std::uint32_t, std::uint64_t>;
-  const U m = U(0) - static_cast<U>(c);
-  return std::bit_cast<Acc>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m));
-#endif
-}
-
-/// `keep ? v : 0`, written so that a NaN `v` in a discarded lane never leaks (0 * NaN would).
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc keep_or_zero(bool keep, Acc v) noexcept {
-  return select(keep, v, Acc(0));
-}
+// Per-lane selects for the per-class math, which the host runs on SIMD batches and the device
+// on floats (core/simd.hpp).
+using simd::keep_nonzero;
+using simd::keep_or_zero;
+using simd::select;
 
 /// log(e^a + e^b): -inf when both are -inf; accurate relative to the larger argument.
-template <class Acc>
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc log_add_exp(Acc a, Acc b) noexcept {
-  const bool a_larger = a > b;
-  const Acc hi = select(a_larger, a, b);
-  const Acc lo = select(a_larger, b, a);
-  const Acc r = hi + st_log1p(st_exp(lo - hi));
-  return select(hi == ninf<Acc>(), hi, r);
+template <class V>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE V log_add_exp(V a, V b) noexcept {
+  const auto a_larger = a > b;
+  const V hi = select(a_larger, a, b);
+  const V lo = select(a_larger, b, a);
+  const V r = hi + st_log1p(st_exp(lo - hi));
+  return select(hi == V(ninf<simd::scalar_t<V>>()), hi, r);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@
 #include <vector>
 
 #include "distill/core/parallel.hpp"
+#include "distill/core/simd.hpp"
 #include "distill/losses/detail/soft_target_dispatch.hpp"
+#include "distill/losses/detail/soft_target_rows.hpp"
 
 namespace distill {
 
@@ -122,103 +124,110 @@ status topk_validate(const char* fn, const VS& student, const VI& idx, const VV&
   return {};
 }
 
+/// The valid slots of one row (unused slots dropped), gathered before anything is written: the
+/// gradient may be written in place over the student.
 template <class Acc>
-struct topk_row_out {
-  Acc loss = 0, dt = 0, kl = 0, entropy = 0, top1 = 0, hard_ce = 0;
-  bool masked = false;
+struct topk_slots {
+  std::vector<std::int64_t> cls;  // classes of I
+  std::vector<Acc> z, v, e, old;  // raw student logit, teacher value, e^{y - max y}, old gradient
+  index_t m = 0;
+  explicit topk_slots(index_t k)
+      : cls(static_cast<std::size_t>(k)), z(cls.size()), v(cls.size()), e(cls.size()), old(cls.size()) {}
 };
 
-/// One contiguous row. `stamp` marks the classes of I with `row_id` (no clearing between rows).
+/// dL/dz^s over a batch of classes outside I (or any class, before I is written over it):
+/// the soft term q_k - rest_coef e_k, the hard term without its one-hot label, and `old`.
+template <bool NeedZ, bool DT, class U, class Acc>
+DISTILL_FORCEINLINE U topk_rest_grad(const U& zs, const U& e, const U& old, Acc inv_ss, Acc rest_coef, Acc coef_soft,
+                                     Acc coef_hard, Acc sm_scale, Acc lz, Acc inv_t, U& dt) noexcept {
+  const U gs = e * (inv_ss - rest_coef);
+  U v = coef_soft * gs + old;
+  if (coef_hard != Acc(0)) {
+    if constexpr (NeedZ) v += coef_hard * fast_exp(zs - lz);
+    else v += coef_hard * (e * sm_scale);
+  }
+  if constexpr (DT) dt += keep_nonzero(gs, gs * (zs * inv_t));
+  return v;
+}
+
+/// One contiguous row.
 template <class Acc, class S, class T, class G>
-topk_row_out<Acc> topk_row_cpu(const dense_call<Acc>& call, topk_variant variant, const S* s, const std::int64_t* idx,
-                               index_t idx_stride, const T* vals, index_t val_stride, index_t k, G* g, index_t cols,
-                               std::int64_t label, Acc weight, Acc* es_buf, std::int64_t* stamp, std::int64_t row_id,
-                               Acc* slot_scratch, std::int64_t* cls) {
-  topk_row_out<Acc> out;
-  constexpr int W = lanes_v<Acc>;
+row_result<Acc> topk_row_cpu(const cpu_call<Acc>& call, topk_variant variant, const S* s, const std::int64_t* idx,
+                             index_t idx_stride, const T* vals, index_t val_stride, index_t k, G* g, index_t cols,
+                             std::int64_t label, Acc weight, Acc* es_buf, topk_slots<Acc>& sl) {
+  using V = simd::batch<Acc>;
+  constexpr int W = simd::width<Acc>;
+  row_result<Acc> out;
   const Acc inv_t = call.sc.inv_temperature;
   // gather what pass 3 may overwrite (in place) before anything is written
-  Acc* sv = slot_scratch;  // raw student logits at the valid slots
-  Acc* tv = sv + k;        // teacher values
-  Acc* old = tv + k;       // old gradient (accumulate); cls holds the classes of the valid slots
-  index_t m = 0;
+  sl.m = 0;
   for (index_t j = 0; j < k; ++j) {
     const std::int64_t c = idx[j * idx_stride];
     if (c < 0) continue;
-    cls[m] = c;
-    sv[m] = load<Acc>(s[c]);
-    tv[m] = load<Acc>(vals[j * val_stride]);
-    old[m] = (call.accumulate && g != nullptr) ? load<Acc>(g[c]) : Acc(0);
-    stamp[c] = row_id;
-    ++m;
+    const auto i = static_cast<std::size_t>(sl.m++);
+    sl.cls[i] = c;
+    sl.z[i] = load<Acc>(s[c]);
+    sl.v[i] = load<Acc>(vals[j * val_stride]);
+    sl.old[i] = (call.accumulate && g != nullptr) ? load<Acc>(g[c]) : Acc(0);
   }
+  const auto m = static_cast<std::size_t>(sl.m);
   const Acc z_label = label >= 0 ? load<Acc>(s[label]) : Acc(0);
+  const Acc old_label = label >= 0 && call.accumulate && g != nullptr ? load<Acc>(g[label]) : Acc(0);
 
   // pass 1: raw student maximum
-  Acc mxs[W];
-  for (int j = 0; j < W; ++j) mxs[j] = ninf<Acc>();
-  index_t c0 = 0;
-  for (; c0 + W <= cols; c0 += W)
-    for (int j = 0; j < W; ++j) {
-      const Acc v = load<Acc>(s[c0 + j]);
-      mxs[j] = v > mxs[j] ? v : mxs[j];
-    }
-  for (; c0 < cols; ++c0) {
-    const Acc v = load<Acc>(s[c0]);
-    mxs[0] = v > mxs[0] ? v : mxs[0];
-  }
-  const Acc raw_max = lane_max(mxs);
+  const Acc raw_max = row_max<Acc>(s, cols);
   const Acc my = raw_max * inv_t;
   const Acc my_e = my == ninf<Acc>() ? Acc(0) : my, mz_e = raw_max == ninf<Acc>() ? Acc(0) : raw_max;
   const bool need_z = call.hard && call.sc.temperature != Acc(1);
 
   // pass 2: e^{y - max y} into scratch, its sum (and the raw sum for the hard term)
-  Acc ss[W] = {}, sz[W] = {};
-  c0 = 0;
-  for (; c0 + W <= cols; c0 += W)
-    for (int j = 0; j < W; ++j) {
-      const Acc zs = load<Acc>(s[c0 + j]);
-      const Acc e = fast_exp(zs * inv_t - my_e);
-      es_buf[c0 + j] = e;
-      ss[j] += e;
-      if (need_z) sz[j] += fast_exp(zs - mz_e);
-    }
-  for (; c0 < cols; ++c0) {
-    const Acc zs = load<Acc>(s[c0]);
-    const Acc e = fast_exp(zs * inv_t - my_e);
-    es_buf[c0] = e;
-    ss[0] += e;
-    if (need_z) sz[0] += fast_exp(zs - mz_e);
+  V ss(Acc(0)), sz(Acc(0));
+  auto stats = [&](const V& zs) DISTILL_INLINE_LAMBDA {
+    const V e = fast_exp(zs * inv_t - my_e);
+    ss += e;
+    if (need_z) sz += fast_exp(zs - mz_e);
+    return e;
+  };
+  index_t c0 = 0;
+  for (; c0 + W <= cols; c0 += W) stats(simd::load<Acc>(s + c0)).store_unaligned(es_buf + c0);
+  if (c0 < cols) {
+    const int n = static_cast<int>(cols - c0);
+    simd::store_partial(es_buf + c0, n, stats(simd::load_partial<Acc>(s + c0, n, ninf<Acc>())));
   }
-  const Acc sum_all = lane_sum(ss);
+  const Acc sum_all = simd::reduce_sum(ss);
   const Acc ls = my + st_log(sum_all);
-  // the student mass outside I, summed over those classes themselves
+  // I's exponentials move to the slots and leave zeros behind, so the sum of the scratch is
+  // the student mass outside I (summed over those classes themselves, never 1 - sum_I), and
+  // pass 3's rest formula gives I's classes nothing to undo
+  for (std::size_t i = 0; i < m; ++i) {
+    sl.e[i] = es_buf[sl.cls[i]];
+    es_buf[sl.cls[i]] = Acc(0);
+  }
   Acc sum_rest = Acc(0);
   if (variant == topk_variant::rest_bucket) {
-    Acc rs[W] = {};
+    V rs(Acc(0));
     c0 = 0;
-    for (; c0 + W <= cols; c0 += W)
-      for (int j = 0; j < W; ++j) rs[j] += stamp[c0 + j] == row_id ? Acc(0) : es_buf[c0 + j];
-    for (; c0 < cols; ++c0) rs[0] += stamp[c0] == row_id ? Acc(0) : es_buf[c0];
-    sum_rest = lane_sum(rs);
+    for (; c0 + W <= cols; c0 += W) rs += V::load_unaligned(es_buf + c0);
+    if (c0 < cols) rs += simd::load_partial<Acc>(es_buf + c0, static_cast<int>(cols - c0), Acc(0));
+    sum_rest = simd::reduce_sum(rs);
   }
 
   // teacher side
   Acc lv = ninf<Acc>();
   {
     lse_state<Acc> l;
-    for (index_t j = 0; j < m; ++j) l.add(tv[j]);
+    for (std::size_t j = 0; j < m; ++j) l.add(sl.v[j]);
     lv = l.value();
   }
   Acc r, log_r, log_s, rest_coef;
   topk_rest(variant, lv, sum_all, sum_rest, r, log_r, log_s, rest_coef);
   Acc f = Acc(0), ent = Acc(0);
-  index_t best = -1;
-  for (index_t j = 0; j < m; ++j) {
-    const Acc lp = topk_teacher_logprob(variant, tv[j], lv), p = st_exp(lp);
-    f += keep_or_zero(p != Acc(0), p * (lp - (sv[j] * inv_t - ls)));
+  std::size_t best = m;
+  for (std::size_t j = 0; j < m; ++j) {
+    const Acc lp = topk_teacher_logprob(variant, sl.v[j], lv), p = st_exp(lp);
+    f += keep_or_zero(p != Acc(0), p * (lp - (sl.z[j] * inv_t - ls)));
     ent -= keep_or_zero(p != Acc(0), p * lp);
-    if (best < 0 || tv[j] > tv[best] || (tv[j] == tv[best] && cls[j] < cls[best])) best = j;  // ties: lowest class
+    if (best == m || sl.v[j] > sl.v[best] || (sl.v[j] == sl.v[best] && sl.cls[j] < sl.cls[best])) best = j;  // ties: lowest class
   }
   f += keep_or_zero(r != Acc(0), r * (log_r - log_s));
   ent -= keep_or_zero(r != Acc(0), r * log_r);
@@ -226,78 +235,62 @@ topk_row_out<Acc> topk_row_cpu(const dense_call<Acc>& call, topk_variant variant
 
   Acc lz = Acc(0), hard_ce = Acc(0);
   if (call.hard && label >= 0) {
-    const Acc sum_z = need_z ? lane_sum(sz) : sum_all;
-    lz = need_z ? raw_max + st_log(sum_z) : ls;
+    lz = need_z ? raw_max + st_log(simd::reduce_sum(sz)) : ls;
     hard_ce = lz - z_label;
   }
   out.loss = weight * (call.soft_weight * call.sc.c * f + (call.hard_weight != Acc(0) ? call.hard_weight * hard_ce : Acc(0)));
   out.hard_ce = hard_ce;
-  out.kl = f;
-  out.entropy = ent;
-  if (best >= 0) {  // first argmax of the student
-    Acc bs = ninf<Acc>();
-    index_t is = -1;
-    for (index_t c = 0; c < cols; ++c) {
-      const Acc v = load<Acc>(s[c]);
-      if (v > bs) bs = v, is = c;
-    }
-    out.top1 = is == cls[best] ? Acc(1) : Acc(0);
+  out.diag.kl = f;
+  out.diag.entropy = ent;
+  if (best < m && call.want_diag) {  // first argmax of the student
+    out.diag.top1 = first_argmax<Acc>(s, cols) == sl.cls[best] ? Acc(1) : Acc(0);
   }
+  if (g == nullptr) return out;
 
-  if (g != nullptr) {  // pass 3: the rest formula everywhere, then the classes of I
-    const Acc inv_ss = Acc(1) / sum_all;
-    const Acc coef_soft = call.grad_scale * weight * call.soft_weight * call.sc.c * inv_t * call.inv_divisor;
-    const Acc coef_hard = call.grad_scale * weight * call.hard_weight * call.inv_divisor;
-    const bool use_hard = call.hard_weight != Acc(0);
-    const Acc sm_scale = call.sc.temperature == Acc(1) ? inv_ss : Acc(0);  // softmax(z) = q when T == 1
-    Acc dt[W] = {};
-    auto value = [&](index_t c, Acc zs, Acc e, Acc old_g, Acc& gs) {
-      gs = e * (inv_ss - rest_coef);
-      Acc v = coef_soft * gs;
-      if (use_hard) {
-        const Acc sm = need_z ? fast_exp(zs - lz) : e * sm_scale;
-        v += coef_hard * (sm - (c == label ? Acc(1) : Acc(0)));
-      }
-      return v + old_g;
+  // pass 3: the rest formula everywhere, then the label's class and the classes of I
+  const Acc inv_ss = Acc(1) / sum_all;
+  const Acc coef_soft = call.grad_scale * weight * call.soft_weight * call.sc.c * inv_t * call.inv_divisor;
+  const Acc coef_hard = call.hard_weight != Acc(0) ? call.grad_scale * weight * call.hard_weight * call.inv_divisor : Acc(0);
+  const Acc sm_scale = call.sc.temperature == Acc(1) ? inv_ss : Acc(0);  // softmax(z) = q when T == 1
+  Acc dt_sum = Acc(0);
+  auto run = [&](auto need_z_c, auto dt_c, auto acc_c) {
+    constexpr bool NZ = decltype(need_z_c)::value, DT = decltype(dt_c)::value, Accum = decltype(acc_c)::value;
+    V dt(Acc(0));
+    auto at = [&](const V& zs, const V& e, const V& old) DISTILL_INLINE_LAMBDA {
+      return topk_rest_grad<NZ, DT>(zs, e, old, inv_ss, rest_coef, coef_soft, coef_hard, sm_scale, lz, inv_t, dt);
     };
-    c0 = 0;
-    for (; c0 + W <= cols; c0 += W)
-      for (int j = 0; j < W; ++j) {
-        const index_t c = c0 + j;
-        const Acc zs = load<Acc>(s[c]);
-        const Acc o = call.accumulate ? load<Acc>(g[c]) : Acc(0);
-        Acc gs;
-        const Acc v = value(c, zs, es_buf[c], o, gs);
-        dt[j] += keep_or_zero(gs != Acc(0), gs * zs * inv_t);
-        g[c] = store<G>(v);
-      }
-    for (; c0 < cols; ++c0) {
-      const Acc zs = load<Acc>(s[c0]);
-      const Acc o = call.accumulate ? load<Acc>(g[c0]) : Acc(0);
-      Acc gs;
-      const Acc v = value(c0, zs, es_buf[c0], o, gs);
-      dt[0] += keep_or_zero(gs != Acc(0), gs * zs * inv_t);
-      g[c0] = store<G>(v);
+    index_t c = 0;
+    for (; c + W <= cols; c += W)
+      simd::store(g + c, at(simd::load<Acc>(s + c), V::load_unaligned(es_buf + c), Accum ? simd::load<Acc>(g + c) : V(Acc(0))));
+    if (c < cols) {
+      const int n = static_cast<int>(cols - c);
+      simd::store_partial(g + c, n,
+                          at(simd::load_partial<Acc>(s + c, n, Acc(0)), simd::load_partial<Acc>(es_buf + c, n, Acc(0)),
+                             Accum ? simd::load_partial<Acc>(g + c, n, Acc(0)) : V(Acc(0))));
     }
-    Acc dt_sum = lane_sum(dt);
-    for (index_t j = 0; j < m; ++j) {  // classes of I: q_k - p_k
-      const index_t c = cls[j];
-      const Acc e = es_buf[c];
-      const Acc p = topk_teacher_prob(variant, tv[j], lv);
-      Acc gs_rest;
-      (void)value(c, sv[j], e, old[j], gs_rest);
-      const Acc gs = e * inv_ss - p;
-      Acc v = coef_soft * gs + old[j];
-      if (use_hard) {
-        const Acc sm = need_z ? st_exp(sv[j] - lz) : e * sm_scale;
-        v += coef_hard * (sm - (c == label ? Acc(1) : Acc(0)));
-      }
-      g[c] = store<G>(v);
-      const Acc y = sv[j] * inv_t;
-      dt_sum += keep_or_zero(gs != Acc(0), gs * y) - keep_or_zero(gs_rest != Acc(0), gs_rest * y);
+    dt_sum = simd::reduce_sum(dt);
+    const bool label_in_i = std::find(sl.cls.begin(), sl.cls.begin() + sl.m, label) != sl.cls.begin() + sl.m;
+    if (coef_hard != Acc(0) && label >= 0 && !label_in_i) {  // the label's one-hot term
+      Acc no_dt = Acc(0);
+      const Acc old = Accum ? old_label : Acc(0);
+      g[label] = store<G>(topk_rest_grad<NZ, false>(z_label, es_buf[label], old, inv_ss, rest_coef, coef_soft, coef_hard,
+                                                    sm_scale, lz, inv_t, no_dt) - coef_hard);
     }
-    out.dt = weight * call.soft_weight * (call.sc.dc * f - call.sc.c * inv_t * dt_sum);
+  };
+  with_bool(need_z, [&](auto nz) { with_bool(call.want_dt, [&](auto d) { with_bool(call.accumulate, [&](auto a) { run(nz, d, a); }); }); });
+  for (std::size_t j = 0; j < m; ++j) {  // classes of I: q_k - p_k
+    const std::int64_t c = sl.cls[j];
+    const Acc p = topk_teacher_prob(variant, sl.v[j], lv);
+    const Acc gs = sl.e[j] * inv_ss - p;
+    Acc v = coef_soft * gs + sl.old[j];
+    if (coef_hard != Acc(0)) {
+      const Acc sm = need_z ? st_exp(sl.z[j] - lz) : sl.e[j] * sm_scale;
+      v += coef_hard * (sm - (c == label ? Acc(1) : Acc(0)));
+    }
+    g[c] = store<G>(v);
+    dt_sum += keep_or_zero(gs != Acc(0), gs * (sl.z[j] * inv_t));
   }
+  out.dt = weight * call.soft_weight * (call.sc.dc * f - call.sc.c * inv_t * dt_sum);
   return out;
 }
 
@@ -330,95 +323,45 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
       }
   }
 
-  dense_call<Acc> call;
-  call.sc.t_squared = opt.scale_by_t_squared;
-  call.sc.set_temperature(ex.temperature.empty() ? static_cast<Acc>(opt.temperature) : ex.temperature(0));
-  call.soft_weight = opt.soft_weight;
-  call.hard_weight = opt.hard_label_weight;
-  call.grad_scale = opt.grad_scale;
-  call.accumulate = opt.accumulate;
-  call.hard = !ex.labels.empty() && (opt.hard_label_weight != 0.0f || !ex.row_hard_loss.empty());
-  auto weight_of = [&](index_t r) -> Acc { return ex.row_weights.empty() ? Acc(1) : ex.row_weights(r); };
-  auto ignored = [&](index_t r) { return !ex.labels.empty() && ex.labels(r) == opt.ignore_index; };
-  Acc divisor = Acc(1);
-  if (!ex.normalizer.empty()) divisor = ex.normalizer(0);
-  else if (opt.reduction == reduction::batchmean) divisor = static_cast<Acc>(n);
-  else if (opt.reduction == reduction::mean) {
-    divisor = Acc(0);
-    for (index_t r = 0; r < n; ++r)
-      if (!ignored(r)) divisor += weight_of(r);
-  }
-  call.inv_divisor = safe_inverse(divisor);
-  const bool want_dt = want_grad && !ex.grad_temperature.empty();
-
-  std::vector<Acc> row_loss(static_cast<std::size_t>(n)), row_dt(static_cast<std::size_t>(n));
-  std::vector<unsigned char> masked(static_cast<std::size_t>(n), 0);
+#if defined(__CUDA_ARCH__)
+  return {};  // nvcc's device pass: see dense_cpu
+#else
+  const cpu_call<Acc> call = make_cpu_call(opt, ex, n, want_grad);
+  row_sink<Acc, G> sink(call, ex, grad, n, cols);
   const bool contiguous = student.inner_contiguous() && (!want_grad || grad.inner_contiguous());
-  const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
   parallel_for(ctx, n, [&](index_t r0, index_t r1) {
-    std::vector<Acc> es(static_cast<std::size_t>(cols) * (contiguous ? 1 : 3));
-    std::vector<std::int64_t> stamp(static_cast<std::size_t>(cols), -1);
-    std::vector<Acc> slots(static_cast<std::size_t>(k) * 3);
-    std::vector<std::int64_t> cls(static_cast<std::size_t>(k));
+    std::vector<Acc> scratch(static_cast<std::size_t>(cols) * (contiguous ? 1 : 3));
+    topk_slots<Acc> slots(k);
     for (index_t r = r0; r < r1; ++r) {
-      topk_row_out<Acc> o;
-      if (ignored(r)) {
-        if (want_grad && !opt.accumulate)
-          for (index_t c = 0; c < cols; ++c) grad(r, c) = store<G>(Acc(0));
-      } else {
-        const std::int64_t label = ex.labels.empty() ? -1 : ex.labels(r);
-        if (contiguous) {
-          o = topk_row_cpu<Acc>(call, opt.variant, student.row(r), idx.row(r), idx.stride(1), values.row(r),
-                                values.stride(1), k, want_grad ? grad.row(r) : static_cast<G*>(nullptr), cols, label,
-                                weight_of(r), es.data(), stamp.data(), r, slots.data(), cls.data());
-        } else {
-          Acc* ss = es.data() + cols;
-          Acc* gs = ss + cols;
-          for (index_t c = 0; c < cols; ++c) ss[c] = load<Acc>(student(r, c));
-          if (want_grad && opt.accumulate)
-            for (index_t c = 0; c < cols; ++c) gs[c] = load<Acc>(grad(r, c));
-          o = topk_row_cpu<Acc>(call, opt.variant, static_cast<const Acc*>(ss), idx.row(r), idx.stride(1), values.row(r),
-                                values.stride(1), k, want_grad ? gs : static_cast<Acc*>(nullptr), cols, label,
-                                weight_of(r), es.data(), stamp.data(), r, slots.data(), cls.data());
-          if (want_grad)
-            for (index_t c = 0; c < cols; ++c) grad(r, c) = store<G>(gs[c]);
-        }
-        if (o.masked) {
-          masked[static_cast<std::size_t>(r)] = 1;
-          o.loss = o.dt = o.kl = o.entropy = o.top1 = o.hard_ce = nan;
-          if (want_grad)
-            for (index_t c = 0; c < cols; ++c) grad(r, c) = store<G>(nan);
-        }
+      if (call.ignored(r)) {
+        sink.put_ignored(r);
+        continue;
       }
-      row_loss[static_cast<std::size_t>(r)] = o.loss;
-      row_dt[static_cast<std::size_t>(r)] = o.dt;
-      if (!ex.row_kl.empty()) ex.row_kl(r) = o.kl;
-      if (!ex.row_teacher_entropy.empty()) ex.row_teacher_entropy(r) = o.entropy;
-      if (!ex.row_top1_agreement.empty()) ex.row_top1_agreement(r) = o.top1;
-      if (!ex.row_hard_loss.empty()) ex.row_hard_loss(r) = o.hard_ce;
+      if (contiguous) {
+        sink.put(r, topk_row_cpu<Acc>(call, opt.variant, student.row(r), idx.row(r), idx.stride(1), values.row(r),
+                                      values.stride(1), k, want_grad ? grad.row(r) : static_cast<G*>(nullptr), cols,
+                                      call.label(r), call.weight(r), scratch.data(), slots));
+      } else {  // any layout: through contiguous copies of the row
+        Acc* ss = scratch.data() + cols;
+        Acc* gs = ss + cols;
+        gather_row(student, r, ss);
+        if (want_grad && opt.accumulate) gather_row(grad, r, gs);
+        const row_result<Acc> o =
+            topk_row_cpu<Acc>(call, opt.variant, static_cast<const Acc*>(ss), idx.row(r), idx.stride(1), values.row(r),
+                              values.stride(1), k, want_grad ? gs : static_cast<Acc*>(nullptr), cols, call.label(r),
+                              call.weight(r), scratch.data(), slots);
+        if (want_grad) scatter_row(grad, r, gs);
+        sink.put(r, o);
+      }
     }
   });
-
-  if (!loss.empty()) {
-    if (opt.reduction == reduction::none) {
-      for (index_t r = 0; r < n; ++r) loss(r) = row_loss[static_cast<std::size_t>(r)];
-    } else {
-      Acc total = Acc(0);
-      for (index_t r = 0; r < n; ++r) total += row_loss[static_cast<std::size_t>(r)];
-      loss(0) = total * call.inv_divisor;
-    }
-  }
-  if (want_dt) {
-    Acc total = Acc(0);
-    for (index_t r = 0; r < n; ++r) total += row_dt[static_cast<std::size_t>(r)];
-    ex.grad_temperature(0) = call.grad_scale * total * call.inv_divisor;
-  }
-  for (index_t r = 0; r < n; ++r)
-    if (masked[static_cast<std::size_t>(r)])
-      return fail(errc::non_finite, fn,
-                  "row " + std::to_string(r) +
-                      " has no distribution (student -inf in every class, or no finite teacher value); its loss and gradient are NaN");
+  const index_t bad = sink.finish(loss, opt.reduction);
+  if (bad >= 0)
+    return fail(errc::non_finite, fn,
+                "row " + std::to_string(bad) +
+                    " has no distribution (student -inf in every class, or no finite teacher value); its loss and gradient are NaN");
   return {};
+#endif
 }
 
 /// The engine of the top-k loss on memory `Space`: the CPU one here, the CUDA one

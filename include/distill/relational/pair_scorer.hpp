@@ -62,6 +62,7 @@
 #include "distill/core/math.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/reduction.hpp"
+#include "distill/core/simd.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 #include "distill/relational/detail/scene_checks.hpp"
@@ -255,6 +256,21 @@ struct sample_terms {
   std::vector<std::uint8_t> present;
 };
 
+/// y[0, K) += x * w(r, 0..K): row r of a weight (SIMD batches when the row is contiguous).
+template <class T>
+void add_scaled_row(T* y, T x, const weight_rows<T>& w, index_t r, index_t K) noexcept {
+  if (w.s1 == 1) return simd::axpy(y, x, w.p + r * w.s0, K);
+  for (index_t k = 0; k < K; ++k) y[k] += x * w(r, k);
+}
+/// sum_k v[k] w(r, k).
+template <class T>
+T dot_row(const T* v, const weight_rows<T>& w, index_t r, index_t K) noexcept {
+  if (w.s1 == 1) return simd::dot(v, w.p + r * w.s0, K);
+  T s = T(0);
+  for (index_t k = 0; k < K; ++k) s += v[k] * w(r, k);
+  return s;
+}
+
 template <class T, class TO, class TQ>
 void compute_terms(const host_view<TO, 3>& o, const host_view<TQ, 2>& q, const host_view<const std::uint8_t, 2>& om,
                    const split_weights<T>& sw, const dims& d, index_t b, sample_terms<T>& st) {
@@ -264,42 +280,53 @@ void compute_terms(const host_view<TO, 3>& o, const host_view<TQ, 2>& q, const h
   st.present.assign(static_cast<std::size_t>(N), 1);
   std::vector<T> ql(static_cast<std::size_t>(K), T(0)), qr(static_cast<std::size_t>(K), T(0));
   for (index_t k = 0; k < K; ++k) {
-    T a = sw.b_left ? sw.b_left[k * sw.b_left_stride] : T(0);
-    T c = sw.b_right ? sw.b_right[k * sw.b_right_stride] : T(0);
-    for (index_t e = 0; e < d.Q; ++e) {
-      a += static_cast<T>(q(b, e)) * sw.q_left(e, k);
-      if (sw.has_q_right) c += static_cast<T>(q(b, e)) * sw.q_right(e, k);
-    }
-    ql[static_cast<std::size_t>(k)] = a, qr[static_cast<std::size_t>(k)] = c;
+    ql[static_cast<std::size_t>(k)] = sw.b_left ? sw.b_left[k * sw.b_left_stride] : T(0);
+    qr[static_cast<std::size_t>(k)] = sw.b_right ? sw.b_right[k * sw.b_right_stride] : T(0);
+  }
+  for (index_t e = 0; e < d.Q; ++e) {
+    const T x = static_cast<T>(q(b, e));
+    add_scaled_row(ql.data(), x, sw.q_left, e, K);
+    if (sw.has_q_right) add_scaled_row(qr.data(), x, sw.q_right, e, K);
   }
   for (index_t i = 0; i < N; ++i) {
     const bool here = om.empty() || om(b, i) != 0;
     st.present[static_cast<std::size_t>(i)] = here ? 1 : 0;
     if (!here) continue;
-    for (index_t k = 0; k < K; ++k) {
-      T a = ql[static_cast<std::size_t>(k)], c = qr[static_cast<std::size_t>(k)];
-      for (index_t e = 0; e < d.D; ++e) {
-        const T x = static_cast<T>(o(b, i, e));
-        a += x * sw.left(e, k);
-        c += x * sw.right(e, k);
-      }
-      st.left[static_cast<std::size_t>(i * K + k)] = a, st.right[static_cast<std::size_t>(i * K + k)] = c;
+    T* a = st.left.data() + i * K;
+    T* c = st.right.data() + i * K;
+    std::copy(ql.begin(), ql.end(), a);
+    std::copy(qr.begin(), qr.end(), c);
+    for (index_t e = 0; e < d.D; ++e) {
+      const T x = static_cast<T>(o(b, i, e));
+      add_scaled_row(a, x, sw.left, e, K);
+      add_scaled_row(c, x, sw.right, e, K);
     }
   }
 }
 
+/// The second layer of the MLP scorer as a contiguous [K] vector.
 template <class T, class TW>
-T score_of(const pair_scorer_weights<TW, host_space>& w, const sample_terms<T>& st, index_t i, index_t j, index_t K) {
+std::vector<T> second_layer(const pair_scorer_weights<TW, host_space>& w, index_t K) {
+  std::vector<T> v;
+  if (w.kind == pair_scorer_kind::mlp)
+    for (index_t k = 0; k < K; ++k) v.push_back(static_cast<T>(w.w2(k, 0)));
+  return v;
+}
+
+/// Score of pair (i, j); `w2` from second_layer().
+template <class T, class TW>
+T score_of(const pair_scorer_weights<TW, host_space>& w, const std::vector<T>& w2, const sample_terms<T>& st, index_t i,
+           index_t j, index_t K) {
   const T* a = st.left.data() + i * K;
   const T* c = st.right.data() + j * K;
-  T s = T(0);
-  if (w.kind == pair_scorer_kind::mlp) {
-    for (index_t k = 0; k < K; ++k) s += std::max(a[k] + c[k], T(0)) * static_cast<T>(w.w2(k, 0));
-    if (!w.b2.empty()) s += static_cast<T>(w.b2(0));
-  } else {
-    for (index_t k = 0; k < K; ++k) s += a[k] * c[k];
-  }
-  return s;
+  if (w.kind != pair_scorer_kind::mlp) return simd::dot(a, c, K);
+  using V = simd::batch<T>;
+  V acc(T(0));
+  simd::for_each_batch<T>(K, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
+    const V z = simd::load_partial<T>(a + k, m, T(0)) + simd::load_partial<T>(c + k, m, T(0));
+    acc = xsimd::fma(xsimd::max(z, V(T(0))), simd::load_partial<T>(w2.data() + k, m, T(0)), acc);
+  });
+  return simd::reduce_sum(acc) + (w.b2.empty() ? T(0) : static_cast<T>(w.b2(0)));
 }
 
 /// Normalise one sample's scores (valid pairs only) into weights m.
@@ -388,6 +415,7 @@ template <class TO, class TQ, class TW, class TS, class TM>
   DISTILL_TRY(check_optional(fn, "pair_weights", pair_weights));
   if (!pair_weights.empty()) DISTILL_TRY(check_shape(fn, "pair_weights", pair_weights, {d.B, d.N, d.N}));
   const auto sw = split(weights, d);
+  const std::vector<T> w2 = second_layer<T>(weights, d.K);
   parallel_for(ctx, d.B, [&](index_t b0, index_t b1) {
     sample_terms<T> st;
     for (index_t b = b0; b < b1; ++b) {
@@ -395,7 +423,7 @@ template <class TO, class TQ, class TW, class TS, class TM>
       const auto valid = valid_pairs<T>(st.present, d.N, opt.include_self_pairs);
       for (index_t i = 0; i < d.N; ++i)
         for (index_t j = 0; j < d.N; ++j)
-          scores(b, i, j) = valid[static_cast<std::size_t>(i * d.N + j)] ? score_of(weights, st, i, j, d.K) : neg_infinity<T>();
+          scores(b, i, j) = valid[static_cast<std::size_t>(i * d.N + j)] ? score_of(weights, w2, st, i, j, d.K) : neg_infinity<T>();
       if (!pair_weights.empty())
         normalise_sample<T>(
             opt.normalization, valid, d.N, [&](index_t p) { return scores(b, p / d.N, p % d.N); },
@@ -438,6 +466,7 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
   const index_t N = d.N, K = d.K, D = d.D, Q = d.Q;
   const bool mlp = weights.kind == pair_scorer_kind::mlp;
   const auto sw = split(weights, d);
+  const std::vector<T> w2 = second_layer<T>(weights, K);
   const auto& gw = grads.weights;
   const bool acc = opt.accumulate;
   // Per-range partial parameter gradients (small), reduced in range order afterwards.
@@ -494,22 +523,23 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
                 if (!valid[static_cast<std::size_t>(i * N + j)] || g == T(0)) continue;
                 const T* a = st.left.data() + i * K;
                 const T* c = st.right.data() + j * K;
-                if (mlp) {
-                  for (index_t k = 0; k < K; ++k) {
-                    const T z = a[k] + c[k];
-                    if (z > T(0)) {
-                      const T w2k = static_cast<T>(weights.w2(k, 0));
-                      pw2[k] += g * z;
-                      R[static_cast<std::size_t>(i * K + k)] += g * w2k;
-                      S[static_cast<std::size_t>(j * K + k)] += g * w2k;
-                    }
-                  }
+                T* Ri = R.data() + i * K;
+                T* Sj = S.data() + j * K;
+                if (mlp) {  // through the ReLU: only where z = a + c > 0
+                  using V = simd::batch<T>;
+                  const V vg(g), zero(T(0));
+                  simd::for_each_batch<T>(K, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
+                    const V z = simd::load_partial<T>(a + k, m, T(0)) + simd::load_partial<T>(c + k, m, T(0));
+                    const auto on = z > zero;
+                    const V gw2 = xsimd::select(on, vg * simd::load_partial<T>(w2.data() + k, m, T(0)), zero);
+                    simd::store_partial(pw2 + k, m, simd::load_partial<T>(pw2 + k, m, T(0)) + xsimd::select(on, vg * z, zero));
+                    simd::store_partial(Ri + k, m, simd::load_partial<T>(Ri + k, m, T(0)) + gw2);
+                    simd::store_partial(Sj + k, m, simd::load_partial<T>(Sj + k, m, T(0)) + gw2);
+                  });
                   pb2[0] += g;
                 } else {
-                  for (index_t k = 0; k < K; ++k) {
-                    R[static_cast<std::size_t>(i * K + k)] += g * c[k];
-                    S[static_cast<std::size_t>(j * K + k)] += g * a[k];
-                  }
+                  simd::axpy(Ri, g, c, K);
+                  simd::axpy(Sj, g, a, K);
                 }
               }
             // Parameters: rows of the left, right and question parts.
@@ -522,12 +552,9 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
               }
               for (index_t e = 0; e < D; ++e) {
                 const T x = static_cast<T>(objects(b, i, e));
-                for (index_t k = 0; k < K; ++k) {
-                  // left rows of w1 start at 0; right rows are w1 rows D.. (mlp) or w2 rows 0.. (bilinear)
-                  pw1[e * K + k] += x * R[static_cast<std::size_t>(i * K + k)];
-                  if (mlp) pw1[(D + e) * K + k] += x * S[static_cast<std::size_t>(i * K + k)];
-                  else pw2[e * K + k] += x * S[static_cast<std::size_t>(i * K + k)];
-                }
+                // left rows of w1 start at 0; right rows are w1 rows D.. (mlp) or w2 rows 0.. (bilinear)
+                simd::axpy(pw1 + e * K, x, R.data() + i * K, K);
+                simd::axpy(mlp ? pw1 + (D + e) * K : pw2 + e * K, x, S.data() + i * K, K);
               }
             }
             for (index_t k = 0; k < K; ++k) {
@@ -537,10 +564,8 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
             const index_t q_row = mlp ? 2 * D : D;
             for (index_t e = 0; e < Q; ++e) {
               const T x = static_cast<T>(question(b, e));
-              for (index_t k = 0; k < K; ++k) {
-                pw1[(q_row + e) * K + k] += x * sumR[static_cast<std::size_t>(k)];
-                if (!mlp) pw2[(D + e) * K + k] += x * sumS[static_cast<std::size_t>(k)];
-              }
+              simd::axpy(pw1 + (q_row + e) * K, x, sumR.data(), K);
+              if (!mlp) simd::axpy(pw2 + (D + e) * K, x, sumS.data(), K);
             }
             // Inputs.
             if (!grads.objects.empty())
@@ -548,17 +573,13 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
                 for (index_t e = 0; e < D; ++e) {
                   T v = T(0);
                   if (st.present[static_cast<std::size_t>(i)])
-                    for (index_t k = 0; k < K; ++k)
-                      v += R[static_cast<std::size_t>(i * K + k)] * sw.left(e, k) + S[static_cast<std::size_t>(i * K + k)] * sw.right(e, k);
+                    v = dot_row(R.data() + i * K, sw.left, e, K) + dot_row(S.data() + i * K, sw.right, e, K);
                   grads.objects(b, i, e) = acc ? grads.objects(b, i, e) + v : v;
                 }
             if (!grads.question.empty())
               for (index_t e = 0; e < Q; ++e) {
-                T v = T(0);
-                for (index_t k = 0; k < K; ++k) {
-                  v += sumR[static_cast<std::size_t>(k)] * sw.q_left(e, k);
-                  if (sw.has_q_right) v += sumS[static_cast<std::size_t>(k)] * sw.q_right(e, k);
-                }
+                T v = dot_row(sumR.data(), sw.q_left, e, K);
+                if (sw.has_q_right) v += dot_row(sumS.data(), sw.q_right, e, K);
                 grads.question(b, e) = acc ? grads.question(b, e) + v : v;
               }
           }
