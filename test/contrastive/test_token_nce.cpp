@@ -591,7 +591,7 @@ TEST_CASE("token_nce CPU: bad inputs give a clear status", "[contrastive][token_
 }
 
 TEST_CASE("token_nce CPU: matches PyTorch's formula on the benchmark definition", "[contrastive][token_nce]") {
-  // The peer in ../shared/perf/cpu_peers.py: normalise q and k, logits [pos, q queue^T] / tau,
+  // The PyTorch peer (bench/peers/compare.py): normalise q and k, logits [pos, q queue^T] / tau,
   // cross-entropy with label 0, mean over tokens, tau = 0.07, gradient to q. Here on a small
   // shape through the reference, which materialises exactly those logits.
   distill_test::rng g(410);

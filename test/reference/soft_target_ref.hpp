@@ -2,8 +2,8 @@
 #pragma once
 // Naive double-precision references for the soft-target losses, written for clarity: each
 // divergence straight from its definition over explicit log-softmax vectors, one row at a time.
-// Nothing here is shared with the library. Gradients are the analytic ones of the spec
-// (shared/spec/math.md §2), themselves checked against finite differences in the tests.
+// Nothing here is shared with the library. Gradients are the analytic ones (Hinton et al.
+// 2015; docs/losses/soft_target.md), themselves checked against finite differences in the tests.
 
 #include <algorithm>
 #include <cmath>

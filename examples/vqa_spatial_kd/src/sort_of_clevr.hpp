@@ -3,7 +3,7 @@
 // Sort-of-CLEVR: a deterministic, seeded generator of the relational-reasoning dataset of
 // Santoro et al., "A simple neural network module for relational reasoning" (NeurIPS 2017,
 // Appendix D), following the public generator kimhc6028/relational-networks
-// `sort_of_clevr_generator.py` (spec: shared/spec/math.md §11).
+// `sort_of_clevr_generator.py`.
 //
 // Scene
 //   75×75 RGB image, white background, 6 objects, one per colour, in this order (colour id):
@@ -51,7 +51,7 @@
 //   [0:6)  colour one-hot
 //   [6]    1 for a non-relational question     [7] 1 for a relational question
 //   [8:11) subtype one-hot (see the table above)
-//   (the same layout as shared/reference/sort_of_clevr_prototype.py; kimhc6028 uses 18 bits
+//   (the same layout as the team's PyTorch prototype; kimhc6028 uses 18 bits
 //   because it adds ternary questions, which this dataset does not have).
 //
 // State description, per object: x, y (centre pixel), colour id, shape id, and a feature vector

@@ -23,8 +23,8 @@
 //!    `adain_kd_loss_forward_backward` runs it given O as two callables (forward and
 //!    vector-Jacobian product); the teacher's weights are never updated.
 //!
-//! 3. AdaIN statistics loss: the composite used as the performance anchor (shared/perf
-//!    cpu_peers.py / gpu_peers.py `adain(fs, ft)`), biased variance and eps = 1e-5 by default:
+//! 3. AdaIN statistics loss: the composite used as the performance anchor (the
+//!    PyTorch peer `adain(fs, ft)` in bench/peers/compare.py), biased variance and eps = 1e-5 by default:
 //!      out = AdaIN(ft; fs)
 //!      L   = w_a mse(out, ft) + w_mu mse(mu_s, mu_t) + w_sigma mse(sqrt(v_s), sqrt(v_t))
 //!    Note out - ft = (ft - mu_t)(sigma_s / sigma_t - 1) + (mu_s - mu_t), whose square summed over

@@ -3,8 +3,8 @@
 //! @file
 //! KL from a sparse top-k teacher to the student's full softmax: the teacher is stored offline as
 //! the indices and log-probabilities of its k most likely classes per row (vLLM/SGLang logprobs,
-//! TRL #3055, Liger #441), so it never sits in training memory. Spec: shared/spec/math.md §2.4,
-//! variants A and C.
+//! TRL #3055, Liger #441), so it never sits in training memory. Two variants: A (renormalised) and
+//! C (rest bucket), below.
 //!
 //! Per row: student y = z^s / T, q = softmax(y) over all C classes (its full log-sum-exp);
 //! teacher: indices I (k slots; a negative index marks an unused slot) and values v_j, taken
@@ -53,7 +53,7 @@
 
 namespace distill {
 
-/// Which sparse-teacher objective (shared/spec/math.md §2.4).
+/// Which sparse-teacher objective.
 enum class topk_variant {
   renormalized,  ///< A: teacher renormalised over its top-k, full student softmax
   rest_bucket,   ///< C: top-k plus a "rest" bucket holding the teacher's residual mass
