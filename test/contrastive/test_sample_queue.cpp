@@ -13,6 +13,7 @@
 #include <iterator>
 #include <limits>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -405,6 +406,20 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
     CHECK(st.message().find("does_not_exist.bin") != std::string::npos);
     CHECK(sample_queue_save(cpu{1}, q, dir.file("no/such/dir/q.bin")).code() == errc::io_error);
     CHECK(sample_queue_save(cpu{1}, q, "").code() == errc::invalid_argument);
+  }
+  SECTION("a file far larger than the queue's is refused before it is read; so are FIFOs and devices") {
+    const std::string huge = dir.file("huge.bin");
+    write_bytes(huge, good);
+    fs::resize_file(huge, std::uintmax_t{1} << 40);  // 1 TiB, sparse: reading it would exhaust memory
+    const auto st = sample_queue_load(cpu{1}, target.queue(), huge);
+    CHECK(st.code() == errc::corrupt_data);
+    CHECK(st.message().find(std::to_string(std::uint64_t{1} << 40)) != std::string::npos);
+    CHECK(queue_rows(target.queue()) == target_rows);
+    const std::string fifo = dir.file("fifo.bin");
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK(sample_queue_load(cpu{1}, target.queue(), fifo).code() == errc::io_error);
+    CHECK(sample_queue_load(cpu{1}, target.queue(), "/dev/zero").code() == errc::io_error);
+    CHECK(queue_rows(target.queue()) == target_rows);
   }
 }
 

@@ -33,8 +33,9 @@
 //!   trailer            u64 FNV-1a 64 of header + payload
 //! Saving writes a temporary file in the same directory, fsyncs it, renames it over the target
 //! and fsyncs the directory, so a crash at any point leaves either the old or the new file.
-//! Loading reads and checks the whole file (magic, version, dtype, K, D, ids flag, sizes,
-//! checksum, state consistency) before touching the queue: a failed load leaves it unchanged.
+//! Loading reads a regular file no larger than the queue's own file would be, checks all of it
+//! (magic, version, dtype, K, D, ids flag, sizes with overflow checks, checksum, state
+//! consistency) before touching the queue: a failed load leaves it unchanged.
 
 #include <algorithm>
 #include <bit>
@@ -286,6 +287,14 @@ struct queue_file_meta {
   std::uint64_t capacity = 0, dim = 0, write_pos = 0, filled = 0, payload_bytes = 0;
 };
 
+/// Payload bytes of a queue file (keys K x D x elem, then ids K x 8 when flagged); false when
+/// the sizes, read from a file, overflow 64 bits.
+inline bool queue_payload_bytes(const queue_file_meta& m, std::uint64_t& bytes) {
+  std::uint64_t keys = 0, ids = 0;
+  return checked_mul(m.capacity, m.dim, keys) && checked_mul(keys, m.elem_bytes, keys) &&
+         checked_mul(m.capacity, (m.flags & 1u) ? 8 : 0, ids) && checked_add(keys, ids, bytes);
+}
+
 /// The whole file image (header + payload + checksum) for a queue whose keys and ids were
 /// already gathered densely into `payload` (keys K x D x elem bytes, then ids K x 8).
 inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std::vector<unsigned char>&& payload) {
@@ -355,12 +364,23 @@ inline status parse_queue_file(const char* fn, const std::string& path, const st
     return corrupt(std::string("ids ") + ((got.flags & 1u) ? "present in the file but the queue has no id storage"
                                                             : "absent from the file but the queue has id storage"));
   if ((got.flags & ~1u) != 0) return corrupt("unknown flags " + std::to_string(got.flags));
-  const std::uint64_t want = got.capacity * got.dim * got.elem_bytes + ((got.flags & 1u) ? got.capacity * 8 : 0);
-  if (got.payload_bytes != want) return corrupt("payload size does not match K, D and the dtype");
+  std::uint64_t want = 0;
+  if (!queue_payload_bytes(got, want) || got.payload_bytes != want) return corrupt("payload size does not match K, D and the dtype");
   const bool state_ok = got.filled <= got.capacity && got.write_pos < std::max<std::uint64_t>(got.capacity, 1) &&
                         (got.filled == got.capacity || got.write_pos == got.filled);
   if (!state_ok) return corrupt("inconsistent write position / fill count");
   return {};
+}
+
+/// Read the file at `path` meant for a queue like `expect` (a regular file of exactly the size its
+/// K, D, dtype and ids give, larger files refused unread) and check it (parse_queue_file).
+inline status read_queue_file(const char* fn, const std::string& path, const queue_file_meta& expect, std::vector<unsigned char>& file,
+                              queue_file_meta& got) {
+  std::uint64_t payload = 0, size = 0;
+  if (!queue_payload_bytes(expect, payload) || !checked_add(payload, queue_file_header_bytes + 8, size))
+    return fail(errc::invalid_argument, fn, "the queue is too large to have a file");
+  DISTILL_TRY(read_file(fn, path, file, size));
+  return parse_queue_file(fn, path, file, expect, got);
 }
 
 template <class T, class Space>
@@ -374,6 +394,22 @@ queue_file_meta meta_of(const sample_queue<T, Space>& q) {
   m.write_pos = static_cast<std::uint64_t>(q.write_position());
   m.filled = static_cast<std::uint64_t>(q.size());
   return m;
+}
+
+/// Copy a file image that parse_queue_file accepted for `queue` into it: keys, ids and state.
+template <class T>
+status restore_queue_image(const std::vector<unsigned char>& file, const queue_file_meta& got, sample_queue<T, host_space>& queue) {
+  const index_t K = queue.capacity(), D = queue.dim();
+  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
+  const unsigned char* payload = file.data() + queue_file_header_bytes;
+  for (index_t j = 0; j < K; ++j) std::memcpy(queue.keys().row(j), payload + static_cast<std::size_t>(j) * row_bytes, row_bytes);
+  if (queue.has_ids())
+    for (index_t j = 0; j < K; ++j) {
+      std::int64_t id;
+      std::memcpy(&id, payload + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, 8);
+      queue.ids()(j) = id;
+    }
+  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
 }
 
 }  // namespace contrastive_detail
@@ -485,20 +521,9 @@ template <class T>
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
-  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
-  const index_t K = queue.capacity(), D = queue.dim();
-  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
-  const unsigned char* payload = file.data() + contrastive_detail::queue_file_header_bytes;
-  for (index_t j = 0; j < K; ++j) std::memcpy(queue.keys().row(j), payload + static_cast<std::size_t>(j) * row_bytes, row_bytes);
-  if (queue.has_ids())
-    for (index_t j = 0; j < K; ++j) {
-      std::int64_t id;
-      std::memcpy(&id, payload + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, 8);
-      queue.ids()(j) = id;
-    }
-  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
+  DISTILL_TRY(contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), file, got));
+  return contrastive_detail::restore_queue_image(file, got, queue);
 }
 
 }  // namespace distill

@@ -168,9 +168,8 @@ template <class T>
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
-  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
+  DISTILL_TRY(contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), file, got));
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   const std::size_t key_bytes = static_cast<std::size_t>(K) * row_bytes;
