@@ -273,6 +273,21 @@ TEMPLATE_TEST_CASE("sample_queue files: round trip", "[contrastive][queue][file]
     REQUIRE(sample_queue_save(cpu{1}, q2, dir.file("again.bin")).ok());
     CHECK(read_bytes(dir.file("again.bin")) == bytes);
     fs::remove(dir.file("again.bin"));
+    // The in-memory image is the file's bytes, and restores the same queue.
+    std::vector<unsigned char> image;
+    REQUIRE(sample_queue_serialize(cpu{1}, q, image).ok());
+    CHECK(image == bytes);
+    std::vector<TestType> storage3(static_cast<std::size_t>(K * D), TestType(3.0f));
+    std::vector<std::int64_t> ids3(static_cast<std::size_t>(K), 5);
+    sample_queue<TestType> q3(make_view(storage3.data(), K, D), with_ids ? make_view(ids3.data(), K) : host_view<std::int64_t, 1>{});
+    REQUIRE(sample_queue_deserialize(cpu{1}, q3, image).ok());
+    CHECK(queue_rows(q3) == queue_rows(q));
+    CHECK(q3.write_position() == q.write_position());
+    CHECK(q3.size() == q.size());
+    if (with_ids) CHECK(ids3 == ids);
+    image[image.size() / 2] ^= 1;
+    CHECK(sample_queue_deserialize(cpu{1}, q3, image).code() == errc::corrupt_data);
+    CHECK(queue_rows(q3) == queue_rows(q));  // unchanged by the refused image
   }
 }
 

@@ -25,7 +25,8 @@
 //! enqueue replays with the write position it was captured with; capture the loss, enqueue
 //! outside the graph (or re-capture).
 //!
-//! Files (sample_queue_save / sample_queue_load), little-endian:
+//! Files (sample_queue_save / sample_queue_load; the same bytes in memory with
+//! sample_queue_serialize / sample_queue_deserialize), little-endian:
 //!   header (64 bytes)  "DSTLQUE1" magic, u32 version (1), u32 dtype code (1 f32, 2 f64, 3 bf16,
 //!                      4 f16), u32 element bytes, u32 flags (bit 0: ids present), u64 capacity K,
 //!                      u64 dim D, u64 write position, u64 fill count, u64 payload bytes
@@ -43,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -327,11 +329,11 @@ inline status write_queue_file(const char* fn, const std::string& path, const st
   return write_file_atomically(fn, path, file, w);
 }
 
-/// Check a file image against the queue it is loaded into; on success `payload` points at the
-/// keys (K x D x elem) followed by the ids (K x 8) when present.
-inline status parse_queue_file(const char* fn, const std::string& path, const std::vector<unsigned char>& file,
+/// Check a file image against the queue it is loaded into (`where` names it in messages: the
+/// path, or "image"); the keys (K x D x elem) follow the header, then the ids (K x 8) if present.
+inline status parse_queue_file(const char* fn, const std::string& where, std::span<const unsigned char> file,
                                const queue_file_meta& expect, queue_file_meta& got) {
-  const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "'" + path + "': " + what); };
+  const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "'" + where + "': " + what); };
   if (file.size() < queue_file_header_bytes + 8)
     return corrupt("truncated (" + std::to_string(file.size()) + " bytes, shorter than the header)");
   const unsigned char* h = file.data();
@@ -398,7 +400,7 @@ queue_file_meta meta_of(const sample_queue<T, Space>& q) {
 
 /// Copy a file image that parse_queue_file accepted for `queue` into it: keys, ids and state.
 template <class T>
-status restore_queue_image(const std::vector<unsigned char>& file, const queue_file_meta& got, sample_queue<T, host_space>& queue) {
+status restore_queue_image(std::span<const unsigned char> file, const queue_file_meta& got, sample_queue<T, host_space>& queue) {
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   const unsigned char* payload = file.data() + queue_file_header_bytes;
@@ -493,13 +495,12 @@ template <class T>
   return queue.restore_state(0, K);
 }
 
-/// Save keys, ids and state to `path` atomically (see the file comment for the format).
+/// The bytes sample_queue_save writes (header, keys, ids, state, checksum) in memory, e.g. to keep
+/// the queue inside a training checkpoint with the model it belongs to.
 template <class T>
-[[nodiscard]] status sample_queue_save(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, const std::string& path,
-                                       const queue_save_options& opt = {}) {
-  constexpr const char* fn = "sample_queue_save";
+[[nodiscard]] status sample_queue_serialize(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, std::vector<unsigned char>& image) {
   static_assert(std::endian::native == std::endian::little, "sample_queue files are little-endian; big-endian hosts are not supported");
-  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  DISTILL_TRY(contrastive_detail::check_queue("sample_queue_serialize", queue, false));
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   std::vector<unsigned char> payload(static_cast<std::size_t>(K) * row_bytes + (queue.has_ids() ? static_cast<std::size_t>(K) * 8 : 0));
@@ -509,13 +510,36 @@ template <class T>
       const std::int64_t id = queue.ids()(j);
       std::memcpy(payload.data() + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, &id, 8);
     }
-  const auto file = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  image = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  return {};
+}
+
+/// Restore `queue` from bytes made by sample_queue_serialize (or read from a queue file), with
+/// sample_queue_load's checks; corrupt_data otherwise, and the queue is then unchanged.
+template <class T>
+[[nodiscard]] status sample_queue_deserialize(const cpu& /*ctx*/, sample_queue<T, host_space>& queue, std::span<const unsigned char> image) {
+  constexpr const char* fn = "sample_queue_deserialize";
+  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  contrastive_detail::queue_file_meta got;
+  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, "image", image, contrastive_detail::meta_of(queue), got));
+  return contrastive_detail::restore_queue_image(image, got, queue);
+}
+
+/// Save keys, ids and state to `path` atomically (see the file comment for the format).
+template <class T>
+[[nodiscard]] status sample_queue_save(const cpu& ctx, const sample_queue<T, host_space>& queue, const std::string& path,
+                                       const queue_save_options& opt = {}) {
+  constexpr const char* fn = "sample_queue_save";
+  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  std::vector<unsigned char> file;
+  DISTILL_TRY(sample_queue_serialize(ctx, queue, file));
   return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 
 /// Load a file written by sample_queue_save into `queue` (same dtype, K, D and ids presence).
-/// Refused with corrupt_data (bad magic/version, truncated, checksum, mismatch) or io_error
-/// (cannot open/read); the queue is unchanged unless the call succeeds.
+/// Refused with corrupt_data (bad magic/version, truncated, larger than this queue's file,
+/// checksum, mismatch) or io_error (cannot open/read, not a regular file); the queue is
+/// unchanged unless the call succeeds.
 template <class T>
 [[nodiscard]] status sample_queue_load(const cpu& /*ctx*/, sample_queue<T, host_space>& queue, const std::string& path) {
   constexpr const char* fn = "sample_queue_load";
