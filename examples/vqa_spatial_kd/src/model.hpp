@@ -244,6 +244,7 @@ class rn_model final : public model_runner {
     ck.put_int("dropout_offset", static_cast<std::int64_t>(dropout_.offset));
     ck.put_string("meta", meta);
     ck.put_string("model", spec_.name);
+    DISTILL_TRY(save_queue_state(ck));
     return ck.save(path);
   }
 
@@ -261,6 +262,7 @@ class rn_model final : public model_runner {
     DISTILL_TRY(ck.get_int("epoch", e));
     DISTILL_TRY(ck.get_int("dropout_offset", offset));
     DISTILL_TRY(ck.get_string("meta", meta));
+    DISTILL_TRY(load_queue_state(ck, path));
     epoch = static_cast<int>(e);
     dropout_.offset = static_cast<std::uint64_t>(offset);
     return {};
@@ -670,6 +672,24 @@ class rn_model final : public model_runner {
     }
   }
   const distill::sample_queue<T, Space>& queue_view() const { return queue_->queue(); }
+  /// The queue is training state like the weights: checkpoints hold its image (keys, write
+  /// position, fill), so a resumed student sees the same negatives as an uninterrupted one.
+  distill::status save_queue_state(distill::nn::checkpoint& ck) const {
+    if (!queue_) return {};
+    std::vector<unsigned char> image;
+    DISTILL_TRY(distill::sample_queue_serialize(ctx_, queue_->queue(), image));
+    return ck.put("state/contrastive_queue", image.data(), {static_cast<distill::index_t>(image.size())});
+  }
+  distill::status load_queue_state(const distill::nn::checkpoint& ck, const std::string& path) {
+    const auto* e = ck.find("state/contrastive_queue");
+    if (!e) {
+      if (cfg_.pixels && spec_.distill_features)  // a student past its first epoch always has one
+        return distill::fail(distill::errc::corrupt_data, "rn_model::load", "'" + path + "' holds no contrastive queue");
+      return {};
+    }
+    if (!queue_) DISTILL_TRY(make_queue(cfg_.cnn_channels));
+    return distill::sample_queue_deserialize(ctx_, queue_->queue(), e->bytes);
+  }
   distill::status enqueue_teacher_tokens(rn_model& teacher) {
     return distill::sample_queue_enqueue(ctx_, queue_->queue(), teacher.tokens_.rows_view());
   }

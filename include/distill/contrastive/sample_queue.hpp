@@ -300,10 +300,8 @@ inline bool queue_payload_bytes(const queue_file_meta& m, std::uint64_t& bytes) 
 /// The whole file image (header + payload + checksum) for a queue whose keys and ids were
 /// already gathered densely into `payload` (keys K x D x elem bytes, then ids K x 8).
 inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std::vector<unsigned char>&& payload) {
-  std::vector<unsigned char> file;
-  file.resize(queue_file_header_bytes + payload.size() + 8);
+  std::vector<unsigned char> file(queue_file_header_bytes + payload.size() + 8, 0);  // zeros: the header's reserved bytes
   unsigned char* h = file.data();
-  std::memset(h, 0, queue_file_header_bytes);
   std::memcpy(h, queue_file_magic, 8);
   put_le32(h + 8, queue_file_version);
   put_le32(h + 12, m.dtype);
