@@ -13,6 +13,8 @@ packages=(
   libcli11-dev nlohmann-json3-dev  # flagship example: command line, results.json
   libstb-dev                     # flagship example: PNG output
   gnuplot-nox                    # flagship example: accuracy plots
+  clang-14 libclang-rt-14-dev    # fuzzing: libFuzzer (scripts/fuzz.sh)
+  python3                        # crash-consistency tests (scripts/crash/crash_resume.py)
 )
 
 missing=()
