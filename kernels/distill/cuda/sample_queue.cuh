@@ -141,7 +141,8 @@ template <class T>
 /// on ctx.stream and synchronises it.
 template <class T>
 [[nodiscard]] status sample_queue_serialize(const cuda& ctx, const sample_queue<T, cuda_space>& queue, std::vector<unsigned char>& image) {
-  DISTILL_TRY(cuda_detail::check_device_queue("sample_queue_serialize", queue, false));
+  constexpr const char* fn = "sample_queue_serialize";
+  DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   const std::size_t key_bytes = static_cast<std::size_t>(K) * row_bytes;
@@ -163,8 +164,8 @@ namespace cuda_detail {
 /// Copy a checked image (parse_queue_file accepted it for `queue`) into the device queue on
 /// ctx.stream and synchronise (the image must outlive the copies).
 template <class T>
-status upload_queue_image(const cuda& ctx, std::span<const unsigned char> image, const contrastive_detail::queue_file_meta& got,
-                          sample_queue<T, cuda_space>& queue) {
+status upload_queue_image(const char* fn, const cuda& ctx, std::span<const unsigned char> image,
+                          const contrastive_detail::queue_file_meta& got, sample_queue<T, cuda_space>& queue) {
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   const std::size_t key_bytes = static_cast<std::size_t>(K) * row_bytes;
@@ -188,7 +189,7 @@ template <class T>
   DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   contrastive_detail::queue_file_meta got;
   DISTILL_TRY(contrastive_detail::parse_queue_file(fn, "image", image, contrastive_detail::meta_of(queue), got));
-  return cuda_detail::upload_queue_image(ctx, image, got, queue);
+  return cuda_detail::upload_queue_image(fn, ctx, image, got, queue);
 }
 
 /// Save a device queue: its image (sample_queue_serialize), then the file written atomically.
@@ -211,7 +212,7 @@ template <class T>
   std::vector<unsigned char> file;
   contrastive_detail::queue_file_meta got;
   DISTILL_TRY(contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), file, got));
-  return cuda_detail::upload_queue_image(ctx, file, got, queue);
+  return cuda_detail::upload_queue_image(fn, ctx, file, got, queue);
 }
 
 /// A sample_queue that owns zero-initialised device storage (cudaMalloc/cudaFree, RAII,
