@@ -34,7 +34,7 @@ void attention_transfer_fwd_bwd(benchmark::State& state, int B, int C, int H, in
   auto sv = distill::make_view(s.data(), B, C, H, W), tv = distill::make_view(t.data(), B, C, H, W);
   auto gv = distill::make_view(grad.data(), B, C, H, W);
   for (auto _ : state) {
-    auto st = distill::attention_transfer_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, opt);
+    auto st = distill::attention_transfer_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
@@ -62,8 +62,8 @@ void attention_map_fwd_bwd(benchmark::State& state, bool kl, int B, int H, int L
   auto sv = distill::make_view(s.data(), B, H, Lq, Lk), tv = distill::make_view(static_cast<const float*>(t.data()), B, H, Lq, Lk);
   auto gv = distill::make_view(grad.data(), B, H, Lq, Lk);
   for (auto _ : state) {
-    auto st = kl ? distill::attention_map_kl_teacher_student_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, opt)
-                 : distill::attention_map_mse_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, opt);
+    auto st = kl ? distill::attention_map_kl_teacher_student_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt)
+                 : distill::attention_map_mse_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();

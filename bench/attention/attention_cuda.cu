@@ -58,7 +58,7 @@ void attention_transfer_fwd_bwd(benchmark::State& state, int B, int C, int H, in
   const std::size_t n = static_cast<std::size_t>(B) * C * H * W;
   device_array<T> s(n, 11), t(n, 12), g(n);
   device_array<float> loss(1);
-  const std::size_t ws_bytes = distill::attention_transfer_workspace_size(B, H, W);
+  const std::size_t ws_bytes = distill::attention_transfer_workspace_size(distill::cuda{}, B, H, W);
   device_array<std::byte> ws(ws_bytes);
   distill::attention_transfer_options opt;  // p = 2, squared_mean, beta = 1, mean
   opt.cuda_algorithm = algo;
@@ -80,7 +80,7 @@ void attention_map_fwd_bwd(benchmark::State& state, bool kl, int B, int H, int L
   const std::size_t n = static_cast<std::size_t>(B) * H * Lq * Lk;
   device_array<T> s(n, 21), t(n, 22), g(n);
   device_array<float> loss(1);
-  device_array<std::byte> ws(distill::attention_map_workspace_size());
+  device_array<std::byte> ws(distill::attention_map_workspace_size(distill::cuda{}));
   distill::attention_map_options opt;  // logits, one_to_one, mean
   opt.teacher_input = teacher;         // probabilities here are not normalised: the timing is the same
   std::string error;
@@ -90,7 +90,7 @@ void attention_map_fwd_bwd(benchmark::State& state, bool kl, int B, int H, int L
     auto tv = distill::make_view<distill::cuda_space>(static_cast<const T*>(t.ptr), B, H, Lq, Lk);
     auto gv = distill::make_view<distill::cuda_space>(g.ptr, B, H, Lq, Lk);
     auto lv = distill::make_view<distill::cuda_space>(loss.ptr, 1);
-    auto wv = distill::make_view<distill::cuda_space>(ws.ptr, static_cast<distill::index_t>(distill::attention_map_workspace_size()));
+    auto wv = distill::make_view<distill::cuda_space>(ws.ptr, static_cast<distill::index_t>(distill::attention_map_workspace_size(distill::cuda{})));
     const distill::status st = kl ? distill::attention_map_kl_teacher_student_forward_backward(ctx, sv, tv, {}, lv, gv, wv, opt)
                                   : distill::attention_map_mse_forward_backward(ctx, sv, tv, {}, lv, gv, wv, opt);
     if (!st.ok() && error.empty()) error = st.to_string();

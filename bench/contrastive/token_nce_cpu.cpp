@@ -34,8 +34,9 @@ void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K)
   std::vector<std::byte> ws(static_cast<std::size_t>(distill::token_nce_queue_workspace_size(ctx, M, D, K, opt)));
   for (auto _ : state) {
     auto st = distill::token_nce_queue_forward_backward(
-        ctx, distill::make_view(z.data(), M, D), distill::make_view(y.data(), M, D), q.queue(), {}, {}, distill::make_view(&loss, 1), {},
-        distill::make_view(grad.data(), M, D), {}, distill::make_view(ws.data(), static_cast<index_t>(ws.size())), opt);
+        ctx, distill::token_nce_inputs<float>{distill::make_view(z.data(), M, D), distill::make_view(y.data(), M, D)}, q.queue(),
+        distill::token_nce_outputs<float>{.loss = distill::make_view(&loss, 1), .grad_student = distill::make_view(grad.data(), M, D)},
+        distill::make_view(ws.data(), static_cast<index_t>(ws.size())), opt);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::DoNotOptimize(grad.data());

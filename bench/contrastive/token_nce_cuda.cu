@@ -42,7 +42,7 @@ void upload_normals(T* dst, std::size_t n, std::uint64_t salt) {
 }
 
 template <class T>
-void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K, distill::nce_precision precision) {
+void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K, distill::matmul_precision precision) {
   distill::token_nce_options opt;  // tau 0.07, mean, stop-gradient teacher
   opt.precision = precision;
   const bool have = distill_bench::cuda_device_present();
@@ -51,7 +51,7 @@ void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K,
   device_array<float> loss(have ? 1 : 0);
   distill::cuda_sample_queue<T> queue;
   const std::size_t ws_bytes =
-      have ? static_cast<std::size_t>(distill::token_nce_queue_workspace_size(distill::cuda{}, M, D, K, opt)) : 0;
+      have ? distill::token_nce_queue_workspace_size(distill::cuda{}, M, D, K, opt) : 0;
   device_array<std::byte> ws(ws_bytes);
   if (have) {
     upload_normals(z.p, static_cast<std::size_t>(M * D), 1);
@@ -63,17 +63,20 @@ void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K,
   distill::status last;
   distill_bench::run_cuda(state, [&](cudaStream_t s) {
     const distill::status st = distill::token_nce_queue_forward_backward(
-        distill::cuda{s}, distill::make_view<distill::cuda_space>(static_cast<const T*>(z.p), M, D),
-        distill::make_view<distill::cuda_space>(static_cast<const T*>(y.p), M, D), queue.queue(), {}, {},
-        distill::make_view<distill::cuda_space>(loss.p, 1), {}, distill::make_view<distill::cuda_space>(grad.p, M, D), {},
+        distill::cuda{s},
+        distill::token_nce_inputs<T, T, distill::cuda_space>{distill::make_view<distill::cuda_space>(static_cast<const T*>(z.p), M, D),
+                                                             distill::make_view<distill::cuda_space>(static_cast<const T*>(y.p), M, D)},
+        queue.queue(),
+        distill::token_nce_outputs<T, T, distill::cuda_space>{.loss = distill::make_view<distill::cuda_space>(loss.p, 1),
+                                                              .grad_student = distill::make_view<distill::cuda_space>(grad.p, M, D)},
         distill::make_view<distill::cuda_space>(ws.p, static_cast<index_t>(ws_bytes)), opt);
     last = st;
   });
   if (have && !last.ok()) state.SkipWithError(last.to_string().c_str());
   const double flops = 3.0 * 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(D);
   const auto& c = distill_bench::ceiling();
-  const double ceil = precision == distill::nce_precision::tf32   ? c.gpu_tflops_tf32
-                      : precision == distill::nce_precision::bf16 ? c.gpu_tflops_bf16
+  const double ceil = precision == distill::matmul_precision::tf32   ? c.gpu_tflops_tf32
+                      : precision == distill::matmul_precision::bf16 ? c.gpu_tflops_bf16
                                                                   : c.gpu_tflops_f32;
   distill_bench::set_flops(state, flops, ceil * 1e3);
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / (1 << 20);
@@ -95,12 +98,12 @@ void momentum_25m(benchmark::State& state) {
 }
 
 const int registered = [] {
-  using P = distill::nce_precision;
+  using P = distill::matmul_precision;
   benchmark::RegisterBenchmark("token_nce_queue/cuda/fwd_bwd/4096x256x65536/tf32", token_nce_fwd_bwd<float>, 4096, 256, 65536, P::tf32)
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("token_nce_queue/cuda/fwd_bwd/4096x256x65536/f32", token_nce_fwd_bwd<float>, 4096, 256, 65536,
-                               P::strict_fp32)
+                               P::fp32)
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("token_nce_queue/cuda/fwd_bwd/2048x768x4096/tf32", token_nce_fwd_bwd<float>, 2048, 768, 4096, P::tf32)

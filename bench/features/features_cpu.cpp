@@ -35,7 +35,7 @@ void adain_stats_fwd_bwd(benchmark::State& state, int B, int C, int H, int W) {
   const auto sv = distill::make_view(s.data(), B, C, H, W), tv = distill::make_view(t.data(), B, C, H, W);
   const auto gv = distill::make_view(grad.data(), B, C, H, W);
   for (auto _ : state) {
-    const auto st = distill::adain_stats_loss_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, opt);
+    const auto st = distill::adain_stats_loss_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();
@@ -56,7 +56,7 @@ void embedding_l1_fwd_bwd(benchmark::State& state, int N, int D) {
   const auto sv = distill::make_view(s.data(), N, D), tv = distill::make_view(t.data(), N, D);
   for (auto _ : state) {
     const auto st = distill::embedding_alignment_forward_backward(ctx, sv, tv, {}, {}, distill::make_view(&loss, 1),
-                                                                  distill::make_view(grad.data(), N, D), opt);
+                                                                  distill::make_view(grad.data(), N, D), {}, opt);
     if (!st.ok()) state.SkipWithError(st.to_string().c_str());
     benchmark::DoNotOptimize(loss);
     benchmark::ClobberMemory();

@@ -46,7 +46,7 @@ void adain_stats_fwd_bwd(benchmark::State& state, int B, int C, int H, int W) {
   const std::size_t n = static_cast<std::size_t>(B) * C * H * W;
   float *s = nullptr, *t = nullptr, *g = nullptr, *loss = nullptr;
   std::byte* ws = nullptr;
-  const std::size_t ws_bytes = distill::stats_loss_workspace_size<float>(static_cast<distill::index_t>(B) * C);
+  const std::size_t ws_bytes = distill::stats_matching_workspace_size(distill::cuda{}, B, C);
   if (distill_bench::cuda_device_present()) {
     s = upload(noise(n, 1));
     t = upload(noise(n, 2));
@@ -77,7 +77,7 @@ void embedding_l1_fwd_bwd(benchmark::State& state, int N, int D) {
   const std::size_t n = static_cast<std::size_t>(N) * D;
   float *s = nullptr, *t = nullptr, *g = nullptr, *loss = nullptr;
   std::byte* ws = nullptr;
-  const std::size_t ws_bytes = distill::embedding_alignment_workspace_size<float>(N);
+  const std::size_t ws_bytes = distill::embedding_alignment_workspace_size(distill::cuda{}, N);
   if (distill_bench::cuda_device_present()) {
     s = upload(noise(n, 3));
     t = upload(noise(n, 4));

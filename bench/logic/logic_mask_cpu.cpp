@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "distill/logic/sort_of_clevr.hpp"
+#include "../../examples/vqa_spatial_kd/src/logic_masks.hpp"
 
 namespace {
 
@@ -33,7 +33,7 @@ struct workload {
       for (int i = 0; i < n; ++i)
         scenes.push_back({pos(g), pos(g), static_cast<std::int32_t>(i), static_cast<std::int32_t>(g() % 2), 0, 0});
       colours.push_back(static_cast<std::int32_t>(g() % static_cast<unsigned>(n)));
-      questions.push_back(static_cast<std::int32_t>(k % distill::sort_of_clevr_question_count));
+      questions.push_back(static_cast<std::int32_t>(k % vqa::sort_of_clevr_question_count));
     }
   }
   distill::host_view<const distill::scene_object, 1> scene(int k) const {
@@ -42,23 +42,23 @@ struct workload {
 };
 
 void logic_mask_6objects(benchmark::State& state) {
-  distill::sort_of_clevr_rules rules;
-  if (auto st = distill::load_sort_of_clevr_rules(rules_dir(), rules); !st.ok()) {
+  vqa::sort_of_clevr_rules rules;
+  if (auto st = vqa::load_sort_of_clevr_rules(rules_dir(), rules); !st.ok()) {
     state.SkipWithError(st.to_string().c_str());
     return;
   }
-  distill::sort_of_clevr_masker masker;
+  vqa::sort_of_clevr_masker masker;
   if (auto st = masker.prepare(rules); !st.ok()) {
     state.SkipWithError(st.to_string().c_str());
     return;
   }
   const workload w(6);
-  const distill::logic_options opt = distill::sort_of_clevr_logic_options();
+  const distill::logic_options opt = vqa::sort_of_clevr_logic_options();
   std::vector<float> mask(36);
   int k = 0;
   for (auto _ : state) {
     auto st = masker.mask(w.scene(k), w.colours[static_cast<std::size_t>(k)],
-                          static_cast<distill::sort_of_clevr_question>(w.questions[static_cast<std::size_t>(k)]),
+                          static_cast<vqa::sort_of_clevr_question>(w.questions[static_cast<std::size_t>(k)]),
                           distill::make_view(mask.data(), 6, 6), opt);
     if (!st.ok()) {
       state.SkipWithError(st.to_string().c_str());
@@ -71,13 +71,13 @@ void logic_mask_6objects(benchmark::State& state) {
 }
 
 void logic_mask_6objects_batch64(benchmark::State& state) {
-  distill::sort_of_clevr_rules rules;
-  if (auto st = distill::load_sort_of_clevr_rules(rules_dir(), rules); !st.ok()) {
+  vqa::sort_of_clevr_rules rules;
+  if (auto st = vqa::load_sort_of_clevr_rules(rules_dir(), rules); !st.ok()) {
     state.SkipWithError(st.to_string().c_str());
     return;
   }
   const int threads = distill_bench::cpu_threads();
-  std::vector<distill::sort_of_clevr_masker> maskers(static_cast<std::size_t>(threads));
+  std::vector<vqa::sort_of_clevr_masker> maskers(static_cast<std::size_t>(threads));
   for (auto& m : maskers)
     if (auto st = m.prepare(rules); !st.ok()) {
       state.SkipWithError(st.to_string().c_str());
@@ -88,7 +88,7 @@ void logic_mask_6objects_batch64(benchmark::State& state) {
   std::vector<float> masks(static_cast<std::size_t>(B) * 36);
   int k = 0;
   for (auto _ : state) {
-    auto st = distill::sort_of_clevr_masks(
+    auto st = vqa::sort_of_clevr_masks(
         distill::cpu{threads}, maskers, distill::make_view(w.scenes.data() + static_cast<std::size_t>(k) * 6, B, 6),
         distill::make_view(w.colours.data() + k, B), distill::make_view(w.questions.data() + k, B),
         distill::make_view(masks.data(), B, 6, 6));
@@ -115,7 +115,7 @@ void logic_mask_25objects(benchmark::State& state) {
   }
   const workload w(25, 256);
   const int queried = rules.find_predicate("queried"), relevant = rules.find_predicate("relevant");
-  const distill::logic_options opt = distill::sort_of_clevr_logic_options();
+  const distill::logic_options opt = vqa::sort_of_clevr_logic_options();
   std::vector<float> q(25), mask(625);
   int k = 0;
   for (auto _ : state) {

@@ -35,11 +35,11 @@ nn::device_tensor<T> filled(const nn::tensor_shape& s, unsigned seed) {
   return t;
 }
 
-double ceiling_gflops(nn::gemm_math m) {
-  return (m == nn::gemm_math::strict_fp32 ? distill_bench::ceiling().gpu_tflops_f32 : distill_bench::ceiling().gpu_tflops_tf32) * 1e3;
+double ceiling_gflops(distill::matmul_precision m) {
+  return (m == distill::matmul_precision::fp32 ? distill_bench::ceiling().gpu_tflops_f32 : distill_bench::ceiling().gpu_tflops_tf32) * 1e3;
 }
 
-void linear_fwd_bwd(benchmark::State& state, long N, long I, long O, nn::gemm_math math) {
+void linear_fwd_bwd(benchmark::State& state, long N, long I, long O, distill::matmul_precision math) {
   if (!distill_bench::cuda_device_present()) return distill_bench::run_cuda(state, [](cudaStream_t) {});
   nn::cuda_blas blas(nullptr, math);
   nn::linear<float, cuda_space> layer("fc", I, O, {.seed = 1});
@@ -53,7 +53,7 @@ void linear_fwd_bwd(benchmark::State& state, long N, long I, long O, nn::gemm_ma
   distill_bench::set_flops(state, 3.0 * 2.0 * N * I * O, ceiling_gflops(math));
 }
 
-void linear_gemm_reference(benchmark::State& state, long N, long I, long O, nn::gemm_math math) {
+void linear_gemm_reference(benchmark::State& state, long N, long I, long O, distill::matmul_precision math) {
   if (!distill_bench::cuda_device_present()) return distill_bench::run_cuda(state, [](cudaStream_t) {});
   nn::cuda_blas blas(nullptr, math);
   auto x = filled<float>({N, I}, 1), w = filled<float>({O, I}, 3), dy = filled<float>({N, O}, 2);
@@ -75,7 +75,7 @@ struct conv_shape {
   double flops() const { return 3.0 * 2.0 * B * Co * (Ci * k * k) * (Ho() * Wo()); }
 };
 
-void conv2d_fwd_bwd(benchmark::State& state, conv_shape c, nn::gemm_math math) {
+void conv2d_fwd_bwd(benchmark::State& state, conv_shape c, distill::matmul_precision math) {
   if (!distill_bench::cuda_device_present()) return distill_bench::run_cuda(state, [](cudaStream_t) {});
   nn::cuda_blas blas(nullptr, math);
   nn::conv2d<float, cuda_space> layer("conv", c.Ci, c.Co, c.k, {c.s, c.s, c.p, c.p}, {.seed = 1});
@@ -89,7 +89,7 @@ void conv2d_fwd_bwd(benchmark::State& state, conv_shape c, nn::gemm_math math) {
   distill_bench::set_flops(state, c.flops(), ceiling_gflops(math));
 }
 
-void conv2d_gemm_reference(benchmark::State& state, conv_shape c, nn::gemm_math math) {
+void conv2d_gemm_reference(benchmark::State& state, conv_shape c, distill::matmul_precision math) {
   if (!distill_bench::cuda_device_present()) return distill_bench::run_cuda(state, [](cudaStream_t) {});
   nn::cuda_blas blas(nullptr, math);
   const long K = c.Ci * c.k * c.k, BP = c.B * c.Ho() * c.Wo();
@@ -105,7 +105,7 @@ void conv2d_gemm_reference(benchmark::State& state, conv_shape c, nn::gemm_math 
   distill_bench::set_flops(state, c.flops(), ceiling_gflops(math));
 }
 
-void attention_fwd_bwd(benchmark::State& state, long B, long L, long D, long H, nn::gemm_math math) {
+void attention_fwd_bwd(benchmark::State& state, long B, long L, long D, long H, distill::matmul_precision math) {
   if (!distill_bench::cuda_device_present()) return distill_bench::run_cuda(state, [](cudaStream_t) {});
   nn::cuda_blas blas(nullptr, math);
   nn::multi_head_attention<float, cuda_space> mha("attn", D, H, {.seed = 1});
@@ -126,16 +126,16 @@ const int registered = [] {
     benchmark::RegisterBenchmark(name.c_str(), fn, args...)->UseManualTime()->Unit(benchmark::kMicrosecond);
   };
   const conv_shape rn1{64, 3, 75, 75, 24, 3, 2, 1};
-  for (auto m : {nn::gemm_math::strict_fp32, nn::gemm_math::tf32}) {
-    const std::string sfx = m == nn::gemm_math::strict_fp32 ? "" : "/tf32";
+  for (auto m : {distill::matmul_precision::fp32, distill::matmul_precision::tf32}) {
+    const std::string sfx = m == distill::matmul_precision::fp32 ? "" : "/tf32";
     reg("nn_linear/cuda/fwd_bwd/4096x256x256" + sfx, linear_fwd_bwd, 4096L, 256L, 256L, m);
     reg("nn_linear/cuda/gemm_reference/4096x256x256" + sfx, linear_gemm_reference, 4096L, 256L, 256L, m);
     reg("nn_conv2d/cuda/fwd_bwd/64x3x75x75_k3s2" + sfx, conv2d_fwd_bwd, rn1, m);
     reg("nn_conv2d/cuda/gemm_reference/64x3x75x75_k3s2" + sfx, conv2d_gemm_reference, rn1, m);
     reg("nn_attention/cuda/fwd_bwd/32x64x128h4" + sfx, attention_fwd_bwd, 32L, 64L, 128L, 4L, m);
   }
-  reg("nn_linear/cuda/fwd_bwd/64x256x256", linear_fwd_bwd, 64L, 256L, 256L, nn::gemm_math::strict_fp32);
-  reg("nn_linear/cuda/gemm_reference/64x256x256", linear_gemm_reference, 64L, 256L, 256L, nn::gemm_math::strict_fp32);
+  reg("nn_linear/cuda/fwd_bwd/64x256x256", linear_fwd_bwd, 64L, 256L, 256L, distill::matmul_precision::fp32);
+  reg("nn_linear/cuda/gemm_reference/64x256x256", linear_gemm_reference, 64L, 256L, 256L, distill::matmul_precision::fp32);
   return 0;
 }();
 

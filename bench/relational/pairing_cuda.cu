@@ -37,7 +37,7 @@ T* upload(const std::vector<T>& h) {
   return d;
 }
 
-void run(benchmark::State& state, shape s, mode md, double keep, distill::pairing_math math) {
+void run(benchmark::State& state, shape s, mode md, double keep, distill::matmul_precision math) {
   using namespace distill;
   const int L = 4;
   if (!distill_bench::cuda_device_present()) {
@@ -73,7 +73,7 @@ void run(benchmark::State& state, shape s, mode md, double keep, distill::pairin
   cudaMalloc(&d_go, o.size() * sizeof(float));
   cudaMalloc(&d_gp, params.size() * sizeof(float));
   relational_pairing_options opt;
-  opt.math = math;
+  opt.precision = math;
   const std::size_t ws_bytes = relational_pairing_workspace_size(cuda{}, s.B, s.N, s.D, s.Q, s.H, L, opt);
   cudaMalloc(&d_ws, ws_bytes);
   const auto g = relational_mlp_view<cuda_space>(static_cast<const float*>(d_p), s.D, s.Q, s.H, L);
@@ -100,7 +100,7 @@ void run(benchmark::State& state, shape s, mode md, double keep, distill::pairin
   if (!first_error.empty()) state.SkipWithError(first_error.c_str());
   const double per_pass = 2.0 * static_cast<double>(computed) * static_cast<double>((2 * s.D + s.Q) * s.H + 3 * s.H * s.H);
   const auto& c = distill_bench::ceiling();
-  const double ceil_tflops = math == pairing_math::fp32 ? c.gpu_tflops_f32 : math == pairing_math::tf32 ? c.gpu_tflops_tf32 : c.gpu_tflops_bf16;
+  const double ceil_tflops = math == distill::matmul_precision::fp32 ? c.gpu_tflops_f32 : math == distill::matmul_precision::tf32 ? c.gpu_tflops_tf32 : c.gpu_tflops_bf16;
   distill_bench::set_flops(state, 3.0 * per_pass, ceil_tflops * 1e3);
   state.counters["pairs"] = static_cast<double>(computed);
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
@@ -111,20 +111,20 @@ void run(benchmark::State& state, shape s, mode md, double keep, distill::pairin
 }
 
 const int registered = [] {
-  using distill::pairing_math;
+  using distill::matmul_precision;
   const shape shapes[] = {{64, 25, 26, 11, 256}, {32, 64, 64, 32, 256}};
   for (const shape& s : shapes) {
     const std::string tag = std::to_string(s.B) + "x" + std::to_string(s.N) + "x" + std::to_string(s.D) + "x" + std::to_string(s.H);
-    auto reg = [&](const std::string& name, mode md, double keep, pairing_math math) {
+    auto reg = [&](const std::string& name, mode md, double keep, distill::matmul_precision math) {
       benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { run(st, s, md, keep, math); })
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     };
-    reg("relational_pairing/cuda/fwd_bwd/" + tag, mode::fwd_bwd, 1.0, pairing_math::tf32);
-    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/mask10", mode::fwd_bwd, 0.1, pairing_math::tf32);
-    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/fp32", mode::fwd_bwd, 1.0, pairing_math::fp32);
-    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/bf16", mode::fwd_bwd, 1.0, pairing_math::bf16);
-    reg("relational_pairing/cuda/fwd_then_bwd/" + tag, mode::fwd_then_bwd, 1.0, pairing_math::tf32);
+    reg("relational_pairing/cuda/fwd_bwd/" + tag, mode::fwd_bwd, 1.0, distill::matmul_precision::tf32);
+    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/mask10", mode::fwd_bwd, 0.1, distill::matmul_precision::tf32);
+    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/fp32", mode::fwd_bwd, 1.0, distill::matmul_precision::fp32);
+    reg("relational_pairing/cuda/fwd_bwd/" + tag + "/bf16", mode::fwd_bwd, 1.0, distill::matmul_precision::bf16);
+    reg("relational_pairing/cuda/fwd_then_bwd/" + tag, mode::fwd_then_bwd, 1.0, distill::matmul_precision::tf32);
   }
   return 0;
 }();

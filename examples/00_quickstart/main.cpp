@@ -43,7 +43,7 @@ int main() {
   opt.temperature = 2.0f;
   opt.soft_weight = 0.9f;        // alpha in alpha * KD + (1 - alpha) * CE
   opt.hard_label_weight = 0.1f;
-  opt.red = distill::reduction::batchmean;
+  opt.reduction = distill::reduction::batchmean;
   distill::soft_target_host_extras<float> extras;
   extras.labels = distill::make_view(static_cast<const std::int64_t*>(labels.data()), n);
   const distill::cpu ctx{2};
@@ -54,7 +54,7 @@ int main() {
     distill::throw_if_error(distill::kl_teacher_student_forward_backward(
         ctx, distill::make_view(static_cast<const float*>(z_s.data()), n, c),
         distill::make_view(static_cast<const float*>(z_t.data()), n, c), distill::make_view(&loss, 1),
-        distill::make_view(grad.data(), n, c), opt, extras));
+        distill::make_view(grad.data(), n, c), extras, {}, opt));
     for (int j = 0; j < d && lr > 0; ++j)  // dL/dW = X^T dL/dz_s
       for (int k = 0; k < c; ++k) {
         float g = 0.0f;

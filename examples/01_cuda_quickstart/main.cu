@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
 
   float *teacher, *student, *grad, *loss;
   std::byte* workspace;
-  const std::size_t ws_bytes = distill::soft_target_workspace_bytes(n);  // O(rows) scratch, the caller's
+  const std::size_t ws_bytes = distill::soft_target_workspace_size(distill::cuda{}, n);  // O(rows) scratch, the caller's
   CHECK_CUDA(cudaMalloc(&teacher, sizeof(float) * n * c));
   CHECK_CUDA(cudaMalloc(&student, sizeof(float) * n * c));
   CHECK_CUDA(cudaMalloc(&grad, sizeof(float) * n * c));
@@ -67,16 +67,15 @@ int main(int argc, char** argv) {
 
   distill::soft_target_options opt;
   opt.temperature = 2.0f;
-  opt.red = distill::reduction::batchmean;
-  distill::soft_target_cuda_extras<float> extras;
-  extras.workspace = distill::make_view<distill::cuda_space>(workspace, static_cast<distill::index_t>(ws_bytes));
+  opt.reduction = distill::reduction::batchmean;
+  const auto ws = distill::make_view<distill::cuda_space>(workspace, static_cast<distill::index_t>(ws_bytes));
 
   auto evaluate = [&]() {  // loss + gradient, asynchronous on `stream`
     distill::throw_if_error(distill::kl_teacher_student_forward_backward(
         distill::cuda{stream}, distill::make_view<distill::cuda_space>(static_cast<const float*>(student), n, c),
         distill::make_view<distill::cuda_space>(static_cast<const float*>(teacher), n, c),
-        distill::make_view<distill::cuda_space>(loss, 1), distill::make_view<distill::cuda_space>(grad, n, c), opt,
-        extras));
+        distill::make_view<distill::cuda_space>(loss, 1), distill::make_view<distill::cuda_space>(grad, n, c),
+        /*extras*/ {}, ws, opt));
     float h_loss = 0.0f;
     CHECK_CUDA(cudaMemcpyAsync(&h_loss, loss, sizeof(float), cudaMemcpyDeviceToHost, stream));
     CHECK_CUDA(cudaStreamSynchronize(stream));

@@ -76,7 +76,6 @@ void train(nn::sequential<float>& student, nn::sequential<float>* teacher, const
   auto params = student.parameters();
   nn::adam<float> opt(params, {.lr = lr});
   nn::host_tensor<float> grad({batch, classes});
-  std::vector<std::int32_t> labels32(batch);
   std::vector<long> order(static_cast<std::size_t>(n_use));
   for (long i = 0; i < n_use; ++i) order[static_cast<std::size_t>(i)] = i;
   std::mt19937_64 shuffle(7);
@@ -101,14 +100,12 @@ void train(nn::sequential<float>& student, nn::sequential<float>* teacher, const
         o.soft_weight = alpha;
         o.hard_label_weight = 1 - alpha;
         soft_target_host_extras<float> extras;
-        extras.labels = make_view(static_cast<const std::int64_t*>(yb.data()), batch);
+        extras.labels = make_view(yb.data(), batch);
         throw_if_error(kl_teacher_student_forward_backward(ctx, student.output().cview<2>(), teacher->output().cview<2>(),
-                                                           make_view(&loss, 1), grad.view<2>(), o, extras));
+                                                           make_view(&loss, 1), grad.view<2>(), extras, {}, o));
       } else {
-        for (long i = 0; i < batch; ++i) labels32[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(yb[static_cast<std::size_t>(i)]);
-        throw_if_error(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(
-            ctx, student.output().cview<2>(), make_view(static_cast<const std::int32_t*>(labels32.data()), batch), make_view(&loss, 1),
-            grad.view<2>()));
+        throw_if_error(nn::softmax_cross_entropy_forward_backward(ctx, student.output().cview<2>(), make_view(yb.data(), batch),
+                                                                  make_view(&loss, 1), grad.view<2>()));
       }
       throw_if_error(student.backward(ctx, x, grad.cview<2>()));
       throw_if_error(opt.step(ctx));
@@ -125,14 +122,14 @@ int main() {
   const long student_examples = 320;
   const dataset train_set = make_data(n_train, 1, 0.10), test_set = make_data(n_test, 2, 0.0);
 
-  auto teacher = nn::make_mlp<float>("teacher", {dim, 128, 128, classes}, {.init = {.seed = 1}});
+  auto teacher = nn::make_mlp<float>({dim, 128, 128, classes}, {.init = {.seed = 1}, .name = "teacher"});
   train(teacher, nullptr, train_set, n_train, 20, 2e-3, 0, 1);
   teacher.set_training(false);
   auto teacher_params = teacher.parameters();
   nn::set_trainable(teacher_params, false);
 
-  auto student_ce = nn::make_mlp<float>("student", {dim, 32, classes}, {.init = {.seed = 2}});
-  auto student_kd = nn::make_mlp<float>("student", {dim, 32, classes}, {.init = {.seed = 2}});  // same start
+  auto student_ce = nn::make_mlp<float>({dim, 32, classes}, {.init = {.seed = 2}, .name = "student"});
+  auto student_kd = nn::make_mlp<float>({dim, 32, classes}, {.init = {.seed = 2}, .name = "student"});  // same start
   train(student_ce, nullptr, train_set, student_examples, 60, 5e-3, 0, 1);
   train(student_kd, &teacher, train_set, student_examples, 60, 5e-3, 0.9f, 4.0f);
 

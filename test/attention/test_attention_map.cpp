@@ -48,7 +48,7 @@ attention_ref::am_config ref_config(const am_case& c) {
           : c.opt.head_map == attention_head_map::index    ? attention_ref::heads::index
                                                            : attention_ref::heads::group_mean;
   r.teacher_heads = c.heads;
-  r.reduction = c.opt.red == reduction::none ? 0 : c.opt.red == reduction::sum ? 1 : c.opt.red == reduction::mean ? 2 : 3;
+  r.reduction = c.opt.reduction == reduction::none ? 0 : c.opt.reduction == reduction::sum ? 1 : c.opt.reduction == reduction::mean ? 2 : 3;
   r.grad_scale = c.opt.grad_scale;
   return r;
 }
@@ -86,7 +86,7 @@ am_case random_case(distill_test::rng& g, bool small = false) {
     c.sh.Ht = Hs * static_cast<int>(g.integer(1, 3));
   }
   const reduction reds[] = {reduction::mean, reduction::sum, reduction::none, reduction::batchmean};
-  c.opt.red = reds[g.integer(0, 3)];
+  c.opt.reduction = reds[g.integer(0, 3)];
   c.opt.grad_scale = g.coin(0.3) ? 2.5 : 1.0;
   if (g.coin(0.5)) {
     c.key_mask.resize(static_cast<std::size_t>(c.sh.B) * c.sh.Lk);
@@ -150,19 +150,19 @@ am_outputs run_library(am_case& c, const std::vector<double>& s, const std::vect
   mask_storage km(c.key_mask, sh.B, sh.Lk, g), qm(c.query_mask, sh.B, sh.Lq, g);
   const attention_masks<host_space> masks{km.view, qm.view};
   using Acc = accum_t<T>;
-  const std::size_t nloss = c.opt.red == reduction::none ? static_cast<std::size_t>(sh.B) * sh.Hs * sh.Lq : 1;
+  const std::size_t nloss = c.opt.reduction == reduction::none ? static_cast<std::size_t>(sh.B) * sh.Hs * sh.Lq : 1;
   distill_test::guarded<Acc> loss(nloss);
   auto lv = make_view(loss.data(), static_cast<index_t>(nloss));
   const cpu ctx{threads};
   am_outputs out;
   if (c.kl) {
-    if (pass == 0) out.st = attention_map_kl_teacher_student_forward_backward(ctx, xs.cview(), xt.cview(), masks, lv, gr.view(), c.opt);
-    if (pass == 1) out.st = attention_map_kl_teacher_student_forward(ctx, xs.cview(), xt.cview(), masks, lv, c.opt);
-    if (pass == 2) out.st = attention_map_kl_teacher_student_backward(ctx, xs.view(), xt.view(), masks, gr.view(), c.opt);
+    if (pass == 0) out.st = attention_map_kl_teacher_student_forward_backward(ctx, xs.cview(), xt.cview(), masks, lv, gr.view(), {}, c.opt);
+    if (pass == 1) out.st = attention_map_kl_teacher_student_forward(ctx, xs.cview(), xt.cview(), masks, lv, {}, c.opt);
+    if (pass == 2) out.st = attention_map_kl_teacher_student_backward(ctx, xs.view(), xt.view(), masks, gr.view(), {}, c.opt);
   } else {
-    if (pass == 0) out.st = attention_map_mse_forward_backward(ctx, xs.cview(), xt.cview(), masks, lv, gr.view(), c.opt);
-    if (pass == 1) out.st = attention_map_mse_forward(ctx, xs.cview(), xt.cview(), masks, lv, c.opt);
-    if (pass == 2) out.st = attention_map_mse_backward(ctx, xs.view(), xt.view(), masks, gr.view(), c.opt);
+    if (pass == 0) out.st = attention_map_mse_forward_backward(ctx, xs.cview(), xt.cview(), masks, lv, gr.view(), {}, c.opt);
+    if (pass == 1) out.st = attention_map_mse_forward(ctx, xs.cview(), xt.cview(), masks, lv, {}, c.opt);
+    if (pass == 2) out.st = attention_map_mse_backward(ctx, xs.view(), xt.view(), masks, gr.view(), {}, c.opt);
   }
   if (pass != 2) out.loss.assign(loss.data(), loss.data() + nloss);
   if (pass != 1) out.grad = gr.logical();
@@ -190,12 +190,12 @@ TEST_CASE("attention map reference: gradient matches central finite differences"
     const auto ref = reference(c, s, t);
     auto f = [&](const std::vector<double>& x) {
       const auto r = reference(c, x, t);
-      return c.opt.red == reduction::none ? std::accumulate(r.per_row.begin(), r.per_row.end(), 0.0) : r.loss;
+      return c.opt.reduction == reduction::none ? std::accumulate(r.per_row.begin(), r.per_row.end(), 0.0) : r.loss;
     };
     auto num = distill_test::numeric_gradient(f, s);
     for (auto& v : num) v *= c.opt.grad_scale;
     CAPTURE(trial, c.kl, static_cast<int>(c.opt.student_input), static_cast<int>(c.opt.teacher_input),
-            static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.red), c.key_mask.size(), c.query_mask.size());
+            static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.reduction), c.key_mask.size(), c.query_mask.size());
     CHECK_CLOSE("reference gradient vs finite differences", ref.grad, num, attention_test::scaled(num, 1e-6, 1e-4, 1e-9));
   }
 }
@@ -214,11 +214,11 @@ TEMPLATE_TEST_CASE("attention map losses match the double reference", "[attentio
     const auto ref = reference(c, s, t);
     auto out = run_library<TestType>(c, s, t, pass, g, threads, c.opt.accumulate ? &init : nullptr);
     CAPTURE(trial, pass, threads, c.sh.B, c.sh.Hs, c.sh.Ht, c.sh.Lq, c.sh.Lk, c.kl, static_cast<int>(c.opt.student_input),
-            static_cast<int>(c.opt.teacher_input), static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.red),
+            static_cast<int>(c.opt.teacher_input), static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.reduction),
             c.key_mask.size(), c.query_mask.size(), c.opt.accumulate);
     REQUIRE(out.st.ok());
     if (pass != 2) {
-      const auto expect = expected_loss(ref, c.opt.red);
+      const auto expect = expected_loss(ref, c.opt.reduction);
       CHECK_CLOSE("loss", out.loss, expect, f64 ? attention_test::scaled(expect, 1e-12, 1e-10, 1e-15) : attention_test::scaled(expect, 1e-5, 1e-4, 1e-7));
     }
     if (pass != 1) {
@@ -237,7 +237,7 @@ TEST_CASE("attention map backward matches finite differences of its own forward"
   distill_test::rng g(403);
   for (int trial = 0; trial < 16; ++trial) {
     am_case c = random_case(g, true);
-    if (c.opt.red == reduction::none) c.opt.red = reduction::sum;
+    if (c.opt.reduction == reduction::none) c.opt.reduction = reduction::sum;
     c.opt.teacher_heads = c.heads;
     const auto s = student_values(g, c);
     const auto t = teacher_values(g, c);
@@ -249,8 +249,8 @@ TEST_CASE("attention map backward matches finite differences of its own forward"
     auto forward = [&](const std::vector<double>& x) {
       double l = 0;
       auto sv = make_view(x.data(), sh.B, sh.Hs, sh.Lq, sh.Lk);
-      auto st = c.kl ? attention_map_kl_teacher_student_forward(cpu{1}, sv, tv, masks, make_view(&l, 1), c.opt)
-                     : attention_map_mse_forward(cpu{1}, sv, tv, masks, make_view(&l, 1), c.opt);
+      auto st = c.kl ? attention_map_kl_teacher_student_forward(cpu{1}, sv, tv, masks, make_view(&l, 1), {}, c.opt)
+                     : attention_map_mse_forward(cpu{1}, sv, tv, masks, make_view(&l, 1), {}, c.opt);
       REQUIRE(st.ok());
       return l;
     };
@@ -259,8 +259,8 @@ TEST_CASE("attention map backward matches finite differences of its own forward"
     std::vector<double> grad(s.size());
     auto sv = make_view(s.data(), sh.B, sh.Hs, sh.Lq, sh.Lk);
     auto gv = make_view(grad.data(), sh.B, sh.Hs, sh.Lq, sh.Lk);
-    REQUIRE((c.kl ? attention_map_kl_teacher_student_backward(cpu{2}, sv, tv, masks, gv, c.opt)
-                  : attention_map_mse_backward(cpu{2}, sv, tv, masks, gv, c.opt))
+    REQUIRE((c.kl ? attention_map_kl_teacher_student_backward(cpu{2}, sv, tv, masks, gv, {}, c.opt)
+                  : attention_map_mse_backward(cpu{2}, sv, tv, masks, gv, {}, c.opt))
                 .ok());
     CAPTURE(trial, c.kl);
     CHECK_CLOSE("backward vs finite differences of forward", grad, num, attention_test::scaled(num, 1e-6, 1e-4, 1e-9));
@@ -275,7 +275,7 @@ TEST_CASE("attention map: pair attention [B, 1, 1, N^2], student logits vs teach
       c.sh = {5, 1, 1, 1, n * n};
       c.kl = kl;
       c.opt.teacher_input = attention_input::probabilities;  // a normalised logic mask over pairs
-      c.opt.red = reduction::mean;
+      c.opt.reduction = reduction::mean;
       auto s = g.normals(static_cast<std::size_t>(c.sh.B) * c.sh.Lk, 0, 3);
       std::vector<double> t(s.size(), 0.0);
       for (int b = 0; b < c.sh.B; ++b) {
@@ -303,7 +303,7 @@ TEST_CASE("attention map: 16-bit CPU inputs accumulate in float", "[attention][m
     const auto ref = reference(c, s, t);
     auto out = run_library<bfloat16, float16>(c, s, t, 0, g, 2);
     REQUIRE(out.st.ok());
-    const auto expect = expected_loss(ref, c.opt.red);
+    const auto expect = expected_loss(ref, c.opt.reduction);
     CAPTURE(trial);
     CHECK_CLOSE("loss", out.loss, expect, attention_test::scaled(expect, 1e-5, 1e-4, 1e-7));
     CHECK_CLOSE("grad_student (bfloat16)", out.grad, ref.grad, attention_test::scaled(ref.grad, 1e-2, 1e-2, 1e-6));
@@ -322,8 +322,8 @@ TEST_CASE("attention map properties", "[attention][map][properties]") {
   SECTION("zero loss and zero gradient when student = teacher") {
     for (bool kl : {false, true}) {
       double l = -1;
-      auto st = kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, zv, zv, {}, make_view(&l, 1), gv)
-                   : attention_map_mse_forward_backward(cpu{2}, zv, zv, {}, make_view(&l, 1), gv);
+      auto st = kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, zv, zv, {}, make_view(&l, 1), gv, {})
+                   : attention_map_mse_forward_backward(cpu{2}, zv, zv, {}, make_view(&l, 1), gv, {});
       REQUIRE(st.ok());
       CHECK(std::fabs(l) < 1e-15);
       for (double v : grad) CHECK(std::fabs(v) < 1e-15);
@@ -353,8 +353,8 @@ TEST_CASE("attention map properties", "[attention][map][properties]") {
       auto tpv = make_view(tp.data(), B, H, Lq, Lk);
       auto call = [&](auto teacher, double& l, std::vector<double>& gg, const attention_map_options& o) {
         auto gvv = make_view(gg.data(), B, H, Lq, Lk);
-        return kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, zv, teacher, {}, make_view(&l, 1), gvv, o)
-                  : attention_map_mse_forward_backward(cpu{1}, zv, teacher, {}, make_view(&l, 1), gvv, o);
+        return kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, zv, teacher, {}, make_view(&l, 1), gvv, {}, o)
+                  : attention_map_mse_forward_backward(cpu{1}, zv, teacher, {}, make_view(&l, 1), gvv, {}, o);
       };
       REQUIRE(call(tv, l1, g1, o1).ok());
       REQUIRE(call(tgv, l2, g2, o2).ok());
@@ -380,15 +380,15 @@ TEST_CASE("attention map properties", "[attention][map][properties]") {
       double la = 0, lb = 0;
       std::vector<double> ga(n), gb(n);
       attention_map_options o;
-      o.red = reduction::sum;
+      o.reduction = reduction::sum;
       const attention_masks<host_space> masks{make_view(static_cast<const std::uint8_t*>(km.data()), B, Lk), {}};
       auto run = [&](const std::vector<double>& sv, const std::vector<double>& tv, const attention_masks<host_space>& m, double& l,
                      std::vector<double>& gg) {
         auto a = make_view(sv.data(), B, H, Lq, Lk);
         auto b = make_view(tv.data(), B, H, Lq, Lk);
         auto gg_v = make_view(gg.data(), B, H, Lq, Lk);
-        return kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, a, b, m, make_view(&l, 1), gg_v, o)
-                  : attention_map_mse_forward_backward(cpu{1}, a, b, m, make_view(&l, 1), gg_v, o);
+        return kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, a, b, m, make_view(&l, 1), gg_v, {}, o)
+                  : attention_map_mse_forward_backward(cpu{1}, a, b, m, make_view(&l, 1), gg_v, {}, o);
       };
       REQUIRE(run(z, t, masks, la, ga).ok());
       REQUIRE(run(s2, t2, {}, lb, gb).ok());
@@ -413,12 +413,12 @@ TEST_CASE("attention map: fully masked and masked-query rows contribute nothing"
   for (bool kl : {false, true}) {
     std::vector<double> rows(static_cast<std::size_t>(B) * H * Lq, -1.0), grad(n, 42.0);
     attention_map_options o;
-    o.red = reduction::none;
+    o.reduction = reduction::none;
     auto sv = make_view(s.data(), B, H, Lq, Lk), tv = make_view(t.data(), B, H, Lq, Lk);
     auto gv = make_view(grad.data(), B, H, Lq, Lk);
     auto rv = make_view(rows.data(), static_cast<index_t>(rows.size()));
-    REQUIRE((kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, sv, tv, masks, rv, gv, o)
-                : attention_map_mse_forward_backward(cpu{2}, sv, tv, masks, rv, gv, o))
+    REQUIRE((kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, sv, tv, masks, rv, gv, {}, o)
+                : attention_map_mse_forward_backward(cpu{2}, sv, tv, masks, rv, gv, {}, o))
                 .ok());
     for (int h = 0; h < H; ++h)
       for (int i = 0; i < Lq; ++i) {
@@ -431,9 +431,9 @@ TEST_CASE("attention map: fully masked and masked-query rows contribute nothing"
     }
     // mean divides by the valid elements (mse) or rows (kl) only.
     double mean = 0;
-    o.red = reduction::mean;
-    REQUIRE((kl ? attention_map_kl_teacher_student_forward(cpu{1}, sv, tv, masks, make_view(&mean, 1), o)
-                : attention_map_mse_forward(cpu{1}, sv, tv, masks, make_view(&mean, 1), o))
+    o.reduction = reduction::mean;
+    REQUIRE((kl ? attention_map_kl_teacher_student_forward(cpu{1}, sv, tv, masks, make_view(&mean, 1), {}, o)
+                : attention_map_mse_forward(cpu{1}, sv, tv, masks, make_view(&mean, 1), {}, o))
                 .ok());
     const double total = std::accumulate(rows.begin(), rows.end(), 0.0);
     const double valid_rows = H * (Lq + 0 + (Lq - 1));  // samples 0 and 2; sample 1 has no keys
@@ -445,7 +445,7 @@ TEST_CASE("attention map: fully masked and masked-query rows contribute nothing"
   std::vector<double> grad(n, 1.0);
   REQUIRE(attention_map_mse_forward_backward(cpu{1}, make_view(s.data(), B, H, Lq, Lk), make_view(t.data(), B, H, Lq, Lk),
                                              {make_view(static_cast<const std::uint8_t*>(none.data()), B, Lk), {}},
-                                             make_view(&l, 1), make_view(grad.data(), B, H, Lq, Lk))
+                                             make_view(&l, 1), make_view(grad.data(), B, H, Lq, Lk), {})
               .ok());
   CHECK(l == 0.0);
   for (double v : grad) CHECK(v == 0.0);
@@ -462,13 +462,13 @@ TEST_CASE("attention map: NaN in a row stays in that row", "[attention][map][nan
   for (bool kl : {false, true}) {
     std::vector<float> rows(static_cast<std::size_t>(B) * H * Lq), grad(n);
     attention_map_options o;
-    o.red = reduction::none;
+    o.reduction = reduction::none;
     auto sv = make_view(static_cast<const float*>(s.data()), B, H, Lq, Lk);
     auto tv = make_view(static_cast<const float*>(t.data()), B, H, Lq, Lk);
     auto gv = make_view(grad.data(), B, H, Lq, Lk);
     auto rv = make_view(rows.data(), static_cast<index_t>(rows.size()));
-    REQUIRE((kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, sv, tv, {}, rv, gv, o)
-                : attention_map_mse_forward_backward(cpu{1}, sv, tv, {}, rv, gv, o))
+    REQUIRE((kl ? attention_map_kl_teacher_student_forward_backward(cpu{1}, sv, tv, {}, rv, gv, {}, o)
+                : attention_map_mse_forward_backward(cpu{1}, sv, tv, {}, rv, gv, {}, o))
                 .ok());
     for (int r = 0; r < B * H * Lq; ++r) {
       CAPTURE(kl, r);
@@ -490,8 +490,8 @@ TEST_CASE("attention map: the gradient may overwrite the student in place", "[at
     auto tv = make_view(t.data(), B, H, Lq, Lk);
     auto run = [&](host_view<const float, 4> sv, std::vector<float>& out, float& l) {
       auto gv = make_view(out.data(), B, H, Lq, Lk);
-      return kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, sv, tv, {}, make_view(&l, 1), gv)
-                : attention_map_mse_forward_backward(cpu{2}, sv, tv, {}, make_view(&l, 1), gv);
+      return kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, sv, tv, {}, make_view(&l, 1), gv, {})
+                : attention_map_mse_forward_backward(cpu{2}, sv, tv, {}, make_view(&l, 1), gv, {});
     };
     REQUIRE(run(make_view(s.data(), B, H, Lq, Lk), grad, l1).ok());
     REQUIRE(run(make_view(static_cast<const float*>(inplace.data()), B, H, Lq, Lk), inplace, l2).ok());
@@ -514,46 +514,46 @@ TEST_CASE("attention map: bad inputs give a status naming the argument", "[atten
     CHECK(st.code() == code);
     CHECK(st.message().find(needle) != std::string::npos);
   };
-  expect(attention_map_mse_forward(ctx, s, t12, {}, l1), errc::shape_mismatch, "'teacher' has 12 heads but 'student' has 4");
+  expect(attention_map_mse_forward(ctx, s, t12, {}, l1, {}), errc::shape_mismatch, "'teacher' has 12 heads but 'student' has 4");
   attention_map_options o;
   o.head_map = attention_head_map::group_mean;
-  CHECK(attention_map_mse_forward(ctx, s, t12, {}, l1, o).ok());
-  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 2, 10, 3, 5), {}, l1, o),
+  CHECK(attention_map_mse_forward(ctx, s, t12, {}, l1, {}, o).ok());
+  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 2, 10, 3, 5), {}, l1, {}, o),
          errc::shape_mismatch, "not a multiple");
   o.head_map = attention_head_map::index;
   const std::vector<int> three = {0, 1, 2}, bad = {0, 1, 12, 3}, good = {11, 0, 5, 5};
   o.teacher_heads = three;
-  expect(attention_map_mse_forward(ctx, s, t12, {}, l1, o), errc::invalid_argument, "'teacher_heads' has 3 entries");
+  expect(attention_map_mse_forward(ctx, s, t12, {}, l1, {}, o), errc::invalid_argument, "'teacher_heads' has 3 entries");
   o.teacher_heads = bad;
-  expect(attention_map_mse_forward(ctx, s, t12, {}, l1, o), errc::invalid_argument, "'teacher_heads[2]' is 12");
+  expect(attention_map_mse_forward(ctx, s, t12, {}, l1, {}, o), errc::invalid_argument, "'teacher_heads[2]' is 12");
   o.teacher_heads = good;
-  CHECK(attention_map_kl_teacher_student_forward(ctx, s, t12, {}, l1, o).ok());
+  CHECK(attention_map_kl_teacher_student_forward(ctx, s, t12, {}, l1, {}, o).ok());
   o.head_map = attention_head_map::one_to_one;
-  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, o), errc::invalid_argument, "'teacher_heads' is given");
+  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, {}, o), errc::invalid_argument, "'teacher_heads' is given");
   o = {};
   // Batch / query / key lengths.
-  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 2, 4, 3, 4), {}, l1),
+  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 2, 4, 3, 4), {}, l1, {}),
          errc::shape_mismatch, "'teacher' has shape [2, 4, 3, 4]");
-  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 1, 4, 3, 5), {}, l1),
+  expect(attention_map_mse_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 1, 4, 3, 5), {}, l1, {}),
          errc::shape_mismatch, "'teacher'");
   // Masks of the wrong shape.
-  expect(attention_map_mse_forward(ctx, s, t4, {make_view(static_cast<const std::uint8_t*>(mk.data()), 2, 4), {}}, l1),
+  expect(attention_map_mse_forward(ctx, s, t4, {make_view(static_cast<const std::uint8_t*>(mk.data()), 2, 4), {}}, l1, {}),
          errc::shape_mismatch, "'key_mask'");
-  expect(attention_map_mse_forward(ctx, s, t4, {{}, make_view(static_cast<const std::uint8_t*>(mk.data()), 2, 5)}, l1),
+  expect(attention_map_mse_forward(ctx, s, t4, {{}, make_view(static_cast<const std::uint8_t*>(mk.data()), 2, 5)}, l1, {}),
          errc::shape_mismatch, "'query_mask'");
   // Outputs.
-  expect(attention_map_mse_forward(ctx, s, t4, {}, make_view(lossb.data(), 2)), errc::shape_mismatch, "'loss'");
-  o.red = reduction::none;
-  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, o), errc::shape_mismatch, "one loss per row");
-  CHECK(attention_map_mse_forward(ctx, s, t4, {}, make_view(lossb.data(), 24), o).ok());
+  expect(attention_map_mse_forward(ctx, s, t4, {}, make_view(lossb.data(), 2), {}), errc::shape_mismatch, "'loss'");
+  o.reduction = reduction::none;
+  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, {}, o), errc::shape_mismatch, "one loss per row");
+  CHECK(attention_map_mse_forward(ctx, s, t4, {}, make_view(lossb.data(), 24), {}, o).ok());
   o = {};
-  expect(attention_map_mse_backward(ctx, s, t4, {}, make_view(gb.data(), 2, 4, 5, 3)), errc::shape_mismatch, "'grad_student'");
-  expect(attention_map_mse_backward(ctx, s, t4, {}, host_view<float, 4>{}), errc::invalid_argument, "'grad_student'");
-  expect(attention_map_mse_forward(ctx, host_view<const float, 4>{}, t4, {}, l1), errc::invalid_argument, "'student'");
+  expect(attention_map_mse_backward(ctx, s, t4, {}, make_view(gb.data(), 2, 4, 5, 3), {}), errc::shape_mismatch, "'grad_student'");
+  expect(attention_map_mse_backward(ctx, s, t4, {}, host_view<float, 4>{}, {}), errc::invalid_argument, "'grad_student'");
+  expect(attention_map_mse_forward(ctx, host_view<const float, 4>{}, t4, {}, l1, {}), errc::invalid_argument, "'student'");
   o.grad_scale = std::numeric_limits<double>::quiet_NaN();
-  expect(attention_map_mse_backward(ctx, s, t4, {}, grad, o), errc::invalid_argument, "'grad_scale'");
+  expect(attention_map_mse_backward(ctx, s, t4, {}, grad, {}, o), errc::invalid_argument, "'grad_scale'");
   o = {};
-  o.red = static_cast<reduction>(17);
-  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, o), errc::invalid_argument, "'red'");
+  o.reduction = static_cast<reduction>(17);
+  expect(attention_map_mse_forward(ctx, s, t4, {}, l1, {}, o), errc::invalid_argument, "'reduction'");
   for (float v : gb) CHECK(v == 0.0f);
 }

@@ -43,7 +43,7 @@ attention_ref::am_config ref_config(const am_case& c) {
           : c.opt.head_map == attention_head_map::index    ? attention_ref::heads::index
                                                            : attention_ref::heads::group_mean;
   r.teacher_heads = c.heads;
-  r.reduction = c.opt.red == reduction::none ? 0 : c.opt.red == reduction::sum ? 1 : c.opt.red == reduction::mean ? 2 : 3;
+  r.reduction = c.opt.reduction == reduction::none ? 0 : c.opt.reduction == reduction::sum ? 1 : c.opt.reduction == reduction::mean ? 2 : 3;
   r.grad_scale = c.opt.grad_scale;
   return r;
 }
@@ -79,7 +79,7 @@ am_case random_case(distill_test::rng& g, int Lk) {
     c.Ht = c.Hs * static_cast<int>(g.integer(1, 3));
   }
   const reduction reds[] = {reduction::mean, reduction::sum, reduction::none, reduction::batchmean};
-  c.opt.red = reds[g.integer(0, 3)];
+  c.opt.reduction = reds[g.integer(0, 3)];
   c.opt.grad_scale = g.coin(0.3) ? 2.5 : 1.0;
   c.opt.accumulate = g.coin(0.2);
   if (g.coin(0.5)) {
@@ -149,11 +149,11 @@ void run_and_check(am_case& c, int pass, distill_test::rng& g) {
   if (!c.query_mask.empty())
     masks.query = make_strided_view<cuda_space>(static_cast<const std::uint8_t*>(dqm.data()), std::array<index_t, 2>{c.B, c.Lq},
                                                 std::array<index_t, 2>{qld, 1});
-  const std::size_t nloss = c.opt.red == reduction::none ? rows : 1;
+  const std::size_t nloss = c.opt.reduction == reduction::none ? rows : 1;
   std::vector<float> lh(nloss + 2, -777.0f);
   device_buffer<float> dl(lh);
   auto lv = make_view<cuda_space>(dl.data() + 1, static_cast<index_t>(nloss));
-  device_buffer<std::byte> ws(attention_map_workspace_size());
+  device_buffer<std::byte> ws(attention_map_workspace_size(distill::cuda{}));
   auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   const distill::cuda ctx{};
   const status st = [&]() -> status {
@@ -178,7 +178,7 @@ void run_and_check(am_case& c, int pass, distill_test::rng& g) {
   const double tol = tolerance_for<T>();
   if (pass != 2) {
     const std::vector<double> got(loss.begin() + 1, loss.end() - 1);
-    const auto expect = c.opt.red == reduction::none ? ref.per_row : std::vector<double>{ref.loss};
+    const auto expect = c.opt.reduction == reduction::none ? ref.per_row : std::vector<double>{ref.loss};
     CHECK_CLOSE("loss vs reference", got, expect, attention_test::scaled(expect, 1e-5, 1e-3, 1e-6));
   }
   if (pass != 1) {
@@ -197,7 +197,7 @@ void random_trials(std::uint64_t salt) {
       am_case c = random_case(g, Lk);
       const int pass = static_cast<int>(g.integer(0, 2));
       CAPTURE(dtype_name<T>(), Lk, trial, pass, c.B, c.Hs, c.Ht, c.Lq, c.kl, static_cast<int>(c.opt.student_input),
-              static_cast<int>(c.opt.teacher_input), static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.red),
+              static_cast<int>(c.opt.teacher_input), static_cast<int>(c.opt.head_map), static_cast<int>(c.opt.reduction),
               c.key_mask.size(), c.query_mask.size(), c.opt.accumulate);
       run_and_check<T>(c, pass, g);
     }
@@ -230,12 +230,12 @@ TEST_CASE("CUDA attention map: pair attention [B, 1, 1, N^2] against the CPU pat
       auto sv = make_view(static_cast<const float*>(s.data()), B, 1, 1, Lk);
       auto tv = make_view(static_cast<const float*>(t.data()), B, 1, 1, Lk);
       REQUIRE((kl ? attention_map_kl_teacher_student_forward_backward(cpu{2}, sv, tv, {}, make_view(&cpu_loss, 1),
-                                                                      make_view(cpu_grad.data(), B, 1, 1, Lk), opt)
+                                                                      make_view(cpu_grad.data(), B, 1, 1, Lk), {}, opt)
                   : attention_map_mse_forward_backward(cpu{2}, sv, tv, {}, make_view(&cpu_loss, 1),
-                                                       make_view(cpu_grad.data(), B, 1, 1, Lk), opt))
+                                                       make_view(cpu_grad.data(), B, 1, 1, Lk), {}, opt))
                   .ok());
       device_buffer<float> ds(s), dt(t), dg(s.size()), dl(1);
-      device_buffer<std::byte> ws(attention_map_workspace_size());
+      device_buffer<std::byte> ws(attention_map_workspace_size(distill::cuda{}));
       auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
       auto dsv = make_view<cuda_space>(static_cast<const float*>(ds.data()), B, 1, 1, Lk);
       auto dtv = make_view<cuda_space>(static_cast<const float*>(dt.data()), B, 1, 1, Lk);
@@ -258,10 +258,10 @@ TEST_CASE("CUDA attention map: benchmark-sized problem equals the CPU path and i
   float cpu_loss = 0;
   std::vector<float> cpu_grad(n);
   REQUIRE(attention_map_mse_forward_backward(cpu{2}, make_view(s.data(), B, H, L, L), make_view(t.data(), B, H, L, L), {},
-                                             make_view(&cpu_loss, 1), make_view(cpu_grad.data(), B, H, L, L))
+                                             make_view(&cpu_loss, 1), make_view(cpu_grad.data(), B, H, L, L), {})
               .ok());
   device_buffer<float> ds(s), dt(t), dg(n), dl(1);
-  device_buffer<std::byte> ws(attention_map_workspace_size());
+  device_buffer<std::byte> ws(attention_map_workspace_size(distill::cuda{}));
   auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   auto run = [&] {
     REQUIRE(attention_map_mse_forward_backward(distill::cuda{}, make_view<cuda_space>(static_cast<const float*>(ds.data()), B, H, L, L),
@@ -290,7 +290,7 @@ TEST_CASE("CUDA attention map: bad inputs give a status naming the argument", "[
   const int B = 2, H = 4, Lq = 3, Lk = 5;
   device_buffer<float> s(B * H * Lq * Lk), t(B * 12 * Lq * Lk), gr(B * H * Lq * Lk), l(1);
   device_buffer<std::uint8_t> km(B * Lk);
-  device_buffer<std::byte> ws(attention_map_workspace_size());
+  device_buffer<std::byte> ws(attention_map_workspace_size(distill::cuda{}));
   auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   const distill::cuda ctx{};
   auto expect = [](const status& st, errc code, const std::string& needle) {

@@ -29,8 +29,8 @@ attention_ref::at_config ref_config(const attention_transfer_options& o, double 
   c.beta = o.beta;
   c.eps = o.eps;
   c.paper = o.form == attention_transfer_form::paper_norm;
-  c.reduction = o.red == reduction::none ? attention_ref::red::none
-                : o.red == reduction::sum ? attention_ref::red::sum
+  c.reduction = o.reduction == reduction::none ? attention_ref::red::none
+                : o.reduction == reduction::sum ? attention_ref::red::sum
                                           : attention_ref::red::mean;
   c.weight = weight;
   c.grad_scale = o.grad_scale;
@@ -51,7 +51,7 @@ attention_transfer_options random_options(distill_test::rng& g) {
   o.beta = g.coin(0.3) ? 1e3 : g.uniform(0.5, 2.0);
   o.form = g.coin() ? attention_transfer_form::squared_mean : attention_transfer_form::paper_norm;
   const reduction reds[] = {reduction::mean, reduction::sum, reduction::none, reduction::batchmean};
-  o.red = reds[g.integer(0, 3)];
+  o.reduction = reds[g.integer(0, 3)];
   o.grad_scale = g.coin(0.3) ? -0.75 : 1.0;
   return o;
 }
@@ -90,14 +90,14 @@ at_outputs run_library(const shape& sh, const std::vector<double>& s, const std:
   xt.set(t);
   if (grad_init) gr.set(*grad_init);
   using Acc = accum_t<T>;
-  const std::size_t nloss = opt.red == reduction::none ? static_cast<std::size_t>(sh.B) : 1;
+  const std::size_t nloss = opt.reduction == reduction::none ? static_cast<std::size_t>(sh.B) : 1;
   distill_test::guarded<Acc> loss(nloss);
   auto lv = make_view(loss.data(), static_cast<index_t>(nloss));
   at_outputs out;
   const cpu ctx{threads};
-  if (pass == 0) out.st = attention_transfer_forward_backward(ctx, xs.cview(), xt.cview(), lv, gr.view(), opt);
-  if (pass == 1) out.st = attention_transfer_forward(ctx, xs.cview(), xt.cview(), lv, opt);
-  if (pass == 2) out.st = attention_transfer_backward(ctx, xs.view(), xt.view(), gr.view(), opt);
+  if (pass == 0) out.st = attention_transfer_forward_backward(ctx, xs.cview(), xt.cview(), lv, gr.view(), {}, opt);
+  if (pass == 1) out.st = attention_transfer_forward(ctx, xs.cview(), xt.cview(), lv, {}, opt);
+  if (pass == 2) out.st = attention_transfer_backward(ctx, xs.view(), xt.view(), gr.view(), {}, opt);
   if (pass != 2) out.loss.assign(loss.data(), loss.data() + nloss);
   if (pass != 1) out.grad = gr.logical();
   out.grad_outside_intact = gr.outside_intact();
@@ -126,7 +126,7 @@ TEST_CASE("attention transfer reference: gradient matches central finite differe
     };
     auto num = distill_test::numeric_gradient(f, s);
     for (auto& v : num) v *= cfg.grad_scale;
-    CAPTURE(trial, sh.B, sh.Cs, sh.Ct, sh.H, sh.W, opt.p, static_cast<int>(opt.form), static_cast<int>(opt.red));
+    CAPTURE(trial, sh.B, sh.Cs, sh.Ct, sh.H, sh.W, opt.p, static_cast<int>(opt.form), static_cast<int>(opt.reduction));
     CHECK_CLOSE("reference gradient vs finite differences", ref.grad, num, attention_test::scaled(num, 1e-6, 1e-5, 1e-9));
   }
 }
@@ -146,10 +146,10 @@ TEMPLATE_TEST_CASE("attention transfer matches the double reference", "[attentio
     const auto ref = attention_ref::attention_transfer(s, sh.B, sh.Cs, t, sh.Ct, sh.H, sh.W, ref_config(opt));
     auto out = run_library<TestType>(sh, s, t, opt, pass, g, threads, opt.accumulate ? &init : nullptr);
     CAPTURE(trial, pass, threads, sh.B, sh.Cs, sh.Ct, sh.H, sh.W, opt.p, static_cast<int>(opt.form),
-            static_cast<int>(opt.red), opt.accumulate);
+            static_cast<int>(opt.reduction), opt.accumulate);
     REQUIRE(out.st.ok());
     if (pass != 2) {
-      const auto expect = reduced_loss(ref, opt.red);
+      const auto expect = reduced_loss(ref, opt.reduction);
       CHECK_CLOSE("loss", out.loss, expect, f64 ? attention_test::tol(1e-13, 1e-10) : attention_test::scaled(expect, 2e-6, 2e-4, 1e-7 * opt.beta));
     }
     if (pass != 1) {
@@ -170,13 +170,13 @@ TEST_CASE("attention transfer backward matches finite differences of its own for
     shape sh = random_shape(g);
     sh.B = std::min(sh.B, 2);
     auto opt = random_options(g);
-    if (opt.red == reduction::none) opt.red = reduction::sum;
+    if (opt.reduction == reduction::none) opt.reduction = reduction::sum;
     const auto s = features(g, static_cast<std::size_t>(sh.B) * sh.Cs * sh.H * sh.W);
     const auto t = features(g, static_cast<std::size_t>(sh.B) * sh.Ct * sh.H * sh.W);
     auto forward = [&](const std::vector<double>& x) {
       double l = 0;
       auto st = attention_transfer_forward(cpu{1}, make_view(x.data(), sh.B, sh.Cs, sh.H, sh.W),
-                                           make_view(t.data(), sh.B, sh.Ct, sh.H, sh.W), make_view(&l, 1), opt);
+                                           make_view(t.data(), sh.B, sh.Ct, sh.H, sh.W), make_view(&l, 1), {}, opt);
       REQUIRE(st.ok());
       return l;
     };
@@ -185,7 +185,7 @@ TEST_CASE("attention transfer backward matches finite differences of its own for
     std::vector<double> grad(s.size());
     REQUIRE(attention_transfer_backward(cpu{2}, make_view(s.data(), sh.B, sh.Cs, sh.H, sh.W),
                                         make_view(t.data(), sh.B, sh.Ct, sh.H, sh.W),
-                                        make_view(grad.data(), sh.B, sh.Cs, sh.H, sh.W), opt)
+                                        make_view(grad.data(), sh.B, sh.Cs, sh.H, sh.W), {}, opt)
                 .ok());
     CAPTURE(trial, opt.p, static_cast<int>(opt.form));
     CHECK_CLOSE("backward vs finite differences of forward", grad, num, attention_test::scaled(num, 1e-6, 1e-5, 1e-9));
@@ -202,7 +202,7 @@ TEST_CASE("attention transfer: 16-bit CPU inputs accumulate in float", "[attenti
     const auto ref = attention_ref::attention_transfer(s, sh.B, sh.Cs, t, sh.Ct, sh.H, sh.W, ref_config(opt));
     auto out = run_library<bfloat16, float16>(sh, s, t, opt, 0, g, 2);
     REQUIRE(out.st.ok());
-    const auto expect = reduced_loss(ref, opt.red);
+    const auto expect = reduced_loss(ref, opt.reduction);
     CAPTURE(trial);
     CHECK_CLOSE("loss", out.loss, expect, attention_test::scaled(expect, 1e-5, 1e-4, 1e-7 * opt.beta));
     // The gradient is stored in bfloat16: 8 bits of mantissa.
@@ -216,7 +216,7 @@ TEST_CASE("attention transfer: several layer pairs in one call", "[attention][at
   const double weights[] = {0.5, 2.0, 1.0};
   for (reduction red : {reduction::mean, reduction::none, reduction::sum}) {
     attention_transfer_options opt;
-    opt.red = red;
+    opt.reduction = red;
     opt.beta = 1e3;
     std::vector<std::vector<double>> s(3), t(3), grads(3);
     std::vector<attention_transfer_layer<double, double>> layers;
@@ -231,7 +231,7 @@ TEST_CASE("attention transfer: several layer pairs in one call", "[attention][at
     }
     const std::size_t nloss = red == reduction::none ? 3 : 1;
     std::vector<double> loss(nloss, 99.0);
-    REQUIRE(attention_transfer_forward_backward(cpu{2}, layers, make_view(loss.data(), static_cast<index_t>(nloss)), opt).ok());
+    REQUIRE(attention_transfer_forward_backward(cpu{2}, layers, make_view(loss.data(), static_cast<index_t>(nloss)), {}, opt).ok());
     std::vector<double> expect(nloss, 0.0);
     for (int j = 0; j < 3; ++j) {
       const shape& sh = shapes[j];
@@ -244,12 +244,12 @@ TEST_CASE("attention transfer: several layer pairs in one call", "[attention][at
     // forward alone, through a std::span of const layers, agrees.
     std::vector<double> loss2(nloss);
     REQUIRE(attention_transfer_forward(cpu{1}, std::span<const attention_transfer_layer<double, double>>(layers),
-                                       make_view(loss2.data(), static_cast<index_t>(nloss)), opt)
+                                       make_view(loss2.data(), static_cast<index_t>(nloss)), {}, opt)
                 .ok());
     CHECK_CLOSE("forward-only summed loss", loss2, expect, distill_test::tol::f64);
     // backward alone overwrites (accumulate = false) with the same gradients.
     for (auto& gj : grads) std::fill(gj.begin(), gj.end(), -3.0);
-    REQUIRE(attention_transfer_backward(cpu{2}, layers, opt).ok());
+    REQUIRE(attention_transfer_backward(cpu{2}, layers, {}, opt).ok());
     for (int j = 0; j < 3; ++j) {
       const shape& sh = shapes[j];
       const auto ref = attention_ref::attention_transfer(s[j], sh.B, sh.Cs, t[j], sh.Ct, sh.H, sh.W, ref_config(opt, weights[j]));
@@ -264,13 +264,13 @@ TEST_CASE("attention transfer properties: zero at equality, invariant to positiv
     shape sh = random_shape(g);
     sh.Ct = sh.Cs;
     auto opt = random_options(g);
-    if (opt.red == reduction::none) opt.red = reduction::mean;
+    if (opt.reduction == reduction::none) opt.reduction = reduction::mean;
     const std::size_t n = static_cast<std::size_t>(sh.B) * sh.Cs * sh.H * sh.W;
     const auto s = features(g, n);
     std::vector<float> sf(s.begin(), s.end()), gf(n);
     float loss = -1;
     auto sv = make_view(static_cast<const float*>(sf.data()), sh.B, sh.Cs, sh.H, sh.W);
-    REQUIRE(attention_transfer_forward_backward(cpu{2}, sv, sv, make_view(&loss, 1), make_view(gf.data(), sh.B, sh.Cs, sh.H, sh.W), opt).ok());
+    REQUIRE(attention_transfer_forward_backward(cpu{2}, sv, sv, make_view(&loss, 1), make_view(gf.data(), sh.B, sh.Cs, sh.H, sh.W), {}, opt).ok());
     CAPTURE(trial, opt.p, static_cast<int>(opt.form));
     CHECK(loss == 0.0f);  // the student's and teacher's maps are computed identically
     double gmax = 0;
@@ -286,7 +286,7 @@ TEST_CASE("attention transfer properties: zero at equality, invariant to positiv
           t2[(static_cast<std::size_t>(b) * 2 * sh.Cs + c) * plane + k] = s[(static_cast<std::size_t>(b) * sh.Cs + c % sh.Cs) * plane + k];
     double l2 = -1;
     REQUIRE(attention_transfer_forward(cpu{1}, make_view(s.data(), sh.B, sh.Cs, sh.H, sh.W),
-                                       make_view(t2.data(), sh.B, 2 * sh.Cs, sh.H, sh.W), make_view(&l2, 1), opt)
+                                       make_view(t2.data(), sh.B, 2 * sh.Cs, sh.H, sh.W), make_view(&l2, 1), {}, opt)
                 .ok());
     CHECK(std::fabs(l2) <= 1e-12 * opt.beta);
 
@@ -299,11 +299,11 @@ TEST_CASE("attention transfer properties: zero at equality, invariant to positiv
     double la = 0, lb = 0;
     REQUIRE(attention_transfer_forward_backward(cpu{1}, make_view(s.data(), sh.B, sh.Cs, sh.H, sh.W),
                                                 make_view(t.data(), sh.B, sh.Cs, sh.H, sh.W), make_view(&la, 1),
-                                                make_view(g1.data(), sh.B, sh.Cs, sh.H, sh.W), opt)
+                                                make_view(g1.data(), sh.B, sh.Cs, sh.H, sh.W), {}, opt)
                 .ok());
     REQUIRE(attention_transfer_forward_backward(cpu{1}, make_view(sk.data(), sh.B, sh.Cs, sh.H, sh.W),
                                                 make_view(tk.data(), sh.B, sh.Cs, sh.H, sh.W), make_view(&lb, 1),
-                                                make_view(g2.data(), sh.B, sh.Cs, sh.H, sh.W), opt)
+                                                make_view(g2.data(), sh.B, sh.Cs, sh.H, sh.W), {}, opt)
                 .ok());
     CHECK(la >= 0);
     CHECK_CLOSE_SCALAR("loss under scaling", lb, la, attention_test::tol(1e-14, 1e-10));
@@ -323,10 +323,10 @@ TEST_CASE("attention transfer: the gradient may overwrite the student in place",
     double l1 = 0, l2 = 0;
     auto tv = make_view(t.data(), B, Ct, H, W);
     REQUIRE(attention_transfer_forward_backward(cpu{2}, make_view(s.data(), B, Cs, H, W), tv, make_view(&l1, 1),
-                                                make_view(grad.data(), B, Cs, H, W), opt)
+                                                make_view(grad.data(), B, Cs, H, W), {}, opt)
                 .ok());
     REQUIRE(attention_transfer_forward_backward(cpu{2}, make_view(static_cast<const double*>(inplace.data()), B, Cs, H, W), tv,
-                                                make_view(&l2, 1), make_view(inplace.data(), B, Cs, H, W), opt)
+                                                make_view(&l2, 1), make_view(inplace.data(), B, Cs, H, W), {}, opt)
                 .ok());
     CHECK(l1 == l2);
     CHECK(inplace == grad);
@@ -343,7 +343,7 @@ TEST_CASE("attention transfer: 1x1 maps give zero loss and zero gradient", "[att
   opt.beta = 1e3;
   REQUIRE(attention_transfer_forward_backward(cpu{1}, make_view(static_cast<const float*>(sf.data()), B, Cs, 1, 1),
                                               make_view(static_cast<const float*>(tf.data()), B, Ct, 1, 1),
-                                              make_view(&loss, 1), make_view(gf.data(), B, Cs, 1, 1), opt)
+                                              make_view(&loss, 1), make_view(gf.data(), B, Cs, 1, 1), {}, opt)
               .ok());
   CHECK(loss == 0.0f);  // u = 1 for both
   for (float v : gf) CHECK(std::fabs(v) < 1e-6f);
@@ -358,11 +358,11 @@ TEST_CASE("attention transfer: norm clamp follows F.normalize (zero and tiny stu
       const auto t = features(g, B * Ct * H * W);
       attention_transfer_options opt;
       opt.form = form;
-      opt.red = reduction::none;
+      opt.reduction = reduction::none;
       const auto ref = attention_ref::attention_transfer(s, B, Cs, t, Ct, H, W, ref_config(opt));
       std::vector<double> loss(B), grad(s.size());
       REQUIRE(attention_transfer_forward_backward(cpu{1}, make_view(s.data(), B, Cs, H, W), make_view(t.data(), B, Ct, H, W),
-                                                  make_view(loss.data(), B), make_view(grad.data(), B, Cs, H, W), opt)
+                                                  make_view(loss.data(), B), make_view(grad.data(), B, Cs, H, W), {}, opt)
                   .ok());
       CAPTURE(scale, static_cast<int>(form));
       CHECK_CLOSE("loss", loss, ref.per_sample, attention_test::tol(1e-13, 1e-9));
@@ -380,10 +380,10 @@ TEST_CASE("attention transfer: NaN in one sample stays in that sample", "[attent
   std::vector<float> sf(s.begin(), s.end()), tf(t.begin(), t.end()), gf(s.size());
   std::vector<float> loss(B);
   attention_transfer_options opt;
-  opt.red = reduction::none;
+  opt.reduction = reduction::none;
   REQUIRE(attention_transfer_forward_backward(cpu{2}, make_view(static_cast<const float*>(sf.data()), B, C, H, W),
                                               make_view(static_cast<const float*>(tf.data()), B, C, H, W),
-                                              make_view(loss.data(), B), make_view(gf.data(), B, C, H, W), opt)
+                                              make_view(loss.data(), B), make_view(gf.data(), B, C, H, W), {}, opt)
               .ok());
   CHECK(std::isfinite(loss[0]));
   CHECK(std::isnan(loss[1]));
@@ -392,10 +392,10 @@ TEST_CASE("attention transfer: NaN in one sample stays in that sample", "[attent
     CAPTURE(i);
     CHECK(std::isnan(gf[i]) == (i / (C * H * W) == 1));
   }
-  opt.red = reduction::mean;
+  opt.reduction = reduction::mean;
   float total = 0;
   REQUIRE(attention_transfer_forward(cpu{1}, make_view(static_cast<const float*>(sf.data()), B, C, H, W),
-                                     make_view(static_cast<const float*>(tf.data()), B, C, H, W), make_view(&total, 1), opt)
+                                     make_view(static_cast<const float*>(tf.data()), B, C, H, W), make_view(&total, 1), {}, opt)
               .ok());
   CHECK(std::isnan(total));
 }
@@ -414,61 +414,61 @@ TEST_CASE("attention transfer: bad inputs give a status naming the argument", "[
     CHECK(st.message().find(needle) != std::string::npos);
   };
   // Spatial sizes differ.
-  expect(attention_transfer_forward(ctx, s, make_view(static_cast<const float*>(c.data()), 2, 6, 4, 4), l1),
+  expect(attention_transfer_forward(ctx, s, make_view(static_cast<const float*>(c.data()), 2, 6, 4, 4), l1, {}),
          errc::shape_mismatch, "equal spatial sizes");
   // Batch sizes differ.
-  expect(attention_transfer_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 1, 6, 4, 5), l1),
+  expect(attention_transfer_forward(ctx, s, make_view(static_cast<const float*>(b.data()), 1, 6, 4, 5), l1, {}),
          errc::shape_mismatch, "'teacher' has batch size 1");
   // p <= 0, p NaN, beta < 0, eps <= 0, grad_scale inf.
   for (double p : {0.0, -1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
     attention_transfer_options o;
     o.p = p;
-    expect(attention_transfer_forward(ctx, s, t, l1, o), errc::invalid_argument, "'p'");
+    expect(attention_transfer_forward(ctx, s, t, l1, {}, o), errc::invalid_argument, "'p'");
   }
   {
     attention_transfer_options o;
     o.beta = -1;
-    expect(attention_transfer_forward(ctx, s, t, l1, o), errc::invalid_argument, "'beta'");
+    expect(attention_transfer_forward(ctx, s, t, l1, {}, o), errc::invalid_argument, "'beta'");
     o = {};
     o.eps = 0;
-    expect(attention_transfer_forward(ctx, s, t, l1, o), errc::invalid_argument, "'eps'");
+    expect(attention_transfer_forward(ctx, s, t, l1, {}, o), errc::invalid_argument, "'eps'");
     o = {};
     o.grad_scale = std::numeric_limits<double>::infinity();
-    expect(attention_transfer_backward(ctx, s, t, grad, o), errc::invalid_argument, "'grad_scale'");
+    expect(attention_transfer_backward(ctx, s, t, grad, {}, o), errc::invalid_argument, "'grad_scale'");
   }
   // Gradient of the wrong shape; loss of the wrong extent for each reduction.
-  expect(attention_transfer_backward(ctx, s, t, make_view(gbuf.data(), 2, 3, 5, 4)), errc::shape_mismatch, "'grad_student'");
-  expect(attention_transfer_forward(ctx, s, t, make_view(loss.data(), 2)), errc::shape_mismatch, "'loss'");
+  expect(attention_transfer_backward(ctx, s, t, make_view(gbuf.data(), 2, 3, 5, 4), {}), errc::shape_mismatch, "'grad_student'");
+  expect(attention_transfer_forward(ctx, s, t, make_view(loss.data(), 2), {}), errc::shape_mismatch, "'loss'");
   {
     attention_transfer_options o;
-    o.red = reduction::none;
-    expect(attention_transfer_forward(ctx, s, t, l1, o), errc::shape_mismatch, "one loss per sample");
+    o.reduction = reduction::none;
+    expect(attention_transfer_forward(ctx, s, t, l1, {}, o), errc::shape_mismatch, "one loss per sample");
   }
   // Absent inputs and outputs.
-  expect(attention_transfer_forward(ctx, host_view<const float, 4>{}, t, l1), errc::invalid_argument, "'student'");
-  expect(attention_transfer_forward(ctx, s, t, host_view<float, 1>{}), errc::invalid_argument, "'loss'");
-  expect(attention_transfer_backward(ctx, s, t, host_view<float, 4>{}), errc::invalid_argument, "'grad_student'");
+  expect(attention_transfer_forward(ctx, host_view<const float, 4>{}, t, l1, {}), errc::invalid_argument, "'student'");
+  expect(attention_transfer_forward(ctx, s, t, host_view<float, 1>{}, {}), errc::invalid_argument, "'loss'");
+  expect(attention_transfer_backward(ctx, s, t, host_view<float, 4>{}, {}), errc::invalid_argument, "'grad_student'");
   // Empty batch, negative stride.
-  expect(attention_transfer_forward(ctx, make_view(static_cast<const float*>(a.data()), 0, 3, 4, 5), t, l1),
+  expect(attention_transfer_forward(ctx, make_view(static_cast<const float*>(a.data()), 0, 3, 4, 5), t, l1, {}),
          errc::shape_mismatch, "'student'");
   {
     auto neg = make_strided_view(static_cast<const float*>(a.data() + 59), std::array<index_t, 4>{1, 3, 4, 5},
                                  std::array<index_t, 4>{60, 20, 5, -1});
-    expect(attention_transfer_forward(ctx, neg, make_view(static_cast<const float*>(b.data()), 1, 6, 4, 5), l1),
+    expect(attention_transfer_forward(ctx, neg, make_view(static_cast<const float*>(b.data()), 1, 6, 4, 5), l1, {}),
            errc::unsupported_layout, "'student'");
   }
   // Multi-layer: empty list, batch mismatch between layers, bad weight; messages carry the index.
   std::vector<attention_transfer_layer<float, float>> layers;
-  expect(attention_transfer_forward(ctx, layers, l1), errc::invalid_argument, "'layers' is empty");
+  expect(attention_transfer_forward(ctx, layers, l1, {}), errc::invalid_argument, "'layers' is empty");
   layers.push_back({s, t, grad, 1.0});
   layers.push_back({make_view(static_cast<const float*>(a.data()), 1, 3, 4, 5), make_view(static_cast<const float*>(b.data()), 1, 6, 4, 5), {}, 1.0});
-  expect(attention_transfer_forward(ctx, layers, l1), errc::shape_mismatch, "layers[1].student");
+  expect(attention_transfer_forward(ctx, layers, l1, {}), errc::shape_mismatch, "layers[1].student");
   layers.pop_back();
   layers.push_back({s, make_view(static_cast<const float*>(c.data()), 2, 6, 4, 4), {}, 1.0});
-  expect(attention_transfer_forward(ctx, layers, l1), errc::shape_mismatch, "layers[1].teacher");
+  expect(attention_transfer_forward(ctx, layers, l1, {}), errc::shape_mismatch, "layers[1].teacher");
   layers.back() = {s, t, {}, std::numeric_limits<double>::quiet_NaN()};
-  expect(attention_transfer_forward(ctx, layers, l1), errc::invalid_argument, "layers[1].weight");
-  expect(attention_transfer_backward(ctx, layers), errc::invalid_argument, "layers[1].grad_student");
+  expect(attention_transfer_forward(ctx, layers, l1, {}), errc::invalid_argument, "layers[1].weight");
+  expect(attention_transfer_backward(ctx, layers, {}), errc::invalid_argument, "layers[1].grad_student");
   // Nothing was written by any failing call.
   for (float v : loss) CHECK(v == 0.0f);
   for (float v : gbuf) CHECK(v == 0.0f);

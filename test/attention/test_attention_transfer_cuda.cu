@@ -32,8 +32,8 @@ attention_ref::at_config ref_config(const attention_transfer_options& o, double 
   c.beta = o.beta;
   c.eps = o.eps;
   c.paper = o.form == attention_transfer_form::paper_norm;
-  c.reduction = o.red == reduction::none ? attention_ref::red::none
-                : o.red == reduction::sum ? attention_ref::red::sum
+  c.reduction = o.reduction == reduction::none ? attention_ref::red::none
+                : o.reduction == reduction::sum ? attention_ref::red::sum
                                           : attention_ref::red::mean;
   c.weight = weight;
   c.grad_scale = o.grad_scale;
@@ -88,11 +88,11 @@ void run_and_check(const shape& sh, const attention_transfer_options& opt, int p
   ht.set(t);
   if (opt.accumulate) hg.set(init);
   device_tensor<T> ds(hs), dt(ht), dg(hg);
-  const std::size_t nloss = opt.red == reduction::none ? static_cast<std::size_t>(sh.B) : 1;
+  const std::size_t nloss = opt.reduction == reduction::none ? static_cast<std::size_t>(sh.B) : 1;
   std::vector<float> loss_host(nloss + 2, -777.0f);  // one canary on each side
   device_buffer<float> dloss(loss_host);
   auto lv = make_view<cuda_space>(dloss.data() + 1, static_cast<index_t>(nloss));
-  device_buffer<std::byte> ws(attention_transfer_workspace_size(sh.B, sh.H, sh.W));
+  device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, sh.B, sh.H, sh.W));
   auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   const distill::cuda ctx{};
   const status st = [&]() -> status {
@@ -112,7 +112,7 @@ void run_and_check(const shape& sh, const attention_transfer_options& opt, int p
   const auto got_grad = hg.logical();
 
   const auto ref = attention_ref::attention_transfer(s, sh.B, sh.Cs, t, sh.Ct, sh.H, sh.W, ref_config(opt));
-  const auto ref_loss = opt.red == reduction::none ? ref.per_sample : std::vector<double>{ref.loss};
+  const auto ref_loss = opt.reduction == reduction::none ? ref.per_sample : std::vector<double>{ref.loss};
   auto ref_grad = ref.grad;
   if (opt.accumulate)
     for (std::size_t i = 0; i < ns; ++i) ref_grad[i] += init[i];
@@ -125,7 +125,7 @@ void run_and_check(const shape& sh, const attention_transfer_options& opt, int p
     REQUIRE(attention_transfer_forward_backward(cpu{2}, make_view(static_cast<const float*>(cs.data()), sh.B, sh.Cs, sh.H, sh.W),
                                                 make_view(static_cast<const float*>(ct.data()), sh.B, sh.Ct, sh.H, sh.W),
                                                 make_view(cl.data(), static_cast<index_t>(nloss)),
-                                                make_view(cg.data(), sh.B, sh.Cs, sh.H, sh.W), opt)
+                                                make_view(cg.data(), sh.B, sh.Cs, sh.H, sh.W), {}, opt)
                 .ok());
     CHECK_CLOSE("loss vs CPU", got_loss, cl, attention_test::scaled(cl, 1e-5, 5e-4, 1e-7 * opt.beta));
     if (std::is_same_v<T, float>) CHECK_CLOSE("grad vs CPU", got_grad, cg, attention_test::scaled(cg, 1e-4, 1e-3, 1e-7 * opt.beta));
@@ -139,7 +139,7 @@ attention_transfer_options random_options(distill_test::rng& g, algo a) {
   o.beta = g.coin(0.3) ? 1e3 : g.uniform(0.5, 2.0);
   o.form = g.coin() ? attention_transfer_form::squared_mean : attention_transfer_form::paper_norm;
   const reduction reds[] = {reduction::mean, reduction::sum, reduction::none};
-  o.red = reds[g.integer(0, 2)];
+  o.reduction = reds[g.integer(0, 2)];
   o.grad_scale = g.coin(0.3) ? -0.75 : 1.0;
   o.accumulate = g.coin(0.2);
   o.cuda_algorithm = a;
@@ -149,7 +149,7 @@ attention_transfer_options random_options(distill_test::rng& g, algo a) {
 bool fused_available() {
   // Probe with a tiny problem: fused_cluster is refused with invalid_argument where unavailable.
   device_buffer<float> s(4), t(4), l(1);
-  device_buffer<std::byte> ws(attention_transfer_workspace_size(1, 2, 2));
+  device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, 1, 2, 2));
   attention_transfer_options o;
   o.cuda_algorithm = algo::fused_cluster;
   const auto st = attention_transfer_forward(distill::cuda{}, s.view(1, 1, 2, 2), t.view(1, 1, 2, 2), l.view(1),
@@ -169,7 +169,7 @@ void random_trials(algo a, int trials, std::uint64_t salt) {
     const auto opt = random_options(g, a);
     const int pass = static_cast<int>(g.integer(0, 2));
     CAPTURE(trial, static_cast<int>(a), dtype_name<T>(), pass, sh.B, sh.Cs, sh.Ct, sh.H, sh.W, opt.p,
-            static_cast<int>(opt.form), static_cast<int>(opt.red), opt.accumulate);
+            static_cast<int>(opt.form), static_cast<int>(opt.reduction), opt.accumulate);
     run_and_check<T>(sh, opt, pass, g, true);
   }
 }
@@ -203,7 +203,7 @@ TEST_CASE("CUDA attention transfer: large slices, multi-block clusters, non-port
       CAPTURE(sh.Cs, sh.H, static_cast<int>(a));
       if (a == algo::fused_cluster && (!fused || sh.Cs == 600)) {
         device_buffer<float> s(static_cast<std::size_t>(sh.B) * sh.Cs * sh.H * sh.W), t(static_cast<std::size_t>(sh.B) * sh.Ct * sh.H * sh.W), l(1);
-        device_buffer<std::byte> ws(attention_transfer_workspace_size(sh.B, sh.H, sh.W));
+        device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, sh.B, sh.H, sh.W));
         const auto st = attention_transfer_forward(distill::cuda{}, s.view(sh.B, sh.Cs, sh.H, sh.W), t.view(sh.B, sh.Ct, sh.H, sh.W),
                                                    l.view(1), make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size())), opt);
         CHECK(st.code() == errc::invalid_argument);
@@ -227,7 +227,7 @@ TEST_CASE("CUDA attention transfer: CUDA's own 16-bit types and mixed student/te
   device_buffer<float16> ds(hs), dg(hs.size());
   device_buffer<bfloat16> dt(ht);
   device_buffer<float> dl(1);
-  device_buffer<std::byte> ws(attention_transfer_workspace_size(B, H, W));
+  device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, B, H, W));
   auto sv = make_view<cuda_space>(reinterpret_cast<const __half*>(ds.data()), B, Cs, H, W);
   auto tv = make_view<cuda_space>(reinterpret_cast<const __nv_bfloat16*>(dt.data()), B, Ct, H, W);
   auto gv = make_view<cuda_space>(reinterpret_cast<__half*>(dg.data()), B, Cs, H, W);
@@ -252,7 +252,7 @@ TEST_CASE("CUDA attention transfer: several layer pairs, deterministic results",
   for (reduction red : {reduction::mean, reduction::none}) {
     for (algo a : {algo::two_pass, algo::automatic}) {
       attention_transfer_options opt;
-      opt.red = red;
+      opt.reduction = red;
       opt.beta = 1e3;
       opt.cuda_algorithm = a;
       std::vector<std::vector<double>> s(3), t(3);
@@ -266,7 +266,7 @@ TEST_CASE("CUDA attention transfer: several layer pairs, deterministic results",
         ds.emplace_back(std::vector<float>(s[j].begin(), s[j].end()));
         dt.emplace_back(std::vector<float>(t[j].begin(), t[j].end()));
         dg.emplace_back(s[j].size());
-        ws_bytes = std::max(ws_bytes, attention_transfer_workspace_size(sh.B, sh.H, sh.W));
+        ws_bytes = std::max(ws_bytes, attention_transfer_workspace_size(distill::cuda{}, sh.B, sh.H, sh.W));
       }
       for (int j = 0; j < 3; ++j) {
         const shape& sh = shapes[j];
@@ -311,7 +311,7 @@ TEST_CASE("CUDA attention transfer: the gradient may overwrite the student in pl
     attention_transfer_options opt;
     opt.cuda_algorithm = a;
     device_buffer<float> ds(sf), dt(tf), dg(sf.size()), dl(1);
-    device_buffer<std::byte> ws(attention_transfer_workspace_size(B, H, W));
+    device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, B, H, W));
     auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
     auto sv = make_view<cuda_space>(static_cast<const float*>(ds.data()), B, Cs, H, W);
     auto tv = make_view<cuda_space>(static_cast<const float*>(dt.data()), B, Ct, H, W);
@@ -326,7 +326,7 @@ TEST_CASE("CUDA attention transfer: the gradient may overwrite the student in pl
 TEST_CASE("CUDA attention transfer: bad inputs give a status naming the argument", "[attention][at][cuda][errors]") {
   const int B = 2, C = 3, H = 4, W = 5;
   device_buffer<float> s(B * C * H * W), t(B * C * H * W), gr(B * C * H * W), l(1);
-  device_buffer<std::byte> ws(attention_transfer_workspace_size(B, H, W));
+  device_buffer<std::byte> ws(attention_transfer_workspace_size(distill::cuda{}, B, H, W));
   auto wv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   const distill::cuda ctx{};
   auto expect = [](const status& st, errc code, const std::string& needle) {

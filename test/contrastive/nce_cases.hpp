@@ -54,7 +54,7 @@ struct config {
   long enqueued = 0;            // rows enqueued so far, in `batches` batches
   int batches = 1;
   bool queue_ids = false, in_batch = false, use_mask = false, use_ids = false, teacher_grad = false, accumulate = false;
-  distill::reduction red = distill::reduction::mean;
+  distill::reduction reduction = distill::reduction::mean;
   double tau = 0.07, grad_scale = 1;
   int threads = 1;
   long pad = 0;  // row padding of student/teacher/gradients
@@ -88,7 +88,7 @@ inline config random_config(distill_test::rng& g, long max_m, long max_d, long m
   c.use_ids = g.coin(0.5);
   c.teacher_grad = g.coin(0.5);
   c.accumulate = g.coin(0.25);
-  c.red = static_cast<distill::reduction>(g.integer(0, 3));
+  c.reduction = static_cast<distill::reduction>(g.integer(0, 3));
   // tau and grad_scale travel as float options: keep them float-representable
   c.tau = static_cast<float>(g.coin(0.2) ? g.uniform(0.01, 0.05) : g.uniform(0.05, 1.0));
   c.grad_scale = g.coin(0.5) ? 1.0 : static_cast<float>(g.uniform(-2, 2));
@@ -146,7 +146,7 @@ inline distill_ref::token_nce_ref_input ref_input(const case_data& k, const std:
   in.ids = k.ids;
   in.tau = static_cast<float>(k.cfg.tau);  // what the float option carries
   in.grad_scale = static_cast<float>(k.cfg.grad_scale);
-  in.red = k.cfg.red;
+  in.reduction = k.cfg.reduction;
   in.in_batch = k.cfg.in_batch;
   return in;
 }
@@ -158,8 +158,8 @@ inline std::vector<double> row_atol(const case_data& k, const std::vector<double
   const config& c = k.cfg;
   long valid = 0;
   for (long i = 0; i < c.M; ++i) valid += (k.mask.empty() || k.mask[static_cast<std::size_t>(i)]) ? 1 : 0;
-  const double w = c.red == distill::reduction::mean ? 1.0 / static_cast<double>(std::max(valid, 1L))
-                   : c.red == distill::reduction::batchmean ? 1.0 / static_cast<double>(c.M)
+  const double w = c.reduction == distill::reduction::mean ? 1.0 / static_cast<double>(std::max(valid, 1L))
+                   : c.reduction == distill::reduction::batchmean ? 1.0 / static_cast<double>(c.M)
                                                             : 1.0;
   std::vector<double> atol(static_cast<std::size_t>(c.M));
   for (long i = 0; i < c.M; ++i) {
@@ -201,7 +201,7 @@ inline distill_test::compare_result compare_rows(const std::vector<double>& actu
 inline distill::token_nce_options options_of(const config& c) {
   distill::token_nce_options o;
   o.temperature = static_cast<float>(c.tau);
-  o.red = c.red;
+  o.reduction = c.reduction;
   o.in_batch_negatives = c.in_batch;
   o.grad_scale = static_cast<float>(c.grad_scale);
   o.accumulate = c.accumulate;
@@ -223,5 +223,15 @@ std::vector<T> unpadded(const T* y, long M, long D, long pad) {
     for (long d = 0; d < D; ++d) x[static_cast<std::size_t>(i * D + d)] = y[i * (D + pad) + d];
   return x;
 }
+
+/// A host workspace of token_nce_queue_workspace_size bytes for M x D tokens against `queue`.
+template <class T>
+struct workspace_for {
+  std::vector<std::byte> bytes;
+  template <class Q>
+  workspace_for(const distill::cpu& ctx, long M, long D, const Q& queue, const distill::token_nce_options& opt = {})
+      : bytes(distill::token_nce_queue_workspace_size<T>(ctx, M, D, queue.capacity(), opt)) {}
+  distill::host_view<std::byte, 1> view() { return distill::make_view(bytes.data(), static_cast<distill::index_t>(bytes.size())); }
+};
 
 }  // namespace nce_test

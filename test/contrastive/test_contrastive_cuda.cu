@@ -49,11 +49,11 @@ struct tolerances {
 };
 
 /// Expected accuracy of each mode (tau scales every logit error by 1/tau).
-tolerances mode_tolerance(nce_precision p, bool inputs_16bit, double tau) {
+tolerances mode_tolerance(distill::matmul_precision p, bool inputs_16bit, double tau) {
   switch (p) {
-    case nce_precision::strict_fp32: return {3 * float_rel(tau), 3 * float_rel(tau), 3 * float_rel(tau)};
-    case nce_precision::tf32: return {4e-3 / tau, 4e-3, 8e-3 / tau};  // 10-bit mantissa products
-    case nce_precision::bf16:
+    case distill::matmul_precision::fp32: return {3 * float_rel(tau), 3 * float_rel(tau), 3 * float_rel(tau)};
+    case distill::matmul_precision::tf32: return {4e-3 / tau, 4e-3, 8e-3 / tau};  // 10-bit mantissa products
+    case distill::matmul_precision::bf16:
       // bf16 storage: products of bf16 numbers are exact in float, only P is rounded; float
       // inputs are rounded to bf16 first (8-bit mantissa) and every logit carries that.
       return inputs_16bit ? tolerances{2e-3 / tau, 2e-3, 2e-2} : tolerances{3e-2 / tau, 1e-2, 6e-2 / tau};
@@ -70,7 +70,7 @@ struct cuda_result {
 /// Build the device queue from the case's history (device enqueue), run the fused pass (or
 /// forward / backward only), read everything back. T: token storage type; TQ: queue storage.
 template <class T, class TQ = T>
-cuda_result run_cuda(const case_data& k, nce_precision precision, int mode = 0 /* 0 fused, 1 forward, 2 backward */) {
+cuda_result run_cuda(const case_data& k, distill::matmul_precision precision, int mode = 0 /* 0 fused, 1 forward, 2 backward */) {
   const config& c = k.cfg;
   const long M = c.M, D = c.D, ld = D + c.pad;
   cuda_result out;
@@ -106,7 +106,7 @@ cuda_result run_cuda(const case_data& k, nce_precision precision, int mode = 0 /
   if (c.use_mask) mask = make_view<cuda_space>(static_cast<const std::uint8_t*>(dmask.data()), M);
   cuda_view<const std::int64_t, 1> ids;
   if (c.use_ids) ids = make_view<cuda_space>(static_cast<const std::int64_t*>(dids.data()), M);
-  const long nloss = c.red == reduction::none ? M : 1;
+  const long nloss = c.reduction == reduction::none ? M : 1;
   device_buffer<float> dloss(static_cast<std::size_t>(nloss)), dper(static_cast<std::size_t>(M));
   std::vector<double> g0s(static_cast<std::size_t>(M * D), 0.0), g0t(static_cast<std::size_t>(M * D), 0.0);
   std::vector<T> init_s(static_cast<std::size_t>(M * ld), T(-3.0f)), init_t(static_cast<std::size_t>(M * ld), T(-3.0f));
@@ -126,13 +126,15 @@ cuda_result run_cuda(const case_data& k, nce_precision precision, int mode = 0 /
   if (c.teacher_grad) GT = make_strided_view<cuda_space>(dgt.data(), std::array<index_t, 2>{M, D}, std::array<index_t, 2>{ld, 1});
   auto opt = options_of(c);
   opt.precision = precision;
-  device_buffer<std::byte> ws(static_cast<std::size_t>(token_nce_queue_workspace_size(cuda{}, M, D, c.K, opt)));
+  device_buffer<std::byte> ws(token_nce_queue_workspace_size(cuda{}, M, D, c.K, opt));
   const auto W = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
   const auto L = make_view<cuda_space>(dloss.data(), nloss);
   const auto P = make_view<cuda_space>(dper.data(), M);
-  const status st = mode == 1   ? token_nce_queue_forward(cuda{}, Z, Y, q, mask, ids, L, P, W, opt)
-                    : mode == 2 ? token_nce_queue_backward(cuda{}, Z, Y, q, mask, ids, GS, GT, W, opt)
-                                : token_nce_queue_forward_backward(cuda{}, Z, Y, q, mask, ids, L, P, GS, GT, W, opt);
+  const token_nce_inputs<T, T, cuda_space> in{Z, Y, mask, ids};
+  const status st =
+      mode == 1   ? token_nce_queue_forward(cuda{}, in, q, token_nce_outputs<T, T, cuda_space>{.loss = L, .per_token_loss = P}, W, opt)
+      : mode == 2 ? token_nce_queue_backward(cuda{}, in, q, token_nce_outputs<T, T, cuda_space>{.grad_student = GS, .grad_teacher = GT}, W, opt)
+                  : token_nce_queue_forward_backward(cuda{}, in, q, token_nce_outputs<T, T, cuda_space>{L, P, GS, GT}, W, opt);
   out.st = st;  // (nvcc warns on assigning a [[nodiscard]] call's result directly)
   if (!out.st.ok()) return out;
   distill_test::cuda_sync();
@@ -164,7 +166,7 @@ void compare(const case_data& k, const cuda_result& r, const tolerances& t, bool
   const auto ref = distill_ref::token_nce_ref(ref_input(k, r.queue_keys, r.queue_ids));
   if (!r.per_token.empty()) {
     CHECK_CLOSE("per-token loss", r.per_token, ref.per_token, (distill_test::tolerance{t.loss_abs, t.loss_rel}));
-    if (c.red == reduction::none) CHECK_CLOSE("loss (none)", r.loss, ref.per_token, (distill_test::tolerance{t.loss_abs, t.loss_rel}));
+    if (c.reduction == reduction::none) CHECK_CLOSE("loss (none)", r.loss, ref.per_token, (distill_test::tolerance{t.loss_abs, t.loss_rel}));
     else CHECK_CLOSE_SCALAR("loss", r.loss[0], ref.loss, (distill_test::tolerance{t.loss_abs, t.loss_rel}));
   }
   // 16-bit gradient storage rounds every element to 8 (bf16) or 11 (f16) bits.
@@ -188,9 +190,7 @@ void compare(const case_data& k, const cuda_result& r, const tolerances& t, bool
   }
 }
 
-const char* name(nce_precision p) {
-  return p == nce_precision::strict_fp32 ? "strict_fp32" : p == nce_precision::tf32 ? "tf32" : "bf16";
-}
+const char* name(distill::matmul_precision p) { return distill::to_string(p); }
 
 struct temp_dir {
   std::filesystem::path path;
@@ -344,15 +344,15 @@ TEST_CASE("CUDA momentum_update: hand values, many buffers, bf16", "[contrastive
 // ------------------------------------------------------------------------------------------
 TEST_CASE("CUDA token_nce: every mode against the reference on random cases", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(604);
-  for (nce_precision p : {nce_precision::strict_fp32, nce_precision::tf32, nce_precision::bf16}) {
+  for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     for (int trial = 0; trial < 16; ++trial) {
       // D around the 256-column chunk and the mma k-steps; K around the 64-key tile.
       config c = random_config(g, trial % 4 == 3 ? 200 : 70, 40, 300);
       if (trial % 5 == 1) c.D = 256;
       if (trial % 5 == 2) c.D = g.integer(257, 560);
-      if (p != nce_precision::strict_fp32) c.tau = std::max(c.tau, 0.1);
+      if (p != distill::matmul_precision::fp32) c.tau = std::max(c.tau, 0.1);
       CAPTURE(name(p), trial, c.M, c.D, c.K, c.enqueued, c.in_batch, c.use_mask, c.use_ids, c.queue_ids, c.teacher_grad, c.accumulate,
-              static_cast<int>(c.red), c.tau, c.grad_scale, c.pad);
+              static_cast<int>(c.reduction), c.tau, c.grad_scale, c.pad);
       const auto k = make_case<float>(g, c);
       const auto r = run_cuda<float>(k, p);
       INFO(r.st.to_string());
@@ -363,24 +363,24 @@ TEST_CASE("CUDA token_nce: every mode against the reference on random cases", "[
 
 TEMPLATE_TEST_CASE("CUDA token_nce: 16-bit inputs (tokens, queue and gradients)", "[contrastive][token_nce][cuda]", bfloat16, float16) {
   distill_test::rng g(605);
-  for (nce_precision p : {nce_precision::strict_fp32, nce_precision::bf16}) {
+  for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::bf16}) {
     for (int trial = 0; trial < 8; ++trial) {
       config c = random_config(g, 90, 300, 200);
       c.tau = std::max(c.tau, 0.1);
       c.pad = (trial % 2) * 8;  // rows stay 16-byte aligned: the cp.async path
-      CAPTURE(name(p), trial, c.M, c.D, c.K, c.enqueued, c.in_batch, c.teacher_grad, static_cast<int>(c.red), c.tau);
+      CAPTURE(name(p), trial, c.M, c.D, c.K, c.enqueued, c.in_batch, c.teacher_grad, static_cast<int>(c.reduction), c.tau);
       const auto k = make_case<TestType>(g, c);
       const auto r = run_cuda<TestType>(k, p);
       INFO(r.st.to_string());
       const bool bf16_exact = std::is_same_v<TestType, bfloat16>;
-      compare(k, r, p == nce_precision::strict_fp32 ? mode_tolerance(p, true, c.tau) : mode_tolerance(p, bf16_exact, c.tau), true);
+      compare(k, r, p == distill::matmul_precision::fp32 ? mode_tolerance(p, true, c.tau) : mode_tolerance(p, bf16_exact, c.tau), true);
     }
   }
 }
 
 TEST_CASE("CUDA token_nce: bf16 tokens against a float queue (converting loader for in-batch keys)", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(609);
-  for (nce_precision p : {nce_precision::strict_fp32, nce_precision::tf32, nce_precision::bf16}) {
+  for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     config c;
     c.M = 150;
     c.D = 96;
@@ -392,7 +392,7 @@ TEST_CASE("CUDA token_nce: bf16 tokens against a float queue (converting loader 
     const auto k = make_case<bfloat16>(g, c);
     CAPTURE(name(p));
     // the float queue holds the bf16-rounded history (make_case rounds through bf16) exactly
-    compare(k, run_cuda<bfloat16, float>(k, p), p == nce_precision::bf16 ? mode_tolerance(p, false, c.tau) : mode_tolerance(p, true, c.tau),
+    compare(k, run_cuda<bfloat16, float>(k, p), p == distill::matmul_precision::bf16 ? mode_tolerance(p, false, c.tau) : mode_tolerance(p, true, c.tau),
             true);
   }
 }
@@ -414,7 +414,7 @@ TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/ba
   c.id_range = 50;
   const auto k = make_case<float>(g, c);
   // CPU result (float) on the same stored queue
-  const auto fused = run_cuda<float>(k, nce_precision::strict_fp32);
+  const auto fused = run_cuda<float>(k, distill::matmul_precision::fp32);
   REQUIRE(fused.st.ok());
   host_sample_queue<float> hq(c.K, c.D, true);
   REQUIRE(hq.queue().restore_state(static_cast<index_t>(c.enqueued % c.K), c.K).ok());
@@ -426,10 +426,15 @@ TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/ba
   std::vector<float> gz(z.size()), gy(y.size()), per(static_cast<std::size_t>(c.M));
   float loss = 0;
   auto opt = options_of(c);
-  REQUIRE(token_nce_queue_forward_backward(cpu{2}, make_view(z.data(), c.M, c.D), make_view(y.data(), c.M, c.D), hq.queue(),
-                                           make_view(k.mask.data(), c.M), make_view(k.ids.data(), c.M), make_view(&loss, 1),
-                                           make_view(per.data(), c.M), make_view(gz.data(), c.M, c.D), make_view(gy.data(), c.M, c.D), {},
-                                           opt)
+  workspace_for<float> hws(cpu{2}, c.M, c.D, hq.queue(), opt);
+  REQUIRE(token_nce_queue_forward_backward(
+              cpu{2},
+              token_nce_inputs<float>{make_view(z.data(), c.M, c.D), make_view(y.data(), c.M, c.D), make_view(k.mask.data(), c.M),
+                                      make_view(k.ids.data(), c.M)},
+              hq.queue(),
+              token_nce_outputs<float>{make_view(&loss, 1), make_view(per.data(), c.M), make_view(gz.data(), c.M, c.D),
+                                       make_view(gy.data(), c.M, c.D)},
+              hws.view(), opt)
               .ok());
   CHECK_CLOSE_SCALAR("loss vs CPU", fused.loss[0], loss, (distill_test::tolerance{1e-4, 1e-4}));
   CHECK_CLOSE("per-token vs CPU", fused.per_token, per, (distill_test::tolerance{1e-4, 1e-4}));
@@ -437,8 +442,8 @@ TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/ba
   CHECK_CLOSE("grad_student vs CPU", fused.grad_student, gzd, scaled(gzd, 1e-3));
   CHECK_CLOSE("grad_teacher vs CPU", fused.grad_teacher, gyd, scaled(gyd, 1e-3));
   // forward only / backward only give the same numbers (same kernels)
-  const auto fwd = run_cuda<float>(k, nce_precision::strict_fp32, 1);
-  const auto bwd = run_cuda<float>(k, nce_precision::strict_fp32, 2);
+  const auto fwd = run_cuda<float>(k, distill::matmul_precision::fp32, 1);
+  const auto bwd = run_cuda<float>(k, distill::matmul_precision::fp32, 2);
   REQUIRE(fwd.st.ok());
   REQUIRE(bwd.st.ok());
   CHECK(fwd.loss == fused.loss);
@@ -446,12 +451,12 @@ TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/ba
   CHECK(bwd.grad_student == fused.grad_student);
   CHECK(bwd.grad_teacher == fused.grad_teacher);
   // deterministic: the same call twice gives bit-identical results
-  const auto again = run_cuda<float>(k, nce_precision::strict_fp32);
+  const auto again = run_cuda<float>(k, distill::matmul_precision::fp32);
   CHECK(again.loss == fused.loss);
   CHECK(again.grad_student == fused.grad_student);
   CHECK(again.grad_teacher == fused.grad_teacher);
   // the tensor-core modes on the same case
-  for (nce_precision p : {nce_precision::tf32, nce_precision::bf16}) {
+  for (distill::matmul_precision p : {distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     const auto r = run_cuda<float>(k, p);
     CAPTURE(name(p));
     compare(k, r, mode_tolerance(p, false, c.tau), false);
@@ -470,7 +475,7 @@ TEST_CASE("CUDA token_nce: unaligned rows take the element-wise loader", "[contr
     c.in_batch = true;
     c.teacher_grad = true;
     const auto k = make_case<float>(g, c);
-    for (nce_precision p : {nce_precision::strict_fp32, nce_precision::tf32}) {
+    for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32}) {
       CAPTURE(pad, name(p));
       compare(k, run_cuda<float>(k, p), mode_tolerance(p, false, c.tau), false);
     }
@@ -484,18 +489,18 @@ TEST_CASE("CUDA token_nce: NaN propagation, all-masked batch, bad inputs", "[con
   c.D = 33;
   c.K = 100;
   c.enqueued = 100;
-  c.red = reduction::none;
+  c.reduction = reduction::none;
   SECTION("NaN in one student token: that token only") {
     auto k = make_case<float>(g, c);
     k.student[static_cast<std::size_t>(3 * c.D + 5)] = std::numeric_limits<double>::quiet_NaN();
-    const auto r = run_cuda<float>(k, nce_precision::strict_fp32);
+    const auto r = run_cuda<float>(k, distill::matmul_precision::fp32);
     REQUIRE(r.st.ok());
     for (long i = 0; i < c.M; ++i) CHECK(std::isnan(r.per_token[static_cast<std::size_t>(i)]) == (i == 3));
   }
   SECTION("NaN in a queue row: every token") {
     auto k = make_case<float>(g, c);
     k.history[static_cast<std::size_t>(77 * c.D)] = std::numeric_limits<double>::quiet_NaN();
-    for (nce_precision p : {nce_precision::strict_fp32, nce_precision::tf32}) {
+    for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32}) {
       const auto r = run_cuda<float>(k, p);
       REQUIRE(r.st.ok());
       for (double l : r.per_token) CHECK(std::isnan(l));
@@ -504,10 +509,10 @@ TEST_CASE("CUDA token_nce: NaN propagation, all-masked batch, bad inputs", "[con
   SECTION("every token masked: loss 0, zero gradients (documented; the device mask is not read on the host)") {
     auto c2 = c;
     c2.use_mask = true;
-    c2.red = reduction::mean;
+    c2.reduction = reduction::mean;
     auto k = make_case<float>(g, c2);
     std::fill(k.mask.begin(), k.mask.end(), std::uint8_t(0));
-    const auto r = run_cuda<float>(k, nce_precision::strict_fp32);
+    const auto r = run_cuda<float>(k, distill::matmul_precision::fp32);
     REQUIRE(r.st.ok());
     CHECK(r.loss[0] == 0.0);
     for (double v : r.grad_student) CHECK(v == 0.0);
@@ -522,7 +527,7 @@ TEST_CASE("CUDA token_nce: NaN propagation, all-masked batch, bad inputs", "[con
     REQUIRE(sample_queue_init_random(cuda{}, dq.queue(), 1).ok());
     REQUIRE(sample_queue_init_random(cuda{}, wrong.queue(), 1).ok());
     token_nce_options opt;
-    device_buffer<std::byte> ws(static_cast<std::size_t>(token_nce_queue_workspace_size(cuda{}, M, D, K, opt)));
+    device_buffer<std::byte> ws(token_nce_queue_workspace_size(cuda{}, M, D, K, opt));
     const auto Z = make_view<cuda_space>(static_cast<const float*>(z.data()), M, D);
     const auto Y = make_view<cuda_space>(static_cast<const float*>(y.data()), M, D);
     const auto L = make_view<cuda_space>(loss.data(), 1);
@@ -530,7 +535,8 @@ TEST_CASE("CUDA token_nce: NaN propagation, all-masked batch, bad inputs", "[con
     const auto W = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
     const auto run = [&](const sample_queue<float, cuda_space>& q, cuda_view<const float, 2> zz, cuda_view<std::byte, 1> w,
                          const token_nce_options& o) {
-      return token_nce_queue_forward_backward(cuda{}, zz, Y, q, {}, {}, L, {}, G, {}, w, o);
+      return token_nce_queue_forward_backward(cuda{}, token_nce_inputs<float, float, cuda_space>{zz, Y}, q,
+                                              token_nce_outputs<float, float, cuda_space>{.loss = L, .grad_student = G}, w, o);
     };
     CHECK(run(dq.queue(), Z, W, opt).ok());
     CHECK(run(wrong.queue(), Z, W, opt).code() == errc::shape_mismatch);

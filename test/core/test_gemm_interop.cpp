@@ -57,13 +57,27 @@ TEMPLATE_TEST_CASE("gemm matches a double reference for every transpose and odd 
   }
 }
 
-TEST_CASE("gemm refuses mismatched shapes and strided inner axes", "[core][gemm]") {
-  std::vector<float> a(6), b(6), c(4);
+TEST_CASE("gemm takes column-major operands and refuses mismatched shapes and doubly strided views", "[core][gemm]") {
+  std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {1, -1, 2, 0.5f, -3, 1}, c(4);
   auto st = gemm(cpu{1}, transpose::no, transpose::no, 1.0f, make_view(a.data(), 2, 3), make_view(b.data(), 2, 3), 0.0f,
                  make_view(c.data(), 2, 2));
   CHECK(st.code() == errc::shape_mismatch);
-  auto col = make_strided_view(a.data(), std::array<index_t, 2>{3, 2}, std::array<index_t, 2>{1, 3});
-  st = gemm(cpu{1}, transpose::no, transpose::no, 1.0f, make_view(a.data(), 2, 3), col, 0.0f, make_view(c.data(), 2, 2));
+  // B = [3, 2] stored column-major (unit stride down the rows): B(k, n) = b[k + 3 n]
+  auto col = make_strided_view(static_cast<const float*>(b.data()), std::array<index_t, 2>{3, 2}, std::array<index_t, 2>{1, 3});
+  st = gemm(cpu{1}, transpose::no, transpose::no, 1.0f, make_view(static_cast<const float*>(a.data()), 2, 3), col, 0.0f,
+            make_view(c.data(), 2, 2));
+  REQUIRE(st.ok());
+  for (int m = 0; m < 2; ++m)
+    for (int n = 0; n < 2; ++n) {
+      float want = 0;
+      for (int k = 0; k < 3; ++k) want += a[m * 3 + k] * b[k + 3 * n];
+      CHECK(c[m * 2 + n] == Approx(want));
+    }
+  // unit stride along neither axis
+  const std::vector<float> big(12, 1.0f);
+  auto neither = make_strided_view(big.data(), std::array<index_t, 2>{3, 2}, std::array<index_t, 2>{2, 3});
+  st = gemm(cpu{1}, transpose::no, transpose::no, 1.0f, make_view(static_cast<const float*>(a.data()), 2, 3), neither, 0.0f,
+            make_view(c.data(), 2, 2));
   CHECK(st.code() == errc::unsupported_layout);
 }
 

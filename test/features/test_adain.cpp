@@ -161,29 +161,29 @@ TEST_CASE("features: AdaIN statistics loss equals the peer's composite", "[featu
     o.eps = trial % 4 == 1 ? 1e-2 : 1e-5;
     if (trial % 6 == 5) o.adain_weight = g.uniform(0, 2), o.mean_weight = g.uniform(0, 2), o.std_weight = g.uniform(0, 2);
     if (trial % 7 == 6) o.std_weight = 0;
-    o.red = trial % 4 == 2 ? reduction::sum : trial % 4 == 3 ? reduction::batchmean : reduction::mean;
+    o.reduction = trial % 4 == 2 ? reduction::sum : trial % 4 == 3 ? reduction::batchmean : reduction::mean;
     o.grad_scale = trial % 2 ? 1.0 : 0.75;
     const auto fs = features(g, ss, 0.25), ft = features(g, ts, 0.25);
-    const features_ref::adain_stats_opts ro{o.eps, o.unbiased, o.adain_weight, o.mean_weight, o.std_weight, to_ref(o.red)};
+    const features_ref::adain_stats_opts ro{o.eps, o.unbiased, o.adain_weight, o.mean_weight, o.std_weight, to_ref(o.reduction)};
     const double ref = features_ref::adain_stats_loss(fs, ss, ft, ts, ro);
     auto fd = distill_test::numeric_gradient([&](const std::vector<double>& v) { return features_ref::adain_stats_loss(v, ss, ft, ts, ro); }, fs);
     for (double& v : fd) v *= o.grad_scale;
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, to_string(o.red));
+    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, to_string(o.reduction));
 
     padded<double, 4> ps(ext(ss), pads(g), g.coin(0.3) ? 2 : 1), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
     ps.set(fs);
     pt.set(ft);
     double loss[1] = {-1};
-    REQUIRE(adain_stats_loss_forward_backward(cpu{2}, ps.cview(), pt.cview(), make_view(loss, 1), pg.view(), o).ok());
+    REQUIRE(adain_stats_loss_forward_backward(cpu{2}, ps.cview(), pt.cview(), make_view(loss, 1), pg.view(), {}, o).ok());
     CHECK_CLOSE_SCALAR("loss", loss[0], ref, (distill_test::tolerance{1e-12, 1e-9}));
     CHECK_CLOSE("grad vs FD", pg.get(), fd, distill_test::tol::fd);
     CHECK(pg.untouched_outside_view());
     const auto fused_grad = pg.get();
 
     double l2[1];
-    REQUIRE(adain_stats_loss_forward(cpu{1}, ps.cview(), pt.cview(), make_view(l2, 1), o).ok());
+    REQUIRE(adain_stats_loss_forward(cpu{1}, ps.cview(), pt.cview(), make_view(l2, 1), {}, o).ok());
     CHECK(l2[0] == Approx(loss[0]).epsilon(1e-14));
-    REQUIRE(adain_stats_loss_backward(cpu{1}, ps.cview(), pt.cview(), pg.view(), o).ok());
+    REQUIRE(adain_stats_loss_backward(cpu{1}, ps.cview(), pt.cview(), pg.view(), {}, o).ok());
     CHECK_CLOSE("backward = fused", pg.get(), fused_grad, distill_test::tol::f64);
 
     const auto sf = features_test::rounded<float>(fs), tf = features_test::rounded<float>(ft);
@@ -191,13 +191,13 @@ TEST_CASE("features: AdaIN statistics loss equals the peer's composite", "[featu
     fsv.set(sf);
     ftv.set(tf);
     float lf[1];
-    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, fsv.cview(), ftv.cview(), make_view(lf, 1), fgv.view(), o).ok());
+    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, fsv.cview(), ftv.cview(), make_view(lf, 1), fgv.view(), {}, o).ok());
     CHECK_CLOSE_SCALAR("loss f32", lf[0], features_ref::adain_stats_loss(sf, ss, tf, ts, ro), distill_test::tol::f32_sum);
     padded<double, 4> ps2(ext(ss)), pt2(ext(ts)), pg2(ext(ss));
     ps2.set(sf);
     pt2.set(tf);
     double l64[1];
-    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, ps2.cview(), pt2.cview(), make_view(l64, 1), pg2.view(), o).ok());
+    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, ps2.cview(), pt2.cview(), make_view(l64, 1), pg2.view(), {}, o).ok());
     CHECK_CLOSE("grad f32 vs f64 on the same inputs", fgv.get(), pg2.get(), (distill_test::tolerance{2e-5, 1e-3}));
   }
 }
@@ -209,7 +209,7 @@ TEST_CASE("features: AdaIN statistics loss is zero when student = teacher", "[fe
   padded<double, 4> px(ext(s)), pg(ext(s));
   px.set(x);
   double loss[1];
-  REQUIRE(adain_stats_loss_forward_backward(cpu{2}, px.cview(), px.cview(), make_view(loss, 1), pg.view()).ok());
+  REQUIRE(adain_stats_loss_forward_backward(cpu{2}, px.cview(), px.cview(), make_view(loss, 1), pg.view(), {}).ok());
   CHECK(std::fabs(loss[0]) < 1e-28);
   for (double v : pg.get()) CHECK(std::fabs(v) < 1e-14);
 }
@@ -221,7 +221,7 @@ TEST_CASE("features: AdaIN statistics loss on constant student channels stays fi
   float loss[1];
   REQUIRE(adain_stats_loss_forward_backward(cpu{1}, make_view(static_cast<const float*>(fs.data()), 1, 2, 4, 4),
                                             make_view(static_cast<const float*>(ft.data()), 1, 2, 4, 4), make_view(loss, 1),
-                                            make_view(gs.data(), 1, 2, 4, 4))
+                                            make_view(gs.data(), 1, 2, 4, 4), {})
               .ok());
   CHECK(std::isfinite(loss[0]));
   // x - mu = 0 in a constant channel: only the mean terms move it, uniformly
@@ -257,7 +257,7 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
     tanh_head head{K, J, g.normals(K * J, 0, 0.3), g.normals(K, 0, 0.2)};
     adain_kd_options o;
     o.eps = 1e-3;
-    o.red = trial % 3 == 2 ? reduction::sum : reduction::mean;
+    o.reduction = trial % 3 == 2 ? reduction::sum : reduction::mean;
     o.grad_scale = trial % 2 ? 1.0 : 2.5;
     const auto fs = features(g, ss, 0.1), ft = features(g, ts, 0.1);
     auto ref_loss = [&](const std::vector<double>& s) {
@@ -265,7 +265,7 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
       const auto a = head.apply(mixed, ts.B), b = head.apply(ft, ts.B);
       double l = 0;
       for (std::size_t i = 0; i < a.size(); ++i) l += (a[i] - b[i]) * (a[i] - b[i]);
-      return o.red == reduction::sum ? l : l / double(a.size());
+      return o.reduction == reduction::sum ? l : l / double(a.size());
     };
     auto fd = distill_test::numeric_gradient(ref_loss, fs);
     for (double& v : fd) v *= o.grad_scale;
@@ -301,20 +301,19 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
       return {};
     };
     std::vector<double> mixed(ts.size()), gmixed(ts.size()), om(ts.B * K), ot(ts.B * K), go(ts.B * K);
-    adain_kd_workspace<double, host_space> ws{make_view(mixed.data(), ts.B, ts.C, ts.H, ts.W),
+    adain_kd_buffers<double, host_space> bufs{make_view(mixed.data(), ts.B, ts.C, ts.H, ts.W),
                                               make_view(gmixed.data(), ts.B, ts.C, ts.H, ts.W),
                                               make_view(om.data(), ts.B, K),
                                               make_view(ot.data(), ts.B, K),
-                                              make_view(go.data(), ts.B, K),
-                                              {}};
+                                              make_view(go.data(), ts.B, K)};
     padded<double, 4> ps(ext(ss), pads(g)), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
     ps.set(fs);
     pt.set(ft);
     double loss[1] = {-1};
     const status st = adain_kd_loss_forward_backward(cpu{2}, ps.cview(), pt.cview(), head_forward, head_vjp, make_view(loss, 1),
-                                                     pg.view(), ws, o);
+                                                     pg.view(), bufs, {}, o);
     REQUIRE(st.ok());
-    CAPTURE(trial, ts.B, ts.C, ts.H, ts.W, ss.H, ss.W, K, to_string(o.red));
+    CAPTURE(trial, ts.B, ts.C, ts.H, ts.W, ss.H, ss.W, K, to_string(o.reduction));
     CHECK(forward_calls == 2);
     CHECK(vjp_calls == 1);
     CHECK_CLOSE_SCALAR("AdaIN-KD loss", loss[0], ref_loss(fs), (distill_test::tolerance{1e-13, 1e-10}));
@@ -322,21 +321,21 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
     CHECK(pg.untouched_outside_view());
 
     double lf[1] = {-1};
-    REQUIRE(adain_kd_loss_forward(cpu{1}, ps.cview(), pt.cview(), head_forward, make_view(lf, 1), ws, o).ok());
+    REQUIRE(adain_kd_loss_forward(cpu{1}, ps.cview(), pt.cview(), head_forward, make_view(lf, 1), bufs, {}, o).ok());
     CHECK(lf[0] == Approx(loss[0]).epsilon(1e-13));
 
     // student = teacher: AdaIN(F_t; F_t) = F_t, so the loss vanishes
     if (ss.H == ts.H && ss.W == ts.W) {
-      REQUIRE(adain_kd_loss_forward(cpu{1}, pt.cview(), pt.cview(), head_forward, make_view(lf, 1), ws, o).ok());
+      REQUIRE(adain_kd_loss_forward(cpu{1}, pt.cview(), pt.cview(), head_forward, make_view(lf, 1), bufs, {}, o).ok());
       CHECK(std::fabs(lf[0]) < 1e-26);
     }
-    // a workspace of the wrong shape is refused, naming the buffer
-    adain_kd_workspace<double, host_space> bad = ws;
+    // a buffer of the wrong shape is refused, naming it
+    adain_kd_buffers<double, host_space> bad = bufs;
     bad.grad_out = make_view(go.data(), ts.B, K > 1 ? K - 1 : 2);
     const status sb = adain_kd_loss_forward_backward(cpu{1}, ps.cview(), pt.cview(), head_forward, head_vjp, make_view(loss, 1),
-                                                     pg.view(), bad, o);
+                                                     pg.view(), bad, {}, o);
     CHECK(sb.code() == errc::shape_mismatch);
-    CHECK(sb.message().find("workspace.grad_out") != std::string::npos);
+    CHECK(sb.message().find("buffers.grad_out") != std::string::npos);
   }
 }
 
@@ -367,17 +366,17 @@ TEST_CASE("features: AdaIN bad inputs", "[features][adain][errors]") {
   float loss[1];
   std::vector<float> gsv(a.size());
   a[5] = 0;
-  CHECK(adain_stats_loss_forward(cpu{1}, x, x, make_view(loss, 1), so).code() == errc::invalid_argument);
+  CHECK(adain_stats_loss_forward(cpu{1}, x, x, make_view(loss, 1), {}, so).code() == errc::invalid_argument);
   so = {};
   so.unbiased = true;
-  CHECK(adain_stats_loss_forward(cpu{1}, make_view(static_cast<const float*>(a.data()), 2, 3, 1, 1), x, make_view(loss, 1), so).code() ==
+  CHECK(adain_stats_loss_forward(cpu{1}, make_view(static_cast<const float*>(a.data()), 2, 3, 1, 1), x, make_view(loss, 1), {}, so).code() ==
         errc::invalid_argument);
   st = adain_stats_loss_forward_backward(cpu{1}, x, make_view(static_cast<const float*>(b.data()), 2, 4, 4, 4), make_view(loss, 1),
-                                         make_view(gsv.data(), 2, 3, 4, 4));
+                                         make_view(gsv.data(), 2, 3, 4, 4), {});
   CHECK(st.code() == errc::shape_mismatch);
   a[17] = std::numeric_limits<float>::quiet_NaN();
   st = adain_stats_loss_forward_backward(cpu{1}, make_view(static_cast<const float*>(b.data()), 2, 3, 4, 4), x, make_view(loss, 1),
-                                         make_view(gsv.data(), 2, 3, 4, 4));
+                                         make_view(gsv.data(), 2, 3, 4, 4), {});
   CHECK(st.code() == errc::non_finite);
   CHECK(st.message().find("'teacher'") != std::string::npos);
 }

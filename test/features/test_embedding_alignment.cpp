@@ -31,9 +31,9 @@ features_ref::embedding_opts to_ref(const embedding_alignment_options& o) {
         : o.normalize == l2_normalization::clamp ? features_ref::norm::clamp
                                                  : features_ref::norm::zero_below_eps;
   r.eps = o.norm_eps;
-  r.r = o.red == reduction::sum ? features_ref::red::sum : o.red == reduction::batchmean ? features_ref::red::batchmean
+  r.r = o.reduction == reduction::sum ? features_ref::red::sum : o.reduction == reduction::batchmean ? features_ref::red::batchmean
                                                                                           : features_ref::red::mean;
-  r.none_reduction = o.red == reduction::none;
+  r.none_reduction = o.reduction == reduction::none;
   r.scale = o.scale;
   return r;
 }
@@ -69,11 +69,11 @@ std::vector<double> run(const case_data& c, const embedding_alignment_options& o
   pt.set(features_test::rounded<T>(c.t));
   if (!grad_init.empty()) pg.set(grad_init);
   std::vector<accum_t<T>> w(c.w.begin(), c.w.end());
-  const long nloss = o.red == reduction::none ? c.N : 1;
+  const long nloss = o.reduction == reduction::none ? c.N : 1;
   std::vector<accum_t<T>> loss(static_cast<std::size_t>(nloss), accum_t<T>(-7));
   const host_view<const accum_t<T>, 1> wv = w.empty() ? host_view<const accum_t<T>, 1>{} : make_view(static_cast<const accum_t<T>*>(w.data()), c.N);
   const host_view<const std::uint8_t, 1> mv = c.m.empty() ? host_view<const std::uint8_t, 1>{} : make_view(c.m.data(), c.N);
-  const status st = embedding_alignment_forward_backward(cpu{2}, ps.cview(), pt.cview(), wv, mv, make_view(loss.data(), nloss), pg.view(), o);
+  const status st = embedding_alignment_forward_backward(cpu{2}, ps.cview(), pt.cview(), wv, mv, make_view(loss.data(), nloss), pg.view(), {}, o);
   REQUIRE(st.ok());
   CHECK(pg.untouched_outside_view());
   grad = pg.get();
@@ -97,7 +97,7 @@ TEST_CASE("features: embedding alignment, every metric, normalisation and reduct
         embedding_alignment_options o;
         o.metric = m;
         o.normalize = n;
-        o.red = r;
+        o.reduction = r;
         o.norm_eps = n == l2_normalization::zero_below_eps ? 1e-8 : 1e-12;
         o.scale = g.coin() ? 1.0 : g.uniform(0.2, 2.0);
         o.grad_scale = g.coin() ? 1.0 : g.uniform(0.2, 2.0);
@@ -125,9 +125,9 @@ TEST_CASE("features: embedding alignment, every metric, normalisation and reduct
         const host_view<const double, 1> wv = c.w.empty() ? host_view<const double, 1>{} : make_view(c.w.data(), c.N);
         const host_view<const std::uint8_t, 1> mv = c.m.empty() ? host_view<const std::uint8_t, 1>{} : make_view(c.m.data(), c.N);
         std::vector<double> l2(loss.size());
-        REQUIRE(embedding_alignment_forward(cpu{1}, ps.cview(), pt.cview(), wv, mv, make_view(l2.data(), index_t(l2.size())), o).ok());
+        REQUIRE(embedding_alignment_forward(cpu{1}, ps.cview(), pt.cview(), wv, mv, make_view(l2.data(), index_t(l2.size())), {}, o).ok());
         CHECK_CLOSE("forward", l2, ref, (distill_test::tolerance{1e-13, 1e-11}));
-        REQUIRE(embedding_alignment_backward(cpu{1}, ps.cview(), pt.cview(), wv, mv, pg.view(), o).ok());
+        REQUIRE(embedding_alignment_backward(cpu{1}, ps.cview(), pt.cview(), wv, mv, pg.view(), {}, o).ok());
         CHECK_CLOSE("backward", pg.get(), grad, distill_test::tol::f64);
 
         // float
@@ -170,8 +170,8 @@ TEST_CASE("features: embedding alignment recipes", "[features][embedding][recipe
   // torch F.mse_loss(s, t): mean over every element
   embedding_alignment_options mse;
   mse.metric = embedding_metric::mse;
-  mse.red = reduction::batchmean;
-  REQUIRE(embedding_alignment_forward_backward(cpu{1}, sv, tv, {}, {}, make_view(loss, 1), make_view(grad.data(), N, D), mse).ok());
+  mse.reduction = reduction::batchmean;
+  REQUIRE(embedding_alignment_forward_backward(cpu{1}, sv, tv, {}, {}, make_view(loss, 1), make_view(grad.data(), N, D), {}, mse).ok());
   double expect = 0;
   for (long i = 0; i < N * D; ++i) expect += (s[i] - t[i]) * (s[i] - t[i]);
   CHECK(loss[0] == Approx(expect / double(N * D)).epsilon(1e-13));
@@ -179,9 +179,9 @@ TEST_CASE("features: embedding alignment recipes", "[features][embedding][recipe
   // multi-label KD stage 1: 1/(2N) sum ||f_s - f_t||^2, gradient (f_s - f_t) / N
   embedding_alignment_options euclid;
   euclid.metric = embedding_metric::squared_l2;
-  euclid.red = reduction::batchmean;
+  euclid.reduction = reduction::batchmean;
   euclid.scale = 0.5;
-  REQUIRE(embedding_alignment_forward_backward(cpu{1}, sv, tv, {}, {}, make_view(loss, 1), make_view(grad.data(), N, D), euclid).ok());
+  REQUIRE(embedding_alignment_forward_backward(cpu{1}, sv, tv, {}, {}, make_view(loss, 1), make_view(grad.data(), N, D), {}, euclid).ok());
   CHECK(loss[0] == Approx(expect / (2.0 * N)).epsilon(1e-13));
   for (long i = 0; i < N * D; ++i) CHECK(grad[i] == Approx((s[i] - t[i]) / double(N)).epsilon(1e-12));
   // ViLD L_img: mean over valid proposals of the L1 norm of normalised differences, weight w
@@ -190,10 +190,10 @@ TEST_CASE("features: embedding alignment recipes", "[features][embedding][recipe
   vild.metric = embedding_metric::l1;
   vild.normalize = l2_normalization::zero_below_eps;
   vild.norm_eps = 1e-8;
-  vild.red = reduction::mean;
+  vild.reduction = reduction::mean;
   vild.grad_scale = 0.5;
   REQUIRE(embedding_alignment_forward_backward(cpu{1}, sv, tv, {}, make_view(static_cast<const std::uint8_t*>(valid.data()), N),
-                                               make_view(loss, 1), make_view(grad.data(), N, D), vild)
+                                               make_view(loss, 1), make_view(grad.data(), N, D), {}, vild)
               .ok());
   double l1 = 0;
   for (long r = 0; r < N; ++r) {
@@ -212,12 +212,12 @@ TEST_CASE("features: embedding alignment zero rows under each normalisation", "[
   double loss[1];
   embedding_alignment_options o;
   o.metric = embedding_metric::squared_l2;
-  o.red = reduction::sum;
+  o.reduction = reduction::sum;
   // zero_below_eps: the zero row normalises to 0 and gets exactly zero gradient
   o.normalize = l2_normalization::zero_below_eps;
   o.norm_eps = 1e-8;
   REQUIRE(embedding_alignment_forward_backward(cpu{1}, make_view(s.data(), 2, D), make_view(t.data(), 2, D), {}, {},
-                                               make_view(loss, 1), make_view(grad.data(), 2, D), o)
+                                               make_view(loss, 1), make_view(grad.data(), 2, D), {}, o)
               .ok());
   for (int d = 0; d < D; ++d) CHECK(grad[d] == 0.0);
   CHECK(std::isfinite(loss[0]));
@@ -225,7 +225,7 @@ TEST_CASE("features: embedding alignment zero rows under each normalisation", "[
   o.normalize = l2_normalization::clamp;
   o.norm_eps = 1.0;
   REQUIRE(embedding_alignment_forward_backward(cpu{1}, make_view(s.data(), 2, D), make_view(t.data(), 2, D), {}, {},
-                                               make_view(loss, 1), make_view(grad.data(), 2, D), o)
+                                               make_view(loss, 1), make_view(grad.data(), 2, D), {}, o)
               .ok());
   auto f = [&](const std::vector<double>& v) {
     features_ref::embedding_opts r;
@@ -248,7 +248,7 @@ TEST_CASE("features: embedding alignment properties", "[features][embedding][pro
     embedding_alignment_options o;
     o.metric = m;
     REQUIRE(embedding_alignment_forward_backward(cpu{1}, make_view(s.data(), N, D), make_view(s.data(), N, D), {}, {},
-                                                 make_view(loss, 1), make_view(grad.data(), N, D), o)
+                                                 make_view(loss, 1), make_view(grad.data(), N, D), {}, o)
                 .ok());
     CHECK(std::fabs(loss[0]) < 1e-15);
     for (double v : grad) CHECK(std::fabs(v) < 1e-15);
@@ -260,8 +260,8 @@ TEST_CASE("features: embedding alignment properties", "[features][embedding][pro
   embedding_alignment_options o;
   o.metric = embedding_metric::cosine;
   double l1[1], l2[1];
-  REQUIRE(embedding_alignment_forward(cpu{1}, make_view(s.data(), N, D), make_view(t.data(), N, D), {}, {}, make_view(l1, 1), o).ok());
-  REQUIRE(embedding_alignment_forward(cpu{1}, make_view(s3.data(), N, D), make_view(t.data(), N, D), {}, {}, make_view(l2, 1), o).ok());
+  REQUIRE(embedding_alignment_forward(cpu{1}, make_view(s.data(), N, D), make_view(t.data(), N, D), {}, {}, make_view(l1, 1), {}, o).ok());
+  REQUIRE(embedding_alignment_forward(cpu{1}, make_view(s3.data(), N, D), make_view(t.data(), N, D), {}, {}, make_view(l2, 1), {}, o).ok());
   CHECK(l1[0] == Approx(l2[0]).epsilon(1e-14));
 }
 
@@ -272,7 +272,7 @@ TEST_CASE("features: embedding alignment with every row masked gives zero", "[fe
   REQUIRE(embedding_alignment_forward_backward(cpu{1}, make_view(static_cast<const float*>(s.data()), 3, 4),
                                                make_view(static_cast<const float*>(t.data()), 3, 4), {},
                                                make_view(static_cast<const std::uint8_t*>(m.data()), 3), make_view(loss, 1),
-                                               make_view(grad.data(), 3, 4))
+                                               make_view(grad.data(), 3, 4), {})
               .ok());
   CHECK(loss[0] == 0.0f);
   for (float v : grad) CHECK(v == 0.0f);
@@ -282,32 +282,32 @@ TEST_CASE("features: embedding alignment bad inputs", "[features][embedding][err
   std::vector<float> s(12, 1.0f), t(15, 2.0f), grad(12), w = {1.0f, -1.0f, 1.0f};
   float loss[3];
   const auto sv = make_view(static_cast<const float*>(s.data()), 3, 4);
-  status st = embedding_alignment_forward(cpu{1}, sv, make_view(static_cast<const float*>(t.data()), 3, 5), {}, {}, make_view(loss, 1));
+  status st = embedding_alignment_forward(cpu{1}, sv, make_view(static_cast<const float*>(t.data()), 3, 5), {}, {}, make_view(loss, 1), {});
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'teacher'") != std::string::npos);
-  st = embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 3), {}, make_view(loss, 1));
+  st = embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 3), {}, make_view(loss, 1), {});
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'row_weights'") != std::string::npos);
   w[1] = std::numeric_limits<float>::quiet_NaN();
-  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 3), {}, make_view(loss, 1)).code() ==
+  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 3), {}, make_view(loss, 1), {}).code() ==
         errc::non_finite);
-  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 2), {}, make_view(loss, 1)).code() ==
+  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, make_view(static_cast<const float*>(w.data()), 2), {}, make_view(loss, 1), {}).code() ==
         errc::shape_mismatch);
   embedding_alignment_options o;
-  o.red = reduction::none;
-  st = embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), o);  // none needs N entries
+  o.reduction = reduction::none;
+  st = embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), {}, o);  // none needs N entries
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'loss'") != std::string::npos);
   o = {};
   o.normalize = l2_normalization::clamp;
   o.norm_eps = 0;
-  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), o).code() == errc::invalid_argument);
+  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), {}, o).code() == errc::invalid_argument);
   o = {};
   o.scale = std::numeric_limits<double>::infinity();
-  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), o).code() == errc::invalid_argument);
-  CHECK(embedding_alignment_backward(cpu{1}, sv, sv, {}, {}, make_view(grad.data(), 4, 3)).code() == errc::shape_mismatch);
+  CHECK(embedding_alignment_forward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), {}, o).code() == errc::invalid_argument);
+  CHECK(embedding_alignment_backward(cpu{1}, sv, sv, {}, {}, make_view(grad.data(), 4, 3), {}).code() == errc::shape_mismatch);
   s[6] = std::numeric_limits<float>::infinity();
-  st = embedding_alignment_forward_backward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), make_view(grad.data(), 3, 4));
+  st = embedding_alignment_forward_backward(cpu{1}, sv, sv, {}, {}, make_view(loss, 1), make_view(grad.data(), 3, 4), {});
   CHECK(st.code() == errc::non_finite);
   CHECK(st.message().find("'student'") != std::string::npos);
   CHECK(std::isfinite(grad[0]));  // row 0 is unaffected

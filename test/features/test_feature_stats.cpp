@@ -26,7 +26,7 @@ features_ref::red to_ref(reduction r) {
                                                                                    : features_ref::red::mean;
 }
 features_ref::stats_matching_opts to_ref(const stats_matching_options& o) {
-  return {o.eps, o.unbiased, o.mean_weight, o.std_weight, to_ref(o.red)};
+  return {o.eps, o.unbiased, o.mean_weight, o.std_weight, to_ref(o.reduction)};
 }
 
 shape4 random_shape(distill_test::rng& g, bool allow_single = true) {
@@ -67,7 +67,7 @@ double run_stats_matching(const std::vector<double>& s, const shape4& ss, const 
   pt.set(t);
   if (!grad_init.empty()) pg.set(grad_init);
   accum_t<T> loss[1] = {-1};
-  const status st = stats_matching_forward_backward(cpu{threads}, ps.cview(), pt.cview(), make_view(loss, 1), pg.view(), o);
+  const status st = stats_matching_forward_backward(cpu{threads}, ps.cview(), pt.cview(), make_view(loss, 1), pg.view(), {}, o);
   REQUIRE(st.ok());
   CHECK(pg.untouched_outside_view());
   grad = pg.get();
@@ -238,11 +238,11 @@ TEST_CASE("features: stats matching loss and gradient, every option", "[features
     const int wpick = trial % 4;
     o.mean_weight = wpick == 3 ? 0.0 : g.uniform(0.2, 2);
     o.std_weight = wpick == 2 ? 0.0 : g.uniform(0.2, 2);  // 0: the mean-only statm_loss
-    o.red = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
+    o.reduction = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
     o.grad_scale = g.coin() ? 1.0 : g.uniform(0.1, 3);
     const auto s = random_features(g, ss, true), t = random_features(g, ts, true);
     const auto ro = to_ref(o);
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, o.mean_weight, o.std_weight, to_string(o.red));
+    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, o.mean_weight, o.std_weight, to_string(o.reduction));
 
     const double ref = features_ref::stats_matching(s, ss, t, ts, ro);
     auto f = [&](const std::vector<double>& v) { return features_ref::stats_matching(v, ss, t, ts, ro); };
@@ -261,8 +261,8 @@ TEST_CASE("features: stats matching loss and gradient, every option", "[features
     ps.set(s);
     pt.set(t);
     double l2[1];
-    REQUIRE(stats_matching_forward(cpu{1}, ps.cview(), pt.cview(), make_view(l2, 1), o).ok());
-    REQUIRE(stats_matching_backward(cpu{1}, ps.cview(), pt.cview(), pg.view(), o).ok());
+    REQUIRE(stats_matching_forward(cpu{1}, ps.cview(), pt.cview(), make_view(l2, 1), {}, o).ok());
+    REQUIRE(stats_matching_backward(cpu{1}, ps.cview(), pt.cview(), pg.view(), {}, o).ok());
     CHECK_CLOSE_SCALAR("forward", l2[0], ref, distill_test::tol::f64);
     CHECK_CLOSE("backward", pg.get(), analytic, (distill_test::tolerance{1e-11, 1e-8}));
 
@@ -302,7 +302,7 @@ TEST_CASE("features: stats matching on tokens with masks and different token cou
     const auto s = g.normals(B * Ls * D), t = g.normals(B * Lt * D, 1.0, 2.0);
     stats_matching_options o;
     o.eps = 1e-3;
-    o.red = trial % 2 ? reduction::sum : reduction::mean;
+    o.reduction = trial % 2 ? reduction::sum : reduction::mean;
     o.std_weight = trial % 4 == 3 ? 0.0 : 0.7;
     const auto ro = to_ref(o);
     const double ref = features_ref::token_stats_matching(s, B, Ls, D, sm, t, Lt, tm, ro);
@@ -314,7 +314,7 @@ TEST_CASE("features: stats matching on tokens with masks and different token cou
     ps.set(s);
     pt.set(t);
     double loss[1];
-    REQUIRE(stats_matching_forward_backward(cpu{2}, ps.cview(), smv, pt.cview(), tmv, make_view(loss, 1), pg.view(), o).ok());
+    REQUIRE(stats_matching_forward_backward(cpu{2}, ps.cview(), smv, pt.cview(), tmv, make_view(loss, 1), pg.view(), {}, o).ok());
     CAPTURE(trial, B, Ls, Lt, D);
     CHECK_CLOSE_SCALAR("token loss", loss[0], ref, distill_test::tol::f64);
     CHECK_CLOSE("token grad", pg.get(), fd, distill_test::tol::fd);
@@ -346,45 +346,45 @@ TEST_CASE("features: stats matching bad inputs", "[features][stats_matching][err
   const auto gs = make_view(g.data(), 2, 3, 4, 4);
   // channel mismatch
   status st = stats_matching_forward_backward(cpu{1}, s, make_view(static_cast<const float*>(b.data()), 2, 4, 4, 4),
-                                              make_view(loss, 1), gs);
+                                              make_view(loss, 1), gs, {});
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'teacher'") != std::string::npos);
   // batch mismatch
-  st = stats_matching_forward(cpu{1}, s, make_view(static_cast<const float*>(b.data()), 1, 3, 4, 4), make_view(loss, 1));
+  st = stats_matching_forward(cpu{1}, s, make_view(static_cast<const float*>(b.data()), 1, 3, 4, 4), make_view(loss, 1), {});
   CHECK(st.code() == errc::shape_mismatch);
   // gradient of the wrong shape
-  st = stats_matching_backward(cpu{1}, s, s, make_view(g.data(), 2, 3, 4, 3));
+  st = stats_matching_backward(cpu{1}, s, s, make_view(g.data(), 2, 3, 4, 3), {});
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'grad_student'") != std::string::npos);
   // eps <= 0
   stats_matching_options o;
   o.eps = 0;
-  st = stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), o);
+  st = stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), {}, o);
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'eps'") != std::string::npos);
   o.eps = -1;
-  CHECK(stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), o).code() == errc::invalid_argument);
+  CHECK(stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), {}, o).code() == errc::invalid_argument);
   // reduction none refused
   o = {};
-  o.red = reduction::none;
-  CHECK(stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), o).code() == errc::invalid_argument);
+  o.reduction = reduction::none;
+  CHECK(stats_matching_forward(cpu{1}, s, s, make_view(loss, 1), {}, o).code() == errc::invalid_argument);
   // unbiased variance of a 1x1 map
   o = {};
   o.unbiased = true;
   st = stats_matching_forward(cpu{1}, make_view(static_cast<const float*>(a.data()), 2, 3, 1, 1),
-                              make_view(static_cast<const float*>(a.data()), 2, 3, 1, 1), make_view(loss, 1), o);
+                              make_view(static_cast<const float*>(a.data()), 2, 3, 1, 1), make_view(loss, 1), {}, o);
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("single spatial position") != std::string::npos);
   // absent loss in forward, absent gradient in backward
-  CHECK(stats_matching_forward(cpu{1}, s, s, host_view<float, 1>{}).code() == errc::invalid_argument);
-  CHECK(stats_matching_backward(cpu{1}, s, s, host_view<float, 4>{}).code() == errc::invalid_argument);
+  CHECK(stats_matching_forward(cpu{1}, s, s, host_view<float, 1>{}, {}).code() == errc::invalid_argument);
+  CHECK(stats_matching_backward(cpu{1}, s, s, host_view<float, 4>{}, {}).code() == errc::invalid_argument);
   // negative stride
   const auto neg = make_strided_view(static_cast<const float*>(a.data()) + a.size() - 1, std::array<index_t, 4>{2, 3, 4, 4},
                                      std::array<index_t, 4>{48, 16, 4, -1});
-  CHECK(stats_matching_forward(cpu{1}, neg, s, make_view(loss, 1)).code() == errc::unsupported_layout);
+  CHECK(stats_matching_forward(cpu{1}, neg, s, make_view(loss, 1), {}).code() == errc::unsupported_layout);
   // empty extent
   CHECK(stats_matching_forward(cpu{1}, make_view(static_cast<const float*>(a.data()), 2, 0, 4, 4),
-                               make_view(static_cast<const float*>(a.data()), 2, 0, 4, 4), make_view(loss, 1))
+                               make_view(static_cast<const float*>(a.data()), 2, 0, 4, 4), make_view(loss, 1), {})
             .code() == errc::shape_mismatch);
 }
 
@@ -395,7 +395,7 @@ TEST_CASE("features: NaN and inf inputs are reported and propagate", "[features]
   double loss[1];
   status st = stats_matching_forward_backward(cpu{1}, make_view(static_cast<const double*>(s.data()), 1, 2, 3, 3),
                                               make_view(static_cast<const double*>(t.data()), 1, 2, 3, 3), make_view(loss, 1),
-                                              make_view(g.data(), 1, 2, 3, 3));
+                                              make_view(g.data(), 1, 2, 3, 3), {});
   CHECK(st.code() == errc::non_finite);
   CHECK(st.message().find("'student'") != std::string::npos);
   CHECK(std::isnan(loss[0]));
@@ -404,7 +404,7 @@ TEST_CASE("features: NaN and inf inputs are reported and propagate", "[features]
   s[2] = 0.5;
   t[12] = std::numeric_limits<double>::infinity();  // channel 1 of the teacher
   st = stats_matching_forward(cpu{1}, make_view(static_cast<const double*>(s.data()), 1, 2, 3, 3),
-                              make_view(static_cast<const double*>(t.data()), 1, 2, 3, 3), make_view(loss, 1));
+                              make_view(static_cast<const double*>(t.data()), 1, 2, 3, 3), make_view(loss, 1), {});
   CHECK(st.code() == errc::non_finite);
   CHECK(st.message().find("'teacher'") != std::string::npos);
 }
@@ -415,21 +415,21 @@ TEST_CASE("features: masks that leave no token are refused", "[features][stats_m
   float loss[1];
   const auto xv = make_view(static_cast<const float*>(x.data()), 2, 3, 4);
   status st = stats_matching_forward_backward(cpu{1}, xv, make_view(static_cast<const std::uint8_t*>(m.data()), 2, 3), xv,
-                                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1), make_view(g.data(), 2, 3, 4));
+                                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1), make_view(g.data(), 2, 3, 4), {});
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'student_mask'") != std::string::npos);
   CHECK(st.message().find("sample 1") != std::string::npos);
   st = stats_matching_forward(cpu{1}, xv, host_view<const std::uint8_t, 2>{}, xv,
-                              make_view(static_cast<const std::uint8_t*>(m.data()), 2, 3), make_view(loss, 1));
+                              make_view(static_cast<const std::uint8_t*>(m.data()), 2, 3), make_view(loss, 1), {});
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'teacher_mask'") != std::string::npos);
   // mask of the wrong shape
   st = stats_matching_forward(cpu{1}, xv, make_view(static_cast<const std::uint8_t*>(m.data()), 3, 2), xv,
-                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1));
+                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1), {});
   CHECK(st.code() == errc::shape_mismatch);
   // feature mismatch
   std::vector<float> y(2 * 3 * 5, 1.0f);
   st = stats_matching_forward(cpu{1}, xv, host_view<const std::uint8_t, 2>{}, make_view(static_cast<const float*>(y.data()), 2, 3, 5),
-                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1));
+                              host_view<const std::uint8_t, 2>{}, make_view(loss, 1), {});
   CHECK(st.code() == errc::shape_mismatch);
 }

@@ -180,22 +180,22 @@ TEMPLATE_TEST_CASE("CUDA statistics matching, channels and tokens", "[features][
     o.unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 4 == 1;
     o.mean_weight = trial % 5 == 4 ? 0.0 : 0.8;
     o.std_weight = trial % 5 == 3 ? 0.0 : 1.3;
-    o.red = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
+    o.reduction = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
     o.grad_scale = trial % 2 ? 1.0 : 0.5;
     const auto s = features_test::rounded<T>(features(g, ss, 0.2)), t = features_test::rounded<T>(features(g, ts, 0.2));
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, to_string(o.red));
+    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, to_string(o.reduction));
     padded<T, 4> ps(ext(ss), pads(g)), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
     ps.set(s);
     pt.set(t);
     mirrored<T, 4> ds(ps), dt(pt), dg(pg);
     device_buffer<float> dloss(1);
-    device_buffer<std::byte> ws(stats_loss_workspace_size<T>(ss.B * ss.C));
+    device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, ss.B, ss.C));
     REQUIRE(stats_matching_forward_backward(cuda{}, ds.cview(), dt.cview(), dloss.view(1), dg.view(), ws_view(ws), o).ok());
     cuda_sync();
     double rl[1];
     std::vector<double> rg(s.size());
     REQUIRE(stats_matching_forward_backward(cpu{1}, make_view(s.data(), ss.B, ss.C, ss.H, ss.W), make_view(t.data(), ts.B, ts.C, ts.H, ts.W),
-                                            make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), o)
+                                            make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), {}, o)
                 .ok());
     CHECK_CLOSE_SCALAR("loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
     check_scaled("grad", dg.fetch(), rg, rel_tol<T>());
@@ -204,7 +204,7 @@ TEMPLATE_TEST_CASE("CUDA statistics matching, channels and tokens", "[features][
     device_buffer<float> dl2(1);
     REQUIRE(stats_matching_forward(cuda{}, ds.cview(), dt.cview(), dl2.view(1), ws_view(ws), o).ok());
     o.accumulate = true;
-    REQUIRE(stats_matching_backward(cuda{}, ds.cview(), dt.cview(), dg.view(), o).ok());
+    REQUIRE(stats_matching_backward(cuda{}, ds.cview(), dt.cview(), dg.view(), {}, o).ok());
     cuda_sync();
     CHECK(dl2.download()[0] == dloss.download()[0]);  // same kernels, same order: bitwise
     std::vector<double> twice(rg);
@@ -229,7 +229,7 @@ TEMPLATE_TEST_CASE("CUDA statistics matching, channels and tokens", "[features][
     dtv.upload(th);
     device_buffer<std::uint8_t> dsm(sm), dtm(tm);
     device_buffer<float> dloss(1);
-    device_buffer<std::byte> ws(stats_loss_workspace_size<T>(B * D));
+    device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, B, D));
     REQUIRE(stats_matching_forward_backward(cuda{}, as_const(dsv.view(B, Ls, D)), as_const(dsm.view(B, Ls)), as_const(dtv.view(B, Lt, D)),
                                             as_const(dtm.view(B, Lt)), dloss.view(1), dgv.view(B, Ls, D), ws_view(ws), o)
                 .ok());
@@ -237,7 +237,7 @@ TEMPLATE_TEST_CASE("CUDA statistics matching, channels and tokens", "[features][
     double rl[1];
     std::vector<double> rg(s.size());
     REQUIRE(stats_matching_forward_backward(cpu{1}, make_view(s.data(), B, Ls, D), make_view(sm.data(), B, Ls), make_view(t.data(), B, Lt, D),
-                                            make_view(tm.data(), B, Lt), make_view(rl, 1), make_view(rg.data(), B, Ls, D), o)
+                                            make_view(tm.data(), B, Lt), make_view(rl, 1), make_view(rg.data(), B, Ls, D), {}, o)
                 .ok());
     CHECK_CLOSE_SCALAR("token loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
     const auto gd = dgv.download();
@@ -293,7 +293,7 @@ TEMPLATE_TEST_CASE("CUDA AdaIN statistics loss", "[features][cuda][adain_stats]"
     adain_stats_loss_options o;
     o.unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 5 == 2;
     if (trial % 6 == 5) o.adain_weight = 0.5, o.mean_weight = 2, o.std_weight = 0.25;
-    o.red = trial % 3 == 1 ? reduction::sum : reduction::mean;
+    o.reduction = trial % 3 == 1 ? reduction::sum : reduction::mean;
     const auto s = features_test::rounded<T>(features(g, ss, 0.25)), t = features_test::rounded<T>(features(g, ts, 0.25));
     CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased);
     padded<T, 4> ps(ext(ss), pads(g)), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
@@ -301,13 +301,13 @@ TEMPLATE_TEST_CASE("CUDA AdaIN statistics loss", "[features][cuda][adain_stats]"
     pt.set(t);
     mirrored<T, 4> ds(ps), dt(pt), dg(pg);
     device_buffer<float> dloss(1);
-    device_buffer<std::byte> ws(stats_loss_workspace_size<T>(ss.B * ss.C));
+    device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, ss.B, ss.C));
     REQUIRE(adain_stats_loss_forward_backward(cuda{}, ds.cview(), dt.cview(), dloss.view(1), dg.view(), ws_view(ws), o).ok());
     cuda_sync();
     double rl[1];
     std::vector<double> rg(s.size());
     REQUIRE(adain_stats_loss_forward_backward(cpu{1}, make_view(s.data(), ss.B, ss.C, ss.H, ss.W), make_view(t.data(), ts.B, ts.C, ts.H, ts.W),
-                                              make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), o)
+                                              make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), {}, o)
                 .ok());
     CHECK_CLOSE_SCALAR("loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
     check_scaled("grad", dg.fetch(), rg, rel_tol<T>());
@@ -324,7 +324,7 @@ TEMPLATE_TEST_CASE("CUDA AdaIN statistics loss", "[features][cuda][adain_stats]"
   px.set(x);
   mirrored<T, 4> dx(px), dg(pg);
   device_buffer<float> dloss(1);
-  device_buffer<std::byte> ws(stats_loss_workspace_size<T>(s.B * s.C));
+  device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, s.B, s.C));
   REQUIRE(adain_stats_loss_forward_backward(cuda{}, dx.cview(), dx.cview(), dloss.view(1), dg.view(), ws_view(ws)).ok());
   cuda_sync();
   CHECK(std::fabs(dloss.download()[0]) < 1e-10);
@@ -339,7 +339,7 @@ TEST_CASE("CUDA AdaIN statistics loss takes __half and __nv_bfloat16 views", "[f
   for (std::size_t i = 0; i < x.size(); ++i) xh[i] = float16(float(x[i])), yh[i] = float16(float(y[i]));
   device_buffer<float16> dx(xh), dy(yh), dg(x.size());
   device_buffer<float> dloss(1);
-  device_buffer<std::byte> ws(stats_loss_workspace_size<__half>(s.B * s.C));
+  device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, s.B, s.C));
   const auto hv = [&](device_buffer<float16>& b) { return make_view<cuda_space>(reinterpret_cast<const __half*>(b.data()), s.B, s.C, s.H, s.W); };
   REQUIRE(adain_stats_loss_forward_backward(cuda{}, hv(dx), hv(dy), dloss.view(1),
                                             make_view<cuda_space>(reinterpret_cast<__half*>(dg.data()), s.B, s.C, s.H, s.W), ws_view(ws))
@@ -348,7 +348,7 @@ TEST_CASE("CUDA AdaIN statistics loss takes __half and __nv_bfloat16 views", "[f
   double rl[1];
   std::vector<double> rg(x.size());
   REQUIRE(adain_stats_loss_forward_backward(cpu{1}, make_view(x.data(), s.B, s.C, s.H, s.W), make_view(y.data(), s.B, s.C, s.H, s.W),
-                                            make_view(rl, 1), make_view(rg.data(), s.B, s.C, s.H, s.W))
+                                            make_view(rl, 1), make_view(rg.data(), s.B, s.C, s.H, s.W), {})
               .ok());
   CHECK_CLOSE_SCALAR("__half loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
   const auto gh = dg.download();
@@ -407,19 +407,19 @@ TEST_CASE("CUDA AdaIN-KD loss through a callable head", "[features][cuda][adain_
   };
   std::vector<float> fsh(fs.begin(), fs.end()), fth(ft.begin(), ft.end());
   device_buffer<float> dfs(fsh), dft(fth), dgs(fs.size()), mixed(ft.size()), gmixed(ft.size()), om(ts.B * K), ot(ts.B * K), go(ts.B * K), dloss(1);
-  device_buffer<std::byte> scratch(embedding_alignment_workspace_size<float>(ts.B));
-  adain_kd_workspace<float, cuda_space> ws{mixed.view(ts.B, ts.C, ts.H, ts.W), gmixed.view(ts.B, ts.C, ts.H, ts.W), om.view(ts.B, K),
-                                           ot.view(ts.B, K), go.view(ts.B, K), ws_view(scratch)};
+  device_buffer<std::byte> scratch(adain_kd_loss_workspace_size(cuda{}, ts.B));
+  adain_kd_buffers<float, cuda_space> bufs{mixed.view(ts.B, ts.C, ts.H, ts.W), gmixed.view(ts.B, ts.C, ts.H, ts.W), om.view(ts.B, K),
+                                           ot.view(ts.B, K), go.view(ts.B, K)};
   adain_kd_options o;
   o.eps = 1e-3;
   REQUIRE(adain_kd_loss_forward_backward(cuda{}, as_const(dfs.view(ss.B, ss.C, ss.H, ss.W)), as_const(dft.view(ts.B, ts.C, ts.H, ts.W)),
-                                         head_forward, head_vjp, dloss.view(1), dgs.view(ss.B, ss.C, ss.H, ss.W), ws, o)
+                                         head_forward, head_vjp, dloss.view(1), dgs.view(ss.B, ss.C, ss.H, ss.W), bufs, ws_view(scratch), o)
               .ok());
   cuda_sync();
   // the same on the CPU in double
   std::vector<double> hm(ft.size()), hgm(ft.size()), hom(ts.B * K), hot(ts.B * K), hgo(ts.B * K), rg(fs.size());
-  adain_kd_workspace<double, host_space> hws{make_view(hm.data(), ts.B, ts.C, ts.H, ts.W), make_view(hgm.data(), ts.B, ts.C, ts.H, ts.W),
-                                             make_view(hom.data(), ts.B, K), make_view(hot.data(), ts.B, K), make_view(hgo.data(), ts.B, K), {}};
+  adain_kd_buffers<double, host_space> hbufs{make_view(hm.data(), ts.B, ts.C, ts.H, ts.W), make_view(hgm.data(), ts.B, ts.C, ts.H, ts.W),
+                                             make_view(hom.data(), ts.B, K), make_view(hot.data(), ts.B, K), make_view(hgo.data(), ts.B, K)};
   auto hf = [&](host_view<const double, 4> in, host_view<double, 2> out) -> status {
     std::vector<double> x(in.data(), in.data() + in.size()), oo;
     apply(x, oo);
@@ -439,7 +439,7 @@ TEST_CASE("CUDA AdaIN-KD loss through a callable head", "[features][cuda][adain_
   };
   double rl[1];
   REQUIRE(adain_kd_loss_forward_backward(cpu{1}, make_view(fs.data(), ss.B, ss.C, ss.H, ss.W), make_view(ft.data(), ts.B, ts.C, ts.H, ts.W),
-                                         hf, hv, make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), hws, o)
+                                         hf, hv, make_view(rl, 1), make_view(rg.data(), ss.B, ss.C, ss.H, ss.W), hbufs, {}, o)
               .ok());
   CHECK_CLOSE_SCALAR("AdaIN-KD loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-6, 1e-4}));
   const auto gd = dgs.download();
@@ -461,7 +461,7 @@ TEMPLATE_TEST_CASE("CUDA embedding alignment", "[features][cuda][embedding]", fl
         embedding_alignment_options o;
         o.metric = m;
         o.normalize = n;
-        o.red = r;
+        o.reduction = r;
         o.norm_eps = n == l2_normalization::zero_below_eps ? 1e-8 : 1e-12;
         o.scale = trial % 2 ? 1.0 : 0.5;
         o.grad_scale = trial % 3 ? 1.0 : 2.0;
@@ -482,7 +482,7 @@ TEMPLATE_TEST_CASE("CUDA embedding alignment", "[features][cuda][embedding]", fl
         device_buffer<std::uint8_t> dm(mk);
         const long nl = r == reduction::none ? N : 1;
         device_buffer<float> dloss(nl);
-        device_buffer<std::byte> ws(embedding_alignment_workspace_size<T>(N));
+        device_buffer<std::byte> ws(embedding_alignment_workspace_size(cuda{}, N));
         const cuda_view<const float, 1> wv = w.empty() ? cuda_view<const float, 1>{} : as_const(dw.view(N));
         const cuda_view<const std::uint8_t, 1> mv = mk.empty() ? cuda_view<const std::uint8_t, 1>{} : as_const(dm.view(N));
         REQUIRE(embedding_alignment_forward_backward(cuda{}, dsv.cview(), dtv.cview(), wv, mv, dloss.view(nl), dgv.view(), ws_view(ws), o).ok());
@@ -491,7 +491,7 @@ TEMPLATE_TEST_CASE("CUDA embedding alignment", "[features][cuda][embedding]", fl
         const host_view<const double, 1> hwv = w.empty() ? host_view<const double, 1>{} : make_view(wd.data(), N);
         const host_view<const std::uint8_t, 1> hmv = mk.empty() ? host_view<const std::uint8_t, 1>{} : make_view(mk.data(), N);
         REQUIRE(embedding_alignment_forward_backward(cpu{1}, make_view(s.data(), N, D), make_view(t.data(), N, D), hwv, hmv,
-                                                     make_view(rl.data(), nl), make_view(rg.data(), N, D), o)
+                                                     make_view(rl.data(), nl), make_view(rg.data(), N, D), {}, o)
                     .ok());
         const auto dl = dloss.download();
         check_scaled("loss", std::vector<double>(dl.begin(), dl.end()), rl, 1e-5);
@@ -531,14 +531,14 @@ TEMPLATE_TEST_CASE("CUDA text classifier and its cross-entropy", "[features][cud
     const cuda_view<const std::uint8_t, 1> mv = mk.empty() ? cuda_view<const std::uint8_t, 1>{} : as_const(dm.view(C));
     const host_view<const std::uint8_t, 1> hmv = mk.empty() ? host_view<const std::uint8_t, 1>{} : make_view(mk.data(), C);
     const cuda_view<const T, 1> bgv = bg ? dw.cview() : cuda_view<const T, 1>{};
-    device_buffer<std::byte> ws(text_classifier_workspace_size<T>(N, C, D));
+    device_buffer<std::byte> ws(text_classifier_workspace_size(cuda{}, N, C, D));
     device_buffer<float> dz(N * K);
     REQUIRE(text_classifier_forward(cuda{}, de.cview(), dt.cview(), bgv, mv, dz.view(N, K), ws_view(ws), o).ok());
     cuda_sync();
     std::vector<double> rz(N * K);
     const auto he = make_view(e.data(), N, D), ht = make_view(t.data(), C, D);
     const host_view<const double, 1> hw = bg ? make_view(w.data(), D) : host_view<const double, 1>{};
-    REQUIRE(text_classifier_forward(cpu{1}, he, ht, hw, hmv, make_view(rz.data(), N, K), o).ok());
+    REQUIRE(text_classifier_forward(cpu{1}, he, ht, hw, hmv, make_view(rz.data(), N, K), {}, o).ok());
     const auto z = dz.download();
     check_scaled("logits", std::vector<double>(z.begin(), z.end()), rz, 1e-5);
 
@@ -551,7 +551,7 @@ TEMPLATE_TEST_CASE("CUDA text classifier and its cross-entropy", "[features][cud
     cuda_sync();
     std::vector<double> Gd(G.begin(), G.end()), rge(N * D), rgw(D), rgt(C * D);
     REQUIRE(text_classifier_backward(cpu{1}, he, ht, hw, hmv, make_view(Gd.data(), N, K), make_view(rge.data(), N, D),
-                                     bg ? make_view(rgw.data(), D) : host_view<double, 1>{}, make_view(rgt.data(), C, D), o)
+                                     bg ? make_view(rgw.data(), D) : host_view<double, 1>{}, make_view(rgt.data(), C, D), {}, o)
                 .ok());
     check_scaled("grad regions", dge.fetch(), rge, rel_tol<T>());
     check_scaled("grad classes", dgt.fetch(), rgt, rel_tol<T>());
@@ -560,22 +560,23 @@ TEMPLATE_TEST_CASE("CUDA text classifier and its cross-entropy", "[features][cud
     CHECK(pgt.untouched_outside_view());
 
     // fused cross-entropy
-    classifier_cross_entropy_options ce;
-    ce.red = trial % 3 == 0 ? reduction::sum : reduction::mean;
+    text_classifier_cross_entropy_options ce;
+    static_cast<text_classifier_options&>(ce) = o;
+    ce.reduction = trial % 3 == 0 ? reduction::sum : reduction::mean;
     std::vector<std::int64_t> y(N);
     for (auto& v : y) v = g.coin(0.1) ? ce.ignore_index : g.integer(0, K - 1);
     device_buffer<std::int64_t> dy(y);
     device_buffer<float> dloss(1);
     REQUIRE(text_classifier_cross_entropy_forward_backward(cuda{}, de.cview(), dt.cview(), bgv, mv, as_const(dy.view(N)), {}, dloss.view(1),
                                                            dge.view(), bg ? dgw.view() : cuda_view<T, 1>{}, dgt.view(), dz.view(N, K),
-                                                           ws_view(ws), o, ce)
+                                                           ws_view(ws), ce)
                 .ok());
     cuda_sync();
     double rl[1];
     REQUIRE(text_classifier_cross_entropy_forward_backward(cpu{1}, he, ht, hw, hmv, make_view(static_cast<const std::int64_t*>(y.data()), N), {},
                                                            make_view(rl, 1), make_view(rge.data(), N, D),
                                                            bg ? make_view(rgw.data(), D) : host_view<double, 1>{}, make_view(rgt.data(), C, D),
-                                                           make_view(rz.data(), N, K), o, ce)
+                                                           make_view(rz.data(), N, K), {}, ce)
                 .ok());
     CHECK_CLOSE_SCALAR("CE loss", dloss.download()[0], rl[0], (distill_test::tolerance{1e-5, 1e-4}));
     check_scaled("CE grad regions", dge.fetch(), rge, rel_tol<T>());
@@ -589,7 +590,7 @@ TEMPLATE_TEST_CASE("CUDA text classifier and its cross-entropy", "[features][cud
 TEST_CASE("CUDA features: bad inputs", "[features][cuda][errors]") {
   std::vector<float> host(2 * 3 * 4 * 4, 1.0f);
   device_buffer<float> a(host), b(host), gr(host.size()), loss(1);
-  device_buffer<std::byte> ws(stats_loss_workspace_size<float>(6));
+  device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, 1, 6));
   const auto av = as_const(a.view(2, 3, 4, 4));
   // host memory passed as a device view
   const auto hv = make_view<cuda_space>(static_cast<const float*>(host.data()), 2, 3, 4, 4);
@@ -603,7 +604,7 @@ TEST_CASE("CUDA features: bad inputs", "[features][cuda][errors]") {
   CHECK(st_ws.message().find("'workspace'") != std::string::npos);
   CHECK(stats_matching_forward(cuda{}, av, av, loss.view(1), cuda_view<std::byte, 1>{}).code() == errc::invalid_argument);
   // ... but not needed for the gradient alone
-  CHECK(adain_stats_loss_backward(cuda{}, av, av, gr.view(2, 3, 4, 4)).ok());
+  CHECK(adain_stats_loss_backward(cuda{}, av, av, gr.view(2, 3, 4, 4), {}).ok());
   // non-unit inner stride
   const auto strided = make_strided_view<cuda_space>(static_cast<const float*>(a.data()), std::array<index_t, 4>{2, 3, 4, 2},
                                                      std::array<index_t, 4>{48, 16, 4, 2});
@@ -622,7 +623,7 @@ TEST_CASE("CUDA features: bad inputs", "[features][cuda][errors]") {
   CHECK(text_classifier_forward(cuda{}, ev, tv, cuda_view<const float, 1>{}, {}, z.view(6, 3), ws_view(cws)).code() == errc::invalid_argument);
   // embedding: host weights
   std::vector<float> hw(6, 1.0f);
-  device_buffer<std::byte> ews(embedding_alignment_workspace_size<float>(6));
+  device_buffer<std::byte> ews(embedding_alignment_workspace_size(cuda{}, 6));
   const status st_w =
       embedding_alignment_forward(cuda{}, ev, ev, make_view<cuda_space>(static_cast<const float*>(hw.data()), 6), {}, loss.view(1), ws_view(ews));
   CHECK(st_w.code() == errc::wrong_memory_space);
@@ -636,7 +637,7 @@ TEST_CASE("CUDA features: results are deterministic", "[features][cuda]") {
   const auto x = features(g, s, 0.1), y = features(g, s, 0.1);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
   device_buffer<float> dx(xf), dy(yf), g1(xf.size()), g2(xf.size()), l1(1), l2(1);
-  device_buffer<std::byte> ws(stats_loss_workspace_size<float>(s.B * s.C));
+  device_buffer<std::byte> ws(stats_matching_workspace_size(cuda{}, s.B, s.C));
   for (auto* out : {&l1, &l2}) {
     auto& gg = out == &l1 ? g1 : g2;
     REQUIRE(adain_stats_loss_forward_backward(cuda{}, as_const(dx.view(s.B, s.C, s.H, s.W)), as_const(dy.view(s.B, s.C, s.H, s.W)),

@@ -87,7 +87,7 @@ TEST_CASE("features: text classifier logits", "[features][classifier]") {
     CAPTURE(trial, p.N, p.C, p.D, p.bg, p.mask.empty(), p.opt.temperature, int(p.opt.normalize));
     bound<double> b(p, g);
     padded<double, 2> z({p.N, p.K()}, {0, features_test::random_pad(g)});
-    REQUIRE(text_classifier_forward(cpu{2}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p), z.view(), p.opt).ok());
+    REQUIRE(text_classifier_forward(cpu{2}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p), z.view(), {}, p.opt).ok());
     CHECK_CLOSE("logits f64", z.get(), ref, (distill_test::tolerance{1e-12, 1e-11}));
     CHECK(z.untouched_outside_view());
     const auto zz = z.get();
@@ -101,7 +101,7 @@ TEST_CASE("features: text classifier logits", "[features][classifier]") {
     pf.w = features_test::rounded<float>(p.w);
     bound<float> bf(pf, g);
     padded<float, 2> zf({p.N, p.K()});
-    REQUIRE(text_classifier_forward(cpu{1}, bf.e.cview(), bf.t.cview(), bf.bg(pf), mask_view(pf), zf.view(), pf.opt).ok());
+    REQUIRE(text_classifier_forward(cpu{1}, bf.e.cview(), bf.t.cview(), bf.bg(pf), mask_view(pf), zf.view(), {}, pf.opt).ok());
     const double scale = 1.0 / p.opt.temperature;
     CHECK_CLOSE("logits f32", zf.get(), features_ref::classifier_logits(pf.e, p.N, p.D, pf.t, p.C, pf.w, p.mask, pf.ref()),
                 (distill_test::tolerance{2e-6 * scale, 1e-5}));
@@ -134,7 +134,7 @@ TEST_CASE("features: text classifier backward against finite differences", "[fea
     gl.set(G);
     const bool want_classes = trial % 2 == 0;
     REQUIRE(text_classifier_backward(cpu{2}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p), gl.cview(), ge.view(),
-                                     p.bg ? gw.view() : host_view<double, 1>{}, want_classes ? gt.view() : host_view<double, 2>{}, p.opt)
+                                     p.bg ? gw.view() : host_view<double, 1>{}, want_classes ? gt.view() : host_view<double, 2>{}, {}, p.opt)
                 .ok());
     const double tol_scale = 1.0 / p.opt.temperature;
     const distill_test::tolerance tol{1e-6 * tol_scale, 1e-5};
@@ -154,7 +154,7 @@ TEST_CASE("features: text classifier backward against finite differences", "[fea
     const auto before = ge.get();
     const auto before_t = gt.get();
     REQUIRE(text_classifier_backward(cpu{1}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p), gl.cview(), ge.view(),
-                                     host_view<double, 1>{}, want_classes ? gt.view() : host_view<double, 2>{}, acc)
+                                     host_view<double, 1>{}, want_classes ? gt.view() : host_view<double, 2>{}, {}, acc)
                 .ok());
     std::vector<double> twice(before);
     for (double& v : twice) v *= 2;
@@ -167,22 +167,28 @@ TEST_CASE("features: text classifier backward against finite differences", "[fea
   }
 }
 
+/// The cross-entropy options with the classifier options of the problem.
+static text_classifier_cross_entropy_options with_classifier(text_classifier_cross_entropy_options ce, const text_classifier_options& o) {
+  static_cast<text_classifier_options&>(ce) = o;
+  return ce;
+}
+
 TEST_CASE("features: text classifier cross-entropy", "[features][classifier][ce]") {
   distill_test::rng g(403);
   for (int trial = 0; trial < 16; ++trial) {
     problem p = random_problem(g, trial);
     p.N = std::min<long>(p.N, 10);
     p.e.resize(p.N * p.D);
-    classifier_cross_entropy_options ce;
-    ce.red = trial % 3 == 0 ? reduction::sum : trial % 3 == 1 ? reduction::mean : reduction::batchmean;
+    text_classifier_cross_entropy_options ce;
+    ce.reduction = trial % 3 == 0 ? reduction::sum : trial % 3 == 1 ? reduction::mean : reduction::batchmean;
     ce.grad_scale = trial % 2 ? 1.0 : 0.3;
     std::vector<std::int64_t> y(p.N);
     for (auto& v : y) v = g.coin(0.15) ? ce.ignore_index : g.integer(0, p.K() - 1);
     std::vector<double> w;
     if (trial % 4 == 3) w = g.uniforms(p.N, 0.2, 2);
     const auto ro = p.ref();
-    const features_ref::red rr = ce.red == reduction::sum ? features_ref::red::sum
-                                 : ce.red == reduction::mean ? features_ref::red::mean
+    const features_ref::red rr = ce.reduction == reduction::sum ? features_ref::red::sum
+                                 : ce.reduction == reduction::mean ? features_ref::red::mean
                                                              : features_ref::red::batchmean;
     auto loss_of = [&](const std::vector<double>& e, const std::vector<double>& t, const std::vector<double>& bw) {
       return features_ref::cross_entropy(features_ref::classifier_logits(e, p.N, p.D, t, p.C, bw, p.mask, ro), p.N, p.K(), y, w,
@@ -195,7 +201,7 @@ TEST_CASE("features: text classifier cross-entropy", "[features][classifier][ce]
     if (p.bg) fd_w = distill_test::numeric_gradient([&](const std::vector<double>& v) { return loss_of(p.e, p.t, v); }, p.w);
     for (auto* v : {&fd_e, &fd_t, &fd_w})
       for (double& x : *v) x *= ce.grad_scale;
-    CAPTURE(trial, p.N, p.C, p.D, p.bg, to_string(ce.red));
+    CAPTURE(trial, p.N, p.C, p.D, p.bg, to_string(ce.reduction));
 
     bound<double> b(p, g);
     padded<double, 2> z({p.N, p.K()}, {0, 1}), ge({p.N, p.D}, {0, 1}), gt({p.C, p.D});
@@ -205,7 +211,7 @@ TEST_CASE("features: text classifier cross-entropy", "[features][classifier][ce]
     REQUIRE(text_classifier_cross_entropy_forward_backward(cpu{2}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p),
                                                            make_view(static_cast<const std::int64_t*>(y.data()), p.N), wv,
                                                            make_view(loss, 1), ge.view(), p.bg ? gw.view() : host_view<double, 1>{},
-                                                           gt.view(), z.view(), p.opt, ce)
+                                                           gt.view(), z.view(), {}, with_classifier(ce, p.opt))
                 .ok());
     const distill_test::tolerance tol{1e-6 / p.opt.temperature, 1e-5};
     CHECK_CLOSE_SCALAR("CE loss", loss[0], ref, (distill_test::tolerance{1e-12, 1e-11}));
@@ -217,7 +223,7 @@ TEST_CASE("features: text classifier cross-entropy", "[features][classifier][ce]
     double lf[1] = {-1};
     REQUIRE(text_classifier_cross_entropy_forward(cpu{1}, b.e.cview(), b.t.cview(), b.bg(p), mask_view(p),
                                                   make_view(static_cast<const std::int64_t*>(y.data()), p.N), wv, make_view(lf, 1),
-                                                  z.view(), p.opt, ce)
+                                                  z.view(), {}, with_classifier(ce, p.opt))
                 .ok());
     CHECK(lf[0] == Approx(loss[0]).epsilon(1e-14));
   }
@@ -230,39 +236,39 @@ TEST_CASE("features: text classifier bad inputs", "[features][classifier][errors
   const auto ev = make_view(static_cast<const float*>(e.data()), 4, 3);
   const auto tv = make_view(static_cast<const float*>(t.data()), 5, 3);
   const auto wv = make_view(static_cast<const float*>(w.data()), 3);
-  status st = text_classifier_forward(cpu{1}, ev, make_view(static_cast<const float*>(t2.data()), 5, 4), wv, {}, make_view(z.data(), 4, 6));
+  status st = text_classifier_forward(cpu{1}, ev, make_view(static_cast<const float*>(t2.data()), 5, 4), wv, {}, make_view(z.data(), 4, 6), {});
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'classes'") != std::string::npos);
-  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 5));  // K = 6 with a background
+  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 5), {});  // K = 6 with a background
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'logits'") != std::string::npos);
   text_classifier_options bad;
   bad.temperature = 0;
-  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 6), bad);
+  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 6), {}, bad);
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'temperature'") != std::string::npos);
   st = text_classifier_backward(cpu{1}, ev, tv, {}, {}, make_view(static_cast<const float*>(z.data()), 4, 5), make_view(ge.data(), 4, 3),
-                                make_view(gw.data(), 3), {});
+                                make_view(gw.data(), 3), {}, {});
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'grad_background'") != std::string::npos);
   std::vector<std::uint8_t> m(4, 1);
-  st = text_classifier_forward(cpu{1}, ev, tv, wv, make_view(static_cast<const std::uint8_t*>(m.data()), 4), make_view(z.data(), 4, 6));
+  st = text_classifier_forward(cpu{1}, ev, tv, wv, make_view(static_cast<const std::uint8_t*>(m.data()), 4), make_view(z.data(), 4, 6), {});
   CHECK(st.code() == errc::shape_mismatch);
   CHECK(st.message().find("'class_mask'") != std::string::npos);
   std::vector<std::int64_t> y = {0, 6, 1, -100};  // 6 is out of range for K = 6
   float loss[1];
   st = text_classifier_cross_entropy_forward_backward(cpu{1}, ev, tv, wv, {}, make_view(static_cast<const std::int64_t*>(y.data()), 4), {},
-                                                      make_view(loss, 1), make_view(ge.data(), 4, 3), {}, {}, make_view(z.data(), 4, 6));
+                                                      make_view(loss, 1), make_view(ge.data(), 4, 3), {}, {}, make_view(z.data(), 4, 6), {});
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("'labels'") != std::string::npos);
   y[1] = 2;
-  classifier_cross_entropy_options ce;
-  ce.red = reduction::none;
+  text_classifier_cross_entropy_options ce;
+  ce.reduction = reduction::none;
   CHECK(text_classifier_cross_entropy_forward(cpu{1}, ev, tv, wv, {}, make_view(static_cast<const std::int64_t*>(y.data()), 4), {},
                                               make_view(loss, 1), make_view(z.data(), 4, 6), {}, ce)
             .code() == errc::invalid_argument);
   e[4] = std::numeric_limits<float>::quiet_NaN();
-  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 6));
+  st = text_classifier_forward(cpu{1}, ev, tv, wv, {}, make_view(z.data(), 4, 6), {});
   CHECK(st.code() == errc::non_finite);
   CHECK(st.message().find("'regions'") != std::string::npos);
   CHECK(std::isnan(z[1 * 6 + 2]));

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "distill/logic/sort_of_clevr.hpp"
+#include "../../examples/vqa_spatial_kd/src/logic_masks.hpp"
 #include "support/random.hpp"
 
 // GCC cannot see that operator new below pairs malloc with free.
@@ -51,6 +51,7 @@ void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using namespace distill;
+using namespace vqa;
 
 TEST_CASE("logic: solving allocates nothing after prepare", "[logic][performance]") {
   const std::string dir =

@@ -96,7 +96,7 @@ TEST_CASE("attention core backward (with extra gradients into probabilities and 
     REQUIRE(nn::attention_core_backward(cpu{threads}, make_view(q.data(), B, Lq, D), make_view(k.data(), B, Lk, D), make_view(v.data(), B, Lk, D),
                                         mv, make_view(static_cast<const double*>(P.data()), B, H, Lq, Lk), make_view(r.data(), B, Lq, D),
                                         make_view(rp.data(), B, H, Lq, Lk), make_view(rs.data(), B, H, Lq, Lk), make_view(dq.data(), B, Lq, D),
-                                        make_view(dk.data(), B, Lk, D), make_view(dv.data(), B, Lk, D), p)
+                                        make_view(dk.data(), B, Lk, D), make_view(dv.data(), B, Lk, D), {}, p)
                 .ok());
     nn_test::check_gradient("dq", [&](const vec& x) { return loss(x, k, v); }, q, dq);
     nn_test::check_gradient("dk", [&](const vec& x) { return loss(q, x, v); }, k, dk);

@@ -44,7 +44,7 @@ TEMPLATE_TEST_CASE("conv2d forward matches the direct reference (kernels, stride
       auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.Co, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
       REQUIRE(nn::conv2d_forward(cpu{threads}, make_view(static_cast<const TestType*>(xf.data()), c.B, c.Ci, c.H, c.W),
                                  make_view(static_cast<const TestType*>(wf.data()), c.Co, c.Ci, c.k, c.k),
-                                 make_view(static_cast<const TestType*>(bf.data()), c.Co), yv, nn::conv2d_params{c.s, c.s, c.p, c.p})
+                                 make_view(static_cast<const TestType*>(bf.data()), c.Co), yv, {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
                   .ok());
       vec got;
       bool gaps_intact = true;
@@ -76,7 +76,7 @@ TEST_CASE("conv2d backward matches finite differences of the direct reference", 
       REQUIRE(nn::conv2d_backward(cpu{threads}, make_view(static_cast<const double*>(x.data()), c.B, c.Ci, c.H, c.W),
                                   make_view(static_cast<const double*>(w.data()), c.Co, c.Ci, c.k, c.k),
                                   make_view(static_cast<const double*>(r.data()), c.B, c.Co, Ho, Wo), make_view(dx.data(), c.B, c.Ci, c.H, c.W),
-                                  make_view(dw.data(), c.Co, c.Ci, c.k, c.k), make_view(db.data(), c.Co), nn::conv2d_params{c.s, c.s, c.p, c.p})
+                                  make_view(dw.data(), c.Co, c.Ci, c.k, c.k), make_view(db.data(), c.Co), {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
                   .ok());
       nn_test::check_gradient("dx", [&](const vec& v) { return nn_test::dot(r, fwd(v, w, b)); }, x, dx);
       nn_test::check_gradient("dw", [&](const vec& v) { return nn_test::dot(r, fwd(x, v, b)); }, w, dw);
@@ -86,7 +86,7 @@ TEST_CASE("conv2d backward matches finite differences of the direct reference", 
       REQUIRE(nn::conv2d_backward(cpu{threads}, make_view(static_cast<const double*>(x.data()), c.B, c.Ci, c.H, c.W),
                                   make_view(static_cast<const double*>(w.data()), c.Co, c.Ci, c.k, c.k),
                                   make_view(static_cast<const double*>(r.data()), c.B, c.Co, Ho, Wo), make_view(dx2.data(), c.B, c.Ci, c.H, c.W),
-                                  make_view(dw2.data(), c.Co, c.Ci, c.k, c.k), host_view<double, 1>{}, nn::conv2d_params{c.s, c.s, c.p, c.p},
+                                  make_view(dw2.data(), c.Co, c.Ci, c.k, c.k), host_view<double, 1>{}, {}, nn::conv2d_params{c.s, c.s, c.p, c.p},
                                   nn::grad_options{true, true})
                   .ok());
       for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
@@ -107,18 +107,18 @@ TEST_CASE("conv2d layer: Relation-Network stack shapes, init bounds, errors", "[
   std::vector<float> x(2 * 3 * 4 * 4), y(2 * 24 * 2 * 2), w(24 * 2 * 9);
   auto st = nn::conv2d_forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4),
                                make_view(static_cast<const float*>(w.data()), 24, 2, 3, 3), host_view<const float, 1>{},
-                               make_view(y.data(), 2, 24, 2, 2), nn::conv2d_params{2, 2, 1, 1});
+                               make_view(y.data(), 2, 24, 2, 2), {}, nn::conv2d_params{2, 2, 1, 1});
   CHECK(st.code() == errc::shape_mismatch);  // channels
   st = c1.forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4), make_view(y.data(), 2, 24, 3, 3));
   CHECK(st.code() == errc::shape_mismatch);  // y extent
   st = c1.forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4), make_view(y.data(), 2, 24, 2, 2));
   CHECK(st.ok());
   auto strided_x = make_strided_view(static_cast<const float*>(x.data()), std::array<index_t, 4>{2, 3, 4, 2}, std::array<index_t, 4>{48, 16, 4, 2});
-  CHECK(nn::conv2d_forward(cpu{1}, strided_x, c1.weight.value.view<4>(), host_view<const float, 1>{}, make_view(y.data(), 2, 24, 2, 1),
+  CHECK(nn::conv2d_forward(cpu{1}, strided_x, c1.weight.value.view<4>(), host_view<const float, 1>{}, make_view(y.data(), 2, 24, 2, 1), {},
                            nn::conv2d_params{2, 2, 1, 1})
             .code() == errc::unsupported_layout);
   CHECK(nn::conv2d_forward(cpu{1}, make_view(static_cast<const float*>(x.data()), 2, 3, 4, 4), c1.weight.value.view<4>(),
-                           host_view<const float, 1>{}, make_view(y.data(), 2, 24, 2, 2), nn::conv2d_params{0, 2, 1, 1})
+                           host_view<const float, 1>{}, make_view(y.data(), 2, 24, 2, 2), {}, nn::conv2d_params{0, 2, 1, 1})
             .code() == errc::invalid_argument);
 }
 
@@ -131,9 +131,9 @@ TEST_CASE("a null output or upstream-gradient view with a valid shape is refused
     INFO(st.message());
     return st.code() == errc::invalid_argument && st.message().find(std::string("'") + name + "' is a null pointer") != std::string::npos;
   };
-  CHECK(is_null_error(nn::conv2d_forward(cpu{1}, xv, wv, host_view<const float, 1>{}, make_view(null, 2, 4, 2, 2), nn::conv2d_params{2, 2, 1, 1}), "y"));
+  CHECK(is_null_error(nn::conv2d_forward(cpu{1}, xv, wv, host_view<const float, 1>{}, make_view(null, 2, 4, 2, 2), {}, nn::conv2d_params{2, 2, 1, 1}), "y"));
   CHECK(is_null_error(nn::conv2d_backward(cpu{1}, xv, wv, make_view(static_cast<const float*>(null), 2, 4, 2, 2), make_view(dx.data(), 2, 3, 4, 4),
-                                          host_view<float, 4>{}, host_view<float, 1>{}, nn::conv2d_params{2, 2, 1, 1}),
+                                          host_view<float, 4>{}, host_view<float, 1>{}, {}, nn::conv2d_params{2, 2, 1, 1}),
                       "dy"));
   const nn::pool2d_params pool{2, 2};
   CHECK(is_null_error(nn::avg_pool2d_forward(cpu{1}, xv, make_view(null, 2, 3, 2, 2), pool), "y"));

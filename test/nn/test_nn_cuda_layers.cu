@@ -64,14 +64,14 @@ TEST_CASE("CUDA tensors: upload, download, zero, and host memory refused as devi
 
 TEST_CASE("CUDA linear matches the CPU path and the reference in every GEMM mode", "[nn][cuda][linear]") {
   distill_test::rng g(601);
-  for (auto math : {nn::gemm_math::strict_fp32, nn::gemm_math::tf32, nn::gemm_math::bf16}) {
+  for (auto math : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     nn::cuda_blas blas(nullptr, math);
-    const distill_test::tolerance tol = math == nn::gemm_math::strict_fp32 ? f32_gemm
-                                        : math == nn::gemm_math::tf32  ? distill_test::tolerance{2e-2, 2e-2}
+    const distill_test::tolerance tol = math == distill::matmul_precision::fp32 ? f32_gemm
+                                        : math == distill::matmul_precision::tf32  ? distill_test::tolerance{2e-2, 2e-2}
                                                                        : distill_test::tolerance{1e-1, 5e-2};
     for (int trial = 0; trial < 6; ++trial) {
       const long N = g.integer(1, 300), I = g.integer(1, 130), O = g.integer(1, 90);
-      CAPTURE(nn::to_string(math), N, I, O);
+      CAPTURE(distill::to_string(math), N, I, O);
       const vec x = g.normals(N * I), w = g.normals(O * I, 0, 0.3), b = g.normals(O), dy = g.normals(N * O);
       auto dx_ = dev<float>({N, I}, x), dw_ = dev<float>({O, I}, w), db_ = dev<float>({O}, b), ddy = dev<float>({N, O}, dy);
       nn::device_tensor<float> dyv({N, O}), ddx({N, I}), ddw({O, I}), ddb({O});
@@ -234,19 +234,19 @@ TEST_CASE("CUDA conv2d matches the CPU and the direct reference (Relation-Networ
     auto dx_ = dev<float>({c.B, c.Ci, c.H, c.W}, x), dw_ = dev<float>({c.Co, c.Ci, c.k, c.k}, w), db_ = dev<float>({c.Co}, b);
     auto ddy = dev<float>({c.B, c.Co, Ho, Wo}, dyv);
     nn::device_tensor<float> dy({c.B, c.Co, Ho, Wo}), ddx({c.B, c.Ci, c.H, c.W}), ddw({c.Co, c.Ci, c.k, c.k}), ddb({c.Co});
-    nn::device_tensor<float> ws({nn::conv2d_workspace_size(c.B, c.Ci, c.Co, c.k, c.k, Ho, Wo)});
-    REQUIRE(nn::conv2d_forward(blas, dx_.cview<4>(), dw_.cview<4>(), db_.cview<1>(), dy.view<4>(), p, ws.view<1>()).ok());
-    REQUIRE(nn::conv2d_backward(blas, dx_.cview<4>(), dw_.cview<4>(), ddy.cview<4>(), ddx.view<4>(), ddw.view<4>(), ddb.view<1>(), p,
-                                nn::grad_options{}, ws.view<1>())
+    nn::device_tensor<std::byte> ws({static_cast<index_t>(nn::conv2d_workspace_size(blas, c.B, c.Ci, c.Co, c.k, c.k, Ho, Wo))});
+    REQUIRE(nn::conv2d_forward(blas, dx_.cview<4>(), dw_.cview<4>(), db_.cview<1>(), dy.view<4>(), ws.view<1>(), p).ok());
+    REQUIRE(nn::conv2d_backward(blas, dx_.cview<4>(), dw_.cview<4>(), ddy.cview<4>(), ddx.view<4>(), ddw.view<4>(), ddb.view<1>(), ws.view<1>(),
+                                p)
                 .ok());
     const auto xf = nn_test::cast<float>(x), wf = nn_test::cast<float>(w), bf = nn_test::cast<float>(b), dyf = nn_test::cast<float>(dyv);
     std::vector<float> y(dyv.size()), gx(x.size()), gw(w.size()), gb(c.Co);
     REQUIRE(nn::conv2d_forward(cpu{2}, make_view(xf.data(), c.B, c.Ci, c.H, c.W), make_view(wf.data(), c.Co, c.Ci, c.k, c.k), make_view(bf.data(), c.Co),
-                               make_view(y.data(), c.B, c.Co, Ho, Wo), p)
+                               make_view(y.data(), c.B, c.Co, Ho, Wo), {}, p)
                 .ok());
     REQUIRE(nn::conv2d_backward(cpu{2}, make_view(xf.data(), c.B, c.Ci, c.H, c.W), make_view(wf.data(), c.Co, c.Ci, c.k, c.k),
                                 make_view(dyf.data(), c.B, c.Co, Ho, Wo), make_view(gx.data(), c.B, c.Ci, c.H, c.W),
-                                make_view(gw.data(), c.Co, c.Ci, c.k, c.k), make_view(gb.data(), c.Co), p)
+                                make_view(gw.data(), c.Co, c.Ci, c.k, c.k), make_view(gb.data(), c.Co), {}, p)
                 .ok());
     long rh, rw;
     CHECK_CLOSE("y vs reference", dy.to_host(),
@@ -259,8 +259,9 @@ TEST_CASE("CUDA conv2d matches the CPU and the direct reference (Relation-Networ
     CHECK_CLOSE("db", ddb.to_host(), gb, big_sum);
   }
   // a too-small workspace is refused
-  nn::device_tensor<float> x({1, 1, 4, 4}), w({1, 1, 3, 3}), y({1, 1, 4, 4}), ws({3});
-  CHECK(nn::conv2d_forward(blas, x.cview<4>(), w.cview<4>(), cuda_view<const float, 1>{}, y.view<4>(), nn::conv2d_params{1, 1, 1, 1}, ws.view<1>())
+  nn::device_tensor<float> x({1, 1, 4, 4}), w({1, 1, 3, 3}), y({1, 1, 4, 4});
+  nn::device_tensor<std::byte> ws({12});
+  CHECK(nn::conv2d_forward(blas, x.cview<4>(), w.cview<4>(), cuda_view<const float, 1>{}, y.view<4>(), ws.view<1>(), nn::conv2d_params{1, 1, 1, 1})
             .code() == errc::invalid_argument);
 }
 
@@ -340,8 +341,8 @@ TEST_CASE("CUDA embedding, cross-entropy and argmax match the CPU", "[nn][cuda]"
       const long nl = red == reduction::none ? N : 1;
       nn::device_tensor<float> dloss({nl}), dgrad({N, C});
       std::vector<float> loss(nl), grad(N * C);
-      REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(blas, dz.cview<2>(), dl.cview<1>(), dloss.view<1>(), dgrad.view<2>(), o).ok());
-      REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(cpu{2}, make_view(z.data(), N, C), make_view(labels.data(), N),
+      REQUIRE(nn::softmax_cross_entropy_forward_backward(blas, dz.cview<2>(), dl.cview<1>(), dloss.view<1>(), dgrad.view<2>(), o).ok());
+      REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{2}, make_view(z.data(), N, C), make_view(labels.data(), N),
                                                                               make_view(loss.data(), nl), make_view(grad.data(), N, C), o)
                   .ok());
       CHECK_CLOSE("loss", dloss.to_host(), loss, distill_test::tol::f32_sum);
@@ -357,7 +358,7 @@ TEST_CASE("CUDA embedding, cross-entropy and argmax match the CPU", "[nn][cuda]"
   bad[3] = 99;
   auto dbad = dev<std::int32_t>({N}, bad);
   nn::device_tensor<float> dloss({1});
-  REQUIRE(nn::softmax_cross_entropy_forward<std::int32_t, float>(blas, dz.cview<2>(), dbad.cview<1>(), dloss.view<1>()).ok());
+  REQUIRE(nn::softmax_cross_entropy_forward(blas, dz.cview<2>(), dbad.cview<1>(), dloss.view<1>()).ok());
   CHECK(std::isnan(dloss.to_host()[0]));
 }
 
@@ -380,11 +381,12 @@ TEST_CASE("CUDA attention core and layer match the CPU (masks, scores, extra gra
     auto ddo = dev<float>({c.B, c.Lq, c.D}, d_o), dgp = dev<float>({c.B, c.H, c.Lq, c.Lk}, gp), dgs = dev<float>({c.B, c.H, c.Lq, c.Lk}, gs);
     auto dmask = dev<std::uint8_t>({c.B, c.Lk}, mask);
     nn::device_tensor<float> dP({c.B, c.H, c.Lq, c.Lk}), dS({c.B, c.H, c.Lq, c.Lk}), dO({c.B, c.Lq, c.D});
-    nn::device_tensor<float> gq({c.B, c.Lq, c.D}), gk({c.B, c.Lk, c.D}), gv({c.B, c.Lk, c.D}), ws({M});
+    nn::device_tensor<float> gq({c.B, c.Lq, c.D}), gk({c.B, c.Lk, c.D}), gv({c.B, c.Lk, c.D});
+    nn::device_tensor<std::byte> ws({static_cast<index_t>(nn::attention_core_workspace_size(blas, c.B, c.H, c.Lq, c.Lk))});
     const nn::attention_params p{c.H, 0};
     REQUIRE(nn::attention_core_forward(blas, dq.cview<3>(), dk.cview<3>(), dv.cview<3>(), dmask.cview<2>(), dP.view<4>(), dS.view<4>(), dO.view<3>(), p).ok());
     REQUIRE(nn::attention_core_backward(blas, dq.cview<3>(), dk.cview<3>(), dv.cview<3>(), dmask.cview<2>(), dP.cview<4>(), ddo.cview<3>(), dgp.cview<4>(),
-                                        dgs.cview<4>(), gq.view<3>(), gk.view<3>(), gv.view<3>(), p, nn::grad_options{}, ws.view<1>())
+                                        dgs.cview<4>(), gq.view<3>(), gk.view<3>(), gv.view<3>(), ws.view<1>(), p)
                 .ok());
     std::vector<float> P(M), S(M), O(q.size()), hq(q.size()), hk(k.size()), hv(v.size());
     auto mv = make_view(static_cast<const std::uint8_t*>(mask.data()), c.B, c.Lk);
@@ -395,7 +397,7 @@ TEST_CASE("CUDA attention core and layer match the CPU (masks, scores, extra gra
     REQUIRE(nn::attention_core_backward(cpu{2}, make_view(q.data(), c.B, c.Lq, c.D), make_view(k.data(), c.B, c.Lk, c.D), make_view(v.data(), c.B, c.Lk, c.D),
                                         mv, make_view(static_cast<const float*>(P.data()), c.B, c.H, c.Lq, c.Lk), make_view(d_o.data(), c.B, c.Lq, c.D),
                                         make_view(gp.data(), c.B, c.H, c.Lq, c.Lk), make_view(gs.data(), c.B, c.H, c.Lq, c.Lk),
-                                        make_view(hq.data(), c.B, c.Lq, c.D), make_view(hk.data(), c.B, c.Lk, c.D), make_view(hv.data(), c.B, c.Lk, c.D), p)
+                                        make_view(hq.data(), c.B, c.Lq, c.D), make_view(hk.data(), c.B, c.Lk, c.D), make_view(hv.data(), c.B, c.Lk, c.D), {}, p)
                 .ok());
     const distill_test::tolerance t{2e-4, 2e-4};
     CHECK_CLOSE("probs", dP.to_host(), P, t);

@@ -138,14 +138,14 @@ float train_cuda(nn::sequential<float, cuda_space>& net, nn::cuda_blas& blas, co
   for (int s = 0; s < steps; ++s) {
     REQUIRE(nn::zero_grad(blas, params).ok());
     REQUIRE(net.forward(blas, x).ok());
-    REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(blas, net.output().cview<2>(), labels.cview<1>(), loss.view<1>(),
+    REQUIRE(nn::softmax_cross_entropy_forward_backward(blas, net.output().cview<2>(), labels.cview<1>(), loss.view<1>(),
                                                                             grad.view<2>())
                 .ok());
     REQUIRE(net.backward(blas, x, grad.cview<2>()).ok());
     REQUIRE(opt.step(blas).ok());
   }
   REQUIRE(net.forward(blas, x).ok());
-  REQUIRE(nn::softmax_cross_entropy_forward<std::int32_t, float>(blas, net.output().cview<2>(), labels.cview<1>(), loss.view<1>()).ok());
+  REQUIRE(nn::softmax_cross_entropy_forward(blas, net.output().cview<2>(), labels.cview<1>(), loss.view<1>()).ok());
   return loss.to_host()[0];
 }
 int correct_cuda(nn::sequential<float, cuda_space>& net, nn::cuda_blas& blas, const std::vector<std::int32_t>& labels) {
@@ -166,7 +166,7 @@ TEST_CASE("a tiny MLP learns XOR on the GPU", "[nn][cuda][training]") {
   nn::device_tensor<std::int32_t> dy({4});
   REQUIRE(dx.copy_from_host(x).ok());
   REQUIRE(dy.copy_from_host(y).ok());
-  auto net = nn::make_mlp<float, cuda_space>("xor", {2, 16, 2}, {.act = nn::activation::tanh, .init = {.seed = 11}});
+  auto net = nn::make_mlp<float, cuda_space>({2, 16, 2}, {.act = nn::activation::tanh, .init = {.seed = 11}, .name = "xor"});
   const float loss = train_cuda(net, blas, dx.cview<2>(), dy, 2, 400, 0.03);
   CHECK(loss < 0.05f);
   CHECK(correct_cuda(net, blas, y) == 4);

@@ -32,7 +32,7 @@ TEST_CASE("softmax cross-entropy: every reduction, ignore_index, label smoothing
       CAPTURE(ri, eps);
       const nn::cross_entropy_options o{reds[ri], -100, eps, 1.7};
       vec loss(ri == 0 ? N : 1), grad(z.size());
-      REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int64_t, double>(cpu{2}, make_view(z.data(), N, C), make_view(labels.data(), N),
+      REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{2}, make_view(z.data(), N, C), make_view(labels.data(), N),
                                                                                make_view(loss.data(), ri == 0 ? N : 1), make_view(grad.data(), N, C), o)
                   .ok());
       const vec expect = ref::cross_entropy(z, lab_long, N, C, eps, -100, ri);
@@ -50,7 +50,7 @@ TEST_CASE("softmax cross-entropy: every reduction, ignore_index, label smoothing
   const auto zf = nn_test::cast<float>(z);
   std::vector<std::int32_t> l32(labels.begin(), labels.end());
   float lf = 0;
-  REQUIRE(nn::softmax_cross_entropy_forward<std::int32_t, float>(cpu{1}, make_view(zf.data(), N, C), make_view(l32.data(), N), make_view(&lf, 1)).ok());
+  REQUIRE(nn::softmax_cross_entropy_forward(cpu{1}, make_view(zf.data(), N, C), make_view(l32.data(), N), make_view(&lf, 1)).ok());
   CHECK(lf == Approx(ref::cross_entropy(nn_test::widen(zf), lab_long, N, C, 0, -100, 2)[0]).epsilon(1e-5));
 }
 
@@ -58,19 +58,19 @@ TEST_CASE("softmax cross-entropy edge cases: all ignored, -inf logits, bad label
   std::vector<float> z = {1, 2, 3, -INFINITY, 0, 5}, grad(6);
   std::vector<std::int32_t> all_ignored = {-100, -100};
   float loss = 1;
-  REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(cpu{1}, make_view(z.data(), 2, 3), make_view(all_ignored.data(), 2),
+  REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{1}, make_view(z.data(), 2, 3), make_view(all_ignored.data(), 2),
                                                                           make_view(&loss, 1), make_view(grad.data(), 2, 3))
               .ok());
   CHECK(loss == 0.0f);
   for (float v : grad) CHECK(v == 0.0f);
   std::vector<std::int32_t> lab = {2, 1};
-  REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(cpu{1}, make_view(z.data(), 2, 3), make_view(lab.data(), 2),
+  REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{1}, make_view(z.data(), 2, 3), make_view(lab.data(), 2),
                                                                           make_view(&loss, 1), make_view(grad.data(), 2, 3))
               .ok());
   CHECK(std::isfinite(loss));
   CHECK(grad[3] == 0.0f);  // -inf logit: zero probability, zero gradient
   std::vector<std::int32_t> bad = {3, 0};
-  const auto st = nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(cpu{1}, make_view(z.data(), 2, 3), make_view(bad.data(), 2),
+  const auto st = nn::softmax_cross_entropy_forward_backward(cpu{1}, make_view(z.data(), 2, 3), make_view(bad.data(), 2),
                                                                                   make_view(&loss, 1), make_view(grad.data(), 2, 3));
   CHECK(st.code() == errc::invalid_argument);
   CHECK(st.message().find("label 3") != std::string::npos);

@@ -69,14 +69,14 @@ float train(nn::sequential<float>& net, const X& x, const std::vector<std::int32
   for (int s = 0; s < steps; ++s) {
     REQUIRE(nn::zero_grad(cpu{2}, params).ok());
     REQUIRE(net.forward(cpu{2}, x).ok());
-    REQUIRE(nn::softmax_cross_entropy_forward_backward<std::int32_t, float>(cpu{2}, net.output().cview<2>(), make_view(labels.data(), N),
+    REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{2}, net.output().cview<2>(), make_view(labels.data(), N),
                                                                             make_view(&loss, 1), grad.view<2>())
                 .ok());
     REQUIRE(net.backward(cpu{2}, x, grad.view<2>()).ok());
     REQUIRE(opt.step(cpu{2}).ok());
   }
   REQUIRE(net.forward(cpu{2}, x).ok());
-  REQUIRE(nn::softmax_cross_entropy_forward<std::int32_t, float>(cpu{2}, net.output().cview<2>(), make_view(labels.data(), N), make_view(&loss, 1))
+  REQUIRE(nn::softmax_cross_entropy_forward(cpu{2}, net.output().cview<2>(), make_view(labels.data(), N), make_view(&loss, 1))
               .ok());
   return loss;
 }
@@ -92,7 +92,7 @@ int correct(const nn::sequential<float>& net, const std::vector<std::int32_t>& l
 TEST_CASE("a tiny MLP learns XOR on the CPU", "[nn][training]") {
   const std::vector<float> x = {0, 0, 0, 1, 1, 0, 1, 1};
   const std::vector<std::int32_t> y = {0, 1, 1, 0};
-  auto net = nn::make_mlp<float>("xor", {2, 16, 2}, {.act = nn::activation::tanh, .init = {.seed = 11}});
+  auto net = nn::make_mlp<float>({2, 16, 2}, {.act = nn::activation::tanh, .init = {.seed = 11}, .name = "xor"});
   const float loss = train(net, make_view(x.data(), 4, 2), y, 2, 400, 0.03);
   CHECK(loss < 0.05f);
   CHECK(correct(net, y) == 4);

@@ -54,7 +54,7 @@ struct token_nce_ref_input {
   std::vector<std::uint8_t> mask;         // M, or empty (all tokens real)
   std::vector<std::int64_t> ids;          // M, or empty
   double tau = 0.07, eps = 1e-12, grad_scale = 1;
-  distill::reduction red = distill::reduction::mean;
+  distill::reduction reduction = distill::reduction::mean;
   bool in_batch = false;
 };
 
@@ -89,7 +89,7 @@ inline double weight(const token_nce_ref_input& in, long i) {
   if (!is_valid(in, i)) return 0;
   long valid = 0;
   for (long r = 0; r < in.M; ++r) valid += is_valid(in, r) ? 1 : 0;
-  switch (in.red) {
+  switch (in.reduction) {
     case distill::reduction::mean: return 1.0 / static_cast<double>(valid);
     case distill::reduction::batchmean: return 1.0 / static_cast<double>(in.M);
     default: return 1.0;

@@ -23,7 +23,7 @@ struct config {
   kind k = kind::kl_teacher_student;
   double temperature = 1.0;
   bool t_squared = true;
-  reduction red = reduction::batchmean;
+  soft_target_ref::reduction reduction = soft_target_ref::reduction::batchmean;
   double soft_weight = 1.0, hard_weight = 0.0, grad_scale = 1.0;
   std::int64_t ignore_index = -100;
   double jsd_beta = 0.5;
@@ -207,9 +207,9 @@ inline result evaluate(const config& cf, const batch& b) {
   double divisor = 1;
   if (b.normalizer >= 0) {
     divisor = b.normalizer;
-  } else if (cf.red == reduction::batchmean) {
+  } else if (cf.reduction == reduction::batchmean) {
     divisor = static_cast<double>(b.n);
-  } else if (cf.red == reduction::mean) {
+  } else if (cf.reduction == reduction::mean) {
     divisor = 0;
     for (std::size_t r = 0; r < b.n; ++r)
       if (!ignored(r)) divisor += weight(r);
@@ -248,7 +248,7 @@ inline result evaluate(const config& cf, const batch& b) {
     out.row_top1[r] = at == as ? 1.0 : 0.0;
     out.row_hard[r] = hard;
   }
-  if (cf.red == reduction::none) {
+  if (cf.reduction == reduction::none) {
     out.loss = row_loss;
   } else {
     double s = 0;

@@ -21,7 +21,7 @@ namespace {
 
 std::vector<double> features_of(const std::vector<double>& s, const std::vector<double>& o) {
   std::vector<double> f(F);
-  REQUIRE(box_pair_features_forward(cpu{1}, make_view(s.data(), 1, 4), make_view(o.data(), 1, 4), make_view(f.data(), 1, F)).ok());
+  REQUIRE(box_pair_features_forward(cpu{1}, box_pairs{make_view(s.data(), 1, 4), make_view(o.data(), 1, 4)}, make_view(f.data(), 1, F)).ok());
   return f;
 }
 
@@ -97,8 +97,8 @@ TEST_CASE("box features: library against the reference formulas, both forms", "[
   for (long p = 0; p < P; ++p)
     for (int k = 0; k < 4; ++k) sp[static_cast<std::size_t>(p * 6 + k)] = sf[static_cast<std::size_t>(p * 4 + k)], op[static_cast<std::size_t>(p * 6 + k)] = of[static_cast<std::size_t>(p * 4 + k)];
   distill_test::guarded<float> feat(static_cast<std::size_t>(P * 23));
-  REQUIRE(box_pair_features_forward(cpu{2}, make_strided_view(static_cast<const float*>(sp.data()), std::array<index_t, 2>{P, 4}, std::array<index_t, 2>{6, 1}),
-                                    make_strided_view(static_cast<const float*>(op.data()), std::array<index_t, 2>{P, 4}, std::array<index_t, 2>{6, 1}),
+  REQUIRE(box_pair_features_forward(cpu{2}, box_pairs{make_strided_view(static_cast<const float*>(sp.data()), std::array<index_t, 2>{P, 4}, std::array<index_t, 2>{6, 1}),
+                                    make_strided_view(static_cast<const float*>(op.data()), std::array<index_t, 2>{P, 4}, std::array<index_t, 2>{6, 1})},
                                     make_strided_view(feat.data(), std::array<index_t, 2>{P, F}, std::array<index_t, 2>{23, 1}))
               .ok());
   CHECK(feat.intact());
@@ -125,8 +125,8 @@ TEST_CASE("box features: backward against finite differences", "[relational][box
     std::vector<double> gs(4, 0.5), go(4, 0.5);  // accumulate into 0.5
     box_features_options opt;
     opt.accumulate = true;
-    REQUIRE(box_pair_features_backward(cpu{1}, make_view(static_cast<const double*>(s.data()), 1, 4), make_view(static_cast<const double*>(o.data()), 1, 4),
-                                       make_view(static_cast<const double*>(gf.data()), 1, F), make_view(gs.data(), 1, 4), make_view(go.data(), 1, 4), opt)
+    REQUIRE(box_pair_features_backward(cpu{1}, box_pairs{make_view(static_cast<const double*>(s.data()), 1, 4), make_view(static_cast<const double*>(o.data()), 1, 4)},
+                                       make_view(static_cast<const double*>(gf.data()), 1, F), box_pair_grads{make_view(gs.data(), 1, 4), make_view(go.data(), 1, 4)}, opt)
                 .ok());
     auto objective = [&](const std::vector<double>& ss, const std::vector<double>& oo) {
       const auto f = distill_ref::box_features(ss.data(), oo.data());
@@ -152,8 +152,8 @@ TEST_CASE("box features: bad boxes give clear errors", "[relational][box][errors
   std::vector<float> s = {0.1f, 0.1f, 0.3f, 0.3f}, o = {0.2f, 0.2f, 0.4f, 0.5f}, f(F), gs(4), gf(F, 1.0f);
   const cpu ctx{1};
   auto run = [&] {
-    return box_pair_features_forward(ctx, make_view(static_cast<const float*>(s.data()), 1, 4),
-                                     make_view(static_cast<const float*>(o.data()), 1, 4), make_view(f.data(), 1, F));
+    return box_pair_features_forward(ctx, box_pairs{make_view(static_cast<const float*>(s.data()), 1, 4),
+                                     make_view(static_cast<const float*>(o.data()), 1, 4)}, make_view(f.data(), 1, F));
   };
   REQUIRE(run().ok());
   s[2] = 0.1f;  // zero width
@@ -166,14 +166,14 @@ TEST_CASE("box features: bad boxes give clear errors", "[relational][box][errors
   o[1] = std::numeric_limits<float>::infinity();
   CHECK(run().code() == errc::non_finite);
   o[1] = 0.2f;
-  CHECK(box_pair_features_forward(ctx, make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 1, 4),
+  CHECK(box_pair_features_forward(ctx, box_pairs{make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 1, 4)},
                                   make_view(f.data(), 1, F - 1))
             .code() == errc::shape_mismatch);
-  CHECK(box_pair_features_forward(ctx, make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 2, 2),
+  CHECK(box_pair_features_forward(ctx, box_pairs{make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 2, 2)},
                                   make_view(f.data(), 1, F))
             .code() == errc::shape_mismatch);
-  CHECK(box_pair_features_backward(ctx, make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 1, 4),
-                                   make_view(static_cast<const float*>(gf.data()), 1, F), make_view(gs.data(), 1, 3), host_view<float, 2>{})
+  CHECK(box_pair_features_backward(ctx, box_pairs{make_view(static_cast<const float*>(s.data()), 1, 4), make_view(static_cast<const float*>(o.data()), 1, 4)},
+                                   make_view(static_cast<const float*>(gf.data()), 1, F), box_pair_grads{make_view(gs.data(), 1, 3), host_view<float, 2>{}})
             .code() == errc::shape_mismatch);
   std::vector<float> bad = {0.5f, 0.5f, 0.4f, 0.6f};
   std::vector<float> all(1 * 1 * 1 * F);

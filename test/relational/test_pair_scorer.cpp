@@ -112,7 +112,7 @@ TEST_CASE("pair scorer CPU: scores and normalisations against the reference", "[
         opt.include_self_pairs = c.self;
         const auto st = distill::pair_scorer_forward(distill::cpu{2}, lib.ov(), lib.qv(), lib.omv(), lib.weights(),
                                                      distill::make_view(sbuf.data(), c.B, c.N, c.N),
-                                                     distill::make_view(mbuf.data(), c.B, c.N, c.N), opt);
+                                                     distill::make_view(mbuf.data(), c.B, c.N, c.N), {}, opt);
         REQUIRE(st.ok());
         CHECK(sbuf.intact());
         CHECK(mbuf.intact());
@@ -146,7 +146,7 @@ TEST_CASE("pair scorer CPU (float): forward against the reference", "[relational
       opt.normalization = to_lib(n);
       opt.include_self_pairs = c.self;
       REQUIRE(distill::pair_scorer_forward(distill::cpu{1}, lib.ov(), lib.qv(), lib.omv(), lib.weights(),
-                                           distill::make_view(s.data(), c.B, c.N, c.N), distill::make_view(m.data(), c.B, c.N, c.N), opt)
+                                           distill::make_view(s.data(), c.B, c.N, c.N), distill::make_view(m.data(), c.B, c.N, c.N), {}, opt)
                   .ok());
       const auto rs = distill_ref::scorer_scores(p);
       CHECK_CLOSE("scores", s, rs, (distill_test::tolerance{1e-5, 1e-5}));
@@ -173,7 +173,7 @@ TEST_CASE("pair scorer reference and CPU backward against finite differences", "
         opt.include_self_pairs = c.self;
         opt.accumulate = accumulate;
         REQUIRE(distill::pair_scorer_forward(distill::cpu{1}, lib.ov(), lib.qv(), lib.omv(), lib.weights(),
-                                             distill::make_view(s.data(), c.B, c.N, c.N), distill::make_view(m.data(), c.B, c.N, c.N), opt)
+                                             distill::make_view(s.data(), c.B, c.N, c.N), distill::make_view(m.data(), c.B, c.N, c.N), {}, opt)
                     .ok());
         matrix_buf<double> go(c.B * c.N, c.D, 1, false), gq(c.B, std::max(c.Q, 1L), 1, false), gw1(lib.w1.rows, c.K, 1, accumulate),
             gw2(lib.w2.rows, lib.w2.cols, 1, accumulate), gs(c.B * c.N, c.N, 1, false);
@@ -192,7 +192,7 @@ TEST_CASE("pair scorer reference and CPU backward against finite differences", "
         const auto st = distill::pair_scorer_backward(
             distill::cpu{2}, lib.ov(), lib.qv(), lib.omv(), lib.weights(), distill::make_view(static_cast<const double*>(m.data()), c.B, c.N, c.N),
             distill::make_view(static_cast<const double*>(dm.data()), c.B, c.N, c.N),
-            distill::make_view(static_cast<const double*>(dsx.data()), c.B, c.N, c.N), grads, opt);
+            distill::make_view(static_cast<const double*>(dsx.data()), c.B, c.N, c.N), grads, {}, opt);
         REQUIRE(st.ok());
         CHECK(go.intact());
         CHECK(gq.intact());
@@ -254,7 +254,7 @@ TEST_CASE("pair scorer CPU: supervision losses against the reference and finite 
           distill::pair_scorer_options opt;
           opt.normalization = to_lib(n);
           opt.include_self_pairs = c.self;
-          opt.red = red;
+          opt.reduction = red;
           opt.grad_scale = static_cast<float>(scale);
           const long nl = red == distill::reduction::none ? c.B : 1;
           distill_test::guarded<double> loss(static_cast<std::size_t>(nl)), grad(static_cast<std::size_t>(c.B * c.N * c.N));
@@ -263,7 +263,7 @@ TEST_CASE("pair scorer CPU: supervision losses against the reference and finite 
           const auto sv = distill::make_view(s.data(), c.B, c.N, c.N);
           const auto tv = distill::make_view(t.data(), c.B, c.N, c.N);
           REQUIRE(distill::pair_scorer_loss_forward_backward(distill::cpu{2}, sv, tv, omv, distill::make_view(loss.data(), nl),
-                                                             distill::make_view(grad.data(), c.B, c.N, c.N), opt)
+                                                             distill::make_view(grad.data(), c.B, c.N, c.N), {}, opt)
                       .ok());
           CHECK(loss.intact());
           CHECK(grad.intact());
@@ -285,8 +285,8 @@ TEST_CASE("pair scorer CPU: supervision losses against the reference and finite 
           CHECK_CLOSE("d scores", grad.contents(), fd, distill_test::tol::fd);
           // Separate passes agree with the fused one.
           std::vector<double> loss2(static_cast<std::size_t>(nl)), grad2(s.size());
-          REQUIRE(distill::pair_scorer_loss_forward(distill::cpu{1}, sv, tv, omv, distill::make_view(loss2.data(), nl), opt).ok());
-          REQUIRE(distill::pair_scorer_loss_backward(distill::cpu{1}, sv, tv, omv, distill::make_view(grad2.data(), c.B, c.N, c.N), opt).ok());
+          REQUIRE(distill::pair_scorer_loss_forward(distill::cpu{1}, sv, tv, omv, distill::make_view(loss2.data(), nl), {}, opt).ok());
+          REQUIRE(distill::pair_scorer_loss_backward(distill::cpu{1}, sv, tv, omv, distill::make_view(grad2.data(), c.B, c.N, c.N), {}, opt).ok());
           CHECK(loss2 == loss.contents());
           CHECK_CLOSE("d scores (separate)", grad2, grad.contents(), distill_test::tol::f64);
         }
@@ -305,12 +305,12 @@ TEST_CASE("pair scorer CPU: all-zero targets are skipped; float loss", "[relatio
   for (norm_d n : {norm_d::softmax_all, norm_d::softmax_row}) {
     distill::pair_scorer_options opt;
     opt.normalization = to_lib(n);
-    opt.red = distill::reduction::mean;
+    opt.reduction = distill::reduction::mean;
     double loss = -1;
     std::vector<double> grad(s.size(), 7.0);
     REQUIRE(distill::pair_scorer_loss_forward_backward(distill::cpu{1}, distill::make_view(s.data(), c.B, c.N, c.N),
                                                        distill::make_view(t.data(), c.B, c.N, c.N), distill::host_view<const std::uint8_t, 2>{},
-                                                       distill::make_view(&loss, 1), distill::make_view(grad.data(), c.B, c.N, c.N), opt)
+                                                       distill::make_view(&loss, 1), distill::make_view(grad.data(), c.B, c.N, c.N), {}, opt)
                 .ok());
     CHECK(loss == 0.0);
     CHECK(max_abs(grad) == 0.0);
@@ -322,10 +322,10 @@ TEST_CASE("pair scorer CPU: all-zero targets are skipped; float loss", "[relatio
     float loss = 0;
     distill::pair_scorer_options opt;
     opt.normalization = to_lib(n);
-    opt.red = distill::reduction::sum;
+    opt.reduction = distill::reduction::sum;
     REQUIRE(distill::pair_scorer_loss_forward_backward(distill::cpu{1}, distill::make_view(sf.data(), c.B, c.N, c.N),
                                                        distill::make_view(tf.data(), c.B, c.N, c.N), distill::host_view<const std::uint8_t, 2>{},
-                                                       distill::make_view(&loss, 1), distill::make_view(gf.data(), c.B, c.N, c.N), opt)
+                                                       distill::make_view(&loss, 1), distill::make_view(gf.data(), c.B, c.N, c.N), {}, opt)
                 .ok());
     const auto ref = distill_ref::scorer_loss(p, n, s, t2);
     CHECK_CLOSE_SCALAR("float loss", loss, std::accumulate(ref.per_sample.begin(), ref.per_sample.end(), 0.0), distill_test::tol::f32_sum);
@@ -346,43 +346,43 @@ TEST_CASE("pair scorer CPU: bad inputs give clear errors", "[relational][scorer]
   const auto qv = make_view(static_cast<const float*>(q.data()), B, Q);
   const host_view<const std::uint8_t, 2> no_om;
   const cpu ctx{1};
-  REQUIRE(pair_scorer_forward(ctx, ov, qv, no_om, w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N)).ok());
+  REQUIRE(pair_scorer_forward(ctx, ov, qv, no_om, w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N), {}).ok());
   auto bad_w = w;
   bad_w.w1 = make_view(static_cast<const float*>(w1.data()), 2 * D + Q - 1, K);
-  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N)).code() == errc::shape_mismatch);
+  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N), {}).code() == errc::shape_mismatch);
   bad_w = w;
   bad_w.kind = pair_scorer_kind::bilinear;  // mlp-shaped weights
-  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N)).code() == errc::shape_mismatch);
+  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N), {}).code() == errc::shape_mismatch);
   bad_w = w;
   bad_w.w2 = {};
-  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N)).code() == errc::invalid_argument);
-  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, w, make_view(s.data(), B, N, N - 1), make_view(m.data(), B, N, N)).code() == errc::shape_mismatch);
-  CHECK(pair_scorer_forward(ctx, ov, make_view(static_cast<const float*>(q.data()), B - 1, Q), no_om, w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N)).code() == errc::shape_mismatch);
+  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, bad_w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N), {}).code() == errc::invalid_argument);
+  CHECK(pair_scorer_forward(ctx, ov, qv, no_om, w, make_view(s.data(), B, N, N - 1), make_view(m.data(), B, N, N), {}).code() == errc::shape_mismatch);
+  CHECK(pair_scorer_forward(ctx, ov, make_view(static_cast<const float*>(q.data()), B - 1, Q), no_om, w, make_view(s.data(), B, N, N), make_view(m.data(), B, N, N), {}).code() == errc::shape_mismatch);
   // Backward needs some upstream gradient, and the forward weights for dL/dm.
   pair_scorer_grads<float> grads;
   grads.scores = make_view(gs.data(), B, N, N);
   const host_view<const float, 3> none;
-  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, none, none, none, grads).code() == errc::invalid_argument);
-  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, none, make_view(static_cast<const float*>(m.data()), B, N, N), none, grads).code() == errc::invalid_argument);
+  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, none, none, none, grads, {}).code() == errc::invalid_argument);
+  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, none, make_view(static_cast<const float*>(m.data()), B, N, N), none, grads, {}).code() == errc::invalid_argument);
   pair_scorer_grads<float> bad_g = grads;
   bad_g.weights.kind = pair_scorer_kind::bilinear;
   bad_g.weights.b1 = make_view(b1.data(), K);
-  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, make_view(static_cast<const float*>(m.data()), B, N, N), make_view(static_cast<const float*>(m.data()), B, N, N), none, bad_g).code() == errc::invalid_argument);
+  CHECK(pair_scorer_backward(ctx, ov, qv, no_om, w, make_view(static_cast<const float*>(m.data()), B, N, N), make_view(static_cast<const float*>(m.data()), B, N, N), none, bad_g, {}).code() == errc::invalid_argument);
   // Loss: target outside [0, 1], NaN, loss shape for the reduction.
   float loss = 0;
   t[4] = 1.5f;
   pair_scorer_options opt;
   const auto sv = make_view(static_cast<const float*>(s.data()), B, N, N);
   const auto tv = make_view(static_cast<const float*>(t.data()), B, N, N);
-  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), opt).code() == errc::invalid_argument);
+  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), {}, opt).code() == errc::invalid_argument);
   t[4] = std::numeric_limits<float>::quiet_NaN();
-  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), opt).code() == errc::non_finite);
+  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), {}, opt).code() == errc::non_finite);
   t[4] = 1.0f;
-  opt.red = reduction::none;
-  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), opt).code() == errc::shape_mismatch);
+  opt.reduction = reduction::none;
+  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, make_view(&loss, 1), {}, opt).code() == errc::shape_mismatch);
   opt = {};
   opt.grad_scale = std::numeric_limits<float>::infinity();
-  CHECK(pair_scorer_loss_backward(ctx, sv, tv, no_om, make_view(gs.data(), B, N, N), opt).code() == errc::invalid_argument);
-  CHECK(pair_scorer_loss_forward(ctx, make_view(static_cast<const float*>(s.data()), B, N, N - 1), tv, no_om, make_view(&loss, 1)).code() == errc::shape_mismatch);
-  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, host_view<float, 1>{}).code() == errc::invalid_argument);
+  CHECK(pair_scorer_loss_backward(ctx, sv, tv, no_om, make_view(gs.data(), B, N, N), {}, opt).code() == errc::invalid_argument);
+  CHECK(pair_scorer_loss_forward(ctx, make_view(static_cast<const float*>(s.data()), B, N, N - 1), tv, no_om, make_view(&loss, 1), {}).code() == errc::shape_mismatch);
+  CHECK(pair_scorer_loss_forward(ctx, sv, tv, no_om, host_view<float, 1>{}, {}).code() == errc::invalid_argument);
 }

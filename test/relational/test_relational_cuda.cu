@@ -57,7 +57,7 @@ distill::cuda_view<T, 1> dview1(mirror<T>& m, const vector_buf<T>& b) {
 }
 
 struct cuda_config {
-  distill::pairing_math math = distill::pairing_math::fp32;
+  distill::matmul_precision math = distill::matmul_precision::fp32;
   pass which = pass::fused;
   bool strided = false, colmajor = false, accumulate = false;
   bool want_m = true;
@@ -133,7 +133,7 @@ lib_result run_cuda_pairing(const distill_ref::pairing_problem_d& p, const std::
   const cuda_view<const T, 2> dyv = dview(d_dy, dyb);
   relational_pairing_options opt;
   opt.include_self_pairs = p.self, opt.last_relu = p.last_relu, opt.mask_scale = static_cast<float>(p.scale);
-  opt.accumulate = cc.accumulate, opt.math = cc.math;
+  opt.accumulate = cc.accumulate, opt.precision = cc.math;
   const cuda ctx{stream};
   device_buffer<std::byte> ws(relational_pairing_workspace_size(ctx, B, N, D, Q, H, p.g.L, opt));
   const cuda_view<std::byte, 1> wsv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
@@ -182,16 +182,16 @@ lib_result run_cuda_pairing(const distill_ref::pairing_problem_d& p, const std::
   return r;
 }
 
-double rel_for(distill::pairing_math m) {
+double rel_for(distill::matmul_precision m) {
   switch (m) {
-    case distill::pairing_math::fp32: return 1e-4;  // float with atomics in an unspecified order
-    case distill::pairing_math::tf32: return rel_tf32;
-    case distill::pairing_math::bf16: return rel_bf16;
+    case distill::matmul_precision::fp32: return 1e-4;  // float with atomics in an unspecified order
+    case distill::matmul_precision::tf32: return rel_tf32;
+    case distill::matmul_precision::bf16: return rel_bf16;
   }
   return 0;
 }
-const char* name_of(distill::pairing_math m) {
-  return m == distill::pairing_math::fp32 ? "fp32" : m == distill::pairing_math::tf32 ? "tf32" : "bf16";
+const char* name_of(distill::matmul_precision m) {
+  return m == distill::matmul_precision::fp32 ? "fp32" : m == distill::matmul_precision::tf32 ? "tf32" : "bf16";
 }
 
 void check_all(const std::string& what, const lib_result& got, const std::vector<double>& y, const distill_ref::pairing_grads_d& g,
@@ -238,7 +238,7 @@ TEST_CASE("relational pairing CUDA: every math mode against the reference", "[re
     const std::vector<double> dy = make_dy(g, c);
     const auto y = distill_ref::pairing_forward(p);
     const auto gr = distill_ref::pairing_backward(p, dy);
-    for (auto math : {distill::pairing_math::fp32, distill::pairing_math::tf32, distill::pairing_math::bf16}) {
+    for (auto math : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
       for (pass which : {pass::forward, pass::backward, pass::fused}) {
         INFO(describe(c) << " math " << name_of(math) << " pass " << static_cast<int>(which));
         cuda_config cc;
@@ -260,7 +260,7 @@ TEST_CASE("relational pairing CUDA: layouts, accumulation, graph capture, CPU ag
   const std::vector<double> dy = make_dy(g, c);
   const auto y = distill_ref::pairing_forward(p);
   const auto gr = distill_ref::pairing_backward(p, dy);
-  for (auto math : {distill::pairing_math::fp32, distill::pairing_math::tf32, distill::pairing_math::bf16}) {
+  for (auto math : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     INFO("math " << name_of(math));
     cuda_config cc;
     cc.math = math, cc.strided = true, cc.colmajor = true, cc.accumulate = true;
@@ -324,7 +324,7 @@ TEST_CASE("relational pairing CUDA: bad inputs give clear errors", "[relational]
   CHECK(relational_pairing_forward(ctx, ov, qv, mv, no_om, g0, yv, wsv).code() == errc::invalid_argument);
   CHECK(relational_pairing_forward(ctx, ov, qv, mv, no_om, g, yv, make_view<cuda_space>(ws.data(), index_t(64))).code() == errc::invalid_argument);
   relational_pairing_options opt;
-  opt.math = static_cast<pairing_math>(7);
+  opt.precision = static_cast<distill::matmul_precision>(7);
   CHECK(relational_pairing_forward(ctx, ov, qv, mv, no_om, g, yv, wsv, opt).code() == errc::invalid_argument);
   distill_test::cuda_sync();
 }
@@ -391,7 +391,7 @@ TEST_CASE("pair scorer CUDA: forward, backward and losses against the reference 
         wd.b2 = make_view(p.b2.data(), static_cast<long>(p.b2.size()));
         const auto omh = p.om.empty() ? host_view<const std::uint8_t, 2>{} : make_view(p.om.data(), B, N);
         REQUIRE(pair_scorer_forward(cpu{1}, make_view(p.o.data(), B, N, D), make_view(p.q.data(), B, Q), omh, wd, make_view(sref.data(), B, N, N),
-                                    make_view(mref.data(), B, N, N), opt)
+                                    make_view(mref.data(), B, N, N), {}, opt)
                     .ok());
         pair_scorer_grads<double> cg;
         cg.objects = make_view(cgo.data(), B, N, D), cg.question = make_view(cgq.data(), B, Q), cg.scores = make_view(cgs.data(), B, N, N);
@@ -399,7 +399,7 @@ TEST_CASE("pair scorer CUDA: forward, backward and losses against the reference 
         cg.weights.w1 = make_view(cgw1.data(), in1, K), cg.weights.b1 = make_view(cgb1.data(), K), cg.weights.w2 = make_view(cgw2.data(), w2r, w2c);
         cg.weights.b2 = make_view(cgb2.data(), static_cast<long>(p.b2.size()));
         REQUIRE(pair_scorer_backward(cpu{1}, make_view(p.o.data(), B, N, D), make_view(p.q.data(), B, Q), omh, wd, make_view(mref.data(), B, N, N),
-                                     make_view(dm.data(), B, N, N), make_view(dsx.data(), B, N, N), cg, opt)
+                                     make_view(dm.data(), B, N, N), make_view(dsx.data(), B, N, N), cg, {}, opt)
                     .ok());
         CHECK_CLOSE("d scores", gs.download(), cgs, scaled(cgs, 1e-4));
         CHECK_CLOSE("d objects", go.download(), cgo, scaled(cgo, 1e-4));
@@ -414,7 +414,7 @@ TEST_CASE("pair scorer CUDA: forward, backward and losses against the reference 
         device_buffer<float> dt(up(t)), dsr(up(rs));
         for (reduction red : {reduction::none, reduction::sum, reduction::mean, reduction::batchmean}) {
           INFO("reduction " << to_string(red));
-          opt.red = red, opt.grad_scale = 0.5f;
+          opt.reduction = red, opt.grad_scale = 0.5f;
           const long nl = red == reduction::none ? B : 1;
           device_buffer<float> loss(nl), grad(np);
           REQUIRE(pair_scorer_loss_forward_backward(ctx, make_view<cuda_space>(static_cast<const float*>(dsr.data()), B, N, N),
@@ -424,12 +424,12 @@ TEST_CASE("pair scorer CUDA: forward, backward and losses against the reference 
           distill_test::cuda_sync();
           std::vector<double> lref(static_cast<std::size_t>(nl)), gref(np);
           REQUIRE(pair_scorer_loss_forward_backward(cpu{1}, make_view(rs.data(), B, N, N), make_view(t.data(), B, N, N), omh,
-                                                    make_view(lref.data(), nl), make_view(gref.data(), B, N, N), opt)
+                                                    make_view(lref.data(), nl), make_view(gref.data(), B, N, N), {}, opt)
                       .ok());
           CHECK_CLOSE("loss", loss.download(), lref, scaled(lref, 1e-5));
           CHECK_CLOSE("d scores", grad.download(), gref, scaled(gref, 1e-5));
         }
-        opt.red = reduction::batchmean, opt.grad_scale = 1.0f;
+        opt.reduction = reduction::batchmean, opt.grad_scale = 1.0f;
       }
     }
   }
@@ -460,8 +460,8 @@ TEST_CASE("box features CUDA: against the reference, backward against the CPU pa
   REQUIRE(box_pair_features_all_pairs_forward(ctx, make_view<cuda_space>(static_cast<const float*>(d_boxes.data()), B, N, 4),
                                               make_view<cuda_space>(d_all.data(), B, N, N, box_pair_feature_count))
               .ok());
-  REQUIRE(box_pair_features_forward(ctx, make_view<cuda_space>(static_cast<const float*>(d_s.data()), P, 4),
-                                    make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4),
+  REQUIRE(box_pair_features_forward(ctx, box_pairs{make_view<cuda_space>(static_cast<const float*>(d_s.data()), P, 4),
+                                    make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4)},
                                     make_view<cuda_space>(d_f.data(), P, box_pair_feature_count))
               .ok());
   distill_test::cuda_sync();
@@ -471,22 +471,21 @@ TEST_CASE("box features CUDA: against the reference, backward against the CPU pa
   std::vector<float> gf(static_cast<std::size_t>(P * box_pair_feature_count));
   for (auto& x : gf) x = static_cast<float>(g.normal());
   device_buffer<float> d_gf(gf), d_gs(P * 4), d_go(P * 4);
-  REQUIRE(box_pair_features_backward(ctx, make_view<cuda_space>(static_cast<const float*>(d_s.data()), P, 4),
-                                     make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4),
-                                     make_view<cuda_space>(static_cast<const float*>(d_gf.data()), P, box_pair_feature_count),
-                                     make_view<cuda_space>(d_gs.data(), P, 4), make_view<cuda_space>(d_go.data(), P, 4))
+  REQUIRE(box_pair_features_backward(ctx, box_pairs{make_view<cuda_space>(static_cast<const float*>(d_s.data()), P, 4),
+                                     make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4)},
+                                     make_view<cuda_space>(static_cast<const float*>(d_gf.data()), P, box_pair_feature_count), box_pair_grads{make_view<cuda_space>(d_gs.data(), P, 4), make_view<cuda_space>(d_go.data(), P, 4)})
               .ok());
   distill_test::cuda_sync();
   std::vector<float> gs(P * 4), go(P * 4);
-  REQUIRE(box_pair_features_backward(cpu{1}, make_view(static_cast<const float*>(sb.data()), P, 4), make_view(static_cast<const float*>(ob.data()), P, 4),
-                                     make_view(static_cast<const float*>(gf.data()), P, box_pair_feature_count), make_view(gs.data(), P, 4),
-                                     make_view(go.data(), P, 4))
+  REQUIRE(box_pair_features_backward(cpu{1}, box_pairs{make_view(static_cast<const float*>(sb.data()), P, 4), make_view(static_cast<const float*>(ob.data()), P, 4)},
+                                     make_view(static_cast<const float*>(gf.data()), P, box_pair_feature_count), box_pair_grads{make_view(gs.data(), P, 4),
+                                     make_view(go.data(), P, 4)})
               .ok());
   CHECK_CLOSE("d subject", d_gs.download(), gs, (distill_test::tolerance{1e-3, 1e-4}));
   CHECK_CLOSE("d object", d_go.download(), go, (distill_test::tolerance{1e-3, 1e-4}));
   // Host memory refused.
-  CHECK(box_pair_features_forward(ctx, make_view<cuda_space>(static_cast<const float*>(sb.data()), P, 4),
-                                  make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4),
+  CHECK(box_pair_features_forward(ctx, box_pairs{make_view<cuda_space>(static_cast<const float*>(sb.data()), P, 4),
+                                  make_view<cuda_space>(static_cast<const float*>(d_o.data()), P, 4)},
                                   make_view<cuda_space>(d_f.data(), P, box_pair_feature_count))
             .code() == errc::wrong_memory_space);
 }

@@ -25,8 +25,8 @@
 #include "config.hpp"
 #include "dataset_io.hpp"
 #include "distill/core/file_io.hpp"
-#include "distill/logic/sort_of_clevr.hpp"
 #include "distill/nn/checkpoint.hpp"
+#include "logic_masks.hpp"
 #include "progress.hpp"
 #include "report.hpp"
 #include "runner.hpp"
@@ -45,23 +45,23 @@ struct split_data {
   std::vector<float> masks;          // [questions, N, N]
 };
 
-distill::sort_of_clevr_question logic_question(question_type t) {
+sort_of_clevr_question logic_question(question_type t) {
   switch (t) {
-    case question_type::shape: return distill::sort_of_clevr_question::shape;
-    case question_type::left: return distill::sort_of_clevr_question::horizontal;
-    case question_type::top: return distill::sort_of_clevr_question::vertical;
-    case question_type::closest: return distill::sort_of_clevr_question::closest;
-    case question_type::furthest: return distill::sort_of_clevr_question::furthest;
-    case question_type::count: return distill::sort_of_clevr_question::count;
+    case question_type::shape: return sort_of_clevr_question::shape;
+    case question_type::left: return sort_of_clevr_question::horizontal;
+    case question_type::top: return sort_of_clevr_question::vertical;
+    case question_type::closest: return sort_of_clevr_question::closest;
+    case question_type::furthest: return sort_of_clevr_question::furthest;
+    case question_type::count: return sort_of_clevr_question::count;
   }
-  return distill::sort_of_clevr_question::shape;
+  return sort_of_clevr_question::shape;
 }
 
 /// The CNN cell (of the 5 x 5 grid over the 75 x 75 image) holding a pixel position.
 int cell_of(int x, int y) { return std::min(4, y / 15) * 5 + std::min(4, x / 15); }
 
 /// Logic masks for every question of a split, from the rule files (distill::logic, MAP inference).
-std::vector<float> logic_masks(const dataset& d, const distill::sort_of_clevr_rules& rules, int threads, bool cells) {
+std::vector<float> logic_masks(const dataset& d, const sort_of_clevr_rules& rules, int threads, bool cells) {
   const std::size_t Q = d.questions.size();
   std::vector<distill::scene_object> scenes(Q * object_count);
   std::vector<std::int32_t> colours(Q), types(Q);
@@ -75,11 +75,11 @@ std::vector<float> logic_masks(const dataset& d, const distill::sort_of_clevr_ru
     colours[i] = q.colour;
     types[i] = static_cast<std::int32_t>(logic_question(q.type));
   }
-  std::vector<distill::sort_of_clevr_masker> maskers(static_cast<std::size_t>(std::max(1, threads)));
+  std::vector<sort_of_clevr_masker> maskers(static_cast<std::size_t>(std::max(1, threads)));
   for (auto& m : maskers) distill::throw_if_error(m.prepare(rules, object_count));
   std::vector<float> m6(Q * object_count * object_count);
   const auto n = static_cast<distill::index_t>(Q);
-  distill::throw_if_error(distill::sort_of_clevr_masks(
+  distill::throw_if_error(sort_of_clevr_masks(
       distill::cpu{threads}, maskers, distill::make_view(static_cast<const distill::scene_object*>(scenes.data()), n, object_count),
       distill::make_view(static_cast<const std::int32_t*>(colours.data()), n),
       distill::make_view(static_cast<const std::int32_t*>(types.data()), n), distill::make_view(m6.data(), n, object_count, object_count)));
@@ -269,7 +269,7 @@ trained train_model(const model_spec& spec, std::uint64_t seed, const run_option
 
 /// Fingerprint of the rule sets as parsed (canonical text: comments and layout do not count):
 /// the logic masks, and so every model's training, depend on them.
-std::uint64_t rules_fingerprint(const distill::sort_of_clevr_rules& rules) {
+std::uint64_t rules_fingerprint(const sort_of_clevr_rules& rules) {
   distill::fnv1a64 h;
   for (const auto& set : rules.sets) {
     const std::string text = set.to_string();
@@ -367,9 +367,9 @@ int main(int argc, char** argv) {
               << " seed(s), " << o.epochs << " epochs, on " << device_name << "\n";
 
     // data + logic masks
-    distill::sort_of_clevr_rules rules;
+    sort_of_clevr_rules rules;
     distill::rule_error rerr;
-    if (const distill::status st = distill::load_sort_of_clevr_rules(o.rules_dir, rules, &rerr); !st.ok())
+    if (const distill::status st = load_sort_of_clevr_rules(o.rules_dir, rules, &rerr); !st.ok())
       throw std::runtime_error(st.to_string() + " (pass --rules DIR)");
     const nlohmann::json settings = training_settings(o, device, rules_fingerprint(rules));
     auto load_split = [&](dataset_split split, int images) {

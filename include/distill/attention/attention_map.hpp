@@ -41,13 +41,14 @@
 //! In place: grad_student may be the very view of the student (same pointer and strides); the
 //! gradient then overwrites the logits or probabilities and no extra buffer is needed.
 //!
-//! Entry points (CPU here, CUDA in kernels/distill/cuda/attention_map.cuh, which adds a
-//! workspace of attention_map_workspace_size() bytes before `opt`):
-//!   attention_map_mse_forward(ctx, student, teacher, masks, loss, opt)
-//!   attention_map_mse_backward(ctx, student, teacher, masks, grad_student, opt)
-//!   attention_map_mse_forward_backward(ctx, student, teacher, masks, loss, grad_student, opt)
+//! Entry points, the same for a distill::cpu and a distill::cuda context (CUDA engine in
+//! kernels/distill/cuda/attention_map.cuh):
+//!   attention_map_mse_forward(ctx, student, teacher, masks, loss, workspace, opt)
+//!   attention_map_mse_backward(ctx, student, teacher, masks, grad_student, workspace, opt)
+//!   attention_map_mse_forward_backward(ctx, student, teacher, masks, loss, grad_student, workspace, opt)
 //!   attention_map_kl_teacher_student_{forward, backward, forward_backward}(same arguments)
-//! `masks` is attention_masks<Space>{key_mask, query_mask}; pass {} for none.
+//! `masks` is attention_masks<Space>{key_mask, query_mask}; pass {} for none. `workspace` holds
+//! attention_map_workspace_size(ctx) bytes (0 on the CPU: pass {}).
 
 #include <algorithm>
 #include <cmath>
@@ -90,7 +91,7 @@ struct attention_map_options {
   attention_input teacher_input = attention_input::logits;
   attention_head_map head_map = attention_head_map::one_to_one;
   std::span<const int> teacher_heads = {};  ///< head_map index: H_s entries in [0, H_t), host memory
-  reduction red = reduction::mean;          ///< see the file comment for each divisor
+  distill::reduction reduction = distill::reduction::mean;          ///< see the file comment for each divisor
   double grad_scale = 1.0;                  ///< upstream gradient of the loss
   bool accumulate = false;                  ///< add into grad_student instead of overwriting it
 };
@@ -208,9 +209,9 @@ status check_inputs(const char* fn, const VS& student, const VT& teacher, const 
     return fail(errc::invalid_argument, fn, "'student_input' is not a valid attention_input");
   if (opt.teacher_input != attention_input::logits && opt.teacher_input != attention_input::probabilities)
     return fail(errc::invalid_argument, fn, "'teacher_input' is not a valid attention_input");
-  if (opt.red != reduction::none && opt.red != reduction::sum && opt.red != reduction::mean &&
-      opt.red != reduction::batchmean)
-    return fail(errc::invalid_argument, fn, "'red' is not a valid reduction");
+  if (opt.reduction != reduction::none && opt.reduction != reduction::sum && opt.reduction != reduction::mean &&
+      opt.reduction != reduction::batchmean)
+    return fail(errc::invalid_argument, fn, "'reduction' is not a valid reduction");
   if (!std::isfinite(opt.grad_scale))
     return fail(errc::invalid_argument, fn, "'grad_scale' must be finite, got " + check_detail::num(opt.grad_scale));
   if (!masks.key.empty()) {
@@ -485,16 +486,16 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
   DISTILL_TRY(check_inputs(fn, student, teacher, masks, opt, std::numeric_limits<index_t>::max()));
   const index_t B = student.extent(0), Hs = student.extent(1), Lq = student.extent(2), Lk = student.extent(3);
   const index_t rows = B * Hs * Lq;
-  if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.red));
+  if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.reduction));
   if (need_grad) DISTILL_TRY(check_grad(fn, grad, student));
 
   const double valid = valid_count_cpu(masks, div, B, Hs, Lq, Lk);
-  const double inv_div = safe_inverse(divisor(opt.red, valid, B));
+  const double inv_div = safe_inverse(divisor(opt.reduction, valid, B));
   const Acc c = static_cast<Acc>(opt.grad_scale * inv_div);
   cpu_problem<TS, TT, TG> P{student, teacher, need_grad ? grad : host_view<TG, 4>{}, masks, div,
                             opt.student_input == attention_input::logits, opt.teacher_input == attention_input::logits,
                             opt.head_map, opt.teacher_heads, teacher.extent(1) / Hs};
-  const bool per_row = need_loss && opt.red == reduction::none;
+  const bool per_row = need_loss && opt.reduction == reduction::none;
   auto chunk = [&](index_t r0, index_t r1) -> Acc {
     std::vector<Acc> scratch(static_cast<std::size_t>(5 * Lk));
     Acc* xs = scratch.data();
@@ -518,44 +519,76 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
   return {};
 }
 
+/// The engine on memory `Space`: the CPU one here, the CUDA one (`backend<cuda_space>`) in
+/// kernels/distill/cuda/attention_map.cuh.
+template <class Space>
+struct backend;
+
+template <>
+struct backend<host_space> {
+  template <class TS, class TT>
+  static status run(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
+                    const attention_masks<host_space>& masks, host_view<accum_t<TS>, 1> loss,
+                    host_view<std::remove_const_t<TS>, 4> grad, host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/,
+                    bool need_loss, bool need_grad, const attention_map_options& opt) {
+    return run_cpu(fn, div, ctx, student, teacher, masks, loss, grad, need_loss, need_grad, opt);
+  }
+};
+
+/// Scratch of the CUDA path: the valid-count slot, the completion counter and one partial sum
+/// per block (at most cuda_max_blocks).
+inline constexpr int cuda_max_blocks = 2048;
+inline constexpr std::size_t cuda_workspace_bytes = 256 + cuda_max_blocks * sizeof(float);
+
 }  // namespace attention_map_detail
 
+/// Bytes of scratch the entry points need: none on the CPU; on CUDA a constant (16-byte
+/// aligned, no initialisation needed).
+constexpr std::size_t attention_map_workspace_size(const cpu&) noexcept { return 0; }
+constexpr std::size_t attention_map_workspace_size(const cuda&) noexcept { return attention_map_detail::cuda_workspace_bytes; }
+
 // ---------------------------------------------------------------------------------------------
-// CPU entry points
+// Entry points, the same for every context (see the file comment)
 // ---------------------------------------------------------------------------------------------
 
-#define DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(name, kind)                                                            \
+#define DISTILL_ATTENTION_MAP_ENTRY_POINTS(name, kind)                                                                \
   /** Loss only: `loss` is (1), or (B*H_s*L_q) with reduction none. */                                                \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_forward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,             \
-                                      const attention_masks<host_space>& masks, host_view<accum_t<TS>, 1> loss,       \
-                                      const attention_map_options& opt = {}) {                                        \
-    return attention_map_detail::run_cpu(#name "_forward", kind, ctx, student, teacher, masks, loss, {},              \
-                                         true, false, opt);                                                           \
+  template <class Ctx, class TS, class TT, class Space>                                                               \
+    requires can_access_v<Ctx, Space>                                                                                 \
+  [[nodiscard]] status name##_forward(const Ctx& ctx, tensor_view<TS, 4, Space> student, tensor_view<TT, 4, Space> teacher, \
+                                      const attention_masks<Space>& masks, tensor_view<accum_t<TS>, 1, Space> loss,   \
+                                      tensor_view<std::byte, 1, Space> workspace, const attention_map_options& opt = {}) { \
+    static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");           \
+    return attention_map_detail::backend<Space>::run(#name "_forward", kind, ctx, student, teacher, masks, loss, {},   \
+                                                     workspace, true, false, opt);                                    \
   }                                                                                                                   \
   /** Gradient with respect to the student logits or probabilities. */                                                \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,            \
-                                       const attention_masks<host_space>& masks,                                      \
-                                       host_view<std::remove_const_t<TS>, 4> grad_student,                            \
-                                       const attention_map_options& opt = {}) {                                       \
-    return attention_map_detail::run_cpu(#name "_backward", kind, ctx, student, teacher, masks, {},                   \
-                                         grad_student, false, true, opt);                                             \
+  template <class Ctx, class TS, class TT, class Space>                                                               \
+    requires can_access_v<Ctx, Space>                                                                                 \
+  [[nodiscard]] status name##_backward(const Ctx& ctx, tensor_view<TS, 4, Space> student, tensor_view<TT, 4, Space> teacher, \
+                                       const attention_masks<Space>& masks,                                           \
+                                       tensor_view<std::remove_const_t<TS>, 4, Space> grad_student,                   \
+                                       tensor_view<std::byte, 1, Space> workspace, const attention_map_options& opt = {}) { \
+    static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");           \
+    return attention_map_detail::backend<Space>::run(#name "_backward", kind, ctx, student, teacher, masks, {},        \
+                                                     grad_student, workspace, false, true, opt);                      \
   }                                                                                                                   \
   /** Loss and gradient in one pass over the inputs. */                                                               \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_forward_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,    \
-                                               const attention_masks<host_space>& masks,                              \
-                                               host_view<accum_t<TS>, 1> loss,                                        \
-                                               host_view<std::remove_const_t<TS>, 4> grad_student,                    \
-                                               const attention_map_options& opt = {}) {                               \
-    return attention_map_detail::run_cpu(#name "_forward_backward", kind, ctx, student, teacher, masks, loss,         \
-                                         grad_student, true, true, opt);                                              \
+  template <class Ctx, class TS, class TT, class Space>                                                               \
+    requires can_access_v<Ctx, Space>                                                                                 \
+  [[nodiscard]] status name##_forward_backward(                                                                       \
+      const Ctx& ctx, tensor_view<TS, 4, Space> student, tensor_view<TT, 4, Space> teacher,                           \
+      const attention_masks<Space>& masks, tensor_view<accum_t<TS>, 1, Space> loss,                                   \
+      tensor_view<std::remove_const_t<TS>, 4, Space> grad_student, tensor_view<std::byte, 1, Space> workspace,        \
+      const attention_map_options& opt = {}) {                                                                        \
+    static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");           \
+    return attention_map_detail::backend<Space>::run(#name "_forward_backward", kind, ctx, student, teacher, masks,   \
+                                                     loss, grad_student, workspace, true, true, opt);                 \
   }
 
-DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(attention_map_mse, attention_map_detail::divergence::mse)
-DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS(attention_map_kl_teacher_student, attention_map_detail::divergence::kl_teacher_student)
-#undef DISTILL_ATTENTION_MAP_CPU_ENTRY_POINTS
+DISTILL_ATTENTION_MAP_ENTRY_POINTS(attention_map_mse, attention_map_detail::divergence::mse)
+DISTILL_ATTENTION_MAP_ENTRY_POINTS(attention_map_kl_teacher_student, attention_map_detail::divergence::kl_teacher_student)
+#undef DISTILL_ATTENTION_MAP_ENTRY_POINTS
 
 }  // namespace distill
 

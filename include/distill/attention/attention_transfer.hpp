@@ -36,13 +36,14 @@
 //! In place: grad_student may be the very view of the student (same pointer and strides); the
 //! gradient then overwrites the features, on both backends.
 //!
-//! Entry points (CPU here, CUDA in kernels/distill/cuda/attention_transfer.cuh, same names):
-//!   attention_transfer_forward(ctx, student, teacher, loss, opt)
-//!   attention_transfer_backward(ctx, student, teacher, grad_student, opt)
-//!   attention_transfer_forward_backward(ctx, student, teacher, loss, grad_student, opt)
+//! Entry points, the same for a distill::cpu and a distill::cuda context (CUDA engine in
+//! kernels/distill/cuda/attention_transfer.cuh):
+//!   attention_transfer_forward(ctx, student, teacher, loss, workspace, opt)
+//!   attention_transfer_backward(ctx, student, teacher, grad_student, workspace, opt)
+//!   attention_transfer_forward_backward(ctx, student, teacher, loss, grad_student, workspace, opt)
 //!   ... and the same three taking a range of attention_transfer_layer {student, teacher,
-//!   grad_student, weight} instead of one pair. CUDA overloads take a workspace of
-//!   attention_transfer_workspace_size(B, H, W) bytes before `opt`.
+//!   grad_student, weight} instead of one pair: (ctx, layers, [loss,] workspace, opt).
+//! `workspace` holds attention_transfer_workspace_size(ctx, B, H, W) bytes (0 on the CPU: {}).
 
 #include <cmath>
 #include <cstddef>
@@ -80,7 +81,7 @@ struct attention_transfer_options {
   double p = 2.0;       ///< exponent of the channel energy |A|^p, finite and > 0
   double beta = 1.0;    ///< loss weight beta >= 0 (the paper and its code use 1e3 with squared_mean)
   attention_transfer_form form = attention_transfer_form::squared_mean;
-  reduction red = reduction::mean;  ///< over the batch: mean (= batchmean), sum, or none (per sample)
+  distill::reduction reduction = distill::reduction::mean;  ///< over the batch: mean (= batchmean), sum, or none (per sample)
   double eps = 1e-12;   ///< clamp of the L2 norms (F.normalize), > 0
   double grad_scale = 1.0;  ///< upstream gradient of the loss
   bool accumulate = false;  ///< add into grad_student instead of overwriting it
@@ -115,10 +116,14 @@ inline workspace_layout make_workspace_layout(index_t batch, index_t spatial) no
 }
 }  // namespace attention_transfer_detail
 
-/// Bytes of device scratch the CUDA entry points need for features [batch, *, height, width]
-/// (for several layer pairs: the maximum over the pairs). Pass it as a cuda_view<std::byte, 1>
-/// of at least this size, 16-byte aligned; its contents need no initialisation.
-inline std::size_t attention_transfer_workspace_size(index_t batch, index_t height, index_t width) noexcept {
+/// Bytes of scratch the entry points need for features [batch, *, height, width] (for several
+/// layer pairs: the maximum over the pairs). CPU: none. CUDA: the two attention maps, the
+/// per-sample losses and a counter; 16-byte aligned, contents need no initialisation.
+constexpr std::size_t attention_transfer_workspace_size(const cpu&, index_t /*batch*/, index_t /*height*/,
+                                                        index_t /*width*/) noexcept {
+  return 0;
+}
+inline std::size_t attention_transfer_workspace_size(const cuda&, index_t batch, index_t height, index_t width) noexcept {
   return attention_transfer_detail::make_workspace_layout(batch, height * width).total;
 }
 
@@ -238,7 +243,7 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc column_factor(const sample_result<Ac
 template <class Acc>
 sample_params<Acc> make_params(const attention_transfer_options& opt, double weight, index_t batch, index_t channels,
                                index_t spatial) {
-  const double r = opt.red == reduction::sum || opt.red == reduction::none ? 1.0 : 1.0 / static_cast<double>(batch);
+  const double r = opt.reduction == reduction::sum || opt.reduction == reduction::none ? 1.0 : 1.0 / static_cast<double>(batch);
   sample_params<Acc> P;
   P.p = static_cast<Acc>(opt.p);
   P.beta = static_cast<Acc>(opt.beta);
@@ -269,9 +274,9 @@ inline status check_options(const char* fn, const attention_transfer_options& op
   DISTILL_TRY(check_finite_option(fn, "grad_scale", opt.grad_scale, false, false));
   if (opt.form != attention_transfer_form::squared_mean && opt.form != attention_transfer_form::paper_norm)
     return fail(errc::invalid_argument, fn, "'form' is not a valid attention_transfer_form");
-  if (opt.red != reduction::none && opt.red != reduction::sum && opt.red != reduction::mean &&
-      opt.red != reduction::batchmean)
-    return fail(errc::invalid_argument, fn, "'red' is not a valid reduction");
+  if (opt.reduction != reduction::none && opt.reduction != reduction::sum && opt.reduction != reduction::mean &&
+      opt.reduction != reduction::batchmean)
+    return fail(errc::invalid_argument, fn, "'reduction' is not a valid reduction");
   return {};
 }
 
@@ -494,7 +499,7 @@ status run_layers_cpu(const char* fn, const cpu& ctx, const Layers& layers, host
     DISTILL_TRY(check_layer(fn, j, layer, B, need_grad));
     ++j;
   }
-  if (need_loss) DISTILL_TRY(check_loss(fn, loss, B, opt.red));
+  if (need_loss) DISTILL_TRY(check_loss(fn, loss, B, opt.reduction));
   const int pc = power_case(opt.p);
   std::vector<Acc> sample_loss(static_cast<std::size_t>(B));
   bool first = true;
@@ -504,7 +509,7 @@ status run_layers_cpu(const char* fn, const cpu& ctx, const Layers& layers, host
     const host_view<TS, 4> no_grad;
     layer_cpu(ctx, layer.student, layer.teacher, need_grad ? layer.grad_student : no_grad, P, pc, opt.accumulate,
               sample_loss.data());
-    if (need_loss) reduce_loss_cpu(loss, sample_loss, opt.red, !first);
+    if (need_loss) reduce_loss_cpu(loss, sample_loss, opt.reduction, !first);
     first = false;
   }
   return {};
@@ -517,85 +522,120 @@ attention_transfer_layer<std::remove_const_t<TS>, std::remove_const_t<TT>, Space
   return {student, teacher, grad, 1.0};
 }
 
+/// The engine on memory `Space`: the CPU one here, the CUDA one (`backend<cuda_space>`) in
+/// kernels/distill/cuda/attention_transfer.cuh.
+template <class Space>
+struct backend;
+
+template <>
+struct backend<host_space> {
+  template <class Layers>
+  static status run(const char* fn, const cpu& ctx, const Layers& layers, host_view<layers_accum_t<Layers>, 1> loss,
+                    host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/, bool need_loss, bool need_grad,
+                    const attention_transfer_options& opt) {
+    return run_layers_cpu(fn, ctx, layers, loss, need_loss, need_grad, opt);
+  }
+};
+
 // Names of the single-pair arguments (the multi-layer path names them layers[j].*; a single
 // pair is reported with its own argument names).
-template <class TS, class TT, class Space, class Run>
-status run_single(const char* fn, tensor_view<TS, 4, Space> student, tensor_view<TT, 4, Space> teacher,
-                  tensor_view<std::remove_const_t<TS>, 4, Space> grad, bool need_grad, Run&& run) {
+template <class Ctx, class TS, class TT, class Space>
+status run_single(const char* fn, const Ctx& ctx, tensor_view<TS, 4, Space> student, tensor_view<TT, 4, Space> teacher,
+                  tensor_view<accum_t<TS>, 1, Space> loss, tensor_view<std::remove_const_t<TS>, 4, Space> grad,
+                  tensor_view<std::byte, 1, Space> workspace, bool need_loss, bool need_grad,
+                  const attention_transfer_options& opt) {
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
   DISTILL_TRY(check_pair(fn, "student", student, "teacher", teacher, "grad_student", grad, need_grad));
   const attention_transfer_layer<std::remove_const_t<TS>, std::remove_const_t<TT>, Space> layer[1] = {
       single_layer(student, teacher, grad)};
-  return run(layer);
+  return backend<Space>::run(fn, ctx, layer, loss, workspace, need_loss, need_grad, opt);
 }
+
+template <class Ctx, class Layers>
+using layers_loss_view = tensor_view<layers_accum_t<Layers>, 1, typename Ctx::memory_space>;
+template <class Ctx>
+using workspace_view = tensor_view<std::byte, 1, typename Ctx::memory_space>;
 
 }  // namespace attention_transfer_detail
 
 // ---------------------------------------------------------------------------------------------
-// CPU entry points: one layer pair
+// Entry points: one layer pair (the same for every context)
 // ---------------------------------------------------------------------------------------------
 
 /// Loss only. `loss`: (1), or (B) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_forward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
-                                                host_view<accum_t<TS>, 1> loss,
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status attention_transfer_forward(const Ctx& ctx, tensor_view<TS, 4, Space> student,
+                                                tensor_view<TT, 4, Space> teacher, tensor_view<accum_t<TS>, 1, Space> loss,
+                                                tensor_view<std::byte, 1, Space> workspace,
                                                 const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_forward";
-  return attention_transfer_detail::run_single(fn, student, teacher, {}, false, [&](const auto& layers) {
-    return attention_transfer_detail::run_layers_cpu(fn, ctx, layers, loss, true, false, opt);
-  });
+  return attention_transfer_detail::run_single("attention_transfer_forward", ctx, student, teacher, loss, {}, workspace, true,
+                                               false, opt);
 }
 
 /// Gradient with respect to the student features only (overwrites, or adds with accumulate).
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
-                                                 host_view<std::remove_const_t<TS>, 4> grad_student,
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status attention_transfer_backward(const Ctx& ctx, tensor_view<TS, 4, Space> student,
+                                                 tensor_view<TT, 4, Space> teacher,
+                                                 tensor_view<std::remove_const_t<TS>, 4, Space> grad_student,
+                                                 tensor_view<std::byte, 1, Space> workspace,
                                                  const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_backward";
-  return attention_transfer_detail::run_single(fn, student, teacher, grad_student, true, [&](const auto& layers) {
-    return attention_transfer_detail::run_layers_cpu(fn, ctx, layers, host_view<accum_t<TS>, 1>{}, false, true, opt);
-  });
+  return attention_transfer_detail::run_single("attention_transfer_backward", ctx, student, teacher, {}, grad_student,
+                                               workspace, false, true, opt);
 }
 
 /// Loss and gradient in one pass over the inputs.
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_forward_backward(const cpu& ctx, host_view<TS, 4> student,
-                                                         host_view<TT, 4> teacher, host_view<accum_t<TS>, 1> loss,
-                                                         host_view<std::remove_const_t<TS>, 4> grad_student,
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status attention_transfer_forward_backward(const Ctx& ctx, tensor_view<TS, 4, Space> student,
+                                                         tensor_view<TT, 4, Space> teacher,
+                                                         tensor_view<accum_t<TS>, 1, Space> loss,
+                                                         tensor_view<std::remove_const_t<TS>, 4, Space> grad_student,
+                                                         tensor_view<std::byte, 1, Space> workspace,
                                                          const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_forward_backward";
-  return attention_transfer_detail::run_single(fn, student, teacher, grad_student, true, [&](const auto& layers) {
-    return attention_transfer_detail::run_layers_cpu(fn, ctx, layers, loss, true, true, opt);
-  });
+  return attention_transfer_detail::run_single("attention_transfer_forward_backward", ctx, student, teacher, loss,
+                                               grad_student, workspace, true, true, opt);
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU entry points: several layer pairs, L = sum_j weight_j * L_j (all pairs share the batch)
+// Entry points: several layer pairs, L = sum_j weight_j * L_j (all pairs share the batch)
 // ---------------------------------------------------------------------------------------------
 
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, host_space>
-[[nodiscard]] status attention_transfer_forward(const cpu& ctx, const Layers& layers,
-                                                host_view<attention_transfer_detail::layers_accum_t<Layers>, 1> loss,
+template <class Ctx, class Layers>
+  requires attention_transfer_detail::layer_range<Layers, typename Ctx::memory_space>
+[[nodiscard]] status attention_transfer_forward(const Ctx& ctx, const Layers& layers,
+                                                attention_transfer_detail::layers_loss_view<Ctx, Layers> loss,
+                                                attention_transfer_detail::workspace_view<Ctx> workspace,
                                                 const attention_transfer_options& opt = {}) {
-  return attention_transfer_detail::run_layers_cpu("attention_transfer_forward", ctx, layers, loss, true, false, opt);
+  using Space = typename Ctx::memory_space;
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return attention_transfer_detail::backend<Space>::run("attention_transfer_forward", ctx, layers, loss, workspace, true,
+                                                        false, opt);
 }
 
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, host_space>
-[[nodiscard]] status attention_transfer_backward(const cpu& ctx, const Layers& layers,
+template <class Ctx, class Layers>
+  requires attention_transfer_detail::layer_range<Layers, typename Ctx::memory_space>
+[[nodiscard]] status attention_transfer_backward(const Ctx& ctx, const Layers& layers,
+                                                 attention_transfer_detail::workspace_view<Ctx> workspace,
                                                  const attention_transfer_options& opt = {}) {
-  return attention_transfer_detail::run_layers_cpu("attention_transfer_backward", ctx, layers,
-                                                    host_view<attention_transfer_detail::layers_accum_t<Layers>, 1>{},
-                                                    false, true, opt);
+  using Space = typename Ctx::memory_space;
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return attention_transfer_detail::backend<Space>::run("attention_transfer_backward", ctx, layers,
+                                                        attention_transfer_detail::layers_loss_view<Ctx, Layers>{},
+                                                        workspace, false, true, opt);
 }
 
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, host_space>
-[[nodiscard]] status attention_transfer_forward_backward(
-    const cpu& ctx, const Layers& layers, host_view<attention_transfer_detail::layers_accum_t<Layers>, 1> loss,
-    const attention_transfer_options& opt = {}) {
-  return attention_transfer_detail::run_layers_cpu("attention_transfer_forward_backward", ctx, layers, loss, true, true,
-                                                   opt);
+template <class Ctx, class Layers>
+  requires attention_transfer_detail::layer_range<Layers, typename Ctx::memory_space>
+[[nodiscard]] status attention_transfer_forward_backward(const Ctx& ctx, const Layers& layers,
+                                                         attention_transfer_detail::layers_loss_view<Ctx, Layers> loss,
+                                                         attention_transfer_detail::workspace_view<Ctx> workspace,
+                                                         const attention_transfer_options& opt = {}) {
+  using Space = typename Ctx::memory_space;
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return attention_transfer_detail::backend<Space>::run("attention_transfer_forward_backward", ctx, layers, loss, workspace,
+                                                        true, true, opt);
 }
 
 }  // namespace distill

@@ -10,7 +10,9 @@
 //!   DISTILL_TRY(check_positive(fn, "temperature", opt.temperature));
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <type_traits>
 
@@ -130,6 +132,47 @@ status check_positive(const char* fn, const char* name, S value) {
   if (!(value > S(0)) || !std::isfinite(static_cast<double>(value)))
     return fail(errc::invalid_argument, fn,
                 std::string("'") + name + "' must be finite and > 0, got " + check_detail::num(static_cast<double>(value)));
+  return {};
+}
+
+/// An optional view: absent (default-constructed) is fine; a null pointer with elements is not;
+/// a present view must have non-negative strides.
+template <class V>
+status check_optional(const char* fn, const char* name, const V& v) {
+  if (v.empty()) {
+    if (v.size() != 0)
+      return fail(errc::invalid_argument, fn, std::string("'") + name + "' has a null pointer but nonzero extents");
+    return {};
+  }
+  return check_strides(fn, name, v);
+}
+
+/// An optional view that, when present, must have exactly `extents`.
+template <class V>
+status check_optional(const char* fn, const char* name, const V& v, const index_t (&extents)[V::rank]) {
+  DISTILL_TRY(check_optional(fn, name, v));
+  if (v.empty()) return {};
+  return check_shape(fn, name, v, extents);
+}
+
+/// Alignment every workspace must have, on both backends (cudaMalloc and operator new give it).
+inline constexpr std::size_t workspace_alignment = 16;
+
+/// The caller's scratch: at least `need` bytes (the primitive's `_workspace_size`), contiguous,
+/// `workspace_alignment`-aligned. Anything, absent included, is fine when `need` is 0.
+template <class V>
+status check_workspace(const char* fn, const V& workspace, std::size_t need, const char* sizing_function) {
+  static_assert(std::is_same_v<typename V::value_type, std::byte> && V::rank == 1, "a workspace is a rank-1 view of std::byte");
+  if (need == 0) return {};
+  const std::size_t have = workspace.empty() ? 0 : static_cast<std::size_t>(workspace.extent(0));
+  if (have < need)
+    return fail(errc::invalid_argument, fn,
+                "'workspace' has " + std::to_string(have) + " bytes, needs " + std::to_string(need) + " (" +
+                    sizing_function + ")");
+  if (workspace.extent(0) > 1 && workspace.stride(0) != 1)
+    return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
+  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % workspace_alignment != 0)
+    return fail(errc::misaligned, fn, "'workspace' must be " + std::to_string(workspace_alignment) + "-byte aligned");
   return {};
 }
 

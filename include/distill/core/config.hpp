@@ -31,6 +31,14 @@
 #define DISTILL_HAS_OPENMP 0
 #endif
 
+/// DISTILL_OMP_PRAGMA(omp simd reduction(+ : s)) is that OpenMP pragma when the translation unit
+/// is compiled with OpenMP, and nothing otherwise (a loop hint, never a change of results).
+#if DISTILL_HAS_OPENMP
+#define DISTILL_OMP_PRAGMA(x) _Pragma(#x)
+#else
+#define DISTILL_OMP_PRAGMA(x)
+#endif
+
 namespace distill {
 
 /// Extents, strides and indices are 64-bit: vocab x tokens easily exceeds 2^31 elements.

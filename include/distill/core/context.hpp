@@ -35,4 +35,11 @@ struct cuda {
 template <class Context, class Space>
 inline constexpr bool can_access_v = std::is_same_v<typename Context::memory_space, Space>;
 
+/// True when this translation unit can run a primitive on memory `Space`: always on the host,
+/// on CUDA only when nvcc compiles it (the CUDA engines live in kernels/distill/cuda/*.cuh).
+/// Entry points written once for both contexts dispatch to `<family>_detail::backend<Space>`,
+/// whose cuda_space specialisation the .cuh defines, and state this with a static_assert.
+template <class Space>
+inline constexpr bool backend_available_v = std::is_same_v<Space, host_space> || DISTILL_CUDA_COMPILER;
+
 }  // namespace distill

@@ -9,7 +9,7 @@
 //!   for (index_t k = 0; k < n; ++k) e[k] = distill::fast_exp(x[k] - m);   // one AVX-512 loop
 //!
 //! Accuracy over the whole float range, measured against double std::exp / std::log / std::log1p
-//! on every 97th float bit pattern (test/soft_target/test_fast_math.cpp checks the bounds in brackets):
+//! on every 97th float bit pattern (test/losses/test_fast_math.cpp checks the bounds in brackets):
 //!   fast_exp    0.92 ulp [1.5]; subnormal results within 1 subnormal ulp; exp(-inf) = 0,
 //!               exp(x < -103.98) = 0, exp(x > 88.72) = +inf, exp(NaN) = NaN, exp(subnormal) = 1.
 //!   fast_log    1.9 ulp [2.5], subnormal inputs included; log(+-0) = -inf, log(x < 0) = NaN,

@@ -114,6 +114,11 @@ using host_view = tensor_view<T, Rank, host_space>;
 template <class T, int Rank>
 using cuda_view = tensor_view<T, Rank, cuda_space>;
 
+/// An input parameter of element type `const T` that takes no part in template deduction: the
+/// caller may pass a view of T or of const T (the memory space is deduced from other views).
+template <class T, int Rank, class Space = host_space>
+using in_view = std::type_identity_t<tensor_view<const T, Rank, Space>>;
+
 /// Contiguous row-major view: make_view(p, N, C), make_view<cuda_space>(d_p, B, C, H, W).
 template <class Space = host_space, class T, class... I>
   requires(sizeof...(I) >= 1 && (std::is_integral_v<I> && ...))
@@ -155,11 +160,22 @@ tensor_view<T, R, Space> reshape(const tensor_view<T, Rank, Space>& v,
   return tensor_view<T, R, Space>(v.data(), ext, str);
 }
 
+/// Rows [r0, r0 + n) of a rank-2 view (same strides).
+template <class T, class Space>
+tensor_view<T, 2, Space> row_slice(const tensor_view<T, 2, Space>& v, index_t r0, index_t n) noexcept {
+  const index_t ext[2] = {n, v.extent(1)}, str[2] = {v.stride(0), v.stride(1)};
+  return tensor_view<T, 2, Space>(v.data() + r0 * v.stride(0), ext, str);
+}
+
 /// Convert to a view of const elements (useful where deduction needs an exact type).
 template <class T, int Rank, class Space>
 tensor_view<const T, Rank, Space> as_const(const tensor_view<T, Rank, Space>& v) noexcept {
   return v;
 }
+
+/// Two element types that agree up to const (an input view of `const T` and an output of `T`).
+template <class A, class B>
+inline constexpr bool same_value_v = std::is_same_v<std::remove_const_t<A>, std::remove_const_t<B>>;
 
 template <class V>
 inline constexpr bool is_tensor_view_v = false;

@@ -18,7 +18,7 @@
 //! 2. AdaIN-KD loss (§4.3, reconstruction): teacher content re-styled with the student's
 //!    statistics, then the rest of the frozen teacher O, compared with the teacher's own output:
 //!      F~ = AdaIN(F_t; F_s),   L = mse(O(F~), O(F_t))   (mean over every element of O's output;
-//!                                                        or the sum, red = sum)
+//!                                                        or the sum, reduction = sum)
 //!      dL/dF_s = AdaIN backward to the style input of  O^T-vjp( 2 (O(F~) - O(F_t)) / numel )
 //!    `adain_kd_loss_forward_backward` runs it given O as two callables (forward and
 //!    vector-Jacobian product); the teacher's weights are never updated.
@@ -33,7 +33,7 @@
 //!    sqrt(v) without eps, exactly as the peer does):
 //!      l_bc = w_a [ r^2 M2_t / N_t + dm^2 ] + w_mu dm^2 + w_sigma (sqrt(v_s) - sqrt(v_t))^2,
 //!             r = sigma_s / sigma_t - 1,  dm = mu_s - mu_t
-//!      L    = sum_bc l_bc / (B C)        (red = mean; batchmean / B, sum / 1)
+//!      L    = sum_bc l_bc / (B C)        (reduction = mean; batchmean / B, sum / 1)
 //!      dl/dmu_s = 2 dm (w_a + w_mu)
 //!      dl/dv_s  = w_a r M2_t / (N_t sigma_t sigma_s) + w_sigma (sqrt(v_s) - sqrt(v_t)) / sqrt(v_s)
 //!    (the last term is taken as 0 for a constant student channel, where x - mu = 0 anyway), and
@@ -71,7 +71,7 @@ struct adain_stats_loss_options {
   double adain_weight = 1.0;  ///< w_a: mse(AdaIN(ft; fs), ft)
   double mean_weight = 1.0;   ///< w_mu: mse(mu_s, mu_t)
   double std_weight = 1.0;    ///< w_sigma: mse(sqrt(v_s), sqrt(v_t))
-  reduction red = reduction::mean;
+  distill::reduction reduction = distill::reduction::mean;
   double grad_scale = 1.0;
   bool accumulate = false;
 };
@@ -80,7 +80,7 @@ struct adain_stats_loss_options {
 struct adain_kd_options {
   double eps = 1e-5;
   bool unbiased = false;
-  reduction red = reduction::mean;  ///< mean: mse over every output element; sum: squared L2
+  distill::reduction reduction = distill::reduction::mean;  ///< mean: mse over every output element; sum: squared L2
   double grad_scale = 1.0;
   bool accumulate = false;  ///< add into grad_student
 };
@@ -117,7 +117,7 @@ adain_stats_term<Acc> make_adain_stats_term(const adain_stats_loss_options& o) {
 
 inline status check_adain_stats_options(const char* fn, const adain_stats_loss_options& o) {
   DISTILL_TRY(check_eps(fn, o.eps));
-  DISTILL_TRY(check_loss_reduction(fn, o.red));
+  DISTILL_TRY(check_loss_reduction(fn, o.reduction));
   if (!std::isfinite(o.adain_weight) || !std::isfinite(o.mean_weight) || !std::isfinite(o.std_weight) ||
       !std::isfinite(o.grad_scale))
     return fail(errc::invalid_argument, fn, "the term weights and 'grad_scale' must be finite");
@@ -295,7 +295,8 @@ status adain_stats_loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 4> s, 
 /// AdaIN statistics loss of student fs [B, C, H, W] against teacher ft [B, C, H', W'].
 template <class TS, class TT>
 [[nodiscard]] status adain_stats_loss_forward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
-                                              host_view<accum_t<TS>, 1> loss, const adain_stats_loss_options& opt = {}) {
+                                              host_view<accum_t<TS>, 1> loss, host_view<std::byte, 1> /*workspace*/,
+                                              const adain_stats_loss_options& opt = {}) {
   constexpr const char* fn = "adain_stats_loss_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   return features_detail::adain_stats_loss_cpu(fn, ctx, student, teacher, loss, {}, opt);
@@ -303,6 +304,7 @@ template <class TS, class TT>
 template <class TS, class TT>
 [[nodiscard]] status adain_stats_loss_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
                                                host_view<std::remove_const_t<TS>, 4> grad_student,
+                                               host_view<std::byte, 1> /*workspace*/,
                                                const adain_stats_loss_options& opt = {}) {
   constexpr const char* fn = "adain_stats_loss_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -312,49 +314,63 @@ template <class TS, class TT>
 [[nodiscard]] status adain_stats_loss_forward_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
                                                        host_view<accum_t<TS>, 1> loss,
                                                        host_view<std::remove_const_t<TS>, 4> grad_student,
+                                                       host_view<std::byte, 1> /*workspace*/,
                                                        const adain_stats_loss_options& opt = {}) {
   constexpr const char* fn = "adain_stats_loss_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
   return features_detail::adain_stats_loss_cpu(fn, ctx, student, teacher, loss, grad_student, opt);
 }
 
+/// Bytes of scratch of the AdaIN statistics loss for `batch` x `channels` statistics: as
+/// stats_matching_workspace_size (the same per-channel accumulators on CUDA, none on the CPU).
+template <class Ctx>
+constexpr std::size_t adain_stats_loss_workspace_size(const Ctx& ctx, index_t batch, index_t channels) noexcept {
+  return stats_matching_workspace_size(ctx, batch, channels);
+}
+
 // =============================================================================================
 // AdaIN-KD loss through the teacher's next layer (CPU and CUDA; the context picks the backend)
 // =============================================================================================
 
-/// Buffers the AdaIN-KD helper works in (the caller owns them; nothing is allocated). T is the
-/// student's element type; R x K is the shape of the teacher head's output.
+/// Activations the AdaIN-KD helper works in (the caller owns them; nothing is allocated). T is
+/// the student's element type; R x K is the shape of the teacher head's output.
 template <class T, class Space>
-struct adain_kd_workspace {
+struct adain_kd_buffers {
   tensor_view<T, 4, Space> mixed;        ///< [B, C, H, W] (teacher's shape): AdaIN(F_t; F_s)
   tensor_view<T, 4, Space> grad_mixed;   ///< [B, C, H, W]: dL/dF~
   tensor_view<T, 2, Space> out_mixed;    ///< [R, K]: O(F~)
   tensor_view<T, 2, Space> out_teacher;  ///< [R, K]: O(F_t)
   tensor_view<T, 2, Space> grad_out;     ///< [R, K]: dL/dO(F~)
-  tensor_view<std::byte, 1, Space> scratch;  ///< CUDA only: embedding_alignment_workspace_size<T>(R) bytes
 };
+
+/// Bytes of scratch of the AdaIN-KD loss for a teacher head with R output rows (the output
+/// loss is an embedding alignment over them).
+template <class Ctx>
+constexpr std::size_t adain_kd_loss_workspace_size(const Ctx& ctx, index_t head_rows) noexcept {
+  return embedding_alignment_workspace_size(ctx, head_rows);
+}
 
 namespace features_detail {
 template <class T, class Space, class TV>
-status check_adain_kd_workspace(const char* fn, const adain_kd_workspace<T, Space>& ws, const TV& teacher, bool backward) {
+status check_adain_kd_buffers(const char* fn, const adain_kd_buffers<T, Space>& ws, const TV& teacher, bool backward) {
   const index_t tx[4] = {teacher.extent(0), teacher.extent(1), teacher.extent(2), teacher.extent(3)};
-  DISTILL_TRY(check_present(fn, "workspace.mixed", ws.mixed));
-  DISTILL_TRY(check_shape(fn, "workspace.mixed", ws.mixed, tx));
-  DISTILL_TRY(check_input(fn, "workspace.out_mixed", ws.out_mixed));
-  DISTILL_TRY(check_present(fn, "workspace.out_teacher", ws.out_teacher));
-  DISTILL_TRY(check_same_shape(fn, "workspace.out_teacher", ws.out_teacher, "workspace.out_mixed", ws.out_mixed));
+  DISTILL_TRY(check_present(fn, "buffers.mixed", ws.mixed));
+  DISTILL_TRY(check_shape(fn, "buffers.mixed", ws.mixed, tx));
+  DISTILL_TRY(check_input(fn, "buffers.out_mixed", ws.out_mixed));
+  DISTILL_TRY(check_present(fn, "buffers.out_teacher", ws.out_teacher));
+  DISTILL_TRY(check_same_shape(fn, "buffers.out_teacher", ws.out_teacher, "buffers.out_mixed", ws.out_mixed));
   if (backward) {
-    DISTILL_TRY(check_present(fn, "workspace.grad_mixed", ws.grad_mixed));
-    DISTILL_TRY(check_shape(fn, "workspace.grad_mixed", ws.grad_mixed, tx));
-    DISTILL_TRY(check_present(fn, "workspace.grad_out", ws.grad_out));
-    DISTILL_TRY(check_same_shape(fn, "workspace.grad_out", ws.grad_out, "workspace.out_mixed", ws.out_mixed));
+    DISTILL_TRY(check_present(fn, "buffers.grad_mixed", ws.grad_mixed));
+    DISTILL_TRY(check_shape(fn, "buffers.grad_mixed", ws.grad_mixed, tx));
+    DISTILL_TRY(check_present(fn, "buffers.grad_out", ws.grad_out));
+    DISTILL_TRY(check_same_shape(fn, "buffers.grad_out", ws.grad_out, "buffers.out_mixed", ws.out_mixed));
   }
   return {};
 }
 inline embedding_alignment_options adain_kd_output_loss(const adain_kd_options& o) {
   embedding_alignment_options e;
-  e.metric = o.red == reduction::sum ? embedding_metric::squared_l2 : embedding_metric::mse;
-  e.red = o.red == reduction::sum ? reduction::sum : reduction::batchmean;  // mse/batchmean = mean over R*K
+  e.metric = o.reduction == reduction::sum ? embedding_metric::squared_l2 : embedding_metric::mse;
+  e.reduction = o.reduction == reduction::sum ? reduction::sum : reduction::batchmean;  // mse/batchmean = mean over R*K
   e.grad_scale = o.grad_scale;
   return e;
 }
@@ -362,12 +378,12 @@ inline embedding_alignment_options adain_kd_output_loss(const adain_kd_options& 
 template <class Ctx, class TS, class TT, class T, class Space, class HeadForward>
 status adain_kd_forward_part(const char* fn, const Ctx& ctx, tensor_view<TS, 4, Space> student,
                              tensor_view<TT, 4, Space> teacher, HeadForward&& head_forward,
-                             const adain_kd_workspace<T, Space>& ws, const adain_kd_options& opt) {
+                             const adain_kd_buffers<T, Space>& ws, const adain_kd_options& opt) {
   static_assert(std::is_same_v<std::remove_const_t<TS>, T> && std::is_same_v<std::remove_const_t<TT>, T>,
                 "adain_kd: student, teacher and workspace must share one element type");
   DISTILL_TRY(check_eps(fn, opt.eps));
-  if (opt.red != reduction::mean && opt.red != reduction::sum)
-    return fail(errc::invalid_argument, fn, "'red' must be reduction::mean (mse) or reduction::sum");
+  if (opt.reduction != reduction::mean && opt.reduction != reduction::sum)
+    return fail(errc::invalid_argument, fn, "'reduction' must be reduction::mean (mse) or reduction::sum");
   adain_options a;
   a.eps = opt.eps;
   a.unbiased = opt.unbiased;
@@ -380,26 +396,20 @@ status adain_kd_forward_part(const char* fn, const Ctx& ctx, tensor_view<TS, 4, 
 
 /// L = mse(O(AdaIN(F_t; F_s)), O(F_t)) written to loss (1). `head_forward(in, out)` computes the
 /// frozen teacher head O: in = tensor_view<const T, 4, Space> [B, C, H, W], out = tensor_view<T, 2,
-/// Space> [R, K]; it returns distill::status.
+/// Space> [R, K]; it returns distill::status. `workspace`: adain_kd_loss_workspace_size(ctx, R).
 template <class Ctx, class TS, class TT, class T, class Space, class HeadForward>
+  requires can_access_v<Ctx, Space>
 [[nodiscard]] status adain_kd_loss_forward(const Ctx& ctx, tensor_view<TS, 4, Space> student,
                                            tensor_view<TT, 4, Space> teacher, HeadForward&& head_forward,
-                                           tensor_view<accum_t<TS>, 1, Space> loss,
-                                           const adain_kd_workspace<T, Space>& workspace,
-                                           const adain_kd_options& opt = {}) {
-  static_assert(can_access_v<Ctx, Space>, "adain_kd_loss_forward: the views' memory space must match the context");
+                                           tensor_view<accum_t<TS>, 1, Space> loss, const adain_kd_buffers<T, Space>& buffers,
+                                           tensor_view<std::byte, 1, Space> workspace, const adain_kd_options& opt = {}) {
   constexpr const char* fn = "adain_kd_loss_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   DISTILL_TRY(features_detail::check_channel_pair(fn, student, teacher, opt.unbiased));
-  DISTILL_TRY(features_detail::check_adain_kd_workspace(fn, workspace, teacher, false));
-  DISTILL_TRY(features_detail::adain_kd_forward_part(fn, ctx, student, teacher, head_forward, workspace, opt));
-  const auto e = features_detail::adain_kd_output_loss(opt);
-  if constexpr (std::is_same_v<Space, host_space>) {
-    return embedding_alignment_forward(ctx, as_const(workspace.out_mixed), as_const(workspace.out_teacher), {}, {}, loss, e);
-  } else {
-    return embedding_alignment_forward(ctx, as_const(workspace.out_mixed), as_const(workspace.out_teacher), {}, {}, loss,
-                                       workspace.scratch, e);
-  }
+  DISTILL_TRY(features_detail::check_adain_kd_buffers(fn, buffers, teacher, false));
+  DISTILL_TRY(features_detail::adain_kd_forward_part(fn, ctx, student, teacher, head_forward, buffers, opt));
+  return embedding_alignment_forward(ctx, as_const(buffers.out_mixed), as_const(buffers.out_teacher), {}, {}, loss, workspace,
+                                     features_detail::adain_kd_output_loss(opt));
 }
 
 /// Loss (may be absent) and dL/dF_s [B, C, H', W'] (times grad_scale). `head_vjp(in, grad_out,
@@ -407,32 +417,28 @@ template <class Ctx, class TS, class TT, class T, class Space, class HeadForward
 /// grad_out = tensor_view<const T, 2, Space> [R, K], grad_in = tensor_view<T, 4, Space>; it
 /// overwrites grad_in and returns distill::status.
 template <class Ctx, class TS, class TT, class T, class Space, class HeadForward, class HeadVjp>
+  requires can_access_v<Ctx, Space>
 [[nodiscard]] status adain_kd_loss_forward_backward(const Ctx& ctx, tensor_view<TS, 4, Space> student,
                                                     tensor_view<TT, 4, Space> teacher, HeadForward&& head_forward,
                                                     HeadVjp&& head_vjp, tensor_view<accum_t<TS>, 1, Space> loss,
                                                     tensor_view<std::remove_const_t<TS>, 4, Space> grad_student,
-                                                    const adain_kd_workspace<T, Space>& workspace,
+                                                    const adain_kd_buffers<T, Space>& buffers,
+                                                    tensor_view<std::byte, 1, Space> workspace,
                                                     const adain_kd_options& opt = {}) {
-  static_assert(can_access_v<Ctx, Space>, "adain_kd_loss_forward_backward: the views' memory space must match the context");
   constexpr const char* fn = "adain_kd_loss_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
   DISTILL_TRY(features_detail::check_channel_pair(fn, student, teacher, opt.unbiased));
-  DISTILL_TRY(features_detail::check_adain_kd_workspace(fn, workspace, teacher, true));
-  DISTILL_TRY(features_detail::adain_kd_forward_part(fn, ctx, student, teacher, head_forward, workspace, opt));
-  const auto e = features_detail::adain_kd_output_loss(opt);
-  if constexpr (std::is_same_v<Space, host_space>) {
-    DISTILL_TRY(embedding_alignment_forward_backward(ctx, as_const(workspace.out_mixed), as_const(workspace.out_teacher),
-                                                     {}, {}, loss, workspace.grad_out, e));
-  } else {
-    DISTILL_TRY(embedding_alignment_forward_backward(ctx, as_const(workspace.out_mixed), as_const(workspace.out_teacher),
-                                                     {}, {}, loss, workspace.grad_out, workspace.scratch, e));
-  }
-  DISTILL_TRY(head_vjp(as_const(workspace.mixed), as_const(workspace.grad_out), workspace.grad_mixed));
+  DISTILL_TRY(features_detail::check_adain_kd_buffers(fn, buffers, teacher, true));
+  DISTILL_TRY(features_detail::adain_kd_forward_part(fn, ctx, student, teacher, head_forward, buffers, opt));
+  DISTILL_TRY(embedding_alignment_forward_backward(ctx, as_const(buffers.out_mixed), as_const(buffers.out_teacher), {}, {},
+                                                   loss, buffers.grad_out, workspace,
+                                                   features_detail::adain_kd_output_loss(opt)));
+  DISTILL_TRY(head_vjp(as_const(buffers.mixed), as_const(buffers.grad_out), buffers.grad_mixed));
   adain_options a;
   a.eps = opt.eps;
   a.unbiased = opt.unbiased;
   a.accumulate = opt.accumulate;
-  return adain_backward(ctx, teacher, student, as_const(workspace.grad_mixed), grad_student,
+  return adain_backward(ctx, teacher, student, as_const(buffers.grad_mixed), grad_student,
                         tensor_view<std::remove_const_t<TT>, 4, Space>{}, a);
 }
 

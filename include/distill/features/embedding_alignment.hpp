@@ -79,7 +79,7 @@ struct embedding_alignment_options {
   embedding_metric metric = embedding_metric::mse;
   l2_normalization normalize = l2_normalization::none;
   double norm_eps = 1e-12;          ///< eps of the normalisation (clamp / zero threshold), > 0
-  reduction red = reduction::mean;  ///< over rows, weighted (see the header comment)
+  distill::reduction reduction = distill::reduction::mean;  ///< over rows, weighted (see the header comment)
   double scale = 1.0;               ///< part of the loss definition (value and gradient)
   double grad_scale = 1.0;          ///< upstream gradient / loss weight (gradient only)
   bool accumulate = false;          ///< add into grad_student instead of overwriting it
@@ -180,7 +180,7 @@ status check_embedding_args(const char* fn, const SV& s, const TV& t, const WV& 
   DISTILL_TRY(check_optional(fn, "row_weights", w, {s.extent(0)}));
   DISTILL_TRY(check_optional(fn, "row_mask", m, {s.extent(0)}));
   if (!loss.empty()) {
-    const index_t want[1] = {opt.red == reduction::none ? s.extent(0) : 1};
+    const index_t want[1] = {opt.reduction == reduction::none ? s.extent(0) : 1};
     DISTILL_TRY(check_shape(fn, "loss", loss, want));
   }
   if (!grad.empty()) DISTILL_TRY(check_output(fn, "grad_student", grad, {s.extent(0), s.extent(1)}));
@@ -206,7 +206,7 @@ Acc embedding_row_cpu(const TS* sr, index_t ss, const TT* tr, index_t ts, TG* gr
   if constexpr (Contig) ss = ts = gs = 1;
   const Acc inv_dim = Acc(1) / static_cast<Acc>(D);
   Acc s_sq = Acc(0), t_sq = Acc(0), s_bad = Acc(0), t_bad = Acc(0);
-DISTILL_FEATURES_OMP(omp simd reduction(+ : s_sq, t_sq, s_bad, t_bad))
+DISTILL_OMP_PRAGMA(omp simd reduction(+ : s_sq, t_sq, s_bad, t_bad))
   for (index_t d = 0; d < D; ++d) {
     const Acc a = load<Acc>(sr[d * ss]), b = load<Acc>(tr[d * ts]);
     s_sq += a * a;
@@ -218,7 +218,7 @@ DISTILL_FEATURES_OMP(omp simd reduction(+ : s_sq, t_sq, s_bad, t_bad))
   bad_t = !(t_bad == Acc(0));
   const l2_factor<Acc> fs = l2_normalize_factor(s_sq, norm, eps), ft = l2_normalize_factor(t_sq, norm, eps);
   Acc l = Acc(0), ug = Acc(0);
-DISTILL_FEATURES_OMP(omp simd reduction(+ : l, ug))
+DISTILL_OMP_PRAGMA(omp simd reduction(+ : l, ug))
   for (index_t d = 0; d < D; ++d) {
     const Acc u = load<Acc>(sr[d * ss]) * fs.inv, v = load<Acc>(tr[d * ts]) * ft.inv;
     const elem_loss<Acc> e = embedding_element_of<M>(u, v, inv_dim);
@@ -235,7 +235,7 @@ DISTILL_FEATURES_OMP(omp simd reduction(+ : l, ug))
       gr[d * gs] = store<TG>(load<Acc>(gr[d * gs]) + g);
     }
   } else {
-DISTILL_FEATURES_OMP(omp simd)
+DISTILL_OMP_PRAGMA(omp simd)
     for (index_t d = 0; d < D; ++d) {
       const Acc u = load<Acc>(sr[d * ss]) * fs.inv, v = load<Acc>(tr[d * ts]) * ft.inv;
       gr[d * gs] = store<TG>(k * (embedding_element_of<M>(u, v, inv_dim).grad - u * proj) * fs.inv);
@@ -259,7 +259,7 @@ status embedding_alignment_cpu(const char* fn, const cpu& ctx, const SV& s, cons
   const index_t N = s.extent(0), D = s.extent(1);
   Acc weight_sum = Acc(0);
   for (index_t r = 0; r < N; ++r) weight_sum += row_weight<Acc>(weights, mask, r);
-  const Acc inv_div = safe_inverse(reduction_divisor(opt.red, static_cast<Acc>(N), weight_sum));
+  const Acc inv_div = safe_inverse(reduction_divisor(opt.reduction, static_cast<Acc>(N), weight_sum));
   const Acc scale = static_cast<Acc>(opt.scale);
   const Acc gcoef = static_cast<Acc>(opt.grad_scale) * scale * inv_div;
   const l2_normalization norm = effective_normalization(opt);
@@ -274,7 +274,7 @@ status embedding_alignment_cpu(const char* fn, const cpu& ctx, const SV& s, cons
       TG* gr = grad.empty() ? nullptr : grad.data() + r * grad.stride(0);
       const index_t gs = grad.empty() ? 0 : grad.stride(1);
       if (w == Acc(0)) {  // skipped row: not read
-        if (opt.red == reduction::none && !loss.empty()) loss(r) = Acc(0);
+        if (opt.reduction == reduction::none && !loss.empty()) loss(r) = Acc(0);
         if (gr != nullptr && !opt.accumulate)
           for (index_t d = 0; d < D; ++d) gr[d * gs] = store<TG>(Acc(0));
         continue;
@@ -304,11 +304,11 @@ status embedding_alignment_cpu(const char* fn, const cpu& ctx, const SV& s, cons
       p.bad_student = p.bad_student || bad_s;
       p.bad_teacher = p.bad_teacher || bad_t;
       p.loss += w * l;
-      if (opt.red == reduction::none && !loss.empty()) loss(r) = scale * w * l;
+      if (opt.reduction == reduction::none && !loss.empty()) loss(r) = scale * w * l;
     }
     return p;
   });
-  if (opt.red != reduction::none && !loss.empty()) loss(0) = scale * part.loss * inv_div;
+  if (opt.reduction != reduction::none && !loss.empty()) loss(0) = scale * part.loss * inv_div;
   return report_flags(fn, part, "student", "teacher");
 }
 
@@ -319,7 +319,7 @@ template <class TS, class TT>
 [[nodiscard]] status embedding_alignment_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
                                                  host_view<const accum_t<TS>, 1> row_weights,
                                                  host_view<const std::uint8_t, 1> row_mask,
-                                                 host_view<accum_t<TS>, 1> loss,
+                                                 host_view<accum_t<TS>, 1> loss, host_view<std::byte, 1> /*workspace*/,
                                                  const embedding_alignment_options& opt = {}) {
   features_detail::static_check_cpu_type<TS>();
   features_detail::static_check_cpu_type<TT>();
@@ -334,6 +334,7 @@ template <class TS, class TT>
                                                   host_view<const accum_t<TS>, 1> row_weights,
                                                   host_view<const std::uint8_t, 1> row_mask,
                                                   host_view<std::remove_const_t<TS>, 2> grad_student,
+                                                  host_view<std::byte, 1> /*workspace*/,
                                                   const embedding_alignment_options& opt = {}) {
   features_detail::static_check_cpu_type<TS>();
   features_detail::static_check_cpu_type<TT>();
@@ -350,6 +351,7 @@ template <class TS, class TT>
                                                           host_view<const std::uint8_t, 1> row_mask,
                                                           host_view<accum_t<TS>, 1> loss,
                                                           host_view<std::remove_const_t<TS>, 2> grad_student,
+                                                          host_view<std::byte, 1> /*workspace*/,
                                                           const embedding_alignment_options& opt = {}) {
   features_detail::static_check_cpu_type<TS>();
   features_detail::static_check_cpu_type<TT>();
@@ -359,11 +361,11 @@ template <class TS, class TT>
                                                                grad_student, opt);
 }
 
-/// Bytes of CUDA workspace for N rows: the reduction divisor and one partial per row. Needed
-/// whenever a reduced loss is requested or the reduction is mean; not needed for reduction::none.
-template <class T>
-constexpr std::size_t embedding_alignment_workspace_size(index_t rows) noexcept {
-  return static_cast<std::size_t>(rows + 1) * sizeof(accum_t<T>);
+/// Bytes of scratch for N rows: none on the CPU; on CUDA the reduction divisor and one partial
+/// per row (used when a reduced loss is requested or the reduction is mean).
+constexpr std::size_t embedding_alignment_workspace_size(const cpu&, index_t /*rows*/) noexcept { return 0; }
+constexpr std::size_t embedding_alignment_workspace_size(const cuda&, index_t rows) noexcept {
+  return static_cast<std::size_t>(rows < 0 ? 1 : rows + 1) * sizeof(float);
 }
 
 }  // namespace distill

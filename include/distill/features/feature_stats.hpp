@@ -59,14 +59,6 @@
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
-/// `#pragma omp <x>` only when OpenMP is enabled, so consumers without it get no
-/// unknown-pragma warnings from these headers.
-#if DISTILL_HAS_OPENMP
-#define DISTILL_FEATURES_OMP(x) _Pragma(#x)
-#else
-#define DISTILL_FEATURES_OMP(x)
-#endif
-
 namespace distill {
 
 /// Options of the plain statistics (channel_stats_*, token_stats_*).
@@ -82,7 +74,7 @@ struct stats_matching_options {
   bool unbiased = false;
   double mean_weight = 1.0;  ///< w_mu
   double std_weight = 1.0;   ///< w_sigma; 0 gives the mean-only statm_loss
-  reduction red = reduction::mean;  ///< mean (/ B*C), batchmean (/ B) or sum; none is refused
+  distill::reduction reduction = distill::reduction::mean;  ///< mean (/ B*C), batchmean (/ B) or sum; none is refused
   double grad_scale = 1.0;   ///< upstream gradient / loss weight, multiplies the gradient only
   bool accumulate = false;   ///< add into grad_student instead of overwriting it
 };
@@ -253,14 +245,6 @@ status check_input(const char* fn, const char* name, const V& v) {
   DISTILL_TRY(check_strides(fn, name, v));
   return {};
 }
-/// An optional view: absent is fine, present must have `extents`.
-template <class V>
-status check_optional(const char* fn, const char* name, const V& v, const index_t (&extents)[V::rank]) {
-  if (v.empty()) return {};
-  DISTILL_TRY(check_shape(fn, name, v, extents));
-  DISTILL_TRY(check_strides(fn, name, v));
-  return {};
-}
 template <class V>
 status check_output(const char* fn, const char* name, const V& v, const index_t (&extents)[V::rank]) {
   DISTILL_TRY(check_present(fn, name, v));
@@ -271,7 +255,7 @@ status check_output(const char* fn, const char* name, const V& v, const index_t 
 inline status check_eps(const char* fn, double eps) { return check_positive(fn, "eps", eps); }
 inline status check_loss_reduction(const char* fn, reduction red) {
   if (red == reduction::none)
-    return fail(errc::invalid_argument, fn, "'red' must be mean, batchmean or sum (reduction::none is not supported by this loss)");
+    return fail(errc::invalid_argument, fn, "'reduction' must be mean, batchmean or sum (reduction::none is not supported by this loss)");
   return {};
 }
 template <class V>
@@ -339,7 +323,7 @@ struct lane_welford {
   DISTILL_FORCEINLINE void add_lanes(const T* x, Acc shift) noexcept {
     steps += Acc(1);
     const Acc inv = Acc(1) / steps;
-DISTILL_FEATURES_OMP(omp simd)
+DISTILL_OMP_PRAGMA(omp simd)
     for (int l = 0; l < lanes; ++l) {
       const Acc v = load<Acc>(x[l]) - shift;
       const Acc d = v - mean[l];
@@ -418,10 +402,10 @@ void write_channel_grad(const GV& g, const XV& x, index_t b, index_t c, const ch
     const index_t xs = x.stride(3), gs = g.stride(3);
     if (xs == 1 && gs == 1) {
       if (accumulate) {
-DISTILL_FEATURES_OMP(omp simd)
+DISTILL_OMP_PRAGMA(omp simd)
         for (index_t w = 0; w < W; ++w) gr[w] = store<TG>(load<Acc>(gr[w]) + coef.at(load<Acc>(xr[w])));
       } else {
-DISTILL_FEATURES_OMP(omp simd)
+DISTILL_OMP_PRAGMA(omp simd)
         for (index_t w = 0; w < W; ++w) gr[w] = store<TG>(coef.at(load<Acc>(xr[w])));
       }
     } else {
@@ -505,7 +489,7 @@ void token_block_moments(const XV& x, const MV& mask, index_t b, index_t d0, ind
     const Acc inv = Acc(1) / count;
     const auto* row = x.data() + b * x.stride(0) + l * x.stride(1) + d0 * sd;
     if (sd == 1) {
-DISTILL_FEATURES_OMP(omp simd)
+DISTILL_OMP_PRAGMA(omp simd)
       for (index_t j = 0; j < nd; ++j) {
         const Acc v = load<Acc>(row[j]) - pivot[j];
         const Acc d = v - mean[j];
@@ -771,7 +755,7 @@ stats_matching_term<Acc> make_stats_matching_term(const stats_matching_options& 
 }
 inline status check_stats_matching_options(const char* fn, const stats_matching_options& opt) {
   DISTILL_TRY(check_eps(fn, opt.eps));
-  DISTILL_TRY(check_loss_reduction(fn, opt.red));
+  DISTILL_TRY(check_loss_reduction(fn, opt.reduction));
   if (!std::isfinite(opt.mean_weight) || !std::isfinite(opt.std_weight) || !std::isfinite(opt.grad_scale))
     return fail(errc::invalid_argument, fn, "'mean_weight', 'std_weight' and 'grad_scale' must be finite");
   return {};
@@ -787,7 +771,7 @@ status channel_loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 4> s, host
   static_check_cpu_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
-  const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(1));
+  const double inv_div = 1.0 / stats_divisor(opt.reduction, s.extent(0), s.extent(1));
   const auto part = channel_loop_cpu<Acc>(ctx, s, t, grad, term, opt.unbiased, static_cast<Acc>(opt.grad_scale * inv_div),
                                           opt.accumulate, no_channel_output{});
   if (!loss.empty()) loss(0) = part.loss * static_cast<Acc>(inv_div);
@@ -813,7 +797,7 @@ status stats_matching_tokens_cpu(const char* fn, const cpu& ctx, host_view<TS, 3
   DISTILL_TRY(check_token_loss_args(fn, s, sm, t, tm, loss, grad));
   DISTILL_TRY(check_token_mask_host(fn, "student_mask", sm, s.extent(0), s.extent(1), opt.unbiased));
   DISTILL_TRY(check_token_mask_host(fn, "teacher_mask", tm, t.extent(0), t.extent(1), opt.unbiased));
-  const double inv_div = 1.0 / stats_divisor(opt.red, s.extent(0), s.extent(2));
+  const double inv_div = 1.0 / stats_divisor(opt.reduction, s.extent(0), s.extent(2));
   const auto part = token_loop_cpu<Acc>(ctx, s, sm, t, tm, grad, make_stats_matching_term<Acc>(opt), opt.unbiased,
                                         static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,
                                         no_channel_output{});
@@ -825,7 +809,8 @@ status stats_matching_tokens_cpu(const char* fn, const cpu& ctx, host_view<TS, 3
 /// L of §4.1 for [B, C, H, W] student and [B, C, H', W'] teacher, written to loss (1).
 template <class TS, class TT>
 [[nodiscard]] status stats_matching_forward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
-                                            host_view<accum_t<TS>, 1> loss, const stats_matching_options& opt = {}) {
+                                            host_view<accum_t<TS>, 1> loss, host_view<std::byte, 1> /*workspace*/,
+                                            const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   return features_detail::stats_matching_channels_cpu(fn, ctx, student, teacher, loss, {}, opt);
@@ -834,6 +819,7 @@ template <class TS, class TT>
 template <class TS, class TT>
 [[nodiscard]] status stats_matching_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
                                              host_view<std::remove_const_t<TS>, 4> grad_student,
+                                             host_view<std::byte, 1> /*workspace*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -844,6 +830,7 @@ template <class TS, class TT>
 [[nodiscard]] status stats_matching_forward_backward(const cpu& ctx, host_view<TS, 4> student, host_view<TT, 4> teacher,
                                                      host_view<accum_t<TS>, 1> loss,
                                                      host_view<std::remove_const_t<TS>, 4> grad_student,
+                                                     host_view<std::byte, 1> /*workspace*/,
                                                      const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -856,6 +843,7 @@ template <class TS, class TT>
 [[nodiscard]] status stats_matching_forward(const cpu& ctx, host_view<TS, 3> student,
                                             host_view<const std::uint8_t, 2> student_mask, host_view<TT, 3> teacher,
                                             host_view<const std::uint8_t, 2> teacher_mask, host_view<accum_t<TS>, 1> loss,
+                                            host_view<std::byte, 1> /*workspace*/,
                                             const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
@@ -866,6 +854,7 @@ template <class TS, class TT>
                                              host_view<const std::uint8_t, 2> student_mask, host_view<TT, 3> teacher,
                                              host_view<const std::uint8_t, 2> teacher_mask,
                                              host_view<std::remove_const_t<TS>, 3> grad_student,
+                                             host_view<std::byte, 1> /*workspace*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -878,6 +867,7 @@ template <class TS, class TT>
                                                      host_view<const std::uint8_t, 2> teacher_mask,
                                                      host_view<accum_t<TS>, 1> loss,
                                                      host_view<std::remove_const_t<TS>, 3> grad_student,
+                                                     host_view<std::byte, 1> /*workspace*/,
                                                      const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -885,12 +875,13 @@ template <class TS, class TT>
                                                     grad_student, opt);
 }
 
-/// Bytes of CUDA workspace the statistics losses need for `channels_total` = B*C (or B*D)
-/// channels when a loss value is requested (one accumulator per channel, reduced in a fixed
-/// order so the result is deterministic). Zero when only the gradient is wanted.
-template <class T>
-constexpr std::size_t stats_loss_workspace_size(index_t channels_total) noexcept {
-  return static_cast<std::size_t>(channels_total) * sizeof(accum_t<T>);
+/// Bytes of scratch of the statistics-matching entry points for `batch` x `channels` statistics
+/// (channels = C, or D in the token layout): none on the CPU; on CUDA one accumulator per
+/// channel when a loss value is requested, reduced in a fixed order (deterministic). The
+/// backward pass needs none.
+constexpr std::size_t stats_matching_workspace_size(const cpu&, index_t /*batch*/, index_t /*channels*/) noexcept { return 0; }
+constexpr std::size_t stats_matching_workspace_size(const cuda&, index_t batch, index_t channels) noexcept {
+  return static_cast<std::size_t>(batch < 0 ? 0 : batch) * static_cast<std::size_t>(channels < 0 ? 0 : channels) * sizeof(float);
 }
 
 }  // namespace distill

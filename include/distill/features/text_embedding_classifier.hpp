@@ -51,6 +51,7 @@
 #include "distill/core/context.hpp"
 #include "distill/core/cpu_gemm.hpp"
 #include "distill/core/dtype.hpp"
+#include "distill/core/labels.hpp"
 #include "distill/core/math.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/reduction.hpp"
@@ -68,9 +69,10 @@ struct text_classifier_options {
   bool accumulate = false;    ///< backward: add into the gradients instead of overwriting them
 };
 
-struct classifier_cross_entropy_options {
+/// Options of the fused cross-entropy entry points: the classifier's options plus the loss's.
+struct text_classifier_cross_entropy_options : text_classifier_options {
   std::int64_t ignore_index = -100;
-  reduction red = reduction::mean;  ///< mean, batchmean or sum
+  distill::reduction reduction = distill::reduction::mean;  ///< mean, batchmean or sum
   double grad_scale = 1.0;
 };
 
@@ -81,8 +83,8 @@ inline status check_classifier_options(const char* fn, const text_classifier_opt
   if (o.normalize != l2_normalization::none) DISTILL_TRY(check_positive(fn, "norm_eps", o.norm_eps));
   return {};
 }
-inline status check_ce_options(const char* fn, const classifier_cross_entropy_options& o) {
-  DISTILL_TRY(check_loss_reduction(fn, o.red));
+inline status check_ce_options(const char* fn, const text_classifier_cross_entropy_options& o) {
+  DISTILL_TRY(check_loss_reduction(fn, o.reduction));
   if (!std::isfinite(o.grad_scale)) return fail(errc::invalid_argument, fn, "'grad_scale' must be finite");
   return {};
 }
@@ -120,14 +122,14 @@ template <class RV, class CV, class BV, class MV, class LV, class WV, class SV, 
 status check_classifier_ce_args(const char* fn, const RV& regions, const CV& classes, const BV& background, const MV& class_mask,
                                 const LV& labels, const WV& row_weights, const SV& loss, const XV& logits_scratch,
                                 const GRV& grad_regions, const GBV& grad_background, const GCV& grad_classes,
-                                const text_classifier_options& opt, const classifier_cross_entropy_options& ce, bool backward,
+                                const text_classifier_options& opt, const text_classifier_cross_entropy_options& ce, bool backward,
                                 index_t& k_out) {
   DISTILL_TRY(check_classifier_options(fn, opt));
   DISTILL_TRY(check_ce_options(fn, ce));
   DISTILL_TRY(check_classifier_inputs(fn, regions, classes, background, class_mask, k_out));
   const index_t N = regions.extent(0);
-  DISTILL_TRY(check_input(fn, "labels", labels));
-  DISTILL_TRY(check_shape(fn, "labels", labels, {N}));
+  if (labels.empty()) return fail(errc::invalid_argument, fn, "'labels' is required but absent");
+  DISTILL_TRY(check_optional_labels(fn, "labels", labels, N));
   DISTILL_TRY(check_optional(fn, "row_weights", row_weights, {N}));
   DISTILL_TRY(check_scalar_out(fn, "loss", loss));
   DISTILL_TRY(check_output(fn, "logits_scratch", logits_scratch, {N, k_out}));
@@ -349,12 +351,12 @@ status classifier_backward_cpu(const cpu& ctx, const RV& regions, const CV& clas
 /// Hard-label CE on logits [N, K] in place: writes dL/dz over the logits; returns the loss.
 template <class T, class LV, class YV, class WV>
 T classifier_cross_entropy_cpu(const cpu& ctx, const LV& z, const YV& labels, const WV& weights,
-                               const classifier_cross_entropy_options& o) {
+                               const text_classifier_cross_entropy_options& o) {
   const index_t N = z.extent(0), K = z.extent(1);
   T weight_sum = T(0);
   for (index_t r = 0; r < N; ++r)
     if (labels(r) != o.ignore_index) weight_sum += weights.empty() ? T(1) : weights(r);
-  const T inv_div = safe_inverse(reduction_divisor(o.red, static_cast<T>(N), weight_sum));
+  const T inv_div = safe_inverse(reduction_divisor(o.reduction, static_cast<T>(N), weight_sum));
   const T gscale = static_cast<T>(o.grad_scale) * inv_div;
   const T total = parallel_sum<T>(ctx, N, [&](index_t r0, index_t r1) {
     T part = T(0);
@@ -379,18 +381,6 @@ T classifier_cross_entropy_cpu(const cpu& ctx, const LV& z, const YV& labels, co
   return total * inv_div;
 }
 
-template <class YV>
-status check_labels_host(const char* fn, const YV& labels, index_t K, std::int64_t ignore_index) {
-  for (index_t r = 0; r < labels.extent(0); ++r) {
-    const std::int64_t y = labels(r);
-    if (y != ignore_index && (y < 0 || y >= K))
-      return fail(errc::invalid_argument, fn,
-                  "'labels' has " + std::to_string(y) + " at row " + std::to_string(r) + ", outside [0, " + std::to_string(K) +
-                      ") and not ignore_index");
-  }
-  return {};
-}
-
 }  // namespace features_detail
 
 /// logits [N, K] (K = C + 1 with a background, column 0) of the header comment.
@@ -399,7 +389,8 @@ template <class T>
                                              host_view<const std::remove_const_t<T>, 2> classes,
                                              host_view<const std::remove_const_t<T>, 1> background,
                                              host_view<const std::uint8_t, 1> class_mask,
-                                             host_view<accum_t<T>, 2> logits, const text_classifier_options& opt = {}) {
+                                             host_view<accum_t<T>, 2> logits, host_view<std::byte, 1> /*workspace*/,
+                                             const text_classifier_options& opt = {}) {
   features_detail::static_check_cpu_type<T>();
   using U = std::remove_const_t<T>;
   constexpr const char* fn = "text_classifier_forward";
@@ -423,6 +414,7 @@ template <class T>
                                               host_view<std::remove_const_t<T>, 2> grad_regions,
                                               host_view<std::remove_const_t<T>, 1> grad_background,
                                               host_view<std::remove_const_t<T>, 2> grad_classes,
+                                              host_view<std::byte, 1> /*workspace*/,
                                               const text_classifier_options& opt = {}) {
   features_detail::static_check_cpu_type<T>();
   using U = std::remove_const_t<T>;
@@ -443,17 +435,17 @@ namespace features_detail {
 template <class T>
 status classifier_ce_cpu(const char* fn, const cpu& ctx, host_view<T, 2> regions, host_view<const std::remove_const_t<T>, 2> classes,
                          host_view<const std::remove_const_t<T>, 1> background, host_view<const std::uint8_t, 1> class_mask,
-                         host_view<const std::int64_t, 1> labels, host_view<const accum_t<T>, 1> row_weights,
+                         label_view<host_space> labels, host_view<const accum_t<T>, 1> row_weights,
                          host_view<accum_t<T>, 1> loss, host_view<std::remove_const_t<T>, 2> grad_regions,
                          host_view<std::remove_const_t<T>, 1> grad_background, host_view<std::remove_const_t<T>, 2> grad_classes,
                          host_view<accum_t<T>, 2> logits_scratch, const text_classifier_options& opt,
-                         const classifier_cross_entropy_options& ce, bool backward) {
+                         const text_classifier_cross_entropy_options& ce, bool backward) {
   static_check_cpu_type<T>();
   using U = std::remove_const_t<T>;
   index_t K = 0;
   DISTILL_TRY(check_classifier_ce_args(fn, regions, classes, background, class_mask, labels, row_weights, loss, logits_scratch,
                                        grad_regions, grad_background, grad_classes, opt, ce, backward, K));
-  DISTILL_TRY(check_labels_host(fn, labels, K, ce.ignore_index));
+  DISTILL_TRY(check_label_range(fn, "labels", labels, K, ce.ignore_index));
   DISTILL_TRY(check_row_weights_host(fn, row_weights));
   const auto f = compute_classifier_factors<U>(ctx, regions, classes, background, opt);
   DISTILL_TRY(classifier_logits_cpu<U>(ctx, regions, classes, background, class_mask, logits_scratch, f, opt));
@@ -472,13 +464,13 @@ template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward(
     const cpu& ctx, host_view<T, 2> regions, host_view<const std::remove_const_t<T>, 2> classes,
     host_view<const std::remove_const_t<T>, 1> background, host_view<const std::uint8_t, 1> class_mask,
-    host_view<const std::int64_t, 1> labels, host_view<const accum_t<T>, 1> row_weights, host_view<accum_t<T>, 1> loss,
-    host_view<accum_t<T>, 2> logits_scratch, const text_classifier_options& opt = {},
-    const classifier_cross_entropy_options& ce = {}) {
+    label_view<host_space> labels, host_view<const accum_t<T>, 1> row_weights, host_view<accum_t<T>, 1> loss,
+    host_view<accum_t<T>, 2> logits_scratch, host_view<std::byte, 1> /*workspace*/,
+    const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   return features_detail::classifier_ce_cpu(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
-                                            {}, {}, {}, logits_scratch, opt, ce, false);
+                                            {}, {}, {}, logits_scratch, opt, opt, false);
 }
 
 /// Loss (may be absent) and the gradients to the regions, the background (optional) and the
@@ -487,21 +479,22 @@ template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward_backward(
     const cpu& ctx, host_view<T, 2> regions, host_view<const std::remove_const_t<T>, 2> classes,
     host_view<const std::remove_const_t<T>, 1> background, host_view<const std::uint8_t, 1> class_mask,
-    host_view<const std::int64_t, 1> labels, host_view<const accum_t<T>, 1> row_weights, host_view<accum_t<T>, 1> loss,
+    label_view<host_space> labels, host_view<const accum_t<T>, 1> row_weights, host_view<accum_t<T>, 1> loss,
     host_view<std::remove_const_t<T>, 2> grad_regions, host_view<std::remove_const_t<T>, 1> grad_background,
     host_view<std::remove_const_t<T>, 2> grad_classes, host_view<accum_t<T>, 2> logits_scratch,
-    const text_classifier_options& opt = {}, const classifier_cross_entropy_options& ce = {}) {
+    host_view<std::byte, 1> /*workspace*/, const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_regions", grad_regions));
   return features_detail::classifier_ce_cpu(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
-                                            grad_regions, grad_background, grad_classes, logits_scratch, opt, ce, true);
+                                            grad_regions, grad_background, grad_classes, logits_scratch, opt, opt, true);
 }
 
-/// Bytes of CUDA workspace of every text_classifier_* entry point for N regions, C classes and
-/// embedding size D (normalisation factors, the pre-normalisation gradients, CE partials).
-template <class T>
-constexpr std::size_t text_classifier_workspace_size(index_t N, index_t C, index_t D) noexcept {
-  return static_cast<std::size_t>(4 * N + 5 * C + 3 + N * D + C * D + D) * sizeof(accum_t<T>);
+/// Bytes of scratch of every text_classifier_* entry point for N regions, C classes and
+/// embedding size D: none on the CPU; on CUDA the normalisation factors, the pre-normalisation
+/// gradients and the cross-entropy partials.
+constexpr std::size_t text_classifier_workspace_size(const cpu&, index_t /*N*/, index_t /*C*/, index_t /*D*/) noexcept { return 0; }
+constexpr std::size_t text_classifier_workspace_size(const cuda&, index_t N, index_t C, index_t D) noexcept {
+  return static_cast<std::size_t>(4 * N + 5 * C + 3 + N * D + C * D + D) * sizeof(float);
 }
 
 }  // namespace distill

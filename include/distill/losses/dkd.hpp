@@ -25,14 +25,13 @@
 //! too). Rows with `ignore_index` contribute nothing. On CUDA, an out-of-range label makes that
 //! row NaN (labels in device memory cannot be checked without a host synchronisation).
 //!
-//! Entry points (CUDA overloads in kernels/distill/cuda/dkd.cuh):
+//! Entry points (the same on the CPU and CUDA backends):
 //!   dkd_forward / _backward / _forward_backward, arguments as in kl_teacher_student.hpp, with
 //!   `dkd_options` (alpha, beta) and `extras.labels` required.
 
 #include <type_traits>
 
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 
@@ -99,40 +98,7 @@ struct dkd_policy {
 
 }  // namespace soft_target_detail
 
-/// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status dkd_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                   host_view<accum_t<TS>, 1> loss, const dkd_options& opt = {},
-                                   const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::dkd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("dkd_forward", ctx, student, teacher, loss, true,
-                                                host_view<std::remove_const_t<TS>, 2>{}, false, opt, P::make_params(opt), extra);
-}
-
-/// Gradient with respect to the student logits only (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status dkd_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                    host_view<std::remove_const_t<TS>, 2> grad_student, const dkd_options& opt = {},
-                                    const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::dkd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("dkd_backward", ctx, student, teacher, host_view<accum_t<TS>, 1>{},
-                                                false, grad_student, true, opt, P::make_params(opt), extra);
-}
-
-/// Loss and gradient in one pass over the inputs (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status dkd_forward_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                            host_view<accum_t<TS>, 1> loss,
-                                            host_view<std::remove_const_t<TS>, 2> grad_student,
-                                            const dkd_options& opt = {},
-                                            const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::dkd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("dkd_forward_backward", ctx, student, teacher, loss, false,
-                                                grad_student, true, opt, P::make_params(opt), extra);
-}
+DISTILL_DENSE_SOFT_TARGET_ENTRY_POINTS(dkd, dkd_policy, dkd_options)
 
 }  // namespace distill
 
-#if DISTILL_CUDA_COMPILER
-#include "distill/cuda/dkd.cuh"
-#endif

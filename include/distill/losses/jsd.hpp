@@ -31,15 +31,14 @@
 //! contribute nothing; at beta = 0 a teacher class the student gives no mass makes f = +inf,
 //! and symmetrically at beta = 1).
 //!
-//! Entry points (CUDA overloads in kernels/distill/cuda/jsd.cuh):
+//! Entry points (the same on the CPU and CUDA backends):
 //!   jsd_forward / _backward / _forward_backward, arguments as in kl_teacher_student.hpp, with
 //!   `jsd_options` (beta, scaling) instead of `soft_target_options`.
 
 #include <cmath>
 #include <type_traits>
 
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 
@@ -119,40 +118,7 @@ struct jsd_policy {
 
 }  // namespace soft_target_detail
 
-/// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status jsd_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                   host_view<accum_t<TS>, 1> loss, const jsd_options& opt = {},
-                                   const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::jsd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("jsd_forward", ctx, student, teacher, loss, true,
-                                                host_view<std::remove_const_t<TS>, 2>{}, false, opt, P::make_params(opt), extra);
-}
-
-/// Gradient with respect to the student logits only (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status jsd_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                    host_view<std::remove_const_t<TS>, 2> grad_student, const jsd_options& opt = {},
-                                    const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::jsd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("jsd_backward", ctx, student, teacher, host_view<accum_t<TS>, 1>{},
-                                                false, grad_student, true, opt, P::make_params(opt), extra);
-}
-
-/// Loss and gradient in one pass over the inputs (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status jsd_forward_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                            host_view<accum_t<TS>, 1> loss,
-                                            host_view<std::remove_const_t<TS>, 2> grad_student,
-                                            const jsd_options& opt = {},
-                                            const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::jsd_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("jsd_forward_backward", ctx, student, teacher, loss, false,
-                                                grad_student, true, opt, P::make_params(opt), extra);
-}
+DISTILL_DENSE_SOFT_TARGET_ENTRY_POINTS(jsd, jsd_policy, jsd_options)
 
 }  // namespace distill
 
-#if DISTILL_CUDA_COMPILER
-#include "distill/cuda/jsd.cuh"
-#endif

@@ -19,14 +19,13 @@
 //! that are -inf for both contribute nothing. Rows, labels, weights, reductions, the hard-label
 //! term, dL/dT and diagnostics: soft_target_common.hpp.
 //!
-//! Entry points (CUDA overloads in kernels/distill/cuda/kl_student_teacher.cuh):
+//! Entry points (the same on the CPU and CUDA backends):
 //!   kl_student_teacher_forward / _backward / _forward_backward, arguments as in
 //!   kl_teacher_student.hpp.
 
 #include <type_traits>
 
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 namespace soft_target_detail {
@@ -34,6 +33,7 @@ namespace soft_target_detail {
 template <class Acc>
 struct kl_student_teacher_policy {
   struct params {};
+  static params make_params(const soft_target_options&) noexcept { return {}; }
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = false, needs_tx = false, needs_b = true;
   static constexpr bool normalises_full_rows = true;
@@ -54,40 +54,7 @@ struct kl_student_teacher_policy {
 
 }  // namespace soft_target_detail
 
-/// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status kl_student_teacher_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                   host_view<accum_t<TS>, 1> loss, const soft_target_options& opt = {},
-                                   const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_student_teacher_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_student_teacher_forward", ctx, student, teacher, loss, true,
-                                                host_view<std::remove_const_t<TS>, 2>{}, false, opt, {}, extra);
-}
-
-/// Gradient with respect to the student logits only (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status kl_student_teacher_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                    host_view<std::remove_const_t<TS>, 2> grad_student, const soft_target_options& opt = {},
-                                    const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_student_teacher_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_student_teacher_backward", ctx, student, teacher, host_view<accum_t<TS>, 1>{},
-                                                false, grad_student, true, opt, {}, extra);
-}
-
-/// Loss and gradient in one pass over the inputs (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status kl_student_teacher_forward_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                            host_view<accum_t<TS>, 1> loss,
-                                            host_view<std::remove_const_t<TS>, 2> grad_student,
-                                            const soft_target_options& opt = {},
-                                            const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_student_teacher_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_student_teacher_forward_backward", ctx, student, teacher, loss, false,
-                                                grad_student, true, opt, {}, extra);
-}
+DISTILL_DENSE_SOFT_TARGET_ENTRY_POINTS(kl_student_teacher, kl_student_teacher_policy, soft_target_options)
 
 }  // namespace distill
 
-#if DISTILL_CUDA_COMPILER
-#include "distill/cuda/kl_student_teacher.cuh"
-#endif

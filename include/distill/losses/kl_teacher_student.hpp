@@ -18,19 +18,20 @@
 //! soft_target_common.hpp. -inf teacher logits are zero probability (no contribution); a -inf
 //! student logit where the teacher has mass makes f = +inf.
 //!
-//! Entry points (CPU here; CUDA overloads with `distill::cuda` and cuda views in
-//! kernels/distill/cuda/kl_teacher_student.cuh):
-//!   kl_teacher_student_forward          (ctx, student, teacher, loss, options, extras)
-//!   kl_teacher_student_backward         (ctx, student, teacher, grad_student, options, extras)
-//!   kl_teacher_student_forward_backward (ctx, student, teacher, loss, grad_student, options, extras)
-//! student, teacher: (N, C) logits of float, double, float16 or bfloat16 (may differ);
-//! loss: (1), or (N) with reduction none (optional in forward_backward); grad_student: (N, C)
-//! of the student's element type, may be the student's own memory (in place).
+//! Entry points, the same on every backend (`ctx` is a distill::cpu with host views, or a
+//! distill::cuda with device views in a translation unit compiled by nvcc):
+//!   kl_teacher_student_forward          (ctx, student, teacher, loss, extras, workspace, options)
+//!   kl_teacher_student_backward         (ctx, student, teacher, grad_student, extras, workspace, options)
+//!   kl_teacher_student_forward_backward (ctx, student, teacher, loss, grad_student, extras, workspace, options)
+//! student, teacher: (N, C) logits of float, double, float16 or bfloat16 (may differ; CUDA: no
+//! double); loss: (1), or (N) with reduction none (optional in forward_backward);
+//! grad_student: (N, C) of the student's element type, may be the student's own memory (in
+//! place); extras: soft_target_extras (labels, weights, diagnostics, ...; {} for none);
+//! workspace: soft_target_workspace_size(ctx, N) bytes ({} on the CPU, where it is 0).
 
 #include <type_traits>
 
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 namespace soft_target_detail {
@@ -38,6 +39,7 @@ namespace soft_target_detail {
 template <class Acc>
 struct kl_teacher_student_policy {
   struct params {};
+  static params make_params(const soft_target_options&) noexcept { return {}; }
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = true, needs_tx = false, needs_b = false;
   static constexpr bool normalises_full_rows = true;  // p and q are the full-row softmaxes
@@ -58,41 +60,7 @@ struct kl_teacher_student_policy {
 
 }  // namespace soft_target_detail
 
-/// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status kl_teacher_student_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                                host_view<accum_t<TS>, 1> loss, const soft_target_options& opt = {},
-                                                const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_teacher_student_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_teacher_student_forward", ctx, student, teacher, loss, true,
-                                                host_view<std::remove_const_t<TS>, 2>{}, false, opt, {}, extra);
-}
-
-/// Gradient with respect to the student logits only (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status kl_teacher_student_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                                 host_view<std::remove_const_t<TS>, 2> grad_student,
-                                                 const soft_target_options& opt = {},
-                                                 const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_teacher_student_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_teacher_student_backward", ctx, student, teacher,
-                                                host_view<accum_t<TS>, 1>{}, false, grad_student, true, opt, {}, extra);
-}
-
-/// Loss and gradient in one pass over the inputs (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status kl_teacher_student_forward_backward(const cpu& ctx, host_view<TS, 2> student,
-                                                         host_view<TT, 2> teacher, host_view<accum_t<TS>, 1> loss,
-                                                         host_view<std::remove_const_t<TS>, 2> grad_student,
-                                                         const soft_target_options& opt = {},
-                                                         const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::kl_teacher_student_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("kl_teacher_student_forward_backward", ctx, student, teacher, loss,
-                                                false, grad_student, true, opt, {}, extra);
-}
+DISTILL_DENSE_SOFT_TARGET_ENTRY_POINTS(kl_teacher_student, kl_teacher_student_policy, soft_target_options)
 
 }  // namespace distill
 
-#if DISTILL_CUDA_COMPILER
-#include "distill/cuda/kl_teacher_student.cuh"
-#endif

@@ -15,14 +15,13 @@
 //! makes f = +inf. Everything else (rows, labels, weights, reductions, hard-label term, dL/dT,
 //! diagnostics): soft_target_common.hpp.
 //!
-//! Entry points (CUDA overloads in kernels/distill/cuda/soft_cross_entropy.cuh):
+//! Entry points (the same on the CPU and CUDA backends):
 //!   soft_cross_entropy_forward / _backward / _forward_backward, arguments as in
 //!   kl_teacher_student.hpp.
 
 #include <type_traits>
 
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 namespace soft_target_detail {
@@ -30,6 +29,7 @@ namespace soft_target_detail {
 template <class Acc>
 struct soft_cross_entropy_policy {
   struct params {};
+  static params make_params(const soft_target_options&) noexcept { return {}; }
   static constexpr bool uses_target = false, has_mixture_pass = false;
   static constexpr bool needs_a = true, needs_tx = true, needs_b = false;
   static constexpr bool normalises_full_rows = true;
@@ -53,40 +53,7 @@ struct soft_cross_entropy_policy {
 
 }  // namespace soft_target_detail
 
-/// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status soft_cross_entropy_forward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                   host_view<accum_t<TS>, 1> loss, const soft_target_options& opt = {},
-                                   const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::soft_cross_entropy_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("soft_cross_entropy_forward", ctx, student, teacher, loss, true,
-                                                host_view<std::remove_const_t<TS>, 2>{}, false, opt, {}, extra);
-}
-
-/// Gradient with respect to the student logits only (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status soft_cross_entropy_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                    host_view<std::remove_const_t<TS>, 2> grad_student, const soft_target_options& opt = {},
-                                    const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::soft_cross_entropy_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("soft_cross_entropy_backward", ctx, student, teacher, host_view<accum_t<TS>, 1>{},
-                                                false, grad_student, true, opt, {}, extra);
-}
-
-/// Loss and gradient in one pass over the inputs (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status soft_cross_entropy_forward_backward(const cpu& ctx, host_view<TS, 2> student, host_view<TT, 2> teacher,
-                                            host_view<accum_t<TS>, 1> loss,
-                                            host_view<std::remove_const_t<TS>, 2> grad_student,
-                                            const soft_target_options& opt = {},
-                                            const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  using P = soft_target_detail::soft_cross_entropy_policy<accum_t<TS>>;
-  return soft_target_detail::dense_cpu_entry<P>("soft_cross_entropy_forward_backward", ctx, student, teacher, loss, false,
-                                                grad_student, true, opt, {}, extra);
-}
+DISTILL_DENSE_SOFT_TARGET_ENTRY_POINTS(soft_cross_entropy, soft_cross_entropy_policy, soft_target_options)
 
 }  // namespace distill
 
-#if DISTILL_CUDA_COMPILER
-#include "distill/cuda/soft_cross_entropy.cuh"
-#endif

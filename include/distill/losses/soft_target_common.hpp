@@ -33,6 +33,14 @@
 //! contribution and diagnostics are NaN, and the CPU path also returns `errc::non_finite`
 //! naming the row (the CUDA path cannot report without a host synchronisation). NaN or +inf
 //! anywhere in a row makes that row's results NaN (no status).
+//!
+//! Scalars in memory (`extras.temperature`, `extras.normalizer`) are data, not options: the
+//! host may not be able to read them. One rule on both backends: a temperature that is not
+//! finite and > 0, or a normaliser that is not finite and >= 0, is an error. The CPU path reads
+//! it and returns invalid_argument naming it (nothing is written); the CUDA path cannot report
+//! without a host synchronisation, so the kernels turn it into NaN: the loss, every gradient,
+//! dL/dT and the diagnostics of the call are NaN, never a plausible wrong number. Labels in
+//! device memory follow the same rule (a label outside [0, C) makes its row NaN on CUDA).
 
 #include <bit>
 #include <cmath>
@@ -47,6 +55,7 @@
 #include "distill/core/context.hpp"
 #include "distill/core/dtype.hpp"
 #include "distill/core/fast_math.hpp"
+#include "distill/core/labels.hpp"
 #include "distill/core/math.hpp"
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
@@ -58,7 +67,7 @@ namespace distill {
 struct soft_target_options {
   float temperature = 1.0f;          ///< T > 0, applied to teacher and student logits
   bool scale_by_t_squared = true;    ///< multiply the soft term by T^2 (Hinton et al.); TRL: false
-  reduction red = reduction::batchmean;
+  distill::reduction reduction = distill::reduction::batchmean;
   float soft_weight = 1.0f;          ///< weight of the distillation term (alpha in alpha*KD + (1-alpha)*CE)
   float hard_label_weight = 0.0f;    ///< weight of CE(student at T = 1, label); needs `labels`
   std::int64_t ignore_index = -100;  ///< rows whose label equals this contribute nothing
@@ -72,15 +81,16 @@ struct soft_target_options {
 /// CUDA path ever synchronises with the host.
 template <class Acc, class Space>
 struct soft_target_extras {
-  /// (N) class labels: the hard-label CE target, DKD's target class, and the mask:
-  /// rows with `ignore_index` contribute no loss and get a zero gradient.
-  tensor_view<const std::int64_t, 1, Space> labels;
+  /// (N) class labels, int32 or int64: the hard-label CE target, DKD's target class, and the
+  /// mask: rows with `ignore_index` contribute no loss and get a zero gradient.
+  label_view<Space> labels;
   /// (N) per-row weights w_r (default 1). With reduction none they scale each row's output.
   tensor_view<const Acc, 1, Space> row_weights;
   /// (1) divisor D of mean/batchmean (e.g. the global token count across accumulation steps).
+  /// Must be finite and >= 0 (see "Scalars in memory" in the file comment).
   tensor_view<const Acc, 1, Space> normalizer;
-  /// (1) a learnable temperature; overrides `options.temperature` when present. The CPU path
-  /// checks it is finite and > 0; on CUDA it is read by the kernels (a value <= 0 gives inf/NaN).
+  /// (1) a learnable temperature; overrides `options.temperature` when present. Must be finite
+  /// and > 0 (see "Scalars in memory" in the file comment).
   tensor_view<const Acc, 1, Space> temperature;
   /// (1) out: dL/dT (the reduced loss times grad_scale, differentiated in T).
   tensor_view<Acc, 1, Space> grad_temperature;
@@ -92,11 +102,6 @@ struct soft_target_extras {
   tensor_view<Acc, 1, Space> row_top1_agreement;
   /// (N) out: the hard-label CE per row (at T = 1, unweighted); needs `labels`.
   tensor_view<Acc, 1, Space> row_hard_loss;
-  /// CUDA only: scratch of `soft_target_workspace_bytes(N)` bytes (16-byte aligned), needed
-  /// when the loss is reduced, when `grad_temperature` is requested, or when reduction mean
-  /// with labels or row weights counts its divisor on the device (backward passes too).
-  /// Ignored by the CPU path.
-  tensor_view<std::byte, 1, Space> workspace;
 };
 
 template <class Acc = float>
@@ -104,10 +109,11 @@ using soft_target_host_extras = soft_target_extras<Acc, host_space>;
 template <class Acc = float>
 using soft_target_cuda_extras = soft_target_extras<Acc, cuda_space>;
 
-/// Bytes of CUDA workspace a soft-target loss over `rows` rows needs: one float per row for
-/// the row losses, one for the temperature-gradient terms and one for the divisor. No scratch
-/// grows with the number of classes.
-constexpr std::size_t soft_target_workspace_bytes(index_t rows) noexcept {
+/// Scratch bytes of every soft-target loss over `rows` rows (the `workspace` argument of each
+/// entry point). CPU: none. CUDA: one float per row for the row losses, one for the
+/// temperature-gradient terms and one for the divisor; nothing grows with the class count.
+constexpr std::size_t soft_target_workspace_size(const cpu&, index_t /*rows*/) noexcept { return 0; }
+constexpr std::size_t soft_target_workspace_size(const cuda&, index_t rows) noexcept {
   const std::size_t floats = 2 * static_cast<std::size_t>(rows < 0 ? 0 : rows) + 1;
   return (floats * sizeof(float) + 255) / 256 * 256;
 }
@@ -335,6 +341,19 @@ struct call_scalars {
   }
 };
 
+/// A temperature or normaliser read from memory the host does not inspect (a CUDA device
+/// scalar): a value outside its domain (T not finite and > 0; D not finite and >= 0) becomes
+/// NaN, so every result of the call is NaN rather than silently wrong. The CPU path refuses such
+/// values with invalid_argument before computing anything.
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc checked_temperature(Acc t) noexcept {
+  return (t > Acc(0) && t <= std::numeric_limits<Acc>::max()) ? t : std::numeric_limits<Acc>::quiet_NaN();
+}
+template <class Acc>
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc checked_normalizer(Acc d) noexcept {
+  return (d >= Acc(0) && d <= std::numeric_limits<Acc>::max()) ? d : std::numeric_limits<Acc>::quiet_NaN();
+}
+
 /// Row bookkeeping: what a row contributes to the loss, the gradient scales and the
 /// temperature-gradient term, given the primitive's f_r and the pieces computed in its pass.
 template <class Acc>
@@ -389,7 +408,8 @@ inline status check_finite_option(const char* fn, const char* name, double v) {
 }
 
 /// Everything the dense losses (and, with `teacher_cols_must_match = false`, the top-k loss)
-/// check before touching memory. `is_cuda` adds the unit-inner-stride and workspace rules.
+/// check before touching memory. `is_cuda` adds the unit-inner-stride rule. (The workspace is
+/// checked by the dispatcher, losses/detail/soft_target_dispatch.hpp.)
 template <class VS, class VT, class VL, class VG, class Acc, class Space>
 status validate_soft_target(const char* fn, const VS& student, const VT& teacher, bool teacher_cols_must_match,
                             const VL& loss, bool loss_required, const VG& grad, bool grad_required,
@@ -423,9 +443,9 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
   DISTILL_TRY(check_finite_option(fn, "soft_weight", opt.soft_weight));
   DISTILL_TRY(check_finite_option(fn, "hard_label_weight", opt.hard_label_weight));
   DISTILL_TRY(check_finite_option(fn, "grad_scale", opt.grad_scale));
-  if (opt.red != reduction::none && opt.red != reduction::sum && opt.red != reduction::mean &&
-      opt.red != reduction::batchmean)
-    return fail(errc::invalid_argument, fn, "'red' is not a valid reduction");
+  if (opt.reduction != reduction::none && opt.reduction != reduction::sum && opt.reduction != reduction::mean &&
+      opt.reduction != reduction::batchmean)
+    return fail(errc::invalid_argument, fn, "'reduction' is not a valid reduction");
 
   // optional inputs
   if (ex.labels.empty() && opt.hard_label_weight != 0.0f)
@@ -434,7 +454,7 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
     return fail(errc::invalid_argument, fn, "'labels' are required (they give each row's target class)");
   if (ex.labels.empty() && !ex.row_hard_loss.empty())
     return fail(errc::invalid_argument, fn, "'row_hard_loss' was requested but no 'labels' were given");
-  DISTILL_TRY(check_optional_extent(fn, "labels", ex.labels, n, "one label per row"));
+  DISTILL_TRY(check_optional_labels(fn, "labels", ex.labels, n));
   DISTILL_TRY(check_optional_extent(fn, "row_weights", ex.row_weights, n, "one weight per row"));
   DISTILL_TRY(check_optional_extent(fn, "normalizer", ex.normalizer, 1, "a scalar"));
   DISTILL_TRY(check_optional_extent(fn, "temperature", ex.temperature, 1, "a scalar"));
@@ -443,9 +463,9 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
   DISTILL_TRY(check_optional_extent(fn, "row_teacher_entropy", ex.row_teacher_entropy, n, "one value per row"));
   DISTILL_TRY(check_optional_extent(fn, "row_top1_agreement", ex.row_top1_agreement, n, "one value per row"));
   DISTILL_TRY(check_optional_extent(fn, "row_hard_loss", ex.row_hard_loss, n, "one value per row"));
-  if (!ex.normalizer.empty() && opt.red != reduction::mean && opt.red != reduction::batchmean)
+  if (!ex.normalizer.empty() && opt.reduction != reduction::mean && opt.reduction != reduction::batchmean)
     return fail(errc::invalid_argument, fn,
-                std::string("'normalizer' divides mean/batchmean reductions, but the reduction is ") + to_string(opt.red));
+                std::string("'normalizer' divides mean/batchmean reductions, but the reduction is ") + to_string(opt.reduction));
   if (!ex.grad_temperature.empty() && !grad_required)
     return fail(errc::invalid_argument, fn, "'grad_temperature' is computed by the backward passes, not the forward");
 
@@ -454,7 +474,7 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
   if (!loss.empty()) {
     DISTILL_TRY(check_strides(fn, "loss", loss));
     DISTILL_TRY(check_aligned(fn, "loss", loss));
-    if (opt.red == reduction::none)
+    if (opt.reduction == reduction::none)
       DISTILL_TRY(check_extent(fn, "loss", loss, 0, n, "one loss per row with reduction none"));
     else
       DISTILL_TRY(check_extent(fn, "loss", loss, 0, 1, "a scalar with a reducing reduction"));
@@ -473,20 +493,6 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
                   "'grad_student' partially overlaps 'student' (in place is allowed only with the same pointer and strides)");
     if (in_place && opt.accumulate)
       return fail(errc::invalid_argument, fn, "'accumulate' cannot be combined with an in-place gradient over 'student'");
-  }
-  if (is_cuda) {
-    const bool needs_ws = (opt.red != reduction::none && !loss.empty()) || !ex.grad_temperature.empty();
-    if (needs_ws) {
-      if (ex.workspace.empty() ||
-          static_cast<std::size_t>(ex.workspace.extent(0)) < soft_target_workspace_bytes(n))
-        return fail(errc::invalid_argument, fn,
-                    "'workspace' must hold soft_target_workspace_bytes(" + std::to_string(n) +
-                        ") = " + std::to_string(soft_target_workspace_bytes(n)) + " bytes");
-      if (reinterpret_cast<std::uintptr_t>(ex.workspace.data()) % 16 != 0)
-        return fail(errc::misaligned, fn, "'workspace' must be 16-byte aligned");
-      if (ex.workspace.extent(0) > 1 && ex.workspace.stride(0) != 1)
-        return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
-    }
   }
   return {};
 }
@@ -507,16 +513,7 @@ status validate_host_values(const char* fn, index_t classes, const soft_target_o
       return fail(errc::invalid_argument, fn,
                   "'normalizer' must be finite and >= 0, got " + check_detail::num(static_cast<double>(d)));
   }
-  if (!ex.labels.empty()) {
-    for (index_t r = 0; r < ex.labels.extent(0); ++r) {
-      const std::int64_t y = ex.labels(r);
-      if (y == opt.ignore_index) continue;
-      if (y < 0 || y >= classes)
-        return fail(errc::invalid_argument, fn,
-                    "label " + std::to_string(y) + " of row " + std::to_string(r) + " is outside [0, " +
-                        std::to_string(classes) + ") and is not ignore_index (" + std::to_string(opt.ignore_index) + ")");
-    }
-  }
+  if (!ex.labels.empty()) DISTILL_TRY(check_label_range(fn, "labels", ex.labels, classes, opt.ignore_index));
   return {};
 }
 

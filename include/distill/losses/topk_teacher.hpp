@@ -32,11 +32,13 @@
 //! instead. A row whose student is -inf everywhere, or (variant A) whose valid teacher values
 //! are all -inf or absent, is NaN and, on the CPU, reported as errc::non_finite.
 //!
-//! Entry points (CUDA overloads in kernels/distill/cuda/topk_teacher.cuh):
-//!   kl_topk_teacher_student_forward (ctx, student, teacher_indices, teacher_logprobs, loss, options, extras)
-//!   kl_topk_teacher_student_backward (ctx, student, teacher_indices, teacher_logprobs, grad_student, options, extras)
-//!   kl_topk_teacher_student_forward_backward (ctx, student, teacher_indices, teacher_logprobs, loss, grad_student, options, extras)
-//! student (N, C); teacher_indices (N, k) int64; teacher_logprobs (N, k) float/double/16-bit.
+//! Entry points, the same on the CPU and CUDA backends (CUDA engine: kernels/distill/cuda/topk_teacher.cuh):
+//!   kl_topk_teacher_student_forward (ctx, student, teacher_indices, teacher_logprobs, loss, extras, workspace, options)
+//!   kl_topk_teacher_student_backward (ctx, student, teacher_indices, teacher_logprobs, grad_student, extras, workspace, options)
+//!   kl_topk_teacher_student_forward_backward (ctx, student, teacher_indices, teacher_logprobs, loss, grad_student, extras,
+//!                                             workspace, options)
+//! student (N, C); teacher_indices (N, k) int64; teacher_logprobs (N, k) float/double/16-bit;
+//! workspace: soft_target_workspace_size(ctx, N) bytes.
 
 #include <algorithm>
 #include <cstdint>
@@ -45,8 +47,7 @@
 #include <vector>
 
 #include "distill/core/parallel.hpp"
-#include "distill/losses/detail/soft_target_cpu.hpp"
-#include "distill/losses/soft_target_common.hpp"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 
 namespace distill {
 
@@ -341,8 +342,8 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
   auto ignored = [&](index_t r) { return !ex.labels.empty() && ex.labels(r) == opt.ignore_index; };
   Acc divisor = Acc(1);
   if (!ex.normalizer.empty()) divisor = ex.normalizer(0);
-  else if (opt.red == reduction::batchmean) divisor = static_cast<Acc>(n);
-  else if (opt.red == reduction::mean) {
+  else if (opt.reduction == reduction::batchmean) divisor = static_cast<Acc>(n);
+  else if (opt.reduction == reduction::mean) {
     divisor = Acc(0);
     for (index_t r = 0; r < n; ++r)
       if (!ignored(r)) divisor += weight_of(r);
@@ -399,7 +400,7 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
   });
 
   if (!loss.empty()) {
-    if (opt.red == reduction::none) {
+    if (opt.reduction == reduction::none) {
       for (index_t r = 0; r < n; ++r) loss(r) = row_loss[static_cast<std::size_t>(r)];
     } else {
       Acc total = Acc(0);
@@ -420,42 +421,72 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
   return {};
 }
 
+/// The engine of the top-k loss on memory `Space`: the CPU one here, the CUDA one
+/// (`topk_backend<cuda_space>`) in kernels/distill/cuda/topk_teacher.cuh.
+template <class Space>
+struct topk_backend;
+
+template <>
+struct topk_backend<host_space> {
+  template <class TS, class TT, class Acc, class G>
+  static status run(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
+                    const host_view<const std::int64_t, 2>& idx, const host_view<TT, 2>& values,
+                    const host_view<Acc, 1>& loss, bool loss_required, const host_view<G, 2>& grad, bool want_grad,
+                    const topk_teacher_options& opt, const soft_target_extras<Acc, host_space>& ex,
+                    const host_view<std::byte, 1>& /*workspace*/) {
+    // soft_target_workspace_size(cpu, N) == 0: the workspace is not used
+    return topk_cpu(fn, ctx, student, idx, values, loss, loss_required, grad, want_grad, opt, ex);
+  }
+};
+
 }  // namespace soft_target_detail
 
 /// Loss only. `loss` is (1), or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_forward(const cpu& ctx, host_view<TS, 2> student,
-                                                     host_view<const std::int64_t, 2> teacher_indices,
-                                                     host_view<TT, 2> teacher_logprobs, host_view<accum_t<TS>, 1> loss,
-                                                     const topk_teacher_options& opt = {},
-                                                     const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_detail::topk_cpu("kl_topk_teacher_student_forward", ctx, student, teacher_indices, teacher_logprobs,
-                                      loss, true, host_view<std::remove_const_t<TS>, 2>{}, false, opt, extra);
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status kl_topk_teacher_student_forward(const Ctx& ctx, tensor_view<TS, 2, Space> student,
+                                                     in_view<std::int64_t, 2, Space> teacher_indices,
+                                                     tensor_view<TT, 2, Space> teacher_logprobs,
+                                                     tensor_view<accum_t<TS>, 1, Space> loss,
+                                                     const soft_target_extras<accum_t<TS>, Space>& extras,
+                                                     tensor_view<std::byte, 1, Space> workspace,
+                                                     const topk_teacher_options& opt = {}) {
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return soft_target_detail::topk_backend<Space>::run("kl_topk_teacher_student_forward", ctx, student, teacher_indices, teacher_logprobs,
+                                        loss, true, tensor_view<std::remove_const_t<TS>, 2, Space>{}, false, opt, extras,
+                                        workspace);
 }
 
 /// Gradient with respect to the student logits (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_backward(const cpu& ctx, host_view<TS, 2> student,
-                                                      host_view<const std::int64_t, 2> teacher_indices,
-                                                      host_view<TT, 2> teacher_logprobs,
-                                                      host_view<std::remove_const_t<TS>, 2> grad_student,
-                                                      const topk_teacher_options& opt = {},
-                                                      const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_detail::topk_cpu("kl_topk_teacher_student_backward", ctx, student, teacher_indices,
-                                      teacher_logprobs, host_view<accum_t<TS>, 1>{}, false, grad_student, true, opt, extra);
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status kl_topk_teacher_student_backward(const Ctx& ctx, tensor_view<TS, 2, Space> student,
+                                                      in_view<std::int64_t, 2, Space> teacher_indices,
+                                                      tensor_view<TT, 2, Space> teacher_logprobs,
+                                                      tensor_view<std::remove_const_t<TS>, 2, Space> grad_student,
+                                                      const soft_target_extras<accum_t<TS>, Space>& extras,
+                                                      tensor_view<std::byte, 1, Space> workspace,
+                                                      const topk_teacher_options& opt = {}) {
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return soft_target_detail::topk_backend<Space>::run("kl_topk_teacher_student_backward", ctx, student, teacher_indices,
+                                        teacher_logprobs, tensor_view<accum_t<TS>, 1, Space>{}, false, grad_student, true,
+                                        opt, extras, workspace);
 }
 
 /// Loss and gradient in one pass (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_forward_backward(const cpu& ctx, host_view<TS, 2> student,
-                                                              host_view<const std::int64_t, 2> teacher_indices,
-                                                              host_view<TT, 2> teacher_logprobs,
-                                                              host_view<accum_t<TS>, 1> loss,
-                                                              host_view<std::remove_const_t<TS>, 2> grad_student,
-                                                              const topk_teacher_options& opt = {},
-                                                              const soft_target_host_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_detail::topk_cpu("kl_topk_teacher_student_forward_backward", ctx, student, teacher_indices,
-                                      teacher_logprobs, loss, false, grad_student, true, opt, extra);
+template <class Ctx, class TS, class TT, class Space>
+  requires can_access_v<Ctx, Space>
+[[nodiscard]] status kl_topk_teacher_student_forward_backward(const Ctx& ctx, tensor_view<TS, 2, Space> student,
+                                                              in_view<std::int64_t, 2, Space> teacher_indices,
+                                                              tensor_view<TT, 2, Space> teacher_logprobs,
+                                                              tensor_view<accum_t<TS>, 1, Space> loss,
+                                                              tensor_view<std::remove_const_t<TS>, 2, Space> grad_student,
+                                                              const soft_target_extras<accum_t<TS>, Space>& extras,
+                                                              tensor_view<std::byte, 1, Space> workspace,
+                                                              const topk_teacher_options& opt = {}) {
+  static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
+  return soft_target_detail::topk_backend<Space>::run("kl_topk_teacher_student_forward_backward", ctx, student, teacher_indices,
+                                        teacher_logprobs, loss, false, grad_student, true, opt, extras, workspace);
 }
 
 }  // namespace distill

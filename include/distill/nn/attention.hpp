@@ -24,7 +24,7 @@
 //! CPU: (b, h) pairs in parallel, each with one-thread distill::gemm calls on strided head
 //! slices (no copies). CUDA: per head, strided-batched cuBLAS GEMMs over the batch, and a
 //! warp-per-row masked softmax / softmax-backward kernel. P (B, H, Lq, Lk) is materialised
-//! (the caller wants it); the CUDA backward needs a B H Lq Lk workspace for dP.
+//! (the caller wants it); the backward takes a workspace (attention_core_workspace_size: a B H Lq Lk map on CUDA, none on the CPU).
 
 #include <cmath>
 #include <cstdint>
@@ -131,14 +131,27 @@ template <class T>
   return st;
 }
 
+/// Bytes of scratch of attention_core_backward (B samples, `heads` heads, Lq x Lk maps, T the
+/// element type): none on the CPU; on CUDA one B H Lq Lk map (dP, then dS in place).
+template <class T = float>
+constexpr std::size_t attention_core_workspace_size(const cpu&, index_t /*B*/, index_t /*heads*/, index_t /*Lq*/,
+                                                    index_t /*Lk*/) noexcept {
+  return 0;
+}
+template <class T = float>
+constexpr std::size_t attention_core_workspace_size(const cuda&, index_t B, index_t heads, index_t Lq, index_t Lk) noexcept {
+  return static_cast<std::size_t>(B * heads * Lq * Lk) * sizeof(T);
+}
+
 /// Core backward. grad_probs / grad_scores (extra gradients into the returned maps) may be
 /// absent; dq, dk, dv may be absent (not computed) and are overwritten unless
-/// opt.accumulate_input.
+/// opt.accumulate_input. `workspace`: attention_core_workspace_size<T>(ctx, ...) bytes.
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status attention_core_backward(const cpu& ctx, in_view<T, 3> q, in_view<T, 3> k, in_view<T, 3> v,
                                              in_view<std::uint8_t, 2> key_valid, in_view<T, 4> probs, host_view<TD, 3> d_o,
                                              in_view<T, 4> grad_probs, in_view<T, 4> grad_scores, out_view<T, 3> dq,
-                                             out_view<T, 3> dk, out_view<T, 3> dv, const attention_params& p, grad_options opt = {}) {
+                                             out_view<T, 3> dk, out_view<T, 3> dv, host_view<std::byte, 1> /*workspace*/,
+                                             const attention_params& p, grad_options opt = {}) {
   constexpr const char* fn = "nn::attention_core_backward";
   DISTILL_TRY(nn_detail::check_attention(fn, q, k, v, key_valid, p));
   const index_t B = q.extent(0), Lq = q.extent(1), Lk = k.extent(1), D = q.extent(2), H = p.heads, dh = D / H;
@@ -218,7 +231,8 @@ class multi_head_attention {
   attention_params params;
   linear<T, Space> q_proj, k_proj, v_proj, out_proj;
   tensor<T, Space> q, k, v, probs, o;  // caches of the last forward
-  tensor<T, Space> dq, dk, dv, d_o, workspace;
+  tensor<T, Space> dq, dk, dv, d_o;
+  tensor<std::byte, Space> workspace;  // attention_core_workspace_size bytes (none on the CPU)
 
   multi_head_attention() = default;
   multi_head_attention(const std::string& name, index_t d, index_t heads, const init_options& init = {}, index_t kv_features = 0)
@@ -284,17 +298,11 @@ class multi_head_attention {
     DISTILL_TRY(dv.resize({B, Lk, dim}));
     DISTILL_TRY(d_o.resize({B, Lq, dim}));
     DISTILL_TRY(out_proj.backward(ctx, as_const(o.rows_view()), reshape<2>(dy, {B * Lq, dim}), d_o.rows_view()));
-    if constexpr (std::is_same_v<Space, cuda_space>) {
-      DISTILL_TRY(workspace.resize({B * params.heads * Lq * Lk}));
-      DISTILL_TRY(attention_core_backward(ctx, q.template cview<3>(), k.template cview<3>(), v.template cview<3>(), key_valid,
-                                          probs.template cview<4>(), d_o.template cview<3>(), grad_probs, grad_scores,
-                                          dq.template view<3>(), dk.template view<3>(), dv.template view<3>(), params, grad_options{},
-                                          workspace.template view<1>()));
-    } else {
-      DISTILL_TRY(attention_core_backward(ctx, q.template cview<3>(), k.template cview<3>(), v.template cview<3>(), key_valid,
-                                          probs.template cview<4>(), d_o.template cview<3>(), grad_probs, grad_scores,
-                                          dq.template view<3>(), dk.template view<3>(), dv.template view<3>(), params));
-    }
+    DISTILL_TRY(workspace.resize({static_cast<index_t>(attention_core_workspace_size<T>(ctx, B, params.heads, Lq, Lk))}));
+    DISTILL_TRY(attention_core_backward(ctx, q.template cview<3>(), k.template cview<3>(), v.template cview<3>(), key_valid,
+                                        probs.template cview<4>(), d_o.template cview<3>(), grad_probs, grad_scores,
+                                        dq.template view<3>(), dk.template view<3>(), dv.template view<3>(), workspace.template view<1>(),
+                                        params));
     // Projections: weight gradients always (when trainable); input gradients where asked.
     out_view<T, 2, Space> gq = dxq.empty() ? out_view<T, 2, Space>{} : reshape<2>(dxq, {B * Lq, dim});
     out_view<T, 2, Space> gkv = dxkv.empty() ? out_view<T, 2, Space>{} : reshape<2>(dxkv, {B * Lk, kv_dim});

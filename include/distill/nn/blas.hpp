@@ -13,30 +13,17 @@
 //! any `const cuda&`. `nn::exec_t<Space>` names the context a model on `Space` passes everywhere
 //! (cpu or cuda_blas).
 //!
-//! `gemm_math` picks the cuBLAS compute mode for float GEMMs (the CPU always computes in the
-//! element type): strict fp32, TF32 tensor cores, or bf16 tensor cores with fp32 storage and
+//! The cuda_blas's `distill::matmul_precision` (core/precision.hpp) picks the cuBLAS compute mode
+//! for float GEMMs (the CPU always computes in the element type): fp32 (CUBLAS_COMPUTE_32F), TF32
+//! tensor cores (..._FAST_TF32) or bf16 tensor cores (..._FAST_16BF), fp32 storage and
 //! accumulation. Reduced modes change results at the 1e-3 relative level.
 
 #include <type_traits>
 
 #include "distill/core/context.hpp"
+#include "distill/core/precision.hpp"
 
 namespace distill::nn {
-
-enum class gemm_math {
-  strict_fp32,  ///< CUBLAS_COMPUTE_32F: bitwise the classic SGEMM
-  tf32,         ///< CUBLAS_COMPUTE_32F_FAST_TF32: 10-bit mantissa products, fp32 accumulation
-  bf16,         ///< CUBLAS_COMPUTE_32F_FAST_16BF: 8-bit mantissa products, fp32 accumulation
-};
-
-constexpr const char* to_string(gemm_math m) noexcept {
-  switch (m) {
-    case gemm_math::strict_fp32: return "fp32";
-    case gemm_math::tf32: return "tf32";
-    case gemm_math::bf16: return "bf16";
-  }
-  return "unknown";
-}
 
 /// RAII cuBLAS handle bound to a stream (defined in kernels/distill/cuda/nn_blas.cuh, nvcc only).
 struct cuda_blas;
@@ -44,6 +31,23 @@ struct cuda_blas;
 /// The context a model living in `Space` passes to its layers.
 template <class Space>
 using exec_t = std::conditional_t<std::is_same_v<Space, host_space>, cpu, cuda_blas>;
+
+/// What a model's context is made from: CPU threads, or a CUDA stream and the precision of its
+/// cuBLAS GEMMs (each backend reads its own fields).
+struct exec_options {
+  int threads = 1;
+  CUstream_st* stream = nullptr;
+  matmul_precision precision = matmul_precision::fp32;
+};
+
+/// The context of a model on `Space`, so code written once for both memory spaces makes it
+/// without a branch: cpu{threads} here, a cuda_blas in kernels/distill/cuda/nn_blas.cuh.
+template <class Space>
+exec_t<Space> make_exec(const exec_options& o);
+template <>
+inline cpu make_exec<host_space>(const exec_options& o) {
+  return cpu{o.threads};
+}
 
 }  // namespace distill::nn
 

@@ -38,10 +38,8 @@
 
 namespace distill::nn {
 
-/// Input view of `const T` that does not take part in template deduction, so callers may pass
-/// views of `T` or `const T` (T is deduced from an output view or a layer).
-template <class T, int R, class Space = host_space>
-using in_view = std::type_identity_t<tensor_view<const T, R, Space>>;
+// Input views are distill::in_view<T, R, Space> (core/tensor_view.hpp): views of `T` or `const T`,
+// T deduced from an output view or a layer.
 /// Output view that does not take part in deduction.
 template <class T, int R, class Space = host_space>
 using out_view = std::type_identity_t<tensor_view<T, R, Space>>;

@@ -22,8 +22,8 @@
 //! three GEMMs on a pre-built im2col matrix (bench nn_conv2d/cpu/...).
 //! CUDA: im2col of the whole batch into a caller workspace (K x B P), a strided-batched cuBLAS
 //! GEMM straight into y, a bias kernel; backward permutes dy to (Co, B P), one GEMM for dW, a
-//! GEMV for db, one GEMM for dcol and a gather-form col2im kernel (no atomics). Workspace size:
-//! conv2d_workspace_size(...). Layouts: (C, H, W) of each image contiguous (batch stride free).
+//! GEMV for db, one GEMM for dcol and a gather-form col2im kernel (no atomics). Workspace (the
+//! argument before the params, on both backends): conv2d_workspace_size<T>(ctx, ...) bytes. Layouts: (C, H, W) of each image contiguous (batch stride free).
 
 #include <string>
 #include <vector>
@@ -52,10 +52,20 @@ constexpr index_t conv2d_output_extent(index_t in, index_t k, index_t stride, in
   return in + 2 * pad < k ? 0 : (in + 2 * pad - k) / stride + 1;
 }
 
-/// Floats of CUDA workspace the conv2d forward + backward need (the CPU path needs none).
-inline index_t conv2d_workspace_size(index_t B, index_t Ci, index_t Co, index_t kh, index_t kw, index_t Ho, index_t Wo) noexcept {
+/// Bytes of scratch the conv2d forward and backward need for a batch of B images, T the element
+/// type: none on the CPU (each thread keeps one image's K x P columns on its stack of vectors);
+/// on CUDA the im2col matrix of the whole batch (K x B P), the permuted dy (Co x B P) and a
+/// vector of ones (B P).
+template <class T = float>
+constexpr std::size_t conv2d_workspace_size(const cpu&, index_t /*B*/, index_t /*Ci*/, index_t /*Co*/, index_t /*kh*/,
+                                            index_t /*kw*/, index_t /*Ho*/, index_t /*Wo*/) noexcept {
+  return 0;
+}
+template <class T = float>
+constexpr std::size_t conv2d_workspace_size(const cuda&, index_t B, index_t Ci, index_t Co, index_t kh, index_t kw, index_t Ho,
+                                            index_t Wo) noexcept {
   const index_t BP = B * Ho * Wo;
-  return Ci * kh * kw * BP + Co * BP + BP;
+  return static_cast<std::size_t>(Ci * kh * kw * BP + Co * BP + BP) * sizeof(T);
 }
 
 namespace nn_detail {
@@ -206,7 +216,7 @@ void for_each_image(const cpu& ctx, index_t B, Body&& body) {
 /// y = conv2d(x, w) + b. `b` may be absent.
 template <class T>
 [[nodiscard]] status conv2d_forward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, in_view<T, 1> b, host_view<T, 4> y,
-                                    const conv2d_params& p = {}) {
+                                    host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/, const conv2d_params& p = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "nn::conv2d_forward: float or double");
   constexpr const char* fn = "nn::conv2d_forward";
   conv2d_geometry g;
@@ -241,7 +251,8 @@ template <class T>
 /// Gradients of conv2d. `dx`, `dw`, `db` may each be absent.
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status conv2d_backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> w, host_view<TD, 4> dy, out_view<T, 4> dx,
-                                     out_view<T, 4> dw, out_view<T, 1> db, const conv2d_params& p = {}, grad_options opt = {}) {
+                                     out_view<T, 4> dw, out_view<T, 1> db, host_view<std::byte, 1> /*workspace: 0 bytes on the CPU*/,
+                                     const conv2d_params& p = {}, grad_options opt = {}) {
   constexpr const char* fn = "nn::conv2d_backward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv2d_geometry_of(fn, x, w, p, g));
@@ -331,7 +342,7 @@ class conv2d {
   index_t in_channels = 0, out_channels = 0, kernel_h = 0, kernel_w = 0;
   conv2d_params params;
   parameter<T, Space> weight, bias;
-  tensor<T, Space> workspace;  // CUDA only
+  tensor<std::byte, Space> workspace;  // conv2d_workspace_size bytes (none on the CPU)
 
   conv2d() = default;
   conv2d(const std::string& name, index_t ci, index_t co, index_t k, conv2d_params p = {}, const init_options& init = {},
@@ -354,24 +365,15 @@ class conv2d {
 
   template <class Ctx>
   [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 4, Space> x, out_view<T, 4, Space> y) {
-    if constexpr (std::is_same_v<Space, cuda_space>) {
-      DISTILL_TRY(reserve(x));
-      return conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, params,
-                            workspace.template view<1>());
-    } else {
-      return conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, params);
-    }
+    DISTILL_TRY(reserve(ctx, x));
+    return conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, workspace.template view<1>(),
+                          params);
   }
   template <class Ctx>
   [[nodiscard]] status backward(const Ctx& ctx, in_view<T, 4, Space> x, in_view<T, 4, Space> dy, out_view<T, 4, Space> dx) {
-    if constexpr (std::is_same_v<Space, cuda_space>) {
-      DISTILL_TRY(reserve(x));
-      return conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                             nn_detail::grad_if_trainable<1>(bias), params, layer_grad_options, workspace.template view<1>());
-    } else {
-      return conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                             nn_detail::grad_if_trainable<1>(bias), params, layer_grad_options);
-    }
+    DISTILL_TRY(reserve(ctx, x));
+    return conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
+                           nn_detail::grad_if_trainable<1>(bias), workspace.template view<1>(), params, layer_grad_options);
   }
   parameter_list<T, Space> parameters() {
     parameter_list<T, Space> p{&weight};
@@ -380,9 +382,10 @@ class conv2d {
   }
 
  private:
-  status reserve(const tensor_view<const T, 4, Space>& x) {
+  template <class Ctx>
+  status reserve(const Ctx& ctx, const tensor_view<const T, 4, Space>& x) {
     const auto s = output_shape(x.extent(0), x.extent(2), x.extent(3));
-    const index_t n = conv2d_workspace_size(x.extent(0), in_channels, out_channels, kernel_h, kernel_w, s[2], s[3]);
+    const auto n = static_cast<index_t>(conv2d_workspace_size<T>(ctx, x.extent(0), in_channels, out_channels, kernel_h, kernel_w, s[2], s[3]));
     if (n > workspace.size()) return workspace.resize({n});
     return {};
   }

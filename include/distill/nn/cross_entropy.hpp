@@ -22,6 +22,7 @@
 #include <limits>
 #include <string>
 
+#include "distill/core/labels.hpp"
 #include "distill/core/math.hpp"
 #include "distill/core/reduction.hpp"
 #include "distill/nn/common.hpp"
@@ -29,53 +30,52 @@
 namespace distill::nn {
 
 struct cross_entropy_options {
-  reduction red = reduction::mean;
+  distill::reduction reduction = distill::reduction::mean;
   std::int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   double grad_scale = 1.0;  ///< upstream gradient / loss weight
 };
 
 namespace nn_detail {
-template <class I, class Z, class L>
-status check_cross_entropy(const char* fn, const Z& logits, const L& labels, const cross_entropy_options& o) {
+template <class Z, class Space>
+status check_cross_entropy(const char* fn, const Z& logits, const label_view<Space>& labels, const cross_entropy_options& o) {
   DISTILL_TRY(check_input(fn, "logits", logits));
-  DISTILL_TRY(check_input(fn, "labels", labels));
-  DISTILL_TRY(check_extent(fn, "labels", labels, 0, logits.extent(0), "rows of 'logits'"));
+  if (labels.empty()) return fail(errc::invalid_argument, fn, "'labels' is required but absent");
+  DISTILL_TRY(check_optional_labels(fn, "labels", labels, logits.extent(0)));
   DISTILL_TRY(check_in_range(fn, "label_smoothing", o.label_smoothing, 0.0, 1.0));
   if (!std::isfinite(o.grad_scale)) return fail(errc::invalid_argument, fn, "'grad_scale' must be finite");
   return {};
 }
 }  // namespace nn_detail
 
-/// Loss (and, when `grad` is present, its gradient) in one pass over the logits.
-/// `loss` is (1), or (N) with reduction::none.
-template <class I, class T>
-[[nodiscard]] status softmax_cross_entropy_forward_backward(const cpu& ctx, in_view<T, 2> logits, in_view<I, 1> labels,
+/// Loss (and, when `grad` is present, its gradient) in one pass over the logits. `labels` are
+/// int32 or int64 (label_view); `loss` is (1), or (N) with reduction::none.
+template <class TL, class T = std::remove_const_t<TL>>
+[[nodiscard]] status softmax_cross_entropy_forward_backward(const cpu& ctx, host_view<TL, 2> logits, label_view<host_space> labels,
                                                             out_view<accum_t<T>, 1> loss, out_view<T, 2> grad,
                                                             const cross_entropy_options& o = {}) {
-  static_assert(std::is_same_v<I, std::int32_t> || std::is_same_v<I, std::int64_t>, "labels are int32 or int64");
   constexpr const char* fn = "nn::softmax_cross_entropy";
   using Acc = accum_t<T>;
-  DISTILL_TRY(nn_detail::check_cross_entropy<I>(fn, logits, labels, o));
+  DISTILL_TRY(nn_detail::check_cross_entropy(fn, logits, labels, o));
   const index_t N = logits.extent(0), C = logits.extent(1);
   DISTILL_TRY(check_present(fn, "loss", loss));
-  DISTILL_TRY(check_shape(fn, "loss", loss, {o.red == reduction::none ? N : index_t(1)}));
+  DISTILL_TRY(check_shape(fn, "loss", loss, {o.reduction == reduction::none ? N : index_t(1)}));
   if (!grad.empty()) DISTILL_TRY(check_same_shape(fn, "grad", grad, "logits", logits));
   index_t valid = 0;
   for (index_t n = 0; n < N; ++n) {
-    const auto y = static_cast<std::int64_t>(labels(n));
+    const std::int64_t y = labels(n);
     if (y == o.ignore_index) continue;
     if (y < 0 || y >= C)
       return fail(errc::invalid_argument, fn, "label " + std::to_string(y) + " at row " + std::to_string(n) + " is outside [0, " +
                                                   std::to_string(C) + ") and is not ignore_index");
     ++valid;
   }
-  const Acc divisor = reduction_divisor<Acc>(o.red, static_cast<Acc>(N), static_cast<Acc>(valid));
+  const Acc divisor = reduction_divisor<Acc>(o.reduction, static_cast<Acc>(N), static_cast<Acc>(valid));
   const Acc inv = safe_inverse(divisor);
   const Acc eps = static_cast<Acc>(o.label_smoothing);
   const Acc scale = static_cast<Acc>(o.grad_scale) * inv;
   auto row_loss = [&](index_t n) -> Acc {
-    const auto y = static_cast<std::int64_t>(labels(n));
+    const std::int64_t y = labels(n);
     const bool ignored = y == o.ignore_index;
     lse_state<Acc> st;
     Acc zsum = 0;
@@ -100,7 +100,7 @@ template <class I, class T>
     if (eps > Acc(0)) l -= eps / static_cast<Acc>(C) * zsum;
     return l;
   };
-  if (o.red == reduction::none) {  // divisor 1: the gradient is that of grad_scale * sum_n l_n
+  if (o.reduction == reduction::none) {  // divisor 1: the gradient is that of grad_scale * sum_n l_n
     parallel_for(
         ctx, N,
         [&](index_t n0, index_t n1) {
@@ -122,10 +122,10 @@ template <class I, class T>
 }
 
 /// Loss only.
-template <class I, class T>
-[[nodiscard]] status softmax_cross_entropy_forward(const cpu& ctx, in_view<T, 2> logits, in_view<I, 1> labels,
+template <class TL, class T = std::remove_const_t<TL>>
+[[nodiscard]] status softmax_cross_entropy_forward(const cpu& ctx, host_view<TL, 2> logits, label_view<host_space> labels,
                                                    out_view<accum_t<T>, 1> loss, const cross_entropy_options& o = {}) {
-  return softmax_cross_entropy_forward_backward<I, T>(ctx, logits, labels, loss, {}, o);
+  return softmax_cross_entropy_forward_backward(ctx, logits, labels, loss, out_view<T, 2>{}, o);
 }
 
 /// idx[n] = argmax_c logits[n, c] (first maximum; NaN rows give the first NaN).

@@ -17,7 +17,7 @@
 //!   ... loss gradient d_maps ...
 //!   DISTILL_TRY(cnn.backward(ctx, images.view<4>(), d_maps, {}));   // no input gradient
 //!
-//!   auto f = nn::make_mlp<float>("f", {256, 256, 256, 10}, {.act = nn::activation::relu, .dropout = 0.5});
+//!   auto f = nn::make_mlp<float>({256, 256, 256, 10}, {.act = nn::activation::relu, .dropout = 0.5, .name = "f"});
 //!
 //! Shapes: linear and layer_norm see their input as (N, features) (trailing axes merged, so a
 //! linear after a conv flattens implicitly), conv2d and the 2-D pools need (N, C, H, W),
@@ -300,18 +300,21 @@ struct mlp_options {
   double dropout = 0.0;            ///< > 0: dropout before the last linear layer (Relation Networks' f)
   std::uint64_t dropout_seed = 0;
   init_options init = {};
+  /// Layers are named "<name>.fc<i>". Names key the weight initialisation (with init.seed) and the
+  /// checkpoint entries: give each MLP of a model its own.
+  std::string name = "mlp";
 };
 
 /// Linear layers sizes[0] -> sizes[1] -> ... with `act` between them (none after the last), and
-/// optional dropout before the last layer. Layers are named "<name>.fc<i>".
+/// optional dropout before the last layer.
 template <class T, class Space = host_space>
-sequential<T, Space> make_mlp(const std::string& name, std::initializer_list<index_t> sizes, const mlp_options& o = {}) {
+sequential<T, Space> make_mlp(std::initializer_list<index_t> sizes, const mlp_options& o = {}) {
   std::vector<index_t> s(sizes);
   sequential<T, Space> m;
   for (std::size_t i = 0; i + 1 < s.size(); ++i) {
     const bool last = i + 2 == s.size();
     if (last && o.dropout > 0) m.add(dropout<T, Space>(o.dropout, o.dropout_seed));
-    m.add(linear<T, Space>(name + ".fc" + std::to_string(i), s[i], s[i + 1], o.init));
+    m.add(linear<T, Space>(o.name + ".fc" + std::to_string(i), s[i], s[i + 1], o.init));
     if (!last) m.add(o.act);
   }
   return m;

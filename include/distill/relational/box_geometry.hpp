@@ -48,6 +48,7 @@
 #include "distill/core/parallel.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/detection/boxes.hpp"
 
 namespace distill {
 
@@ -57,6 +58,26 @@ struct box_features_options {
   bool accumulate = false;  ///< the backward adds into the box gradients instead of overwriting them
 };
 
+/// P (subject, object) box pairs, [P, 4] each: named, so the two cannot be swapped by position.
+template <class T, class Space = host_space>
+struct box_pairs {
+  tensor_view<const T, 2, Space> subject;
+  tensor_view<const T, 2, Space> object;
+};
+
+template <class TS, class TO, class Space>
+box_pairs(tensor_view<TS, 2, Space>, tensor_view<TO, 2, Space>) -> box_pairs<std::remove_const_t<TS>, Space>;
+
+/// Gradients with respect to the boxes of the pairs, [P, 4] each; either may be absent.
+template <class T, class Space = host_space>
+struct box_pair_grads {
+  tensor_view<T, 2, Space> subject;
+  tensor_view<T, 2, Space> object;
+};
+
+template <class T, class Space>
+box_pair_grads(tensor_view<T, 2, Space>, tensor_view<T, 2, Space>) -> box_pair_grads<T, Space>;
+
 namespace box_detail {
 
 /// The 20 features of one (subject, object) pair (see the table above).
@@ -65,10 +86,7 @@ DISTILL_HOST_DEVICE inline void pair_features(const Acc s[4], const Acc o[4], Ac
   const Acc ws = s[2] - s[0], hs = s[3] - s[1], wo = o[2] - o[0], ho = o[3] - o[1];
   const Acc ux1 = s[0] <= o[0] ? s[0] : o[0], uy1 = s[1] <= o[1] ? s[1] : o[1];
   const Acc ux2 = s[2] >= o[2] ? s[2] : o[2], uy2 = s[3] >= o[3] ? s[3] : o[3];
-  const Acc iw_raw = (s[2] <= o[2] ? s[2] : o[2]) - (s[0] >= o[0] ? s[0] : o[0]);
-  const Acc ih_raw = (s[3] <= o[3] ? s[3] : o[3]) - (s[1] >= o[1] ? s[1] : o[1]);
-  const Acc iw = iw_raw > Acc(0) ? iw_raw : Acc(0), ih = ih_raw > Acc(0) ? ih_raw : Acc(0);
-  const Acc inter = iw * ih, as = ws * hs, ao = wo * ho;
+  const Acc as = ws * hs, ao = wo * ho;
   f[0] = s[0], f[1] = s[1], f[2] = s[2], f[3] = s[3], f[4] = as;
   f[5] = (s[0] - o[0]) / wo, f[6] = (s[1] - o[1]) / ho;
   f[7] = log_(ws / wo), f[8] = log_(hs / ho);
@@ -76,7 +94,7 @@ DISTILL_HOST_DEVICE inline void pair_features(const Acc s[4], const Acc o[4], Ac
   f[11] = log_(wo / ws), f[12] = log_(ho / hs);
   f[13] = (ux2 - ux1) * (uy2 - uy1);
   f[14] = o[0], f[15] = o[1], f[16] = o[2], f[17] = o[3], f[18] = ao;
-  f[19] = inter / (as + ao - inter);
+  f[19] = detection_detail::iou(s, o);  // the one IoU of distill (detection/boxes.hpp)
 }
 
 /// Gradient of sum_k gf[k] f[k] with respect to both boxes (added into gs and go).
@@ -151,8 +169,8 @@ template <class SV, class OV, class FV>
 status check_pair_views(const char* fn, const SV& subject_boxes, const OV& object_boxes, const char* features_name,
                         const FV& features) {
   const index_t P = subject_boxes.extent(0);
-  DISTILL_TRY(check_boxes_view(fn, "subject_boxes", subject_boxes, P));
-  DISTILL_TRY(check_boxes_view(fn, "object_boxes", object_boxes, P));
+  DISTILL_TRY(check_boxes_view(fn, "boxes.subject", subject_boxes, P));
+  DISTILL_TRY(check_boxes_view(fn, "boxes.object", object_boxes, P));
   DISTILL_TRY(check_present(fn, features_name, features));
   DISTILL_TRY(check_strides(fn, features_name, features));
   return check_shape(fn, features_name, features, {P, box_pair_feature_count});
@@ -161,8 +179,8 @@ status check_pair_views(const char* fn, const SV& subject_boxes, const OV& objec
 /// The backward's optional box gradients [P, 4].
 template <class GSV, class GOV>
 status check_box_grads(const char* fn, const GSV& grad_subject_boxes, const GOV& grad_object_boxes, index_t P) {
-  if (!grad_subject_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grad_subject_boxes", grad_subject_boxes, P));
-  if (!grad_object_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grad_object_boxes", grad_object_boxes, P));
+  if (!grad_subject_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grads.subject", grad_subject_boxes, P));
+  if (!grad_object_boxes.empty()) DISTILL_TRY(check_boxes_view(fn, "grads.object", grad_object_boxes, P));
   return {};
 }
 
@@ -194,23 +212,19 @@ status check_box_values(const char* fn, const char* name, Box box, index_t count
   return {};
 }
 
-template <class TA, class TB>
-inline constexpr bool same_value_v = std::is_same_v<std::remove_const_t<TA>, std::remove_const_t<TB>>;
-
 }  // namespace box_detail
 
-/// features [P, 20] of the pairs (subject_boxes[p], object_boxes[p]), boxes [P, 4].
-template <class TS, class TO, class TF>
-[[nodiscard]] status box_pair_features_forward(const cpu& ctx, host_view<TS, 2> subject_boxes, host_view<TO, 2> object_boxes,
-                                               host_view<TF, 2> features) {
-  using T = std::remove_const_t<TS>;
+/// features [P, 20] of the pairs (boxes.subject[p], boxes.object[p]).
+template <class T>
+[[nodiscard]] status box_pair_features_forward(const cpu& ctx, const box_pairs<T, host_space>& boxes, host_view<T, 2> features) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "box features on the CPU take float or double");
-  static_assert(box_detail::same_value_v<TO, T> && std::is_same_v<TF, T>, "box_pair_features_forward: element types differ");
   constexpr const char* fn = "box_pair_features_forward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "features", features));
-  DISTILL_TRY(box_detail::check_box_values(fn, "subject_boxes", subject_boxes, P));
-  DISTILL_TRY(box_detail::check_box_values(fn, "object_boxes", object_boxes, P));
+  DISTILL_TRY(box_detail::check_box_values(fn, "boxes.subject", subject_boxes, P));
+  DISTILL_TRY(box_detail::check_box_values(fn, "boxes.object", object_boxes, P));
   parallel_for(ctx, P, [&](index_t p0, index_t p1) {
     for (index_t p = p0; p < p1; ++p) {
       T s[4], o[4], f[box_pair_feature_count];
@@ -222,21 +236,23 @@ template <class TS, class TO, class TF>
   return {};
 }
 
-/// Gradients of sum(grad_features * features) with respect to the boxes; either output may be absent.
-template <class TS, class TO, class TD, class TG>
-[[nodiscard]] status box_pair_features_backward(const cpu& ctx, host_view<TS, 2> subject_boxes, host_view<TO, 2> object_boxes,
-                                                host_view<TD, 2> grad_features, host_view<TG, 2> grad_subject_boxes,
-                                                host_view<TG, 2> grad_object_boxes, const box_features_options& opt = {}) {
-  using T = std::remove_const_t<TS>;
+/// Gradients of sum(grad_features * features) with respect to the boxes; either member of
+/// `grads` may be absent.
+template <class T>
+[[nodiscard]] status box_pair_features_backward(const cpu& ctx, const box_pairs<T, host_space>& boxes,
+                                                in_view<T, 2, host_space> grad_features, const box_pair_grads<T, host_space>& grads,
+                                                const box_features_options& opt = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "box features on the CPU take float or double");
-  static_assert(box_detail::same_value_v<TO, T> && box_detail::same_value_v<TD, T> && std::is_same_v<TG, T>,
-                "box_pair_features_backward: element types differ (gradients non-const)");
   constexpr const char* fn = "box_pair_features_backward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
+  const auto& grad_subject_boxes = grads.subject;
+  const auto& grad_object_boxes = grads.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "grad_features", grad_features));
   DISTILL_TRY(box_detail::check_box_grads(fn, grad_subject_boxes, grad_object_boxes, P));
-  DISTILL_TRY(box_detail::check_box_values(fn, "subject_boxes", subject_boxes, P));
-  DISTILL_TRY(box_detail::check_box_values(fn, "object_boxes", object_boxes, P));
+  DISTILL_TRY(box_detail::check_box_values(fn, "boxes.subject", subject_boxes, P));
+  DISTILL_TRY(box_detail::check_box_values(fn, "boxes.object", object_boxes, P));
   parallel_for(ctx, P, [&](index_t p0, index_t p1) {
     for (index_t p = p0; p < p1; ++p) {
       T s[4], o[4], gf[box_pair_feature_count], gs[4] = {0, 0, 0, 0}, go[4] = {0, 0, 0, 0};

@@ -39,6 +39,14 @@
 //!
 //! Bad numbers: on the CPU the target must be finite and in [0, 1] at valid pairs. NaN in the
 //! objects, question or weights propagates to the scores of the sample that uses them.
+//!
+//! Entry points, the same on the CPU and CUDA (kernels/distill/cuda/pair_scorer.cuh) backends:
+//!   pair_scorer_forward     (ctx, objects, question, object_mask, weights, scores, pair_weights, workspace, opt)
+//!   pair_scorer_backward    (ctx, objects, question, object_mask, weights, pair_weights, grad_pair_weights,
+//!                            grad_scores, grads, workspace, opt)
+//!   pair_scorer_loss_forward / _backward / _forward_backward (ctx, scores, target, object_mask, [loss],
+//!                            [grad_scores], workspace, opt)
+//! `workspace` holds pair_scorer_workspace_size(ctx, B, N, D, Q, K) bytes (0 on the CPU: {}).
 
 #include <algorithm>
 #include <cmath>
@@ -56,6 +64,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/relational/detail/scene_checks.hpp"
 
 namespace distill {
 
@@ -88,9 +97,18 @@ struct pair_scorer_options {
   pair_normalization normalization = pair_normalization::softmax_all;
   bool include_self_pairs = true;
   bool accumulate = false;               ///< gradients add into their outputs
-  reduction red = reduction::batchmean;  ///< the supervision loss only
+  distill::reduction reduction = distill::reduction::batchmean;  ///< the supervision loss only
   float grad_scale = 1.0f;               ///< the supervision loss only: upstream gradient / loss weight
 };
+
+/// Bytes of scratch of every pair-scorer entry point (forward, backward and the supervision
+/// loss) for B scenes of N objects of dimension D, a question of Q and a hidden width K: none on
+/// the CPU (the CUDA overload, whose size depends on the device, is in
+/// kernels/distill/cuda/pair_scorer.cuh).
+constexpr std::size_t pair_scorer_workspace_size(const cpu&, index_t /*B*/, index_t /*N*/, index_t /*D*/, index_t /*Q*/,
+                                                 index_t /*K*/) noexcept {
+  return 0;
+}
 
 // ---------------------------------------------------------------- scalar math (CPU and CUDA)
 
@@ -112,38 +130,18 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc bce_with_logits(Acc s, Acc t) noexce
   return (s > Acc(0) ? s : Acc(0)) - t * s + log1p(exp_(-a));
 }
 
-/// Pair (i, j) of a sample is scored.
-DISTILL_HOST_DEVICE inline bool valid_pair(bool obj_i, bool obj_j, index_t i, index_t j, bool include_self) noexcept {
-  return obj_i && obj_j && (include_self || i != j);
-}
+using relational_detail::pair_in_set;
 
-struct dims {
-  index_t B = 0, N = 0, D = 0, Q = 0, K = 0;
+struct dims : relational_detail::scene_dims {
+  index_t K = 0;
 };
-
-template <class V>
-status check_optional(const char* fn, const char* name, const V& v) {
-  if (v.empty() && v.size() != 0)
-    return fail(errc::invalid_argument, fn, std::string("'") + name + "' has a null pointer but nonzero extents");
-  return check_strides(fn, name, v);
-}
 
 /// Shapes of o, q, object mask and the scorer weights; fills `d`.
 template <class Space, class TO, class TQ, class TW>
 status validate_inputs(const char* fn, const tensor_view<TO, 3, Space>& o, const tensor_view<TQ, 2, Space>& q,
                        const tensor_view<const std::uint8_t, 2, Space>& om, const pair_scorer_weights<TW, Space>& w,
                        dims& d) {
-  DISTILL_TRY(check_present(fn, "objects", o));
-  DISTILL_TRY(check_nonempty(fn, "objects", o));
-  DISTILL_TRY(check_strides(fn, "objects", o));
-  d.B = o.extent(0), d.N = o.extent(1), d.D = o.extent(2);
-  DISTILL_TRY(check_optional(fn, "question", q));
-  if (!q.empty()) {
-    DISTILL_TRY(check_extent(fn, "question", q, 0, d.B, "batch size of 'objects'"));
-    d.Q = q.extent(1);
-  }
-  DISTILL_TRY(check_optional(fn, "object_mask", om));
-  if (!om.empty()) DISTILL_TRY(check_shape(fn, "object_mask", om, {d.B, d.N}));
+  DISTILL_TRY(relational_detail::check_scene(fn, o, q, om, d));
   if (w.w1.empty()) return fail(errc::invalid_argument, fn, "'weights.w1' is required but absent");
   if (w.w2.empty()) return fail(errc::invalid_argument, fn, "'weights.w2' is required but absent");
   DISTILL_TRY(check_strides(fn, "weights.w1", w.w1));
@@ -170,15 +168,8 @@ status validate_inputs(const char* fn, const tensor_view<TO, 3, Space>& o, const
 template <class Space, class TG, class TW>
 status validate_grads(const char* fn, const pair_scorer_grads<TG, Space>& g, const pair_scorer_weights<TW, Space>& w,
                       const dims& d) {
-  DISTILL_TRY(check_optional(fn, "grads.objects", g.objects));
-  if (!g.objects.empty()) DISTILL_TRY(check_shape(fn, "grads.objects", g.objects, {d.B, d.N, d.D}));
-  DISTILL_TRY(check_optional(fn, "grads.question", g.question));
-  if (!g.question.empty()) {
-    if (d.Q == 0) return fail(errc::invalid_argument, fn, "'grads.question' is given but 'question' is absent");
-    DISTILL_TRY(check_shape(fn, "grads.question", g.question, {d.B, d.Q}));
-  }
-  DISTILL_TRY(check_optional(fn, "grads.scores", g.scores));
-  if (!g.scores.empty()) DISTILL_TRY(check_shape(fn, "grads.scores", g.scores, {d.B, d.N, d.N}));
+  DISTILL_TRY(relational_detail::check_scene_grads(fn, g.objects, g.question, d));
+  DISTILL_TRY(check_optional(fn, "grads.scores", g.scores, {d.B, d.N, d.N}));
   const auto& gw = g.weights;
   if (gw.kind != w.kind && (!gw.w1.empty() || !gw.w2.empty() || !gw.b1.empty() || !gw.b2.empty()))
     return fail(errc::invalid_argument, fn, "'grads.weights.kind' differs from 'weights.kind'");
@@ -337,7 +328,7 @@ std::vector<std::uint8_t> valid_pairs(const std::vector<std::uint8_t>& present, 
   for (index_t i = 0; i < N; ++i)
     for (index_t j = 0; j < N; ++j)
       v[static_cast<std::size_t>(i * N + j)] =
-          valid_pair(present[static_cast<std::size_t>(i)] != 0, present[static_cast<std::size_t>(j)] != 0, i, j, self) ? 1 : 0;
+          pair_in_set(present[static_cast<std::size_t>(i)] != 0, present[static_cast<std::size_t>(j)] != 0, i, j, self) ? 1 : 0;
   return v;
 }
 
@@ -357,7 +348,7 @@ status check_unit_interval(const char* fn, const char* name, const host_view<TT,
     const auto present = present_of(om, b, t.extent(1));
     for (index_t i = 0; i < t.extent(1); ++i)
       for (index_t j = 0; j < t.extent(2); ++j) {
-        if (!valid_pair(present[static_cast<std::size_t>(i)] != 0, present[static_cast<std::size_t>(j)] != 0, i, j, self)) continue;
+        if (!pair_in_set(present[static_cast<std::size_t>(i)] != 0, present[static_cast<std::size_t>(j)] != 0, i, j, self)) continue;
         const double v = static_cast<double>(t(b, i, j));
         const std::string at = " at [" + std::to_string(b) + ", " + std::to_string(i) + ", " + std::to_string(j) + "]";
         if (std::isnan(v)) return fail(errc::non_finite, fn, std::string("'") + name + "' is NaN" + at);
@@ -368,8 +359,6 @@ status check_unit_interval(const char* fn, const char* name, const host_view<TT,
   return {};
 }
 
-template <class TA, class TB>
-inline constexpr bool same_value_v = std::is_same_v<std::remove_const_t<TA>, std::remove_const_t<TB>>;
 
 /// Writes `v` into out(b, i, j) or adds it.
 template <class V, class T>
@@ -385,7 +374,8 @@ template <class TO, class TQ, class TW, class TS, class TM>
 [[nodiscard]] status pair_scorer_forward(const cpu& ctx, host_view<TO, 3> objects, host_view<TQ, 2> question,
                                          host_view<const std::uint8_t, 2> object_mask,
                                          const pair_scorer_weights<TW, host_space>& weights, host_view<TS, 3> scores,
-                                         host_view<TM, 3> pair_weights, const pair_scorer_options& opt = {}) {
+                                         host_view<TM, 3> pair_weights,
+                                         host_view<std::byte, 1> /*workspace*/, const pair_scorer_options& opt = {}) {
   using T = std::remove_const_t<TO>;
   using namespace scorer_detail;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "pair scorer on the CPU takes float or double");
@@ -424,7 +414,7 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
                                           const pair_scorer_weights<TW, host_space>& weights,
                                           host_view<TM, 3> pair_weights, host_view<TDM, 3> grad_pair_weights,
                                           host_view<TDS, 3> grad_scores, const pair_scorer_grads<TG, host_space>& grads,
-                                          const pair_scorer_options& opt = {}) {
+                                          host_view<std::byte, 1> /*workspace*/, const pair_scorer_options& opt = {}) {
   using T = std::remove_const_t<TO>;
   using namespace scorer_detail;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "pair scorer on the CPU takes float or double");
@@ -640,7 +630,7 @@ status loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 3> scores, host_vi
   DISTILL_TRY(validate_pairs_view(fn, "target", target, d));
   if (!loss.empty() || loss.size() != 0) {
     DISTILL_TRY(check_strides(fn, "loss", loss));
-    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.red == reduction::none ? d.B : index_t(1)}));
+    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.reduction == reduction::none ? d.B : index_t(1)}));
   }
   if (!grad_scores.empty() || grad_scores.size() != 0) DISTILL_TRY(validate_pairs_view(fn, "grad_scores", grad_scores, d));
   DISTILL_TRY(check_unit_interval(fn, "target", target, object_mask, opt.include_self_pairs));
@@ -659,16 +649,16 @@ status loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 3> scores, host_vi
   });
   T total = T(0), total_units = T(0);
   for (index_t b = 0; b < d.B; ++b) total += per[static_cast<std::size_t>(b)], total_units += units[static_cast<std::size_t>(b)];
-  const T divisor = reduction_divisor<T>(opt.red, static_cast<T>(d.B), total_units);
+  const T divisor = reduction_divisor<T>(opt.reduction, static_cast<T>(d.B), total_units);
   const T inv = safe_inverse<T>(divisor);
   if (!loss.empty()) {
-    if (opt.red == reduction::none)
+    if (opt.reduction == reduction::none)
       for (index_t b = 0; b < d.B; ++b) loss(b) = per[static_cast<std::size_t>(b)];
     else
       loss(0) = total * inv;
   }
   if (!grad_scores.empty()) {
-    const T scale = static_cast<T>(opt.grad_scale) * (opt.red == reduction::none ? T(1) : inv);
+    const T scale = static_cast<T>(opt.grad_scale) * (opt.reduction == reduction::none ? T(1) : inv);
     parallel_for(ctx, d.B, [&](index_t b0, index_t b1) {
       for (index_t b = b0; b < b1; ++b) {
         const auto valid = valid_pairs<T>(present_of(object_mask, b, N), N, opt.include_self_pairs);
@@ -692,10 +682,10 @@ status loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 3> scores, host_vi
 template <class TS, class TT, class TL>
 [[nodiscard]] status pair_scorer_loss_forward(const cpu& ctx, host_view<TS, 3> scores, host_view<TT, 3> target,
                                               host_view<const std::uint8_t, 2> object_mask, host_view<TL, 1> loss,
-                                              const pair_scorer_options& opt = {}) {
+                                              host_view<std::byte, 1> /*workspace*/, const pair_scorer_options& opt = {}) {
   using T = std::remove_const_t<TS>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "pair scorer loss on the CPU takes float or double");
-  static_assert(scorer_detail::same_value_v<TT, T> && std::is_same_v<TL, T>, "pair_scorer_loss_forward: element types differ");
+  static_assert(same_value_v<TT, T> && std::is_same_v<TL, T>, "pair_scorer_loss_forward: element types differ");
   constexpr const char* fn = "pair_scorer_loss_forward";
   if (loss.empty()) return fail(errc::invalid_argument, fn, "'loss' is required but absent");
   return scorer_detail::loss_cpu<T>(fn, ctx, scores, target, object_mask, loss, host_view<T, 3>{}, opt);
@@ -705,10 +695,10 @@ template <class TS, class TT, class TL>
 template <class TS, class TT, class TD>
 [[nodiscard]] status pair_scorer_loss_backward(const cpu& ctx, host_view<TS, 3> scores, host_view<TT, 3> target,
                                                host_view<const std::uint8_t, 2> object_mask, host_view<TD, 3> grad_scores,
-                                               const pair_scorer_options& opt = {}) {
+                                               host_view<std::byte, 1> /*workspace*/, const pair_scorer_options& opt = {}) {
   using T = std::remove_const_t<TS>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "pair scorer loss on the CPU takes float or double");
-  static_assert(scorer_detail::same_value_v<TT, T> && std::is_same_v<TD, T>, "pair_scorer_loss_backward: element types differ");
+  static_assert(same_value_v<TT, T> && std::is_same_v<TD, T>, "pair_scorer_loss_backward: element types differ");
   constexpr const char* fn = "pair_scorer_loss_backward";
   if (grad_scores.empty()) return fail(errc::invalid_argument, fn, "'grad_scores' is required but absent");
   return scorer_detail::loss_cpu<T>(fn, ctx, scores, target, object_mask, host_view<T, 1>{}, grad_scores, opt);
@@ -718,10 +708,11 @@ template <class TS, class TT, class TD>
 template <class TS, class TT, class TL, class TD>
 [[nodiscard]] status pair_scorer_loss_forward_backward(const cpu& ctx, host_view<TS, 3> scores, host_view<TT, 3> target,
                                                        host_view<const std::uint8_t, 2> object_mask, host_view<TL, 1> loss,
-                                                       host_view<TD, 3> grad_scores, const pair_scorer_options& opt = {}) {
+                                                       host_view<TD, 3> grad_scores,
+                                                       host_view<std::byte, 1> /*workspace*/, const pair_scorer_options& opt = {}) {
   using T = std::remove_const_t<TS>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "pair scorer loss on the CPU takes float or double");
-  static_assert(scorer_detail::same_value_v<TT, T> && std::is_same_v<TL, T> && std::is_same_v<TD, T>,
+  static_assert(same_value_v<TT, T> && std::is_same_v<TL, T> && std::is_same_v<TD, T>,
                 "pair_scorer_loss_forward_backward: element types differ");
   constexpr const char* fn = "pair_scorer_loss_forward_backward";
   if (loss.empty()) return fail(errc::invalid_argument, fn, "'loss' is required but absent");

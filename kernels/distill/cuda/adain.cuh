@@ -173,7 +173,7 @@ template <class TX, class TY, class TGO>
   return cuda_detail::launch_status(fn, st);
 }
 
-// ---- AdaIN statistics loss on CUDA: `workspace` of stats_loss_workspace_size<TS>(B*C) bytes
+// ---- AdaIN statistics loss on CUDA: `workspace` of adain_stats_loss_workspace_size(ctx, B, C) bytes
 // ---- whenever `loss` is present.
 namespace features_cuda_detail {
 template <class TS, class TT>
@@ -196,6 +196,7 @@ template <class TS, class TT>
 template <class TS, class TT>
 [[nodiscard]] status adain_stats_loss_backward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
                                                cuda_view<std::remove_const_t<TS>, 4> grad_student,
+                                               cuda_view<std::byte, 1> /*workspace: not needed*/,
                                                const adain_stats_loss_options& opt = {}) {
   constexpr const char* fn = "adain_stats_loss_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));

@@ -38,7 +38,7 @@ namespace attention_map_cuda {
 
 constexpr int max_index_heads = 128;  // head_map index: the table travels in the kernel parameters
 constexpr int max_group = 256;        // group_mean: teacher heads per student head
-constexpr int max_blocks = 2048;      // grid cap (grid-stride loops); also the number of partial sums
+constexpr int max_blocks = attention_map_detail::cuda_max_blocks;  // grid cap (grid-stride loops); also the number of partial sums
 constexpr int row_block = 256;        // 8 warps
 constexpr int max_warp_keys = 1024;   // warp_per_row up to 32 keys per lane
 
@@ -50,6 +50,7 @@ struct head_table {
 struct workspace_layout {
   static constexpr std::size_t divisor = 0, counter = 4, partials = 256;
   static constexpr std::size_t total = partials + max_blocks * sizeof(float);
+  static_assert(total == attention_map_detail::cuda_workspace_bytes, "attention_map_workspace_size(cuda) is out of date");
 };
 
 template <class TS, class TT>
@@ -456,7 +457,7 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
   DISTILL_TRY(check_inputs(fn, student, teacher, masks, opt, max_index_heads));
   const index_t B = student.extent(0), Hs = student.extent(1), Lq = student.extent(2), Lk = student.extent(3);
   const index_t rows = B * Hs * Lq;
-  if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.red));
+  if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.reduction));
   if (need_grad) DISTILL_TRY(check_grad(fn, grad, student));
   DISTILL_TRY(check_inner_contiguous(fn, "student", student));
   DISTILL_TRY(check_inner_contiguous(fn, "teacher", teacher));
@@ -476,14 +477,8 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
   DISTILL_TRY(cuda_detail::check_device_view(fn, "query_mask", masks.query));
   if (need_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
   if (need_loss) DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  DISTILL_TRY(check_present(fn, "workspace", workspace));
+  DISTILL_TRY(check_workspace(fn, workspace, attention_map_workspace_size(ctx), "attention_map_workspace_size"));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  if (workspace.extent(0) < static_cast<index_t>(workspace_layout::total))
-    return fail(errc::invalid_argument, fn,
-                "'workspace' has " + std::to_string(workspace.extent(0)) + " bytes, needs " +
-                    std::to_string(workspace_layout::total) + " (attention_map_workspace_size)");
-  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 != 0 || workspace.stride(0) != 1)
-    return fail(errc::misaligned, fn, "'workspace' must be contiguous and 16-byte aligned");
 
   problem<S, T> P{};
   P.s = student.data(), P.ssb = student.stride(0), P.ssh = student.stride(1), P.ssq = student.stride(2);
@@ -500,7 +495,7 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
   P.kl = div == attention_map_detail::divergence::kl_teacher_student;
   P.accumulate = opt.accumulate;
   P.grad_scale = static_cast<float>(opt.grad_scale);
-  P.loss_mode = !need_loss ? 0 : opt.red == reduction::none ? 1 : 2;
+  P.loss_mode = !need_loss ? 0 : opt.reduction == reduction::none ? 1 : 2;
   P.loss = need_loss ? loss.data() : nullptr;
   P.loss_stride = need_loss ? loss.stride(0) : 0;
   std::byte* ws = workspace.data();
@@ -509,7 +504,7 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
 
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const bool masked = !masks.key.empty() || !masks.query.empty();
-  if (opt.red == reduction::mean && masked) {
+  if (opt.reduction == reduction::mean && masked) {
     float* d = reinterpret_cast<float*>(ws + workspace_layout::divisor);
     attention_map_valid_count_kernel<<<1, row_block, 0, stream>>>(P.km, P.kmb, P.qm, P.qmb, P.B, P.Lq, P.Lk, P.Hs, P.kl, d);
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
@@ -517,7 +512,7 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
   } else {
     const double valid = static_cast<double>(Hs) * static_cast<double>(B) * static_cast<double>(Lq) *
                          (P.kl ? 1.0 : static_cast<double>(Lk));
-    P.host_inv_divisor = static_cast<float>(safe_inverse(divisor(opt.red, valid, B)));
+    P.host_inv_divisor = static_cast<float>(safe_inverse(divisor(opt.reduction, valid, B)));
   }
   if (P.loss_mode == 2) DISTILL_CUDA_TRY(cudaMemsetAsync(P.counter, 0, sizeof(unsigned), stream));
 
@@ -538,38 +533,20 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
 
 }  // namespace attention_map_cuda
 
-/// Bytes of device scratch the CUDA attention-map entry points need (a constant: the valid-count
-/// slot, the completion counter and one partial sum per block). 16-byte aligned, no
-/// initialisation needed.
-constexpr std::size_t attention_map_workspace_size() noexcept { return attention_map_cuda::workspace_layout::total; }
+namespace attention_map_detail {
 
-#define DISTILL_ATTENTION_MAP_CUDA_ENTRY_POINTS(name, kind)                                                           \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_forward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,            \
-                                      const attention_masks<cuda_space>& masks, cuda_view<accum_t<TS>, 1> loss,       \
-                                      cuda_view<std::byte, 1> workspace, const attention_map_options& opt = {}) {     \
-    return attention_map_cuda::run_cuda(#name "_forward", kind, ctx, student, teacher, masks, loss, {},               \
-                                        workspace, true, false, opt);                                                 \
-  }                                                                                                                   \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_backward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,           \
-                                       const attention_masks<cuda_space>& masks,                                      \
-                                       cuda_view<std::remove_const_t<TS>, 4> grad_student,                            \
-                                       cuda_view<std::byte, 1> workspace, const attention_map_options& opt = {}) {    \
-    return attention_map_cuda::run_cuda(#name "_backward", kind, ctx, student, teacher, masks, {},                    \
-                                        grad_student, workspace, false, true, opt);                                   \
-  }                                                                                                                   \
-  template <class TS, class TT>                                                                                       \
-  [[nodiscard]] status name##_forward_backward(                                                                       \
-      const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher, const attention_masks<cuda_space>& masks,  \
-      cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad_student,                             \
-      cuda_view<std::byte, 1> workspace, const attention_map_options& opt = {}) {                                     \
-    return attention_map_cuda::run_cuda(#name "_forward_backward", kind, ctx, student, teacher, masks, loss,          \
-                                        grad_student, workspace, true, true, opt);                                    \
+/// The CUDA engine (declared in include/distill/attention/attention_map.hpp).
+template <>
+struct backend<cuda_space> {
+  template <class TS, class TT>
+  static status run(const char* fn, divergence div, const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
+                    const attention_masks<cuda_space>& masks, cuda_view<accum_t<TS>, 1> loss,
+                    cuda_view<std::remove_const_t<TS>, 4> grad, cuda_view<std::byte, 1> workspace, bool need_loss,
+                    bool need_grad, const attention_map_options& opt) {
+    return attention_map_cuda::run_cuda(fn, div, ctx, student, teacher, masks, loss, grad, workspace, need_loss, need_grad, opt);
   }
+};
 
-DISTILL_ATTENTION_MAP_CUDA_ENTRY_POINTS(attention_map_mse, attention_map_detail::divergence::mse)
-DISTILL_ATTENTION_MAP_CUDA_ENTRY_POINTS(attention_map_kl_teacher_student, attention_map_detail::divergence::kl_teacher_student)
-#undef DISTILL_ATTENTION_MAP_CUDA_ENTRY_POINTS
+}  // namespace attention_map_detail
 
 }  // namespace distill

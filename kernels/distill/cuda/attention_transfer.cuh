@@ -481,17 +481,11 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
     ++j;
   }
   if (need_loss) {
-    DISTILL_TRY(check_loss(fn, loss, B, opt.red));
+    DISTILL_TRY(check_loss(fn, loss, B, opt.reduction));
     DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   }
-  DISTILL_TRY(check_present(fn, "workspace", workspace));
+  DISTILL_TRY(check_workspace(fn, workspace, need_ws, "attention_transfer_workspace_size"));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  if (workspace.extent(0) < static_cast<index_t>(need_ws))
-    return fail(errc::invalid_argument, fn,
-                "'workspace' has " + std::to_string(workspace.extent(0)) + " bytes, needs " + std::to_string(need_ws) +
-                    " (attention_transfer_workspace_size)");
-  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 != 0 || workspace.stride(0) != 1)
-    return fail(errc::misaligned, fn, "'workspace' must be contiguous and 16-byte aligned");
 
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const int pc = power_case(opt.p);
@@ -505,7 +499,7 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
     float* qs = reinterpret_cast<float*>(base + ws.student_map);
     float* qt = reinterpret_cast<float*>(base + ws.teacher_map);
     loss_args L{};
-    L.mode = !need_loss ? 0 : opt.red == reduction::none ? 1 : 2;
+    L.mode = !need_loss ? 0 : opt.reduction == reduction::none ? 1 : 2;
     L.out = need_loss ? loss.data() : nullptr;
     L.stride = need_loss ? loss.stride(0) : 0;
     L.add = !first;
@@ -564,70 +558,18 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
 
 }  // namespace attention_transfer_cuda
 
-// ---------------------------------------------------------------------------------------------
-// CUDA entry points (same math and arguments as the CPU ones, plus the workspace)
-// ---------------------------------------------------------------------------------------------
+namespace attention_transfer_detail {
 
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_forward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
-                                                cuda_view<accum_t<TS>, 1> loss, cuda_view<std::byte, 1> workspace,
-                                                const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_forward";
-  return attention_transfer_detail::run_single(fn, student, teacher, {}, false, [&](const auto& layers) {
-    return attention_transfer_cuda::run_layers_cuda(fn, ctx, layers, loss, workspace, true, false, opt);
-  });
-}
+/// The CUDA engine (declared in include/distill/attention/attention_transfer.hpp).
+template <>
+struct backend<cuda_space> {
+  template <class Layers>
+  static status run(const char* fn, const cuda& ctx, const Layers& layers, cuda_view<layers_accum_t<Layers>, 1> loss,
+                    cuda_view<std::byte, 1> workspace, bool need_loss, bool need_grad, const attention_transfer_options& opt) {
+    return attention_transfer_cuda::run_layers_cuda(fn, ctx, layers, loss, workspace, need_loss, need_grad, opt);
+  }
+};
 
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_backward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
-                                                 cuda_view<std::remove_const_t<TS>, 4> grad_student,
-                                                 cuda_view<std::byte, 1> workspace,
-                                                 const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_backward";
-  return attention_transfer_detail::run_single(fn, student, teacher, grad_student, true, [&](const auto& layers) {
-    return attention_transfer_cuda::run_layers_cuda(fn, ctx, layers, cuda_view<accum_t<TS>, 1>{}, workspace, false, true,
-                                                     opt);
-  });
-}
-
-template <class TS, class TT>
-[[nodiscard]] status attention_transfer_forward_backward(const cuda& ctx, cuda_view<TS, 4> student,
-                                                         cuda_view<TT, 4> teacher, cuda_view<accum_t<TS>, 1> loss,
-                                                         cuda_view<std::remove_const_t<TS>, 4> grad_student,
-                                                         cuda_view<std::byte, 1> workspace,
-                                                         const attention_transfer_options& opt = {}) {
-  constexpr const char* fn = "attention_transfer_forward_backward";
-  return attention_transfer_detail::run_single(fn, student, teacher, grad_student, true, [&](const auto& layers) {
-    return attention_transfer_cuda::run_layers_cuda(fn, ctx, layers, loss, workspace, true, true, opt);
-  });
-}
-
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, cuda_space>
-[[nodiscard]] status attention_transfer_forward(const cuda& ctx, const Layers& layers,
-                                                cuda_view<attention_transfer_detail::layers_accum_t<Layers>, 1> loss,
-                                                cuda_view<std::byte, 1> workspace,
-                                                const attention_transfer_options& opt = {}) {
-  return attention_transfer_cuda::run_layers_cuda("attention_transfer_forward", ctx, layers, loss, workspace, true, false,
-                                                  opt);
-}
-
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, cuda_space>
-[[nodiscard]] status attention_transfer_backward(const cuda& ctx, const Layers& layers, cuda_view<std::byte, 1> workspace,
-                                                 const attention_transfer_options& opt = {}) {
-  return attention_transfer_cuda::run_layers_cuda("attention_transfer_backward", ctx, layers,
-                                                  cuda_view<attention_transfer_detail::layers_accum_t<Layers>, 1>{},
-                                                  workspace, false, true, opt);
-}
-
-template <class Layers>
-  requires attention_transfer_detail::layer_range<Layers, cuda_space>
-[[nodiscard]] status attention_transfer_forward_backward(
-    const cuda& ctx, const Layers& layers, cuda_view<attention_transfer_detail::layers_accum_t<Layers>, 1> loss,
-    cuda_view<std::byte, 1> workspace, const attention_transfer_options& opt = {}) {
-  return attention_transfer_cuda::run_layers_cuda("attention_transfer_forward_backward", ctx, layers, loss, workspace,
-                                                  true, true, opt);
-}
+}  // namespace attention_transfer_detail
 
 }  // namespace distill

@@ -22,7 +22,7 @@ namespace cuda_detail::box {
 using relational::rows_ref;
 using relational::out_rows;
 
-__global__ void features_kernel(rows_ref s_boxes, rows_ref o_boxes, index_t P, out_rows out) {
+__global__ void box_pair_features_forward_thread_per_pair_kernel(rows_ref s_boxes, rows_ref o_boxes, index_t P, out_rows out) {
   const index_t p = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= P) return;
   float s[4], o[4], f[box_pair_feature_count];
@@ -33,7 +33,8 @@ __global__ void features_kernel(rows_ref s_boxes, rows_ref o_boxes, index_t P, o
 }
 
 /// All pairs: pair (b, i, j) = thread; out is [B, N, N, 20] with strides.
-__global__ void all_pairs_kernel(rows_ref boxes, index_t B, index_t N, float* out, index_t s0, index_t s1, index_t s2, index_t s3) {
+__global__ void box_pair_features_all_pairs_forward_thread_per_pair_kernel(rows_ref boxes, index_t B, index_t N, float* out,
+                                                                           index_t s0, index_t s1, index_t s2, index_t s3) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * N * N) return;
   const index_t b = idx / (N * N), i = (idx / N) % N, j = idx % N;
@@ -44,8 +45,8 @@ __global__ void all_pairs_kernel(rows_ref boxes, index_t B, index_t N, float* ou
   for (int k = 0; k < box_pair_feature_count; ++k) dst[k * s3] = f[k];
 }
 
-__global__ void backward_kernel(rows_ref s_boxes, rows_ref o_boxes, rows_ref grad_f, index_t P, out_rows gs_out, out_rows go_out,
-                                bool accumulate) {
+__global__ void box_pair_features_backward_thread_per_pair_kernel(rows_ref s_boxes, rows_ref o_boxes, rows_ref grad_f, index_t P,
+                                                                  out_rows gs_out, out_rows go_out, bool accumulate) {
   const index_t p = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= P) return;
   float s[4], o[4], gf[box_pair_feature_count], gs[4] = {0, 0, 0, 0}, go[4] = {0, 0, 0, 0};
@@ -79,46 +80,50 @@ inline constexpr bool is_float_v = std::is_same_v<std::remove_const_t<T>, float>
 
 }  // namespace cuda_detail::box
 
-/// CUDA: features [P, 20] of the pairs (subject_boxes[p], object_boxes[p]) (float). Degenerate
+/// CUDA: features [P, 20] of the pairs (boxes.subject[p], boxes.object[p]) (float). Degenerate
 /// boxes are not checked here (no synchronisation): they give inf / NaN features.
-template <class TS, class TO>
-[[nodiscard]] status box_pair_features_forward(const cuda& ctx, cuda_view<TS, 2> subject_boxes, cuda_view<TO, 2> object_boxes,
-                                               cuda_view<float, 2> features) {
+template <class T>
+[[nodiscard]] status box_pair_features_forward(const cuda& ctx, const box_pairs<T, cuda_space>& boxes, cuda_view<T, 2> features) {
   namespace cb = cuda_detail::box;
-  static_assert(cb::is_float_v<TS> && cb::is_float_v<TO>, "CUDA box features take float views");
+  static_assert(cb::is_float_v<T>, "CUDA box features take float views");
   constexpr const char* fn = "box_pair_features_forward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "features", features));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "subject_boxes", subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "object_boxes", object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.subject", subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.object", object_boxes));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "features", features));
   if (P == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  cb::features_kernel<<<cuda_detail::relational::blocks_for(P), 256, 0, stream>>>(cb::matrix_rows(subject_boxes),
-                                                                                  cb::matrix_rows(object_boxes), P,
-                                                                                  cb::out_matrix_rows(features));
+  cb::box_pair_features_forward_thread_per_pair_kernel<<<cuda_detail::relational::blocks_for(P), 256, 0, stream>>>(
+      cb::matrix_rows(subject_boxes), cb::matrix_rows(object_boxes), P, cb::out_matrix_rows(features));
   return cuda_detail::launch_status(fn, stream);
 }
 
 /// CUDA: gradients of sum(grad_features * features) with respect to the boxes (float).
-template <class TS, class TO, class TD>
-[[nodiscard]] status box_pair_features_backward(const cuda& ctx, cuda_view<TS, 2> subject_boxes, cuda_view<TO, 2> object_boxes,
-                                                cuda_view<TD, 2> grad_features, cuda_view<float, 2> grad_subject_boxes,
-                                                cuda_view<float, 2> grad_object_boxes, const box_features_options& opt = {}) {
+template <class T>
+[[nodiscard]] status box_pair_features_backward(const cuda& ctx, const box_pairs<T, cuda_space>& boxes,
+                                                in_view<T, 2, cuda_space> grad_features, const box_pair_grads<T, cuda_space>& grads,
+                                                const box_features_options& opt = {}) {
   namespace cb = cuda_detail::box;
-  static_assert(cb::is_float_v<TS> && cb::is_float_v<TO> && cb::is_float_v<TD>, "CUDA box features take float views");
+  static_assert(cb::is_float_v<T>, "CUDA box features take float views");
   constexpr const char* fn = "box_pair_features_backward";
+  const auto& subject_boxes = boxes.subject;
+  const auto& object_boxes = boxes.object;
+  const auto& grad_subject_boxes = grads.subject;
+  const auto& grad_object_boxes = grads.object;
   const index_t P = subject_boxes.extent(0);
   DISTILL_TRY(box_detail::check_pair_views(fn, subject_boxes, object_boxes, "grad_features", grad_features));
   DISTILL_TRY(box_detail::check_box_grads(fn, grad_subject_boxes, grad_object_boxes, P));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "subject_boxes", subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "object_boxes", object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.subject", subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "boxes.object", object_boxes));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_features", grad_features));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_subject_boxes", grad_subject_boxes));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_object_boxes", grad_object_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.subject", grad_subject_boxes));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "grads.object", grad_object_boxes));
   if (P == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  cb::backward_kernel<<<cuda_detail::relational::blocks_for(P), 256, 0, stream>>>(
+  cb::box_pair_features_backward_thread_per_pair_kernel<<<cuda_detail::relational::blocks_for(P), 256, 0, stream>>>(
       cb::matrix_rows(subject_boxes), cb::matrix_rows(object_boxes), cb::matrix_rows(grad_features), P,
       cb::out_matrix_rows(grad_subject_boxes), cb::out_matrix_rows(grad_object_boxes), opt.accumulate);
   return cuda_detail::launch_status(fn, stream);
@@ -136,7 +141,8 @@ template <class TB>
   DISTILL_TRY(cuda_detail::check_device_view(fn, "features", features));
   if (B * N == 0) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  cb::all_pairs_kernel<<<cuda_detail::relational::blocks_for(B * N * N), 256, 0, stream>>>(
+  cb::box_pair_features_all_pairs_forward_thread_per_pair_kernel<<<cuda_detail::relational::blocks_for(B * N * N), 256, 0,
+                                                                   stream>>>(
       cuda_detail::relational::rows_of3(boxes), B, N, features.data(), features.stride(0), features.stride(1), features.stride(2),
       features.stride(3));
   return cuda_detail::launch_status(fn, stream);

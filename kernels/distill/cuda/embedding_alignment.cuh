@@ -41,8 +41,8 @@ struct embedding_args {
 
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    row_weight_sum_single_block_kernel(cuda_view<const Acc, 1> weights, cuda_view<const std::uint8_t, 1> mask, index_t n,
-                                       Acc* inv_div) {
+    embedding_alignment_row_weight_sum_single_block_kernel(cuda_view<const Acc, 1> weights, cuda_view<const std::uint8_t, 1> mask,
+                                                           index_t n, Acc* inv_div) {
   __shared__ Acc smem[BlockSize / 32];
   Acc s = Acc(0);
   for (index_t r = threadIdx.x; r < n; r += BlockSize) s += features_detail::row_weight<Acc>(weights, mask, r);
@@ -122,16 +122,16 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   const index_t N = s.extent(0);
   if (N > INT_MAX) return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 rows are not supported on CUDA");
-  const bool reduced_loss = !loss.empty() && opt.red != reduction::none;
-  const bool need_div = opt.red == reduction::mean;
+  const bool reduced_loss = !loss.empty() && opt.reduction != reduction::none;
+  const bool need_div = opt.reduction == reduction::mean;
   Acc* ws = nullptr;
   if (reduced_loss || need_div) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, N + 1, &ws));
   cudaStream_t st = cuda_detail::stream_of(ctx);
   if (need_div) {
-    row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, ws);
+    embedding_alignment_row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, ws);
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
-  const Acc inv_div_host = opt.red == reduction::batchmean ? Acc(1) / static_cast<Acc>(N) : Acc(1);
+  const Acc inv_div_host = opt.reduction == reduction::batchmean ? Acc(1) / static_cast<Acc>(N) : Acc(1);
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
   embedding_args<Acc, US, UT, US> a{s,
@@ -140,7 +140,7 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
                                     mask,
                                     grad,
                                     reduced_loss ? ws + 1 : nullptr,
-                                    opt.red == reduction::none ? loss : cuda_view<Acc, 1>{},
+                                    opt.reduction == reduction::none ? loss : cuda_view<Acc, 1>{},
                                     need_div ? ws : nullptr,
                                     inv_div_host,
                                     static_cast<Acc>(opt.scale),
@@ -159,9 +159,9 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
 
 }  // namespace features_cuda_detail
 
-/// CUDA overloads: same as the CPU ones plus `workspace`
-/// (embedding_alignment_workspace_size<TS>(N) bytes; may be absent with reduction::none, or
-/// when neither a reduced loss nor reduction::mean is involved).
+/// CUDA overloads, the same arguments as the CPU ones. `workspace`:
+/// embedding_alignment_workspace_size(ctx, N) bytes (may be absent with reduction::none, or when
+/// neither a reduced loss nor reduction::mean is involved).
 template <class TS, class TT>
 [[nodiscard]] status embedding_alignment_forward(const cuda& ctx, cuda_view<TS, 2> student, cuda_view<TT, 2> teacher,
                                                  cuda_view<const accum_t<TS>, 1> row_weights,

@@ -204,7 +204,7 @@ __device__ DISTILL_FORCEINLINE pivoted_moments<Acc> plane_stats(const T* base, i
 
 template <int BlockSize, int Items, class Acc, class TS, class TT, class TG, class Term>
 __global__ void __launch_bounds__(BlockSize)
-    channel_pass_block_per_channel_kernel(channel_pass_args<Acc, TS, TT, TG> a, Term term) {
+    feature_stats_channel_block_per_channel_kernel(channel_pass_args<Acc, TS, TT, TG> a, Term term) {
   __shared__ Acc smem[6 * (BlockSize / 32)];
   const index_t p = blockIdx.x;
   const index_t C = a.s.extent(1);
@@ -268,11 +268,11 @@ status launch_channel_pass(const char* fn, const cuda& ctx, const channel_pass_a
     return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 channels or positions per channel are not supported on CUDA");
   const unsigned grid = static_cast<unsigned>(planes);
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  if (n <= 64) channel_pass_block_per_channel_kernel<64, 1><<<grid, 64, 0, st>>>(a, term);
-  else if (n <= 256) channel_pass_block_per_channel_kernel<256, 1><<<grid, 256, 0, st>>>(a, term);
-  else if (n <= 1024) channel_pass_block_per_channel_kernel<256, 4><<<grid, 256, 0, st>>>(a, term);
-  else if (n <= 4096) channel_pass_block_per_channel_kernel<256, 16><<<grid, 256, 0, st>>>(a, term);
-  else channel_pass_block_per_channel_kernel<256, 0><<<grid, 256, 0, st>>>(a, term);
+  if (n <= 64) feature_stats_channel_block_per_channel_kernel<64, 1><<<grid, 64, 0, st>>>(a, term);
+  else if (n <= 256) feature_stats_channel_block_per_channel_kernel<256, 1><<<grid, 256, 0, st>>>(a, term);
+  else if (n <= 1024) feature_stats_channel_block_per_channel_kernel<256, 4><<<grid, 256, 0, st>>>(a, term);
+  else if (n <= 4096) feature_stats_channel_block_per_channel_kernel<256, 16><<<grid, 256, 0, st>>>(a, term);
+  else feature_stats_channel_block_per_channel_kernel<256, 0><<<grid, 256, 0, st>>>(a, term);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -335,8 +335,8 @@ __device__ DISTILL_FORCEINLINE Acc first_valid_value(const XV& x, const MV& mask
 }
 
 template <class Acc, class TS, class TT, class TG, class Term>
-__global__ void __launch_bounds__(token_tile_d * token_tile_l)
-    token_pass_feature_tile_kernel(token_pass_args<Acc, TS, TT, TG> a, Term term) {
+__global__ void __launch_bounds__(token_tile_d* token_tile_l)
+    feature_stats_token_feature_tile_kernel(token_pass_args<Acc, TS, TT, TG> a, Term term) {
   __shared__ Acc sm[3][token_tile_l][token_tile_d];
   const index_t D = a.s.extent(2);
   const index_t tiles = (D + token_tile_d - 1) / token_tile_d;
@@ -388,7 +388,7 @@ status launch_token_pass(const char* fn, const cuda& ctx, const token_pass_args<
   if (a.s.extent(0) * tiles > INT_MAX) return fail(errc::shape_mismatch, fn, "too many samples x feature tiles for one grid");
   const dim3 block(token_tile_d, token_tile_l);
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  token_pass_feature_tile_kernel<<<static_cast<unsigned>(a.s.extent(0) * tiles), block, 0, st>>>(a, term);
+  feature_stats_token_feature_tile_kernel<<<static_cast<unsigned>(a.s.extent(0) * tiles), block, 0, st>>>(a, term);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -398,7 +398,7 @@ status launch_token_pass(const char* fn, const cuda& ctx, const token_pass_args<
 // ---------------------------------------------------------------------------------------------
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    sum_partials_single_block_kernel(const Acc* partial, index_t n, Acc scale, const Acc* scale_dev, Acc* out) {
+    feature_stats_sum_partials_single_block_kernel(const Acc* partial, index_t n, Acc scale, const Acc* scale_dev, Acc* out) {
   __shared__ Acc smem[BlockSize / 32];
   Acc s = Acc(0);
   for (index_t i = threadIdx.x; i < n; i += BlockSize) s += partial[i];
@@ -410,7 +410,7 @@ template <class Acc>
 status launch_sum_partials(const char* fn, const cuda& ctx, const Acc* partial, index_t n, Acc scale,
                            const Acc* scale_dev, Acc* out) {
   cudaStream_t st = cuda_detail::stream_of(ctx);
-  sum_partials_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(partial, n, scale, scale_dev, out);
+  feature_stats_sum_partials_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(partial, n, scale, scale_dev, out);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -422,7 +422,7 @@ status workspace_accumulators(const char* fn, cuda_view<std::byte, 1> workspace,
   if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < need)
     return fail(errc::invalid_argument, fn,
                 "'workspace' holds " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, " +
-                    std::to_string(need) + " are needed (see the entry point's *_workspace_size)");
+                    std::to_string(need) + " are needed (see the primitive's _workspace_size)");
   if (workspace.stride(0) != 1) return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
   const auto addr = reinterpret_cast<std::uintptr_t>(workspace.data()) + offset_bytes;
   if (addr % alignof(Acc) != 0)
@@ -530,8 +530,8 @@ template <class T>
 }
 
 // =============================================================================================
-// CUDA overloads: statistics-matching loss. `workspace` (stats_loss_workspace_size<TS>(B*C) bytes,
-// resp. B*D) is required whenever `loss` is present.
+// CUDA overloads: statistics-matching loss. `workspace` (stats_matching_workspace_size(ctx, B, C) bytes,
+// resp. (ctx, B, D)) is required whenever `loss` is present.
 // =============================================================================================
 namespace features_cuda_detail {
 
@@ -554,7 +554,7 @@ status channel_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cu
   const index_t P = s.extent(0) * s.extent(1);
   Acc* partial = nullptr;
   if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
-  const double inv_div = 1.0 / features_detail::stats_divisor(opt.red, s.extent(0), s.extent(1));
+  const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(1));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
   channel_pass_args<Acc, US, UT, US> a{s, t, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
@@ -592,7 +592,7 @@ status stats_matching_tokens_cuda(const char* fn, const cuda& ctx, cuda_view<TS,
   const index_t P = s.extent(0) * s.extent(2);
   Acc* partial = nullptr;
   if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
-  const double inv_div = 1.0 / features_detail::stats_divisor(opt.red, s.extent(0), s.extent(2));
+  const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(2));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
   token_pass_args<Acc, US, UT, US> a{s, sm, t, tm, grad, partial, {}, {}, static_cast<Acc>(opt.eps), opt.unbiased,
@@ -615,6 +615,7 @@ template <class TS, class TT>
 template <class TS, class TT>
 [[nodiscard]] status stats_matching_backward(const cuda& ctx, cuda_view<TS, 4> student, cuda_view<TT, 4> teacher,
                                              cuda_view<std::remove_const_t<TS>, 4> grad_student,
+                                             cuda_view<std::byte, 1> /*workspace: not needed*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));
@@ -646,6 +647,7 @@ template <class TS, class TT>
                                              cuda_view<const std::uint8_t, 2> student_mask, cuda_view<TT, 3> teacher,
                                              cuda_view<const std::uint8_t, 2> teacher_mask,
                                              cuda_view<std::remove_const_t<TS>, 3> grad_student,
+                                             cuda_view<std::byte, 1> /*workspace: not needed*/,
                                              const stats_matching_options& opt = {}) {
   constexpr const char* fn = "stats_matching_backward";
   DISTILL_TRY(check_present(fn, "grad_student", grad_student));

@@ -139,14 +139,14 @@ template <class T>
   return {};
 }
 
-/// CUDA core backward; `workspace` holds at least B H Lq Lk elements (dP / dS).
+/// CUDA core backward; `workspace` holds attention_core_workspace_size<T>(ctx, B, H, Lq, Lk) bytes (dP / dS).
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status attention_core_backward(const cuda_blas& blas, in_view<T, 3, cuda_space> q, in_view<T, 3, cuda_space> k,
                                              in_view<T, 3, cuda_space> v, in_view<std::uint8_t, 2, cuda_space> key_valid,
                                              in_view<T, 4, cuda_space> probs, cuda_view<TD, 3> d_o, in_view<T, 4, cuda_space> grad_probs,
                                              in_view<T, 4, cuda_space> grad_scores, out_view<T, 3, cuda_space> dq,
-                                             out_view<T, 3, cuda_space> dk, out_view<T, 3, cuda_space> dv, const attention_params& p,
-                                             grad_options opt, out_view<T, 1, cuda_space> workspace) {
+                                             out_view<T, 3, cuda_space> dk, out_view<T, 3, cuda_space> dv,
+                                             cuda_view<std::byte, 1> workspace, const attention_params& p, grad_options opt = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::attention_core_backward";
   DISTILL_TRY(nn_detail::check_attention(fn, q, k, v, key_valid, p));
@@ -163,14 +163,12 @@ template <class TD, class T = std::remove_const_t<TD>>
   if (!dv.empty()) DISTILL_TRY(check_same_shape(fn, "dv", dv, "v", v));
   for (auto [name, x] : {std::pair{"dq", dq}, std::pair{"dk", dk}, std::pair{"dv", dv}}) DISTILL_TRY(check_device_rows(fn, name, x));
   DISTILL_TRY(check_device_view(fn, "key_valid", key_valid));
-  if (workspace.empty() || workspace.extent(0) < B * H * Lq * Lk || !workspace.contiguous())
-    return fail(errc::invalid_argument, fn, "'workspace' must be a contiguous device view of at least B * H * Lq * Lk = " +
-                                                std::to_string(B * H * Lq * Lk) + " elements");
+  DISTILL_TRY(check_workspace(fn, workspace, attention_core_workspace_size<T>(blas, B, H, Lq, Lk), "attention_core_workspace_size"));
   DISTILL_TRY(check_device_view(fn, "workspace", workspace));
   const T scale = static_cast<T>(nn_detail::attention_scale(p, D));
   const T beta = opt.accumulate_input ? T(1) : T(0);
   const cudaStream_t s = stream_of(blas);
-  T* ws = workspace.data();
+  T* ws = reinterpret_cast<T*>(workspace.data());
   const index_t map = Lq * Lk;
   for (index_t h = 0; h < H; ++h) {
     if (!dv.empty())  // dV_bh (Lk, dh) = P^T (Lk, Lq) dO_bh (Lq, dh)

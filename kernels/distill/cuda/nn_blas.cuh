@@ -37,7 +37,7 @@ namespace distill::nn {
 /// capturing a CUDA graph. One cuda_blas per stream; calls on it must not overlap.
 struct cuda_blas : cuda {
   cublasHandle_t handle = nullptr;
-  gemm_math math = gemm_math::strict_fp32;
+  matmul_precision precision = matmul_precision::fp32;
 
   /// Device scratch of at least n floats, valid until the next call that asks for scratch.
   [[nodiscard]] status reserve_scratch(index_t n) const {
@@ -46,7 +46,7 @@ struct cuda_blas : cuda {
   }
   float* scratch() const noexcept { return scratch_.data(); }
 
-  explicit cuda_blas(cudaStream_t s = nullptr, gemm_math m = gemm_math::strict_fp32) : cuda{s}, math(m) {
+  explicit cuda_blas(cudaStream_t s = nullptr, matmul_precision p = matmul_precision::fp32) : cuda{s}, precision(p) {
     if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
       throw error(status(errc::cuda_error, "nn::cuda_blas: cublasCreate failed"));
     throw_if_error(set_stream(s));
@@ -67,6 +67,12 @@ struct cuda_blas : cuda {
  private:
   mutable tensor<float, cuda_space> scratch_;
 };
+
+/// The CUDA context of a model (declared in include/distill/nn/blas.hpp).
+template <>
+inline cuda_blas make_exec<cuda_space>(const exec_options& o) {
+  return cuda_blas(static_cast<cudaStream_t>(o.stream), o.precision);
+}
 
 namespace cuda_detail {
 using namespace ::distill::cuda_detail;
@@ -93,9 +99,9 @@ cublasComputeType_t compute_of(const cuda_blas& blas) noexcept {
   if constexpr (std::is_same_v<T, double>) {
     return CUBLAS_COMPUTE_64F;
   } else {
-    switch (blas.math) {
-      case gemm_math::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
-      case gemm_math::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    switch (blas.precision) {
+      case distill::matmul_precision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+      case distill::matmul_precision::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
       default: return CUBLAS_COMPUTE_32F;
     }
   }

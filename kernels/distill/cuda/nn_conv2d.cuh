@@ -107,22 +107,22 @@ index_t batch_stride(const V& v) {
   return v.extent(0) > 1 ? v.stride(0) : v.extent(1) * v.extent(2) * v.extent(3);
 }
 
+/// The workspace as elements of T (checked for size, layout, alignment and memory space).
 template <class T>
-status check_conv_workspace(const char* fn, const conv2d_geometry& g, const cuda_view<T, 1>& ws) {
-  const index_t need = conv2d_workspace_size(g.B, g.Ci, g.Co, g.kh, g.kw, g.Ho, g.Wo);
-  if (ws.empty() || ws.extent(0) < need || !ws.contiguous())
-    return fail(errc::invalid_argument, fn,
-                "'workspace' must be a contiguous device view of at least conv2d_workspace_size(...) = " + std::to_string(need) +
-                    " elements, got " + std::to_string(ws.extent(0)));
-  return check_device_view(fn, "workspace", ws);
+status conv_workspace(const char* fn, const conv2d_geometry& g, const cuda_view<std::byte, 1>& ws, T*& out) {
+  DISTILL_TRY(check_workspace(fn, ws, conv2d_workspace_size<T>(cuda{}, g.B, g.Ci, g.Co, g.kh, g.kw, g.Ho, g.Wo),
+                              "conv2d_workspace_size"));
+  DISTILL_TRY(check_device_view(fn, "workspace", ws));
+  out = reinterpret_cast<T*>(ws.data());
+  return {};
 }
 
 }  // namespace cuda_detail
 
 template <class T>
 [[nodiscard]] status conv2d_forward(const cuda_blas& blas, in_view<T, 4, cuda_space> x, in_view<T, 4, cuda_space> w,
-                                    in_view<T, 1, cuda_space> b, cuda_view<T, 4> y, const conv2d_params& p,
-                                    out_view<T, 1, cuda_space> workspace) {
+                                    in_view<T, 1, cuda_space> b, cuda_view<T, 4> y, cuda_view<std::byte, 1> workspace,
+                                    const conv2d_params& p = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::conv2d_forward";
   conv2d_geometry g;
@@ -137,10 +137,10 @@ template <class T>
     if (!b.contiguous()) return fail(errc::unsupported_layout, fn, "'b' must be contiguous on CUDA");
     DISTILL_TRY(check_device_view(fn, "b", b));
   }
-  DISTILL_TRY(check_conv_workspace(fn, g, workspace));
+  T* col = nullptr;
+  DISTILL_TRY(conv_workspace(fn, g, workspace, col));
   const index_t K = g.K(), P = g.P(), BP = g.B * P;
   const cudaStream_t s = stream_of(blas);
-  T* col = workspace.data();
   nn_conv2d_im2col_kernel<T><<<elementwise_blocks(K * BP), 256, 0, s>>>(x.data(), batch_stride(x), conv_arg_of(g), col);
   DISTILL_TRY(launch_status(fn, s));
   // Y_b (Co, P) = W (Co, K) col[:, b P : (b + 1) P]
@@ -156,8 +156,8 @@ template <class T>
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status conv2d_backward(const cuda_blas& blas, in_view<T, 4, cuda_space> x, in_view<T, 4, cuda_space> w,
                                      cuda_view<TD, 4> dy, out_view<T, 4, cuda_space> dx, out_view<T, 4, cuda_space> dw,
-                                     out_view<T, 1, cuda_space> db, const conv2d_params& p, grad_options opt,
-                                     out_view<T, 1, cuda_space> workspace) {
+                                     out_view<T, 1, cuda_space> db, cuda_view<std::byte, 1> workspace, const conv2d_params& p = {},
+                                     grad_options opt = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::conv2d_backward";
   conv2d_geometry g;
@@ -182,10 +182,10 @@ template <class TD, class T = std::remove_const_t<TD>>
     if (!db.contiguous()) return fail(errc::unsupported_layout, fn, "'db' must be contiguous on CUDA");
     DISTILL_TRY(check_device_view(fn, "db", db));
   }
-  DISTILL_TRY(check_conv_workspace(fn, g, workspace));
+  T* col = nullptr;
+  DISTILL_TRY(conv_workspace(fn, g, workspace, col));
   const index_t K = g.K(), P = g.P(), BP = g.B * P, Co = g.Co;
   const cudaStream_t s = stream_of(blas);
-  T* col = workspace.data();
   T* tmp = col + K * BP;
   T* ones = tmp + Co * BP;
   nn_conv2d_permute_dy_kernel<T><<<elementwise_blocks(Co * BP), 256, 0, s>>>(dy.data(), batch_stride(dy), g.B, Co, P, tmp);

@@ -22,8 +22,8 @@ namespace cuda_detail {
 
 inline constexpr int ce_rows_per_block = 8;
 
-template <class I, class T>
-__global__ void nn_cross_entropy_rows_warp_kernel(matrix_arg<const T> z, const I* labels, index_t sl, index_t N, index_t C,
+template <class T>
+__global__ void nn_cross_entropy_rows_warp_kernel(matrix_arg<const T> z, label_view<cuda_space> labels, index_t N, index_t C,
                                                   long long ignore_index, float eps, float* row_loss, float* row_lse,
                                                   float* row_weight, float* loss_none) {
   const int lane = threadIdx.x % 32;
@@ -39,7 +39,7 @@ __global__ void nn_cross_entropy_rows_warp_kernel(matrix_arg<const T> z, const I
   st = warp_merge(st);
   zsum = warp_sum(zsum);
   if (lane != 0) return;
-  const long long y = static_cast<long long>(labels[n * sl]);
+  const long long y = labels(n);
   const float lse = st.value();
   float l, w;
   if (y == ignore_index) {
@@ -76,15 +76,15 @@ __global__ void nn_cross_entropy_reduce_kernel(const float* row_loss, const floa
   }
 }
 
-template <class I, class T>
-__global__ void nn_cross_entropy_grad_warp_kernel(matrix_arg<const T> z, const I* labels, index_t sl, index_t N, index_t C,
+template <class T>
+__global__ void nn_cross_entropy_grad_warp_kernel(matrix_arg<const T> z, label_view<cuda_space> labels, index_t N, index_t C,
                                                   float eps, const float* row_lse, const float* row_weight, const float* scale,
                                                   matrix_arg<T> grad) {
   const int lane = threadIdx.x % 32;
   const index_t n = static_cast<index_t>(blockIdx.x) * ce_rows_per_block + threadIdx.x / 32;
   if (n >= N) return;
   const float w = row_weight[n] * *scale, lse = row_lse[n];
-  const long long y = static_cast<long long>(labels[n * sl]);
+  const long long y = labels(n);
   for (index_t c = lane; c < C; c += 32) {
     float g = 0.f;
     if (w != 0.f) {
@@ -124,22 +124,21 @@ __global__ void nn_argmax_rows_warp_kernel(matrix_arg<const T> z, index_t N, ind
 
 }  // namespace cuda_detail
 
-template <class I, class T>
-[[nodiscard]] status softmax_cross_entropy_forward_backward(const cuda_blas& blas, in_view<T, 2, cuda_space> logits,
-                                                            in_view<I, 1, cuda_space> labels,
+template <class TL, class T = std::remove_const_t<TL>>
+[[nodiscard]] status softmax_cross_entropy_forward_backward(const cuda_blas& blas, cuda_view<TL, 2> logits,
+                                                            label_view<cuda_space> labels,
                                                             out_view<accum_t<T>, 1, cuda_space> loss, out_view<T, 2, cuda_space> grad,
                                                             const cross_entropy_options& o = {}) {
-  static_assert(std::is_same_v<I, std::int32_t> || std::is_same_v<I, std::int64_t>, "labels are int32 or int64");
   static_assert(std::is_same_v<accum_t<T>, float>, "the CUDA cross-entropy takes float, float16 or bfloat16 logits");
   using namespace cuda_detail;
   constexpr const char* fn = "nn::softmax_cross_entropy";
-  DISTILL_TRY(nn_detail::check_cross_entropy<I>(fn, logits, labels, o));
+  DISTILL_TRY(nn_detail::check_cross_entropy(fn, logits, labels, o));
   DISTILL_TRY(check_device_input(fn, "logits", logits));
   DISTILL_TRY(check_device_view(fn, "labels", labels));
   const index_t N = logits.extent(0), C = logits.extent(1);
   DISTILL_TRY(check_present(fn, "loss", loss));
-  DISTILL_TRY(check_shape(fn, "loss", loss, {o.red == reduction::none ? N : index_t(1)}));
-  if (o.red == reduction::none && !loss.contiguous()) return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on CUDA");
+  DISTILL_TRY(check_shape(fn, "loss", loss, {o.reduction == reduction::none ? N : index_t(1)}));
+  if (o.reduction == reduction::none && !loss.contiguous()) return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on CUDA");
   DISTILL_TRY(check_device_view(fn, "loss", loss));
   if (!grad.empty()) {
     DISTILL_TRY(check_same_shape(fn, "grad", grad, "logits", logits));
@@ -153,22 +152,22 @@ template <class I, class T>
   const cudaStream_t s = stream_of(blas);
   const unsigned blocks = static_cast<unsigned>(ceil_div<index_t>(N, ce_rows_per_block));
   const auto eps = static_cast<float>(o.label_smoothing);
-  nn_cross_entropy_rows_warp_kernel<I, T><<<blocks, 32 * ce_rows_per_block, 0, s>>>(
-      arg(logits), labels.data(), labels.stride(0), N, C, static_cast<long long>(o.ignore_index), eps, row_loss, row_lse, row_weight,
-      o.red == reduction::none ? loss.data() : nullptr);
-  nn_cross_entropy_reduce_kernel<256><<<1, 256, 0, s>>>(row_loss, row_weight, N, static_cast<int>(o.red),
+  const cuda_view<const T, 2> lc = logits;
+  nn_cross_entropy_rows_warp_kernel<T><<<blocks, 32 * ce_rows_per_block, 0, s>>>(
+      arg(lc), labels, N, C, static_cast<long long>(o.ignore_index), eps, row_loss, row_lse, row_weight,
+      o.reduction == reduction::none ? loss.data() : nullptr);
+  nn_cross_entropy_reduce_kernel<256><<<1, 256, 0, s>>>(row_loss, row_weight, N, static_cast<int>(o.reduction),
                                                         static_cast<float>(o.grad_scale), loss.data(), scale);
   if (!grad.empty())
-    nn_cross_entropy_grad_warp_kernel<I, T><<<blocks, 32 * ce_rows_per_block, 0, s>>>(
-        arg(logits), labels.data(), labels.stride(0), N, C, eps, row_lse, row_weight, scale, arg(grad));
+    nn_cross_entropy_grad_warp_kernel<T><<<blocks, 32 * ce_rows_per_block, 0, s>>>(
+        arg(lc), labels, N, C, eps, row_lse, row_weight, scale, arg(grad));
   return launch_status(fn, s);
 }
 
-template <class I, class T>
-[[nodiscard]] status softmax_cross_entropy_forward(const cuda_blas& blas, in_view<T, 2, cuda_space> logits,
-                                                   in_view<I, 1, cuda_space> labels, out_view<accum_t<T>, 1, cuda_space> loss,
-                                                   const cross_entropy_options& o = {}) {
-  return softmax_cross_entropy_forward_backward<I, T>(blas, logits, labels, loss, {}, o);
+template <class TL, class T = std::remove_const_t<TL>>
+[[nodiscard]] status softmax_cross_entropy_forward(const cuda_blas& blas, cuda_view<TL, 2> logits, label_view<cuda_space> labels,
+                                                   out_view<accum_t<T>, 1, cuda_space> loss, const cross_entropy_options& o = {}) {
+  return softmax_cross_entropy_forward_backward(blas, logits, labels, loss, out_view<T, 2, cuda_space>{}, o);
 }
 
 template <class TL>

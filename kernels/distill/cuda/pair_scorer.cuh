@@ -46,7 +46,7 @@ struct pair_valid {
   __device__ __forceinline__ bool operator()(index_t b, index_t i, index_t j) const {
     const bool pi = om == nullptr || om[b * om_s0 + i * om_s1] != 0;
     const bool pj = om == nullptr || om[b * om_s0 + j * om_s1] != 0;
-    return scorer_detail::valid_pair(pi, pj, i, j, self);
+    return relational_detail::pair_in_set(pi, pj, i, j, self);
   }
 };
 
@@ -62,8 +62,9 @@ pairs_ref pairs_of(const V& v) {
   return {const_cast<float*>(v.data()), v.stride(0), v.stride(1)};
 }
 
-__global__ void score_kernel(const float* left, const float* right, pair_valid valid, bool mlp, rel::mat_ref w2, rel::vec_ref b2,
-                             index_t B, index_t N, index_t K, pairs_ref scores) {
+__global__ void pair_scorer_forward_thread_per_pair_kernel(const float* left, const float* right, pair_valid valid, bool mlp,
+                                                           rel::mat_ref w2, rel::vec_ref b2, index_t B, index_t N, index_t K,
+                                                           pairs_ref scores) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * N * N) return;
   const index_t b = idx / (N * N), i = (idx / N) % N, j = idx % N;
@@ -84,8 +85,9 @@ __global__ void score_kernel(const float* left, const float* right, pair_valid v
 }
 
 /// Normalised weights of one sample (one block per sample).
-__global__ void __launch_bounds__(kBlock) normalise_kernel(pairs_ref scores, pair_valid valid, pair_normalization norm,
-                                                          index_t N, pairs_ref out) {
+__global__ void __launch_bounds__(kBlock)
+    pair_scorer_forward_normalize_block_per_sample_kernel(pairs_ref scores, pair_valid valid, pair_normalization norm, index_t N,
+                                                          pairs_ref out) {
   __shared__ float red[kBlock / 32];
   const index_t b = blockIdx.x, NN = N * N;
   if (norm == pair_normalization::sigmoid) {
@@ -129,9 +131,10 @@ __global__ void __launch_bounds__(kBlock) normalise_kernel(pairs_ref scores, pai
 
 /// ds[b, i, j] (dense workspace) = normalisation backward of dm + grad_scores; also written to
 /// the optional output `ds_out` (accumulating when asked). 0 outside the valid pairs.
-__global__ void __launch_bounds__(kBlock) ds_kernel(pairs_ref m, pairs_ref dm, pairs_ref ds_in, pair_valid valid,
-                                                   pair_normalization norm, index_t N, float* ds, pairs_ref ds_out,
-                                                   bool accumulate) {
+__global__ void __launch_bounds__(kBlock)
+    pair_scorer_backward_score_grad_block_per_sample_kernel(pairs_ref m, pairs_ref dm, pairs_ref ds_in, pair_valid valid,
+                                                            pair_normalization norm, index_t N, float* ds, pairs_ref ds_out,
+                                                            bool accumulate) {
   __shared__ float red[kBlock / 32];
   const index_t b = blockIdx.x, NN = N * N;
   float* dsb = ds + b * NN;
@@ -176,8 +179,9 @@ __global__ void __launch_bounds__(kBlock) ds_kernel(pairs_ref m, pairs_ref dm, p
 }
 
 /// R (role i) and S (role j) per object and k: loops over the N partners of the object.
-__global__ void object_sums_kernel(const float* ds, const float* left, const float* right, bool mlp, rel::mat_ref w2,
-                                   index_t B, index_t N, index_t K, float* R, float* S) {
+__global__ void pair_scorer_backward_object_sums_thread_per_element_kernel(const float* ds, const float* left, const float* right,
+                                                                           bool mlp, rel::mat_ref w2, index_t B, index_t N,
+                                                                           index_t K, float* R, float* S) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= 2 * B * N * K) return;
   const bool role_j = idx >= B * N * K;
@@ -203,8 +207,9 @@ __global__ void object_sums_kernel(const float* ds, const float* left, const flo
 }
 
 /// mlp: per-sample partials of dw2 [B, K] (sum ds relu(z)) and db2 [B] (sum ds).
-__global__ void mlp_head_partials_kernel(const float* ds, const float* left, const float* right, index_t B, index_t N, index_t K,
-                                         float* pw2, float* pb2) {
+__global__ void pair_scorer_backward_head_partials_thread_per_element_kernel(const float* ds, const float* left,
+                                                                             const float* right, index_t B, index_t N, index_t K,
+                                                                             float* pw2, float* pb2) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * (K + 1)) return;
   const index_t b = idx / (K + 1), k = idx % (K + 1);
@@ -231,8 +236,9 @@ struct loss_args {
 };
 
 /// Sample loss and units, or (when grad.p is set) the sample's dL/ds times *scale.
-__global__ void __launch_bounds__(kBlock) loss_sample_kernel(loss_args a, float* per_loss, float* units, const float* scale,
-                                                            pairs_ref grad, bool accumulate) {
+__global__ void __launch_bounds__(kBlock)
+    pair_scorer_loss_block_per_sample_kernel(loss_args a, float* per_loss, float* units, const float* scale, pairs_ref grad,
+                                             bool accumulate) {
   __shared__ float red[kBlock / 32];
   const index_t b = blockIdx.x, N = a.N, NN = N * N;
   const bool want_grad = grad.p != nullptr;
@@ -323,8 +329,8 @@ __global__ void __launch_bounds__(kBlock) loss_sample_kernel(loss_args a, float*
 }
 
 /// Reduced loss (fixed order) and the gradient scale grad_scale / divisor.
-__global__ void loss_reduce_kernel(const float* per_loss, const float* units, index_t B, reduction red, float grad_scale,
-                                   float* loss, index_t loss_stride, float* scale) {
+__global__ void pair_scorer_loss_reduce_single_warp_kernel(const float* per_loss, const float* units, index_t B, reduction red,
+                                                           float grad_scale, float* loss, index_t loss_stride, float* scale) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   float total = 0.0f, total_units = 0.0f;
   for (index_t b = 0; b < B; ++b) total += per_loss[b], total_units += units[b];
@@ -413,7 +419,8 @@ void terms_async(const cuda_view<TO, 3>& o, const cuda_view<TQ, 2>& q, const OM&
   const rel::mat_ref wql = rel::mat_of(w.w1, mlp ? 2 * d.D : d.D);
   const rel::mat_ref wqr = mlp ? rel::mat_ref{} : rel::mat_of(w.w2, d.D);
   const rel::vec_ref br = mlp ? rel::vec_ref{} : rel::vec_of(w.b2);
-  rel::object_split_forward_kernel<<<rel::blocks_for(d.B * d.N * d.K), rel::kThreads1d, 0, stream>>>(
+  const unsigned grid = rel::blocks_for(d.B * d.N * d.K);
+  rel::relational_object_split_forward_thread_per_element_kernel<<<grid, rel::kThreads1d, 0, stream>>>(
       rel::rows_of3(o), rel::rows_of2(q), ok, wl, wr, wql, wqr, rel::vec_of(w.b1), br, d.B * d.N, d.D, d.Q, d.K, left, right);
 }
 
@@ -443,7 +450,7 @@ template <class TO, class TQ, class TW>
   scorer_detail::dims d;
   DISTILL_TRY(scorer_detail::validate_inputs(fn, objects, question, object_mask, weights, d));
   DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "scores", scores, d));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "pair_weights", pair_weights));
+  DISTILL_TRY(check_optional(fn, "pair_weights", pair_weights));
   if (!pair_weights.empty()) DISTILL_TRY(check_shape(fn, "pair_weights", pair_weights, {d.B, d.N, d.N}));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "objects", objects));
   DISTILL_TRY(cs::check_cuda_view(fn, "question", question));
@@ -458,12 +465,12 @@ template <class TO, class TQ, class TW>
   float* right = cs::carve(workspace, lay.right);
   cs::terms_async(objects, question, object_mask, weights, d, left, right, stream);
   const auto valid = cs::valid_of(object_mask, opt.include_self_pairs);
-  cs::score_kernel<<<rel::blocks_for(d.B * d.N * d.N), rel::kThreads1d, 0, stream>>>(
+  cs::pair_scorer_forward_thread_per_pair_kernel<<<rel::blocks_for(d.B * d.N * d.N), rel::kThreads1d, 0, stream>>>(
       left, right, valid, weights.kind == pair_scorer_kind::mlp, rel::mat_of(weights.w2), rel::vec_of(weights.b2), d.B, d.N, d.K,
       cs::pairs_of(scores));
   if (!pair_weights.empty())
-    cs::normalise_kernel<<<static_cast<unsigned>(d.B), cs::kBlock, 0, stream>>>(cs::pairs_of(scores), valid, opt.normalization,
-                                                                               d.N, cs::pairs_of(pair_weights));
+    cs::pair_scorer_forward_normalize_block_per_sample_kernel<<<static_cast<unsigned>(d.B), cs::kBlock, 0, stream>>>(
+        cs::pairs_of(scores), valid, opt.normalization, d.N, cs::pairs_of(pair_weights));
   return cuda_detail::launch_status(fn, stream);
 }
 
@@ -484,8 +491,8 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
   scorer_detail::dims d;
   DISTILL_TRY(scorer_detail::validate_inputs(fn, objects, question, object_mask, weights, d));
   DISTILL_TRY(scorer_detail::validate_grads(fn, grads, weights, d));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "grad_pair_weights", grad_pair_weights));
-  DISTILL_TRY(scorer_detail::check_optional(fn, "grad_scores", grad_scores));
+  DISTILL_TRY(check_optional(fn, "grad_pair_weights", grad_pair_weights));
+  DISTILL_TRY(check_optional(fn, "grad_scores", grad_scores));
   if (grad_pair_weights.empty() && grad_scores.empty())
     return fail(errc::invalid_argument, fn, "give 'grad_pair_weights', 'grad_scores' or both");
   if (!grad_pair_weights.empty()) {
@@ -515,23 +522,25 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
   float* S = cs::carve(workspace, lay.S);
   cs::terms_async(objects, question, object_mask, weights, d, left, right, stream);
   const auto valid = cs::valid_of(object_mask, opt.include_self_pairs);
-  cs::ds_kernel<<<static_cast<unsigned>(d.B), cs::kBlock, 0, stream>>>(cs::pairs_of(pair_weights), cs::pairs_of(grad_pair_weights),
-                                                                        cs::pairs_of(grad_scores), valid, opt.normalization, d.N, ds,
-                                                                        cs::pairs_of(grads.scores), opt.accumulate);
-  cs::object_sums_kernel<<<rel::blocks_for(2 * d.B * d.N * d.K), rel::kThreads1d, 0, stream>>>(ds, left, right, mlp,
-                                                                                              rel::mat_of(weights.w2), d.B, d.N, d.K, R, S);
+  cs::pair_scorer_backward_score_grad_block_per_sample_kernel<<<static_cast<unsigned>(d.B), cs::kBlock, 0, stream>>>(
+      cs::pairs_of(pair_weights), cs::pairs_of(grad_pair_weights), cs::pairs_of(grad_scores), valid, opt.normalization, d.N, ds,
+      cs::pairs_of(grads.scores), opt.accumulate);
+  cs::pair_scorer_backward_object_sums_thread_per_element_kernel<<<rel::blocks_for(2 * d.B * d.N * d.K), rel::kThreads1d, 0,
+                                                                   stream>>>(ds, left, right, mlp, rel::mat_of(weights.w2), d.B,
+                                                                             d.N, d.K, R, S);
   const auto& gw = grads.weights;
   if (mlp && (!gw.w2.empty() || !gw.b2.empty())) {
     float* pw2 = cs::carve(workspace, lay.pw2);
     float* pb2 = cs::carve(workspace, lay.pb2);
-    cs::mlp_head_partials_kernel<<<rel::blocks_for(d.B * (d.K + 1)), rel::kThreads1d, 0, stream>>>(ds, left, right, d.B, d.N, d.K,
-                                                                                                  pw2, pb2);
+    cs::pair_scorer_backward_head_partials_thread_per_element_kernel<<<rel::blocks_for(d.B * (d.K + 1)), rel::kThreads1d, 0,
+                                                                       stream>>>(ds, left, right, d.B, d.N, d.K, pw2, pb2);
     // Reduce over samples in order: a [B, K] "rows" matrix against ones is the partial-sum kernel's job.
     if (!gw.w2.empty())
-      rel::bias_grad_kernel<<<rel::blocks_for(d.K), rel::kThreads1d, 0, stream>>>(pw2, d.B, d.K, rel::out_vec{gw.w2.data(), gw.w2.stride(0)},
-                                                                                 opt.accumulate);
+      rel::relational_bias_grad_thread_per_element_kernel<<<rel::blocks_for(d.K), rel::kThreads1d, 0, stream>>>(
+          pw2, d.B, d.K, rel::out_vec{gw.w2.data(), gw.w2.stride(0)}, opt.accumulate);
     if (!gw.b2.empty())
-      rel::bias_grad_kernel<<<1, rel::kThreads1d, 0, stream>>>(pb2, d.B, 1, rel::out_vec{gw.b2.data(), gw.b2.stride(0)}, opt.accumulate);
+      rel::relational_bias_grad_thread_per_element_kernel<<<1, rel::kThreads1d, 0, stream>>>(
+          pb2, d.B, 1, rel::out_vec{gw.b2.data(), gw.b2.stride(0)}, opt.accumulate);
   }
   rel::object_split_backward_args a;
   a.B = d.B, a.N = d.N, a.D = d.D, a.Q = d.Q, a.K = d.K;
@@ -571,7 +580,7 @@ status loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 3> scores, cuda_
   DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "target", target, d));
   if (!loss.empty()) {
     DISTILL_TRY(check_strides(fn, "loss", loss));
-    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.red == reduction::none ? d.B : index_t(1)}));
+    DISTILL_TRY(check_shape(fn, "loss", loss, {opt.reduction == reduction::none ? d.B : index_t(1)}));
   }
   if (!grad_scores.empty()) DISTILL_TRY(scorer_detail::validate_pairs_view(fn, "grad_scores", grad_scores, d));
   DISTILL_TRY(check_cuda_view(fn, "scores", scores));
@@ -588,12 +597,14 @@ status loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 3> scores, cuda_
   loss_args a;
   a.s = pairs_of(scores), a.t = pairs_of(target), a.valid = valid_of(object_mask, opt.include_self_pairs);
   a.norm = opt.normalization, a.B = d.B, a.N = d.N;
-  loss_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(a, per_loss, units, scale, pairs_ref{}, false);
-  loss_reduce_kernel<<<1, 32, 0, stream>>>(per_loss, units, d.B, opt.red, opt.grad_scale, loss.empty() ? nullptr : loss.data(),
-                                           loss.empty() ? 0 : loss.stride(0), scale);
+  pair_scorer_loss_block_per_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(a, per_loss, units, scale,
+                                                                                              pairs_ref{}, false);
+  pair_scorer_loss_reduce_single_warp_kernel<<<1, 32, 0, stream>>>(per_loss, units, d.B, opt.reduction, opt.grad_scale,
+                                                                   loss.empty() ? nullptr : loss.data(),
+                                                                   loss.empty() ? 0 : loss.stride(0), scale);
   if (!grad_scores.empty())
-    loss_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(a, per_loss, units, scale, pairs_of(grad_scores),
-                                                                         opt.accumulate);
+    pair_scorer_loss_block_per_sample_kernel<<<static_cast<unsigned>(d.B), kBlock, 0, stream>>>(
+        a, per_loss, units, scale, pairs_of(grad_scores), opt.accumulate);
   return launch_status(fn, stream);
 }
 }  // namespace cuda_detail::scorer

@@ -42,6 +42,7 @@
 #include "distill/cuda/reduce.cuh"
 #include "distill/cuda/relational_common.cuh"
 #include "distill/cuda/runtime.cuh"
+#include "distill/relational/detail/scene_checks.hpp"
 #include "distill/relational/pairing.hpp"
 
 namespace distill {
@@ -276,14 +277,15 @@ struct pair_select {
   const std::uint8_t* om = nullptr;
   index_t om_s0 = 0, om_s1 = 0;
   __device__ __forceinline__ bool computed(index_t b, index_t i, index_t j) const {
-    if (om && (om[b * om_s0 + i * om_s1] == 0 || om[b * om_s0 + j * om_s1] == 0)) return false;
-    if (!self && i == j) return false;
+    const bool present_i = !om || om[b * om_s0 + i * om_s1] != 0, present_j = !om || om[b * om_s0 + j * om_s1] != 0;
+    if (!relational_detail::pair_in_set(present_i, present_j, i, j, self)) return false;
     return want_dm || mask == nullptr || mask[b * m_s0 + i * m_s1 + j] != 0.0f;
   }
 };
 
 /// counts[b] = computed pairs of sample b; used[b N + i] = 1 for every object such a pair uses.
-__global__ void __launch_bounds__(kThreads) count_pairs_kernel(pair_select sel, int* counts, std::uint8_t* used) {
+__global__ void __launch_bounds__(kThreads)
+    relational_pairing_count_block_per_sample_kernel(pair_select sel, int* counts, std::uint8_t* used) {
   const index_t b = blockIdx.x, N = sel.N, NN = N * N;
   int total = 0;
   for (index_t base = 0; base < NN; base += kThreads) {
@@ -300,7 +302,8 @@ __global__ void __launch_bounds__(kThreads) count_pairs_kernel(pair_select sel, 
 }
 
 /// Exclusive scan of counts (one block of 1024 threads, chunk by chunk); total at *total.
-__global__ void __launch_bounds__(1024) scan_counts_kernel(const int* counts, index_t B, int* offsets, int* total) {
+__global__ void __launch_bounds__(1024)
+    relational_pairing_scan_single_block_kernel(const int* counts, index_t B, int* offsets, int* total) {
   __shared__ int s[1024];
   int carry = 0;
   for (index_t base = 0; base < B; base += 1024) {
@@ -323,7 +326,8 @@ __global__ void __launch_bounds__(1024) scan_counts_kernel(const int* counts, in
 }
 
 /// pairs[offsets[b] + k] = code of the k-th computed pair of sample b, in (i, j) order.
-__global__ void __launch_bounds__(kThreads) fill_pairs_kernel(pair_select sel, const int* offsets, int* pairs) {
+__global__ void __launch_bounds__(kThreads)
+    relational_pairing_list_block_per_sample_kernel(pair_select sel, const int* offsets, int* pairs) {
   __shared__ int warp_counts[kThreads / 32];
   const index_t b = blockIdx.x, N = sel.N, NN = N * N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -349,14 +353,15 @@ __global__ void __launch_bounds__(kThreads) fill_pairs_kernel(pair_select sel, c
 
 /// dst[k H + n] = w(k, n): a row-major copy of a layer's weights in the compute type.
 template <class C>
-__global__ void canonical_weights_kernel(mat_ref w, index_t H, C* dst) {
+__global__ void relational_pairing_weight_copy_thread_per_element_kernel(mat_ref w, index_t H, C* dst) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= H * H) return;
   dst[idx] = from_float<C>(w(idx / H, idx % H));
 }
 
 /// dst(r, c) (+)= src[r cols + c].
-__global__ void copy_out_kernel(const float* src, index_t rows, index_t cols, out_mat dst, bool accumulate) {
+__global__ void relational_pairing_grad_copy_thread_per_element_kernel(const float* src, index_t rows, index_t cols, out_mat dst,
+                                                                       bool accumulate) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows * cols) return;
   float* d = dst.p + (idx / cols) * dst.s0 + (idx % cols) * dst.s1;
@@ -550,7 +555,7 @@ inline int grid_for(const distill::pairing_detail::dims& d) {
   return static_cast<int>(std::max<index_t>(1, std::min<index_t>(tiles, static_cast<index_t>(kBlocksPerSM) * sm_count())));
 }
 
-inline std::size_t compute_bytes(pairing_math m) { return m == pairing_math::bf16 ? 2 : 4; }
+inline std::size_t compute_bytes(matmul_precision m) { return m == matmul_precision::bf16 ? 2 : 4; }
 
 /// Byte offsets of the CUDA workspace (256-byte aligned regions).
 struct cuda_layout {
@@ -559,7 +564,7 @@ struct cuda_layout {
               pairs = 0, partial = 0, dw_acc = 0, db_acc = 0, stash = 0, bytes = 0;
 };
 
-inline cuda_layout make_cuda_layout(const distill::pairing_detail::dims& d, pairing_math math, int grid) {
+inline cuda_layout make_cuda_layout(const distill::pairing_detail::dims& d, matmul_precision math, int grid) {
   cuda_layout lay;
   lay.grid = grid;
   std::size_t off = 0;
@@ -623,7 +628,7 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
   const auto& d = pb.d;
   const cudaStream_t stream = stream_of(ctx);
   const int grid = grid_for(d);
-  const cuda_layout lay = make_cuda_layout(d, pb.opt.math, grid);
+  const cuda_layout lay = make_cuda_layout(d, pb.opt.precision, grid);
   if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < lay.bytes)
     return fail(errc::invalid_argument, fn,
                 "'workspace' has " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, needs " +
@@ -659,21 +664,23 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
   sel.N = N, sel.self = pb.opt.include_self_pairs, sel.want_dm = want_dm;
   if (!pb.mask.empty()) sel.mask = pb.mask.data(), sel.m_s0 = pb.mask.stride(0), sel.m_s1 = pb.mask.stride(1);
   if (!pb.om.empty()) sel.om = pb.om.data(), sel.om_s0 = pb.om.stride(0), sel.om_s1 = pb.om.stride(1);
-  count_pairs_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(sel, counts, used);
-  scan_counts_kernel<<<1, 1024, 0, stream>>>(counts, B, offsets, total);
-  fill_pairs_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(sel, offsets, pairs);
+  relational_pairing_count_block_per_sample_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(sel, counts, used);
+  relational_pairing_scan_single_block_kernel<<<1, 1024, 0, stream>>>(counts, B, offsets, total);
+  relational_pairing_list_block_per_sample_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(sel, offsets, pairs);
   DISTILL_TRY(launch_status(fn, stream));
 
   // 2. First layer per object (objects no computed pair uses get zero rows).
   const auto& w0 = pb.g.weight[0];
   const relational::row_filter used_rows{used, N, 1, N};
-  relational::object_split_forward_kernel<<<relational::blocks_for(B * N * H), relational::kThreads1d, 0, stream>>>(
+  relational::relational_object_split_forward_thread_per_element_kernel<<<relational::blocks_for(B * N * H),
+                                                                          relational::kThreads1d, 0, stream>>>(
       relational::rows_of3(pb.o), relational::rows_of2(pb.q), used_rows, relational::mat_of(w0, 0), relational::mat_of(w0, D),
       relational::mat_of(w0, 2 * D), mat_ref{}, relational::vec_of(pb.g.bias[0]), vec_ref{}, B * N, D, d.Q, H, left, right);
   // 3. Canonical weights.
   for (int l = 1; l < L; ++l)
-    canonical_weights_kernel<C><<<relational::blocks_for(H * H), relational::kThreads1d, 0, stream>>>(
-        relational::mat_of(pb.g.weight[l]), H, wcanon + static_cast<index_t>(l - 1) * H * H);
+    relational_pairing_weight_copy_thread_per_element_kernel<C>
+        <<<relational::blocks_for(H * H), relational::kThreads1d, 0, stream>>>(relational::mat_of(pb.g.weight[l]), H,
+                                                                               wcanon + static_cast<index_t>(l - 1) * H * H);
   DISTILL_TRY(launch_status(fn, stream));
 
   // 4. Outputs and accumulators, then the tiles.
@@ -707,10 +714,11 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
   // 5. Layers 2..L: accumulators into the caller's views; layer 1, do and dq from r and s.
   for (int l = 1; l < L && want_w; ++l) {
     if (!gw.weight[l].empty())
-      copy_out_kernel<<<relational::blocks_for(H * H), relational::kThreads1d, 0, stream>>>(
-          dw_acc + static_cast<index_t>(l - 1) * H * H, H, H, relational::out_mat_of(gw.weight[l]), pb.opt.accumulate);
+      relational_pairing_grad_copy_thread_per_element_kernel<<<relational::blocks_for(H * H), relational::kThreads1d, 0,
+                                                               stream>>>(dw_acc + static_cast<index_t>(l - 1) * H * H, H, H,
+                                                                         relational::out_mat_of(gw.weight[l]), pb.opt.accumulate);
     if (!gw.bias[l].empty())
-      copy_out_kernel<<<relational::blocks_for(H), relational::kThreads1d, 0, stream>>>(
+      relational_pairing_grad_copy_thread_per_element_kernel<<<relational::blocks_for(H), relational::kThreads1d, 0, stream>>>(
           db_acc + static_cast<index_t>(l) * H, 1, H, out_mat{gw.bias[l].data(), 0, gw.bias[l].stride(0)}, pb.opt.accumulate);
   }
   if (want_rs) {
@@ -741,8 +749,8 @@ status validate_cuda_inputs(const char* fn, const cuda_view<TO, 3>& o, const cud
                             const cuda_view<const std::uint8_t, 2>& om, const relational_mlp<TW, cuda_space>& g,
                             const relational_pairing_options& opt, distill::pairing_detail::dims& d) {
   DISTILL_TRY(distill::pairing_detail::validate_inputs(fn, o, q, m, om, g, opt, d));
-  if (opt.math != pairing_math::fp32 && opt.math != pairing_math::tf32 && opt.math != pairing_math::bf16)
-    return fail(errc::invalid_argument, fn, "'math' is not a pairing_math");
+  if (opt.precision != matmul_precision::fp32 && opt.precision != matmul_precision::tf32 && opt.precision != matmul_precision::bf16)
+    return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
   if (d.B * d.N * d.N > index_t(2147483647))
     return fail(errc::shape_mismatch, fn, "B N^2 must be below 2^31 on the CUDA path (pair codes are 32-bit)");
   DISTILL_TRY(check_device_view(fn, "objects", o));
@@ -770,12 +778,12 @@ status validate_cuda_grads(const char* fn, const relational_pairing_grads<TG, cu
 
 inline status dispatch(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_view<std::byte, 1>& workspace) {
   DISTILL_TRY(check_device_view(fn, "workspace", workspace));
-  switch (pb.opt.math) {
-    case pairing_math::fp32: return run<mode_fp32>(fn, ctx, pb, workspace);
-    case pairing_math::tf32: return run<mode_tf32>(fn, ctx, pb, workspace);
-    case pairing_math::bf16: return run<mode_bf16>(fn, ctx, pb, workspace);
+  switch (pb.opt.precision) {
+    case matmul_precision::fp32: return run<mode_fp32>(fn, ctx, pb, workspace);
+    case matmul_precision::tf32: return run<mode_tf32>(fn, ctx, pb, workspace);
+    case matmul_precision::bf16: return run<mode_bf16>(fn, ctx, pb, workspace);
   }
-  return fail(errc::invalid_argument, fn, "'math' is not a pairing_math");
+  return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
 }
 
 template <class TW>
@@ -788,14 +796,16 @@ relational_mlp<const float, cuda_space> as_const_mlp(const relational_mlp<TW, cu
 
 }  // namespace cuda_detail::pairing
 
-/// Bytes of workspace the CUDA path needs (depends on the device's SM count and opt.math).
-inline std::size_t relational_pairing_workspace_size(const cuda& /*ctx*/, index_t B, index_t N, index_t D, index_t Q, index_t H,
-                                                     int L, const relational_pairing_options& opt = {}) {
+/// Bytes of workspace the CUDA path needs (depends on the device's SM count and opt.precision);
+/// T is not used on CUDA (float only), it is there so both overloads are called alike.
+template <class T = float>
+std::size_t relational_pairing_workspace_size(const cuda& /*ctx*/, index_t B, index_t N, index_t D, index_t Q, index_t H, int L,
+                                              const relational_pairing_options& opt = {}) {
   pairing_detail::dims d;
   d.B = std::max<index_t>(B, 1), d.N = std::max<index_t>(N, 1), d.D = std::max<index_t>(D, 0), d.Q = std::max<index_t>(Q, 0);
   d.H = std::max<index_t>(H, 1), d.L = std::clamp(L, 1, relational_max_layers);
   namespace cp = cuda_detail::pairing;
-  return cp::make_cuda_layout(d, opt.math, cp::grid_for(d)).bytes;
+  return cp::make_cuda_layout(d, opt.precision, cp::grid_for(d)).bytes;
 }
 
 /// CUDA forward (float; see the CPU overload for the arguments).
@@ -806,7 +816,7 @@ template <class TO, class TQ, class TM, class TW>
                                                 cuda_view<std::byte, 1> workspace, const relational_pairing_options& opt = {}) {
   namespace cp = cuda_detail::pairing;
   static_assert(cp::is_float_v<TO> && cp::is_float_v<TQ> && cp::is_float_v<TM> && cp::is_float_v<TW>,
-                "relational pairing on CUDA takes float views (opt.math picks fp32, TF32 or bf16 arithmetic)");
+                "relational pairing on CUDA takes float views (opt.precision picks fp32, TF32 or bf16 arithmetic)");
   constexpr const char* fn = "relational_pairing_forward";
   cp::cuda_problem pb;
   DISTILL_TRY(cp::validate_cuda_inputs(fn, objects, question, pair_mask, object_mask, g, opt, pb.d));
@@ -824,7 +834,7 @@ status backward_common(const char* fn, const cuda& ctx, cuda_view<TO, 3> objects
                        const relational_pairing_grads<float, cuda_space>& grads, cuda_view<std::byte, 1> workspace,
                        const relational_pairing_options& opt) {
   static_assert(is_float_v<TO> && is_float_v<TQ> && is_float_v<TM> && is_float_v<TW> && is_float_v<TD>,
-                "relational pairing on CUDA takes float views (opt.math picks fp32, TF32 or bf16 arithmetic)");
+                "relational pairing on CUDA takes float views (opt.precision picks fp32, TF32 or bf16 arithmetic)");
   cuda_problem pb;
   DISTILL_TRY(validate_cuda_inputs(fn, objects, question, pair_mask, object_mask, g, opt, pb.d));
   DISTILL_TRY(distill::pairing_detail::validate_matrix_bh(fn, "grad_out", grad_out, pb.d));

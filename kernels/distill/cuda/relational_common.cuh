@@ -117,9 +117,11 @@ inline unsigned blocks_for(index_t n, int threads = kThreads1d) {
 
 /// left[r, n] and right[r, n] (rows r that fail the filter get 0: they are never read, and 0
 /// keeps NaN features of padded objects out of every product).
-__global__ void object_split_forward_kernel(rows_ref o, rows_ref q, row_filter ok, mat_ref w_left, mat_ref w_right,
-                                            mat_ref wq_left, mat_ref wq_right, vec_ref b_left, vec_ref b_right,
-                                            index_t rows, index_t D, index_t Q, index_t K, float* left, float* right) {
+__global__ void relational_object_split_forward_thread_per_element_kernel(rows_ref o, rows_ref q, row_filter ok, mat_ref w_left,
+                                                                          mat_ref w_right, mat_ref wq_left, mat_ref wq_right,
+                                                                          vec_ref b_left, vec_ref b_right, index_t rows,
+                                                                          index_t D, index_t Q, index_t K, float* left,
+                                                                          float* right) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows * K) return;
   const index_t r = idx / K, n = idx % K;
@@ -145,8 +147,8 @@ __global__ void object_split_forward_kernel(rows_ref o, rows_ref q, row_filter o
 }
 
 /// partial[z, d, n] = sum over rows r of chunk z (that pass the filter) of X(r, d) G[r, n].
-__global__ void rows_tn_partial_kernel(rows_ref x, row_filter ok, const float* g, index_t rows, index_t C, index_t K,
-                                       index_t chunk, float* partial) {
+__global__ void relational_weight_grad_partial_thread_per_element_kernel(rows_ref x, row_filter ok, const float* g, index_t rows,
+                                                                         index_t C, index_t K, index_t chunk, float* partial) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= C * K) return;
   const index_t d = idx / K, n = idx % K, z = blockIdx.y;
@@ -158,7 +160,8 @@ __global__ void rows_tn_partial_kernel(rows_ref x, row_filter ok, const float* g
 }
 
 /// out(d, n) (+)= sum_z partial[z, d, n], z in order (deterministic).
-__global__ void reduce_partials_kernel(const float* partial, index_t Z, index_t C, index_t K, out_mat out, bool accumulate) {
+__global__ void relational_weight_grad_reduce_thread_per_element_kernel(const float* partial, index_t Z, index_t C, index_t K,
+                                                                        out_mat out, bool accumulate) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= C * K) return;
   const index_t d = idx / K, n = idx % K;
@@ -169,7 +172,7 @@ __global__ void reduce_partials_kernel(const float* partial, index_t Z, index_t 
 }
 
 /// t[b, n] = sum_i src[(b N + i), n].
-__global__ void sample_sum_kernel(const float* src, index_t B, index_t N, index_t K, float* t) {
+__global__ void relational_sample_sum_thread_per_element_kernel(const float* src, index_t B, index_t N, index_t K, float* t) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * K) return;
   const index_t b = idx / K, n = idx % K;
@@ -179,7 +182,8 @@ __global__ void sample_sum_kernel(const float* src, index_t B, index_t N, index_
 }
 
 /// db(n) (+)= sum_b t[b, n].
-__global__ void bias_grad_kernel(const float* t, index_t B, index_t K, out_vec db, bool accumulate) {
+__global__ void relational_bias_grad_thread_per_element_kernel(const float* t, index_t B, index_t K, out_vec db,
+                                                               bool accumulate) {
   const index_t n = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= K) return;
   float s = 0.0f;
@@ -189,8 +193,9 @@ __global__ void bias_grad_kernel(const float* t, index_t B, index_t K, out_vec d
 }
 
 /// do(r, d) (+)= R[r] W_left(d, :) + S[r] W_right(d, :)  (0 for filtered rows).
-__global__ void object_grad_kernel(const float* R, const float* S, row_filter ok, mat_ref w_left, mat_ref w_right,
-                                   index_t rows, index_t D, index_t K, out_rows out, bool accumulate) {
+__global__ void relational_object_grad_thread_per_element_kernel(const float* R, const float* S, row_filter ok, mat_ref w_left,
+                                                                 mat_ref w_right, index_t rows, index_t D, index_t K,
+                                                                 out_rows out, bool accumulate) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows * D) return;
   const index_t r = idx / D, d = idx % D;
@@ -202,8 +207,9 @@ __global__ void object_grad_kernel(const float* R, const float* S, row_filter ok
 }
 
 /// dq(b, e) (+)= T[b] Wq_left(e, :) (+ U[b] Wq_right(e, :) when U is given).
-__global__ void question_grad_kernel(const float* T, const float* U, mat_ref wq_left, mat_ref wq_right, index_t B,
-                                     index_t Q, index_t K, out_mat out, bool accumulate) {
+__global__ void relational_question_grad_thread_per_element_kernel(const float* T, const float* U, mat_ref wq_left,
+                                                                   mat_ref wq_right, index_t B, index_t Q, index_t K, out_mat out,
+                                                                   bool accumulate) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * Q) return;
   const index_t b = idx / Q, e = idx % Q;
@@ -217,7 +223,8 @@ __global__ void question_grad_kernel(const float* T, const float* U, mat_ref wq_
 }
 
 /// Sets every element of a rank <= 3 strided view to `value`.
-__global__ void fill_kernel(float* p, index_t e0, index_t e1, index_t e2, index_t s0, index_t s1, index_t s2, float value) {
+__global__ void relational_fill_thread_per_element_kernel(float* p, index_t e0, index_t e1, index_t e2, index_t s0, index_t s1,
+                                                          index_t s2, float value) {
   const index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= e0 * e1 * e2) return;
   const index_t a = idx / (e1 * e2), rem = idx % (e1 * e2), b = rem / e2, c = rem % e2;
@@ -231,7 +238,8 @@ void fill_async(const V& v, float value, cudaStream_t stream) {
   if (v.empty() || v.size() == 0) return;
   index_t e[3] = {1, 1, 1}, s[3] = {0, 0, 0};
   for (int d = 0; d < V::rank; ++d) e[3 - V::rank + d] = v.extent(d), s[3 - V::rank + d] = v.stride(d);
-  fill_kernel<<<blocks_for(v.size()), kThreads1d, 0, stream>>>(v.data(), e[0], e[1], e[2], s[0], s[1], s[2], value);
+  relational_fill_thread_per_element_kernel<<<blocks_for(v.size()), kThreads1d, 0, stream>>>(v.data(), e[0], e[1], e[2], s[0],
+                                                                                             s[1], s[2], value);
 }
 
 /// Per-object gradient sums R (role i) and S (role j) into the parameter and input gradients.
@@ -264,28 +272,35 @@ inline void object_split_backward_async(const object_split_backward_args& a, cud
     // Chunks of 64 rows (more for huge batches, so grid.y stays <= 32768); Z <= ceil(nrows / 64).
     const index_t chunk = std::max<index_t>(kRowChunk, (nrows + 32767) / 32768);
     const index_t Z = (nrows + chunk - 1) / chunk;
-    rows_tn_partial_kernel<<<dim3(blocks_for(C * a.K), static_cast<unsigned>(Z)), kThreads1d, 0, stream>>>(x, ok, g, nrows, C, a.K,
-                                                                                                         chunk, a.partial);
-    reduce_partials_kernel<<<blocks_for(C * a.K), kThreads1d, 0, stream>>>(a.partial, Z, C, a.K, out, a.accumulate);
+    relational_weight_grad_partial_thread_per_element_kernel<<<dim3(blocks_for(C * a.K), static_cast<unsigned>(Z)), kThreads1d, 0,
+                                                               stream>>>(x, ok, g, nrows, C, a.K, chunk, a.partial);
+    relational_weight_grad_reduce_thread_per_element_kernel<<<blocks_for(C * a.K), kThreads1d, 0, stream>>>(a.partial, Z, C, a.K,
+                                                                                                            out, a.accumulate);
   };
   // The partial buffer is reused: kernels on one stream run in order.
   tn(a.o, a.ok, a.R, rows, a.D, a.dw_left);
   tn(a.o, a.ok, a.S, rows, a.D, a.dw_right);
   const bool want_t = a.dwq_left.p || a.db_left.p || a.d_question.p;
   const bool want_u = a.u && (a.dwq_right.p || a.db_right.p || (a.d_question.p && a.wq_right.p));
-  if (want_t) sample_sum_kernel<<<blocks_for(a.B * a.K), kThreads1d, 0, stream>>>(a.R, a.B, a.N, a.K, a.t);
-  if (want_u) sample_sum_kernel<<<blocks_for(a.B * a.K), kThreads1d, 0, stream>>>(a.S, a.B, a.N, a.K, a.u);
+  if (want_t)
+    relational_sample_sum_thread_per_element_kernel<<<blocks_for(a.B * a.K), kThreads1d, 0, stream>>>(a.R, a.B, a.N, a.K, a.t);
+  if (want_u)
+    relational_sample_sum_thread_per_element_kernel<<<blocks_for(a.B * a.K), kThreads1d, 0, stream>>>(a.S, a.B, a.N, a.K, a.u);
   const row_filter all_rows{};
   tn(a.q, all_rows, a.t, a.B, a.Q, a.dwq_left);
   if (want_u) tn(a.q, all_rows, a.u, a.B, a.Q, a.dwq_right);
-  if (a.db_left.p) bias_grad_kernel<<<blocks_for(a.K), kThreads1d, 0, stream>>>(a.t, a.B, a.K, a.db_left, a.accumulate);
-  if (a.db_right.p && want_u) bias_grad_kernel<<<blocks_for(a.K), kThreads1d, 0, stream>>>(a.u, a.B, a.K, a.db_right, a.accumulate);
+  if (a.db_left.p)
+    relational_bias_grad_thread_per_element_kernel<<<blocks_for(a.K), kThreads1d, 0, stream>>>(a.t, a.B, a.K, a.db_left,
+                                                                                               a.accumulate);
+  if (a.db_right.p && want_u)
+    relational_bias_grad_thread_per_element_kernel<<<blocks_for(a.K), kThreads1d, 0, stream>>>(a.u, a.B, a.K, a.db_right,
+                                                                                               a.accumulate);
   if (a.d_objects.p)
-    object_grad_kernel<<<blocks_for(rows * a.D), kThreads1d, 0, stream>>>(a.R, a.S, a.ok, a.w_left, a.w_right, rows, a.D, a.K,
-                                                                          a.d_objects, a.accumulate);
+    relational_object_grad_thread_per_element_kernel<<<blocks_for(rows * a.D), kThreads1d, 0, stream>>>(
+        a.R, a.S, a.ok, a.w_left, a.w_right, rows, a.D, a.K, a.d_objects, a.accumulate);
   if (a.d_question.p && a.Q > 0)
-    question_grad_kernel<<<blocks_for(a.B * a.Q), kThreads1d, 0, stream>>>(a.t, want_u && a.wq_right.p ? a.u : nullptr, a.wq_left,
-                                                                           a.wq_right, a.B, a.Q, a.K, a.d_question, a.accumulate);
+    relational_question_grad_thread_per_element_kernel<<<blocks_for(a.B * a.Q), kThreads1d, 0, stream>>>(
+        a.t, want_u && a.wq_right.p ? a.u : nullptr, a.wq_left, a.wq_right, a.B, a.Q, a.K, a.d_question, a.accumulate);
 }
 
 }  // namespace distill::cuda_detail::relational

@@ -22,6 +22,7 @@
 
 #include "distill/core/checks.hpp"
 #include "distill/core/context.hpp"
+#include "distill/core/labels.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -71,6 +72,11 @@ status check_device_view(const char* fn, const char* name, const V& v) {
   if (v.empty()) return {};
   DISTILL_TRY(check_aligned(fn, name, v));
   return check_device_pointer(fn, name, v.data());
+}
+
+/// The same for labels (their alignment is checked with their shape, core/labels.hpp).
+inline status check_device_view(const char* fn, const char* name, const label_view<cuda_space>& v) {
+  return v.empty() ? status{} : check_device_pointer(fn, name, v.data());
 }
 
 /// Host-side: is the view's base pointer aligned to `bytes` and the row stride a multiple of

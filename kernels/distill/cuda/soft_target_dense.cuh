@@ -33,6 +33,7 @@
 #include "distill/core/dtype.hpp"
 #include "distill/cuda/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
+#include "distill/losses/detail/soft_target_dispatch.hpp"
 #include "distill/losses/soft_target_common.hpp"
 
 namespace distill::soft_target_cuda {
@@ -210,7 +211,7 @@ struct dense_args {
   const float* temperature_ptr;  // device scalar overriding `temperature`
   bool t_squared;
   float soft_weight, hard_weight, grad_scale;
-  const std::int64_t* labels;
+  label_view<cuda_space> labels;  // absent: no labels
   std::int64_t ignore_index;
   const float* row_weights;
   float divisor;            // used when divisor_ptr is null
@@ -251,13 +252,13 @@ struct row_ctx {
 template <class TS, class TT, class Policy>
 __device__ bool row_begin(const dense_args<TS, TT, Policy>& a, index_t r, row_ctx<Policy>& x) {
   x.sc.t_squared = a.t_squared;
-  x.sc.set_temperature(a.temperature_ptr ? *a.temperature_ptr : a.temperature);
-  x.label = a.labels ? a.labels[r] : std::int64_t(-1);
+  x.sc.set_temperature(a.temperature_ptr ? soft_target_detail::checked_temperature(*a.temperature_ptr) : a.temperature);
+  x.label = a.labels.empty() ? std::int64_t(-1) : a.labels(r);
   x.weight = a.row_weights ? a.row_weights[r] : 1.0f;
-  x.inv_divisor = safe_inverse(a.divisor_ptr ? *a.divisor_ptr : a.divisor);
+  x.inv_divisor = safe_inverse(a.divisor_ptr ? soft_target_detail::checked_normalizer(*a.divisor_ptr) : a.divisor);
   x.bad = false;
   x.tv = {};
-  if (a.labels && x.label == a.ignore_index) {  // ignored row: zero gradient, zero outputs
+  if (!a.labels.empty() && x.label == a.ignore_index) {  // ignored row: zero gradient, zero outputs
     if (a.g && !a.accumulate) {
       TS* g = a.g + r * a.ldg;
       for (index_t c = threadIdx.x; c < a.cols; c += blockDim.x) g[c] = store<TS>(0.0f);
@@ -272,7 +273,7 @@ __device__ bool row_begin(const dense_args<TS, TT, Policy>& a, index_t r, row_ct
     }
     return false;
   }
-  if (a.labels && (x.label < 0 || x.label >= a.cols)) {  // cannot be reported: NaN row
+  if (!a.labels.empty() && (x.label < 0 || x.label >= a.cols)) {  // cannot be reported: NaN row
     x.bad = true;
     x.label = -1;
   }
@@ -593,12 +594,12 @@ constexpr int reduce_threads = 1024;
 
 /// Mean divisor: sum of the weights of the rows that are not ignored.
 __global__ void __launch_bounds__(reduce_threads)
-    soft_target_divisor_kernel(const std::int64_t* labels, std::int64_t ignore_index, const float* weights, index_t rows,
+    soft_target_divisor_kernel(label_view<cuda_space> labels, std::int64_t ignore_index, const float* weights, index_t rows,
                                float* divisor) {
   __shared__ float smem[1][32];
   float s[1] = {0.0f};
   for (index_t r = threadIdx.x; r < rows; r += blockDim.x)
-    if (!labels || labels[r] != ignore_index) s[0] += weights ? weights[r] : 1.0f;
+    if (labels.empty() || labels(r) != ignore_index) s[0] += weights ? weights[r] : 1.0f;
   block_sum_n<1>(s, smem);
   if (threadIdx.x == 0) *divisor = s[0];
 }
@@ -615,7 +616,7 @@ __global__ void __launch_bounds__(reduce_threads)
   }
   block_sum_n<2>(s, smem);
   if (threadIdx.x == 0) {
-    const float inv = safe_inverse(divisor_ptr ? *divisor_ptr : divisor);
+    const float inv = safe_inverse(divisor_ptr ? soft_target_detail::checked_normalizer(*divisor_ptr) : divisor);
     if (loss) *loss = s[0] * inv;
     if (grad_temperature) *grad_temperature = grad_scale * s[1] * inv;
   }
@@ -640,14 +641,13 @@ status check_extras_on_device(const char* fn, const soft_target_extras<Acc, cuda
   DISTILL_TRY(cuda_detail::check_device_view(fn, "row_teacher_entropy", ex.row_teacher_entropy));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "row_top1_agreement", ex.row_top1_agreement));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "row_hard_loss", ex.row_hard_loss));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", ex.workspace));
   // rank-1 extras: unit stride (the kernels index them densely)
   auto unit = [&](const char* name, index_t extent, index_t stride) -> status {
     if (extent > 1 && stride != 1)
       return fail(errc::unsupported_layout, fn, std::string("'") + name + "' must be contiguous on the CUDA path");
     return {};
   };
-  DISTILL_TRY(unit("labels", ex.labels.extent(0), ex.labels.stride(0)));
+  DISTILL_TRY(unit("labels", ex.labels.extent(0), ex.labels.stride(0)));  // the kernels index labels densely too
   DISTILL_TRY(unit("row_weights", ex.row_weights.extent(0), ex.row_weights.stride(0)));
   DISTILL_TRY(unit("row_kl", ex.row_kl.extent(0), ex.row_kl.stride(0)));
   DISTILL_TRY(unit("row_teacher_entropy", ex.row_teacher_entropy.extent(0), ex.row_teacher_entropy.stride(0)));
@@ -656,7 +656,7 @@ status check_extras_on_device(const char* fn, const soft_target_extras<Acc, cuda
   return {};
 }
 
-/// Where the per-row values and the divisor go (see soft_target_workspace_bytes).
+/// Where the per-row values and the divisor go (see soft_target_workspace_size).
 struct workspace_layout {
   float* row_loss = nullptr;
   float* row_dt = nullptr;
@@ -677,7 +677,8 @@ inline workspace_layout layout_of(std::byte* ws, index_t rows) {
 template <class Args, class TS, class TT, class G>
 status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS, 2>& student, const cuda_view<TT, 2>& teacher,
                     const cuda_view<float, 1>& loss, const cuda_view<G, 2>& grad, bool want_grad,
-                    const soft_target_options& opt, const soft_target_extras<float, cuda_space>& ex, workspace_layout& ws) {
+                    const soft_target_options& opt, const soft_target_extras<float, cuda_space>& ex,
+                    const cuda_view<std::byte, 1>& workspace, workspace_layout& ws) {
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const index_t n = student.extent(0);
   a.s = student.data();
@@ -694,7 +695,7 @@ status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS
   a.soft_weight = opt.soft_weight;
   a.hard_weight = opt.hard_label_weight;
   a.grad_scale = opt.grad_scale;
-  a.labels = ex.labels.data();
+  a.labels = ex.labels;
   a.ignore_index = opt.ignore_index;
   a.row_weights = ex.row_weights.data();
   a.accumulate = opt.accumulate;
@@ -704,25 +705,21 @@ status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS
   a.diag_entropy = ex.row_teacher_entropy.data();
   a.diag_top1 = ex.row_top1_agreement.data();
   a.diag_hard = ex.row_hard_loss.data();
-  ws = layout_of(ex.workspace.data(), n);
-  const bool reduced = opt.red != reduction::none && !loss.empty();
-  a.row_loss = opt.red == reduction::none ? loss.data() : (reduced ? ws.row_loss : nullptr);
+  ws = layout_of(workspace.data(), n);
+  const bool reduced = opt.reduction != reduction::none && !loss.empty();
+  a.row_loss = opt.reduction == reduction::none ? loss.data() : (reduced ? ws.row_loss : nullptr);
   a.row_dt = a.want_dt ? ws.row_dt : nullptr;
   // the divisor D: the caller's normalizer, a count on the device, or a host constant
   a.divisor = 1.0f;
   a.divisor_ptr = nullptr;
   if (!ex.normalizer.empty()) {
     a.divisor_ptr = ex.normalizer.data();
-  } else if (opt.red == reduction::batchmean) {
+  } else if (opt.reduction == reduction::batchmean) {
     a.divisor = static_cast<float>(n);
-  } else if (opt.red == reduction::mean) {
+  } else if (opt.reduction == reduction::mean) {
     if (ex.labels.empty() && ex.row_weights.empty()) {
       a.divisor = static_cast<float>(n);
     } else {
-      if (ws.divisor == nullptr)
-        return fail(errc::invalid_argument, fn,
-                    "reduction mean with labels or row weights counts its divisor on the device: pass a 'workspace' of "
-                    "soft_target_workspace_bytes(N) bytes");
       soft_target_divisor_kernel<<<1, reduce_threads, 0, stream>>>(a.labels, a.ignore_index, a.row_weights, n, ws.divisor);
       DISTILL_TRY(cuda_detail::launch_status(fn, stream));
       a.divisor_ptr = ws.divisor;
@@ -735,7 +732,7 @@ template <class Args>
 status launch_finalize(const char* fn, const cuda& ctx, const Args& a, const soft_target_options& opt,
                        const cuda_view<float, 1>& loss, const soft_target_extras<float, cuda_space>& ex,
                        const workspace_layout& ws) {
-  const bool reduced = opt.red != reduction::none && !loss.empty();
+  const bool reduced = opt.reduction != reduction::none && !loss.empty();
   if (!reduced && !a.want_dt) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   soft_target_finalize_kernel<<<1, reduce_threads, 0, stream>>>(ws.row_loss, ws.row_dt, a.rows, a.divisor, a.divisor_ptr,
@@ -777,7 +774,7 @@ template <class Policy, class TS, class TT, class G>
 status dense_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student, const cuda_view<TT, 2>& teacher,
                         const cuda_view<float, 1>& loss, bool loss_required, const cuda_view<G, 2>& grad, bool want_grad,
                         const soft_target_options& opt, const typename Policy::params& prm,
-                        const soft_target_extras<float, cuda_space>& ex) {
+                        const soft_target_extras<float, cuda_space>& ex, const cuda_view<std::byte, 1>& workspace) {
   static_assert(cuda_storage_v<TS> && cuda_storage_v<TT>,
                 "the CUDA soft-target losses take float, float16/__half or bfloat16/__nv_bfloat16 logits");
   using S = std::remove_const_t<TS>;
@@ -790,12 +787,14 @@ status dense_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>&
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   if (want_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
   DISTILL_TRY(check_extras_on_device(fn, ex));
+  DISTILL_TRY(check_workspace(fn, workspace, soft_target_workspace_size(ctx, student.extent(0)), "soft_target_workspace_size"));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
   if (loss.extent(0) > 1 && loss.stride(0) != 1)
     return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
 
   dense_args<S, T, Policy> a{};
   workspace_layout ws;
-  DISTILL_TRY(setup_common(fn, ctx, a, student, teacher, loss, grad, want_grad, opt, ex, ws));
+  DISTILL_TRY(setup_common(fn, ctx, a, student, teacher, loss, grad, want_grad, opt, ex, workspace, ws));
   a.prm = prm;
 
   constexpr int vec = 16 / static_cast<int>(sizeof(S) > sizeof(T) ? sizeof(S) : sizeof(T));
@@ -808,3 +807,20 @@ status dense_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>&
 }
 
 }  // namespace distill::soft_target_cuda
+
+namespace distill::soft_target_detail {
+
+/// The CUDA engine of the dense losses (declared in losses/detail/soft_target_dispatch.hpp).
+template <>
+struct dense_backend<cuda_space> {
+  template <class Policy, class TS, class TT, class Acc, class G>
+  static status run(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student, const cuda_view<TT, 2>& teacher,
+                    const cuda_view<Acc, 1>& loss, bool loss_required, const cuda_view<G, 2>& grad, bool want_grad,
+                    const soft_target_options& opt, const typename Policy::params& prm,
+                    const soft_target_extras<Acc, cuda_space>& extras, const cuda_view<std::byte, 1>& workspace) {
+    return soft_target_cuda::dense_cuda_entry<Policy>(fn, ctx, student, teacher, loss, loss_required, grad, want_grad, opt,
+                                                      prm, extras, workspace);
+  }
+};
+
+}  // namespace distill::soft_target_detail

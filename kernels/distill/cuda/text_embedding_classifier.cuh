@@ -36,7 +36,8 @@ constexpr int gemm_tile = 64;
 constexpr int gemm_depth = 16;
 
 template <bool AKFast, bool BKFast, class Acc, class AFn, class BFn, class Epi>
-__global__ void __launch_bounds__(256) gemm_tile64_kernel(index_t M, index_t N, index_t K, AFn a, BFn b, Epi epi) {
+__global__ void __launch_bounds__(256)
+    text_classifier_gemm_tile64_kernel(index_t M, index_t N, index_t K, AFn a, BFn b, Epi epi) {
   __shared__ Acc As[gemm_depth][gemm_tile];
   __shared__ Acc Bs[gemm_depth][gemm_tile];
   const int tid = static_cast<int>(threadIdx.x), tx = tid % 16, ty = tid / 16;
@@ -86,7 +87,8 @@ status launch_gemm_tile64(const char* fn, cudaStream_t st, index_t M, index_t N,
                           const Epi& epi) {
   const index_t gy = (M + gemm_tile - 1) / gemm_tile, gx = (N + gemm_tile - 1) / gemm_tile;
   if (gy > 65535 || gx > INT_MAX) return fail(errc::shape_mismatch, fn, "product too large for one grid (more than 4M rows)");
-  gemm_tile64_kernel<AKFast, BKFast, Acc><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), 256, 0, st>>>(M, N, K, a, b, epi);
+  text_classifier_gemm_tile64_kernel<AKFast, BKFast, Acc>
+      <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), 256, 0, st>>>(M, N, K, a, b, epi);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -146,8 +148,8 @@ struct store_epilogue {
 
 /// One warp per row: inv[r] = a_r, proj[r] = 1 if the norm was not clamped / zeroed.
 template <class Acc, class T>
-__global__ void __launch_bounds__(256) l2_factor_rows_warp_per_row_kernel(cuda_view<const T, 2> x, l2_normalization mode,
-                                                                          Acc eps, Acc* inv, Acc* proj) {
+__global__ void __launch_bounds__(256)
+    text_classifier_l2_factor_warp_per_row_kernel(cuda_view<const T, 2> x, l2_normalization mode, Acc eps, Acc* inv, Acc* proj) {
   const index_t r = static_cast<index_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= x.extent(0)) return;  // whole warp leaves together
@@ -165,8 +167,9 @@ __global__ void __launch_bounds__(256) l2_factor_rows_warp_per_row_kernel(cuda_v
 }
 
 template <class Acc>
-__global__ void classifier_class_scale_kernel(const Acc* class_inv, cuda_view<const std::uint8_t, 1> mask, index_t C,
-                                              Acc inv_tau, Acc* class_scale, Acc* class_on, Acc* class_on_over_tau) {
+__global__ void text_classifier_class_scale_thread_per_element_kernel(const Acc* class_inv, cuda_view<const std::uint8_t, 1> mask,
+                                                                      index_t C, Acc inv_tau, Acc* class_scale, Acc* class_on,
+                                                                      Acc* class_on_over_tau) {
   const index_t c = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const bool on = mask.empty() || mask(c) != 0;
@@ -177,16 +180,16 @@ __global__ void classifier_class_scale_kernel(const Acc* class_inv, cuda_view<co
 
 /// row_scale[r] = a_r / tau
 template <class Acc>
-__global__ void scale_array_kernel(const Acc* in, index_t n, Acc s, Acc* out) {
+__global__ void text_classifier_scale_thread_per_element_kernel(const Acc* in, index_t n, Acc s, Acc* out) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = in[i] * s;
 }
 
 /// One warp per row: z[r, 0] = <e_r, w> a_r a_w / tau.
 template <class Acc, class T>
-__global__ void __launch_bounds__(256) background_logit_warp_per_row_kernel(cuda_view<const T, 2> e, cuda_view<const T, 1> w,
-                                                                            const Acc* row_inv, const Acc* bg_inv,
-                                                                            Acc inv_tau, cuda_view<Acc, 2> z) {
+__global__ void __launch_bounds__(256)
+    text_classifier_background_logit_warp_per_row_kernel(cuda_view<const T, 2> e, cuda_view<const T, 1> w, const Acc* row_inv,
+                                                         const Acc* bg_inv, Acc inv_tau, cuda_view<Acc, 2> z) {
   const index_t r = static_cast<index_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= e.extent(0)) return;
@@ -198,8 +201,8 @@ __global__ void __launch_bounds__(256) background_logit_warp_per_row_kernel(cuda
 
 /// gw[d] = sum_r G[r, 0] row_scale[r] e[r, d]  (thread per d, rows in order: deterministic)
 template <class Acc, class T>
-__global__ void background_grad_column_kernel(cuda_view<const Acc, 2> g, cuda_view<const T, 2> e, const Acc* row_scale,
-                                              Acc* gw) {
+__global__ void text_classifier_background_grad_column_kernel(cuda_view<const Acc, 2> g, cuda_view<const T, 2> e,
+                                                              const Acc* row_scale, Acc* gw) {
   const index_t d = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= e.extent(1)) return;
   Acc s = Acc(0);
@@ -225,8 +228,8 @@ struct background_extra {
 /// One block per row: out = (pre - x^ <x^, pre>) a   (projection only where proj[r] = 1).
 template <int BlockSize, class Acc, class TX, class TG, class Extra>
 __global__ void __launch_bounds__(BlockSize)
-    l2_backward_block_per_row_kernel(const Acc* pre, cuda_view<const TX, 2> x, const Acc* inv, const Acc* proj,
-                                     cuda_view<TG, 2> out, bool accumulate, Extra extra) {
+    text_classifier_l2_backward_block_per_row_kernel(const Acc* pre, cuda_view<const TX, 2> x, const Acc* inv, const Acc* proj,
+                                                     cuda_view<TG, 2> out, bool accumulate, Extra extra) {
   __shared__ Acc smem[BlockSize / 32];
   const index_t r = blockIdx.x, D = x.extent(1);
   const Acc a = inv[r];
@@ -246,8 +249,8 @@ __global__ void __launch_bounds__(BlockSize)
 /// 1 / divisor of the CE reduction.
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    ce_weight_sum_single_block_kernel(cuda_view<const std::int64_t, 1> labels, cuda_view<const Acc, 1> weights,
-                                      std::int64_t ignore_index, reduction red, Acc* inv_div) {
+    text_classifier_cross_entropy_weight_sum_single_block_kernel(label_view<cuda_space> labels, cuda_view<const Acc, 1> weights,
+                                                                 std::int64_t ignore_index, reduction red, Acc* inv_div) {
   __shared__ Acc smem[BlockSize / 32];
   const index_t n = labels.extent(0);
   Acc s = Acc(0);
@@ -260,8 +263,9 @@ __global__ void __launch_bounds__(BlockSize)
 /// One block per row: loss partial w (LSE - z_y) and dL/dz written over z.
 template <int BlockSize, class Acc>
 __global__ void __launch_bounds__(BlockSize)
-    ce_block_per_row_kernel(cuda_view<Acc, 2> z, cuda_view<const std::int64_t, 1> labels, cuda_view<const Acc, 1> weights,
-                            std::int64_t ignore_index, const Acc* inv_div, Acc grad_scale, Acc* partial) {
+    text_classifier_cross_entropy_block_per_row_kernel(cuda_view<Acc, 2> z, label_view<cuda_space> labels,
+                                                       cuda_view<const Acc, 1> weights, std::int64_t ignore_index,
+                                                       const Acc* inv_div, Acc grad_scale, Acc* partial) {
   __shared__ Acc smem[2 * (BlockSize / 32)];
   const index_t r = blockIdx.x, K = z.extent(1);
   const std::int64_t y = labels(r);
@@ -338,16 +342,17 @@ status classifier_prepare_cuda(const char* fn, cudaStream_t st, cuda_view<const 
   const index_t N = regions.extent(0), C = classes.extent(0);
   const Acc eps = static_cast<Acc>(opt.norm_eps), inv_tau = static_cast<Acc>(1.0 / opt.temperature);
   if (N > INT_MAX / 8 || C > INT_MAX / 8) return fail(errc::shape_mismatch, fn, "too many rows for one grid");
-  l2_factor_rows_warp_per_row_kernel<Acc><<<static_cast<unsigned>((N + 7) / 8), 256, 0, st>>>(regions, opt.normalize, eps,
-                                                                                           w.row_inv, w.row_proj);
-  l2_factor_rows_warp_per_row_kernel<Acc><<<static_cast<unsigned>((C + 7) / 8), 256, 0, st>>>(classes, opt.normalize, eps,
-                                                                                           w.class_inv, w.class_proj);
+  text_classifier_l2_factor_warp_per_row_kernel<Acc>
+      <<<static_cast<unsigned>((N + 7) / 8), 256, 0, st>>>(regions, opt.normalize, eps, w.row_inv, w.row_proj);
+  text_classifier_l2_factor_warp_per_row_kernel<Acc>
+      <<<static_cast<unsigned>((C + 7) / 8), 256, 0, st>>>(classes, opt.normalize, eps, w.class_inv, w.class_proj);
   if (!background.empty())
-    l2_factor_rows_warp_per_row_kernel<Acc><<<1, 256, 0, st>>>(as_row_matrix(background), opt.normalize, eps, w.bg_inv,
-                                                              w.bg_proj);
-  classifier_class_scale_kernel<Acc><<<static_cast<unsigned>((C + 255) / 256), 256, 0, st>>>(
+    text_classifier_l2_factor_warp_per_row_kernel<Acc>
+        <<<1, 256, 0, st>>>(as_row_matrix(background), opt.normalize, eps, w.bg_inv, w.bg_proj);
+  text_classifier_class_scale_thread_per_element_kernel<Acc><<<static_cast<unsigned>((C + 255) / 256), 256, 0, st>>>(
       w.class_inv, mask, C, inv_tau, w.class_scale, w.class_on, w.class_on_tau);
-  scale_array_kernel<Acc><<<static_cast<unsigned>((N + 255) / 256), 256, 0, st>>>(w.row_inv, N, inv_tau, w.row_scale);
+  text_classifier_scale_thread_per_element_kernel<Acc>
+      <<<static_cast<unsigned>((N + 255) / 256), 256, 0, st>>>(w.row_inv, N, inv_tau, w.row_scale);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -361,7 +366,7 @@ status classifier_logits_cuda(const char* fn, cudaStream_t st, cuda_view<const T
                                                    matrix_transposed_fn<Acc, T>{classes},
                                                    logits_epilogue<Acc>{logits, off, w.row_inv, w.class_scale, w.class_on})));
   if (off) {
-    background_logit_warp_per_row_kernel<Acc><<<static_cast<unsigned>((N + 7) / 8), 256, 0, st>>>(
+    text_classifier_background_logit_warp_per_row_kernel<Acc><<<static_cast<unsigned>((N + 7) / 8), 256, 0, st>>>(
         regions, background, w.row_inv, w.bg_inv, static_cast<Acc>(1.0 / opt.temperature), logits);
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
@@ -380,22 +385,22 @@ status classifier_backward_cuda(const char* fn, cudaStream_t st, cuda_view<const
   DISTILL_TRY((launch_gemm_tile64<true, false, Acc>(fn, st, N, D, C, grad_cols_scaled_fn<Acc>{g, off, w.class_scale},
                                                     matrix_fn<Acc, T>{classes}, store_epilogue<Acc>{w.e_pre, D})));
   if (off)
-    l2_backward_block_per_row_kernel<128><<<static_cast<unsigned>(N), 128, 0, st>>>(
-        static_cast<const Acc*>(w.e_pre), regions, w.row_inv, w.row_proj, grad_regions, opt.accumulate,
-        background_extra<Acc, T>{g, background, w.bg_inv, inv_tau});
+    text_classifier_l2_backward_block_per_row_kernel<128>
+        <<<static_cast<unsigned>(N), 128, 0, st>>>(static_cast<const Acc*>(w.e_pre), regions, w.row_inv, w.row_proj, grad_regions,
+                                                   opt.accumulate, background_extra<Acc, T>{g, background, w.bg_inv, inv_tau});
   else
-    l2_backward_block_per_row_kernel<128><<<static_cast<unsigned>(N), 128, 0, st>>>(
+    text_classifier_l2_backward_block_per_row_kernel<128><<<static_cast<unsigned>(N), 128, 0, st>>>(
         static_cast<const Acc*>(w.e_pre), regions, w.row_inv, w.row_proj, grad_regions, opt.accumulate, no_extra{});
   DISTILL_TRY(cuda_detail::launch_status(fn, st));
   // background: g_w = sum_r G[r, 0] a_r / tau e_r, then B2
   if (off && !grad_background.empty()) {
-    background_grad_column_kernel<Acc><<<static_cast<unsigned>((D + 255) / 256), 256, 0, st>>>(g, regions, w.row_scale,
-                                                                                            w.w_pre);
+    text_classifier_background_grad_column_kernel<Acc>
+        <<<static_cast<unsigned>((D + 255) / 256), 256, 0, st>>>(g, regions, w.row_scale, w.w_pre);
     const index_t ext[2] = {1, D};
     const index_t str[2] = {D * grad_background.stride(0), grad_background.stride(0)};
-    l2_backward_block_per_row_kernel<128><<<1, 128, 0, st>>>(static_cast<const Acc*>(w.w_pre), as_row_matrix(background),
-                                                             w.bg_inv, w.bg_proj, cuda_view<T, 2>(grad_background.data(), ext, str),
-                                                             opt.accumulate, no_extra{});
+    text_classifier_l2_backward_block_per_row_kernel<128>
+        <<<1, 128, 0, st>>>(static_cast<const Acc*>(w.w_pre), as_row_matrix(background), w.bg_inv, w.bg_proj,
+                            cuda_view<T, 2>(grad_background.data(), ext, str), opt.accumulate, no_extra{});
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
   // classes: E_t = (diag(a_r / tau) G diag(m))^T e, then B2
@@ -403,7 +408,7 @@ status classifier_backward_cuda(const char* fn, cudaStream_t st, cuda_view<const
     DISTILL_TRY((launch_gemm_tile64<false, false, Acc>(fn, st, C, D, N,
                                                        grad_transposed_scaled_fn<Acc>{g, off, w.row_inv, w.class_on_tau},
                                                        matrix_fn<Acc, T>{regions}, store_epilogue<Acc>{w.t_pre, D})));
-    l2_backward_block_per_row_kernel<128><<<static_cast<unsigned>(C), 128, 0, st>>>(
+    text_classifier_l2_backward_block_per_row_kernel<128><<<static_cast<unsigned>(C), 128, 0, st>>>(
         static_cast<const Acc*>(w.t_pre), classes, w.class_inv, w.class_proj, grad_classes, opt.accumulate, no_extra{});
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
@@ -422,7 +427,7 @@ status check_classifier_device_inputs(const char* fn, cuda_view<const T, 2> regi
 
 }  // namespace features_cuda_detail
 
-/// CUDA overloads: as on the CPU plus `workspace` (text_classifier_workspace_size<T>(N, C, D) bytes).
+/// CUDA overloads, the same arguments as on the CPU. `workspace`: text_classifier_workspace_size(ctx, N, C, D) bytes.
 template <class T>
 [[nodiscard]] status text_classifier_forward(const cuda& ctx, cuda_view<T, 2> regions,
                                              cuda_view<const std::remove_const_t<T>, 2> classes,
@@ -485,11 +490,11 @@ namespace features_cuda_detail {
 template <class T>
 status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
                           cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-                          cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights,
+                          label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights,
                           cuda_view<accum_t<T>, 1> loss, cuda_view<std::remove_const_t<T>, 2> grad_regions,
                           cuda_view<std::remove_const_t<T>, 1> grad_background, cuda_view<std::remove_const_t<T>, 2> grad_classes,
                           cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace,
-                          const text_classifier_options& opt, const classifier_cross_entropy_options& ce, bool backward) {
+                          const text_classifier_options& opt, const text_classifier_cross_entropy_options& ce, bool backward) {
   static_check_cuda_type<T>();
   using U = std::remove_const_t<T>;
   using Acc = accum_t<T>;
@@ -512,8 +517,9 @@ status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regio
   cudaStream_t st = cuda_detail::stream_of(ctx);
   DISTILL_TRY((classifier_prepare_cuda<Acc, U>(fn, st, regions, classes, background, class_mask, w, opt)));
   DISTILL_TRY((classifier_logits_cuda<Acc, U>(fn, st, regions, classes, background, logits_scratch, w, opt)));
-  ce_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(labels, row_weights, ce.ignore_index, ce.red, w.inv_div);
-  ce_block_per_row_kernel<256, Acc><<<static_cast<unsigned>(N), 256, 0, st>>>(
+  text_classifier_cross_entropy_weight_sum_single_block_kernel<1024, Acc>
+      <<<1, 1024, 0, st>>>(labels, row_weights, ce.ignore_index, ce.reduction, w.inv_div);
+  text_classifier_cross_entropy_block_per_row_kernel<256, Acc><<<static_cast<unsigned>(N), 256, 0, st>>>(
       logits_scratch, labels, row_weights, ce.ignore_index, w.inv_div, static_cast<Acc>(ce.grad_scale), w.partial);
   DISTILL_TRY(cuda_detail::launch_status(fn, st));
   if (!loss.empty()) DISTILL_TRY(launch_sum_partials<Acc>(fn, ctx, w.partial, N, Acc(1), w.inv_div, loss.data()));
@@ -527,29 +533,28 @@ template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward(
     const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
     cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-    cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
-    cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace, const text_classifier_options& opt = {},
-    const classifier_cross_entropy_options& ce = {}) {
+    label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
+    cuda_view<accum_t<T>, 2> logits_scratch, cuda_view<std::byte, 1> workspace,
+    const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward";
   DISTILL_TRY(check_present(fn, "loss", loss));
   return features_cuda_detail::classifier_ce_cuda(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
-                                                  {}, {}, {}, logits_scratch, workspace, opt, ce, false);
+                                                  {}, {}, {}, logits_scratch, workspace, opt, opt, false);
 }
 
 template <class T>
 [[nodiscard]] status text_classifier_cross_entropy_forward_backward(
     const cuda& ctx, cuda_view<T, 2> regions, cuda_view<const std::remove_const_t<T>, 2> classes,
     cuda_view<const std::remove_const_t<T>, 1> background, cuda_view<const std::uint8_t, 1> class_mask,
-    cuda_view<const std::int64_t, 1> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
+    label_view<cuda_space> labels, cuda_view<const accum_t<T>, 1> row_weights, cuda_view<accum_t<T>, 1> loss,
     cuda_view<std::remove_const_t<T>, 2> grad_regions, cuda_view<std::remove_const_t<T>, 1> grad_background,
     cuda_view<std::remove_const_t<T>, 2> grad_classes, cuda_view<accum_t<T>, 2> logits_scratch,
-    cuda_view<std::byte, 1> workspace, const text_classifier_options& opt = {},
-    const classifier_cross_entropy_options& ce = {}) {
+    cuda_view<std::byte, 1> workspace, const text_classifier_cross_entropy_options& opt = {}) {
   constexpr const char* fn = "text_classifier_cross_entropy_forward_backward";
   DISTILL_TRY(check_present(fn, "grad_regions", grad_regions));
   return features_cuda_detail::classifier_ce_cuda(fn, ctx, regions, classes, background, class_mask, labels, row_weights, loss,
                                                   grad_regions, grad_background, grad_classes, logits_scratch, workspace, opt,
-                                                  ce, true);
+                                                  opt, true);
 }
 
 }  // namespace distill

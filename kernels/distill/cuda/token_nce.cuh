@@ -765,7 +765,7 @@ struct finalize_args {
   float* gk;         // teacher in-batch: positive term written here instead (nullptr otherwise)
   index_t M, D;
   float eps, inv_tau, grad_scale;
-  reduction red;
+  distill::reduction reduction;
   int ksplits;
   bool accumulate;
 };
@@ -800,7 +800,7 @@ __global__ void __launch_bounds__(256) token_nce_finalize_warp_per_token_kernel(
     if (a.per_token) a.per_token[i * a.per_token_stride] = r.loss;
   }
   if (a.grad_student == nullptr && a.grad_teacher == nullptr && a.gk == nullptr) return;
-  const float w = token_nce_detail::token_weight(true, a.red, static_cast<float>(*a.valid_count), static_cast<float>(a.M));
+  const float w = token_nce_detail::token_weight(true, a.reduction, static_cast<float>(*a.valid_count), static_cast<float>(a.M));
   const float c = a.grad_scale * w * a.inv_tau;
   const float nq = a.norm_q[i], nk = a.norm_k[i];
   const float invq = 1.0f / fmaxf(nq, a.eps), invk = 1.0f / fmaxf(nk, a.eps);
@@ -991,11 +991,8 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   const index_t M = Z.extent(0), D = Z.extent(1);
   const device_props dp = props();
   const plan p = make_plan(M, D, queue.capacity(), opt.in_batch_negatives, dp.sms);
-  if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < p.total)
-    return fail(errc::invalid_argument, fn,
-                "'workspace' has " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, needs " +
-                    std::to_string(p.total) + " (token_nce_queue_workspace_size)");
-  if (opt.precision != nce_precision::strict_fp32 && dp.major < 8)
+  // the workspace size was checked by the entry point (token_nce_queue_workspace_size)
+  if (opt.precision != matmul_precision::fp32 && dp.major < 8)
     return fail(errc::unsupported_dtype, fn, "TF32 and BF16 precision need tensor cores of compute capability 8.0 or newer");
   int stages = 2;
   if (smem_bytes<TS, TQ>(2) > static_cast<std::size_t>(dp.smem_optin)) stages = 1;
@@ -1065,10 +1062,10 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   ta.vec_y = rows_16b_aligned(Y);
   const status st = [&]() -> status {
     switch (opt.precision) {
-      case nce_precision::tf32:
+      case matmul_precision::tf32:
         if (want_grad) return launch_tiles<mode_tf32, true>(fn, stream, ta, p, stages);
         return launch_tiles<mode_tf32, false>(fn, stream, ta, p, stages);
-      case nce_precision::bf16:
+      case matmul_precision::bf16:
         if (want_grad) return launch_tiles<mode_bf16, true>(fn, stream, ta, p, stages);
         return launch_tiles<mode_bf16, false>(fn, stream, ta, p, stages);
       default:
@@ -1096,7 +1093,7 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   fa.valid_count = count;
   fa.lse = lse;
   fa.tok_loss = tok_loss;
-  fa.loss_none = (!loss.empty() && opt.red == reduction::none) ? loss.data() : nullptr;
+  fa.loss_none = (!loss.empty() && opt.reduction == reduction::none) ? loss.data() : nullptr;
   fa.loss_stride = loss.empty() ? 0 : loss.stride(0);
   fa.per_token = per_token.empty() ? nullptr : per_token.data();
   fa.per_token_stride = per_token.empty() ? 0 : per_token.stride(0);
@@ -1110,7 +1107,7 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   fa.eps = eps;
   fa.inv_tau = inv_tau;
   fa.grad_scale = opt.grad_scale;
-  fa.red = opt.red;
+  fa.reduction = opt.reduction;
   fa.ksplits = p.ksplits;
   fa.accumulate = opt.accumulate;
   token_nce_finalize_warp_per_token_kernel<TS, TT, TS, TT><<<static_cast<unsigned>(ceil_div<index_t>(M, 8)), 256, 0, stream>>>(fa);
@@ -1121,7 +1118,7 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
     const dim3 grid(static_cast<unsigned>(ceil_div<index_t>(M, 32)), static_cast<unsigned>(ceil_div<index_t>(D, 128)));
     token_nce_inbatch_key_grad_kernel<TS, TT><<<grid, 256, 0, stream>>>(Z.data(), Z.stride(0), Y.data(), Y.stride(0), fa.mask, mask_stride,
                                                                         ids.empty() ? nullptr : ids.data(), ids_stride, norm_q, norm_k, lse,
-                                                                        count, gk, M, D, eps, inv_tau, opt.grad_scale, opt.red);
+                                                                        count, gk, M, D, eps, inv_tau, opt.grad_scale, opt.reduction);
     DISTILL_TRY(launch_status(fn, stream));
     token_nce_teacher_grad_warp_per_token_kernel<TT, TT><<<static_cast<unsigned>(ceil_div<index_t>(M, 8)), 256, 0, stream>>>(
         Y.data(), Y.stride(0), norm_k, gk, grad_teacher.data(), grad_teacher.stride(0), M, D, eps, opt.accumulate);
@@ -1129,8 +1126,8 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   }
 
   // 5. reduced loss
-  if (!loss.empty() && opt.red != reduction::none) {
-    token_nce_reduce_loss_single_block_kernel<<<1, 1024, 0, stream>>>(tok_loss, fa.mask, mask_stride, count, M, opt.red, loss.data());
+  if (!loss.empty() && opt.reduction != reduction::none) {
+    token_nce_reduce_loss_single_block_kernel<<<1, 1024, 0, stream>>>(tok_loss, fa.mask, mask_stride, count, M, opt.reduction, loss.data());
     DISTILL_TRY(launch_status(fn, stream));
   }
   return {};
@@ -1171,84 +1168,39 @@ status check_grad_outputs(const char* fn, const VGS& grad_student, const VGT& gr
 }  // namespace cuda_detail::nce
 
 /// Bytes of device scratch for M tokens of dimension D against a queue of capacity K (the
-/// number of key splits depends on the current device's SM count: query on the device you run on).
-[[nodiscard]] inline index_t token_nce_queue_workspace_size(const cuda& /*ctx*/, index_t tokens, index_t dim, index_t queue_capacity,
-                                                            const token_nce_options& opt = {}) {
-  const auto p = cuda_detail::nce::make_plan(tokens, dim, queue_capacity, opt.in_batch_negatives, cuda_detail::nce::props().sms);
-  return static_cast<index_t>(p.total);
+/// number of key splits depends on the current device's SM count: query on the device you run
+/// on). T (the token type) is not used on CUDA; it is there so both overloads are called alike.
+template <class T = float>
+[[nodiscard]] std::size_t token_nce_queue_workspace_size(const cuda& /*ctx*/, index_t tokens, index_t dim, index_t queue_capacity,
+                                                         const token_nce_options& opt = {}) {
+  return cuda_detail::nce::make_plan(tokens, dim, queue_capacity, opt.in_batch_negatives, cuda_detail::nce::props().sms).total;
 }
 
-/// Fused forward + backward on the device (same arguments as the CPU overload; the loss views
-/// are float in device memory; the workspace is required). Asynchronous on ctx.stream.
-/// opt.precision picks FFMA (strict_fp32), TF32 or BF16 tensor cores; accumulation is float.
-template <class TS, class TT, class TQ>
-[[nodiscard]] status token_nce_queue_forward_backward(const cuda& ctx, cuda_view<TS, 2> student, cuda_view<TT, 2> teacher,
-                                                      const sample_queue<TQ, cuda_space>& queue,
-                                                      cuda_view<const std::uint8_t, 1> token_mask,
-                                                      cuda_view<const std::int64_t, 1> token_ids, cuda_view<float, 1> loss,
-                                                      cuda_view<float, 1> per_token_loss,
-                                                      cuda_view<std::remove_const_t<TS>, 2> grad_student,
-                                                      cuda_view<std::remove_const_t<TT>, 2> grad_teacher,
-                                                      cuda_view<std::byte, 1> workspace, const token_nce_options& opt = {}) {
-  cuda_detail::nce::static_check_cuda_types<TS, TT, TQ>();
-  constexpr const char* fn = "token_nce_queue_forward_backward";
-  DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
-  const index_t M = student.extent(0);
-  DISTILL_TRY(token_nce_detail::check_loss_outputs(fn, loss, per_token_loss, M, opt.red));
-  DISTILL_TRY(cuda_detail::nce::check_grad_outputs(fn, grad_student, grad_teacher, student));
-  DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, student, teacher, queue, token_mask, token_ids));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "per_token_loss", per_token_loss));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad_student));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_teacher", grad_teacher));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  using S = std::remove_const_t<TS>;
-  using T = std::remove_const_t<TT>;
-  return cuda_detail::nce::run<S, T, TQ>(fn, ctx, student, teacher, queue, token_mask, token_ids, loss, per_token_loss, grad_student,
-                                         grad_teacher, workspace, opt);
-}
+namespace token_nce_detail {
 
-/// Forward only on the device: loss and optional per-token losses (no P K product).
-template <class TS, class TT, class TQ>
-[[nodiscard]] status token_nce_queue_forward(const cuda& ctx, cuda_view<TS, 2> student, cuda_view<TT, 2> teacher,
-                                             const sample_queue<TQ, cuda_space>& queue, cuda_view<const std::uint8_t, 1> token_mask,
-                                             cuda_view<const std::int64_t, 1> token_ids, cuda_view<float, 1> loss,
-                                             cuda_view<float, 1> per_token_loss, cuda_view<std::byte, 1> workspace,
-                                             const token_nce_options& opt = {}) {
-  cuda_detail::nce::static_check_cuda_types<TS, TT, TQ>();
-  constexpr const char* fn = "token_nce_queue_forward";
-  DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
-  DISTILL_TRY(token_nce_detail::check_loss_outputs(fn, loss, per_token_loss, student.extent(0), opt.red));
-  DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, student, teacher, queue, token_mask, token_ids));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "per_token_loss", per_token_loss));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  using S = std::remove_const_t<TS>;
-  using T = std::remove_const_t<TT>;
-  return cuda_detail::nce::run<S, T, TQ>(fn, ctx, student, teacher, queue, token_mask, token_ids, loss, per_token_loss, {}, {}, workspace,
-                                         opt);
-}
+/// The CUDA engine behind the entry points (declared in include/distill/contrastive/token_nce.hpp):
+/// device checks, then the launches. Asynchronous on ctx.stream; opt.precision picks FFMA
+/// (fp32), TF32 or BF16 tensor cores; accumulation is float.
+template <>
+struct backend<cuda_space> {
+  template <class TS, class TT, class TQ>
+  static status run(const char* fn, const cuda& ctx, const token_nce_inputs<TS, TT, cuda_space>& in,
+                    const sample_queue<TQ, cuda_space>& queue, const token_nce_outputs<TS, TT, cuda_space>& out,
+                    cuda_view<std::byte, 1> workspace, const token_nce_options& opt) {
+    cuda_detail::nce::static_check_cuda_types<TS, TT, TQ>();
+    if (!out.grad_student.empty() || !out.grad_teacher.empty())
+      DISTILL_TRY(cuda_detail::nce::check_grad_outputs(fn, out.grad_student, out.grad_teacher, in.student));
+    DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, in.student, in.teacher, queue, in.token_mask, in.token_ids));
+    DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", out.loss));
+    DISTILL_TRY(cuda_detail::check_device_view(fn, "per_token_loss", out.per_token_loss));
+    DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", out.grad_student));
+    DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_teacher", out.grad_teacher));
+    DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
+    return cuda_detail::nce::run<TS, TT, TQ>(fn, ctx, in.student, in.teacher, queue, in.token_mask, in.token_ids, out.loss,
+                                             out.per_token_loss, out.grad_student, out.grad_teacher, workspace, opt);
+  }
+};
 
-/// Backward only on the device: the gradients (upstream gradient opt.grad_scale).
-template <class TS, class TT, class TQ>
-[[nodiscard]] status token_nce_queue_backward(const cuda& ctx, cuda_view<TS, 2> student, cuda_view<TT, 2> teacher,
-                                              const sample_queue<TQ, cuda_space>& queue, cuda_view<const std::uint8_t, 1> token_mask,
-                                              cuda_view<const std::int64_t, 1> token_ids,
-                                              cuda_view<std::remove_const_t<TS>, 2> grad_student,
-                                              cuda_view<std::remove_const_t<TT>, 2> grad_teacher, cuda_view<std::byte, 1> workspace,
-                                              const token_nce_options& opt = {}) {
-  cuda_detail::nce::static_check_cuda_types<TS, TT, TQ>();
-  constexpr const char* fn = "token_nce_queue_backward";
-  DISTILL_TRY(token_nce_detail::check_inputs(fn, student, teacher, queue, token_mask, token_ids, opt));
-  DISTILL_TRY(cuda_detail::nce::check_grad_outputs(fn, grad_student, grad_teacher, student));
-  DISTILL_TRY(cuda_detail::nce::check_device_inputs(fn, student, teacher, queue, token_mask, token_ids));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad_student));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_teacher", grad_teacher));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  using S = std::remove_const_t<TS>;
-  using T = std::remove_const_t<TT>;
-  return cuda_detail::nce::run<S, T, TQ>(fn, ctx, student, teacher, queue, token_mask, token_ids, {}, {}, grad_student, grad_teacher,
-                                         workspace, opt);
-}
+}  // namespace token_nce_detail
 
 }  // namespace distill

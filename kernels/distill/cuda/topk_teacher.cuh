@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 //! @file
-//! KL from a sparse top-k teacher to the student's full softmax: the CUDA overloads. Math,
-//! options and the CPU path: include/distill/losses/topk_teacher.hpp. nvcc only.
+//! KL from a sparse top-k teacher to the student's full softmax: the CUDA engine behind the
+//! entry points of include/distill/losses/topk_teacher.hpp (math, options, CPU path). nvcc only.
 //!
 //! `topk_teacher_block_per_row_kernel`: one block of 256 threads per row. The row's teacher
 //! classes are marked in a shared-memory bitmap (C / 8 bytes; a repeated or out-of-range index
@@ -45,7 +45,7 @@ struct topk_args {
   const float* temperature_ptr;
   bool t_squared;
   float soft_weight, hard_weight, grad_scale;
-  const std::int64_t* labels;
+  label_view<cuda_space> labels;
   std::int64_t ignore_index;
   const float* row_weights;
   float divisor;
@@ -81,16 +81,16 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
 
   soft_target_detail::call_scalars<float> sc;
   sc.t_squared = a.t_squared;
-  sc.set_temperature(a.temperature_ptr ? *a.temperature_ptr : a.temperature);
+  sc.set_temperature(a.temperature_ptr ? soft_target_detail::checked_temperature(*a.temperature_ptr) : a.temperature);
   const float inv_t = sc.inv_temperature;
-  const std::int64_t label0 = a.labels ? a.labels[r] : std::int64_t(-1);
+  const std::int64_t label0 = a.labels.empty() ? std::int64_t(-1) : a.labels(r);
   const float weight = a.row_weights ? a.row_weights[r] : 1.0f;
-  const float inv_div = safe_inverse(a.divisor_ptr ? *a.divisor_ptr : a.divisor);
+  const float inv_div = safe_inverse(a.divisor_ptr ? soft_target_detail::checked_normalizer(*a.divisor_ptr) : a.divisor);
   const TS* srow = a.s + r * a.lds;
   TS* grow = a.g ? a.g + r * a.ldg : nullptr;
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
-  if (a.labels && label0 == a.ignore_index) {
+  if (!a.labels.empty() && label0 == a.ignore_index) {
     if (grow && !a.accumulate)
       for (index_t c = threadIdx.x; c < a.cols; c += blockDim.x) grow[c] = store<TS>(0.0f);
     if (threadIdx.x == 0) {
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
     }
     return;
   }
-  const bool label_ok = !a.labels || (label0 >= 0 && label0 < a.cols);
+  const bool label_ok = a.labels.empty() || (label0 >= 0 && label0 < a.cols);
   const std::int64_t label = label_ok ? label0 : std::int64_t(-1);
 
   // mark the teacher classes; read what the gradient stores may overwrite (in place)
@@ -226,7 +226,8 @@ template <class TS, class TT, class G>
 status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student,
                        const cuda_view<const std::int64_t, 2>& idx, const cuda_view<TT, 2>& values,
                        const cuda_view<float, 1>& loss, bool loss_required, const cuda_view<G, 2>& grad, bool want_grad,
-                       const topk_teacher_options& opt, const soft_target_extras<float, cuda_space>& ex) {
+                       const topk_teacher_options& opt, const soft_target_extras<float, cuda_space>& ex,
+                       const cuda_view<std::byte, 1>& workspace) {
   static_assert(cuda_storage_v<TS> && cuda_storage_v<TT>,
                 "the CUDA top-k loss takes float, float16/__half or bfloat16/__nv_bfloat16 values");
   using S = std::remove_const_t<TS>;
@@ -238,6 +239,8 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   if (want_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
   DISTILL_TRY(check_extras_on_device(fn, ex));
+  DISTILL_TRY(check_workspace(fn, workspace, soft_target_workspace_size(ctx, student.extent(0)), "soft_target_workspace_size"));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
   if (loss.extent(0) > 1 && loss.stride(0) != 1)
     return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
 
@@ -258,7 +261,7 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
   // the fields dense_args shares with topk_args are filled by the common setup
   dense_args<S, T, no_policy> common{};
   workspace_layout ws;
-  DISTILL_TRY(setup_common(fn, ctx, common, student, values, loss, grad, want_grad, opt, ex, ws));
+  DISTILL_TRY(setup_common(fn, ctx, common, student, values, loss, grad, want_grad, opt, ex, workspace, ws));
   topk_args<S, T> a{};
   a.s = common.s, a.lds = common.lds;
   a.idx = idx.data(), a.ldi = idx.stride(0);
@@ -284,41 +287,22 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
 
 }  // namespace soft_target_cuda
 
-/// Loss only: `loss` (1) on the device, or (N) with reduction none.
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_forward(const cuda& ctx, cuda_view<TS, 2> student,
-                                                     cuda_view<const std::int64_t, 2> teacher_indices,
-                                                     cuda_view<TT, 2> teacher_logprobs, cuda_view<accum_t<TS>, 1> loss,
-                                                     const topk_teacher_options& opt = {},
-                                                     const soft_target_cuda_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_cuda::topk_cuda_entry("kl_topk_teacher_student_forward", ctx, student, teacher_indices,
-                                           teacher_logprobs, loss, true, cuda_view<std::remove_const_t<TS>, 2>{}, false,
-                                           opt, extra);
-}
+namespace soft_target_detail {
 
-/// Gradient with respect to the student logits (and dL/dT when requested).
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_backward(const cuda& ctx, cuda_view<TS, 2> student,
-                                                      cuda_view<const std::int64_t, 2> teacher_indices,
-                                                      cuda_view<TT, 2> teacher_logprobs,
-                                                      cuda_view<std::remove_const_t<TS>, 2> grad_student,
-                                                      const topk_teacher_options& opt = {},
-                                                      const soft_target_cuda_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_cuda::topk_cuda_entry("kl_topk_teacher_student_backward", ctx, student, teacher_indices,
-                                           teacher_logprobs, cuda_view<float, 1>{}, false, grad_student, true, opt, extra);
-}
+/// The CUDA engine of the top-k loss (declared in include/distill/losses/topk_teacher.hpp).
+template <>
+struct topk_backend<cuda_space> {
+  template <class TS, class TT, class Acc, class G>
+  static status run(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student,
+                    const cuda_view<const std::int64_t, 2>& idx, const cuda_view<TT, 2>& values,
+                    const cuda_view<Acc, 1>& loss, bool loss_required, const cuda_view<G, 2>& grad, bool want_grad,
+                    const topk_teacher_options& opt, const soft_target_extras<Acc, cuda_space>& ex,
+                    const cuda_view<std::byte, 1>& workspace) {
+    return soft_target_cuda::topk_cuda_entry(fn, ctx, student, idx, values, loss, loss_required, grad, want_grad, opt, ex,
+                                             workspace);
+  }
+};
 
-/// Loss and gradient in one launch (`loss` may be absent).
-template <class TS, class TT>
-[[nodiscard]] status kl_topk_teacher_student_forward_backward(const cuda& ctx, cuda_view<TS, 2> student,
-                                                              cuda_view<const std::int64_t, 2> teacher_indices,
-                                                              cuda_view<TT, 2> teacher_logprobs,
-                                                              cuda_view<accum_t<TS>, 1> loss,
-                                                              cuda_view<std::remove_const_t<TS>, 2> grad_student,
-                                                              const topk_teacher_options& opt = {},
-                                                              const soft_target_cuda_extras<accum_t<TS>>& extra = {}) {
-  return soft_target_cuda::topk_cuda_entry("kl_topk_teacher_student_forward_backward", ctx, student, teacher_indices,
-                                           teacher_logprobs, loss, false, grad_student, true, opt, extra);
-}
+}  // namespace soft_target_detail
 
 }  // namespace distill

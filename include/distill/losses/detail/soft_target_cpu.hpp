@@ -698,9 +698,9 @@ status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student
   Acc divisor = Acc(1);
   if (!ex.normalizer.empty()) {
     divisor = ex.normalizer(0);
-  } else if (opt.red == reduction::batchmean) {
+  } else if (opt.reduction == reduction::batchmean) {
     divisor = static_cast<Acc>(n);
-  } else if (opt.red == reduction::mean) {
+  } else if (opt.reduction == reduction::mean) {
     divisor = Acc(0);
     for (index_t r = 0; r < n; ++r)
       if (!ignored(r)) divisor += weight_of(r);
@@ -834,7 +834,7 @@ status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student
   });
 
   if (!loss.empty()) {
-    if (opt.red == reduction::none) {
+    if (opt.reduction == reduction::none) {
       for (index_t r = 0; r < n; ++r) loss(r) = row_loss[static_cast<std::size_t>(r)];
     } else {
       Acc total = Acc(0);
