@@ -7,7 +7,8 @@
 # A crashing input (or one that breaks a target's round-trip property) is copied to
 # fuzz/regressions/<target>/ and the script fails: commit that file with the fix, and the test
 # fuzz_regressions replays it in every build from then on. Needs clang with libFuzzer (Debian:
-# clang-14, libclang-rt-14-dev; scripts/setup.sh installs them); skipped with a message without.
+# clang-14, libclang-rt-14-dev; scripts/setup.sh installs them) and fails without them, so that a
+# CI run cannot pass without fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-20}
@@ -16,15 +17,15 @@ start=$SECONDS
 
 cxx=${FUZZ_CXX:-$(command -v clang++-14 || command -v clang++ || true)}
 if [[ -z "$cxx" ]]; then
-  echo "fuzz: skipped: no clang++ (scripts/setup.sh installs clang-14 and libclang-rt-14-dev)"
-  exit 0
+  echo "fuzz: no clang++ (scripts/setup.sh installs clang-14 and libclang-rt-14-dev)" >&2
+  exit 1
 fi
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
 printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n' >"$probe/p.cpp"
 if ! "$cxx" -fsanitize=fuzzer "$probe/p.cpp" -o "$probe/p" 2>/dev/null; then
-  echo "fuzz: skipped: $cxx cannot link libFuzzer (install libclang-rt-14-dev; scripts/setup.sh does)"
-  exit 0
+  echo "fuzz: $cxx cannot link libFuzzer (install libclang-rt-14-dev; scripts/setup.sh does)" >&2
+  exit 1
 fi
 
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1" \

@@ -16,7 +16,7 @@ ctest --test-dir "$build" --output-on-failure -j "$jobs"
 # ---- reliability stage (docs/reliability.md) --------------------------------------------------
 # The CPU tests again under AddressSanitizer + UndefinedBehaviorSanitizer (scripts/sanitize.sh,
 # its own build folder, no CUDA), then libFuzzer over the rule parser and every file loader,
-# FUZZ_SECONDS each (scripts/fuzz.sh; skipped with a message where clang is absent).
+# FUZZ_SECONDS each (scripts/fuzz.sh; it fails where clang with libFuzzer is absent).
 # DISTILL_SKIP_RELIABILITY=1 leaves the stage out (e.g. for a quick local run).
 if [[ "${DISTILL_SKIP_RELIABILITY:-0}" != 1 ]]; then
   SANITIZE_BUILD_DIR=${SANITIZE_BUILD_DIR:-$build-sanitize} bash scripts/sanitize.sh
