@@ -29,3 +29,38 @@ function(distill_glob var dir)
   list(SORT out)
   set(${var} ${out} PARENT_SCOPE)
 endfunction()
+
+# distill_add_crash_resume_test(<name> [KILLS n] [WRITE_KILLS n] [SEED n] [COMPARE file...]
+#                               COMMAND <program> <arguments, with {out} for the output folder>)
+# A crash-consistency test (CTest name crash_resume_<name>): scripts/crash/crash_resume.py runs
+# the command once uninterrupted, then kills it with SIGKILL at random times and in the middle of
+# checkpoint writes (an LD_PRELOAD shim) and resumes it until it finishes; the COMPARE files
+# (default results.json; timings left out) must equal the uninterrupted run's. The command must
+# resume from the checkpoints in {out} by itself. Linux and Python 3 only; skipped otherwise.
+function(distill_add_crash_resume_test name)
+  cmake_parse_arguments(arg "" "KILLS;WRITE_KILLS;SEED" "COMPARE;COMMAND" ${ARGN})
+  find_package(Python3 COMPONENTS Interpreter QUIET)
+  if(NOT Python3_Interpreter_FOUND OR NOT CMAKE_SYSTEM_NAME STREQUAL "Linux")
+    message(STATUS "distill: crash test ${name} skipped (needs Python 3 and Linux)")
+    return()
+  endif()
+  if(NOT TARGET distill_crash_shim)
+    add_library(distill_crash_shim MODULE ${PROJECT_SOURCE_DIR}/scripts/crash/crash_shim.cpp)
+    target_link_libraries(distill_crash_shim PRIVATE ${CMAKE_DL_LIBS})
+  endif()
+  foreach(default KILLS=3 WRITE_KILLS=2 SEED=1)
+    string(REPLACE "=" ";" kv ${default})
+    list(GET kv 0 key)
+    if(NOT DEFINED arg_${key})
+      list(GET kv 1 arg_${key})
+    endif()
+  endforeach()
+  set(options --kills ${arg_KILLS} --write-kills ${arg_WRITE_KILLS} --seed ${arg_SEED})
+  foreach(f IN LISTS arg_COMPARE)
+    list(APPEND options --compare ${f})
+  endforeach()
+  add_test(NAME crash_resume_${name}
+    COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/crash/crash_resume.py --work ${CMAKE_CURRENT_BINARY_DIR}/crash_${name}
+            --shim $<TARGET_FILE:distill_crash_shim> ${options} -- ${arg_COMMAND})
+  set_tests_properties(crash_resume_${name} PROPERTIES TIMEOUT 900 ENVIRONMENT "OMP_WAIT_POLICY=passive")
+endfunction()

@@ -19,6 +19,8 @@ packages=(
   libdlpack-dev                  # interop/dlpack.hpp
   python3-torch libtorch-dev     # PyTorch bindings (bindings/torch): Python and C++ PyTorch 1.13 (CPU)
   python3-pytest python3-torchvision  # their tests (torchvision: the reference RoI Align)
+  clang-14 libclang-rt-14-dev    # fuzzing: libFuzzer (scripts/fuzz.sh)
+  python3                        # crash-consistency tests (scripts/crash/crash_resume.py)
 )
 
 missing=()

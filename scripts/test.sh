@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds everything (CUDA targets too when nvcc is present) and runs
-# every test. CUDA tests report "skipped" on a machine without a GPU. The CPU tests run at the
-# native instruction set and, on x86-64, the SIMD families (losses, attention, relational) again
-# as AVX2 (x86-64-v3) and SSE2 (x86-64) builds: ctest names <family>@<level>
+# every test; then the reliability stage (sanitizers, fuzzing). CUDA tests report "skipped" on a
+# machine without a GPU. The CPU tests run at the native instruction set and, on x86-64, the SIMD
+# families (losses, attention, relational) again as AVX2 (x86-64-v3) and SSE2 (x86-64) builds: ctest names <family>@<level>
 # (DISTILL_TEST_ISA_LEVELS and DISTILL_TEST_ISA_FAMILIES in CMakeLists.txt).
 #   bash scripts/test.sh              build in ./build
 #   BUILD_DIR=/tmp/b bash scripts/test.sh
@@ -16,3 +16,14 @@ jobs=${JOBS:-$(nproc)}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs"
+
+# ---- reliability stage (docs/reliability.md) --------------------------------------------------
+# The CPU tests again under AddressSanitizer + UndefinedBehaviorSanitizer (scripts/sanitize.sh,
+# its own build folder, no CUDA), then libFuzzer over the rule parser and every file loader,
+# FUZZ_SECONDS each (scripts/fuzz.sh; it fails where clang with libFuzzer is absent).
+# DISTILL_SKIP_RELIABILITY=1 leaves the stage out (e.g. for a quick local run).
+if [[ "${DISTILL_SKIP_RELIABILITY:-0}" != 1 ]]; then
+  SANITIZE_BUILD_DIR=${SANITIZE_BUILD_DIR:-$build-sanitize} bash scripts/sanitize.sh
+  FUZZ_BUILD_DIR=${FUZZ_BUILD_DIR:-$build-fuzz} bash scripts/fuzz.sh
+fi
+# ---- end of the reliability stage ---------------------------------------------------------------

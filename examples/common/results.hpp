@@ -24,6 +24,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/core/file_io.hpp"
+
 namespace examples {
 
 struct mean_std {
@@ -100,14 +102,15 @@ inline results_json_t to_json(const mean_std& m) {
   return j;
 }
 
-/// Writes text to a file (creating its folder); throws std::runtime_error on failure.
+/// Replaces a file with `text` atomically (creating its folder); throws std::runtime_error on
+/// failure, the previous file then untouched.
 inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
-  std::error_code ec;
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) throw std::runtime_error("cannot write " + path.string());
+  distill::atomic_write_options opt;
+  opt.create_parent_directories = true;
+  const distill::status st = distill::write_file_atomically(
+      "write_text_file", path.string(),
+      std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(text.data()), text.size()), opt);
+  if (!st.ok()) throw std::runtime_error(st.message());
 }
 
 /// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.

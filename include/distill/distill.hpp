@@ -54,7 +54,7 @@
 #include "distill/attention/attention_transfer.hpp"  // defines: attention_transfer_{forward,backward,forward_backward}, attention_transfer_options, attention_transfer_layer, attention_transfer_workspace_size
 #include "distill/attention/attention_map.hpp"       // defines: attention_map_mse_*, attention_map_kl_teacher_student_*, attention_map_options, attention_masks, attention_map_workspace_size
 #include "distill/attention/attention_diversity.hpp"  // defines: attention_diversity_{forward,backward,forward_backward,target,shift}, attention_diversity_options, attention_diversity_workspace_size (CPU only)
-#include "distill/contrastive/sample_queue.hpp"     // defines: sample_queue, host_sample_queue, cuda_sample_queue (nvcc), sample_queue_enqueue, sample_queue_init_random, sample_queue_save, sample_queue_load, no_sample_id
+#include "distill/contrastive/sample_queue.hpp"     // defines: sample_queue, host_sample_queue, cuda_sample_queue (nvcc), sample_queue_enqueue, sample_queue_init_random, sample_queue_save, sample_queue_load, sample_queue_serialize, sample_queue_deserialize, no_sample_id
 #include "distill/contrastive/token_nce.hpp"        // defines: token_nce_queue_forward, token_nce_queue_backward, token_nce_queue_forward_backward, token_nce_queue_workspace_size, token_nce_inputs, token_nce_outputs, token_nce_options
 #include "distill/contrastive/momentum_update.hpp"  // defines: momentum_update, momentum_param
 #include "distill/nn/tensor.hpp"         // defines: nn::tensor, nn::host_tensor, nn::device_tensor (nvcc), nn::tensor_shape, nn::fill_zero

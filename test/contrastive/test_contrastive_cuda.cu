@@ -276,6 +276,20 @@ TEST_CASE("CUDA sample_queue: random init equals the CPU init; save/load through
   REQUIRE(cuda_sample_queue<float>::create(K, D, true, dq2).ok());
   REQUIRE(sample_queue_load(cuda{}, dq2.queue(), dir.file("h.bin")).ok());
   CHECK(device_rows(dq2.queue()) == host_rows(hq.queue()));
+  // in memory: the device image is the CPU image of the same queue, byte for byte, and restores it
+  std::vector<unsigned char> device_image, host_image;
+  REQUIRE(sample_queue_serialize(cuda{}, dq.queue(), device_image).ok());
+  REQUIRE(sample_queue_serialize(cpu{1}, back.queue(), host_image).ok());
+  CHECK(device_image == host_image);
+  cuda_sample_queue<float> dq3;
+  REQUIRE(cuda_sample_queue<float>::create(K, D, true, dq3).ok());
+  REQUIRE(sample_queue_deserialize(cuda{}, dq3.queue(), host_image).ok());
+  CHECK(device_rows(dq3.queue()) == host_rows(back.queue()));
+  CHECK(dq3.queue().write_position() == back.queue().write_position());
+  CHECK(dq3.queue().size() == back.queue().size());
+  host_image[100] ^= 1;  // a flipped payload bit fails the checksum; the device queue is unchanged
+  CHECK(sample_queue_deserialize(cuda{}, dq3.queue(), host_image).code() == errc::corrupt_data);
+  CHECK(device_rows(dq3.queue()) == host_rows(back.queue()));
   // a mismatched file is refused and leaves the device queue unchanged
   cuda_sample_queue<float> other;
   REQUIRE(cuda_sample_queue<float>::create(K, D + 1, true, other).ok());

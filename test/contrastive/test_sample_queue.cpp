@@ -13,6 +13,7 @@
 #include <iterator>
 #include <limits>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -272,6 +273,21 @@ TEMPLATE_TEST_CASE("sample_queue files: round trip", "[contrastive][queue][file]
     REQUIRE(sample_queue_save(cpu{1}, q2, dir.file("again.bin")).ok());
     CHECK(read_bytes(dir.file("again.bin")) == bytes);
     fs::remove(dir.file("again.bin"));
+    // The in-memory image is the file's bytes, and restores the same queue.
+    std::vector<unsigned char> image;
+    REQUIRE(sample_queue_serialize(cpu{1}, q, image).ok());
+    CHECK(image == bytes);
+    std::vector<TestType> storage3(static_cast<std::size_t>(K * D), TestType(3.0f));
+    std::vector<std::int64_t> ids3(static_cast<std::size_t>(K), 5);
+    sample_queue<TestType> q3(make_view(storage3.data(), K, D), with_ids ? make_view(ids3.data(), K) : host_view<std::int64_t, 1>{});
+    REQUIRE(sample_queue_deserialize(cpu{1}, q3, image).ok());
+    CHECK(queue_rows(q3) == queue_rows(q));
+    CHECK(q3.write_position() == q.write_position());
+    CHECK(q3.size() == q.size());
+    if (with_ids) CHECK(ids3 == ids);
+    image[image.size() / 2] ^= 1;
+    CHECK(sample_queue_deserialize(cpu{1}, q3, image).code() == errc::corrupt_data);
+    CHECK(queue_rows(q3) == queue_rows(q));  // unchanged by the refused image
   }
 }
 
@@ -405,6 +421,20 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
     CHECK(st.message().find("does_not_exist.bin") != std::string::npos);
     CHECK(sample_queue_save(cpu{1}, q, dir.file("no/such/dir/q.bin")).code() == errc::io_error);
     CHECK(sample_queue_save(cpu{1}, q, "").code() == errc::invalid_argument);
+  }
+  SECTION("a file far larger than the queue's is refused before it is read; so are FIFOs and devices") {
+    const std::string huge = dir.file("huge.bin");
+    write_bytes(huge, good);
+    fs::resize_file(huge, std::uintmax_t{1} << 40);  // 1 TiB, sparse: reading it would exhaust memory
+    const auto st = sample_queue_load(cpu{1}, target.queue(), huge);
+    CHECK(st.code() == errc::corrupt_data);
+    CHECK(st.message().find(std::to_string(std::uint64_t{1} << 40)) != std::string::npos);
+    CHECK(queue_rows(target.queue()) == target_rows);
+    const std::string fifo = dir.file("fifo.bin");
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK(sample_queue_load(cpu{1}, target.queue(), fifo).code() == errc::io_error);
+    CHECK(sample_queue_load(cpu{1}, target.queue(), "/dev/zero").code() == errc::io_error);
+    CHECK(queue_rows(target.queue()) == target_rows);
   }
 }
 

@@ -22,13 +22,33 @@ namespace {
 std::atomic<long> allocations{0};
 }
 
-void* operator new(std::size_t n) {
+// Every replaceable form that pairs with free() is replaced, the nothrow ones included (Catch2
+// uses them): a form left to the runtime would allocate with its own allocator and be freed
+// here, which AddressSanitizer reports as an alloc-dealloc mismatch. The aligned forms are left
+// alone as a set (they allocate and free with the runtime's).
+namespace {
+void* counted_malloc(std::size_t n) noexcept {
   allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  return std::malloc(n == 0 ? 1 : n);
+}
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using namespace distill;
 using namespace vqa;

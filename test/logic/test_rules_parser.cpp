@@ -2,9 +2,16 @@
 // its line and column.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
 #include <string>
+#include <vector>
+
+#include <sys/stat.h>
 
 #include "distill/logic/rules.hpp"
+#include "support/random.hpp"
 
 using namespace distill;
 
@@ -193,4 +200,70 @@ TEST_CASE("rules: a failed parse leaves the output untouched; load_rules reports
   CHECK(missing.code() == errc::io_error);
   CHECK(missing.message().find("none.rules") != std::string::npos);
   CHECK(rs.to_string() == before);
+  // A FIFO would block and /dev/zero never ends: refused at once, not read.
+  const std::string fifo = (std::filesystem::temp_directory_path() / ("distill_rules_fifo_" + std::to_string(distill_test::test_seed()))).string();
+  std::filesystem::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK(load_rules(fifo, rs).code() == errc::io_error);
+  std::filesystem::remove(fifo);
+  CHECK(load_rules("/dev/zero", rs).code() == errc::io_error);
+  CHECK(rs.to_string() == before);
+}
+
+namespace {
+// Plain Levenshtein distance over the whole table, written for clarity (the reference).
+std::size_t levenshtein(const std::string& a, const std::string& b) {
+  std::vector<std::vector<std::size_t>> t(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) t[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) t[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i)
+    for (std::size_t j = 1; j <= b.size(); ++j)
+      t[i][j] = std::min({t[i - 1][j] + 1, t[i][j - 1] + 1, t[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+  return t[a.size()][b.size()];
+}
+}  // namespace
+
+TEST_CASE("rules: the bounded edit distance equals min(Levenshtein, limit)", "[logic][parser]") {
+  distill_test::rng g(77);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const auto word = [&] {
+      std::string w(static_cast<std::size_t>(g.integer(0, 9)), 'a');
+      for (char& c : w) c = static_cast<char>('a' + g.integer(0, 2));  // a small alphabet: many near misses
+      return w;
+    };
+    const std::string a = word(), b = word();
+    const std::size_t limit = static_cast<std::size_t>(g.integer(0, 6));
+    CAPTURE(a, b, limit);
+    REQUIRE(logic_detail::edit_distance_below(a, b, limit) == std::min(levenshtein(a, b), limit));
+  }
+}
+
+TEST_CASE("rules: large hostile rule files parse in linear time", "[logic][parser]") {
+  // Before: the suggestion compared whole names (1 MB x 1 MB cells here: hours) and every name
+  // lookup scanned all declarations (150 000 of them: about a minute).
+  const auto seconds = [](const std::string& text, status& st) {
+    rule_set rs;
+    const auto t0 = std::chrono::steady_clock::now();
+    st = parse_rules(text, rs);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  status st;
+  const std::string long_name(1000000, 'a');
+  const double near_miss = seconds("open " + long_name + "/1.\n1: " + long_name.substr(1) + "b(X)\n", st);
+  CHECK(st.code() == errc::parse_error);
+  CHECK(st.message().find("did you mean") != std::string::npos);  // one edit away: still suggested
+  std::string many;
+  for (int i = 0; i < 150000; ++i) many += "open p" + std::to_string(i) + "/1.\n";
+  for (int i = 0; i < 150000; i += 2) many += "1: p" + std::to_string(i) + "(X) -> p" + std::to_string(i + 1) + "(X)\n";
+  const double declarations = seconds(many, st);
+  CHECK(st.ok());
+  const double unknown = seconds(many + "1: p7x(X)\n", st);
+  CHECK(st.message().find("did you mean 'p7'") != std::string::npos);
+  INFO("2 MB long-name file " << near_miss << " s, " << many.size() << "-byte declaration file " << declarations << " s, with an unknown name "
+                              << unknown << " s");
+  // A fixed bound far above the linear cost (tenths of a second, also under sanitizers) and far
+  // below the quadratic one.
+  CHECK(near_miss < 10);
+  CHECK(declarations < 10);
+  CHECK(unknown < 10);
 }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "../../examples/vqa_spatial_kd/src/dataset_io.hpp"
 #include "support/random.hpp"
 
@@ -288,4 +290,40 @@ TEST_CASE("dataset_io: corrupt bytes, truncation and trailing bytes are detected
     expect_regenerated(b, "invalid question record");
   }
   CHECK_FALSE(has_temp_files(dir.path));
+}
+
+TEST_CASE("dataset_io: a FIFO or a device in place of the file is refused without blocking, then replaced", "[vqa_example]") {
+  temp_dir dir("special");
+  const auto p = params(4);
+  const fs::path fifo = dir.path / "fifo.bin";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);  // no writer: a blocking read would wait forever
+  const auto r = vqa::read_dataset(fifo, &p);
+  CHECK(r.status == vqa::dataset_file_status::corrupt);
+  CHECK(r.message.find("not a regular file") != std::string::npos);
+  const fs::path zero = dir.path / "zero.bin";
+  fs::create_symlink("/dev/zero", zero);  // would be read until memory runs out
+  CHECK(vqa::read_dataset(zero, &p).status == vqa::dataset_file_status::corrupt);
+  // load_or_generate replaces the special file with a real dataset (the rename replaces the link)
+  std::ostringstream log;
+  vqa::load_outcome how{};
+  CHECK(vqa::load_or_generate(zero, p, &how, log) == vqa::generate_dataset(p));
+  CHECK(how == vqa::load_outcome::regenerated_corrupt);
+  CHECK(fs::is_regular_file(fs::symlink_status(zero)));
+}
+
+TEST_CASE("dataset_io: question counts whose sum would wrap are refused before any size is computed", "[vqa_example]") {
+  // 2^31 + 2^31 questions per image wrap to 0 in 32 bits, which would make an empty question
+  // section look consistent. Header resealed, so only the count check stands between.
+  temp_dir dir("wrap");
+  const fs::path f = dir.path / "d.bin";
+  auto p = params(3);
+  p.with_pixels = false;
+  vqa::write_dataset(f, vqa::generate_dataset(p));
+  auto b = read_bytes(f);
+  put_le(b, 32, 4, 0x80000000u);
+  put_le(b, 36, 4, 0x80000000u);
+  reseal_header(b);
+  const auto r = vqa::parse_dataset(b);
+  CHECK(r.status == vqa::dataset_file_status::corrupt);
+  CHECK(r.message.find("question counts") != std::string::npos);
 }

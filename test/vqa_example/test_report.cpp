@@ -206,23 +206,47 @@ TEST_CASE("report: results.json holds the configuration and the same numbers", "
   CHECK(s["seeds"][0]["test_accuracy"]["relational"].is_null());
 }
 
+TEST_CASE("report: results.json and curves.csv are replaced atomically, never rewritten in place", "[vqa_example]") {
+  // A second hard link to the old file keeps the old contents only when the new file is a new
+  // inode renamed into place (a truncating write would change both names' contents at once, and
+  // a crash in between would leave a truncated file).
+  temp_dir dir("atomic");
+  const fs::path json = dir.path / "results.json", csv = dir.path / "curves.csv";
+  const auto models = two_models();
+  nlohmann::json config;
+  config["run"] = 1;
+  vqa::write_results_json(json, config, models);
+  vqa::write_curves_csv(csv, std::vector<vqa::curve_point>{{"a", 1, 1, 0.5, 0.5, 0.5, 0.5, 1}});
+  fs::create_hard_link(json, dir.path / "results.json.before");
+  fs::create_hard_link(csv, dir.path / "curves.csv.before");
+  const std::string json_before = slurp(json), csv_before = slurp(csv);
+  config["run"] = 2;
+  vqa::write_results_json(json, config, models);
+  vqa::write_curves_csv(csv, std::vector<vqa::curve_point>{{"b", 2, 2, 0.25, 0.5, 0.5, 0.5, 2}});
+  CHECK(slurp(dir.path / "results.json.before") == json_before);
+  CHECK(slurp(dir.path / "curves.csv.before") == csv_before);
+  CHECK(nlohmann::json::parse(slurp(json))["config"]["run"] == 2);
+  CHECK(slurp(csv).find("\nb,2,2,") != std::string::npos);
+  for (const auto& e : fs::directory_iterator(dir.path)) CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
 TEST_CASE("report: curves.csv and the mean curves", "[vqa_example]") {
   temp_dir dir("csv");
   vqa::accuracy_metrics m;
   m.fill(0.0);
   m[vqa::metric_overall] = 0.75, m[vqa::metric_non_relational] = 0.8, m[vqa::metric_relational] = 0.7;
-  std::vector<vqa::curve_point> pts = {vqa::make_curve_point("baseline", 1, 2, m, 12.5),
-                                       {"a,\"b", 3, 1, 0.5, 0.25, 0.125, 1.0}};
+  std::vector<vqa::curve_point> pts = {vqa::make_curve_point("baseline", 1, 2, 0.1, m, 12.5),
+                                       {"a,\"b", 3, 1, 2.5, 0.5, 0.25, 0.125, 1.0}};
   vqa::write_curves_csv(dir.path / "curves.csv", pts);
   CHECK(slurp(dir.path / "curves.csv") ==
-        "model,seed,epoch,test_overall,test_non_relational,test_relational,seconds\n"
-        "baseline,1,2,0.75,0.8,0.7,12.500\n"
-        "\"a,\"\"b\",3,1,0.5,0.25,0.125,1.000\n");
+        "model,seed,epoch,train_loss,test_overall,test_non_relational,test_relational,seconds\n"
+        "baseline,1,2,0.10000000000000001,0.75,0.8,0.7,12.500\n"  // 17 digits: the double exactly
+        "\"a,\"\"b\",3,1,2.5,0.5,0.25,0.125,1.000\n");
 
   // Mean over seeds per model and epoch, models in order of first appearance.
-  const std::vector<vqa::curve_point> runs = {{"s", 1, 1, 0.5, 0.6, 0.4, 1}, {"s", 2, 1, 0.7, 0.8, 0.6, 1},
-                                              {"b", 1, 1, 0.1, 0.2, 0.3, 1}, {"s", 1, 2, 0.9, 1.0, 0.8, 2},
-                                              {"s", 2, 2, 0.7, 0.8, 0.6, 2}};
+  const std::vector<vqa::curve_point> runs = {{"s", 1, 1, 0, 0.5, 0.6, 0.4, 1}, {"s", 2, 1, 0, 0.7, 0.8, 0.6, 1},
+                                              {"b", 1, 1, 0, 0.1, 0.2, 0.3, 1}, {"s", 1, 2, 0, 0.9, 1.0, 0.8, 2},
+                                              {"s", 2, 2, 0, 0.7, 0.8, 0.6, 2}};
   const auto c = vqa::mean_curves(runs);
   REQUIRE(c.size() == 2);
   CHECK(c[0].model == "s");
@@ -239,7 +263,7 @@ TEST_CASE("report: the accuracy plot through gnuplot, or a message without it", 
   for (int model = 0; model < 2; ++model)
     for (int seed = 1; seed <= 2; ++seed)
       for (int e = 1; e <= 4; ++e)
-        pts.push_back({model ? "student_b's" : "baseline", std::uint64_t(seed), e, 0.5 + 0.1 * e, 0.6 + 0.05 * e, 0.4 + 0.1 * e, e * 2.0});
+        pts.push_back({model ? "student_b's" : "baseline", std::uint64_t(seed), e, 1.0 / e, 0.5 + 0.1 * e, 0.6 + 0.05 * e, 0.4 + 0.1 * e, e * 2.0});
 
   const auto missing = vqa::plot_curves(pts, dir.path / "none.png", "distill-no-such-gnuplot");
   CHECK_FALSE(missing.written);

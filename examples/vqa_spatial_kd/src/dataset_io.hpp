@@ -28,8 +28,9 @@
 // 10 000 images with pixels make a 171 MB file; without pixels, 1.8 MB.
 //
 // Checks on reading, in order (the first failure decides):
-//   missing file → generate; shorter than the header, wrong magic, or header checksum mismatch →
-//   corrupt; other format/generator version, other parameters or other geometry → changed;
+//   missing file → generate; not a regular file (FIFO, device) or unreadable, shorter than the
+//   header, wrong magic, or header checksum mismatch → corrupt; other format/generator version,
+//   other parameters or other geometry → changed;
 //   payload size inconsistent with the parameters, file size ≠ 72 + payload bytes (truncated or
 //   trailing bytes), payload checksum mismatch, or a decoded record out of range or whose answer
 //   disagrees with the scene → corrupt.
@@ -41,7 +42,6 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <span>
 #include <sstream>
@@ -145,9 +145,15 @@ struct dataset_read_result {
   dataset data;         // filled when ok
 };
 
-/// Reads and fully verifies a dataset file. With `expected`, a file made with other parameters
-/// is reported as `changed` before its payload is read.
-inline dataset_read_result read_dataset(const std::filesystem::path& path, const generator_params* expected = nullptr) {
+/// The largest file the format can describe (2^32 - 1 images with pixels and the most questions):
+/// read_dataset reads no more than this.
+inline constexpr std::uint64_t dataset_max_file_bytes =
+    dataset_header_bytes + std::uint64_t{0xFFFFFFFFu} * (object_count * scene_record_bytes +
+                                                       2 * max_questions_per_kind * question_record_bytes + image_bytes);
+
+/// Verifies and decodes the bytes of a dataset file (the checks of read_dataset, in its order).
+/// Takes the bytes by value: the pixels are moved out of them, not copied.
+inline dataset_read_result parse_dataset(std::vector<std::uint8_t> bytes, const generator_params* expected = nullptr) {
   using namespace dataset_io_detail;
   dataset_read_result r;
   auto fail = [&](dataset_file_status s, std::string m) {
@@ -156,23 +162,14 @@ inline dataset_read_result read_dataset(const std::filesystem::path& path, const
     r.data = {};
     return r;
   };
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return fail(dataset_file_status::missing, "missing");
-  const std::uintmax_t file_bytes = std::filesystem::file_size(path, ec);
-  if (ec) return fail(dataset_file_status::corrupt, "cannot read its size: " + ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return fail(dataset_file_status::corrupt, "cannot be opened");
+  const std::uint64_t file_bytes = bytes.size();
   if (file_bytes < dataset_header_bytes)
     return fail(dataset_file_status::corrupt, "truncated: " + std::to_string(file_bytes) + " bytes, shorter than the 72-byte header");
 
-  std::array<std::uint8_t, dataset_header_bytes> h{};
-  if (!in.read(reinterpret_cast<char*>(h.data()), static_cast<std::streamsize>(h.size())))
-    return fail(dataset_file_status::corrupt, "cannot read the header");
+  const std::uint8_t* h = bytes.data();
   for (int i = 0; i < 8; ++i)
     if (h[i] != static_cast<std::uint8_t>(dataset_magic[i])) return fail(dataset_file_status::corrupt, "not a Sort-of-CLEVR dataset file (bad magic)");
-  fnv1a64 hc;
-  hc.update(std::span<const std::uint8_t>(h.data(), 64));
-  if (hc.value() != get_le64(&h[64])) return fail(dataset_file_status::corrupt, "header checksum mismatch");
+  if (fnv1a64::of({h, 64}) != get_le64(&h[64])) return fail(dataset_file_status::corrupt, "header checksum mismatch");
 
   const std::uint32_t format = get_le32(&h[8]), gen = get_le32(&h[12]);
   if (format != dataset_format_version)
@@ -193,27 +190,22 @@ inline dataset_read_result read_dataset(const std::filesystem::path& path, const
   const auto g = geometry_bytes();
   for (int i = 0; i < 4; ++i)
     if (h[44 + i] != g[i]) return fail(dataset_file_status::changed, "scene geometry (image size, objects, sizes) differs from this program's");
+  // Checked before any size is computed from them: their sum must not wrap.
   if (p.non_relational_per_image > static_cast<std::uint32_t>(max_questions_per_kind) ||
       p.relational_per_image > static_cast<std::uint32_t>(max_questions_per_kind))
     return fail(dataset_file_status::corrupt, "invalid question counts in the header");
 
-  const payload_layout lay = layout_of(p);
+  const payload_layout lay = layout_of(p);  // at most 2^32 images x a few kB: no 64-bit overflow
   const std::uint64_t payload_bytes = get_le64(&h[48]);
   if (payload_bytes != lay.total()) return fail(dataset_file_status::corrupt, "payload size in the header does not match its parameters");
   if (file_bytes != dataset_header_bytes + payload_bytes)
     return fail(dataset_file_status::corrupt, (file_bytes < dataset_header_bytes + payload_bytes ? "truncated: " : "trailing bytes: ") +
                                                   std::to_string(file_bytes) + " bytes, the header says " +
                                                   std::to_string(dataset_header_bytes + payload_bytes));
-
-  std::vector<std::uint8_t> scene_bytes(lay.scene_bytes), question_bytes(lay.question_bytes);
-  r.data.pixels.resize(lay.pixel_bytes);
-  fnv1a64 pc;
-  for (auto* buf : {&scene_bytes, &question_bytes, &r.data.pixels}) {
-    if (!in.read(reinterpret_cast<char*>(buf->data()), static_cast<std::streamsize>(buf->size())))
-      return fail(dataset_file_status::corrupt, "read error in the payload");
-    pc.update(*buf);
-  }
-  if (pc.value() != get_le64(&h[56])) return fail(dataset_file_status::corrupt, "payload checksum mismatch");
+  const std::uint8_t* scene_bytes = h + dataset_header_bytes;
+  const std::uint8_t* question_bytes = scene_bytes + lay.scene_bytes;
+  if (fnv1a64::of({scene_bytes, static_cast<std::size_t>(payload_bytes)}) != get_le64(&h[56]))
+    return fail(dataset_file_status::corrupt, "payload checksum mismatch");
 
   // Decode, and check every record (a checksum collision or a bug must not slip through).
   dataset& d = r.data;
@@ -221,7 +213,7 @@ inline dataset_read_result read_dataset(const std::filesystem::path& path, const
   d.scenes.resize(p.images);
   for (std::uint32_t k = 0; k < p.images; ++k)
     for (int i = 0; i < object_count; ++i) {
-      const std::uint8_t* b = scene_bytes.data() + (std::size_t{k} * object_count + i) * scene_record_bytes;
+      const std::uint8_t* b = scene_bytes + (std::size_t{k} * object_count + i) * scene_record_bytes;
       if (b[0] < centre_min || b[0] >= centre_max_exclusive || b[1] < centre_min || b[1] >= centre_max_exclusive || b[2] != i || b[3] > 1)
         return fail(dataset_file_status::corrupt, "invalid object record in image " + std::to_string(k));
       d.scenes[k].objects[i] = object_state{b[0], b[1], b[2], static_cast<shape>(b[3])};
@@ -229,15 +221,38 @@ inline dataset_read_result read_dataset(const std::filesystem::path& path, const
   const std::uint32_t per_image = p.questions_per_image();
   d.questions.resize(std::size_t{p.images} * per_image);
   for (std::size_t i = 0; i < d.questions.size(); ++i) {
-    const std::uint8_t* b = question_bytes.data() + i * question_record_bytes;
+    const std::uint8_t* b = question_bytes + i * question_record_bytes;
     question q{get_le32(b), b[4], static_cast<question_type>(b[5]), b[6]};
     if (q.image != i / per_image || q.colour >= object_count || b[5] >= question_type_count || b[7] != 0 ||
         q.answer != answer_question(d.scenes[q.image], q.colour, q.type))
       return fail(dataset_file_status::corrupt, "invalid question record " + std::to_string(i));
     d.questions[i] = q;
   }
+  // The pixels are the tail of the file: keep them in place (a move, not a 171 MB copy).
+  bytes.erase(bytes.begin(), bytes.end() - static_cast<std::ptrdiff_t>(lay.pixel_bytes));
+  d.pixels = std::move(bytes);
   r.status = dataset_file_status::ok;
   return r;
+}
+
+/// Reads and fully verifies a dataset file (a regular file: a FIFO or device is corrupt, never
+/// waited on or read forever). With `expected`, a file made with other parameters is reported
+/// as `changed`.
+inline dataset_read_result read_dataset(const std::filesystem::path& path, const generator_params* expected = nullptr) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    dataset_read_result r;
+    r.message = "missing";
+    return r;
+  }
+  std::vector<std::uint8_t> bytes;
+  if (const distill::status st = distill::read_file("read_dataset", path.string(), bytes, dataset_max_file_bytes); !st.ok()) {
+    dataset_read_result r;
+    r.status = dataset_file_status::corrupt;
+    r.message = "cannot be read: " + st.message();
+    return r;
+  }
+  return parse_dataset(std::move(bytes), expected);
 }
 
 /// Writes a dataset atomically (temporary file, flush to disk, rename). Throws std::runtime_error

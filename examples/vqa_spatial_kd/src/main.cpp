@@ -8,8 +8,6 @@
 //
 //   vqa_spatial_kd --preset cpu-small|paper|smoke [--pixels] [--seeds 3] [--out DIR] [overrides]
 
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,21 +18,19 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "render.hpp"  // first: it owns the stb_image_write implementation
 #include "batching.hpp"
+#include "config.hpp"
 #include "dataset_io.hpp"
 #include "../../common/progress.hpp"
+#include "distill/core/file_io.hpp"
+#include "distill/nn/checkpoint.hpp"
 #include "logic_masks.hpp"
 #include "report.hpp"
 #include "runner.hpp"
 #include "sort_of_clevr.hpp"
-
-#ifndef DISTILL_VQA_RULES_DIR
-#define DISTILL_VQA_RULES_DIR "rules"
-#endif
 
 namespace fs = std::filesystem;
 using namespace vqa;
@@ -42,87 +38,6 @@ using examples::progress_bar;
 using examples::progress_options;
 
 namespace {
-
-// ---- configuration: a preset, then the command line's overrides ------------------------------
-
-struct run_options {
-  std::string preset = "cpu-small";
-  bool pixels = false;
-  int seeds = 3;
-  std::uint64_t first_seed = 1;
-  std::uint64_t data_seed = 1;
-  std::string out = "vqa_out";
-  std::string data_dir;  // default: <out>/data
-  std::string rules_dir = DISTILL_VQA_RULES_DIR;
-  std::string device = "auto";
-  int epochs = 12;
-  int train_images = 5000;
-  int test_images = 1000;
-  int render = 8;
-  bool resume = false;
-  std::vector<std::string> models;  // default: all five
-  model_spec arch;                  // g, f and scorer sizes of every model
-  int student_g_hidden = 0;         // 0: same as the others
-  train_config train;
-};
-
-void apply_preset(run_options& o) {
-  if (o.preset == "cpu-small") {  // state descriptions, sized for 2 CPU cores (see README)
-    o.train_images = 5000, o.test_images = 1000, o.epochs = 12, o.seeds = 3;
-    o.arch.g_hidden = 128, o.arch.g_layers = 3, o.arch.f_hidden = {128}, o.arch.scorer_hidden = 128;
-    o.train.lr = 1e-3, o.train.batch = 64, o.train.f_dropout = 0.0;
-  } else if (o.preset == "paper") {  // Santoro et al. / kimhc6028: g 4x256, f 256-256-dropout-10, Adam 1e-4
-    o.train_images = 10000, o.test_images = 1000, o.epochs = 40, o.seeds = 1;
-    o.arch.g_hidden = 256, o.arch.g_layers = 4, o.arch.f_hidden = {256, 256}, o.arch.scorer_hidden = 256;
-    o.train.lr = 1e-4, o.train.batch = 64, o.train.f_dropout = 0.5;
-  } else if (o.preset == "smoke") {  // seconds: for tests and a first look
-    o.train_images = 300, o.test_images = 60, o.epochs = 2, o.seeds = 1, o.render = 2;
-    o.arch.g_hidden = 32, o.arch.g_layers = 2, o.arch.f_hidden = {32}, o.arch.scorer_hidden = 16;
-    o.train.lr = 1e-3, o.train.batch = 32, o.train.f_dropout = 0.0;
-  } else {
-    throw std::invalid_argument("--preset must be cpu-small, paper or smoke, not '" + o.preset + "'");
-  }
-}
-
-const std::vector<std::string> all_models = {"baseline", "teacher_logic", "teacher_predicted", "student_logits", "student_attention"};
-
-model_spec spec_of(const std::string& name, const run_options& o) {
-  model_spec s = o.arch;
-  s.name = name;
-  if (name == "baseline") {
-    s.title = "baseline RN";
-  } else if (name == "teacher_logic") {
-    s.title = "teacher (logic mask)", s.mask = mask_source::logic, s.is_teacher = true;
-  } else if (name == "teacher_predicted") {
-    s.title = "teacher (predicted mask)", s.mask = mask_source::predicted, s.supervise_pairs = true;
-  } else if (name == "student_logits") {
-    s.title = "student (a) logit KD", s.distill_logits = true, s.distill_features = o.pixels;
-  } else if (name == "student_attention") {
-    s.title = "student (b) pair-attention KD", s.mask = mask_source::predicted, s.distill_logits = true, s.distill_pairs = true,
-    s.distill_features = o.pixels;
-  } else {
-    throw std::invalid_argument("unknown model '" + name + "' (known: baseline, teacher_logic, teacher_predicted, student_logits, student_attention)");
-  }
-  if (o.student_g_hidden > 0 && (name == "student_logits" || name == "student_attention")) s.g_hidden = o.student_g_hidden;
-  return s;
-}
-
-nlohmann::json config_json(const run_options& o, const std::string& device) {
-  nlohmann::json j;
-  j["preset"] = o.preset, j["pixels"] = o.pixels, j["seeds"] = o.seeds, j["first_seed"] = o.first_seed;
-  j["data_seed"] = o.data_seed, j["device"] = device, j["threads"] = o.train.threads;
-  j["epochs"] = o.epochs, j["train_images"] = o.train_images, j["test_images"] = o.test_images;
-  j["questions_per_image"] = 20, j["batch"] = o.train.batch, j["lr"] = o.train.lr, j["optimizer"] = "adam";
-  j["g_hidden"] = o.arch.g_hidden, j["g_layers"] = o.arch.g_layers, j["f_hidden"] = o.arch.f_hidden;
-  j["f_dropout"] = o.train.f_dropout, j["scorer_hidden"] = o.arch.scorer_hidden, j["student_g_hidden"] = o.student_g_hidden;
-  j["alpha"] = o.train.alpha, j["temperature"] = o.train.temperature, j["pair_weight"] = o.train.pair_weight;
-  j["attention_weight"] = o.train.attention_weight, j["models"] = o.models;
-  if (o.pixels) {
-    j["cnn_channels"] = o.train.cnn_channels, j["at_weight"] = o.train.at_weight, j["adain_weight"] = o.train.adain_weight;
-    j["nce_weight"] = o.train.nce_weight, j["nce_temperature"] = o.train.nce_temperature, j["queue_size"] = o.train.queue_size;
-  }
-  return j;
-}
 
 // ---- data: the dataset, its state inputs and the logic masks of every question ---------------
 
@@ -253,10 +168,42 @@ std::string checkpoint_path(const run_options& o, const std::string& model, std:
   return (fs::path(o.out) / "checkpoints" / (model + "-seed" + std::to_string(seed) + ".ckpt")).string();
 }
 
+/// What a checkpoint holds besides the model's state (its "meta" string, JSON): the training
+/// settings it was made with, the training time so far and the curve so far.
+nlohmann::json checkpoint_meta(const nlohmann::json& settings, double seconds, const std::vector<curve_point>& curve) {
+  nlohmann::json meta;
+  meta["settings"] = settings;
+  meta["seconds"] = seconds;
+  meta["curve"] = nlohmann::json::array();
+  for (const auto& p : curve)
+    meta["curve"].push_back({{"epoch", p.epoch}, {"train_loss", p.train_loss}, {"overall", p.overall}, {"non_relational", p.non_relational},
+                             {"relational", p.relational}, {"seconds", p.seconds}});
+  return meta;
+}
+
+/// --resume: the meta of an existing checkpoint, refused (with the reason, naming every setting
+/// that differs) unless it was made with `settings`: a resumed run must be the uninterrupted run.
+nlohmann::json resumable_meta(const std::string& ckpt, const std::string& what, const nlohmann::json& settings) {
+  const std::string cannot = "--resume: cannot continue " + what + " from " + ckpt + ": ";
+  const std::string start_over = " (to start this model over, delete the file or use another --out)";
+  distill::nn::checkpoint ck;
+  std::string text;
+  if (const distill::status st = distill::nn::checkpoint::load(ckpt, ck); !st.ok()) throw std::runtime_error(cannot + st.to_string() + start_over);
+  if (const distill::status st = ck.get_string("meta", text); !st.ok()) throw std::runtime_error(cannot + st.to_string() + start_over);
+  const nlohmann::json meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!meta.is_object() || !meta.contains("settings") || !meta["settings"].is_object() || !meta.contains("curve") || !meta.contains("seconds"))
+    throw std::runtime_error(cannot + "its metadata is not this program's (an older version?)" + start_over);
+  if (const std::string diff = settings_mismatch(meta["settings"], settings); !diff.empty())
+    throw std::runtime_error(cannot + "it was trained with other settings: " + diff +
+                             ". Resume with the settings it was made with, or delete the checkpoint or use another --out to start over");
+  return meta;
+}
+
 /// Trains one model for one seed (resuming from its checkpoint when asked), evaluating on the
-/// test set after every epoch.
-trained train_model(const model_spec& spec, std::uint64_t seed, const run_options& o, const std::string& device, const split_data& train,
-                    const split_data& test, model_runner* teacher, std::vector<curve_point>& curves) {
+/// test set after every epoch and checkpointing after every epoch (a failed save stops the run:
+/// a later --resume must be able to continue from every finished epoch).
+trained train_model(const model_spec& spec, std::uint64_t seed, const run_options& o, const std::string& device, const nlohmann::json& settings,
+                    const split_data& train, const split_data& test, model_runner* teacher, std::vector<curve_point>& curves) {
   train_config cfg = o.train;
   cfg.seed = seed;
   trained t{make_runner(device, spec, cfg), {}};
@@ -265,21 +212,17 @@ trained train_model(const model_spec& spec, std::uint64_t seed, const run_option
   double seconds = 0;
   std::vector<curve_point> mine;
   const std::string ckpt = checkpoint_path(o, spec.name, seed);
+  const std::string what = spec.name + " seed " + std::to_string(seed);
   if (o.resume && fs::exists(ckpt)) {
-    std::string meta;
-    const distill::status st = t.model->load(ckpt, start_epoch, meta);
-    if (st.ok()) {
-      const auto j = nlohmann::json::parse(meta);
-      seconds = j.at("seconds").get<double>();
-      for (const auto& p : j.at("curve"))
-        mine.push_back({spec.name, seed, p.at("epoch").get<int>(), p.at("overall").get<double>(), p.at("non_relational").get<double>(),
-                        p.at("relational").get<double>(), p.at("seconds").get<double>()});
-      std::cerr << "  resumed " << spec.name << " seed " << seed << " after epoch " << start_epoch << "\n";
-    } else {
-      std::cerr << "  not resuming " << spec.name << " seed " << seed << ": " << st.to_string() << "\n";
-      t.model = make_runner(device, spec, cfg);
-      start_epoch = 0;
-    }
+    const nlohmann::json meta = resumable_meta(ckpt, what, settings);
+    std::string unused;
+    if (const distill::status st = t.model->load(ckpt, start_epoch, unused); !st.ok())
+      throw std::runtime_error("--resume: cannot continue " + what + " from " + ckpt + ": " + st.to_string());
+    seconds = meta.at("seconds").get<double>();
+    for (const auto& p : meta.at("curve"))
+      mine.push_back({spec.name, seed, p.at("epoch").get<int>(), p.at("train_loss").get<double>(), p.at("overall").get<double>(),
+                      p.at("non_relational").get<double>(), p.at("relational").get<double>(), p.at("seconds").get<double>()});
+    std::cerr << "  resumed " << what << " after epoch " << start_epoch << "\n";
   }
   const std::size_t Q = train.d.questions.size();
   const auto B = static_cast<std::size_t>(o.train.batch);
@@ -308,26 +251,44 @@ trained train_model(const model_spec& spec, std::uint64_t seed, const run_option
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     acc = evaluate(*t.model, test, o);
+    const double train_loss = loss_sum / static_cast<double>(std::max<std::size_t>(steps, 1));
     char s[96];
-    std::snprintf(s, sizeof s, "loss %.4f | test %.1f%% (non-rel %.1f%%, rel %.1f%%)", loss_sum / static_cast<double>(std::max<std::size_t>(steps, 1)),
-                  100 * acc.overall(), 100 * acc.non_relational(), 100 * acc.relational());
+    std::snprintf(s, sizeof s, "loss %.4f | test %.1f%% (non-rel %.1f%%, rel %.1f%%)", train_loss, 100 * acc.overall(),
+                  100 * acc.non_relational(), 100 * acc.relational());
     bar.set_suffix(s);
     bar.finish();
-    mine.push_back(make_curve_point(spec.name, seed, epoch + 1, acc.metrics(), seconds));
-    nlohmann::json meta;
-    meta["seconds"] = seconds;
-    meta["curve"] = nlohmann::json::array();
-    for (const auto& p : mine)
-      meta["curve"].push_back({{"epoch", p.epoch}, {"overall", p.overall}, {"non_relational", p.non_relational},
-                               {"relational", p.relational}, {"seconds", p.seconds}});
-    const distill::status st = t.model->save(ckpt, epoch + 1, meta.dump());
-    if (!st.ok()) std::cerr << "  warning: checkpoint not saved: " << st.to_string() << "\n";
+    mine.push_back(make_curve_point(spec.name, seed, epoch + 1, train_loss, acc.metrics(), seconds));
+    if (const distill::status st = t.model->save(ckpt, epoch + 1, checkpoint_meta(settings, seconds, mine).dump()); !st.ok())
+      throw std::runtime_error("checkpoint of " + what + " after epoch " + std::to_string(epoch + 1) + " not saved: " + st.to_string() +
+                               "; stopping, since --resume could not continue from it");
   }
   if (start_epoch >= o.epochs) acc = evaluate(*t.model, test, o);  // fully trained checkpoint
   t.result.test = acc.metrics();
   t.result.train_seconds = seconds;
   curves.insert(curves.end(), mine.begin(), mine.end());
   return t;
+}
+
+/// Fingerprint of the rule sets as parsed (canonical text: comments and layout do not count):
+/// the logic masks, and so every model's training, depend on them.
+std::uint64_t rules_fingerprint(const sort_of_clevr_rules& rules) {
+  distill::fnv1a64 h;
+  for (const auto& set : rules.sets) {
+    const std::string text = set.to_string();
+    h.update({reinterpret_cast<const unsigned char*>(text.data()), text.size() + 1});  // with the '\0' between sets
+  }
+  return h.value();
+}
+
+/// Fails unless files can be written into `folder` (through the atomic writer, as checkpoints
+/// are): found out before training, not after the first epoch.
+void require_writable(const fs::path& folder, const std::string& what) {
+  const std::string probe = (folder / ".write-test").string();
+  const unsigned char byte = 0;
+  if (const distill::status st = distill::write_file_atomically("vqa_spatial_kd", probe, std::span<const unsigned char>(&byte, 1)); !st.ok())
+    throw std::runtime_error("cannot write " + what + " into " + folder.string() + ": " + st.message());
+  std::error_code ec;
+  fs::remove(probe, ec);
 }
 
 /// PNG panels of a few test questions: the scene, the question, every model's answer, the logic
@@ -382,89 +343,10 @@ void render_examples(const split_data& test, const run_options& o, const std::ma
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Spatial Knowledge Distillation on Sort-of-CLEVR: a logic-mask teacher teaches students that see no mask"};
   run_options o;
-  std::string preset = "cpu-small";
-  app.add_option("--preset", preset, "cpu-small (state descriptions, 2 CPU cores), paper (Santoro et al. sizes; with --pixels for a GPU) or smoke")
-      ->check(CLI::IsMember({"cpu-small", "paper", "smoke"}))
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts/run.sh passes a default first
-  app.add_flag("--pixels", o.pixels, "learn from pixels: objects are the 25 cells of a 4-layer CNN");
-  auto* seeds = app.add_option("--seeds", o.seeds, "number of seeds (mean ± std over them)")->check(CLI::Range(1, 100));
-  app.add_option("--first-seed", o.first_seed, "seed of the first run (the others follow)");
-  app.add_option("--out", o.out, "output folder: results.json, curves.csv, curves.png, examples.png, checkpoints/")
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.add_option("--data-dir", o.data_dir, "where the dataset files live (default <out>/data)");
-  app.add_option("--rules", o.rules_dir, "folder of the rule files (non_relational/closest/furthest/count.rules)");
-  app.add_option("--device", o.device, "auto (CUDA when built with it and a GPU is present), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  app.add_option("--threads", o.train.threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
-  app.add_flag("--resume", o.resume, "continue from the checkpoints in <out>/checkpoints");
-  app.add_option("--models", o.models, "models to train (default all): baseline teacher_logic teacher_predicted student_logits student_attention");
-  // overrides of the preset
-  std::optional<int> epochs, train_images, test_images, batch, g_hidden, g_layers, scorer_hidden, student_g_hidden, render;
-  std::optional<double> lr, alpha, temperature, pair_weight, attention_weight, dropout, at_weight, adain_weight, nce_weight;
-  std::optional<std::vector<int>> f_hidden;
-  std::optional<std::uint64_t> data_seed;
-  app.add_option("--epochs", epochs, "training epochs per model")->check(CLI::Range(1, 100000));
-  app.add_option("--train-images", train_images, "training images (20 questions each)")->check(CLI::Range(1, 10000000));
-  app.add_option("--test-images", test_images, "test images (20 questions each)")->check(CLI::Range(1, 10000000));
-  app.add_option("--data-seed", data_seed, "seed of the generated dataset");
-  app.add_option("--batch", batch, "questions per step")->check(CLI::Range(1, 65536));
-  app.add_option("--lr", lr, "Adam learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--g-hidden", g_hidden, "width of g")->check(CLI::Range(1, 8192));
-  app.add_option("--g-layers", g_layers, "layers of g")->check(CLI::Range(1, 8));
-  app.add_option("--f-hidden", f_hidden, "hidden widths of f, e.g. --f-hidden 256 256");
-  app.add_option("--dropout", dropout, "dropout before f's last layer")->check(CLI::Range(0.0, 0.99));
-  app.add_option("--scorer-hidden", scorer_hidden, "hidden width of the pair scorer")->check(CLI::Range(1, 8192));
-  app.add_option("--student-g-hidden", student_g_hidden, "width of the students' g (smaller students)")->check(CLI::Range(1, 8192));
-  app.add_option("--alpha", alpha, "students: weight of the soft-target KL (1 - alpha on the labels)")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--temperature", temperature, "soft-target temperature")->check(CLI::PositiveNumber);
-  app.add_option("--pair-weight", pair_weight, "teacher (predicted mask): weight of the pair supervision")->check(CLI::NonNegativeNumber);
-  app.add_option("--attention-weight", attention_weight, "student (b): weight of the pair-attention distillation")->check(CLI::NonNegativeNumber);
-  app.add_option("--at-weight", at_weight, "pixels: attention-transfer beta")->check(CLI::NonNegativeNumber);
-  app.add_option("--adain-weight", adain_weight, "pixels: AdaIN statistics loss weight")->check(CLI::NonNegativeNumber);
-  app.add_option("--nce-weight", nce_weight, "pixels: token contrastive loss weight")->check(CLI::NonNegativeNumber);
-  app.add_option("--render", render, "example panels to draw into examples.png (0: none)")->check(CLI::Range(0, 64));
-  o.train.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  CLI11_PARSE(app, argc, argv);
+  if (const auto stop = parse_command_line(argc, argv, o, std::cout, std::cerr)) return *stop;
 
   try {
-    o.preset = preset;
-    const int threads = o.train.threads;
-    const int seeds_given = o.seeds;
-    apply_preset(o);
-    o.train.threads = threads;
-    if (seeds->count()) o.seeds = seeds_given;
-    if (epochs) o.epochs = *epochs;
-    if (train_images) o.train_images = *train_images;
-    if (test_images) o.test_images = *test_images;
-    if (data_seed) o.data_seed = *data_seed;
-    if (batch) o.train.batch = *batch;
-    if (lr) o.train.lr = *lr;
-    if (g_hidden) o.arch.g_hidden = *g_hidden;
-    if (g_layers) o.arch.g_layers = *g_layers;
-    if (f_hidden) o.arch.f_hidden = *f_hidden;
-    if (dropout) o.train.f_dropout = *dropout;
-    if (scorer_hidden) o.arch.scorer_hidden = *scorer_hidden;
-    if (student_g_hidden) o.student_g_hidden = *student_g_hidden;
-    if (alpha) o.train.alpha = *alpha;
-    if (temperature) o.train.temperature = *temperature;
-    if (pair_weight) o.train.pair_weight = *pair_weight;
-    if (attention_weight) o.train.attention_weight = *attention_weight;
-    if (at_weight) o.train.at_weight = *at_weight;
-    if (adain_weight) o.train.adain_weight = *adain_weight;
-    if (nce_weight) o.train.nce_weight = *nce_weight;
-    if (render) o.render = *render;
-    o.train.pixels = o.pixels;
-    if (o.models.empty()) o.models = all_models;
-    for (const auto& m : o.models) (void)spec_of(m, o);  // reject unknown names early
-    const bool students = std::count(o.models.begin(), o.models.end(), "student_logits") ||
-                          std::count(o.models.begin(), o.models.end(), "student_attention");
-    if (students && !std::count(o.models.begin(), o.models.end(), "teacher_logic"))
-      o.models.insert(o.models.begin(), "teacher_logic");  // the students' teacher
-    std::stable_sort(o.models.begin(), o.models.end(), [](const std::string& a, const std::string& b) {
-      return std::find(all_models.begin(), all_models.end(), a) < std::find(all_models.begin(), all_models.end(), b);
-    });
-
     // device
     std::string device = o.device, device_name = "CPU (" + std::to_string(o.train.threads) + " threads)";
 #if defined(DISTILL_VQA_WITH_CUDA)
@@ -479,6 +361,8 @@ int main(int argc, char** argv) {
     device = "cpu";
 #endif
     fs::create_directories(fs::path(o.out) / "checkpoints");
+    require_writable(fs::path(o.out) / "checkpoints", "checkpoints");  // without them --resume could not continue
+    require_writable(o.out, "results");
     if (o.data_dir.empty()) o.data_dir = (fs::path(o.out) / "data").string();
     fs::create_directories(o.data_dir);
     std::cerr << "vqa_spatial_kd: preset " << o.preset << (o.pixels ? " (pixels)" : " (state descriptions)") << ", " << o.seeds
@@ -489,6 +373,7 @@ int main(int argc, char** argv) {
     distill::rule_error rerr;
     if (const distill::status st = load_sort_of_clevr_rules(o.rules_dir, rules, &rerr); !st.ok())
       throw std::runtime_error(st.to_string() + " (pass --rules DIR)");
+    const nlohmann::json settings = training_settings(o, device, rules_fingerprint(rules));
     auto load_split = [&](dataset_split split, int images) {
       generator_params p;
       p.seed = o.data_seed, p.split = split, p.images = static_cast<std::uint32_t>(images), p.with_pixels = o.pixels;
@@ -518,7 +403,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<model_runner> teacher;
       for (std::size_t mi = 0; mi < o.models.size(); ++mi) {
         const model_spec spec = spec_of(o.models[mi], o);
-        trained t = train_model(spec, seed, o, device, train, test, spec.distill_logits ? teacher.get() : nullptr, curves);
+        trained t = train_model(spec, seed, o, device, settings, train, test, spec.distill_logits ? teacher.get() : nullptr, curves);
         results[mi].seeds.push_back(t.result);
         const auto& r = t.result.test;
         std::cerr << "  " << spec.title << " seed " << seed << ": non-relational " << report_detail::fixed(100 * r[metric_non_relational], 1)

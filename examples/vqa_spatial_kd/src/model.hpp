@@ -112,6 +112,7 @@ class rn_model final : public model_runner, public teacher_signals<Space> {
     ck.put_int("dropout_offset", static_cast<std::int64_t>(net_.dropout().offset));
     ck.put_string("meta", meta);
     ck.put_string("model", spec_.name);
+    DISTILL_TRY(objective_.save_state(ck));
     return ck.save(path);
   }
 
@@ -129,6 +130,7 @@ class rn_model final : public model_runner, public teacher_signals<Space> {
     DISTILL_TRY(ck.get_int("epoch", e));
     DISTILL_TRY(ck.get_int("dropout_offset", offset));
     DISTILL_TRY(ck.get_string("meta", meta));
+    DISTILL_TRY(objective_.load_state(ck, path));
     epoch = static_cast<int>(e);
     net_.dropout().offset = static_cast<std::uint64_t>(offset);
     return {};

@@ -25,6 +25,7 @@
 #include "distill/features/adain.hpp"
 #include "distill/losses/kl_teacher_student.hpp"
 #include "distill/nn/blas.hpp"
+#include "distill/nn/checkpoint.hpp"
 #include "distill/nn/cross_entropy.hpp"
 #include "distill/nn/tensor.hpp"
 #include "distill/relational/pair_scorer.hpp"
@@ -160,6 +161,25 @@ class kd_objective final : public gradient_hooks<Space> {
   distill::status end_step() {
     if (!distils_features() || !teacher_) return {};
     return distill::sample_queue_enqueue(ctx_, queue_, teacher_->tokens());
+  }
+
+  /// The contrastive queue is training state like the weights: checkpoints hold its image (keys,
+  /// write position, fill), so a resumed student sees the same negatives as an uninterrupted one.
+  distill::status save_state(distill::nn::checkpoint& ck) const {
+    if (queue_keys_.size() == 0) return {};
+    std::vector<unsigned char> image;
+    DISTILL_TRY(distill::sample_queue_serialize(ctx_, queue_, image));
+    return ck.put("state/contrastive_queue", image.data(), {static_cast<distill::index_t>(image.size())});
+  }
+  distill::status load_state(const distill::nn::checkpoint& ck, const std::string& path) {
+    const auto* e = ck.find("state/contrastive_queue");
+    if (!e) {
+      if (cfg_.pixels && spec_.distill_features)  // a student past its first epoch always has one
+        return distill::fail(distill::errc::corrupt_data, "kd_objective::load_state", "'" + path + "' holds no contrastive queue");
+      return {};
+    }
+    if (queue_keys_.size() == 0) DISTILL_TRY(make_queue(cfg_.cnn_channels));
+    return distill::sample_queue_deserialize(ctx_, queue_, e->bytes);
   }
 
  private:

@@ -19,8 +19,12 @@
 //                  "models": [{"name", "test_accuracy": {metric: {"mean", "std", "n"}},
 //                              "train_seconds": {"mean", "std", "n"},
 //                              "seeds": [{"seed", "test_accuracy": {metric: value}, "train_seconds"}]}]}
-//   curves.csv    model,seed,epoch,test_overall,test_non_relational,test_relational,seconds
-//                 (one row per model, seed and epoch; seconds = training time so far)
+//   curves.csv    model,seed,epoch,train_loss,test_overall,test_non_relational,test_relational,seconds
+//                 (one row per model, seed and epoch; train_loss = the epoch's mean training loss,
+//                 written with 17 significant digits so that it identifies the run exactly;
+//                 seconds = training time so far)
+//   Both are written atomically (distill::write_file_atomically): a crash leaves the previous
+//   file or the new one, never a truncated one.
 //   curves.png    test accuracy per epoch (overall, non-relational, relational), mean over seeds,
 //                 one line per model, drawn by gnuplot (pngcairo when gnuplot has it, else png);
 //                 the script is kept beside it as curves.gp. Without gnuplot the plot is skipped
@@ -33,7 +37,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <span>
@@ -220,22 +223,24 @@ struct curve_point {
   std::string model;
   std::uint64_t seed = 0;
   int epoch = 0;  // 1-based
+  double train_loss = 0;  // mean training loss of the epoch
   double overall = 0, non_relational = 0, relational = 0;
   double seconds = 0;  // training time so far
 };
 
-inline curve_point make_curve_point(std::string model, std::uint64_t seed, int epoch, const accuracy_metrics& m, double seconds) {
-  return {std::move(model), seed, epoch, m[metric_overall], m[metric_non_relational], m[metric_relational], seconds};
+inline curve_point make_curve_point(std::string model, std::uint64_t seed, int epoch, double train_loss, const accuracy_metrics& m,
+                                    double seconds) {
+  return {std::move(model), seed, epoch, train_loss, m[metric_overall], m[metric_non_relational], m[metric_relational], seconds};
 }
 
 using examples::csv_field;
 
 inline std::string curves_csv(std::span<const curve_point> points) {
-  std::string out = "model,seed,epoch,test_overall,test_non_relational,test_relational,seconds\n";
-  char buf[160];
+  std::string out = "model,seed,epoch,train_loss,test_overall,test_non_relational,test_relational,seconds\n";
+  char buf[200];
   for (const auto& p : points) {
-    std::snprintf(buf, sizeof buf, ",%llu,%d,%.6g,%.6g,%.6g,%.3f\n", static_cast<unsigned long long>(p.seed), p.epoch, p.overall,
-                  p.non_relational, p.relational, p.seconds);
+    std::snprintf(buf, sizeof buf, ",%llu,%d,%.17g,%.6g,%.6g,%.6g,%.3f\n", static_cast<unsigned long long>(p.seed), p.epoch, p.train_loss,
+                  p.overall, p.non_relational, p.relational, p.seconds);
     out += csv_field(p.model) + buf;
   }
   return out;

@@ -25,7 +25,8 @@
 //! enqueue replays with the write position it was captured with; capture the loss, enqueue
 //! outside the graph (or re-capture).
 //!
-//! Files (sample_queue_save / sample_queue_load), little-endian:
+//! Files (sample_queue_save / sample_queue_load; the same bytes in memory with
+//! sample_queue_serialize / sample_queue_deserialize), little-endian:
 //!   header (64 bytes)  "DSTLQUE1" magic, u32 version (1), u32 dtype code (1 f32, 2 f64, 3 bf16,
 //!                      4 f16), u32 element bytes, u32 flags (bit 0: ids present), u64 capacity K,
 //!                      u64 dim D, u64 write position, u64 fill count, u64 payload bytes
@@ -33,8 +34,9 @@
 //!   trailer            u64 FNV-1a 64 of header + payload
 //! Saving writes a temporary file in the same directory, fsyncs it, renames it over the target
 //! and fsyncs the directory, so a crash at any point leaves either the old or the new file.
-//! Loading reads and checks the whole file (magic, version, dtype, K, D, ids flag, sizes,
-//! checksum, state consistency) before touching the queue: a failed load leaves it unchanged.
+//! Loading reads a regular file no larger than the queue's own file would be, checks all of it
+//! (magic, version, dtype, K, D, ids flag, sizes with overflow checks, checksum, state
+//! consistency) before touching the queue: a failed load leaves it unchanged.
 
 #include <algorithm>
 #include <bit>
@@ -42,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -286,13 +289,19 @@ struct queue_file_meta {
   std::uint64_t capacity = 0, dim = 0, write_pos = 0, filled = 0, payload_bytes = 0;
 };
 
+/// Payload bytes of a queue file (keys K x D x elem, then ids K x 8 when flagged); false when
+/// the sizes, read from a file, overflow 64 bits.
+inline bool queue_payload_bytes(const queue_file_meta& m, std::uint64_t& bytes) {
+  std::uint64_t keys = 0, ids = 0;
+  return checked_mul(m.capacity, m.dim, keys) && checked_mul(keys, m.elem_bytes, keys) &&
+         checked_mul(m.capacity, (m.flags & 1u) ? 8 : 0, ids) && checked_add(keys, ids, bytes);
+}
+
 /// The whole file image (header + payload + checksum) for a queue whose keys and ids were
 /// already gathered densely into `payload` (keys K x D x elem bytes, then ids K x 8).
 inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std::vector<unsigned char>&& payload) {
-  std::vector<unsigned char> file;
-  file.resize(queue_file_header_bytes + payload.size() + 8);
+  std::vector<unsigned char> file(queue_file_header_bytes + payload.size() + 8, 0);  // zeros: the header's reserved bytes
   unsigned char* h = file.data();
-  std::memset(h, 0, queue_file_header_bytes);
   std::memcpy(h, queue_file_magic, 8);
   put_le32(h + 8, queue_file_version);
   put_le32(h + 12, m.dtype);
@@ -318,11 +327,11 @@ inline status write_queue_file(const char* fn, const std::string& path, const st
   return write_file_atomically(fn, path, file, w);
 }
 
-/// Check a file image against the queue it is loaded into; on success `payload` points at the
-/// keys (K x D x elem) followed by the ids (K x 8) when present.
-inline status parse_queue_file(const char* fn, const std::string& path, const std::vector<unsigned char>& file,
+/// Check a file image against the queue it is loaded into (`where` names it in messages: the
+/// path, or "image"); the keys (K x D x elem) follow the header, then the ids (K x 8) if present.
+inline status parse_queue_file(const char* fn, const std::string& where, std::span<const unsigned char> file,
                                const queue_file_meta& expect, queue_file_meta& got) {
-  const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "'" + path + "': " + what); };
+  const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "'" + where + "': " + what); };
   if (file.size() < queue_file_header_bytes + 8)
     return corrupt("truncated (" + std::to_string(file.size()) + " bytes, shorter than the header)");
   const unsigned char* h = file.data();
@@ -355,12 +364,23 @@ inline status parse_queue_file(const char* fn, const std::string& path, const st
     return corrupt(std::string("ids ") + ((got.flags & 1u) ? "present in the file but the queue has no id storage"
                                                             : "absent from the file but the queue has id storage"));
   if ((got.flags & ~1u) != 0) return corrupt("unknown flags " + std::to_string(got.flags));
-  const std::uint64_t want = got.capacity * got.dim * got.elem_bytes + ((got.flags & 1u) ? got.capacity * 8 : 0);
-  if (got.payload_bytes != want) return corrupt("payload size does not match K, D and the dtype");
+  std::uint64_t want = 0;
+  if (!queue_payload_bytes(got, want) || got.payload_bytes != want) return corrupt("payload size does not match K, D and the dtype");
   const bool state_ok = got.filled <= got.capacity && got.write_pos < std::max<std::uint64_t>(got.capacity, 1) &&
                         (got.filled == got.capacity || got.write_pos == got.filled);
   if (!state_ok) return corrupt("inconsistent write position / fill count");
   return {};
+}
+
+/// Read the file at `path` meant for a queue like `expect` (a regular file of exactly the size its
+/// K, D, dtype and ids give, larger files refused unread) and check it (parse_queue_file).
+inline status read_queue_file(const char* fn, const std::string& path, const queue_file_meta& expect, std::vector<unsigned char>& file,
+                              queue_file_meta& got) {
+  std::uint64_t payload = 0, size = 0;
+  if (!queue_payload_bytes(expect, payload) || !checked_add(payload, queue_file_header_bytes + 8, size))
+    return fail(errc::invalid_argument, fn, "the queue is too large to have a file");
+  DISTILL_TRY(read_file(fn, path, file, size));
+  return parse_queue_file(fn, path, file, expect, got);
 }
 
 template <class T, class Space>
@@ -374,6 +394,22 @@ queue_file_meta meta_of(const sample_queue<T, Space>& q) {
   m.write_pos = static_cast<std::uint64_t>(q.write_position());
   m.filled = static_cast<std::uint64_t>(q.size());
   return m;
+}
+
+/// Copy a file image that parse_queue_file accepted for `queue` into it: keys, ids and state.
+template <class T>
+status restore_queue_image(std::span<const unsigned char> file, const queue_file_meta& got, sample_queue<T, host_space>& queue) {
+  const index_t K = queue.capacity(), D = queue.dim();
+  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
+  const unsigned char* payload = file.data() + queue_file_header_bytes;
+  for (index_t j = 0; j < K; ++j) std::memcpy(queue.keys().row(j), payload + static_cast<std::size_t>(j) * row_bytes, row_bytes);
+  if (queue.has_ids())
+    for (index_t j = 0; j < K; ++j) {
+      std::int64_t id;
+      std::memcpy(&id, payload + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, 8);
+      queue.ids()(j) = id;
+    }
+  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
 }
 
 }  // namespace contrastive_detail
@@ -457,13 +493,12 @@ template <class T>
   return queue.restore_state(0, K);
 }
 
-/// Save keys, ids and state to `path` atomically (see the file comment for the format).
+/// The bytes sample_queue_save writes (header, keys, ids, state, checksum) in memory, e.g. to keep
+/// the queue inside a training checkpoint with the model it belongs to.
 template <class T>
-[[nodiscard]] status sample_queue_save(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, const std::string& path,
-                                       const queue_save_options& opt = {}) {
-  constexpr const char* fn = "sample_queue_save";
+[[nodiscard]] status sample_queue_serialize(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, std::vector<unsigned char>& image) {
   static_assert(std::endian::native == std::endian::little, "sample_queue files are little-endian; big-endian hosts are not supported");
-  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  DISTILL_TRY(contrastive_detail::check_queue("sample_queue_serialize", queue, false));
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
   std::vector<unsigned char> payload(static_cast<std::size_t>(K) * row_bytes + (queue.has_ids() ? static_cast<std::size_t>(K) * 8 : 0));
@@ -473,32 +508,44 @@ template <class T>
       const std::int64_t id = queue.ids()(j);
       std::memcpy(payload.data() + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, &id, 8);
     }
-  const auto file = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  image = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  return {};
+}
+
+/// Restore `queue` from bytes made by sample_queue_serialize (or read from a queue file), with
+/// sample_queue_load's checks; corrupt_data otherwise, and the queue is then unchanged.
+template <class T>
+[[nodiscard]] status sample_queue_deserialize(const cpu& /*ctx*/, sample_queue<T, host_space>& queue, std::span<const unsigned char> image) {
+  constexpr const char* fn = "sample_queue_deserialize";
+  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  contrastive_detail::queue_file_meta got;
+  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, "image", image, contrastive_detail::meta_of(queue), got));
+  return contrastive_detail::restore_queue_image(image, got, queue);
+}
+
+/// Save keys, ids and state to `path` atomically (see the file comment for the format).
+template <class T>
+[[nodiscard]] status sample_queue_save(const cpu& ctx, const sample_queue<T, host_space>& queue, const std::string& path,
+                                       const queue_save_options& opt = {}) {
+  constexpr const char* fn = "sample_queue_save";
+  DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  std::vector<unsigned char> file;
+  DISTILL_TRY(sample_queue_serialize(ctx, queue, file));
   return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 
 /// Load a file written by sample_queue_save into `queue` (same dtype, K, D and ids presence).
-/// Refused with corrupt_data (bad magic/version, truncated, checksum, mismatch) or io_error
-/// (cannot open/read); the queue is unchanged unless the call succeeds.
+/// Refused with corrupt_data (bad magic/version, truncated, larger than this queue's file,
+/// checksum, mismatch) or io_error (cannot open/read, not a regular file); the queue is
+/// unchanged unless the call succeeds.
 template <class T>
 [[nodiscard]] status sample_queue_load(const cpu& /*ctx*/, sample_queue<T, host_space>& queue, const std::string& path) {
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
-  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
-  const index_t K = queue.capacity(), D = queue.dim();
-  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
-  const unsigned char* payload = file.data() + contrastive_detail::queue_file_header_bytes;
-  for (index_t j = 0; j < K; ++j) std::memcpy(queue.keys().row(j), payload + static_cast<std::size_t>(j) * row_bytes, row_bytes);
-  if (queue.has_ids())
-    for (index_t j = 0; j < K; ++j) {
-      std::int64_t id;
-      std::memcpy(&id, payload + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, 8);
-      queue.ids()(j) = id;
-    }
-  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
+  DISTILL_TRY(contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), file, got));
+  return contrastive_detail::restore_queue_image(file, got, queue);
 }
 
 }  // namespace distill

@@ -2,20 +2,24 @@
 #pragma once
 //! @file
 //! The pieces every binary file format in distill shares: the FNV-1a 64 checksum, little-endian
-//! integers, atomic file replacement and whole-file reads. Formats built on them: sample-queue
-//! files (contrastive/sample_queue.hpp), checkpoints (nn/checkpoint.hpp) and the example's
-//! dataset files.
+//! integers, overflow-checked size arithmetic, atomic file replacement and whole-file reads.
+//! Formats built on them: sample-queue files (contrastive/sample_queue.hpp), checkpoints
+//! (nn/checkpoint.hpp) and the examples' dataset files.
 //!
 //!   std::vector<unsigned char> file = ...;                       // header, payload
 //!   append_le64(file, fnv1a64::of(file));                        // checksum trailer
 //!   DISTILL_TRY(write_file_atomically(fn, path, file));          // io_error on failure
 //!   ...
-//!   DISTILL_TRY(read_file(fn, path, file));
+//!   DISTILL_TRY(read_file(fn, path, file, largest_valid_size));  // regular files only
 //!
 //! write_file_atomically writes "<path>.tmp.XXXXXX" (mkstemp) in the same directory, fsyncs it,
 //! renames it over <path> (atomic on POSIX) and fsyncs the directory, so a crash at any point
 //! leaves either the old file or the new one, never a mixture. Its options carry test hooks that
 //! simulate a crash part-way through the temporary file.
+//!
+//! Every size read from a file is hostile until checked: multiply and add such sizes only with
+//! checked_mul / checked_add, which report overflow instead of wrapping (or, for signed types,
+//! invoking undefined behaviour), and compare the result with the bytes actually present.
 
 #include <algorithm>
 #include <cerrno>
@@ -26,6 +30,7 @@
 #include <filesystem>
 #include <initializer_list>
 #include <limits>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <system_error>
@@ -89,6 +94,20 @@ inline void append_le32(std::vector<unsigned char>& out, std::uint32_t v) {
 inline void append_le64(std::vector<unsigned char>& out, std::uint64_t v) {
   out.resize(out.size() + 8);
   put_le64(out.data() + out.size() - 8, v);
+}
+
+// ---- size arithmetic on values read from files ----
+/// out = a * b; false (out unchanged) when the product does not fit in 64 bits.
+[[nodiscard]] constexpr bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) noexcept {
+  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
+  out = a * b;
+  return true;
+}
+/// out = a + b; false (out unchanged) when the sum does not fit in 64 bits.
+[[nodiscard]] constexpr bool checked_add(std::uint64_t a, std::uint64_t b, std::uint64_t& out) noexcept {
+  if (b > std::numeric_limits<std::uint64_t>::max() - a) return false;
+  out = a + b;
+  return true;
 }
 
 /// Options of write_file_atomically. The last two are test hooks; production code leaves them.
@@ -218,25 +237,105 @@ inline status write_file_atomically(const char* fn, const std::string& path, std
   return write_file_atomically(fn, path, {bytes}, opt);
 }
 
-/// Read the whole file at `path` into `out` (replacing its contents); io_error, naming `fn`,
-/// when it cannot be opened or read.
-inline status read_file(const char* fn, const std::string& path, std::vector<unsigned char>& out) {
+/// Read the whole file at `path` into `out` (replacing its contents). Only regular files are
+/// read (a FIFO would block, a device such as /dev/zero never ends): anything else is an
+/// io_error, as is a file that cannot be opened or read or that changes size while it is read.
+/// A file larger than `max_bytes` (the largest the caller's format can hold) is corrupt_data,
+/// refused before anything is allocated. Errors name `fn`.
+inline status read_file(const char* fn, const std::string& path, std::vector<unsigned char>& out,
+                        std::uint64_t max_bytes = std::numeric_limits<std::uint64_t>::max()) {
   using file_io_detail::io_error;
+  out.clear();
+  const auto too_large = [&](std::uint64_t size) {
+    return status(errc::corrupt_data, std::string(fn) + ": '" + path + "' holds " + std::to_string(size) +
+                                          " bytes, more than the " + std::to_string(max_bytes) + " this format can hold");
+  };
+  const auto not_regular = [&](const std::string& kind) {
+    return io_error(fn, "'" + path + "' is not a regular file (" + kind + ")");
+  };
+#if DISTILL_FILE_IO_POSIX
+  // O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return io_error(fn, "cannot open '" + path + "'", err);
+  }
+  struct ::stat st{};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return io_error(fn, "cannot inspect '" + path + "'", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return not_regular(S_ISDIR(st.st_mode)    ? "a folder"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                                      : "a socket or other special file");
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size > max_bytes) {
+    ::close(fd);
+    return too_large(size);
+  }
+  try {
+    out.resize(static_cast<std::size_t>(size));
+  } catch (const std::exception&) {  // bad_alloc, or length_error beyond the address space
+    ::close(fd);
+    return io_error(fn, "not enough memory to read the " + std::to_string(size) + " bytes of '" + path + "'");
+  }
+  // Read exactly `size` bytes, then make sure nothing follows (the file changed under us).
+  std::size_t at = 0;
+  while (at < out.size()) {
+    const ::ssize_t got = ::read(fd, out.data() + at, out.size() - at);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      const int err = errno;
+      ::close(fd);
+      out.clear();
+      return io_error(fn, "reading '" + path + "' failed", err);
+    }
+    if (got == 0) break;
+    at += static_cast<std::size_t>(got);
+  }
+  unsigned char extra;
+  ::ssize_t more;
+  do more = ::read(fd, &extra, 1);
+  while (more < 0 && errno == EINTR);
+  ::close(fd);
+  if (at != out.size() || more != 0) {
+    out.clear();
+    return io_error(fn, "'" + path + "' changed size while it was read");
+  }
+  return {};
+#else
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    if (!std::filesystem::exists(path, ec)) return io_error(fn, "cannot open '" + path + "'", ENOENT);
+    return not_regular("a folder or special file");
+  }
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) return io_error(fn, "cannot inspect '" + path + "': " + ec.message());
+  if (size > max_bytes) return too_large(size);
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) {
     const int err = errno;
     return io_error(fn, "cannot open '" + path + "'", err);
   }
-  out.clear();
-  std::error_code ec;
-  const std::uintmax_t size_hint = std::filesystem::file_size(path, ec);
-  if (!ec) out.reserve(static_cast<std::size_t>(size_hint));
-  unsigned char buf[1 << 16];
-  for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;) out.insert(out.end(), buf, buf + got);
-  const bool failed = std::ferror(f) != 0;
+  try {
+    out.resize(static_cast<std::size_t>(size));
+  } catch (const std::exception&) {
+    std::fclose(f);
+    return io_error(fn, "not enough memory to read the " + std::to_string(size) + " bytes of '" + path + "'");
+  }
+  const bool complete = std::fread(out.data(), 1, out.size(), f) == out.size() && std::fgetc(f) == EOF && !std::ferror(f);
   std::fclose(f);
-  if (failed) return io_error(fn, "reading '" + path + "' failed");
+  if (!complete) {
+    out.clear();
+    return io_error(fn, "reading '" + path + "' failed or it changed size while it was read");
+  }
   return {};
+#endif
 }
 
 }  // namespace distill

@@ -43,13 +43,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <limits>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "distill/core/file_io.hpp"
 #include "distill/core/status.hpp"
 #include "distill/logic/scene.hpp"
 
@@ -305,18 +306,27 @@ struct ast_declaration {
 
 inline bool is_keyword(std::string_view s) noexcept { return s == "open" || s == "observed"; }
 
-// Levenshtein distance, for "did you mean" suggestions.
-inline std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+// Levenshtein distance of a and b when it is below `limit`, otherwise `limit` ("did you mean"
+// suggestions only want close names). Distances below the limit lie in the diagonal band
+// |i - j| < limit (Ukkonen 1985), so the cost is O(min(|a|, |b|) * limit), however long the
+// names of a hostile rule file are (the full table made an 80 KB file take seconds).
+inline std::size_t edit_distance_below(std::string_view a, std::string_view b, std::size_t limit) {
+  if (a.size() > b.size()) std::swap(a, b);
+  if (limit == 0 || b.size() - a.size() >= limit) return limit;
+  std::vector<std::size_t> row(b.size() + 1, limit);  // row i-1 of the table, capped at limit
+  for (std::size_t j = 0; j < std::min(b.size() + 1, limit); ++j) row[j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
+    const std::size_t lo = i >= limit ? i - limit + 1 : 1, hi = std::min(b.size(), i + limit - 1);
+    std::size_t diag = row[lo - 1];
+    row[lo - 1] = std::min(lo == 1 ? i : limit, limit);  // column 0, or the cell just left of the band
+    std::size_t smallest = row[lo - 1];
+    for (std::size_t j = lo; j <= hi; ++j) {
       const std::size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      row[j] = std::min({up + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1), limit});
       diag = up;
+      smallest = std::min(smallest, row[j]);
     }
+    if (smallest >= limit) return limit;  // every continuation only grows
   }
   return row[b.size()];
 }
@@ -516,14 +526,23 @@ namespace logic_detail {
 class rule_set_builder {
  public:
   static bool build(const std::vector<ast_declaration>& decls, const std::vector<ast_rule>& rules, rule_set& out, parser& err) {
+    // Names -> predicate index in a hash map: a file with many declarations resolves in linear
+    // time (rule_set::find_predicate's scan would make it quadratic).
+    std::unordered_map<std::string, int> index;
+    const auto find = [&](std::string_view name) {
+      const auto it = index.find(std::string(name));
+      return it == index.end() ? -1 : it->second;
+    };
+    for (std::size_t i = 0; i < out.predicates_.size(); ++i) index.emplace(out.predicates_[i].name, static_cast<int>(i));
     for (const auto& d : decls) {
-      const int existing = out.find_predicate(d.name);
+      const int existing = find(d.name);
       if (existing >= 0) {
         const logic_predicate& e = out.predicates_[static_cast<std::size_t>(existing)];
         if (e.kind == predicate_kind::builtin)
           return err.fail(d.line, d.column, "'" + std::string(d.name) + "' is a built-in predicate and cannot be declared");
         return err.fail(d.line, d.column, "'" + std::string(d.name) + "' is already declared at line " + std::to_string(e.line));
       }
+      index.emplace(std::string(d.name), static_cast<int>(out.predicates_.size()));
       out.predicates_.push_back({std::string(d.name), d.arity, d.kind, d.line, d.column});
     }
     for (const auto& ar : rules) {
@@ -535,7 +554,7 @@ class rule_set_builder {
       bool any_open = false;
       for (int part = 0; part < 2; ++part) {
         for (const auto& al : part == 0 ? ar.body : ar.head) {
-          const int p = out.find_predicate(al.name);
+          const int p = find(al.name);
           if (p < 0) return err.fail(al.line, al.column, unknown_message(out, al.name));
           const logic_predicate& pred = out.predicates_[static_cast<std::size_t>(p)];
           if (static_cast<int>(al.arguments.size()) != pred.arity)
@@ -580,17 +599,17 @@ class rule_set_builder {
 
   static std::string unknown_message(const rule_set& rs, std::string_view name) {
     std::string msg = "unknown predicate '" + std::string(name) + "'";
-    std::size_t best = 3;
-    std::string suggestion;
+    std::size_t best = 3;  // suggest names fewer than 3 edits away, or that `name` (4+ characters) begins
+    std::string_view suggestion;
     for (const auto& p : rs.predicates_) {
-      const std::size_t d = edit_distance(name, p.name);
-      const bool prefix = p.name.size() > name.size() && p.name.compare(0, name.size(), name) == 0 && name.size() >= 4;
+      const std::size_t d = edit_distance_below(name, p.name, best);
+      const bool prefix = p.name.size() > name.size() && name.size() >= 4 && p.name.compare(0, name.size(), name) == 0;
       if (d < best || (prefix && suggestion.empty())) {
         best = std::min(best, d);
         suggestion = p.name;
       }
     }
-    if (!suggestion.empty()) msg += " (did you mean '" + suggestion + "'?)";
+    if (!suggestion.empty()) msg += " (did you mean '" + std::string(suggestion) + "'?)";
     msg += "; declare it with 'open " + std::string(name) + "/arity.' or 'observed " + std::string(name) + "/arity.'";
     return msg;
   }
@@ -604,6 +623,8 @@ class rule_set_builder {
 /// the location and message.
 [[nodiscard]] inline status parse_rules(std::string_view text, rule_set& out, std::string_view source_name = "<rules>",
                                         rule_error* error = nullptr) {
+  if (text.size() >= static_cast<std::size_t>(std::numeric_limits<int>::max()))  // lines and columns are ints
+    return status(errc::invalid_argument, "parse_rules: " + std::string(source_name) + ": the text is 2 GiB or longer");
   std::vector<logic_detail::ast_declaration> decls;
   std::vector<logic_detail::ast_rule> rules;
   logic_detail::parser p(text);
@@ -620,14 +641,16 @@ class rule_set_builder {
   return {};
 }
 
-/// Reads a rule file and parses it (`io_error` when the file cannot be read).
+/// Largest rule file load_rules reads. Rule files are a few kilobytes; the cap keeps hostile
+/// input within what the parser's int line and column counters can count.
+inline constexpr std::uint64_t max_rule_file_bytes = std::uint64_t{64} << 20;
+
+/// Reads a rule file (a regular file of at most max_rule_file_bytes) and parses it: io_error
+/// when it cannot be read or is a FIFO or device, corrupt_data when it is larger.
 [[nodiscard]] inline status load_rules(const std::string& path, rule_set& out, rule_error* error = nullptr) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return status(errc::io_error, "load_rules: cannot open '" + path + "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return status(errc::io_error, "load_rules: cannot read '" + path + "'");
-  return parse_rules(text.str(), out, path, error);
+  std::vector<unsigned char> text;
+  DISTILL_TRY(read_file("load_rules", path, text, max_rule_file_bytes));
+  return parse_rules(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()), out, path, error);
 }
 
 }  // namespace distill

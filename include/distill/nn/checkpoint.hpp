@@ -15,10 +15,12 @@
 //! any single changed byte changes the checksum.
 //!
 //! Saving writes "<path>.tmp.XXXXXX" in the same directory, fsyncs it, renames it over <path>
-//! (atomic on POSIX) and fsyncs the directory (core/file_io.hpp's write_file_atomically). Loading verifies magic, version, byte order,
-//! checksum and every bound, and returns corrupt_data ("truncated", "checksum mismatch", ...)
-//! otherwise; restoring into a model returns shape_mismatch / unsupported_dtype /
-//! invalid_argument (missing or unexpected names) and changes nothing unless everything matches.
+//! (atomic on POSIX) and fsyncs the directory (core/file_io.hpp's write_file_atomically). Loading
+//! reads regular files only, verifies magic, version, byte order, checksum and every bound (sizes
+//! multiplied with overflow checks, so extents whose product wraps are refused), and returns
+//! corrupt_data ("truncated", "checksum mismatch", ...) otherwise; restoring into a model returns
+//! shape_mismatch / unsupported_dtype / invalid_argument (missing or unexpected names) and changes
+//! nothing unless everything matches.
 //!
 //! Names: parameters "param/<name>", optimiser state "optim/<state name>" and "optim/step",
 //! metadata "meta/<key>" (int64 scalars or strings as u8).
@@ -127,6 +129,15 @@ struct reader {
   }
 };
 
+/// Number of elements of `shape`, or -1 when an extent is negative or the product does not fit
+/// in index_t (shapes come from files: never multiply them unchecked).
+inline index_t element_count(const std::vector<index_t>& shape) noexcept {
+  std::uint64_t n = 1;
+  for (const index_t d : shape)
+    if (d < 0 || !checked_mul(n, static_cast<std::uint64_t>(d), n)) return -1;
+  return n <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()) ? static_cast<index_t>(n) : -1;
+}
+
 inline std::size_t dtype_size(checkpoint_dtype d) {
   switch (d) {
     case checkpoint_dtype::f32: return 4;
@@ -146,24 +157,26 @@ class checkpoint {
     checkpoint_dtype dtype;
     std::vector<index_t> shape;
     std::vector<unsigned char> bytes;
-    index_t elements() const {
-      index_t n = 1;
-      for (index_t d : shape) n *= d;
-      return n;
-    }
+    /// Number of elements; -1 for a shape with a negative extent or too many elements for index_t.
+    index_t elements() const noexcept { return checkpoint_detail::element_count(shape); }
   };
 
-  /// Add (or replace) a host tensor.
+  /// Add (or replace) a host tensor of `shape` (row-major, contiguous); invalid_argument for a
+  /// negative extent, a size beyond 64 bits, or null data with a non-empty shape.
   template <class T>
-  void put(const std::string& name, const T* data, const std::vector<index_t>& shape) {
-    entry e{checkpoint_dtype_of<T>(), shape, {}};
-    e.bytes.resize(static_cast<std::size_t>(e.elements()) * sizeof(T));
-    if (!e.bytes.empty()) std::memcpy(e.bytes.data(), data, e.bytes.size());
-    entries_[name] = std::move(e);
+  [[nodiscard]] status put(const std::string& name, const T* data, const std::vector<index_t>& shape) {
+    constexpr const char* fn = "nn::checkpoint::put";
+    const index_t n = checkpoint_detail::element_count(shape);
+    std::uint64_t bytes = 0;
+    if (n < 0 || !checked_mul(static_cast<std::uint64_t>(n), sizeof(T), bytes) || bytes > std::numeric_limits<std::size_t>::max())
+      return fail(errc::invalid_argument, fn, "'" + name + "' has shape " + shape_string(shape) + ", which no tensor can have");
+    if (bytes > 0 && !data) return fail(errc::invalid_argument, fn, "'" + name + "': data is null");
+    store(name, data, shape);
+    return {};
   }
-  void put_int(const std::string& key, std::int64_t v) { put("meta/" + key, &v, {1}); }
+  void put_int(const std::string& key, std::int64_t v) { store("meta/" + key, &v, {1}); }
   void put_string(const std::string& key, const std::string& s) {
-    put("meta/" + key, reinterpret_cast<const std::uint8_t*>(s.data()), {static_cast<index_t>(s.size())});
+    store("meta/" + key, reinterpret_cast<const std::uint8_t*>(s.data()), {static_cast<index_t>(s.size())});
   }
 
   const entry* find(const std::string& name) const {
@@ -204,7 +217,7 @@ class checkpoint {
     for (const auto* p : params) {
       if (p->name.empty()) return fail(errc::invalid_argument, "nn::checkpoint::add_parameters", "a parameter has no name");
       const auto host = p->value.to_host();
-      put("param/" + p->name, host.data(), shape_of(p->shape()));
+      store("param/" + p->name, host.data(), shape_of(p->shape()));
     }
     return {};
   }
@@ -233,10 +246,10 @@ class checkpoint {
   [[nodiscard]] status add_optimizer(Optimizer& opt) {
     for (auto& [name, t] : opt.state()) {
       const auto host = t->to_host();
-      put("optim/" + name, host.data(), shape_of(t->shape()));
+      store("optim/" + name, host.data(), shape_of(t->shape()));
     }
     const std::int64_t step = opt.steps();
-    put("optim/step", &step, {1});
+    store("optim/step", &step, {1});
     return {};
   }
 
@@ -325,17 +338,18 @@ class checkpoint {
       if (!r.ok) break;
       if (dt < 1 || dt > 4 || rank > 8) return fail(errc::corrupt_data, fn, "entry " + std::to_string(i) + " has a bad dtype or rank");
       e.dtype = static_cast<checkpoint_dtype>(dt);
-      index_t elements = 1;
       for (std::uint32_t d = 0; d < rank; ++d) {
         const auto ext = static_cast<index_t>(r.get<std::uint64_t>());
         if (ext < 0) return fail(errc::corrupt_data, fn, "negative extent");
         e.shape.push_back(ext);
-        elements *= ext;
       }
       const auto nbytes = r.get<std::uint64_t>();
       if (!r.ok) break;
-      if (nbytes != static_cast<std::uint64_t>(elements) * dtype_size(e.dtype))
-        return fail(errc::corrupt_data, fn, "entry " + std::to_string(i) + " payload size disagrees with its shape");
+      const index_t elements = e.elements();
+      std::uint64_t want = 0;
+      if (elements < 0 || !checked_mul(static_cast<std::uint64_t>(elements), dtype_size(e.dtype), want))
+        return fail(errc::corrupt_data, fn, "entry " + std::to_string(i) + " has a shape whose size does not fit in 64 bits");
+      if (nbytes != want) return fail(errc::corrupt_data, fn, "entry " + std::to_string(i) + " payload size disagrees with its shape");
       const unsigned char* payload = r.take(static_cast<std::size_t>(nbytes));
       if (!r.ok) break;
       e.bytes.assign(payload, payload + nbytes);
@@ -347,15 +361,26 @@ class checkpoint {
     return {};
   }
 
-  /// Read and verify a checkpoint file.
-  [[nodiscard]] static status load(const std::string& path, checkpoint& out) {
+  /// Read and verify a checkpoint file: a regular file of at most `max_bytes` (io_error for a
+  /// FIFO or device, corrupt_data for a larger file).
+  [[nodiscard]] static status load(const std::string& path, checkpoint& out,
+                                   std::uint64_t max_bytes = std::numeric_limits<std::uint64_t>::max()) {
     std::vector<unsigned char> bytes;
-    DISTILL_TRY(read_file("nn::checkpoint::load", path, bytes));
+    DISTILL_TRY(read_file("nn::checkpoint::load", path, bytes, max_bytes));
     return parse(bytes.data(), bytes.size(), out);
   }
 
  private:
   std::map<std::string, entry> entries_;
+
+  /// put() for shapes known to be valid (metadata, tensors of the model).
+  template <class T>
+  void store(const std::string& name, const T* data, const std::vector<index_t>& shape) {
+    entry e{checkpoint_dtype_of<T>(), shape, {}};
+    e.bytes.resize(static_cast<std::size_t>(e.elements()) * sizeof(T));
+    if (!e.bytes.empty()) std::memcpy(e.bytes.data(), data, e.bytes.size());
+    entries_[name] = std::move(e);
+  }
 
   static std::vector<index_t> shape_of(const tensor_shape& s) {
     return std::vector<index_t>(s.dims.begin(), s.dims.begin() + s.rank);

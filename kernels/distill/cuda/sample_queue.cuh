@@ -137,12 +137,11 @@ template <class T>
   return queue.restore_state(0, K);
 }
 
-/// Save a device queue: copies keys and ids to a host staging buffer on ctx.stream,
-/// synchronises the stream (this is I/O), then writes the file atomically.
+/// The queue's file image in host memory (see the CPU overload): copies keys and ids to the host
+/// on ctx.stream and synchronises it.
 template <class T>
-[[nodiscard]] status sample_queue_save(const cuda& ctx, const sample_queue<T, cuda_space>& queue, const std::string& path,
-                                       const queue_save_options& opt = {}) {
-  constexpr const char* fn = "sample_queue_save";
+[[nodiscard]] status sample_queue_serialize(const cuda& ctx, const sample_queue<T, cuda_space>& queue, std::vector<unsigned char>& image) {
+  constexpr const char* fn = "sample_queue_serialize";
   DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   const index_t K = queue.capacity(), D = queue.dim();
   const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
@@ -157,7 +156,50 @@ template <class T>
                                        static_cast<std::size_t>(queue.ids().stride(0)) * 8, 8, static_cast<std::size_t>(K),
                                        cudaMemcpyDeviceToHost, s));
   DISTILL_CUDA_TRY(cudaStreamSynchronize(s));
-  const auto file = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  image = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  return {};
+}
+
+namespace cuda_detail {
+/// Copy a checked image (parse_queue_file accepted it for `queue`) into the device queue on
+/// ctx.stream and synchronise (the image must outlive the copies).
+template <class T>
+status upload_queue_image(const char* fn, const cuda& ctx, std::span<const unsigned char> image,
+                          const contrastive_detail::queue_file_meta& got, sample_queue<T, cuda_space>& queue) {
+  const index_t K = queue.capacity(), D = queue.dim();
+  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
+  const std::size_t key_bytes = static_cast<std::size_t>(K) * row_bytes;
+  const unsigned char* payload = image.data() + contrastive_detail::queue_file_header_bytes;
+  const cudaStream_t s = stream_of(ctx);
+  DISTILL_CUDA_TRY(cudaMemcpy2DAsync(queue.keys().data(), static_cast<std::size_t>(queue.keys().stride(0)) * sizeof(T), payload,
+                                     row_bytes, row_bytes, static_cast<std::size_t>(K), cudaMemcpyHostToDevice, s));
+  if (queue.has_ids())
+    DISTILL_CUDA_TRY(cudaMemcpy2DAsync(queue.ids().data(), static_cast<std::size_t>(queue.ids().stride(0)) * 8, payload + key_bytes, 8,
+                                       8, static_cast<std::size_t>(K), cudaMemcpyHostToDevice, s));
+  DISTILL_CUDA_TRY(cudaStreamSynchronize(s));
+  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
+}
+}  // namespace cuda_detail
+
+/// Restore a device queue from a file image in host memory (checked on the host first, then
+/// copied on ctx.stream, which is synchronised). Unchanged on failure.
+template <class T>
+[[nodiscard]] status sample_queue_deserialize(const cuda& ctx, sample_queue<T, cuda_space>& queue, std::span<const unsigned char> image) {
+  constexpr const char* fn = "sample_queue_deserialize";
+  DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
+  contrastive_detail::queue_file_meta got;
+  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, "image", image, contrastive_detail::meta_of(queue), got));
+  return cuda_detail::upload_queue_image(fn, ctx, image, got, queue);
+}
+
+/// Save a device queue: its image (sample_queue_serialize), then the file written atomically.
+template <class T>
+[[nodiscard]] status sample_queue_save(const cuda& ctx, const sample_queue<T, cuda_space>& queue, const std::string& path,
+                                       const queue_save_options& opt = {}) {
+  constexpr const char* fn = "sample_queue_save";
+  DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
+  std::vector<unsigned char> file;
+  DISTILL_TRY(sample_queue_serialize(ctx, queue, file));
   return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 
@@ -168,21 +210,9 @@ template <class T>
   constexpr const char* fn = "sample_queue_load";
   DISTILL_TRY(cuda_detail::check_device_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(read_file(fn, path, file));
   contrastive_detail::queue_file_meta got;
-  DISTILL_TRY(contrastive_detail::parse_queue_file(fn, path, file, contrastive_detail::meta_of(queue), got));
-  const index_t K = queue.capacity(), D = queue.dim();
-  const std::size_t row_bytes = static_cast<std::size_t>(D) * sizeof(T);
-  const std::size_t key_bytes = static_cast<std::size_t>(K) * row_bytes;
-  const unsigned char* payload = file.data() + contrastive_detail::queue_file_header_bytes;
-  const cudaStream_t s = cuda_detail::stream_of(ctx);
-  DISTILL_CUDA_TRY(cudaMemcpy2DAsync(queue.keys().data(), static_cast<std::size_t>(queue.keys().stride(0)) * sizeof(T), payload,
-                                     row_bytes, row_bytes, static_cast<std::size_t>(K), cudaMemcpyHostToDevice, s));
-  if (queue.has_ids())
-    DISTILL_CUDA_TRY(cudaMemcpy2DAsync(queue.ids().data(), static_cast<std::size_t>(queue.ids().stride(0)) * 8, payload + key_bytes, 8,
-                                       8, static_cast<std::size_t>(K), cudaMemcpyHostToDevice, s));
-  DISTILL_CUDA_TRY(cudaStreamSynchronize(s));  // `file` must outlive the copies
-  return queue.restore_state(static_cast<index_t>(got.write_pos), static_cast<index_t>(got.filled));
+  DISTILL_TRY(contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), file, got));
+  return cuda_detail::upload_queue_image(fn, ctx, file, got, queue);
 }
 
 /// A sample_queue that owns zero-initialised device storage (cudaMalloc/cudaFree, RAII,
