@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "distill/core/dtype.hpp"
+#include "distill/cuda/detail/device.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/nn/blas.hpp"
 #include "distill/nn/tensor.hpp"
@@ -210,7 +211,7 @@ image_arg<typename V::element_type> arg4(const V& v) {
 /// Grid-stride launch configuration for `n` independent elements.
 inline unsigned elementwise_blocks(index_t n, int block = 256) {
   const index_t want = ceil_div<index_t>(n, block);
-  const index_t cap = static_cast<index_t>(sm_count()) * 8;
+  const index_t cap = static_cast<index_t>(current_device_properties().sms) * 8;
   return static_cast<unsigned>(want < 1 ? 1 : (want < cap ? want : cap));
 }
 

@@ -15,7 +15,7 @@
 #include <utility>
 
 #include "distill/contrastive/sample_queue.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 
 namespace distill {
