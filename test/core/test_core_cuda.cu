@@ -7,7 +7,7 @@
 
 #include "distill/core/dtype.hpp"
 #include "distill/core/math.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "support/device_buffer.cuh"
 #include "support/random.hpp"

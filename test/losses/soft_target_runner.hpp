@@ -1,75 +1,62 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// One CPU test case of a dense soft-target primitive: run forward, backward and forward_backward
-// on (possibly strided, possibly mixed-dtype) views with canaries around every output, and compare
-// each result with the double reference.
+// One test case of a dense soft-target primitive on either backend (support/backend.hpp): run
+// forward, backward and forward_backward on (possibly padded, column-major or mixed-dtype) views
+// with canaries around every output and in its padding, and compare each result with the double
+// reference. The CPU tests instantiate it with host_space (the default), the CUDA tests with
+// cuda_space; soft_target_cases.hpp holds the cases both run.
 
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "soft_target_test_util.hpp"
+#include "support/backend.hpp"
 #include "support/compare.hpp"
 #include "support/finite_diff.hpp"
-#include "support/guarded.hpp"
 
 namespace st_test {
 
 struct case_options {
-  bool labels = false;         // random labels, some ignore_index
-  bool weights = false;        // random row weights
-  double normalizer = -1;      // >= 0: pass it
+  bool labels = false;               // random labels, some ignore_index
+  bool weights = false;              // random row weights
+  double normalizer = -1;            // >= 0: pass it in memory (extras.normalizer)
+  bool temperature_in_memory = false;  // extras.temperature holds T (the options' value must be ignored)
   bool diagnostics = false;
   bool grad_temperature = false;
-  std::size_t pad = 0;         // row padding (ld = C + pad)
-  bool column_major = false;   // non-unit inner stride
-  bool in_place = false;       // gradient over the student's memory
+  std::size_t pad = 0;               // row padding (ld = C + pad; odd pads break 16-byte alignment)
+  bool column_major = false;         // non-unit inner stride (CPU only: CUDA needs unit inner stride)
+  bool in_place = false;             // gradient over the student's memory
+  bool accumulate = false;           // gradient adds into 0.125
+  bool bad_label = false;            // one label = C: the CPU refuses it, CUDA makes that row NaN
   int threads = 2;
 };
 
-/// Builds a strided (or column-major) copy of a row-major (n, c) matrix of doubles as T.
-template <class T>
-struct strided_matrix {
-  distill_test::guarded<T> buf;
-  std::size_t n, c, ld;
-  bool col_major;
-  strided_matrix(const std::vector<double>& v, std::size_t n_, std::size_t c_, std::size_t pad, bool cm)
-      : buf((cm ? c_ * (n_ + pad) : n_ * (c_ + pad))), n(n_), c(c_), ld(cm ? n_ + pad : c_ + pad), col_major(cm) {
-    for (std::size_t r = 0; r < n; ++r)
-      for (std::size_t k = 0; k < c; ++k) at(r, k) = distill::store<T>(v.empty() ? 0.0 : v[r * c + k]);
-  }
-  T& at(std::size_t r, std::size_t k) { return col_major ? buf.data()[k * ld + r] : buf.data()[r * ld + k]; }
-  template <class U = T>
-  distill::host_view<U, 2> view() {
-    using I = distill::index_t;
-    return distill::make_strided_view(static_cast<U*>(buf.data()), std::array<I, 2>{I(n), I(c)},
-                                      col_major ? std::array<I, 2>{1, I(ld)} : std::array<I, 2>{I(ld), 1});
-  }
-  std::vector<double> values() {
-    std::vector<double> out(n * c);
-    for (std::size_t r = 0; r < n; ++r)
-      for (std::size_t k = 0; k < c; ++k) out[r * c + k] = static_cast<double>(distill::load<double>(at(r, k)));
-    return out;
-  }
-  bool canaries_intact() const {
-    if (!buf.intact()) return false;
-    return col_major ? buf.padding_intact(c, n, ld) : buf.padding_intact(n, c, ld);
-  }
-};
+/// Tolerances of a float path against the double reference. Errors scale with the size of the
+/// logits over T (the log-sum-exps) and with the loss scale c_T. The CUDA kernels use the
+/// device's exp/log (a few ulp) and reduce in another order: 5x the CPU's.
+template <class Space = distill::host_space>
+tolerances float_tolerances(double max_logit_over_t, double c_t) {
+  const double s = 1 + max_logit_over_t;
+  if constexpr (std::is_same_v<Space, distill::host_space>)
+    return {{2e-6 * s * c_t, 2e-5}, {1e-6 * s * c_t, 1e-4}, {2e-6 * s, 2e-5}, {5e-5 * s * c_t, 2e-4}};
+  else
+    return {{1e-5 * s * c_t, 1e-4}, {3e-6 * s * c_t, 3e-4}, {1e-5 * s, 1e-4}, {2e-4 * s * c_t, 1e-3}};
+}
+inline const tolerances double_tolerances{{1e-11, 1e-9}, {1e-12, 1e-9}, {1e-11, 1e-9}, {1e-7, 1e-6}};
+/// 16-bit storage: the gradient's tolerance widened to the storage precision.
+inline tolerances widened(tolerances t, distill_test::tolerance grad) {
+  t.grad = {std::max(t.grad.atol, grad.atol), std::max(t.grad.rtol, grad.rtol)};
+  return t;
+}
 
-/// Runs one case: TS student, TT teacher. `b` holds the logits in double (rounded to TS/TT here).
-template <class TS, class TT>
-void run_case(ref::kind k, const ref::config& cf_in, ref::batch b, const case_options& co, const tolerances& tl,
-              std::uint64_t salt = 0) {
-  using namespace distill;
-  using Acc = accum_t<TS>;
-  distill_test::rng g(salt + 977);
-  // the options are floats: the reference sees the values the library sees
-  ref::config cf = cf_in;
-  // (through a volatile: GCC 12's SLP vectoriser at -O2/-O3 drops the double -> float -> double
-  // round trip of these adjacent fields, leaving 0.7 instead of 0.699999988)
+/// The reference config with its options rounded to float, as the library sees them (through a
+/// volatile: GCC 12's SLP vectoriser at -O2/-O3 drops the double -> float -> double round trip of
+/// these adjacent fields, leaving 0.7 instead of 0.699999988).
+inline ref::config as_float_options(ref::config cf) {
   auto as_float = [](double v) {
     volatile float f = static_cast<float>(v);
     return static_cast<double>(f);
@@ -81,88 +68,136 @@ void run_case(ref::kind k, const ref::config& cf_in, ref::batch b, const case_op
   cf.jsd_beta = as_float(cf.jsd_beta);
   cf.dkd_alpha = as_float(cf.dkd_alpha);
   cf.dkd_beta = as_float(cf.dkd_beta);
+  return cf;
+}
+
+/// Runs one case: TS student, TT teacher, on Space. `b` holds the logits in double (rounded to
+/// TS/TT here, and the reference sees the rounded values).
+template <class TS, class TT, class Space = distill::host_space>
+void run_case(ref::kind k, const ref::config& cf_in, ref::batch b, const case_options& co, const tolerances& tl,
+              std::uint64_t salt = 0) {
+  using namespace distill;
+  using distill_test::guarded_array;
+  using distill_test::guarded_tensor;
+  using Acc = accum_t<TS>;
+  using B = distill_test::backend<Space>;
+  constexpr bool on_host = std::is_same_v<Space, host_space>;
+  distill_test::rng g(salt + 977);
+  const ref::config cf = as_float_options(cf_in);
   const std::size_t n = b.n, c = b.c;
-  strided_matrix<TS> s(b.zs, n, c, co.pad, co.column_major);
-  strided_matrix<TT> t(b.zt, n, c, co.pad, co.column_major);
-  b.zs = s.values();  // what the library sees
-  b.zt = t.values();
-  if (co.labels || k == ref::kind::dkd) {
+  const std::array<index_t, 2> shape{index_t(n), index_t(c)}, pad{index_t(co.pad), 0};
+  guarded_tensor<TS, 2, Space> s(shape, pad, 1, co.column_major);
+  guarded_tensor<TT, 2, Space> t(shape, pad, 1, co.column_major);
+  s.set(b.zs);
+  t.set(b.zt);
+  b.zs = s.get();  // what the library sees
+  b.zt = t.get();
+  if (co.labels || co.bad_label || k == ref::kind::dkd) {
     b.labels.resize(n);
     for (std::size_t r = 0; r < n; ++r)
       b.labels[r] = (co.labels && n > 1 && g.coin(0.2)) ? cf.ignore_index : g.integer(0, static_cast<std::int64_t>(c) - 1);
   }
+  const std::size_t bad_row = co.bad_label ? n / 2 : n;
+  if (co.bad_label) b.labels[bad_row] = static_cast<std::int64_t>(c);
   if (co.weights) {
     b.weights.resize(n);
     for (auto& w : b.weights) w = static_cast<double>(static_cast<Acc>(g.uniform(0.1, 2.0)));
   }
   b.normalizer = co.normalizer;
-  const ref::result want = ref::evaluate(cf, b);
+  ref::batch rb = b;  // the reference: the bad row counted as ignored, checked separately
+  if (co.bad_label) rb.labels[bad_row] = cf.ignore_index;
+  const ref::result want = ref::evaluate(cf, rb);
 
-  std::vector<Acc> weights(b.weights.begin(), b.weights.end());
-  Acc normalizer = static_cast<Acc>(co.normalizer);
-  soft_target_host_extras<Acc> ex;
-  if (!b.labels.empty()) ex.labels = make_view(static_cast<const std::int64_t*>(b.labels.data()), n);
-  if (co.weights) ex.row_weights = make_view(static_cast<const Acc*>(weights.data()), n);
-  if (co.normalizer >= 0) ex.normalizer = make_view(static_cast<const Acc*>(&normalizer), 1);
-  distill_test::guarded<Acc> d_kl(n), d_ent(n), d_top(n), d_hard(n), d_t(1);
+  typename B::session run(co.threads);
+  guarded_array<std::int64_t, Space> labels(b.labels.empty() ? std::vector<std::int64_t>{0} : b.labels);
+  guarded_array<Acc, Space> weights(std::vector<Acc>(b.weights.begin(), b.weights.end()));
+  guarded_array<Acc, Space> normalizer(std::vector<Acc>{static_cast<Acc>(co.normalizer)});
+  guarded_array<Acc, Space> temperature(std::vector<Acc>{static_cast<Acc>(cf.temperature)});
+  guarded_array<Acc, Space> d_kl(n), d_ent(n), d_top(n), d_hard(n), d_t(1);
+  soft_target_extras<Acc, Space> ex;
+  if (!b.labels.empty()) ex.labels = labels.template view<const std::int64_t>();
+  if (co.weights) ex.row_weights = weights.template view<const Acc>();
+  if (co.normalizer >= 0) ex.normalizer = normalizer.template view<const Acc>();
+  if (co.temperature_in_memory) ex.temperature = temperature.template view<const Acc>();
   if (co.diagnostics) {
-    ex.row_kl = make_view(d_kl.data(), n);
-    ex.row_teacher_entropy = make_view(d_ent.data(), n);
-    ex.row_top1_agreement = make_view(d_top.data(), n);
-    if (!b.labels.empty()) ex.row_hard_loss = make_view(d_hard.data(), n);
+    ex.row_kl = d_kl.view();
+    ex.row_teacher_entropy = d_ent.view();
+    ex.row_top1_agreement = d_top.view();
+    if (!b.labels.empty()) ex.row_hard_loss = d_hard.view();
   }
   const std::size_t loss_n = cf.reduction == ref::reduction::none ? n : 1;
-  const cpu ctx{co.threads};
+  distill_test::workspace<Space> ws(soft_target_workspace_size(run.ctx, static_cast<index_t>(n)));
+  ref::config cf_call = cf;
+  if (co.temperature_in_memory) cf_call.temperature = 1234.5;  // must be ignored in favour of the value in memory
+  constexpr double acc0 = 0.125;
 
   std::vector<double> loss_fwd, grad_bwd;
   for (pass p : {pass::forward, pass::backward, pass::forward_backward}) {
-    INFO(name_of(k) << " " << name_of(p) << " n=" << n << " c=" << c << " T=" << cf.temperature << " red="
-                    << static_cast<int>(cf.reduction) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
-    distill_test::guarded<Acc> loss(loss_n);
-    strided_matrix<TS> grad_own(std::vector<double>{}, n, c, co.pad, co.column_major);
-    strided_matrix<TS> s_copy(b.zs, n, c, co.pad, co.column_major);  // in place: fresh student each pass
+    INFO(B::name << " " << name_of(k) << " " << name_of(p) << " n=" << n << " c=" << c << " pad=" << co.pad << " T="
+                 << cf.temperature << " red=" << static_cast<int>(cf.reduction) << " " << dtype_name<TS>() << "/" << dtype_name<TT>());
+    guarded_tensor<Acc, 1, Space> loss({index_t(loss_n)});
+    guarded_tensor<TS, 2, Space> s_copy(shape, pad, 1, co.column_major);  // in place: a fresh student each pass
+    guarded_tensor<TS, 2, Space> grad_own(shape, pad, 1, co.column_major);
+    s_copy.set(b.zs);
+    grad_own.fill(co.accumulate ? acc0 : 0.0);
     auto ex_p = ex;
-    if (co.grad_temperature && p != pass::forward) ex_p.grad_temperature = make_view(d_t.data(), 1);
-    auto lv = make_view(loss.data(), loss_n);
+    if (co.grad_temperature && p != pass::forward) ex_p.grad_temperature = d_t.view();
     auto gv = co.in_place ? s_copy.template view<std::remove_const_t<TS>>() : grad_own.template view<std::remove_const_t<TS>>();
     auto sv = co.in_place ? s_copy.template view<const TS>() : s.template view<const TS>();
-    const status st = call(k, p, ctx, sv, t.template view<const TT>(), lv, gv, cf, ex_p);
+    const status st = call(k, p, run.ctx, sv, t.template view<const TT>(), loss.view(), gv, cf_call, ex_p, co.accumulate, ws.view());
     INFO(st.to_string());
+    if (co.bad_label && on_host) {  // the CPU sees the label and refuses it
+      CHECK(st.code() == errc::invalid_argument);
+      continue;
+    }
     REQUIRE(st.ok());
+    run.sync();
     CHECK(loss.intact());
-    CHECK(t.canaries_intact());
+    CHECK(t.intact());
+    CHECK(ws.intact());
     if (p != pass::backward) {
-      const auto got = loss.contents();
-      CHECK_CLOSE("loss", got, want.loss, tl.loss);
-      std::vector<double> gd(got.begin(), got.end());
-      if (p == pass::forward) loss_fwd = gd;
-      else CHECK(gd == loss_fwd);  // the fused pass computes the loss exactly as the forward
+      auto got = loss.get();
+      if (co.bad_label) {  // CUDA: the bad row is NaN, and so is any reduction over it
+        const std::size_t at = cf.reduction == ref::reduction::none ? bad_row : 0;
+        CHECK(std::isnan(got[at]));
+        got[at] = want.loss[at];
+      }
+      if (!(co.bad_label && cf.reduction != ref::reduction::none)) CHECK_CLOSE("loss", got, want.loss, tl.loss);
+      if (p == pass::forward) loss_fwd = got;
+      else CHECK(got == loss_fwd);  // the fused pass computes the loss exactly as the forward
     }
     if (p != pass::forward) {
-      strided_matrix<TS>& gm = co.in_place ? s_copy : grad_own;
-      CHECK(gm.canaries_intact());
-      const std::vector<double> gd = gm.values();
+      guarded_tensor<TS, 2, Space>& gm = co.in_place ? s_copy : grad_own;
+      CHECK(gm.intact());
+      std::vector<double> gd = gm.get();
+      if (co.accumulate && !co.in_place)
+        for (auto& x : gd) x -= guarded_tensor<TS, 2, Space>::as_double(store<TS>(acc0));
+      if (co.bad_label)
+        for (std::size_t j = 0; j < c; ++j) {
+          CHECK(std::isnan(gd[bad_row * c + j]));
+          gd[bad_row * c + j] = want.grad[bad_row * c + j];
+        }
       CHECK_CLOSE("grad_student", gd, want.grad, tl.grad);
       if (p == pass::backward) grad_bwd = gd;
-      else CHECK(gd == grad_bwd);
-      if (!co.in_place) CHECK(s.canaries_intact());
+      else CHECK(gd == grad_bwd);  // backward and fused write the same gradient
+      if (!co.in_place) CHECK(s.intact());
     }
-    if (co.diagnostics) {
-      CHECK_CLOSE("row_kl", d_kl.contents(), want.row_kl, tl.diag);
-      CHECK_CLOSE("row_teacher_entropy", d_ent.contents(), want.row_entropy, tl.diag);
-      CHECK(d_top.contents() == std::vector<Acc>(want.row_top1.begin(), want.row_top1.end()));
-      if (!b.labels.empty()) CHECK_CLOSE("row_hard_loss", d_hard.contents(), want.row_hard, tl.diag);
+    if (co.diagnostics && !co.bad_label) {
+      CHECK_CLOSE("row_kl", d_kl.get(), want.row_kl, tl.diag);
+      CHECK_CLOSE("row_teacher_entropy", d_ent.get(), want.row_entropy, tl.diag);
+      CHECK(d_top.get() == want.row_top1);
+      if (!b.labels.empty()) CHECK_CLOSE("row_hard_loss", d_hard.get(), want.row_hard, tl.diag);
       CHECK((d_kl.intact() && d_ent.intact() && d_top.intact() && d_hard.intact()));
     }
-    if (co.grad_temperature && p != pass::forward) {
+    if (co.grad_temperature && p != pass::forward && !co.bad_label) {
       // dL/dT against central differences of the reference loss in T (the reference is in double)
       auto f = [&](const std::vector<double>& tt) {
         ref::config c2 = cf;
         c2.temperature = tt[0];
-        return ref::total_loss(c2, b);
+        return ref::total_loss(c2, rb);
       };
       const double fd = distill_test::numeric_gradient(f, std::vector<double>{cf.temperature}, 1e-5)[0] * cf.grad_scale;
-      CHECK_CLOSE_SCALAR("grad_temperature", d_t.data()[0], fd, tl.dt);
+      CHECK_CLOSE_SCALAR("grad_temperature", d_t.get()[0], fd, tl.dt);
       CHECK(d_t.intact());
     }
   }

@@ -428,3 +428,56 @@ TEST_CASE("CUDA attention core and layer match the CPU (masks, scores, extra gra
   CHECK_CLOSE("layer dWq", dm.q_proj.weight.grad.to_host(), hm.q_proj.weight.grad.to_host(), t);
   CHECK_CLOSE("layer probs", dm.probs.to_host(), hm.probs.to_host(), t);
 }
+
+TEST_CASE("CUDA token transposes with more than 65535 x 32 rows (gridDim.y) and a large batch", "[nn][cuda]") {
+  for (auto [B, R, S] : {std::array<long, 3>{1, 2100000, 3}, std::array<long, 3>{70000, 2, 5}}) {
+    CAPTURE(B, R, S);
+    std::vector<float> x(static_cast<std::size_t>(B * R * S));
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 9973) - 4000.0f;
+    auto dx = dev<float>({B, R, S}, x);
+    nn::device_tensor<float> dy({B, S, R});
+    nn::cuda_blas blas;
+    REQUIRE(nn::nchw_to_tokens(blas, dx.cview<3>(), dy.view<3>()).ok());
+    cuda_sync();
+    std::vector<float> y(x.size());
+    REQUIRE(nn::nchw_to_tokens(cpu{2}, make_view(static_cast<const float*>(x.data()), B, R, S), make_view(y.data(), B, S, R)).ok());
+    CHECK(dy.to_host() == y);
+  }
+}
+
+TEST_CASE("cuda_blas: GEMMs captured into CUDA graphs run in the handle's own workspace, after a stream change too",
+          "[nn][cuda][linear]") {
+  distill_test::rng g(620);
+  const long N = 96, I = 80, O = 64;
+  const vec x = g.normals(N * I), w = g.normals(O * I, 0, 0.3), b = g.normals(O);
+  auto dx_ = dev<float>({N, I}, x), dw_ = dev<float>({O, I}, w), db_ = dev<float>({O}, b);
+  cudaStream_t s1, s2;
+  REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking) == cudaSuccess);
+  nn::cuda_blas blas(s1);
+  CHECK(blas.blas_workspace_bytes() >= (std::size_t(4) << 20));
+  nn::device_tensor<float> eager({N, O}), graphed({N, O});
+  REQUIRE(nn::linear_forward(blas, dx_.cview<2>(), dw_.cview<2>(), db_.cview<1>(), eager.view<2>()).ok());
+  REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+  const auto want = eager.to_host();
+  for (cudaStream_t s : {s1, s2}) {
+    REQUIRE(blas.set_stream(s).ok());  // cublasSetStream resets the workspace: set_stream gives it back
+    for (int rep = 0; rep < 3; ++rep) {
+      REQUIRE(graphed.copy_from_host(std::vector<float>(static_cast<std::size_t>(N * O), -1.0f)).ok());
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+      const status st = nn::linear_forward(blas, dx_.cview<2>(), dw_.cview<2>(), db_.cview<1>(), graphed.view<2>());
+      REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+      REQUIRE(st.ok());
+      REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+      REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+      CHECK(graphed.to_host() == want);
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+    }
+  }
+  cudaStreamDestroy(s1);
+  cudaStreamDestroy(s2);
+}

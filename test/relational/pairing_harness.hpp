@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Runs the CPU relational pairing on a reference problem: builds host buffers in the library's
-// layouts (padded rows, strided biases, column-major weights on request) inside canary guards,
-// calls forward / backward / forward_backward, and returns every output densely in double.
+// Runs relational pairing on a reference problem on either backend (support/backend.hpp): builds
+// the inputs and outputs in the library's layouts (padded rows, strided biases, column-major
+// weights on request) with canaries around and inside them, calls forward / backward /
+// forward_backward (optionally inside a captured CUDA graph), and returns every output densely
+// in double. The CPU tests call run_lib<T> (host_space), the CUDA tests run_lib<float, cuda_space>.
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "distill/relational/pairing.hpp"
 #include "relational/pairing_test_util.hpp"
-#include "support/guarded.hpp"
+#include "support/backend.hpp"
 
 namespace rel_test {
 
@@ -17,12 +21,14 @@ enum class pass { forward, backward, fused };
 
 struct run_config {
   int threads = 1;
-  int tile = 0;
+  int tile = 0;           // CPU: pairs per tile (0: the default)
   bool strided = false;   // padded rows everywhere, biases with stride 2
   bool colmajor = false;  // weights (and their gradients) column-major
   bool accumulate = false;
   pass which = pass::fused;
   bool want_o = true, want_q = true, want_m = true, want_w = true;
+  distill::matmul_precision precision = distill::matmul_precision::fp32;  // the CUDA products
+  bool capture = false;   // the call inside a captured CUDA graph (CPU: a plain call)
 };
 
 struct lib_result {
@@ -34,115 +40,83 @@ struct lib_result {
 
 inline constexpr double accumulate_base = 0.25;  // value outputs hold before an accumulating call
 
-/// A matrix [rows, cols] stored with padded rows (ld = cols + pad) or column-major.
-template <class T>
-struct matrix_buf {
-  distill_test::guarded<T> buf;
-  long rows, cols, ld;
-  bool colmajor;
-  matrix_buf(long r, long c, long pad, bool cm)
-      : buf(static_cast<std::size_t>(cm ? c * r : r * (c + pad))), rows(r), cols(c), ld(cm ? r : c + pad), colmajor(cm) {}
-  std::size_t at(long r, long c) const {
-    return colmajor ? static_cast<std::size_t>(c * ld + r) : static_cast<std::size_t>(r * ld + c);
-  }
-  void fill(const std::vector<double>& v) {
-    for (long r = 0; r < rows; ++r)
-      for (long c = 0; c < cols; ++c) buf.data()[at(r, c)] = static_cast<T>(v[static_cast<std::size_t>(r * cols + c)]);
-  }
-  std::vector<double> read() const {
-    std::vector<double> v(static_cast<std::size_t>(rows * cols));
-    for (long r = 0; r < rows; ++r)
-      for (long c = 0; c < cols; ++c) v[static_cast<std::size_t>(r * cols + c)] = static_cast<double>(buf.data()[at(r, c)]);
-    return v;
-  }
-  distill::host_view<T, 2> view() {
-    return colmajor ? distill::make_strided_view(buf.data(), std::array<distill::index_t, 2>{rows, cols},
-                                                 std::array<distill::index_t, 2>{1, ld})
-                    : distill::make_strided_view(buf.data(), std::array<distill::index_t, 2>{rows, cols},
-                                                 std::array<distill::index_t, 2>{ld, 1});
-  }
-  bool intact() const { return buf.intact() && (colmajor || buf.padding_intact(static_cast<std::size_t>(rows), static_cast<std::size_t>(cols), static_cast<std::size_t>(ld))); }
-};
+template <class T, class Space>
+using matrix_buf = distill_test::guarded_tensor<T, 2, Space>;
 
+/// A [rows, cols] matrix: rows padded by `pad`, or column-major.
+template <class T, class Space>
+matrix_buf<T, Space> make_matrix(long rows, long cols, long pad, bool colmajor) {
+  return matrix_buf<T, Space>({rows, cols}, {colmajor ? 0 : pad, 0}, 1, colmajor);
+}
 /// A vector [n] with stride 1 or 2 (odd elements are padding).
-template <class T>
-struct vector_buf {
-  distill_test::guarded<T> buf;
-  long n, stride;
-  vector_buf(long n_, bool strided) : buf(static_cast<std::size_t>(n_ * (strided ? 2 : 1))), n(n_), stride(strided ? 2 : 1) {}
-  void fill(const std::vector<double>& v) {
-    for (long i = 0; i < n; ++i) buf.data()[i * stride] = static_cast<T>(v[static_cast<std::size_t>(i)]);
-  }
-  std::vector<double> read() const {
-    std::vector<double> v(static_cast<std::size_t>(n));
-    for (long i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(buf.data()[i * stride]);
-    return v;
-  }
-  distill::host_view<T, 1> view() {
-    return distill::make_strided_view(buf.data(), std::array<distill::index_t, 1>{n}, std::array<distill::index_t, 1>{stride});
-  }
-  bool intact() const { return buf.intact() && (stride == 1 || buf.padding_intact(static_cast<std::size_t>(n), 1, 2)); }
-};
-
-template <class T>
-distill::host_view<T, 3> as_rank3(matrix_buf<T>& m, long b, long n) {
-  return distill::make_strided_view(m.buf.data(), std::array<distill::index_t, 3>{b, n, m.cols},
-                                    std::array<distill::index_t, 3>{n * m.ld, m.ld, 1});
+template <class T, class Space>
+distill_test::guarded_tensor<T, 1, Space> make_vector(long n, bool strided) {
+  return distill_test::guarded_tensor<T, 1, Space>({n}, {0}, strided ? 2 : 1);
+}
+/// A [B N, cols] matrix seen as [B, N, cols].
+template <class U, class T, class Space>
+distill::tensor_view<U, 3, Space> as_rank3(matrix_buf<T, Space>& m, long B, long N) {
+  const distill::index_t ld = m.strides()[0];
+  return distill::make_strided_view<Space>(static_cast<U*>(m.data()), std::array<distill::index_t, 3>{B, N, m.extents()[1]},
+                                           std::array<distill::index_t, 3>{N * ld, ld, 1});
 }
 
-template <class T>
+template <class T, class Space = distill::host_space>
 lib_result run_lib(const distill_ref::pairing_problem_d& p, const std::vector<double>& dy, const run_config& rc) {
   using namespace distill;
-  const long pad = rc.strided ? 3 : 0;
+  using B_ = distill_test::backend<Space>;
+  constexpr bool on_host = std::is_same_v<Space, host_space>;
+  const long pad = rc.strided ? (on_host ? 3 : 4) : 0;  // CUDA: keep rows 16-byte aligned
   const long B = p.B, N = p.N, D = p.D, Q = p.Q, H = p.H;
-  matrix_buf<T> o(B * N, D, pad, false), q(B, std::max(Q, 1L), pad, false), m(B * N, N, pad, false), dyb(B, H, pad, false);
-  o.fill(p.o);
-  if (Q > 0) q.fill(p.q);
-  if (!p.M.empty()) m.fill(p.M);
-  dyb.fill(dy);
-  std::vector<std::uint8_t> om = p.om;
-  std::vector<matrix_buf<T>> wb;
-  std::vector<vector_buf<T>> bb;
+  auto o = make_matrix<T, Space>(B * N, D, pad, false), q = make_matrix<T, Space>(B, std::max(Q, 1L), pad, false);
+  auto m = make_matrix<T, Space>(B * N, N, pad, false), dyb = make_matrix<T, Space>(B, H, pad, false);
+  o.set(p.o);
+  if (Q > 0) q.set(p.q);
+  if (!p.M.empty()) m.set(p.M);
+  dyb.set(dy);
+  distill_test::guarded_array<std::uint8_t, Space> om(p.om.empty() ? std::vector<std::uint8_t>{1} : p.om);
+  std::vector<matrix_buf<T, Space>> wb, gw;
+  std::vector<distill_test::guarded_tensor<T, 1, Space>> bb, gb;
   for (int l = 0; l < p.g.L; ++l) {
-    wb.emplace_back(l == 0 ? 2 * D + Q : H, H, pad, rc.colmajor);
-    wb.back().fill(p.g.W[static_cast<std::size_t>(l)]);
-    bb.emplace_back(H, rc.strided);
-    if (!p.g.b[static_cast<std::size_t>(l)].empty()) bb.back().fill(p.g.b[static_cast<std::size_t>(l)]);
+    const long rows = l == 0 ? 2 * D + Q : H;
+    wb.push_back(make_matrix<T, Space>(rows, H, pad, rc.colmajor));
+    wb.back().set(p.g.W[static_cast<std::size_t>(l)]);
+    bb.push_back(make_vector<T, Space>(H, rc.strided));
+    if (!p.g.b[static_cast<std::size_t>(l)].empty()) bb.back().set(p.g.b[static_cast<std::size_t>(l)]);
+    gw.push_back(make_matrix<T, Space>(rows, H, pad, rc.colmajor));
+    gb.push_back(make_vector<T, Space>(H, rc.strided));
   }
-  relational_mlp<const T> g;
+  relational_mlp<const T, Space> g;
   g.layers = p.g.L;
   for (int l = 0; l < p.g.L; ++l) {
-    g.weight[l] = wb[static_cast<std::size_t>(l)].view();
-    if (!p.g.b[static_cast<std::size_t>(l)].empty()) g.bias[l] = bb[static_cast<std::size_t>(l)].view();
+    g.weight[l] = wb[static_cast<std::size_t>(l)].template view<const T>();
+    if (!p.g.b[static_cast<std::size_t>(l)].empty()) g.bias[l] = bb[static_cast<std::size_t>(l)].template view<const T>();
   }
-  const host_view<const T, 3> ov = as_rank3(o, B, N);
-  const host_view<const T, 2> qv = Q > 0 ? host_view<const T, 2>(make_strided_view(q.buf.data(), std::array<index_t, 2>{B, Q}, std::array<index_t, 2>{q.ld, 1}))
-                                         : host_view<const T, 2>{};
-  const host_view<const T, 3> mv = p.M.empty() ? host_view<const T, 3>{} : host_view<const T, 3>(as_rank3(m, B, N));
-  const host_view<const std::uint8_t, 2> omv = om.empty() ? host_view<const std::uint8_t, 2>{} : make_view(static_cast<const std::uint8_t*>(om.data()), B, N);
+  const tensor_view<const T, 3, Space> ov = as_rank3<const T>(o, B, N);
+  const tensor_view<const T, 2, Space> qv =
+      Q > 0 ? make_strided_view<Space>(static_cast<const T*>(q.data()), std::array<index_t, 2>{B, Q}, q.strides())
+            : tensor_view<const T, 2, Space>{};
+  const tensor_view<const T, 3, Space> mv = p.M.empty() ? tensor_view<const T, 3, Space>{} : as_rank3<const T>(m, B, N);
+  const tensor_view<const std::uint8_t, 2, Space> omv =
+      p.om.empty() ? tensor_view<const std::uint8_t, 2, Space>{}
+                   : make_view<Space>(static_cast<const std::uint8_t*>(om.data()), static_cast<index_t>(B), static_cast<index_t>(N));
 
-  // Outputs.
-  matrix_buf<T> y(B, H, pad, false), go(B * N, D, pad, false), gq(B, std::max(Q, 1L), pad, false), gm(B * N, N, pad, false);
-  std::vector<matrix_buf<T>> gw;
-  std::vector<vector_buf<T>> gb;
-  for (int l = 0; l < p.g.L; ++l) {
-    gw.emplace_back(l == 0 ? 2 * D + Q : H, H, pad, rc.colmajor);
-    gb.emplace_back(H, rc.strided);
-  }
+  // Outputs (plain: canaries everywhere; accumulating: the base value).
+  auto y = make_matrix<T, Space>(B, H, pad, false), go = make_matrix<T, Space>(B * N, D, pad, false);
+  auto gq = make_matrix<T, Space>(B, std::max(Q, 1L), pad, false), gm = make_matrix<T, Space>(B * N, N, pad, false);
   if (rc.accumulate) {
-    auto base = [](long n) { return std::vector<double>(static_cast<std::size_t>(n), accumulate_base); };
-    go.fill(base(B * N * D));
-    if (Q > 0) gq.fill(base(B * Q));
-    gm.fill(base(B * N * N));
+    go.fill(accumulate_base);
+    if (Q > 0) gq.fill(accumulate_base);
+    gm.fill(accumulate_base);
     for (int l = 0; l < p.g.L; ++l) {
-      gw[static_cast<std::size_t>(l)].fill(base(gw[static_cast<std::size_t>(l)].rows * H));
-      gb[static_cast<std::size_t>(l)].fill(base(H));
+      gw[static_cast<std::size_t>(l)].fill(accumulate_base);
+      gb[static_cast<std::size_t>(l)].fill(accumulate_base);
     }
   }
-  relational_pairing_grads<T> gr;
-  if (rc.want_o) gr.objects = as_rank3(go, B, N);
-  if (rc.want_q && Q > 0) gr.question = make_strided_view(gq.buf.data(), std::array<index_t, 2>{B, Q}, std::array<index_t, 2>{gq.ld, 1});
-  if (rc.want_m) gr.pair_mask = as_rank3(gm, B, N);
+  relational_pairing_grads<T, Space> gr;
+  if (rc.want_o) gr.objects = as_rank3<T>(go, B, N);
+  if (rc.want_q && Q > 0) gr.question = make_strided_view<Space>(gq.data(), std::array<index_t, 2>{B, Q}, gq.strides());
+  if (rc.want_m) gr.pair_mask = as_rank3<T>(gm, B, N);
   if (rc.want_w) {
     gr.g.layers = p.g.L;
     for (int l = 0; l < p.g.L; ++l) {
@@ -156,31 +130,37 @@ lib_result run_lib(const distill_ref::pairing_problem_d& p, const std::vector<do
   opt.mask_scale = static_cast<float>(p.scale);
   opt.accumulate = rc.accumulate;
   opt.tile_pairs = rc.tile;
-  const cpu ctx{rc.threads};
-  std::vector<std::byte> ws(relational_pairing_workspace_size<T>(ctx, B, N, D, Q, H, p.g.L, opt));
-  const host_view<std::byte, 1> wsv = make_view(ws.data(), static_cast<index_t>(ws.size()));
-  const host_view<const T, 2> dyv = dyb.view();
+  opt.precision = rc.precision;
+  typename B_::session run(rc.threads);
+  distill_test::workspace<Space> ws(relational_pairing_workspace_size<T>(run.ctx, B, N, D, Q, H, p.g.L, opt));
+  const tensor_view<const T, 2, Space> dyv = dyb.template view<const T>();
 
   lib_result r;
-  switch (rc.which) {
-    case pass::forward: (void)(r.st = relational_pairing_forward(ctx, ov, qv, mv, omv, g, y.view(), wsv, opt)); break;
-    case pass::backward: (void)(r.st = relational_pairing_backward(ctx, ov, qv, mv, omv, g, dyv, gr, wsv, opt)); break;
-    case pass::fused: (void)(r.st = relational_pairing_forward_backward(ctx, ov, qv, mv, omv, g, dyv, y.view(), gr, wsv, opt)); break;
-  }
+  const auto call = [&]() -> status {
+    switch (rc.which) {
+      case pass::forward: return relational_pairing_forward(run.ctx, ov, qv, mv, omv, g, y.view(), ws.view(), opt);
+      case pass::backward: return relational_pairing_backward(run.ctx, ov, qv, mv, omv, g, dyv, gr, ws.view(), opt);
+      case pass::fused: return relational_pairing_forward_backward(run.ctx, ov, qv, mv, omv, g, dyv, y.view(), gr, ws.view(), opt);
+    }
+    return status{};
+  };
+  (void)(r.st = rc.capture ? run.captured(call) : call());
   if (!r.st.ok()) return r;
-  if (rc.which != pass::backward) r.y = y.read();
+  run.sync();
+  if (rc.which != pass::backward) r.y = y.get();
   if (rc.which != pass::forward) {
-    if (rc.want_o) r.o = go.read();
-    if (rc.want_q && Q > 0) r.q = gq.read();
-    if (rc.want_m) r.m = gm.read();
+    if (rc.want_o) r.o = go.get();
+    if (rc.want_q && Q > 0) r.q = gq.get();
+    if (rc.want_m) r.m = gm.get();
     if (rc.want_w)
       for (int l = 0; l < p.g.L; ++l) {
-        r.w.push_back(gw[static_cast<std::size_t>(l)].read());
-        r.b.push_back(gb[static_cast<std::size_t>(l)].read());
+        r.w.push_back(gw[static_cast<std::size_t>(l)].get());
+        r.b.push_back(gb[static_cast<std::size_t>(l)].get());
       }
   }
-  r.canaries_ok = y.intact() && go.intact() && gq.intact() && gm.intact();
-  for (int l = 0; l < p.g.L; ++l) r.canaries_ok = r.canaries_ok && gw[static_cast<std::size_t>(l)].intact() && gb[static_cast<std::size_t>(l)].intact();
+  r.canaries_ok = y.intact() && go.intact() && gq.intact() && gm.intact() && ws.intact();
+  for (int l = 0; l < p.g.L; ++l)
+    r.canaries_ok = r.canaries_ok && gw[static_cast<std::size_t>(l)].intact() && gb[static_cast<std::size_t>(l)].intact();
   return r;
 }
 

@@ -26,27 +26,30 @@ template <class T>
 struct scorer_lib {
   long B, N, D, Q, K;
   distill::pair_scorer_kind kind;
-  matrix_buf<T> o, q, w1, w2;
-  vector_buf<T> b1, b2;
+  matrix_buf<T, distill::host_space> o, q, w1, w2;
+  distill_test::guarded_tensor<T, 1, distill::host_space> b1, b2;
   std::vector<std::uint8_t> om;
   scorer_lib(const scorer_problem_d& p, bool strided, bool colmajor)
       : B(p.B), N(p.N), D(p.D), Q(p.Q), K(p.K),
         kind(p.kind == distill_ref::scorer_kind_d::mlp ? distill::pair_scorer_kind::mlp : distill::pair_scorer_kind::bilinear),
-        o(p.B * p.N, p.D, strided ? 2 : 0, false), q(p.B, std::max(p.Q, 1L), strided ? 2 : 0, false),
-        w1(static_cast<long>(p.W1.size()) / p.K, p.K, strided ? 1 : 0, colmajor),
-        w2(p.kind == distill_ref::scorer_kind_d::mlp ? p.K : static_cast<long>(p.W2.size()) / p.K,
-           p.kind == distill_ref::scorer_kind_d::mlp ? 1 : p.K, strided ? 1 : 0, colmajor),
-        b1(p.K, strided), b2(static_cast<long>(p.b2.size()), strided), om(p.om) {
-    o.fill(p.o);
-    if (Q > 0) q.fill(p.q);
-    w1.fill(p.W1);
-    w2.fill(p.W2);
-    b1.fill(p.b1);
-    b2.fill(p.b2);
+        o(make_matrix<T, distill::host_space>(p.B * p.N, p.D, strided ? 2 : 0, false)),
+        q(make_matrix<T, distill::host_space>(p.B, std::max(p.Q, 1L), strided ? 2 : 0, false)),
+        w1(make_matrix<T, distill::host_space>(static_cast<long>(p.W1.size()) / p.K, p.K, strided ? 1 : 0, colmajor)),
+        w2(make_matrix<T, distill::host_space>(p.kind == distill_ref::scorer_kind_d::mlp ? p.K : static_cast<long>(p.W2.size()) / p.K,
+                                               p.kind == distill_ref::scorer_kind_d::mlp ? 1 : p.K, strided ? 1 : 0, colmajor)),
+        b1(make_vector<T, distill::host_space>(p.K, strided)),
+        b2(make_vector<T, distill::host_space>(static_cast<long>(p.b2.size()), strided)),
+        om(p.om) {
+    o.set(p.o);
+    if (Q > 0) q.set(p.q);
+    w1.set(p.W1);
+    w2.set(p.W2);
+    b1.set(p.b1);
+    b2.set(p.b2);
   }
-  distill::host_view<const T, 3> ov() { return as_rank3(o, B, N); }
+  distill::host_view<const T, 3> ov() { return as_rank3<const T>(o, B, N); }
   distill::host_view<const T, 2> qv() {
-    return Q > 0 ? distill::host_view<const T, 2>(distill::make_strided_view(q.buf.data(), std::array<distill::index_t, 2>{B, Q}, std::array<distill::index_t, 2>{q.ld, 1}))
+    return Q > 0 ? distill::make_strided_view(static_cast<const T*>(q.data()), std::array<distill::index_t, 2>{B, Q}, q.strides())
                  : distill::host_view<const T, 2>{};
   }
   distill::host_view<const std::uint8_t, 2> omv() {
@@ -55,7 +58,8 @@ struct scorer_lib {
   distill::pair_scorer_weights<const T> weights() {
     distill::pair_scorer_weights<const T> w;
     w.kind = kind;
-    w.w1 = w1.view(), w.b1 = b1.view(), w.w2 = w2.view(), w.b2 = b2.view();
+    w.w1 = w1.template view<const T>(), w.b1 = b1.template view<const T>(), w.w2 = w2.template view<const T>(),
+    w.b2 = b2.template view<const T>();
     return w;
   }
 };
@@ -175,18 +179,20 @@ TEST_CASE("pair scorer reference and CPU backward against finite differences", "
         REQUIRE(distill::pair_scorer_forward(distill::cpu{1}, lib.ov(), lib.qv(), lib.omv(), lib.weights(),
                                              distill::make_view(s.data(), c.B, c.N, c.N), distill::make_view(m.data(), c.B, c.N, c.N), {}, opt)
                     .ok());
-        matrix_buf<double> go(c.B * c.N, c.D, 1, false), gq(c.B, std::max(c.Q, 1L), 1, false), gw1(lib.w1.rows, c.K, 1, accumulate),
-            gw2(lib.w2.rows, lib.w2.cols, 1, accumulate), gs(c.B * c.N, c.N, 1, false);
-        vector_buf<double> gb1(c.K, accumulate), gb2(lib.b2.n, accumulate);
+        using distill::host_space;
+        auto go = make_matrix<double, host_space>(c.B * c.N, c.D, 1, false), gq = make_matrix<double, host_space>(c.B, std::max(c.Q, 1L), 1, false);
+        auto gw1 = make_matrix<double, host_space>(lib.w1.extents()[0], c.K, 1, accumulate);
+        auto gw2 = make_matrix<double, host_space>(lib.w2.extents()[0], lib.w2.extents()[1], 1, accumulate);
+        auto gs = make_matrix<double, host_space>(c.B * c.N, c.N, 1, false);
+        auto gb1 = make_vector<double, host_space>(c.K, accumulate), gb2 = make_vector<double, host_space>(lib.b2.extents()[0], accumulate);
         if (accumulate) {
-          auto base = [](long k) { return std::vector<double>(static_cast<std::size_t>(k), accumulate_base); };
-          go.fill(base(c.B * c.N * c.D)), gq.fill(base(c.B * std::max(c.Q, 1L))), gw1.fill(base(gw1.rows * gw1.cols));
-          gw2.fill(base(gw2.rows * gw2.cols)), gs.fill(base(c.B * c.N * c.N)), gb1.fill(base(c.K)), gb2.fill(base(gb2.n));
+          go.fill(accumulate_base), gq.fill(accumulate_base), gw1.fill(accumulate_base);
+          gw2.fill(accumulate_base), gs.fill(accumulate_base), gb1.fill(accumulate_base), gb2.fill(accumulate_base);
         }
         distill::pair_scorer_grads<double> grads;
-        grads.objects = as_rank3(go, c.B, c.N);
-        if (c.Q > 0) grads.question = distill::make_strided_view(gq.buf.data(), std::array<distill::index_t, 2>{c.B, c.Q}, std::array<distill::index_t, 2>{gq.ld, 1});
-        grads.scores = as_rank3(gs, c.B, c.N);
+        grads.objects = as_rank3<double>(go, c.B, c.N);
+        if (c.Q > 0) grads.question = distill::make_strided_view(gq.data(), std::array<distill::index_t, 2>{c.B, c.Q}, gq.strides());
+        grads.scores = as_rank3<double>(gs, c.B, c.N);
         grads.weights.kind = lib.kind;
         grads.weights.w1 = gw1.view(), grads.weights.b1 = gb1.view(), grads.weights.w2 = gw2.view(), grads.weights.b2 = gb2.view();
         const auto st = distill::pair_scorer_backward(
@@ -202,15 +208,15 @@ TEST_CASE("pair scorer reference and CPU backward against finite differences", "
         CHECK(gb1.intact());
         CHECK(gb2.intact());
         auto want = [&](std::vector<double> v) { return accumulate ? plus_base(v) : v; };
-        CHECK_CLOSE("d objects", go.read(), want(fd_member(p, &scorer_problem_d::o, f)), distill_test::tol::fd);
+        CHECK_CLOSE("d objects", go.get(), want(fd_member(p, &scorer_problem_d::o, f)), distill_test::tol::fd);
         if (c.Q > 0) {
-          std::vector<double> got = gq.read();
+          std::vector<double> got = gq.get();
           CHECK_CLOSE("d question", got, want(fd_member(p, &scorer_problem_d::q, f)), distill_test::tol::fd);
         }
-        CHECK_CLOSE("d w1", gw1.read(), want(fd_member(p, &scorer_problem_d::W1, f)), distill_test::tol::fd);
-        CHECK_CLOSE("d b1", gb1.read(), want(fd_member(p, &scorer_problem_d::b1, f)), distill_test::tol::fd);
-        CHECK_CLOSE("d w2", gw2.read(), want(fd_member(p, &scorer_problem_d::W2, f)), distill_test::tol::fd);
-        CHECK_CLOSE("d b2", gb2.read(), want(fd_member(p, &scorer_problem_d::b2, f)), distill_test::tol::fd);
+        CHECK_CLOSE("d w1", gw1.get(), want(fd_member(p, &scorer_problem_d::W1, f)), distill_test::tol::fd);
+        CHECK_CLOSE("d b1", gb1.get(), want(fd_member(p, &scorer_problem_d::b1, f)), distill_test::tol::fd);
+        CHECK_CLOSE("d w2", gw2.get(), want(fd_member(p, &scorer_problem_d::W2, f)), distill_test::tol::fd);
+        CHECK_CLOSE("d b2", gb2.get(), want(fd_member(p, &scorer_problem_d::b2, f)), distill_test::tol::fd);
         // dL/ds: finite differences over the scores themselves (valid pairs only).
         {
           const auto s0 = distill_ref::scorer_scores(p);
@@ -228,7 +234,7 @@ TEST_CASE("pair scorer reference and CPU backward against finite differences", "
             };
             fd[k] = (at(1e-6) - at(-1e-6)) / 2e-6;
           }
-          CHECK_CLOSE("d scores", gs.read(), want(fd), distill_test::tol::fd);
+          CHECK_CLOSE("d scores", gs.get(), want(fd), distill_test::tol::fd);
         }
       }
     }

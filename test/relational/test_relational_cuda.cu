@@ -2,9 +2,10 @@
 // Relational family on CUDA: pairing (strict fp32, TF32, bf16) against the double reference and
 // against the CPU path on every pass, mask kind, padding, i = j option, layer count, widths that
 // are and are not multiples of the tile sizes, several tiles per block, strided and
-// column-major layouts, accumulation; CUDA-graph capture; the pair scorer and its losses; box
-// features; bad inputs (wrong memory space, layouts, shapes, workspace); canaries around every
-// output (device copies of guarded host buffers).
+// column-major layouts, accumulation; CUDA-graph capture; the persistent blocks' multi-tile loop;
+// the pair scorer and its losses; box features; bad inputs (wrong memory space, layouts, shapes,
+// workspace); canaries around every output. The harness (pairing_harness.hpp) is the CPU tests'
+// one, run on cuda_space.
 #include <catch2/catch.hpp>
 
 #include <cuda_runtime.h>
@@ -17,7 +18,11 @@
 #include "distill/relational/pairing.hpp"
 #include "relational/pairing_harness.hpp"
 #include "relational/scorer_test_util.hpp"
-#include "support/device_buffer.cuh"
+#include "support/backend_cuda.cuh"
+
+using test_space = distill::cuda_space;
+
+#include "relational/pairing_cases.hpp"
 
 using namespace rel_test;
 using distill::index_t;
@@ -26,161 +31,6 @@ using distill_ref::scorer_problem_d;
 using distill_test::device_buffer;
 
 namespace {
-
-/// A device copy of a guarded host buffer, canary bands included, and back.
-template <class T>
-struct mirror {
-  distill_test::guarded<T>& host;
-  device_buffer<T> dev;
-  static constexpr std::size_t band = distill_test::guarded<T>::band;
-  explicit mirror(distill_test::guarded<T>& h) : host(h), dev(h.size() + 2 * band) {
-    distill_test::cuda_check(cudaMemcpy(dev.data(), h.data() - band, dev.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  T* data() const { return dev.data() + band; }
-  void download() {
-    distill_test::cuda_check(cudaMemcpy(host.data() - band, dev.data(), dev.size() * sizeof(T), cudaMemcpyDeviceToHost), "download");
-  }
-};
-
-template <class T>
-distill::cuda_view<T, 2> dview(mirror<T>& m, const matrix_buf<T>& b) {
-  return b.colmajor ? distill::make_strided_view<distill::cuda_space>(m.data(), std::array<index_t, 2>{b.rows, b.cols}, std::array<index_t, 2>{1, b.ld})
-                    : distill::make_strided_view<distill::cuda_space>(m.data(), std::array<index_t, 2>{b.rows, b.cols}, std::array<index_t, 2>{b.ld, 1});
-}
-template <class T>
-distill::cuda_view<T, 3> dview3(mirror<T>& m, const matrix_buf<T>& b, long B, long N) {
-  return distill::make_strided_view<distill::cuda_space>(m.data(), std::array<index_t, 3>{B, N, b.cols}, std::array<index_t, 3>{N * b.ld, b.ld, 1});
-}
-template <class T>
-distill::cuda_view<T, 1> dview1(mirror<T>& m, const vector_buf<T>& b) {
-  return distill::make_strided_view<distill::cuda_space>(m.data(), std::array<index_t, 1>{b.n}, std::array<index_t, 1>{b.stride});
-}
-
-struct cuda_config {
-  distill::matmul_precision math = distill::matmul_precision::fp32;
-  pass which = pass::fused;
-  bool strided = false, colmajor = false, accumulate = false;
-  bool want_m = true;
-};
-
-/// Runs the CUDA pairing on a reference problem (float), mirroring run_lib's layouts.
-lib_result run_cuda_pairing(const distill_ref::pairing_problem_d& p, const std::vector<double>& dy, const cuda_config& cc,
-                            cudaStream_t stream = nullptr, bool capture = false) {
-  using namespace distill;
-  using T = float;
-  const long pad = cc.strided ? 4 : 0;  // CUDA wants unit inner stride only
-  const long B = p.B, N = p.N, D = p.D, Q = p.Q, H = p.H;
-  matrix_buf<T> o(B * N, D, pad, false), q(B, std::max(Q, 1L), pad, false), m(B * N, N, pad, false), dyb(B, H, pad, false);
-  o.fill(p.o);
-  if (Q > 0) q.fill(p.q);
-  if (!p.M.empty()) m.fill(p.M);
-  dyb.fill(dy);
-  std::vector<matrix_buf<T>> wb;
-  std::vector<vector_buf<T>> bb;
-  for (int l = 0; l < p.g.L; ++l) {
-    wb.emplace_back(l == 0 ? 2 * D + Q : H, H, pad, cc.colmajor);
-    wb.back().fill(p.g.W[static_cast<std::size_t>(l)]);
-    bb.emplace_back(H, cc.strided);
-    if (!p.g.b[static_cast<std::size_t>(l)].empty()) bb.back().fill(p.g.b[static_cast<std::size_t>(l)]);
-  }
-  matrix_buf<T> y(B, H, pad, false), go(B * N, D, pad, false), gq(B, std::max(Q, 1L), pad, false), gm(B * N, N, pad, false);
-  std::vector<matrix_buf<T>> gw;
-  std::vector<vector_buf<T>> gb;
-  for (int l = 0; l < p.g.L; ++l) {
-    gw.emplace_back(l == 0 ? 2 * D + Q : H, H, pad, cc.colmajor);
-    gb.emplace_back(H, cc.strided);
-  }
-  if (cc.accumulate) {
-    auto base = [](long n) { return std::vector<double>(static_cast<std::size_t>(n), accumulate_base); };
-    go.fill(base(B * N * D));
-    if (Q > 0) gq.fill(base(B * Q));
-    gm.fill(base(B * N * N));
-    for (int l = 0; l < p.g.L; ++l) {
-      gw[static_cast<std::size_t>(l)].fill(base(gw[static_cast<std::size_t>(l)].rows * H));
-      gb[static_cast<std::size_t>(l)].fill(base(H));
-    }
-  }
-  std::vector<std::uint8_t> om = p.om;
-  device_buffer<std::uint8_t> d_om(om.empty() ? std::vector<std::uint8_t>(1, 1) : om);
-  mirror<T> d_o(o.buf), d_q(q.buf), d_m(m.buf), d_dy(dyb.buf), d_y(y.buf), d_go(go.buf), d_gq(gq.buf), d_gm(gm.buf);
-  std::vector<std::unique_ptr<mirror<T>>> d_w, d_b, d_gw, d_gb;
-  for (int l = 0; l < p.g.L; ++l) {
-    d_w.push_back(std::make_unique<mirror<T>>(wb[static_cast<std::size_t>(l)].buf));
-    d_b.push_back(std::make_unique<mirror<T>>(bb[static_cast<std::size_t>(l)].buf));
-    d_gw.push_back(std::make_unique<mirror<T>>(gw[static_cast<std::size_t>(l)].buf));
-    d_gb.push_back(std::make_unique<mirror<T>>(gb[static_cast<std::size_t>(l)].buf));
-  }
-  relational_mlp<const T, cuda_space> g;
-  g.layers = p.g.L;
-  relational_pairing_grads<T, cuda_space> gr;
-  gr.g.layers = p.g.L;
-  for (int l = 0; l < p.g.L; ++l) {
-    const auto L = static_cast<std::size_t>(l);
-    g.weight[l] = dview(*d_w[L], wb[L]);
-    if (!p.g.b[L].empty()) g.bias[l] = dview1(*d_b[L], bb[L]);
-    gr.g.weight[l] = dview(*d_gw[L], gw[L]);
-    gr.g.bias[l] = dview1(*d_gb[L], gb[L]);
-  }
-  gr.objects = dview3(d_go, go, B, N);
-  if (Q > 0) gr.question = make_strided_view<cuda_space>(d_gq.data(), std::array<index_t, 2>{B, Q}, std::array<index_t, 2>{gq.ld, 1});
-  if (cc.want_m) gr.pair_mask = dview3(d_gm, gm, B, N);
-  const cuda_view<const T, 3> ov = dview3(d_o, o, B, N);
-  const cuda_view<const T, 2> qv = Q > 0 ? cuda_view<const T, 2>(make_strided_view<cuda_space>(d_q.data(), std::array<index_t, 2>{B, Q}, std::array<index_t, 2>{q.ld, 1}))
-                                         : cuda_view<const T, 2>{};
-  const cuda_view<const T, 3> mv = p.M.empty() ? cuda_view<const T, 3>{} : cuda_view<const T, 3>(dview3(d_m, m, B, N));
-  const cuda_view<const std::uint8_t, 2> omv = om.empty() ? cuda_view<const std::uint8_t, 2>{}
-                                                           : make_view<cuda_space>(static_cast<const std::uint8_t*>(d_om.data()), B, N);
-  const cuda_view<const T, 2> dyv = dview(d_dy, dyb);
-  relational_pairing_options opt;
-  opt.include_self_pairs = p.self, opt.last_relu = p.last_relu, opt.mask_scale = static_cast<float>(p.scale);
-  opt.accumulate = cc.accumulate, opt.precision = cc.math;
-  const cuda ctx{stream};
-  device_buffer<std::byte> ws(relational_pairing_workspace_size(ctx, B, N, D, Q, H, p.g.L, opt));
-  const cuda_view<std::byte, 1> wsv = make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size()));
-
-  lib_result r;
-  auto call = [&]() -> status {
-    switch (cc.which) {
-      case pass::forward: return relational_pairing_forward(ctx, ov, qv, mv, omv, g, dview(d_y, y), wsv, opt);
-      case pass::backward: return relational_pairing_backward(ctx, ov, qv, mv, omv, g, dyv, gr, wsv, opt);
-      case pass::fused: return relational_pairing_forward_backward(ctx, ov, qv, mv, omv, g, dyv, dview(d_y, y), gr, wsv, opt);
-    }
-    return status{};
-  };
-  if (capture) {
-    // The whole call must be capturable: no allocation, no synchronisation inside.
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    distill_test::cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "begin capture");
-    (void)(r.st = call());
-    distill_test::cuda_check(cudaStreamEndCapture(stream, &graph), "end capture");
-    if (!r.st.ok()) return r;
-    distill_test::cuda_check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-    distill_test::cuda_check(cudaGraphLaunch(exec, stream), "launch");
-    distill_test::cuda_check(cudaStreamSynchronize(stream), "sync");
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  } else {
-    (void)(r.st = call());
-  }
-  if (!r.st.ok()) return r;
-  distill_test::cuda_sync();
-  d_y.download(), d_go.download(), d_gq.download(), d_gm.download();
-  for (int l = 0; l < p.g.L; ++l) d_gw[static_cast<std::size_t>(l)]->download(), d_gb[static_cast<std::size_t>(l)]->download();
-  if (cc.which != pass::backward) r.y = y.read();
-  if (cc.which != pass::forward) {
-    r.o = go.read();
-    if (Q > 0) r.q = gq.read();
-    if (cc.want_m) r.m = gm.read();
-    for (int l = 0; l < p.g.L; ++l) {
-      r.w.push_back(gw[static_cast<std::size_t>(l)].read());
-      r.b.push_back(gb[static_cast<std::size_t>(l)].read());
-    }
-  }
-  r.canaries_ok = y.intact() && go.intact() && gq.intact() && gm.intact();
-  for (int l = 0; l < p.g.L; ++l) r.canaries_ok = r.canaries_ok && gw[static_cast<std::size_t>(l)].intact() && gb[static_cast<std::size_t>(l)].intact();
-  return r;
-}
 
 double rel_for(distill::matmul_precision m) {
   switch (m) {
@@ -241,9 +91,9 @@ TEST_CASE("relational pairing CUDA: every math mode against the reference", "[re
     for (auto math : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
       for (pass which : {pass::forward, pass::backward, pass::fused}) {
         INFO(describe(c) << " math " << name_of(math) << " pass " << static_cast<int>(which));
-        cuda_config cc;
-        cc.math = math, cc.which = which;
-        const lib_result r = run_cuda_pairing(p, dy, cc);
+        run_config rc;
+        rc.precision = math, rc.which = which;
+        const lib_result r = run_lib<float, distill::cuda_space>(p, dy, rc);
         REQUIRE(r.st.ok());
         CHECK(r.canaries_ok);
         check_all(name_of(math), r, y, gr, rel_for(math), false);
@@ -262,19 +112,17 @@ TEST_CASE("relational pairing CUDA: layouts, accumulation, graph capture, CPU ag
   const auto gr = distill_ref::pairing_backward(p, dy);
   for (auto math : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
     INFO("math " << name_of(math));
-    cuda_config cc;
-    cc.math = math, cc.strided = true, cc.colmajor = true, cc.accumulate = true;
-    const lib_result r = run_cuda_pairing(p, dy, cc);
+    run_config rc;
+    rc.precision = math, rc.strided = true, rc.colmajor = true, rc.accumulate = true;
+    const lib_result r = run_lib<float, distill::cuda_space>(p, dy, rc);
     REQUIRE(r.st.ok());
     CHECK(r.canaries_ok);
     check_all("strided colmajor accumulate", r, y, gr, rel_for(math), true);
-    // Captured in a CUDA graph on a private stream.
-    cudaStream_t s;
-    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-    cuda_config c2;
-    c2.math = math;
-    const lib_result rg = run_cuda_pairing(p, dy, c2, s, true);
-    cudaStreamDestroy(s);
+    // Captured in a CUDA graph on the session's non-blocking stream.
+    run_config rg_config;
+    rg_config.precision = math;
+    rg_config.capture = true;
+    const lib_result rg = run_lib<float, distill::cuda_space>(p, dy, rg_config);
     REQUIRE(rg.st.ok());
     check_all("graph", rg, y, gr, rel_for(math), false);
   }
@@ -283,8 +131,7 @@ TEST_CASE("relational pairing CUDA: layouts, accumulation, graph capture, CPU ag
   rc.threads = 2;
   const lib_result cpu = run_lib<float>(p, dy, rc);
   REQUIRE(cpu.st.ok());
-  cuda_config cc;
-  const lib_result r = run_cuda_pairing(p, dy, cc);
+  const lib_result r = run_lib<float, distill::cuda_space>(p, dy, run_config{});
   REQUIRE(r.st.ok());
   CHECK_CLOSE("y vs CPU", r.y, cpu.y, scaled(cpu.y, 1e-4));
   CHECK_CLOSE("d objects vs CPU", r.o, cpu.o, scaled(cpu.o, 1e-4));

@@ -5,8 +5,12 @@
 //   guarded<float> g(N * ld);  auto v = make_strided_view(g.data(), {N, C}, {ld, 1});
 //   ...call...;  CHECK(g.intact());  CHECK(g.padding_intact(N, C, ld));
 
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include "distill/core/dtype.hpp"
 
 namespace distill_test {
 
@@ -34,7 +38,13 @@ class guarded {
         if (r * ld + c < n_ && !same(data()[r * ld + c])) return false;
     return true;
   }
-  static T canary() { return static_cast<T>(-12345.678); }
+  static T canary() {
+    if constexpr (std::is_same_v<T, std::byte>) return std::byte{0xA5};
+    else if constexpr (std::is_integral_v<T>) return static_cast<T>(-91);
+    else if constexpr (std::is_floating_point_v<T>) return static_cast<T>(-12345.678);
+    else return distill::store<T>(-12345.0f);  // float16, bfloat16
+  }
+  static bool is_canary(const T& x) { return same(x); }
 
  private:
   static bool same(const T& x) {

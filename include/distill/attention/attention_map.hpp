@@ -71,6 +71,7 @@
 #include "distill/core/simd.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -536,17 +537,25 @@ struct backend<host_space> {
   }
 };
 
-/// Scratch of the CUDA path: the valid-count slot, the completion counter and one partial sum
-/// per block (at most cuda_max_blocks).
+/// Scratch of the CUDA path (core/workspace.hpp): the valid-count slot, the completion counter
+/// and one partial sum per block (at most cuda_max_blocks).
 inline constexpr int cuda_max_blocks = 2048;
-inline constexpr std::size_t cuda_workspace_bytes = 256 + cuda_max_blocks * sizeof(float);
+struct cuda_scratch {
+  float* divisor;
+  unsigned* counter;
+  float* partials;
+  constexpr explicit cuda_scratch(workspace_carver& w)
+      : divisor(w.take<float>(1)), counter(w.take<unsigned>(1)), partials(w.take<float>(cuda_max_blocks)) {}
+};
 
 }  // namespace attention_map_detail
 
 /// Bytes of scratch the entry points need: none on the CPU; on CUDA a constant (16-byte
 /// aligned, no initialisation needed).
 constexpr std::size_t attention_map_workspace_size(const cpu&) noexcept { return 0; }
-constexpr std::size_t attention_map_workspace_size(const cuda&) noexcept { return attention_map_detail::cuda_workspace_bytes; }
+constexpr std::size_t attention_map_workspace_size(const cuda&) noexcept {
+  return workspace_carver::size_of<attention_map_detail::cuda_scratch>();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Entry points, the same for every context (see the file comment)

@@ -60,6 +60,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -99,21 +100,19 @@ struct attention_transfer_layer {
 };
 
 namespace attention_transfer_detail {
-/// Byte offsets of the CUDA workspace regions (each 256-byte aligned).
-struct workspace_layout {
-  std::size_t student_map, teacher_map, sample_loss, counter, total;
+/// The CUDA scratch of one layer pair (core/workspace.hpp): the two attention maps, the
+/// per-sample losses and the completion counter.
+struct cuda_scratch {
+  float* student_map;
+  float* teacher_map;
+  float* sample_loss;
+  unsigned* counter;
+  constexpr cuda_scratch(workspace_carver& w, index_t batch, index_t spatial)
+      : student_map(w.take<float>(batch * spatial)),
+        teacher_map(w.take<float>(batch * spatial)),
+        sample_loss(w.take<float>(batch)),
+        counter(w.take<unsigned>(1)) {}
 };
-inline workspace_layout make_workspace_layout(index_t batch, index_t spatial) noexcept {
-  auto round = [](std::size_t x) { return (x + 255) / 256 * 256; };
-  const std::size_t map = round(static_cast<std::size_t>(batch * spatial) * sizeof(float));
-  workspace_layout w{};
-  w.student_map = 0;
-  w.teacher_map = map;
-  w.sample_loss = 2 * map;
-  w.counter = w.sample_loss + round(static_cast<std::size_t>(batch) * sizeof(float));
-  w.total = w.counter + 256;
-  return w;
-}
 }  // namespace attention_transfer_detail
 
 /// Bytes of scratch the entry points need for features [batch, *, height, width] (for several
@@ -123,8 +122,8 @@ constexpr std::size_t attention_transfer_workspace_size(const cpu&, index_t /*ba
                                                         index_t /*width*/) noexcept {
   return 0;
 }
-inline std::size_t attention_transfer_workspace_size(const cuda&, index_t batch, index_t height, index_t width) noexcept {
-  return attention_transfer_detail::make_workspace_layout(batch, height * width).total;
+constexpr std::size_t attention_transfer_workspace_size(const cuda&, index_t batch, index_t height, index_t width) noexcept {
+  return workspace_carver::size_of<attention_transfer_detail::cuda_scratch>(batch, height * width);
 }
 
 namespace attention_transfer_detail {

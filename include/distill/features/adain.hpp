@@ -321,11 +321,12 @@ template <class TS, class TT>
   return features_detail::adain_stats_loss_cpu(fn, ctx, student, teacher, loss, grad_student, opt);
 }
 
-/// Bytes of scratch of the AdaIN statistics loss for `batch` x `channels` statistics: as
-/// stats_matching_workspace_size (the same per-channel accumulators on CUDA, none on the CPU).
-template <class Ctx>
+/// Bytes of scratch of the AdaIN statistics loss for `batch` x `channels` statistics of element
+/// type T: as stats_matching_workspace_size (the same per-channel accumulators on CUDA, none on
+/// the CPU).
+template <class T = float, class Ctx>
 constexpr std::size_t adain_stats_loss_workspace_size(const Ctx& ctx, index_t batch, index_t channels) noexcept {
-  return stats_matching_workspace_size(ctx, batch, channels);
+  return stats_matching_workspace_size<T>(ctx, batch, channels);
 }
 
 // =============================================================================================
@@ -344,10 +345,10 @@ struct adain_kd_buffers {
 };
 
 /// Bytes of scratch of the AdaIN-KD loss for a teacher head with R output rows (the output
-/// loss is an embedding alignment over them).
-template <class Ctx>
+/// loss is an embedding alignment over them), element type T.
+template <class T = float, class Ctx>
 constexpr std::size_t adain_kd_loss_workspace_size(const Ctx& ctx, index_t head_rows) noexcept {
-  return embedding_alignment_workspace_size(ctx, head_rows);
+  return embedding_alignment_workspace_size<T>(ctx, head_rows);
 }
 
 namespace features_detail {

@@ -58,6 +58,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 #include "distill/features/feature_stats.hpp"
 
 namespace distill {
@@ -361,11 +362,24 @@ template <class TS, class TT>
                                                                grad_student, opt);
 }
 
-/// Bytes of scratch for N rows: none on the CPU; on CUDA the reduction divisor and one partial
-/// per row (used when a reduced loss is requested or the reduction is mean).
+namespace features_detail {
+/// The CUDA scratch of embedding alignment (core/workspace.hpp): the mean divisor and one
+/// partial loss per row.
+template <class Acc>
+struct embedding_alignment_scratch {
+  Acc* divisor;
+  Acc* row_loss;
+  constexpr embedding_alignment_scratch(workspace_carver& w, index_t rows) : divisor(w.take<Acc>(1)), row_loss(w.take<Acc>(rows)) {}
+};
+}  // namespace features_detail
+
+/// Bytes of scratch for N rows of element type T: none on the CPU; on CUDA the reduction divisor
+/// and one partial per row (used when a reduced loss is requested or the reduction is mean).
+template <class T = float>
 constexpr std::size_t embedding_alignment_workspace_size(const cpu&, index_t /*rows*/) noexcept { return 0; }
+template <class T = float>
 constexpr std::size_t embedding_alignment_workspace_size(const cuda&, index_t rows) noexcept {
-  return static_cast<std::size_t>(rows < 0 ? 1 : rows + 1) * sizeof(float);
+  return workspace_carver::size_of<features_detail::embedding_alignment_scratch<accum_t<T>>>(rows);
 }
 
 }  // namespace distill

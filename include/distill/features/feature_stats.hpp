@@ -58,6 +58,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -875,13 +876,24 @@ template <class TS, class TT>
                                                     grad_student, opt);
 }
 
+namespace features_detail {
+/// The CUDA scratch of the per-channel losses (core/workspace.hpp): one accumulator per channel.
+template <class Acc>
+struct channel_loss_scratch {
+  Acc* partial;
+  constexpr channel_loss_scratch(workspace_carver& w, index_t channels) : partial(w.take<Acc>(channels)) {}
+};
+}  // namespace features_detail
+
 /// Bytes of scratch of the statistics-matching entry points for `batch` x `channels` statistics
-/// (channels = C, or D in the token layout): none on the CPU; on CUDA one accumulator per
-/// channel when a loss value is requested, reduced in a fixed order (deterministic). The
-/// backward pass needs none.
+/// (channels = C, or D in the token layout) of element type T: none on the CPU; on CUDA one
+/// accumulator per channel when a loss value is requested, reduced in a fixed order
+/// (deterministic). The backward pass needs none.
+template <class T = float>
 constexpr std::size_t stats_matching_workspace_size(const cpu&, index_t /*batch*/, index_t /*channels*/) noexcept { return 0; }
+template <class T = float>
 constexpr std::size_t stats_matching_workspace_size(const cuda&, index_t batch, index_t channels) noexcept {
-  return static_cast<std::size_t>(batch < 0 ? 0 : batch) * static_cast<std::size_t>(channels < 0 ? 0 : channels) * sizeof(float);
+  return workspace_carver::size_of<features_detail::channel_loss_scratch<accum_t<T>>>(batch * channels);
 }
 
 }  // namespace distill

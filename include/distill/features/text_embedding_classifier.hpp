@@ -57,6 +57,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 #include "distill/features/embedding_alignment.hpp"
 #include "distill/features/feature_stats.hpp"
 
@@ -489,12 +490,40 @@ template <class T>
                                             grad_regions, grad_background, grad_classes, logits_scratch, opt, opt, true);
 }
 
+namespace features_detail {
+/// The CUDA scratch of the classifier (core/workspace.hpp): the normalisation factors of the
+/// regions, classes and background, the class scales, the pre-normalisation gradients and the
+/// cross-entropy divisor and partials.
+template <class Acc>
+struct classifier_scratch {
+  Acc *row_inv, *row_proj, *row_scale, *class_inv, *class_proj, *class_scale, *class_on, *class_on_tau;
+  Acc *bg_inv, *bg_proj, *e_pre, *t_pre, *w_pre, *inv_div, *partial;
+  constexpr classifier_scratch(workspace_carver& w, index_t N, index_t C, index_t D)
+      : row_inv(w.take<Acc>(N)),
+        row_proj(w.take<Acc>(N)),
+        row_scale(w.take<Acc>(N)),
+        class_inv(w.take<Acc>(C)),
+        class_proj(w.take<Acc>(C)),
+        class_scale(w.take<Acc>(C)),
+        class_on(w.take<Acc>(C)),
+        class_on_tau(w.take<Acc>(C)),
+        bg_inv(w.take<Acc>(1)),
+        bg_proj(w.take<Acc>(1)),
+        e_pre(w.take<Acc>(N * D)),
+        t_pre(w.take<Acc>(C * D)),
+        w_pre(w.take<Acc>(D)),
+        inv_div(w.take<Acc>(1)),
+        partial(w.take<Acc>(N)) {}
+};
+}  // namespace features_detail
+
 /// Bytes of scratch of every text_classifier_* entry point for N regions, C classes and
-/// embedding size D: none on the CPU; on CUDA the normalisation factors, the pre-normalisation
-/// gradients and the cross-entropy partials.
+/// embedding size D of element type T: none on the CPU; on CUDA features_detail::classifier_scratch.
+template <class T = float>
 constexpr std::size_t text_classifier_workspace_size(const cpu&, index_t /*N*/, index_t /*C*/, index_t /*D*/) noexcept { return 0; }
+template <class T = float>
 constexpr std::size_t text_classifier_workspace_size(const cuda&, index_t N, index_t C, index_t D) noexcept {
-  return static_cast<std::size_t>(4 * N + 5 * C + 3 + N * D + C * D + D) * sizeof(float);
+  return workspace_carver::size_of<features_detail::classifier_scratch<accum_t<T>>>(N, C, D);
 }
 
 }  // namespace distill

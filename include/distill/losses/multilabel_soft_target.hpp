@@ -60,6 +60,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -89,16 +90,21 @@ using multilabel_soft_target_host_inputs = multilabel_soft_target_inputs<Acc, ho
 template <class Acc = float>
 using multilabel_soft_target_cuda_inputs = multilabel_soft_target_inputs<Acc, cuda_space>;
 
+namespace multilabel_detail {
+/// The CUDA scratch (core/workspace.hpp): the mean divisor and the row losses, summed in a
+/// fixed order.
+struct cuda_scratch {
+  float* divisor;
+  float* row_loss;
+  constexpr cuda_scratch(workspace_carver& w, index_t rows) : divisor(w.take<float>(1)), row_loss(w.take<float>(rows)) {}
+};
+}  // namespace multilabel_detail
+
 /// Bytes of `workspace` the entry points need on `ctx`: 0 on the CPU; on CUDA one float per row
-/// (row losses, summed in a fixed order) plus the divisor, rounded to 256 bytes.
-template <class Ctx>
-constexpr std::size_t multilabel_soft_target_workspace_size(const Ctx&, index_t rows, index_t /*classes*/) noexcept {
-  if constexpr (std::is_same_v<Ctx, cuda>) {
-    const std::size_t floats = static_cast<std::size_t>(rows < 0 ? 0 : rows) + 1;
-    return (floats * sizeof(float) + 255) / 256 * 256;
-  } else {
-    return 0;
-  }
+/// (row losses, summed in a fixed order) plus the divisor.
+constexpr std::size_t multilabel_soft_target_workspace_size(const cpu&, index_t /*rows*/, index_t /*classes*/) noexcept { return 0; }
+constexpr std::size_t multilabel_soft_target_workspace_size(const cuda&, index_t rows, index_t /*classes*/) noexcept {
+  return workspace_carver::size_of<multilabel_detail::cuda_scratch>(rows);
 }
 
 namespace multilabel_detail {

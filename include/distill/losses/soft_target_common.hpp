@@ -61,6 +61,7 @@
 #include "distill/core/simd.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -110,13 +111,21 @@ using soft_target_host_extras = soft_target_extras<Acc, host_space>;
 template <class Acc = float>
 using soft_target_cuda_extras = soft_target_extras<Acc, cuda_space>;
 
+/// The CUDA scratch of every soft-target loss (core/workspace.hpp): the per-row losses and
+/// temperature-gradient terms, summed in a fixed order, and the counted mean divisor.
+struct soft_target_scratch {
+  float* row_loss;
+  float* row_dt;
+  float* divisor;
+  constexpr soft_target_scratch(workspace_carver& w, index_t rows)
+      : row_loss(w.take<float>(rows)), row_dt(w.take<float>(rows)), divisor(w.take<float>(1)) {}
+};
+
 /// Scratch bytes of every soft-target loss over `rows` rows (the `workspace` argument of each
-/// entry point). CPU: none. CUDA: one float per row for the row losses, one for the
-/// temperature-gradient terms and one for the divisor; nothing grows with the class count.
+/// entry point). CPU: none. CUDA: soft_target_scratch; nothing grows with the class count.
 constexpr std::size_t soft_target_workspace_size(const cpu&, index_t /*rows*/) noexcept { return 0; }
 constexpr std::size_t soft_target_workspace_size(const cuda&, index_t rows) noexcept {
-  const std::size_t floats = 2 * static_cast<std::size_t>(rows < 0 ? 0 : rows) + 1;
-  return (floats * sizeof(float) + 255) / 256 * 256;
+  return workspace_carver::size_of<soft_target_scratch>(rows);
 }
 
 namespace soft_target_detail {

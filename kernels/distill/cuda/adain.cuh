@@ -18,7 +18,7 @@
 #include <climits>
 
 #include "distill/cuda/feature_stats.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/features/adain.hpp"
 
@@ -40,14 +40,15 @@ struct adain_args {
 
 template <int BlockSize, class Acc, class TX, class TY, class TO, class TGY>
 __global__ void __launch_bounds__(BlockSize) adain_forward_block_per_channel_kernel(adain_args<Acc, TX, TY, TO, TGY> a) {
-  __shared__ Acc smem[3 * (BlockSize / 32)];
+  __shared__ welford_smem<BlockSize, Acc> smem;
   const index_t C = a.x.extent(1), p = blockIdx.x, b = p / C, c = p % C;
   const int nx = static_cast<int>(a.x.extent(2) * a.x.extent(3)), wxw = static_cast<int>(a.x.extent(3));
   const int ny = static_cast<int>(a.y.extent(2) * a.y.extent(3)), wyw = static_cast<int>(a.y.extent(3));
   const TX* xp = a.x.data() + b * a.x.stride(0) + c * a.x.stride(1);
   const TY* yp = a.y.data() + b * a.y.stride(0) + c * a.y.stride(1);
-  const pivoted_moments<Acc> mx = plane_stats<BlockSize, 0, Acc>(xp, nx, wxw, a.x.stride(2), a.x_contig, nullptr, smem);
-  const pivoted_moments<Acc> my = plane_stats<BlockSize, 0, Acc>(yp, ny, wyw, a.y.stride(2), a.y_contig, nullptr, smem);
+  pivoted_moments<Acc> mx = thread_plane_stats<BlockSize, 0, Acc>(xp, nx, wxw, a.x.stride(2), a.x_contig, nullptr);
+  pivoted_moments<Acc> my = thread_plane_stats<BlockSize, 0, Acc>(yp, ny, wyw, a.y.stride(2), a.y_contig, nullptr);
+  block_welford_pair<BlockSize>(mx.shifted, my.shifted, smem.pair());  // both planes in one exchange
   const Acc ratio = features_detail::sigma_of(my.shifted, a.unbiased, a.eps) / features_detail::sigma_of(mx.shifted, a.unbiased, a.eps);
   const Acc mu_y = my.absolute().mean;
   TO* op = a.out.data() + b * a.out.stride(0) + c * a.out.stride(1);
@@ -59,15 +60,16 @@ __global__ void __launch_bounds__(BlockSize) adain_forward_block_per_channel_ker
 
 template <int BlockSize, class Acc, class TX, class TY, class TO, class TGY>
 __global__ void __launch_bounds__(BlockSize) adain_backward_block_per_channel_kernel(adain_args<Acc, TX, TY, TO, TGY> a) {
-  __shared__ Acc smem[3 * (BlockSize / 32)];
+  __shared__ welford_smem<BlockSize, Acc> smem;
   const index_t C = a.x.extent(1), p = blockIdx.x, b = p / C, c = p % C;
   const int nx = static_cast<int>(a.x.extent(2) * a.x.extent(3)), wxw = static_cast<int>(a.x.extent(3));
   const int ny = static_cast<int>(a.y.extent(2) * a.y.extent(3)), wyw = static_cast<int>(a.y.extent(3));
   const TX* xp = a.x.data() + b * a.x.stride(0) + c * a.x.stride(1);
   const TY* yp = a.y.data() + b * a.y.stride(0) + c * a.y.stride(1);
   const TO* gp = a.g.data() + b * a.g.stride(0) + c * a.g.stride(1);
-  const pivoted_moments<Acc> mx = plane_stats<BlockSize, 0, Acc>(xp, nx, wxw, a.x.stride(2), a.x_contig, nullptr, smem);
-  const pivoted_moments<Acc> my = plane_stats<BlockSize, 0, Acc>(yp, ny, wyw, a.y.stride(2), a.y_contig, nullptr, smem);
+  pivoted_moments<Acc> mx = thread_plane_stats<BlockSize, 0, Acc>(xp, nx, wxw, a.x.stride(2), a.x_contig, nullptr);
+  pivoted_moments<Acc> my = thread_plane_stats<BlockSize, 0, Acc>(yp, ny, wyw, a.y.stride(2), a.y_contig, nullptr);
+  block_welford_pair<BlockSize>(mx.shifted, my.shifted, smem.pair());  // both planes in one exchange
   const Acc sx = features_detail::sigma_of(mx.shifted, a.unbiased, a.eps);
   Acc sum_g = Acc(0), sum_gx = Acc(0);
   for (int i = static_cast<int>(threadIdx.x); i < nx; i += BlockSize) {
@@ -76,8 +78,12 @@ __global__ void __launch_bounds__(BlockSize) adain_backward_block_per_channel_ke
     sum_g += g;
     sum_gx += g * (((xv - mx.pivot) - mx.shifted.mean) / sx);
   }
-  sum_g = cuda_detail::block_sum<BlockSize>(sum_g, smem);
-  sum_gx = cuda_detail::block_sum<BlockSize>(sum_gx, smem);
+  {  // both sums in one exchange
+    using two = cuda_detail::sums<Acc, 2>;
+    const two r = cuda_detail::block_all_reduce<BlockSize>(two{{sum_g, sum_gx}}, cuda_detail::sums_op{}, two{}, smem.template as<two>());
+    sum_g = r.v[0];
+    sum_gx = r.v[1];
+  }
   const auto k = features_detail::adain_backward_coefficients(mx, my, sum_g, sum_gx, a.unbiased, a.eps);
   TGY* gyp = a.grad_y.data() + b * a.grad_y.stride(0) + c * a.grad_y.stride(1);
   for (int i = static_cast<int>(threadIdx.x); i < ny; i += BlockSize) {
@@ -181,7 +187,8 @@ status adain_stats_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s
                              cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad,
                              cuda_view<std::byte, 1> workspace, const adain_stats_loss_options& opt) {
   DISTILL_TRY(features_detail::check_adain_stats_options(fn, opt));
-  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_adain_stats_term<accum_t<TS>>(opt));
+  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_adain_stats_term<accum_t<TS>>(opt),
+                           "adain_stats_loss_workspace_size");
 }
 }  // namespace features_cuda_detail
 

@@ -30,7 +30,7 @@
 #include <cstdint>
 
 #include "distill/attention/attention_map.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 
 namespace distill {
@@ -44,13 +44,6 @@ constexpr int max_warp_keys = 1024;   // warp_per_row up to 32 keys per lane
 
 struct head_table {
   int head[max_index_heads];
-};
-
-/// Workspace: [divisor float][counter unsigned] ... [partials: max_blocks floats at byte 256].
-struct workspace_layout {
-  static constexpr std::size_t divisor = 0, counter = 4, partials = 256;
-  static constexpr std::size_t total = partials + max_blocks * sizeof(float);
-  static_assert(total == attention_map_detail::cuda_workspace_bytes, "attention_map_workspace_size(cuda) is out of date");
 };
 
 template <class TS, class TT>
@@ -109,10 +102,11 @@ __device__ void finish_loss(const problem<TS, TT>& P, float block_value, float i
   if (threadIdx.x == 0) P.loss[0] = s * inv_divisor;
 }
 
-/// log-softmax of a register row in place (x: -inf at masked keys); p = exp(x). A row with no
-/// finite mass becomes p = 0 (x = -inf), unless it holds NaN, which then spreads to the row.
+/// log-softmax of a register row in place (x: -inf at masked keys); p = exp(x) afterwards. A
+/// row with no finite mass becomes x = -inf (p = 0), unless it holds NaN, which then spreads to
+/// the row.
 template <int PL>
-__device__ DISTILL_FORCEINLINE void warp_log_softmax(float (&x)[PL], float (&p)[PL]) {
+__device__ DISTILL_FORCEINLINE void warp_log_softmax(float (&x)[PL]) {
   float m = neg_infinity<float>();
 #pragma unroll
   for (int k = 0; k < PL; ++k) m = fmaxf(m, x[k]);
@@ -121,9 +115,9 @@ __device__ DISTILL_FORCEINLINE void warp_log_softmax(float (&x)[PL], float (&p)[
     bool nan = false;
 #pragma unroll
     for (int k = 0; k < PL; ++k) nan |= x[k] != x[k];
-    const float fill = __any_sync(cuda_detail::full_mask, nan) ? __int_as_float(0x7fc00000) : 0.f;
+    const float fill = __any_sync(cuda_detail::full_mask, nan) ? __int_as_float(0x7fc00000) : neg_infinity<float>();
 #pragma unroll
-    for (int k = 0; k < PL; ++k) p[k] = fill, x[k] = fill == 0.f ? neg_infinity<float>() : fill;
+    for (int k = 0; k < PL; ++k) x[k] = fill;
     return;
   }
   float sum = 0.f;
@@ -131,13 +125,14 @@ __device__ DISTILL_FORCEINLINE void warp_log_softmax(float (&x)[PL], float (&p)[
   for (int k = 0; k < PL; ++k) sum += exp_(x[k] - m);
   const float lse = m + log_(cuda_detail::warp_sum(sum));
 #pragma unroll
-  for (int k = 0; k < PL; ++k) {
-    x[k] -= lse;
-    p[k] = exp_(x[k]);
-  }
+  for (int k = 0; k < PL; ++k) x[k] -= lse;
 }
 
-/// One row on one warp; returns l_r on every lane.
+/// One row on one warp; returns l_r on every lane. Two register arrays of PL values per lane:
+/// the student's (log p_s for logits, else p_s) and the teacher's (log p_t when kept exact for
+/// KL, else p_t); p_s = exp(log p_s) is recomputed where needed rather than held in a third
+/// array (one exp per key more, on a memory-bound kernel, keeps PL = 32 within 128 registers:
+/// two blocks per SM instead of one).
 template <int PL, class TS, class TT>
 __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c) {
   const int lane = threadIdx.x & 31;
@@ -150,9 +145,9 @@ __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c
   }
   const std::uint8_t* km = P.km ? P.km + static_cast<index_t>(b) * P.kmb : nullptr;
   unsigned valid = 0;  // bit k: key lane + 32 k is in range and unmasked
-  float xs[PL], ps[PL], tv[PL];
+  float xs[PL], tv[PL];
 
-  // Student: xs = log p_s (logits) and ps = p_s.
+  // Student: xs = raw values (masked: -inf logits, 0 probabilities).
   const TS* srow = P.s + static_cast<index_t>(b) * P.ssb + static_cast<index_t>(h) * P.ssh + static_cast<index_t>(i) * P.ssq;
   const float s_masked = P.s_logits ? neg_infinity<float>() : 0.f;
 #pragma unroll
@@ -176,21 +171,16 @@ __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c
 #pragma unroll
     for (int k = 0; k < PL; ++k) tv[k] = (valid >> k) & 1u ? load<float>(trow[lane + 32 * k]) : t_masked;
   }
-  if (P.s_logits) {
-    warp_log_softmax<PL>(xs, ps);
-  } else {
-#pragma unroll
-    for (int k = 0; k < PL; ++k) ps[k] = xs[k];
-  }
+  if (P.s_logits) warp_log_softmax<PL>(xs);  // xs = log p_s
+  const auto p_s = [&](int k) { return P.s_logits ? exp_(xs[k]) : xs[k]; };
   if (nheads == 1) {
     if (P.t_logits) {
-      float tp[PL];
-      warp_log_softmax<PL>(tv, tp);
+      warp_log_softmax<PL>(tv);
       if (P.kl) {
         t_is_log = true;
       } else {
 #pragma unroll
-        for (int k = 0; k < PL; ++k) tv[k] = tp[k];
+        for (int k = 0; k < PL; ++k) tv[k] = exp_(tv[k]);
       }
     }
   } else {
@@ -229,15 +219,16 @@ __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c
   if (!P.kl) {
 #pragma unroll
     for (int k = 0; k < PL; ++k) {
-      loss += attention_map_detail::mse_term(ps[k], tv[k]);
-      aux += ps[k] * attention_map_detail::mse_upstream(ps[k], tv[k], c);
+      const float ps = p_s(k);
+      loss += attention_map_detail::mse_term(ps, tv[k]);
+      aux += ps * attention_map_detail::mse_upstream(ps, tv[k], c);
     }
   } else {
 #pragma unroll
     for (int k = 0; k < PL; ++k) {
       const float pt = t_is_log ? exp_(tv[k]) : tv[k];
       const float log_pt = t_is_log ? tv[k] : log_(tv[k]);
-      const float log_ps = P.s_logits ? xs[k] : log_(ps[k]);
+      const float log_ps = P.s_logits ? xs[k] : log_(xs[k]);
       loss += attention_map_detail::kl_term(pt, log_pt, log_ps);
       aux += pt;
     }
@@ -249,14 +240,15 @@ __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c
     for (int k = 0; k < PL; ++k) {
       const int j = lane + 32 * k;
       if (j >= P.Lk) continue;
+      const float ps = p_s(k);
       float gv;
       if (!P.kl) {
-        gv = attention_map_detail::mse_upstream(ps[k], tv[k], c);
-        if (P.s_logits) gv = attention_map_detail::softmax_backward(ps[k], gv, aux);
+        gv = attention_map_detail::mse_upstream(ps, tv[k], c);
+        if (P.s_logits) gv = attention_map_detail::softmax_backward(ps, gv, aux);
       } else {
         const float pt = t_is_log ? exp_(tv[k]) : tv[k];
-        gv = P.s_logits ? attention_map_detail::kl_grad_logits(ps[k], pt, aux, c)
-                        : attention_map_detail::kl_grad_probabilities(ps[k], pt, c);
+        gv = P.s_logits ? attention_map_detail::kl_grad_logits(ps, pt, aux, c)
+                        : attention_map_detail::kl_grad_probabilities(ps, pt, c);
       }
       if (!((valid >> k) & 1u)) gv = 0.f;
       if (P.accumulate) gv += load<float>(grow[j]);
@@ -267,7 +259,7 @@ __device__ float warp_row(const problem<TS, TT>& P, int b, int h, int i, float c
 }
 
 template <int PL, class TS, class TT>
-__global__ void __launch_bounds__(row_block) attention_map_warp_per_row_kernel(const problem<TS, TT> P) {
+__global__ void __launch_bounds__(row_block, 2) attention_map_warp_per_row_kernel(const problem<TS, TT> P) {
   __shared__ float smem[row_block / 32];
   constexpr int warps = row_block / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -306,9 +298,8 @@ __device__ float block_row_lse(const T* row, const std::uint8_t* km, int Lk, lse
 template <class TS, class TT>
 __global__ void __launch_bounds__(row_block) attention_map_block_per_row_kernel(const problem<TS, TT> P) {
   __shared__ float smem[row_block / 32];
-  // lse_state has member initialisers, which __shared__ variables cannot run: raw storage.
-  __shared__ alignas(alignof(lse_state<float>)) unsigned char lsmem_raw[sizeof(lse_state<float>) * (row_block / 32)];
-  lse_state<float>* lsmem = reinterpret_cast<lse_state<float>*>(lsmem_raw);
+  __shared__ cuda_detail::shared_array<lse_state<float>, row_block / 32> lsmem_raw;
+  lse_state<float>* lsmem = lsmem_raw.data();
   __shared__ float lse_t[max_group];
   const float inv = inverse_divisor(P);
   const float c = P.grad_scale * inv;
@@ -498,14 +489,15 @@ status run_cuda(const char* fn, attention_map_detail::divergence div, const cuda
   P.loss_mode = !need_loss ? 0 : opt.reduction == reduction::none ? 1 : 2;
   P.loss = need_loss ? loss.data() : nullptr;
   P.loss_stride = need_loss ? loss.stride(0) : 0;
-  std::byte* ws = workspace.data();
-  P.partials = reinterpret_cast<float*>(ws + workspace_layout::partials);
-  P.counter = reinterpret_cast<unsigned*>(ws + workspace_layout::counter);
+  workspace_carver carver(workspace.data());
+  const attention_map_detail::cuda_scratch ws(carver);
+  P.partials = ws.partials;
+  P.counter = ws.counter;
 
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const bool masked = !masks.key.empty() || !masks.query.empty();
   if (opt.reduction == reduction::mean && masked) {
-    float* d = reinterpret_cast<float*>(ws + workspace_layout::divisor);
+    float* d = ws.divisor;
     attention_map_valid_count_kernel<<<1, row_block, 0, stream>>>(P.km, P.kmb, P.qm, P.qmb, P.B, P.Lq, P.Lk, P.Hs, P.kl, d);
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
     P.divisor = d;

@@ -32,7 +32,8 @@
 #include <vector>
 
 #include "distill/attention/attention_transfer.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/device.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 
 namespace distill {
@@ -370,17 +371,7 @@ struct plan {
   const char* why_not = "";
 };
 
-inline bool device_has_clusters() {
-  thread_local int major = -1;
-  if (major < 0) {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      (void)cudaGetLastError();
-      major = 0;
-    }
-  }
-  return major >= 9;
-}
+inline bool device_has_clusters() { return cuda_detail::current_device_properties().major >= 9; }
 
 /// Fills the launch configuration of the fused kernel; `usable` is false (and the caller falls
 /// back to two_pass) when the kernel has no sm_90 code or the cluster cannot be scheduled.
@@ -472,7 +463,7 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
     DISTILL_TRY(cuda_detail::check_device_view(fn, indexed("student", j).c_str(), layer.student));
     DISTILL_TRY(cuda_detail::check_device_view(fn, indexed("teacher", j).c_str(), layer.teacher));
     if (need_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, indexed("grad_student", j).c_str(), layer.grad_student));
-    need_ws = std::max(need_ws, make_workspace_layout(B, N).total);
+    need_ws = std::max(need_ws, workspace_carver::size_of<cuda_scratch>(B, N));
     plans.push_back(make_plan<TS>(B, layer.student.extent(1), N, opt.cuda_algorithm));
     if (opt.cuda_algorithm == attention_transfer_cuda_algorithm::fused_cluster && !plans.back().fused)
       return fail(errc::invalid_argument, fn,
@@ -494,17 +485,17 @@ status run_layers_cuda(const char* fn, const cuda& ctx, const Layers& layers,
   for (const Lr& layer : layers) {
     const plan& pl = plans[j++];
     const index_t N = layer.student.extent(2) * layer.student.extent(3);
-    const auto ws = make_workspace_layout(B, N);
-    std::byte* base = workspace.data();
-    float* qs = reinterpret_cast<float*>(base + ws.student_map);
-    float* qt = reinterpret_cast<float*>(base + ws.teacher_map);
+    workspace_carver carver(workspace.data());
+    const cuda_scratch ws(carver, B, N);
+    float* qs = ws.student_map;
+    float* qt = ws.teacher_map;
     loss_args L{};
     L.mode = !need_loss ? 0 : opt.reduction == reduction::none ? 1 : 2;
     L.out = need_loss ? loss.data() : nullptr;
     L.stride = need_loss ? loss.stride(0) : 0;
     L.add = !first;
-    L.sample_loss = reinterpret_cast<float*>(base + ws.sample_loss);
-    L.counter = reinterpret_cast<unsigned*>(base + ws.counter);
+    L.sample_loss = ws.sample_loss;
+    L.counter = ws.counter;
     L.batch = static_cast<int>(B);
     first = false;
     if (L.mode == 2) DISTILL_CUDA_TRY(cudaMemsetAsync(L.counter, 0, sizeof(unsigned), stream));

@@ -15,7 +15,7 @@
 #include <climits>
 
 #include "distill/cuda/feature_stats.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/features/embedding_alignment.hpp"
 
@@ -124,11 +124,20 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
   if (N > INT_MAX) return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 rows are not supported on CUDA");
   const bool reduced_loss = !loss.empty() && opt.reduction != reduction::none;
   const bool need_div = opt.reduction == reduction::mean;
-  Acc* ws = nullptr;
-  if (reduced_loss || need_div) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, N + 1, &ws));
+  using scratch = features_detail::embedding_alignment_scratch<Acc>;
+  Acc* divisor = nullptr;
+  Acc* row_loss = nullptr;
+  if (reduced_loss || need_div) {
+    DISTILL_TRY(cuda_detail::check_device_workspace(fn, workspace, workspace_carver::size_of<scratch>(N),
+                                                    "embedding_alignment_workspace_size"));
+    workspace_carver w(workspace.data());
+    const scratch ws(w, N);
+    divisor = ws.divisor;
+    row_loss = ws.row_loss;
+  }
   cudaStream_t st = cuda_detail::stream_of(ctx);
   if (need_div) {
-    embedding_alignment_row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, ws);
+    embedding_alignment_row_weight_sum_single_block_kernel<1024, Acc><<<1, 1024, 0, st>>>(weights, mask, N, divisor);
     DISTILL_TRY(cuda_detail::launch_status(fn, st));
   }
   const Acc inv_div_host = opt.reduction == reduction::batchmean ? Acc(1) / static_cast<Acc>(N) : Acc(1);
@@ -139,9 +148,9 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
                                     weights,
                                     mask,
                                     grad,
-                                    reduced_loss ? ws + 1 : nullptr,
+                                    reduced_loss ? row_loss : nullptr,
                                     opt.reduction == reduction::none ? loss : cuda_view<Acc, 1>{},
-                                    need_div ? ws : nullptr,
+                                    need_div ? divisor : nullptr,
                                     inv_div_host,
                                     static_cast<Acc>(opt.scale),
                                     static_cast<Acc>(opt.grad_scale),
@@ -152,8 +161,8 @@ status embedding_alignment_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 2
   embedding_alignment_block_per_row_kernel<128><<<static_cast<unsigned>(N), 128, 0, st>>>(a);
   DISTILL_TRY(cuda_detail::launch_status(fn, st));
   if (reduced_loss)
-    DISTILL_TRY(launch_sum_partials<Acc>(fn, ctx, ws + 1, N, static_cast<Acc>(opt.scale) * inv_div_host,
-                                         need_div ? ws : nullptr, loss.data()));
+    DISTILL_TRY(launch_sum_partials<Acc>(fn, ctx, row_loss, N, static_cast<Acc>(opt.scale) * inv_div_host,
+                                         need_div ? divisor : nullptr, loss.data()));
   return {};
 }
 

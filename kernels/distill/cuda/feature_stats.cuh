@@ -14,7 +14,7 @@
 #include <climits>
 #include <cstddef>
 
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/features/feature_stats.hpp"
 
@@ -32,91 +32,44 @@ constexpr void static_check_cuda_type() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Welford merges across lanes / warps.
+// Welford merges across the block (detail/reduce.cuh; Chan's merge is not symmetric, so every
+// lane and warp ends with the same bits by construction there).
 // ---------------------------------------------------------------------------------------------
-template <class Acc>
-__device__ DISTILL_FORCEINLINE welford_state<Acc> shfl_welford(const welford_state<Acc>& s, int src) {
-  welford_state<Acc> r;
-  r.n = __shfl_sync(cuda_detail::full_mask, s.n, src);
-  r.mean = __shfl_sync(cuda_detail::full_mask, s.mean, src);
-  r.m2 = __shfl_sync(cuda_detail::full_mask, s.m2, src);
-  return r;
-}
-
-/// Merge over the warp; every lane returns lane 0's result (the butterfly may round differently
-/// per lane, so one lane's value is broadcast to keep the warp consistent).
-template <class Acc>
-__device__ DISTILL_FORCEINLINE welford_state<Acc> warp_welford(welford_state<Acc> st) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    welford_state<Acc> other;
-    other.n = __shfl_xor_sync(cuda_detail::full_mask, st.n, o);
-    other.mean = __shfl_xor_sync(cuda_detail::full_mask, st.mean, o);
-    other.m2 = __shfl_xor_sync(cuda_detail::full_mask, st.m2, o);
-    st.merge(other);
-  }
-  return shfl_welford(st, 0);
-}
-
-/// Merge over a 1-D block; every thread gets the same result. `smem` holds 3 * BlockSize/32 Acc.
-/// Ends with __syncthreads, so smem may be reused right after.
+/// Merge over a 1-D block; every thread gets the same result. `smem`: BlockSize / 32 states.
 template <int BlockSize, class Acc>
-__device__ DISTILL_FORCEINLINE welford_state<Acc> block_welford(welford_state<Acc> st, Acc* smem) {
-  static_assert(BlockSize % 32 == 0 && BlockSize <= 1024, "BlockSize must be a multiple of 32, at most 1024");
-  constexpr int warps = BlockSize / 32;
-  st = warp_welford(st);
-  if constexpr (warps > 1) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-      smem[warp] = st.n;
-      smem[warps + warp] = st.mean;
-      smem[2 * warps + warp] = st.m2;
-    }
-    __syncthreads();
-    welford_state<Acc> r;
-    if (lane < warps) {
-      r.n = smem[lane];
-      r.mean = smem[warps + lane];
-      r.m2 = smem[2 * warps + lane];
-    }
-    st = warp_welford(r);  // every warp merges the same values in the same order
-    __syncthreads();
-  }
-  return st;
+__device__ DISTILL_FORCEINLINE welford_state<Acc> block_welford(welford_state<Acc> st, welford_state<Acc>* smem) {
+  return cuda_detail::block_all_reduce<BlockSize>(st, cuda_detail::state_merge_op{}, welford_state<Acc>{}, smem);
 }
 
-/// Two independent merges over a 1-D block in one shared-memory exchange (2 barriers instead of 4).
-/// `smem` holds 6 * BlockSize/32 Acc.
-template <int BlockSize, class Acc>
-__device__ DISTILL_FORCEINLINE void block_welford_pair(welford_state<Acc>& a, welford_state<Acc>& b, Acc* smem) {
-  constexpr int warps = BlockSize / 32;
-  a = warp_welford(a);
-  b = warp_welford(b);
-  if constexpr (warps > 1) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-      smem[warp] = a.n;
-      smem[warps + warp] = a.mean;
-      smem[2 * warps + warp] = a.m2;
-      smem[3 * warps + warp] = b.n;
-      smem[4 * warps + warp] = b.mean;
-      smem[5 * warps + warp] = b.m2;
-    }
-    __syncthreads();
-    welford_state<Acc> ra, rb;
-    if (lane < warps) {
-      ra.n = smem[lane];
-      ra.mean = smem[warps + lane];
-      ra.m2 = smem[2 * warps + lane];
-      rb.n = smem[3 * warps + lane];
-      rb.mean = smem[4 * warps + lane];
-      rb.m2 = smem[5 * warps + lane];
-    }
-    a = warp_welford(ra);
-    b = warp_welford(rb);
-    __syncthreads();
+/// Two independent merges in one exchange (2 barriers instead of 4).
+template <class Acc>
+struct welford_pair {
+  welford_state<Acc> a, b;
+  __device__ DISTILL_FORCEINLINE void merge(const welford_pair& o) {
+    a.merge(o.a);
+    b.merge(o.b);
   }
+};
+template <int BlockSize, class Acc>
+__device__ DISTILL_FORCEINLINE void block_welford_pair(welford_state<Acc>& a, welford_state<Acc>& b, welford_pair<Acc>* smem) {
+  const welford_pair<Acc> r =
+      cuda_detail::block_all_reduce<BlockSize>(welford_pair<Acc>{a, b}, cuda_detail::state_merge_op{}, welford_pair<Acc>{}, smem);
+  a = r.a;
+  b = r.b;
 }
+
+/// Shared scratch of the block merges above (one pair per warp), reusable for any smaller value.
+template <int BlockSize, class Acc>
+struct welford_smem {
+  cuda_detail::shared_array<welford_pair<Acc>, BlockSize / 32> pairs;
+  __device__ DISTILL_FORCEINLINE welford_pair<Acc>* pair() { return pairs.data(); }
+  __device__ DISTILL_FORCEINLINE welford_state<Acc>* single() { return as<welford_state<Acc>>(); }
+  template <class T>
+  __device__ DISTILL_FORCEINLINE T* as() {
+    static_assert(sizeof(T) <= sizeof(welford_pair<Acc>) && alignof(T) <= alignof(welford_pair<Acc>), "too large for the scratch");
+    return reinterpret_cast<T*>(pairs.data());
+  }
+};
 
 /// Offset of element i (row-major over H x W) of a plane with unit stride along W.
 __device__ DISTILL_FORCEINLINE index_t plane_offset(int i, int W, index_t row_stride, bool contiguous) {
@@ -193,19 +146,10 @@ __device__ DISTILL_FORCEINLINE pivoted_moments<Acc> thread_plane_stats(const T* 
   return m;
 }
 
-/// thread_plane_stats followed by the block merge.
-template <int BlockSize, int Items, class Acc, class T>
-__device__ DISTILL_FORCEINLINE pivoted_moments<Acc> plane_stats(const T* base, int n, int W, index_t row_stride,
-                                                                bool contig, Acc* vals, Acc* smem) {
-  pivoted_moments<Acc> m = thread_plane_stats<BlockSize, Items, Acc>(base, n, W, row_stride, contig, vals);
-  m.shifted = block_welford<BlockSize>(m.shifted, smem);
-  return m;
-}
-
 template <int BlockSize, int Items, class Acc, class TS, class TT, class TG, class Term>
 __global__ void __launch_bounds__(BlockSize)
     feature_stats_channel_block_per_channel_kernel(channel_pass_args<Acc, TS, TT, TG> a, Term term) {
-  __shared__ Acc smem[6 * (BlockSize / 32)];
+  __shared__ welford_smem<BlockSize, Acc> smem;
   const index_t p = blockIdx.x;
   const index_t C = a.s.extent(1);
   const index_t b = p / C, c = p % C;
@@ -221,10 +165,10 @@ __global__ void __launch_bounds__(BlockSize)
     const int nt = static_cast<int>(a.t.extent(2) * a.t.extent(3)), wt_w = static_cast<int>(a.t.extent(3));
     const TT* tp = a.t.data() + b * a.t.stride(0) + c * a.t.stride(1);
     pivoted_moments<Acc> mt = thread_plane_stats<BlockSize, Items, Acc>(tp, nt, wt_w, a.t.stride(2), a.t_contig, xt);
-    block_welford_pair<BlockSize>(ms.shifted, mt.shifted, smem);
+    block_welford_pair<BlockSize>(ms.shifted, mt.shifted, smem.pair());
     wt = mt.absolute();
   } else {
-    ms.shifted = block_welford<BlockSize>(ms.shifted, smem);
+    ms.shifted = block_welford<BlockSize>(ms.shifted, smem.single());
   }
   const welford_state<Acc> ws = ms.absolute();
   const channel_term_result<Acc> r = term(p, ws, wt);
@@ -414,21 +358,15 @@ status launch_sum_partials(const char* fn, const cuda& ctx, const Acc* partial, 
   return cuda_detail::launch_status(fn, st);
 }
 
-/// Carve `count` accumulators out of the caller's workspace (checked for size and alignment).
+/// The per-channel loss accumulators (features_detail::channel_loss_scratch) in the caller's
+/// workspace, checked for size and memory space.
 template <class Acc>
-status workspace_accumulators(const char* fn, cuda_view<std::byte, 1> workspace, std::size_t offset_bytes, index_t count,
-                              Acc** out) {
-  const std::size_t need = offset_bytes + static_cast<std::size_t>(count) * sizeof(Acc);
-  if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < need)
-    return fail(errc::invalid_argument, fn,
-                "'workspace' holds " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, " +
-                    std::to_string(need) + " are needed (see the primitive's _workspace_size)");
-  if (workspace.stride(0) != 1) return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
-  const auto addr = reinterpret_cast<std::uintptr_t>(workspace.data()) + offset_bytes;
-  if (addr % alignof(Acc) != 0)
-    return fail(errc::misaligned, fn, "'workspace' must be aligned to " + std::to_string(alignof(Acc)) + " bytes");
-  DISTILL_TRY(cuda_detail::check_device_pointer(fn, "workspace", workspace.data()));
-  *out = reinterpret_cast<Acc*>(addr);
+status channel_loss_accumulators(const char* fn, cuda_view<std::byte, 1> workspace, index_t channels, const char* sizing_function,
+                                 Acc** out) {
+  using scratch = features_detail::channel_loss_scratch<Acc>;
+  DISTILL_TRY(cuda_detail::check_device_workspace(fn, workspace, workspace_carver::size_of<scratch>(channels), sizing_function));
+  workspace_carver w(workspace.data());
+  *out = scratch(w, channels).partial;
   return {};
 }
 
@@ -542,7 +480,7 @@ namespace features_cuda_detail {
 template <class TS, class TT, class Opt, class Term>
 status channel_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cuda_view<TT, 4> t, cuda_view<accum_t<TS>, 1> loss,
                          cuda_view<std::remove_const_t<TS>, 4> grad, cuda_view<std::byte, 1> workspace, const Opt& opt,
-                         const Term& term) {
+                         const Term& term, const char* sizing_function) {
   static_check_cuda_type<TS>();
   static_check_cuda_type<TT>();
   using Acc = accum_t<TS>;
@@ -553,7 +491,7 @@ status channel_loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 4> s, cu
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   const index_t P = s.extent(0) * s.extent(1);
   Acc* partial = nullptr;
-  if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
+  if (!loss.empty()) DISTILL_TRY(channel_loss_accumulators<Acc>(fn, workspace, P, sizing_function, &partial));
   const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(1));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;
@@ -570,7 +508,8 @@ status stats_matching_channels_cuda(const char* fn, const cuda& ctx, cuda_view<T
                                     cuda_view<accum_t<TS>, 1> loss, cuda_view<std::remove_const_t<TS>, 4> grad,
                                     cuda_view<std::byte, 1> workspace, const stats_matching_options& opt) {
   DISTILL_TRY(features_detail::check_stats_matching_options(fn, opt));
-  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_stats_matching_term<accum_t<TS>>(opt));
+  return channel_loss_cuda(fn, ctx, s, t, loss, grad, workspace, opt, features_detail::make_stats_matching_term<accum_t<TS>>(opt),
+                           "stats_matching_workspace_size");
 }
 
 template <class TS, class TT>
@@ -591,7 +530,7 @@ status stats_matching_tokens_cuda(const char* fn, const cuda& ctx, cuda_view<TS,
   DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
   const index_t P = s.extent(0) * s.extent(2);
   Acc* partial = nullptr;
-  if (!loss.empty()) DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, P, &partial));
+  if (!loss.empty()) DISTILL_TRY(channel_loss_accumulators<Acc>(fn, workspace, P, "stats_matching_workspace_size", &partial));
   const double inv_div = 1.0 / features_detail::stats_divisor(opt.reduction, s.extent(0), s.extent(2));
   using US = std::remove_const_t<TS>;
   using UT = std::remove_const_t<TT>;

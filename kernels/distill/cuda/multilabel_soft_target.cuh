@@ -23,7 +23,7 @@
 #include <type_traits>
 
 #include "distill/core/dtype.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/losses/multilabel_soft_target.hpp"
 
@@ -129,21 +129,19 @@ status cuda_entry(const char* fn, const cuda& ctx, cuda_view<TS, 2> student, cud
   const double host_div = md::host_divisor(opt.reduction, N, C, !in.mask.empty() || !in.row_weights.empty());
   const bool reduced_loss = !loss.empty() && opt.reduction != reduction::none;
   const bool device_div = host_div < 0 && (reduced_loss || !grad.empty());
-  float* ws = nullptr;
+  float* divisor = nullptr;
+  float* row_loss = nullptr;
   if (reduced_loss || device_div) {
-    const std::size_t need = multilabel_soft_target_workspace_size(ctx, N, C);
-    if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < need)
-      return fail(errc::invalid_argument, fn,
-                  "'workspace' must hold multilabel_soft_target_workspace_size(ctx, " + std::to_string(N) + ", " + std::to_string(C) +
-                      ") = " + std::to_string(need) + " bytes");
-    if (workspace.extent(0) > 1 && workspace.stride(0) != 1) return fail(errc::unsupported_layout, fn, "'workspace' must be contiguous");
-    if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 != 0) return fail(errc::misaligned, fn, "'workspace' must be 16-byte aligned");
-    DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-    ws = reinterpret_cast<float*>(workspace.data());
+    DISTILL_TRY(cuda_detail::check_device_workspace(fn, workspace, multilabel_soft_target_workspace_size(ctx, N, C),
+                                                    "multilabel_soft_target_workspace_size"));
+    workspace_carver w(workspace.data());
+    const multilabel_detail::cuda_scratch ws(w, N);
+    divisor = ws.divisor;
+    row_loss = ws.row_loss;
   }
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   if (device_div) {
-    multilabel_soft_target_divisor_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(in, N, C, ws);
+    multilabel_soft_target_divisor_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(in, N, C, divisor);
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   }
   const float inv_div_host = host_div < 0 ? 0.0f : safe_inverse(static_cast<float>(host_div));
@@ -153,8 +151,8 @@ status cuda_entry(const char* fn, const cuda& ctx, cuda_view<TS, 2> student, cud
                       in,
                       grad,
                       opt.reduction == reduction::none ? loss : cuda_view<float, 1>{},
-                      reduced_loss ? ws + 1 : nullptr,
-                      device_div ? ws : nullptr,
+                      reduced_loss ? row_loss : nullptr,
+                      device_div ? divisor : nullptr,
                       inv_div_host,
                       opt.grad_scale,
                       md::scalars_of<float>(opt),
@@ -163,7 +161,7 @@ status cuda_entry(const char* fn, const cuda& ctx, cuda_view<TS, 2> student, cud
   multilabel_soft_target_forward_backward_warp_per_row_kernel<S, T, G><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
   DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   if (reduced_loss) {
-    multilabel_soft_target_reduce_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(ws + 1, N, device_div ? ws : nullptr, inv_div_host, loss.data());
+    multilabel_soft_target_reduce_single_block_kernel<<<1, kReduceThreads, 0, stream>>>(row_loss, N, device_div ? divisor : nullptr, inv_div_host, loss.data());
     DISTILL_TRY(cuda_detail::launch_status(fn, stream));
   }
   return {};

@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "distill/cuda/nn_blas.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/nn/attention.hpp"
 
 namespace distill::nn {

@@ -17,7 +17,7 @@
 #endif
 
 #include "distill/cuda/nn_blas.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/nn/batch_norm.hpp"
 
 namespace distill::nn {
@@ -26,7 +26,7 @@ namespace cuda_detail {
 inline constexpr int bn_block = 256;
 
 inline index_t bn_chunks(index_t N, index_t C) {
-  index_t chunks = ceil_div<index_t>(static_cast<index_t>(sm_count()) * 2, C);
+  index_t chunks = ceil_div<index_t>(static_cast<index_t>(current_device_properties().sms) * 2, C);
   if (chunks < 1) chunks = 1;
   if (chunks > N) chunks = N;
   if (chunks > 65535) chunks = 65535;

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "distill/core/dtype.hpp"
+#include "distill/cuda/detail/device.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/nn/blas.hpp"
 #include "distill/nn/tensor.hpp"
@@ -28,8 +29,12 @@
 namespace distill::nn {
 
 /// A cuBLAS handle bound to `stream`, plus the GEMM compute mode. Owned by the model (or the
-/// program); not copyable. Construction calls cublasCreate (which allocates) and throws
-/// distill::error when it fails.
+/// program); not copyable. Construction calls cublasCreate and allocates the handle's workspace
+/// (both allocate), and throws distill::error when either fails, releasing what it had made.
+///
+/// The workspace (4 MiB, 32 MiB on sm_90 and newer, cuBLAS's recommended sizes) is given to
+/// cuBLAS with cublasSetWorkspace, after every cublasSetStream (which resets it): without it
+/// cuBLAS takes its own, and a GEMM captured into a CUDA graph makes it allocate one per graph.
 ///
 /// It also owns a grow-only float scratch buffer that nn/ CUDA paths use *within one call* for
 /// deterministic two-stage reductions (bias and normalisation-parameter gradients). It grows
@@ -45,26 +50,55 @@ struct cuda_blas : cuda {
     return {};
   }
   float* scratch() const noexcept { return scratch_.data(); }
+  /// Bytes of the workspace cuBLAS runs in (owned by this object).
+  std::size_t blas_workspace_bytes() const noexcept { return workspace_bytes_; }
 
   explicit cuda_blas(cudaStream_t s = nullptr, matmul_precision p = matmul_precision::fp32) : cuda{s}, precision(p) {
-    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+      handle = nullptr;
       throw error(status(errc::cuda_error, "nn::cuda_blas: cublasCreate failed"));
-    throw_if_error(set_stream(s));
+    }
+    const status st = [&]() -> status {
+      DISTILL_TRY(allocate_workspace());
+      return set_stream(s);
+    }();
+    if (!st.ok()) {
+      release();  // the destructor does not run when the constructor throws
+      throw error(st);
+    }
   }
   cuda_blas(const cuda_blas&) = delete;
   cuda_blas& operator=(const cuda_blas&) = delete;
-  ~cuda_blas() {
-    if (handle) (void)cublasDestroy(handle);
-  }
-  /// Re-bind the handle (and the context) to another stream.
+  ~cuda_blas() { release(); }
+  /// Re-bind the handle (and the context) to another stream; the workspace stays ours.
   [[nodiscard]] status set_stream(cudaStream_t s) {
     stream = s;
     if (cublasSetStream(handle, s) != CUBLAS_STATUS_SUCCESS)
       return status(errc::cuda_error, "nn::cuda_blas: cublasSetStream failed");
+    if (cublasSetWorkspace(handle, workspace_, workspace_bytes_) != CUBLAS_STATUS_SUCCESS)
+      return status(errc::cuda_error, "nn::cuda_blas: cublasSetWorkspace failed");
     return {};
   }
 
  private:
+  status allocate_workspace() {
+    const std::size_t mib = std::size_t(1) << 20;
+    workspace_bytes_ = (::distill::cuda_detail::current_device_properties().major >= 9 ? 32 : 4) * mib;
+    if (cudaMalloc(&workspace_, workspace_bytes_) != cudaSuccess) {
+      (void)cudaGetLastError();
+      workspace_ = nullptr;
+      return status(errc::cuda_error, "nn::cuda_blas: cudaMalloc of the cuBLAS workspace failed");
+    }
+    return {};
+  }
+  void release() noexcept {
+    if (handle) (void)cublasDestroy(handle);  // before the workspace it may still reference
+    if (workspace_) (void)cudaFree(workspace_);
+    handle = nullptr;
+    workspace_ = nullptr;
+  }
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
   mutable tensor<float, cuda_space> scratch_;
 };
 
@@ -210,7 +244,7 @@ image_arg<typename V::element_type> arg4(const V& v) {
 /// Grid-stride launch configuration for `n` independent elements.
 inline unsigned elementwise_blocks(index_t n, int block = 256) {
   const index_t want = ceil_div<index_t>(n, block);
-  const index_t cap = static_cast<index_t>(sm_count()) * 8;
+  const index_t cap = static_cast<index_t>(current_device_properties().sms) * 8;
   return static_cast<unsigned>(want < 1 ? 1 : (want < cap ? want : cap));
 }
 

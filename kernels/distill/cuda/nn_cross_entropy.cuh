@@ -14,7 +14,7 @@
 #endif
 
 #include "distill/cuda/nn_blas.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/nn/cross_entropy.hpp"
 
 namespace distill::nn {
@@ -95,31 +95,38 @@ __global__ void nn_cross_entropy_grad_warp_kernel(matrix_arg<const T> z, label_v
   }
 }
 
+/// Arg-max of a row: larger value wins; NaN beats numbers; ties (and NaN vs NaN) go to the
+/// lower index; at == C means "none yet".
+struct row_argmax {
+  float best;
+  index_t at;
+};
+struct row_argmax_op {
+  index_t C;
+  __device__ DISTILL_FORCEINLINE row_argmax operator()(row_argmax a, const row_argmax& o) const {
+    const bool o_nan = o.best != o.best, m_nan = a.best != a.best;
+    bool take;
+    if (o.at == C) take = false;
+    else if (a.at == C) take = true;
+    else if (o_nan != m_nan) take = o_nan;
+    else if (o_nan || o.best == a.best) take = o.at < a.at;
+    else take = o.best > a.best;
+    return take ? o : a;
+  }
+};
+
 template <class T>
 __global__ void nn_argmax_rows_warp_kernel(matrix_arg<const T> z, index_t N, index_t C, std::int32_t* idx, index_t si) {
   const int lane = threadIdx.x % 32;
   const index_t n = static_cast<index_t>(blockIdx.x) * ce_rows_per_block + threadIdx.x / 32;
   if (n >= N) return;
-  float best = neg_infinity<float>();
-  index_t at = C;  // C = "none yet"
+  row_argmax m{neg_infinity<float>(), C};
   for (index_t c = lane; c < C; c += 32) {
     const float v = load<float>(z(n, c));
-    if (at == C || v > best || (v != v && best == best)) best = v, at = c;
+    if (m.at == C || v > m.best || (v != v && m.best == m.best)) m = {v, c};
   }
-  // Warp arg-max: larger value wins; NaN beats numbers; ties (and NaN vs NaN) go to the lower index.
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(full_mask, best, o);
-    const index_t oa = __shfl_xor_sync(full_mask, at, o);
-    const bool o_nan = ov != ov, m_nan = best != best;
-    bool take;
-    if (oa == C) take = false;
-    else if (at == C) take = true;
-    else if (o_nan != m_nan) take = o_nan;
-    else if (o_nan || ov == best) take = oa < at;
-    else take = ov > best;
-    if (take) best = ov, at = oa;
-  }
-  if (lane == 0) idx[n * si] = static_cast<std::int32_t>(at);
+  m = warp_all_reduce(m, row_argmax_op{C});
+  if (lane == 0) idx[n * si] = static_cast<std::int32_t>(m.at);
 }
 
 }  // namespace cuda_detail

@@ -17,7 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "distill/core/dtype.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/nn/parameter.hpp"
 

@@ -11,7 +11,7 @@
 #endif
 
 #include "distill/cuda/nn_blas.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/nn/pooling.hpp"
 
 namespace distill::nn {

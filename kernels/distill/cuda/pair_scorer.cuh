@@ -27,7 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/relational_common.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/relational/pair_scorer.hpp"
@@ -346,49 +346,31 @@ __global__ void pair_scorer_loss_reduce_single_warp_kernel(const float* per_loss
 
 // ---- host side
 
-struct scorer_layout {
-  std::size_t left = 0, right = 0, ds = 0, R = 0, S = 0, t = 0, u = 0, partial = 0, pw2 = 0, pb2 = 0, per_loss = 0, units = 0,
-              scale = 0, bytes = 0;
+/// The workspace regions (core/workspace.hpp): per-object first-layer terms, the score
+/// gradient, the per-object sums of the backward, the reduction partials and the loss scalars.
+struct scorer_scratch {
+  float *left, *right, *ds, *R, *S, *t, *u, *partial, *pw2, *pb2, *per_loss, *units, *scale;
+  scorer_scratch(workspace_carver& w, index_t B, index_t N, index_t D, index_t Q, index_t K)
+      : left(w.take<float>(B * N * K)),
+        right(w.take<float>(B * N * K)),
+        ds(w.take<float>(B * N * N)),
+        R(w.take<float>(B * N * K)),
+        S(w.take<float>(B * N * K)),
+        t(w.take<float>(B * K)),
+        u(w.take<float>(B * K)),
+        partial(w.take<float>(rel::partial_floats(B * N, std::max(std::max(D, Q), index_t(1)), K))),
+        pw2(w.take<float>(B * K)),
+        pb2(w.take<float>(B)),
+        per_loss(w.take<float>(B)),
+        units(w.take<float>(B)),
+        scale(w.take<float>(1)) {}
 };
-
-inline scorer_layout make_layout(index_t B, index_t N, index_t D, index_t Q, index_t K) {
-  scorer_layout lay;
-  std::size_t off = 0;
-  auto take = [&](std::size_t floats) {
-    const std::size_t at = off;
-    off = (off + floats * 4 + 255) / 256 * 256;
-    return at;
-  };
-  const std::size_t BNK = static_cast<std::size_t>(B * N * K);
-  lay.left = take(BNK), lay.right = take(BNK), lay.ds = take(static_cast<std::size_t>(B * N * N));
-  lay.R = take(BNK), lay.S = take(BNK), lay.t = take(static_cast<std::size_t>(B * K)), lay.u = take(static_cast<std::size_t>(B * K));
-  lay.partial = take(static_cast<std::size_t>(rel::partial_floats(B * N, std::max(std::max(D, Q), index_t(1)), K)));
-  lay.pw2 = take(static_cast<std::size_t>(B * K)), lay.pb2 = take(static_cast<std::size_t>(B));
-  lay.per_loss = take(static_cast<std::size_t>(B)), lay.units = take(static_cast<std::size_t>(B)), lay.scale = take(1);
-  lay.bytes = off + 256;
-  return lay;
-}
 
 template <class V>
 status check_cuda_view(const char* fn, const char* name, const V& v) {
   if (v.empty()) return {};
   DISTILL_TRY(check_inner_contiguous(fn, name, v));
   return check_device_view(fn, name, v);
-}
-
-inline float* carve(const cuda_view<std::byte, 1>& ws, std::size_t off) {
-  std::byte* base = ws.data();
-  base += (256 - reinterpret_cast<std::uintptr_t>(base) % 256) % 256;
-  return reinterpret_cast<float*>(base + off);
-}
-
-inline status check_workspace(const char* fn, const cuda_view<std::byte, 1>& ws, std::size_t bytes) {
-  DISTILL_TRY(check_device_view(fn, "workspace", ws));
-  if (ws.empty() || static_cast<std::size_t>(ws.extent(0)) < bytes)
-    return fail(errc::invalid_argument, fn,
-                "'workspace' has " + std::to_string(ws.empty() ? 0 : ws.extent(0)) + " bytes, needs " + std::to_string(bytes) +
-                    " (pair_scorer_workspace_size)");
-  return {};
 }
 
 template <class TW>
@@ -431,9 +413,9 @@ inline constexpr bool is_float_v = std::is_same_v<std::remove_const_t<T>, float>
 
 /// Bytes of workspace every CUDA scorer entry point needs (forward, backward and the loss).
 inline std::size_t pair_scorer_workspace_size(const cuda& /*ctx*/, index_t B, index_t N, index_t D, index_t Q, index_t K) {
-  return cuda_detail::scorer::make_layout(std::max<index_t>(B, 1), std::max<index_t>(N, 1), std::max<index_t>(D, 1),
-                                          std::max<index_t>(Q, 0), std::max<index_t>(K, 1))
-      .bytes;
+  return workspace_carver::size_of<cuda_detail::scorer::scorer_scratch>(std::max<index_t>(B, 1), std::max<index_t>(N, 1),
+                                                                        std::max<index_t>(D, 1), std::max<index_t>(Q, 0),
+                                                                        std::max<index_t>(K, 1));
 }
 
 /// CUDA scorer forward (float). As the CPU overload, plus a workspace.
@@ -458,11 +440,13 @@ template <class TO, class TQ, class TW>
   DISTILL_TRY(cs::check_cuda_view(fn, "scores", scores));
   DISTILL_TRY(cs::check_cuda_view(fn, "pair_weights", pair_weights));
   DISTILL_TRY(cs::check_weights_device(fn, weights));
-  const auto lay = cs::make_layout(d.B, d.N, d.D, d.Q, d.K);
-  DISTILL_TRY(cs::check_workspace(fn, workspace, lay.bytes));
+  DISTILL_TRY(cuda_detail::check_device_workspace(fn, workspace, pair_scorer_workspace_size(ctx, d.B, d.N, d.D, d.Q, d.K),
+                                                  "pair_scorer_workspace_size"));
+  workspace_carver carver(workspace.data());
+  const cs::scorer_scratch lay(carver, d.B, d.N, d.D, d.Q, d.K);
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  float* left = cs::carve(workspace, lay.left);
-  float* right = cs::carve(workspace, lay.right);
+  float* left = lay.left;
+  float* right = lay.right;
   cs::terms_async(objects, question, object_mask, weights, d, left, right, stream);
   const auto valid = cs::valid_of(object_mask, opt.include_self_pairs);
   cs::pair_scorer_forward_thread_per_pair_kernel<<<rel::blocks_for(d.B * d.N * d.N), rel::kThreads1d, 0, stream>>>(
@@ -511,15 +495,17 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
   DISTILL_TRY(cs::check_cuda_view(fn, "grads.scores", grads.scores));
   DISTILL_TRY(cs::check_weights_device(fn, weights));
   DISTILL_TRY(cs::check_weights_device(fn, grads.weights));
-  const auto lay = cs::make_layout(d.B, d.N, d.D, d.Q, d.K);
-  DISTILL_TRY(cs::check_workspace(fn, workspace, lay.bytes));
+  DISTILL_TRY(cuda_detail::check_device_workspace(fn, workspace, pair_scorer_workspace_size(ctx, d.B, d.N, d.D, d.Q, d.K),
+                                                  "pair_scorer_workspace_size"));
+  workspace_carver carver(workspace.data());
+  const cs::scorer_scratch lay(carver, d.B, d.N, d.D, d.Q, d.K);
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const bool mlp = weights.kind == pair_scorer_kind::mlp;
-  float* left = cs::carve(workspace, lay.left);
-  float* right = cs::carve(workspace, lay.right);
-  float* ds = cs::carve(workspace, lay.ds);
-  float* R = cs::carve(workspace, lay.R);
-  float* S = cs::carve(workspace, lay.S);
+  float* left = lay.left;
+  float* right = lay.right;
+  float* ds = lay.ds;
+  float* R = lay.R;
+  float* S = lay.S;
   cs::terms_async(objects, question, object_mask, weights, d, left, right, stream);
   const auto valid = cs::valid_of(object_mask, opt.include_self_pairs);
   cs::pair_scorer_backward_score_grad_block_per_sample_kernel<<<static_cast<unsigned>(d.B), cs::kBlock, 0, stream>>>(
@@ -530,8 +516,8 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
                                                                              d.N, d.K, R, S);
   const auto& gw = grads.weights;
   if (mlp && (!gw.w2.empty() || !gw.b2.empty())) {
-    float* pw2 = cs::carve(workspace, lay.pw2);
-    float* pb2 = cs::carve(workspace, lay.pb2);
+    float* pw2 = lay.pw2;
+    float* pb2 = lay.pb2;
     cs::pair_scorer_backward_head_partials_thread_per_element_kernel<<<rel::blocks_for(d.B * (d.K + 1)), rel::kThreads1d, 0,
                                                                        stream>>>(ds, left, right, d.B, d.N, d.K, pw2, pb2);
     // Reduce over samples in order: a [B, K] "rows" matrix against ones is the partial-sum kernel's job.
@@ -550,8 +536,8 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS>
   a.w_right = mlp ? rel::mat_of(weights.w1, d.D) : rel::mat_of(weights.w2, 0);
   a.wq_left = rel::mat_of(weights.w1, mlp ? 2 * d.D : d.D);
   if (!mlp) a.wq_right = rel::mat_of(weights.w2, d.D);
-  a.R = R, a.S = S, a.t = cs::carve(workspace, lay.t), a.u = mlp ? nullptr : cs::carve(workspace, lay.u);
-  a.partial = cs::carve(workspace, lay.partial);
+  a.R = R, a.S = S, a.t = lay.t, a.u = mlp ? nullptr : lay.u;
+  a.partial = lay.partial;
   a.dw_left = rel::out_mat_of(gw.w1, 0);
   a.db_left = rel::out_vec_of(gw.b1);
   if (d.Q > 0) a.dwq_left = rel::out_mat_of(gw.w1, mlp ? 2 * d.D : d.D);
@@ -588,12 +574,14 @@ status loss_cuda(const char* fn, const cuda& ctx, cuda_view<TS, 3> scores, cuda_
   DISTILL_TRY(check_cuda_view(fn, "object_mask", object_mask));
   DISTILL_TRY(check_device_view(fn, "loss", loss));
   DISTILL_TRY(check_cuda_view(fn, "grad_scores", grad_scores));
-  const auto lay = make_layout(d.B, d.N, 1, 0, 1);
-  DISTILL_TRY(check_workspace(fn, workspace, lay.bytes));
+  DISTILL_TRY(check_device_workspace(fn, workspace, workspace_carver::size_of<scorer_scratch>(d.B, d.N, index_t(1), index_t(0), index_t(1)),
+                                     "pair_scorer_workspace_size"));
+  workspace_carver carver(workspace.data());
+  const scorer_scratch lay(carver, d.B, d.N, 1, 0, 1);
   const cudaStream_t stream = stream_of(ctx);
-  float* per_loss = carve(workspace, lay.per_loss);
-  float* units = carve(workspace, lay.units);
-  float* scale = carve(workspace, lay.scale);
+  float* per_loss = lay.per_loss;
+  float* units = lay.units;
+  float* scale = lay.scale;
   loss_args a;
   a.s = pairs_of(scores), a.t = pairs_of(target), a.valid = valid_of(object_mask, opt.include_self_pairs);
   a.norm = opt.normalization, a.B = d.B, a.N = d.N;

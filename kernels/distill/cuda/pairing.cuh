@@ -12,7 +12,7 @@
 //!   3. weights of layers 2..L copied to a row-major [H, H] canonical form (bf16 in bf16 mode);
 //!   4. the tile kernel: persistent blocks of 256 threads walk tiles of 128 pairs. Per tile:
 //!      h1 = relu(left_i + right_j), then layer after layer a block GEMM [128 x H] x [H x H]
-//!      (staged through shared memory in K chunks of 32, 128 x 128 output blocks, 8 warps of
+//!      (detail/tile_gemm.cuh block_gemm: K chunks of 32, 128 x 128 output blocks, 8 warps of
 //!      64 x 32; strict-fp32 FMAs, TF32 WMMA m16n16k8 or bf16 WMMA m16n16k16, fp32
 //!      accumulation) with bias and ReLU fused in the epilogue; y gets the mask-weighted column
 //!      sums (segmented by sample, one atomic per sample and column). The backward keeps the
@@ -32,15 +32,16 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
+#include "distill/cuda/detail/tile_gemm.cuh"
 #include "distill/cuda/relational_common.cuh"
+#include "distill/cuda/detail/device.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/relational/detail/scene_checks.hpp"
 #include "distill/relational/pairing.hpp"
@@ -60,52 +61,26 @@ constexpr int kBN = 128;          // block GEMM output columns
 constexpr int kBK = 32;           // K chunk staged in shared memory
 constexpr int kBlocksPerSM = 2;   // persistent grid = 2 x SMs (capped by the tile count)
 constexpr int kMaxLayers = relational_max_layers;
+constexpr index_t kMaxHidden = 32768;  // H^2 and kTile H stay below 2^31 (32-bit tile indices)
 
-struct mode_fp32 {
-  using compute_t = float;
-  static constexpr int pad = 4;
-};
-struct mode_tf32 {
-  using compute_t = float;
-  static constexpr int pad = 4;
-};
-struct mode_bf16 {
-  using compute_t = __nv_bfloat16;
-  static constexpr int pad = 8;
-};
+/// The block GEMM of the tile kernel (detail/tile_gemm.cuh): 128 x 128 output blocks, K chunks
+/// of 32, 8 warps of 64 x 32 (2 x 4); strict fp32 on an 8 x 4 lane grid of 8 x 8 outputs, TF32 /
+/// BF16 through 4 x 2 WMMA fragments. Staged rows padded by 4 floats / 8 bf16 (WMMA pointers stay
+/// 32-byte aligned).
+template <matmul_precision P>
+using gemm_shape = tile::block_shape<kBM, kBN, kBK, 2, 4, P == matmul_precision::bf16 ? 8 : 4>;
+template <matmul_precision P>
+using warp_tile = std::conditional_t<P == matmul_precision::fp32, tile::simt_warp_tile<float, 64, 32, 4, 2>, tile::wmma_warp_tile<P, 4, 2>>;
 /// Pair activations and gradients are stored in the compute type (bf16 in bf16 mode).
-template <class Mode>
-using stash_t = typename Mode::compute_t;
+template <matmul_precision P>
+using stash_t = tile::compute_t<P>;
+template <matmul_precision P>
+constexpr std::size_t smem_bytes = gemm_shape<P>::template smem_bytes<tile::compute_t<P>>;
+static_assert(kBK * gemm_shape<matmul_precision::fp32>::ld_a * sizeof(float) % 32 == 0, "B staging must stay 32-byte aligned");
+static_assert(kBK * gemm_shape<matmul_precision::bf16>::ld_a * sizeof(__nv_bfloat16) % 32 == 0, "B staging must stay 32-byte aligned");
 
-// Shared memory of the block GEMM: A^T staged k-major [kBK][ld_a] (m contiguous), B staged
-// [kBK][ld_b] (n contiguous), then the fp32 output block [kBM][ld_c] aliasing both. The pads
-// keep every WMMA fragment pointer 32-byte aligned and ldm a multiple of 8 (bf16) / 4 (fp32).
-template <class Mode>
-constexpr int ld_a = kBM + Mode::pad;
-template <class Mode>
-constexpr int ld_b = kBN + Mode::pad;
-constexpr int ld_c = kBN + 4;
-template <class Mode>
-constexpr std::size_t staging_bytes = static_cast<std::size_t>(kBK) * (ld_a<Mode> + ld_b<Mode>) * sizeof(typename Mode::compute_t);
-constexpr std::size_t c_bytes = static_cast<std::size_t>(kBM) * ld_c * sizeof(float);
-template <class Mode>
-constexpr std::size_t smem_bytes = staging_bytes<Mode> > c_bytes ? staging_bytes<Mode> : c_bytes;
-static_assert(static_cast<std::size_t>(kBK) * ld_a<mode_fp32> * sizeof(float) % 32 == 0, "B staging must stay 32-byte aligned");
-static_assert(static_cast<std::size_t>(kBK) * ld_a<mode_bf16> * 2 % 32 == 0, "B staging must stay 32-byte aligned");
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_float(float x) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
-  else return x;
-}
-template <class Mode>
-__device__ __forceinline__ typename Mode::compute_t to_compute(float v) {
-  if constexpr (std::is_same_v<Mode, mode_tf32>) return nvcuda::wmma::__float_to_tf32(v);
-  else if constexpr (std::is_same_v<Mode, mode_bf16>) return __float2bfloat16_rn(v);
-  else return v;
-}
+using tile::from_float;
+using tile::to_float;
 
 __device__ __forceinline__ void atomic_add4(float* p, float4 v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -118,152 +93,10 @@ __device__ __forceinline__ void atomic_add4(float* p, float4 v) {
 #endif
 }
 
-// ---------------------------------------------------------------- warp tiles (64 x 32 outputs)
-
-/// Strict fp32: lane (ly, lx) = (lane / 4, lane % 4) owns rows ly*8..+7 and columns lx*8..+7.
-template <class Mode>
-struct warp_tile_simt {
-  float acc[8][8];
-  __device__ __forceinline__ void zero() {
-#pragma unroll
-    for (int r = 0; r < 8; ++r)
-#pragma unroll
-      for (int c = 0; c < 8; ++c) acc[r][c] = 0.0f;
-  }
-  __device__ __forceinline__ void mma(const float* As, const float* Bs, int wm, int wn) {
-    const int lane = threadIdx.x & 31, ly = lane >> 2, lx = lane & 3;
-    const float* a = As + wm * 64 + ly * 8;
-    const float* b = Bs + wn * 32 + lx * 8;
-#pragma unroll 2
-    for (int k = 0; k < kBK; ++k) {
-      // 16-byte aligned: ld_a * 4 = 528 and the column offsets are multiples of 8 floats.
-      const float4 a0 = *reinterpret_cast<const float4*>(a + k * ld_a<Mode>);
-      const float4 a1 = *reinterpret_cast<const float4*>(a + k * ld_a<Mode> + 4);
-      const float4 b0 = *reinterpret_cast<const float4*>(b + k * ld_b<Mode>);
-      const float4 b1 = *reinterpret_cast<const float4*>(b + k * ld_b<Mode> + 4);
-      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-      for (int r = 0; r < 8; ++r)
-#pragma unroll
-        for (int c = 0; c < 8; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-    }
-  }
-  __device__ __forceinline__ void store(float* Cs, int wm, int wn) const {
-    const int lane = threadIdx.x & 31, ly = lane >> 2, lx = lane & 3;
-#pragma unroll
-    for (int r = 0; r < 8; ++r)
-#pragma unroll
-      for (int c = 0; c < 8; ++c) Cs[(wm * 64 + ly * 8 + r) * ld_c + wn * 32 + lx * 8 + c] = acc[r][c];
-  }
-};
-
-/// Tensor cores through WMMA: 4 x 2 fragments of 16 x 16.
-template <class Mode>
-struct warp_tile_wmma {
-  static constexpr bool bf16 = std::is_same_v<Mode, mode_bf16>;
-  static constexpr int KS = bf16 ? 16 : 8;
-  using elem = std::conditional_t<bf16, __nv_bfloat16, nvcuda::wmma::precision::tf32>;
-  using a_frag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, KS, elem, nvcuda::wmma::col_major>;
-  using b_frag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, KS, elem, nvcuda::wmma::row_major>;
-  using c_frag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, KS, float>;
-  c_frag acc[4][2];
-  __device__ __forceinline__ void zero() {
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 2; ++ni) nvcuda::wmma::fill_fragment(acc[mi][ni], 0.0f);
-  }
-  __device__ __forceinline__ void mma(const typename Mode::compute_t* As, const typename Mode::compute_t* Bs, int wm, int wn) {
-    // One A fragment live at a time (plus the two B fragments) keeps the kernel within 128
-    // registers, i.e. two blocks per SM.
-#pragma unroll 1
-    for (int kk = 0; kk < kBK; kk += KS) {
-      b_frag b[2];
-#pragma unroll
-      for (int ni = 0; ni < 2; ++ni) nvcuda::wmma::load_matrix_sync(b[ni], Bs + kk * ld_b<Mode> + wn * 32 + ni * 16, ld_b<Mode>);
-#pragma unroll
-      for (int mi = 0; mi < 4; ++mi) {
-        a_frag a;
-        nvcuda::wmma::load_matrix_sync(a, As + kk * ld_a<Mode> + wm * 64 + mi * 16, ld_a<Mode>);
-#pragma unroll
-        for (int ni = 0; ni < 2; ++ni) nvcuda::wmma::mma_sync(acc[mi][ni], a, b[ni], acc[mi][ni]);
-      }
-    }
-  }
-  __device__ __forceinline__ void store(float* Cs, int wm, int wn) const {
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 2; ++ni)
-        nvcuda::wmma::store_matrix_sync(Cs + (wm * 64 + mi * 16) * ld_c + wn * 32 + ni * 16, acc[mi][ni], ld_c, nvcuda::wmma::mem_row_major);
-  }
-};
-
-template <class Mode>
-using warp_tile = std::conditional_t<std::is_same_v<Mode, mode_fp32>, warp_tile_simt<Mode>, warp_tile_wmma<Mode>>;
-
-// ---------------------------------------------------------------- block GEMM
-
-/// C [M, N] = A [M, K] B [K, N] for the whole block, in 128 x 128 output blocks; every output
-/// element is handed to `ep(m, n, value)` (or 4 at a time to `ep4(m, n, float4)` when kVec4).
-/// a(m, k) and b(k, n) read the operands as float; AMFast / BNFast say which index is contiguous
-/// in memory so consecutive threads load consecutive addresses. Begins and ends with
-/// __syncthreads: callers may write the operands right before and read results right after.
-/// Not inlined (its register budget stays its own); the functors capture by value so what they
-/// read stays in registers rather than in the caller's stack frame.
-template <class Mode, bool AMFast, bool BNFast, bool kVec4, class AF, class BF, class EP, class EP4>
-__device__ __noinline__ void block_gemm(int M, int N, int K, AF a, BF b, EP ep, EP4 ep4, unsigned char* smem) {
-  using compute_t = typename Mode::compute_t;
-  compute_t* As = reinterpret_cast<compute_t*>(smem);
-  compute_t* Bs = As + kBK * ld_a<Mode>;
-  float* Cs = reinterpret_cast<float*>(smem);
-  const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
-  for (int m0 = 0; m0 < M; m0 += kBM)
-    for (int n0 = 0; n0 < N; n0 += kBN) {
-      warp_tile<Mode> acc;
-      acc.zero();
-      for (int k0 = 0; k0 < K; k0 += kBK) {
-        __syncthreads();  // the previous reads of the staging area (or of Cs) are done
-        for (int idx = threadIdx.x; idx < kBK * kBM; idx += kThreads) {
-          const int m = AMFast ? idx % kBM : idx / kBK;
-          const int k = AMFast ? idx / kBM : idx % kBK;
-          const int gm = m0 + m, gk = k0 + k;
-          As[k * ld_a<Mode> + m] = to_compute<Mode>(gm < M && gk < K ? a(gm, gk) : 0.0f);
-        }
-        for (int idx = threadIdx.x; idx < kBK * kBN; idx += kThreads) {
-          const int n = BNFast ? idx % kBN : idx / kBK;
-          const int k = BNFast ? idx / kBN : idx % kBK;
-          const int gn = n0 + n, gk = k0 + k;
-          Bs[k * ld_b<Mode> + n] = to_compute<Mode>(gn < N && gk < K ? b(gk, gn) : 0.0f);
-        }
-        __syncthreads();
-        acc.mma(As, Bs, wm, wn);
-      }
-      __syncthreads();  // every warp is done with As / Bs before Cs (aliased) is written
-      acc.store(Cs, wm, wn);
-      __syncthreads();
-      if constexpr (kVec4) {
-        for (int idx = threadIdx.x; idx < kBM * (kBN / 4); idx += kThreads) {
-          const int m = idx / (kBN / 4), n = (idx % (kBN / 4)) * 4;
-          const int gm = m0 + m, gn = n0 + n;
-          if (gm >= M) continue;
-          const float* c = Cs + m * ld_c + n;
-          if (gn + 3 < N) {
-            ep4(gm, gn, make_float4(c[0], c[1], c[2], c[3]));
-          } else {
-            for (int t = 0; t < 4; ++t)
-              if (gn + t < N) ep(gm, gn + t, c[t]);
-          }
-        }
-      } else {
-        for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreads) {
-          const int m = idx / kBN, n = idx % kBN;
-          if (m0 + m < M && n0 + n < N) ep(m0 + m, n0 + n, Cs[m * ld_c + n]);
-        }
-      }
-    }
-  __syncthreads();  // epilogue writes are visible to the whole block; smem is free again
+/// C [M, N] = A B over the whole block (tile::block_gemm with this kernel's shape and tiles).
+template <matmul_precision P, bool AMFast, bool BNFast, bool Vec4, class AF, class BF, class EP, class EP4>
+__device__ DISTILL_FORCEINLINE void block_gemm(int M, int N, int K, AF a, BF b, EP ep, EP4 ep4, unsigned char* smem) {
+  tile::block_gemm<gemm_shape<P>, P, warp_tile<P>, AMFast, BNFast, Vec4>(M, N, K, a, b, ep, ep4, smem);
 }
 
 // ---------------------------------------------------------------- pair list
@@ -398,36 +231,38 @@ struct tile_params {
   float* db_acc = nullptr;  // L x [H]
 };
 
-struct no_vec4 {
-  __device__ void operator()(int, int, float4) const {}
-};
+using no_vec4 = tile::no_vec4_epilogue;
 
-template <class Mode, bool Backward>
+template <matmul_precision Mode, bool Backward>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_tile_kernel(const tile_params P) {
-  using compute_t = typename Mode::compute_t;
+  using compute_t = tile::compute_t<Mode>;
   using st_t = stash_t<Mode>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_b[kTile], s_i[kTile], s_j[kTile];
   __shared__ float s_m[kTile];
 
-  const index_t H = P.H, N = P.N;
-  const int L = P.L, Hi = static_cast<int>(H);
+  // Tile-local indices are 32-bit (count <= 128 pairs, H <= kMaxHidden, H^2 < 2^31: checked by
+  // the host); 64-bit divisions and address arithmetic in the element loops cost registers the
+  // 128-register budget (two blocks per SM) does not have. Offsets into [B N, H] stay 64-bit.
+  const int H = static_cast<int>(P.H), N = static_cast<int>(P.N);
+  const int L = P.L;
   const index_t buf = static_cast<index_t>(kTile) * H;
   st_t* const stash = static_cast<st_t*>(P.stash) + static_cast<index_t>(blockIdx.x) * P.nbuf * buf;
   // Activation of layer l (0-based): its own buffer in the backward, ping-pong in the forward.
   auto hbuf = [&](int l) -> st_t* { return stash + static_cast<index_t>(Backward ? l : (l & 1)) * buf; };
   const compute_t* wc = static_cast<const compute_t*>(P.w);
   const int total = *P.total;
+  const auto object_row = [&](int b, int i) { return static_cast<index_t>(b * N + i) * H; };  // row of [B N, H]
 
   for (index_t tile = blockIdx.x; tile * kTile < total; tile += gridDim.x) {
     const int base = static_cast<int>(tile * kTile);
     const int count = min(kTile, total - base);
     __syncthreads();  // the previous tile is done with the metadata and the stash
     for (int p = threadIdx.x; p < count; p += kThreads) {
-      const index_t code = P.pairs[base + p];
-      const index_t b = code / (N * N), rem = code % (N * N);
-      const index_t i = rem / N, j = rem % N;
-      s_b[p] = static_cast<int>(b), s_i[p] = static_cast<int>(i), s_j[p] = static_cast<int>(j);
+      const int code = P.pairs[base + p];
+      const int b = code / (N * N), rem = code - b * (N * N);
+      const int i = rem / N, j = rem - i * N;
+      s_b[p] = b, s_i[p] = i, s_j[p] = j;
       s_m[p] = P.scale * (P.mask ? P.mask[b * P.m_s0 + i * P.m_s1 + j] : 1.0f);
     }
     __syncthreads();
@@ -436,9 +271,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
     {
       st_t* out = hbuf(0);
       const bool relu = L > 1 || P.last_relu;
-      for (index_t idx = threadIdx.x; idx < static_cast<index_t>(count) * H; idx += kThreads) {
-        const index_t p = idx / H, n = idx % H;
-        float v = P.left[(s_b[p] * N + s_i[p]) * H + n] + P.right[(s_b[p] * N + s_j[p]) * H + n];
+      for (int idx = threadIdx.x; idx < count * H; idx += kThreads) {
+        const int p = idx / H, n = idx - p * H;
+        float v = P.left[object_row(s_b[p], s_i[p]) + n] + P.right[object_row(s_b[p], s_j[p]) + n];
         if (relu) v = fmaxf(v, 0.0f);
         out[idx] = from_float<st_t>(v);
       }
@@ -452,9 +287,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
       const vec_ref bias = P.bias[l];
       const bool relu = l < L - 1 || P.last_relu;
       block_gemm<Mode, false, true, false>(
-          count, Hi, Hi, [=](index_t m, index_t k) { return to_float(in[m * H + k]); },
-          [=](index_t k, index_t n) { return to_float(w[k * H + n]); },
-          [=](index_t m, index_t n, float c) {
+          count, H, H, [=](int m, int k) { return to_float(in[m * H + k]); }, [=](int k, int n) { return to_float(w[k * H + n]); },
+          [=](int m, int n, float c) {
             float v = c + bias(n);
             if (relu) v = fmaxf(v, 0.0f);
             out[m * H + n] = from_float<st_t>(v);
@@ -465,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
 
     // y_b += s M g, one atomic per (sample run, column).
     if (P.want_y)
-      for (index_t n = threadIdx.x; n < H; n += kThreads) {
+      for (int n = threadIdx.x; n < H; n += kThreads) {
         int cur = s_b[0];
         float acc = 0.0f;
         for (int p = 0; p < count; ++p) {
@@ -485,15 +319,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
         for (int p = warp; p < count; p += kThreads / 32) {
           const float* dyb = P.dy + s_b[p] * P.dy_s0;
           float dot = 0.0f;
-          for (index_t n = lane; n < H; n += 32) dot += dyb[n] * to_float(hl[p * H + n]);
+          for (int n = lane; n < H; n += 32) dot += dyb[n] * to_float(hl[p * H + n]);
           dot = warp_sum(dot);
           if (lane == 0) P.dm[s_b[p] * P.dm_s0 + s_i[p] * P.dm_s1 + s_j[p]] += P.scale * dot;  // zeroed unless accumulating
         }
       // dz_L = s M dy (.) [h_L > 0].
       st_t* cur = stash + static_cast<index_t>(L) * buf;
       st_t* oth = cur + buf;
-      for (index_t idx = threadIdx.x; idx < static_cast<index_t>(count) * H; idx += kThreads) {
-        const index_t p = idx / H, n = idx % H;
+      for (int idx = threadIdx.x; idx < count * H; idx += kThreads) {
+        const int p = idx / H, n = idx - p * H;
         float v = s_m[p] * P.dy[s_b[p] * P.dy_s0 + n];
         if (P.last_relu && !(to_float(hl[idx]) > 0.0f)) v = 0.0f;
         cur[idx] = from_float<st_t>(v);
@@ -502,46 +336,46 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
       for (int l = L - 1; l >= 1; --l) {
         const st_t* hin = hbuf(l - 1);
         if ((P.db_mask >> l) & 1u)
-          for (index_t n = threadIdx.x; n < H; n += kThreads) {
+          for (int n = threadIdx.x; n < H; n += kThreads) {
             float s = 0.0f;
             for (int p = 0; p < count; ++p) s += to_float(cur[p * H + n]);
             atomicAdd(P.db_acc + l * H + n, s);
           }
         if ((P.dw_mask >> l) & 1u) {
           float* dw = P.dw_acc + static_cast<index_t>(l - 1) * H * H;
-          auto a_op = [=](index_t m, index_t k) { return to_float(hin[k * H + m]); };  // h^T
-          auto b_op = [=](index_t k, index_t n) { return to_float(cur[k * H + n]); };
-          auto ep = [=](index_t m, index_t n, float c) { atomicAdd(dw + m * H + n, c); };
-          auto ep4 = [=](index_t m, index_t n, float4 c) { atomic_add4(dw + m * H + n, c); };
-          if (P.vec4) block_gemm<Mode, true, true, true>(Hi, Hi, count, a_op, b_op, ep, ep4, smem);
-          else block_gemm<Mode, true, true, false>(Hi, Hi, count, a_op, b_op, ep, ep4, smem);
+          auto a_op = [=](int m, int k) { return to_float(hin[k * H + m]); };  // h^T
+          auto b_op = [=](int k, int n) { return to_float(cur[k * H + n]); };
+          auto ep = [=](int m, int n, float c) { atomicAdd(dw + m * H + n, c); };
+          auto ep4 = [=](int m, int n, float4 c) { atomic_add4(dw + m * H + n, c); };
+          if (P.vec4) block_gemm<Mode, true, true, true>(H, H, count, a_op, b_op, ep, ep4, smem);
+          else block_gemm<Mode, true, true, false>(H, H, count, a_op, b_op, ep, ep4, smem);
         }
         const compute_t* w = wc + static_cast<index_t>(l - 1) * H * H;
         block_gemm<Mode, false, false, false>(
-            count, Hi, Hi, [=](index_t m, index_t k) { return to_float(cur[m * H + k]); },
-            [=](index_t k, index_t n) { return to_float(w[n * H + k]); },  // W^T
-            [=](index_t m, index_t n, float c) { oth[m * H + n] = from_float<st_t>(to_float(hin[m * H + n]) > 0.0f ? c : 0.0f); },
-            no_vec4{}, smem);
+            count, H, H, [=](int m, int k) { return to_float(cur[m * H + k]); },
+            [=](int k, int n) { return to_float(w[n * H + k]); },  // W^T
+            [=](int m, int n, float c) { oth[m * H + n] = from_float<st_t>(to_float(hin[m * H + n]) > 0.0f ? c : 0.0f); }, no_vec4{},
+            smem);
         st_t* t = cur;
         cur = oth, oth = t;
       }
       // dz1 into r (segmented by (b, i): pairs are in (b, i, j) order) and s.
       if (P.want_rs) {
-        for (index_t n = threadIdx.x; n < H; n += kThreads) {
+        for (int n = threadIdx.x; n < H; n += kThreads) {
           int cb = s_b[0], ci = s_i[0];
           float acc = 0.0f;
           for (int p = 0; p < count; ++p) {
             if (s_b[p] != cb || s_i[p] != ci) {
-              atomicAdd(P.R + (cb * N + ci) * H + n, acc);
+              atomicAdd(P.R + object_row(cb, ci) + n, acc);
               acc = 0.0f, cb = s_b[p], ci = s_i[p];
             }
             acc += to_float(cur[p * H + n]);
           }
-          atomicAdd(P.R + (cb * N + ci) * H + n, acc);
+          atomicAdd(P.R + object_row(cb, ci) + n, acc);
         }
-        for (index_t idx = threadIdx.x; idx < static_cast<index_t>(count) * H; idx += kThreads) {
-          const index_t p = idx / H, n = idx % H;
-          atomicAdd(P.S + (s_b[p] * N + s_j[p]) * H + n, to_float(cur[idx]));
+        for (int idx = threadIdx.x; idx < count * H; idx += kThreads) {
+          const int p = idx / H, n = idx - p * H;
+          atomicAdd(P.S + object_row(s_b[p], s_j[p]) + n, to_float(cur[idx]));
         }
       }
     }
@@ -552,46 +386,42 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) relational_pairing_til
 
 inline int grid_for(const distill::pairing_detail::dims& d) {
   const index_t tiles = (d.B * d.N * d.N + kTile - 1) / kTile;
-  return static_cast<int>(std::max<index_t>(1, std::min<index_t>(tiles, static_cast<index_t>(kBlocksPerSM) * sm_count())));
+  return static_cast<int>(std::max<index_t>(1, std::min<index_t>(tiles, static_cast<index_t>(kBlocksPerSM) * current_device_properties().sms)));
 }
 
-inline std::size_t compute_bytes(matmul_precision m) { return m == matmul_precision::bf16 ? 2 : 4; }
-
-/// Byte offsets of the CUDA workspace (256-byte aligned regions).
-struct cuda_layout {
-  int grid = 1;
-  std::size_t wcanon = 0, left = 0, right = 0, R = 0, S = 0, t = 0, u = 0, used = 0, counts = 0, offsets = 0, total = 0,
-              pairs = 0, partial = 0, dw_acc = 0, db_acc = 0, stash = 0, bytes = 0;
+/// The workspace regions (core/workspace.hpp); `grid` persistent blocks each own a stash of
+/// L + 2 tiles of activations and gradients. The weights and the stash are in the compute type
+/// (`C`, bf16 in bf16 mode).
+template <class C>
+struct cuda_scratch {
+  C* wcanon;
+  float *left, *right, *R, *S, *t;
+  std::uint8_t* used;
+  int *counts, *offsets, *total, *pairs;
+  float *partial, *dw_acc, *db_acc;
+  C* stash;
+  cuda_scratch(workspace_carver& w, const distill::pairing_detail::dims& d, int grid)
+      : wcanon(w.take<C>((d.L - 1) * d.H * d.H)),
+        left(w.take<float>(d.B * d.N * d.H)),
+        right(w.take<float>(d.B * d.N * d.H)),
+        R(w.take<float>(d.B * d.N * d.H)),
+        S(w.take<float>(d.B * d.N * d.H)),
+        t(w.take<float>(d.B * d.H)),
+        used(w.take<std::uint8_t>(d.B * d.N)),
+        counts(w.take<int>(d.B)),
+        offsets(w.take<int>(d.B)),
+        total(w.take<int>(1)),
+        pairs(w.take<int>(d.B * d.N * d.N)),
+        partial(w.take<float>(relational::partial_floats(d.B * d.N, std::max(d.D, d.Q), d.H))),
+        dw_acc(w.take<float>((d.L - 1) * d.H * d.H)),
+        db_acc(w.take<float>(d.L * d.H)),
+        stash(w.take<C>(static_cast<index_t>(grid) * (d.L + 2) * kTile * d.H)) {}
 };
 
-inline cuda_layout make_cuda_layout(const distill::pairing_detail::dims& d, matmul_precision math, int grid) {
-  cuda_layout lay;
-  lay.grid = grid;
-  std::size_t off = 0;
-  auto take = [&](std::size_t bytes) {
-    const std::size_t at = off;
-    off = (off + bytes + 255) / 256 * 256;
-    return at;
-  };
-  const std::size_t BN = static_cast<std::size_t>(d.B * d.N), H = static_cast<std::size_t>(d.H), L = static_cast<std::size_t>(d.L);
-  lay.wcanon = take((L - 1) * H * H * compute_bytes(math));
-  lay.left = take(BN * H * 4);
-  lay.right = take(BN * H * 4);
-  lay.R = take(BN * H * 4);
-  lay.S = take(BN * H * 4);
-  lay.t = take(static_cast<std::size_t>(d.B) * H * 4);
-  lay.u = take(static_cast<std::size_t>(d.B) * H * 4);
-  lay.used = take(BN);
-  lay.counts = take(static_cast<std::size_t>(d.B) * 4);
-  lay.offsets = take(static_cast<std::size_t>(d.B) * 4);
-  lay.total = take(4);
-  lay.pairs = take(BN * static_cast<std::size_t>(d.N) * 4);
-  lay.partial = take(static_cast<std::size_t>(relational::partial_floats(d.B * d.N, std::max(d.D, d.Q), d.H)) * 4);
-  lay.dw_acc = take((L - 1) * H * H * 4);
-  lay.db_acc = take(L * H * 4);
-  lay.stash = take(static_cast<std::size_t>(grid) * (L + 2) * kTile * H * compute_bytes(math));
-  lay.bytes = off + 256;  // + base alignment slack
-  return lay;
+/// Bytes of the workspace for the compute type of `math`.
+inline std::size_t cuda_workspace_bytes(const distill::pairing_detail::dims& d, matmul_precision math, int grid) {
+  return math == matmul_precision::bf16 ? workspace_carver::size_of<cuda_scratch<__nv_bfloat16>>(d, grid)
+                                        : workspace_carver::size_of<cuda_scratch<float>>(d, grid);
 }
 
 template <class V>
@@ -614,40 +444,36 @@ struct cuda_problem {
   relational_pairing_grads<float, cuda_space> gr;
 };
 
-template <class Mode, bool Backward>
+template <matmul_precision Mode, bool Backward>
 status launch_tiles(const char* fn, const tile_params& tp, int grid, cudaStream_t stream) {
   auto kernel = relational_pairing_tile_kernel<Mode, Backward>;
-  DISTILL_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes<Mode>)));
+  DISTILL_TRY(allow_dynamic_smem(fn, kernel, smem_bytes<Mode>));
   kernel<<<grid, kThreads, smem_bytes<Mode>, stream>>>(tp);
   return launch_status(fn, stream);
 }
 
-template <class Mode>
+template <matmul_precision Mode>
 status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_view<std::byte, 1>& workspace) {
-  using C = typename Mode::compute_t;
+  using C = tile::compute_t<Mode>;
   const auto& d = pb.d;
   const cudaStream_t stream = stream_of(ctx);
   const int grid = grid_for(d);
-  const cuda_layout lay = make_cuda_layout(d, pb.opt.precision, grid);
-  if (workspace.empty() || static_cast<std::size_t>(workspace.extent(0)) < lay.bytes)
-    return fail(errc::invalid_argument, fn,
-                "'workspace' has " + std::to_string(workspace.empty() ? 0 : workspace.extent(0)) + " bytes, needs " +
-                    std::to_string(lay.bytes) + " (relational_pairing_workspace_size)");
-  std::byte* base = workspace.data();
-  base += (256 - reinterpret_cast<std::uintptr_t>(base) % 256) % 256;
-  auto at = [&](std::size_t off) { return base + off; };
-  float* left = reinterpret_cast<float*>(at(lay.left));
-  float* right = reinterpret_cast<float*>(at(lay.right));
-  float* R = reinterpret_cast<float*>(at(lay.R));
-  float* S = reinterpret_cast<float*>(at(lay.S));
-  std::uint8_t* used = reinterpret_cast<std::uint8_t*>(at(lay.used));
-  int* counts = reinterpret_cast<int*>(at(lay.counts));
-  int* offsets = reinterpret_cast<int*>(at(lay.offsets));
-  int* total = reinterpret_cast<int*>(at(lay.total));
-  int* pairs = reinterpret_cast<int*>(at(lay.pairs));
-  float* dw_acc = reinterpret_cast<float*>(at(lay.dw_acc));
-  float* db_acc = reinterpret_cast<float*>(at(lay.db_acc));
-  C* wcanon = reinterpret_cast<C*>(at(lay.wcanon));
+  DISTILL_TRY(check_device_workspace(fn, workspace, cuda_workspace_bytes(d, pb.opt.precision, grid),
+                                     "relational_pairing_workspace_size"));
+  workspace_carver carver(workspace.data());
+  const cuda_scratch<C> ws(carver, d, grid);
+  float* left = ws.left;
+  float* right = ws.right;
+  float* R = ws.R;
+  float* S = ws.S;
+  std::uint8_t* used = ws.used;
+  int* counts = ws.counts;
+  int* offsets = ws.offsets;
+  int* total = ws.total;
+  int* pairs = ws.pairs;
+  float* dw_acc = ws.dw_acc;
+  float* db_acc = ws.db_acc;
+  C* wcanon = ws.wcanon;
   const index_t B = d.B, N = d.N, D = d.D, H = d.H;
   const int L = d.L;
   const bool backward = !pb.dy.empty();
@@ -703,7 +529,7 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
   if (backward) tp.dy = pb.dy.data(), tp.dy_s0 = pb.dy.stride(0);
   tp.left = left, tp.right = right, tp.w = wcanon;
   for (int l = 0; l < L; ++l) tp.bias[l] = relational::vec_of(pb.g.bias[l]);
-  tp.pairs = pairs, tp.total = total, tp.stash = at(lay.stash), tp.nbuf = L + 2, tp.R = R, tp.S = S;
+  tp.pairs = pairs, tp.total = total, tp.stash = ws.stash, tp.nbuf = L + 2, tp.R = R, tp.S = S;
   if (want_y) tp.y = pb.y.data(), tp.y_s0 = pb.y.stride(0);
   if (want_dm) tp.dm = pb.gr.pair_mask.data(), tp.dm_s0 = pb.gr.pair_mask.stride(0), tp.dm_s1 = pb.gr.pair_mask.stride(1);
   tp.dw_acc = dw_acc, tp.db_acc = db_acc;
@@ -726,7 +552,7 @@ status run(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_v
     a.B = B, a.N = N, a.D = D, a.Q = d.Q, a.K = H;
     a.o = relational::rows_of3(pb.o), a.q = relational::rows_of2(pb.q), a.ok = used_rows;
     a.w_left = relational::mat_of(w0, 0), a.w_right = relational::mat_of(w0, D), a.wq_left = relational::mat_of(w0, 2 * D);
-    a.R = R, a.S = S, a.t = reinterpret_cast<float*>(at(lay.t)), a.u = nullptr, a.partial = reinterpret_cast<float*>(at(lay.partial));
+    a.R = R, a.S = S, a.t = ws.t, a.u = nullptr, a.partial = ws.partial;
     if (want_w) {
       a.dw_left = relational::out_mat_of(gw.weight[0], 0);
       a.dw_right = relational::out_mat_of(gw.weight[0], D);
@@ -753,6 +579,8 @@ status validate_cuda_inputs(const char* fn, const cuda_view<TO, 3>& o, const cud
     return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
   if (d.B * d.N * d.N > index_t(2147483647))
     return fail(errc::shape_mismatch, fn, "B N^2 must be below 2^31 on the CUDA path (pair codes are 32-bit)");
+  if (d.H > kMaxHidden)
+    return fail(errc::shape_mismatch, fn, "the hidden width H must be at most " + std::to_string(kMaxHidden) + " on the CUDA path");
   DISTILL_TRY(check_device_view(fn, "objects", o));
   DISTILL_TRY(check_cuda_view(fn, "question", q));
   DISTILL_TRY(check_cuda_view(fn, "pair_mask", m));
@@ -779,9 +607,9 @@ status validate_cuda_grads(const char* fn, const relational_pairing_grads<TG, cu
 inline status dispatch(const char* fn, const cuda& ctx, const cuda_problem& pb, const cuda_view<std::byte, 1>& workspace) {
   DISTILL_TRY(check_device_view(fn, "workspace", workspace));
   switch (pb.opt.precision) {
-    case matmul_precision::fp32: return run<mode_fp32>(fn, ctx, pb, workspace);
-    case matmul_precision::tf32: return run<mode_tf32>(fn, ctx, pb, workspace);
-    case matmul_precision::bf16: return run<mode_bf16>(fn, ctx, pb, workspace);
+    case matmul_precision::fp32: return run<matmul_precision::fp32>(fn, ctx, pb, workspace);
+    case matmul_precision::tf32: return run<matmul_precision::tf32>(fn, ctx, pb, workspace);
+    case matmul_precision::bf16: return run<matmul_precision::bf16>(fn, ctx, pb, workspace);
   }
   return fail(errc::invalid_argument, fn, "'precision' is not a matmul_precision");
 }
@@ -805,7 +633,7 @@ std::size_t relational_pairing_workspace_size(const cuda& /*ctx*/, index_t B, in
   d.B = std::max<index_t>(B, 1), d.N = std::max<index_t>(N, 1), d.D = std::max<index_t>(D, 0), d.Q = std::max<index_t>(Q, 0);
   d.H = std::max<index_t>(H, 1), d.L = std::clamp(L, 1, relational_max_layers);
   namespace cp = cuda_detail::pairing;
-  return cp::make_cuda_layout(d, opt.precision, cp::grid_for(d)).bytes;
+  return cp::cuda_workspace_bytes(d, opt.precision, cp::grid_for(d));
 }
 
 /// CUDA forward (float; see the CPU overload for the arguments).

@@ -25,6 +25,7 @@
 #include "distill/core/labels.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill::cuda_detail {
 
@@ -79,6 +80,14 @@ inline status check_device_view(const char* fn, const char* name, const label_vi
   return v.empty() ? status{} : check_device_pointer(fn, name, v.data());
 }
 
+/// The caller's workspace: at least `need` bytes (check_workspace, naming the sizing function),
+/// in device memory. Carve it with a workspace_carver (core/workspace.hpp) afterwards.
+inline status check_device_workspace(const char* fn, const cuda_view<std::byte, 1>& workspace, std::size_t need,
+                                     const char* sizing_function) {
+  DISTILL_TRY(check_workspace(fn, workspace, need, sizing_function));
+  return need == 0 ? status{} : check_device_view(fn, "workspace", workspace);
+}
+
 /// Host-side: is the view's base pointer aligned to `bytes` and the row stride a multiple of
 /// `bytes / sizeof(T)`, so 16-byte vector loads are legal on every row?
 template <class V>
@@ -96,19 +105,6 @@ bool vector_loadable(const V& v, int bytes) noexcept {
 template <class I>
 constexpr I ceil_div(I a, I b) noexcept {
   return (a + b - 1) / b;
-}
-
-/// Number of SMs of the current device (cached per thread; one cheap query).
-inline int sm_count() {
-  thread_local int count = 0;
-  if (count == 0) {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      (void)cudaGetLastError();
-      count = 1;
-    }
-  }
-  return count;
 }
 
 }  // namespace distill::cuda_detail

@@ -15,7 +15,7 @@
 #include <utility>
 
 #include "distill/contrastive/sample_queue.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 
 namespace distill {
@@ -222,7 +222,9 @@ class cuda_sample_queue {
  public:
   cuda_sample_queue() = default;
   /// Allocate K x D zeroed keys (dense rows) and, when asked, K ids set to no_sample_id.
-  /// Synchronous (cudaMalloc/cudaMemset): call it at setup, not inside a captured step.
+  /// Synchronous: it returns once the storage is zeroed, so work on any stream (a non-blocking
+  /// one included, which does not wait for the default stream) sees the zeros. Call it at
+  /// setup, not inside a captured step.
   static status create(index_t capacity, index_t dim, bool with_ids, cuda_sample_queue& out) {
     constexpr const char* fn = "cuda_sample_queue::create";
     if (capacity <= 0 || dim <= 0)
@@ -231,11 +233,14 @@ class cuda_sample_queue {
     cuda_sample_queue q;
     const std::size_t key_bytes = static_cast<std::size_t>(capacity * dim) * sizeof(T);
     DISTILL_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&q.keys_), key_bytes));
-    DISTILL_CUDA_TRY(cudaMemset(q.keys_, 0, key_bytes));
+    DISTILL_CUDA_TRY(cudaMemsetAsync(q.keys_, 0, key_bytes, nullptr));
     if (with_ids) {
       DISTILL_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&q.ids_), static_cast<std::size_t>(capacity) * 8));
-      DISTILL_CUDA_TRY(cudaMemset(q.ids_, 0xff, static_cast<std::size_t>(capacity) * 8));  // all bytes 0xff = -1 = no_sample_id
+      DISTILL_CUDA_TRY(cudaMemsetAsync(q.ids_, 0xff, static_cast<std::size_t>(capacity) * 8, nullptr));  // 0xff.. = -1 = no_sample_id
     }
+    // cudaMemset is asynchronous on the default stream, which a non-blocking stream does not
+    // wait for: finish the zeroing before anyone can enqueue
+    DISTILL_CUDA_TRY(cudaStreamSynchronize(nullptr));
     q.queue_ = sample_queue<T, cuda_space>(make_view<cuda_space>(q.keys_, capacity, dim),
                                            with_ids ? make_view<cuda_space>(q.ids_, capacity) : cuda_view<std::int64_t, 1>{});
     out = std::move(q);

@@ -6,8 +6,8 @@
 //! DISTILL_HOST_DEVICE functions the CPU path runs); this file only moves data. nvcc only.
 //!
 //! Kernels (one block per row; float accumulation for every input type):
-//!  - `dense_soft_target_block_per_row_resident_kernel` (C <= 16 * 512): the block holds its row in
-//!    registers (16 values of student and teacher per thread), so the row is read from memory
+//!  - `dense_soft_target_block_per_row_resident_kernel` (C <= 16 * 512, JSD 8 * 512): the block
+//!    holds its row in registers (16 values, JSD 8, of student and teacher per thread), so the row is read from memory
 //!    exactly once: maxima -> block reduce -> sums -> block reduce -> [JSD: mixture sums] ->
 //!    gradient, all from registers. Bytes: read s + t once, write g once.
 //!  - `dense_soft_target_block_per_row_streaming_kernel` (any C): a persistent grid of about one
@@ -31,7 +31,8 @@
 #include <type_traits>
 
 #include "distill/core/dtype.hpp"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
+#include "distill/cuda/detail/device.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/losses/detail/soft_target_dispatch.hpp"
 #include "distill/losses/soft_target_common.hpp"
@@ -82,6 +83,17 @@ __device__ DISTILL_FORCEINLINE void load_cols(const T* row, index_t c, index_t c
     for (int i = 0; i < V; ++i) out[i] = c + i < cols ? load<float>(row[c + i]) : fill;
   }
 }
+/// The same, kept in the storage type until each value is used: a 16-bit chunk of 8 values takes
+/// 4 registers instead of 8 (the streaming kernel holds several chunks of three inputs in flight).
+template <int V, class T>
+__device__ DISTILL_FORCEINLINE void load_cols_raw(const T* row, index_t c, index_t cols, float fill, packed<T, V>& out) {
+  if (c + V <= cols) {
+    out = *reinterpret_cast<const packed<T, V>*>(row + c);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) out.v[i] = c + i < cols ? row[c + i] : store<T>(fill);
+  }
+}
 template <int V, class T>
 __device__ DISTILL_FORCEINLINE void store_cols(T* row, index_t c, index_t cols, const float (&in)[V]) {
   if (c + V <= cols) {
@@ -94,31 +106,9 @@ __device__ DISTILL_FORCEINLINE void store_cols(T* row, index_t c, index_t cols, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block reductions for any blockDim.x that is a multiple of 32 (<= 1024). Each ends with a
-// __syncthreads so the shared scratch can be reused at once.
+// Block reductions (detail/reduce.cuh) for any blockDim.x that is a multiple of 32 (<= 1024).
 // ---------------------------------------------------------------------------------------------
-template <int K>
-__device__ DISTILL_FORCEINLINE void block_sum_n(float (&v)[K], float (*smem)[32]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-  for (int i = 0; i < K; ++i) v[i] = cuda_detail::warp_sum(v[i]);
-  if (warps == 1) return;
-  if (lane == 0)
-#pragma unroll
-    for (int i = 0; i < K; ++i) smem[i][warp] = v[i];
-  __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int i = 0; i < K; ++i) {
-      const float x = cuda_detail::warp_sum(lane < warps ? smem[i][lane] : 0.0f);
-      if (lane == 0) smem[i][0] = x;
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < K; ++i) v[i] = smem[i][0];
-  __syncthreads();
-}
+using cuda_detail::block_sum_n;
 
 /// (value, index) maximum with ties to the lower index; NaN values never win.
 struct arg_max {
@@ -129,69 +119,26 @@ __device__ DISTILL_FORCEINLINE arg_max better(arg_max a, arg_max b) {
   if (b.v > a.v || (b.v == a.v && b.i >= 0 && (a.i < 0 || b.i < a.i))) return b;
   return a;
 }
-__device__ DISTILL_FORCEINLINE arg_max warp_arg_max(arg_max a) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    arg_max b;
-    b.v = __shfl_xor_sync(cuda_detail::full_mask, a.v, o);
-    b.i = __shfl_xor_sync(cuda_detail::full_mask, a.i, o);
-    a = better(a, b);
-  }
-  return a;
-}
-/// Two arg-max reductions at once (teacher, student).
-__device__ DISTILL_FORCEINLINE void block_arg_max2(arg_max& a, arg_max& b, arg_max (*smem)[32]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  a = warp_arg_max(a);
-  b = warp_arg_max(b);
-  if (warps == 1) return;
-  if (lane == 0) smem[0][warp] = a, smem[1][warp] = b;
-  __syncthreads();
-  if (warp == 0) {
-    const arg_max none{-INFINITY, -1};
-    arg_max x = warp_arg_max(lane < warps ? smem[0][lane] : none);
-    arg_max y = warp_arg_max(lane < warps ? smem[1][lane] : none);
-    if (lane == 0) smem[0][0] = x, smem[1][0] = y;
-  }
-  __syncthreads();
-  a = smem[0][0];
-  b = smem[1][0];
-  __syncthreads();
+struct arg_max_op {
+  __device__ DISTILL_FORCEINLINE arg_max operator()(arg_max a, arg_max b) const { return better(a, b); }
+};
+/// Two arg-maxima reduced together (teacher, student).
+struct arg_max2 {
+  arg_max t, s;
+};
+struct arg_max2_op {
+  __device__ DISTILL_FORCEINLINE arg_max2 operator()(arg_max2 a, const arg_max2& b) const { return {better(a.t, b.t), better(a.s, b.s)}; }
+};
+__device__ DISTILL_FORCEINLINE void block_arg_max2(arg_max& t, arg_max& s, arg_max2* smem) {
+  const arg_max none{-INFINITY, -1};
+  const arg_max2 r = cuda_detail::block_all_reduce(arg_max2{t, s}, arg_max2_op{}, arg_max2{none, none}, smem);
+  t = r.t;
+  s = r.s;
 }
 
-__device__ DISTILL_FORCEINLINE dense_state<float> shfl_state(const dense_state<float>& s, int o) {
-  dense_state<float> r;
-  r.mt = __shfl_xor_sync(cuda_detail::full_mask, s.mt, o);
-  r.st = __shfl_xor_sync(cuda_detail::full_mask, s.st, o);
-  r.a = __shfl_xor_sync(cuda_detail::full_mask, s.a, o);
-  r.tx = __shfl_xor_sync(cuda_detail::full_mask, s.tx, o);
-  r.ms = __shfl_xor_sync(cuda_detail::full_mask, s.ms, o);
-  r.ss = __shfl_xor_sync(cuda_detail::full_mask, s.ss, o);
-  r.b = __shfl_xor_sync(cuda_detail::full_mask, s.b, o);
-  r.mz = __shfl_xor_sync(cuda_detail::full_mask, s.mz, o);
-  r.sz = __shfl_xor_sync(cuda_detail::full_mask, s.sz, o);
-  r.it = __shfl_xor_sync(cuda_detail::full_mask, s.it, o);
-  r.is = __shfl_xor_sync(cuda_detail::full_mask, s.is, o);
-  return r;
-}
 /// Merge every thread's online state; every thread gets the row's state.
 __device__ DISTILL_FORCEINLINE dense_state<float> block_merge_state(dense_state<float> s, dense_state<float>* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s.merge(shfl_state(s, o));
-  if (warps == 1) return s;
-  if (lane == 0) smem[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    dense_state<float> x = lane < warps ? smem[lane] : dense_state<float>::empty();
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x.merge(shfl_state(x, o));
-    if (lane == 0) smem[0] = x;
-  }
-  __syncthreads();
-  s = smem[0];
-  __syncthreads();
-  return s;
+  return cuda_detail::block_all_reduce(s, cuda_detail::state_merge_op{}, dense_state<float>::empty(), smem);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,15 +330,20 @@ __device__ void row_finish_dt(const dense_args<TS, TT, Policy>& a, index_t r, co
 // Resident kernel: the row in registers. Thread `tid` holds chunks j = 0 .. N/V-1 at columns
 // (j * blockDim.x + tid) * V .. + V - 1, with N * blockDim.x >= C (checked by the launcher).
 // ---------------------------------------------------------------------------------------------
-constexpr int resident_elems = 16;
+/// Values of each input a thread holds. JSD's gradient evaluates two log-add-exps per class on
+/// top of the mixture pass; with 16 values per thread its unrolled loops need more than the 128
+/// registers 512 threads allow and spilled 200-300 bytes per thread (more than the row data
+/// itself), so it holds 8 and rows above 8 x 512 classes take the streaming kernel.
+template <class Policy>
+constexpr int resident_elems = Policy::has_mixture_pass ? 8 : 16;
 constexpr int resident_max_threads = 512;
 
 template <class TS, class TT, class Policy, int V>
 __global__ void __launch_bounds__(resident_max_threads)
     dense_soft_target_block_per_row_resident_kernel(const dense_args<TS, TT, Policy> a) {
-  constexpr int N = resident_elems, J = N / V;
-  __shared__ float sum_smem[6][32];
-  __shared__ arg_max arg_smem[2][32];
+  constexpr int N = resident_elems<Policy>, J = N / V;
+  __shared__ float sum_smem[6 * 32];
+  __shared__ arg_max2 arg_smem[32];
   const index_t r = blockIdx.x;
   row_ctx<Policy> x;
   if (!row_begin(a, r, x)) return;
@@ -487,14 +439,18 @@ __global__ void __launch_bounds__(resident_max_threads)
 // Streaming kernel: any C. Rows r = blockIdx.x, blockIdx.x + gridDim.x, ...
 // ---------------------------------------------------------------------------------------------
 constexpr int streaming_threads = 512;
-constexpr int streaming_elems = 16;  // elements of each input in flight per thread per iteration
+/// Elements of each input in flight per thread per iteration. JSD's heavier gradient keeps 8 (of
+/// 16-bit inputs: one 16-byte chunk of each input), which still puts 24 KiB in flight per SM, and
+/// fits its registers without spilling.
+template <class Policy>
+constexpr int streaming_elems = Policy::has_mixture_pass ? 8 : 16;
 
 template <class TS, class TT, class Policy, int V>
 __global__ void __launch_bounds__(streaming_threads)
     dense_soft_target_block_per_row_streaming_kernel(const dense_args<TS, TT, Policy> a) {
   __shared__ dense_state<float> state_smem[32];
-  __shared__ float sum_smem[2][32];
-  constexpr int U = V == 1 ? streaming_elems / 2 : streaming_elems / V;  // chunks per iteration
+  __shared__ float sum_smem[2 * 32];
+  constexpr int U = V == 1 ? streaming_elems<Policy> / 2 : streaming_elems<Policy> / V;  // chunks per iteration
   const index_t step = static_cast<index_t>(blockDim.x) * V;
   for (index_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
     row_ctx<Policy> x;
@@ -506,13 +462,14 @@ __global__ void __launch_bounds__(streaming_threads)
     // pass A: online statistics over one read of the row
     dense_state<float> st = dense_state<float>::empty();
     for (index_t base = static_cast<index_t>(threadIdx.x) * V; base < a.cols; base += U * step) {
-      float sv[U][V], tv[U][V];
+      packed<TS, V> sv[U];
+      packed<TT, V> tv[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {  // issue all loads first
         const index_t c0 = base + u * step;
         if (c0 < a.cols) {
-          load_cols<V>(srow, c0, a.cols, -INFINITY, sv[u]);
-          load_cols<V>(trow, c0, a.cols, -INFINITY, tv[u]);
+          load_cols_raw<V>(srow, c0, a.cols, -INFINITY, sv[u]);
+          load_cols_raw<V>(trow, c0, a.cols, -INFINITY, tv[u]);
         }
       }
 #pragma unroll
@@ -523,7 +480,8 @@ __global__ void __launch_bounds__(streaming_threads)
         for (int i = 0; i < V; ++i) {
           const index_t c = c0 + i;
           if (c >= a.cols || c == x.tgt) continue;
-          st.add(tv[u][i] * inv_t, sv[u][i] * inv_t, sv[u][i], static_cast<std::int32_t>(c), a.hard);
+          const float z = load<float>(sv[u].v[i]);
+          st.add(load<float>(tv[u].v[i]) * inv_t, z * inv_t, z, static_cast<std::int32_t>(c), a.hard);
         }
       }
     }
@@ -554,14 +512,15 @@ __global__ void __launch_bounds__(streaming_threads)
       TS* grow = a.g + r * a.ldg;
       float dt = 0.0f;
       for (index_t base = static_cast<index_t>(threadIdx.x) * V; base < a.cols; base += U * step) {
-        float sv[U][V], tv[U][V], old[U][V];
+        packed<TS, V> sv[U], old[U];
+        packed<TT, V> tv[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const index_t c0 = base + u * step;
           if (c0 < a.cols) {
-            load_cols<V>(srow, c0, a.cols, 0.0f, sv[u]);
-            load_cols<V>(trow, c0, a.cols, 0.0f, tv[u]);
-            if (a.accumulate) load_cols<V>(static_cast<const TS*>(grow), c0, a.cols, 0.0f, old[u]);
+            load_cols_raw<V>(srow, c0, a.cols, 0.0f, sv[u]);
+            load_cols_raw<V>(trow, c0, a.cols, 0.0f, tv[u]);
+            if (a.accumulate) load_cols_raw<V>(static_cast<const TS*>(grow), c0, a.cols, 0.0f, old[u]);
           }
         }
 #pragma unroll
@@ -570,10 +529,12 @@ __global__ void __launch_bounds__(streaming_threads)
           if (c0 >= a.cols) break;
           float out[V];
 #pragma unroll
-          for (int i = 0; i < V; ++i)
-            out[i] = c0 + i < a.cols ? grad_value(a, x, c0 + i, sv[u][i], tv[u][i] * inv_t, sv[u][i] * inv_t,
-                                                  a.accumulate ? old[u][i] : 0.0f, dt)
+          for (int i = 0; i < V; ++i) {
+            const float z = load<float>(sv[u].v[i]);
+            out[i] = c0 + i < a.cols ? grad_value(a, x, c0 + i, z, load<float>(tv[u].v[i]) * inv_t, z * inv_t,
+                                                  a.accumulate ? load<float>(old[u].v[i]) : 0.0f, dt)
                                      : 0.0f;
+          }
           store_cols<V>(grow, c0, a.cols, out);
         }
       }
@@ -596,7 +557,7 @@ constexpr int reduce_threads = 1024;
 __global__ void __launch_bounds__(reduce_threads)
     soft_target_divisor_kernel(label_view<cuda_space> labels, std::int64_t ignore_index, const float* weights, index_t rows,
                                float* divisor) {
-  __shared__ float smem[1][32];
+  __shared__ float smem[32];
   float s[1] = {0.0f};
   for (index_t r = threadIdx.x; r < rows; r += blockDim.x)
     if (labels.empty() || labels(r) != ignore_index) s[0] += weights ? weights[r] : 1.0f;
@@ -608,7 +569,7 @@ __global__ void __launch_bounds__(reduce_threads)
 __global__ void __launch_bounds__(reduce_threads)
     soft_target_finalize_kernel(const float* row_loss, const float* row_dt, index_t rows, float divisor,
                                 const float* divisor_ptr, float grad_scale, float* loss, float* grad_temperature) {
-  __shared__ float smem[2][32];
+  __shared__ float smem[2 * 32];
   float s[2] = {0.0f, 0.0f};
   for (index_t r = threadIdx.x; r < rows; r += blockDim.x) {
     if (loss) s[0] += row_loss[r];
@@ -656,29 +617,13 @@ status check_extras_on_device(const char* fn, const soft_target_extras<Acc, cuda
   return {};
 }
 
-/// Where the per-row values and the divisor go (see soft_target_workspace_size).
-struct workspace_layout {
-  float* row_loss = nullptr;
-  float* row_dt = nullptr;
-  float* divisor = nullptr;
-};
-inline workspace_layout layout_of(std::byte* ws, index_t rows) {
-  workspace_layout l;
-  if (ws == nullptr) return l;
-  float* f = reinterpret_cast<float*>(ws);
-  l.row_loss = f;
-  l.row_dt = f + rows;
-  l.divisor = f + 2 * rows;
-  return l;
-}
-
 /// Fills the parts of the arguments every primitive shares and launches the divisor kernel if
 /// the mean must be counted. Returns the pointer the finalize kernel reads the divisor from.
 template <class Args, class TS, class TT, class G>
 status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS, 2>& student, const cuda_view<TT, 2>& teacher,
                     const cuda_view<float, 1>& loss, const cuda_view<G, 2>& grad, bool want_grad,
                     const soft_target_options& opt, const soft_target_extras<float, cuda_space>& ex,
-                    const cuda_view<std::byte, 1>& workspace, workspace_layout& ws) {
+                    const soft_target_scratch& ws) {
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   const index_t n = student.extent(0);
   a.s = student.data();
@@ -705,7 +650,6 @@ status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS
   a.diag_entropy = ex.row_teacher_entropy.data();
   a.diag_top1 = ex.row_top1_agreement.data();
   a.diag_hard = ex.row_hard_loss.data();
-  ws = layout_of(workspace.data(), n);
   const bool reduced = opt.reduction != reduction::none && !loss.empty();
   a.row_loss = opt.reduction == reduction::none ? loss.data() : (reduced ? ws.row_loss : nullptr);
   a.row_dt = a.want_dt ? ws.row_dt : nullptr;
@@ -731,7 +675,7 @@ status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS
 template <class Args>
 status launch_finalize(const char* fn, const cuda& ctx, const Args& a, const soft_target_options& opt,
                        const cuda_view<float, 1>& loss, const soft_target_extras<float, cuda_space>& ex,
-                       const workspace_layout& ws) {
+                       const soft_target_scratch& ws) {
   const bool reduced = opt.reduction != reduction::none && !loss.empty();
   if (!reduced && !a.want_dt) return {};
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
@@ -745,9 +689,9 @@ status launch_finalize(const char* fn, const cuda& ctx, const Args& a, const sof
 template <class TS, class TT, class Policy, int V>
 status launch_dense(const char* fn, const cuda& ctx, const dense_args<TS, TT, Policy>& a) {
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
-  if (a.cols <= static_cast<index_t>(resident_elems) * resident_max_threads) {
-    // enough warps that 16 values per thread cover the row
-    const index_t per_thread_chunks = resident_elems / V;
+  if (a.cols <= static_cast<index_t>(resident_elems<Policy>) * resident_max_threads) {
+    // enough warps that resident_elems values per thread cover the row
+    const index_t per_thread_chunks = resident_elems<Policy> / V;
     const index_t chunks = cuda_detail::ceil_div<index_t>(a.cols, V);
     index_t threads = cuda_detail::ceil_div<index_t>(chunks, per_thread_chunks);
     threads = cuda_detail::ceil_div<index_t>(threads, 32) * 32;
@@ -759,7 +703,7 @@ status launch_dense(const char* fn, const cuda& ctx, const dense_args<TS, TT, Po
   } else {
     // about one row in flight per SM keeps the re-read of pass C in L2; more rows for small rows
     const index_t row_bytes = a.cols * static_cast<index_t>(sizeof(TS) + sizeof(TT));
-    const index_t sms = cuda_detail::sm_count();
+    const index_t sms = cuda_detail::current_device_properties().sms;
     index_t blocks = (24 << 20) / (row_bytes > 0 ? row_bytes : 1);
     blocks = blocks < sms ? sms : (blocks > 4 * sms ? 4 * sms : blocks);
     blocks = blocks > a.rows ? a.rows : blocks;
@@ -793,8 +737,9 @@ status dense_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>&
     return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
 
   dense_args<S, T, Policy> a{};
-  workspace_layout ws;
-  DISTILL_TRY(setup_common(fn, ctx, a, student, teacher, loss, grad, want_grad, opt, ex, workspace, ws));
+  workspace_carver carver(workspace.data());
+  const soft_target_scratch ws(carver, student.extent(0));
+  DISTILL_TRY(setup_common(fn, ctx, a, student, teacher, loss, grad, want_grad, opt, ex, ws));
   a.prm = prm;
 
   constexpr int vec = 16 / static_cast<int>(sizeof(S) > sizeof(T) ? sizeof(S) : sizeof(T));

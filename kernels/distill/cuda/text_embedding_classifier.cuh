@@ -3,9 +3,10 @@
 //! @file
 //! CUDA kernels of include/distill/features/text_embedding_classifier.hpp.
 //!   factors   one warp per row: a = 1/||x|| (B2) of regions, classes and the background
-//!   products  a 64 x 64 output tile per 256-thread block, 16-deep K slices staged in shared
-//!             memory, 4 x 4 outputs per thread, fp32 FMA (no tensor cores: these products are
-//!             small next to the detector); the scaling by a_r, a_c, m_c / tau is applied when
+//!   products  the shared tile layer (detail/tile_gemm.cuh): a 64 x 64 output tile per 256-thread
+//!             block, 16-deep K slices staged in shared memory, 4 x 4 outputs per thread, FMA in
+//!             the accumulator type (no tensor cores: these products are small next to the
+//!             detector); the scaling by a_r, a_c, m_c / tau is applied when
 //!             an operand is loaded or in the epilogue, so nothing normalised is materialised
 //!               logits  z[N, C]  = e t^T            (k = D)
 //!               E       [N, D]   = (G diag(m a_c / tau)) t
@@ -21,74 +22,33 @@
 #include <climits>
 
 #include "distill/cuda/feature_stats.cuh"
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
+#include "distill/cuda/detail/tile_gemm.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/features/text_embedding_classifier.hpp"
 
 namespace distill {
 namespace features_cuda_detail {
 
-// ---------------------------------------------------------------------------------------------
-// Tiled product C[m, n] = sum_k a(m, k) b(k, n), epilogue epi(m, n, value).
-// AKFast / BKFast: whether consecutive k are adjacent in memory for a / b (coalesced staging).
-// ---------------------------------------------------------------------------------------------
-constexpr int gemm_tile = 64;
-constexpr int gemm_depth = 16;
+namespace tile = cuda_detail::tile;
 
-template <bool AKFast, bool BKFast, class Acc, class AFn, class BFn, class Epi>
-__global__ void __launch_bounds__(256)
-    text_classifier_gemm_tile64_kernel(index_t M, index_t N, index_t K, AFn a, BFn b, Epi epi) {
-  __shared__ Acc As[gemm_depth][gemm_tile];
-  __shared__ Acc Bs[gemm_depth][gemm_tile];
-  const int tid = static_cast<int>(threadIdx.x), tx = tid % 16, ty = tid / 16;
-  const index_t m0 = static_cast<index_t>(blockIdx.y) * gemm_tile, n0 = static_cast<index_t>(blockIdx.x) * gemm_tile;
-  Acc acc[4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
-  for (index_t k0 = 0; k0 < K; k0 += gemm_depth) {
-    for (int e = tid; e < gemm_depth * gemm_tile; e += 256) {
-      const int kk_a = AKFast ? e % gemm_depth : e / gemm_tile;
-      const int mm = AKFast ? e / gemm_depth : e % gemm_tile;
-      const index_t gm = m0 + mm, gka = k0 + kk_a;
-      As[kk_a][mm] = (gm < M && gka < K) ? a(gm, gka) : Acc(0);
-      const int kk_b = BKFast ? e % gemm_depth : e / gemm_tile;
-      const int nn = BKFast ? e / gemm_depth : e % gemm_tile;
-      const index_t gn = n0 + nn, gkb = k0 + kk_b;
-      Bs[kk_b][nn] = (gn < N && gkb < K) ? b(gkb, gn) : Acc(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < gemm_depth; ++kk) {
-      Acc ar[4], br[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) ar[i] = As[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) br[j] = Bs[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += ar[i] * br[j];
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const index_t m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < M && n < N) epi(m, n, acc[i][j]);
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Products C[m, n] = sum_k a(m, k) b(k, n), epilogue epi(m, n, value), on the shared tile layer
+// (detail/tile_gemm.cuh): 64 x 64 output tiles, 16-deep K slices, 8 warps of 8 x 64 outputs,
+// 4 x 4 per thread, FMA in Acc. AKFast / BKFast: whether consecutive k are adjacent in memory for
+// a / b (coalesced staging).
+// ---------------------------------------------------------------------------------------------
+using gemm_shape = tile::block_shape<64, 64, 16, 8, 1, 0>;
+template <class Acc>
+using gemm_warp_tile = tile::simt_warp_tile<Acc, 8, 64, 16, 16>;
 
 template <bool AKFast, bool BKFast, class Acc, class AFn, class BFn, class Epi>
 status launch_gemm_tile64(const char* fn, cudaStream_t st, index_t M, index_t N, index_t K, const AFn& a, const BFn& b,
                           const Epi& epi) {
-  const index_t gy = (M + gemm_tile - 1) / gemm_tile, gx = (N + gemm_tile - 1) / gemm_tile;
+  const index_t gy = (M + gemm_shape::BM - 1) / gemm_shape::BM, gx = (N + gemm_shape::BN - 1) / gemm_shape::BN;
   if (gy > 65535 || gx > INT_MAX) return fail(errc::shape_mismatch, fn, "product too large for one grid (more than 4M rows)");
-  text_classifier_gemm_tile64_kernel<AKFast, BKFast, Acc>
-      <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), 256, 0, st>>>(M, N, K, a, b, epi);
+  tile::tile_gemm_block_per_tile_kernel<gemm_shape, gemm_warp_tile<Acc>, !AKFast, !BKFast>
+      <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), gemm_shape::threads, 0, st>>>(M, N, K, a, b, epi);
   return cuda_detail::launch_status(fn, st);
 }
 
@@ -293,39 +253,13 @@ __global__ void __launch_bounds__(BlockSize)
 // Workspace layout and the three stages.
 // ---------------------------------------------------------------------------------------------
 template <class Acc>
-struct classifier_ws {
-  Acc *row_inv, *row_proj, *row_scale, *class_inv, *class_proj, *class_scale, *class_on, *class_on_tau;
-  Acc *bg_inv, *bg_proj, *e_pre, *t_pre, *w_pre, *inv_div, *partial;
-};
+using classifier_ws = features_detail::classifier_scratch<Acc>;
 
+/// The caller's workspace holds classifier_ws (size and memory space).
 template <class Acc>
-status carve_classifier_ws(const char* fn, cuda_view<std::byte, 1> workspace, index_t N, index_t C, index_t D,
-                           classifier_ws<Acc>& w) {
-  const index_t total = 4 * N + 5 * C + 3 + N * D + C * D + D;  // text_classifier_workspace_size
-  Acc* base = nullptr;
-  DISTILL_TRY(workspace_accumulators<Acc>(fn, workspace, 0, total, &base));
-  Acc* p = base;
-  auto take = [&p](index_t n) {
-    Acc* q = p;
-    p += n;
-    return q;
-  };
-  w.row_inv = take(N);
-  w.row_proj = take(N);
-  w.row_scale = take(N);
-  w.class_inv = take(C);
-  w.class_proj = take(C);
-  w.class_scale = take(C);
-  w.class_on = take(C);
-  w.class_on_tau = take(C);
-  w.bg_inv = take(1);
-  w.bg_proj = take(1);
-  w.e_pre = take(N * D);
-  w.t_pre = take(C * D);
-  w.w_pre = take(D);
-  w.inv_div = take(1);
-  w.partial = take(N);
-  return {};
+status check_classifier_workspace(const char* fn, cuda_view<std::byte, 1> workspace, index_t N, index_t C, index_t D) {
+  return cuda_detail::check_device_workspace(fn, workspace, workspace_carver::size_of<classifier_ws<Acc>>(N, C, D),
+                                             "text_classifier_workspace_size");
 }
 
 template <class T>
@@ -444,9 +378,10 @@ template <class T>
   DISTILL_TRY(features_detail::check_output(fn, "logits", logits, {regions.extent(0), K}));
   DISTILL_TRY(features_cuda_detail::check_classifier_device_inputs<U>(fn, regions, classes, background, class_mask));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "logits", logits));
-  features_cuda_detail::classifier_ws<Acc> w;
-  DISTILL_TRY(features_cuda_detail::carve_classifier_ws<Acc>(fn, workspace, regions.extent(0), classes.extent(0),
-                                                             regions.extent(1), w));
+  DISTILL_TRY(features_cuda_detail::check_classifier_workspace<Acc>(fn, workspace, regions.extent(0), classes.extent(0),
+                                                                    regions.extent(1)));
+  workspace_carver carver(workspace.data());
+  const features_cuda_detail::classifier_ws<Acc> w(carver, regions.extent(0), classes.extent(0), regions.extent(1));
   cudaStream_t st = cuda_detail::stream_of(ctx);
   DISTILL_TRY((features_cuda_detail::classifier_prepare_cuda<Acc, U>(fn, st, regions, classes, background, class_mask, w, opt)));
   return features_cuda_detail::classifier_logits_cuda<Acc, U>(fn, st, regions, classes, background, logits, w, opt);
@@ -477,9 +412,10 @@ template <class T>
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_regions", grad_regions));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_background", grad_background));
   DISTILL_TRY(features_cuda_detail::check_device_input(fn, "grad_classes", grad_classes));
-  features_cuda_detail::classifier_ws<Acc> w;
-  DISTILL_TRY(features_cuda_detail::carve_classifier_ws<Acc>(fn, workspace, regions.extent(0), classes.extent(0),
-                                                             regions.extent(1), w));
+  DISTILL_TRY(features_cuda_detail::check_classifier_workspace<Acc>(fn, workspace, regions.extent(0), classes.extent(0),
+                                                                    regions.extent(1)));
+  workspace_carver carver(workspace.data());
+  const features_cuda_detail::classifier_ws<Acc> w(carver, regions.extent(0), classes.extent(0), regions.extent(1));
   cudaStream_t st = cuda_detail::stream_of(ctx);
   DISTILL_TRY((features_cuda_detail::classifier_prepare_cuda<Acc, U>(fn, st, regions, classes, background, class_mask, w, opt)));
   return features_cuda_detail::classifier_backward_cuda<Acc, U>(fn, st, regions, classes, background, grad_logits,
@@ -512,8 +448,9 @@ status classifier_ce_cuda(const char* fn, const cuda& ctx, cuda_view<T, 2> regio
   DISTILL_TRY(check_device_input(fn, "grad_background", grad_background));
   DISTILL_TRY(check_device_input(fn, "grad_classes", grad_classes));
   if (N > INT_MAX) return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 rows are not supported on CUDA");
-  classifier_ws<Acc> w;
-  DISTILL_TRY(carve_classifier_ws<Acc>(fn, workspace, N, classes.extent(0), regions.extent(1), w));
+  DISTILL_TRY(check_classifier_workspace<Acc>(fn, workspace, N, classes.extent(0), regions.extent(1)));
+  workspace_carver carver(workspace.data());
+  const classifier_ws<Acc> w(carver, N, classes.extent(0), regions.extent(1));
   cudaStream_t st = cuda_detail::stream_of(ctx);
   DISTILL_TRY((classifier_prepare_cuda<Acc, U>(fn, st, regions, classes, background, class_mask, w, opt)));
   DISTILL_TRY((classifier_logits_cuda<Acc, U>(fn, st, regions, classes, background, logits_scratch, w, opt)));

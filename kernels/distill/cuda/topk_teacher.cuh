@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "distill/cuda/detail/device.cuh"
 #include "distill/cuda/soft_target_dense.cuh"
 #include "distill/losses/topk_teacher.hpp"
 
@@ -56,20 +57,29 @@ struct topk_args {
 
 constexpr int topk_threads = 256;
 
-/// Online log-sum-exp with the first argmax.
-struct lse_arg {
-  lse_state<float> l;
+/// Pass A's per-row statistics, merged across the block in one exchange: the log-sum-exps of
+/// y outside I, of the raw logits, of y over I and of the teacher values, and the first argmax.
+struct row_stats {
+  lse_state<float> rest, raw, in_i, teach;
   arg_max am;
+};
+struct row_stats_op {
+  __device__ DISTILL_FORCEINLINE row_stats operator()(row_stats a, const row_stats& b) const {
+    a.rest.merge(b.rest);
+    a.raw.merge(b.raw);
+    a.in_i.merge(b.in_i);
+    a.teach.merge(b.teach);
+    a.am = better(a.am, b.am);
+    return a;
+  }
 };
 
 template <class TS, class TT>
 __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kernel(const topk_args<TS, TT> a) {
   extern __shared__ unsigned char topk_smem[];
-  __shared__ float sums[4][32];
-  // raw storage: lse_state has default member initialisers, which __shared__ variables cannot run
-  __shared__ alignas(lse_state<float>) unsigned char lse_raw[32 * sizeof(lse_state<float>)];
-  lse_state<float>* lse_smem = reinterpret_cast<lse_state<float>*>(lse_raw);
-  __shared__ arg_max arg_smem[2][32];
+  __shared__ float sums[2 * 32];
+  __shared__ cuda_detail::shared_array<row_stats, topk_threads / 32> stats_smem;
+  __shared__ arg_max arg_smem[topk_threads / 32];
   __shared__ int row_bad;
   using soft_target_detail::keep_or_zero;
   const index_t r = blockIdx.x;
@@ -142,12 +152,11 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
   lse_state<float> in_i, teach;
   for (index_t j = threadIdx.x; j < a.k; j += blockDim.x)
     if (cls[j] >= 0) in_i.add(sraw[j] * inv_t), teach.add(val[j]);
-  rest = cuda_detail::block_merge<topk_threads>(rest, lse_smem);
-  raw = cuda_detail::block_merge<topk_threads>(raw, lse_smem);
-  in_i = cuda_detail::block_merge<topk_threads>(in_i, lse_smem);
-  teach = cuda_detail::block_merge<topk_threads>(teach, lse_smem);
-  arg_max unused{-INFINITY, -1};
-  block_arg_max2(am, unused, arg_smem);
+  {  // one exchange for the four log-sum-exps and the arg-max
+    const row_stats r = cuda_detail::block_all_reduce<topk_threads>(row_stats{rest, raw, in_i, teach, am}, row_stats_op{},
+                                                                     row_stats{{}, {}, {}, {}, {-INFINITY, -1}}, stats_smem.data());
+    rest = r.rest, raw = r.raw, in_i = r.in_i, teach = r.teach, am = r.am;
+  }
   lse_state<float> all = rest;
   all.merge(in_i);
   const float ls = all.value(), lrest = rest.value(), lv = teach.value();
@@ -167,8 +176,7 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
     if (val[j] > best.v || (val[j] == best.v && (best.i < 0 || cls[j] < best.i))) best = {val[j], cls[j]};
   }
   block_sum_n<2>(acc, sums);
-  arg_max unused2{-INFINITY, -1};
-  block_arg_max2(best, unused2, arg_smem);
+  best = cuda_detail::block_all_reduce<topk_threads>(best, arg_max_op{}, arg_max{-INFINITY, -1}, arg_smem);
   float f = acc[0] + keep_or_zero(r_mass != 0.0f, r_mass * (log_r - log_s));
   const float entropy = acc[1] - keep_or_zero(r_mass != 0.0f, r_mass * log_r);
   const bool bad = row_bad != 0 || am.v == ninf<float>() ||
@@ -222,6 +230,12 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
   }
 }
 
+/// Dynamic shared memory of the kernel: the class bitmap (C / 8 bytes) and three 4-byte arrays
+/// over the k slots.
+inline std::size_t topk_dynamic_smem_bytes(index_t classes, index_t k) {
+  return static_cast<std::size_t>((classes + 31) / 32) * 4 + static_cast<std::size_t>(k) * 12;
+}
+
 template <class TS, class TT, class G>
 status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student,
                        const cuda_view<const std::int64_t, 2>& idx, const cuda_view<TT, 2>& values,
@@ -244,24 +258,16 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
   if (loss.extent(0) > 1 && loss.stride(0) != 1)
     return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
 
-  // the shared scratch: the class bitmap and three arrays over the k slots
-  const std::size_t smem = static_cast<std::size_t>((student.extent(1) + 31) / 32) * 4 +
-                           static_cast<std::size_t>(idx.extent(1)) * 12;
-  int dev = 0, max_optin = 0;
-  DISTILL_CUDA_TRY(cudaGetDevice(&dev));
-  DISTILL_CUDA_TRY(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (smem + 2048 > static_cast<std::size_t>(max_optin))
-    return fail(errc::shape_mismatch, fn,
-                "C / 8 + 12 k = " + std::to_string(smem) + " bytes of shared memory exceed this device's " +
-                    std::to_string(max_optin) + " bytes per block");
-  if (smem > 48 * 1024)
-    DISTILL_CUDA_TRY(cudaFuncSetAttribute(topk_teacher_block_per_row_kernel<S, T>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // the shared scratch: the class bitmap and three arrays over the k slots; the kernel's static
+  // shared memory counts against the same per-block limit (allow_dynamic_smem)
+  const std::size_t smem = topk_dynamic_smem_bytes(student.extent(1), idx.extent(1));
+  DISTILL_TRY(cuda_detail::allow_dynamic_smem(fn, topk_teacher_block_per_row_kernel<S, T>, smem));
 
   // the fields dense_args shares with topk_args are filled by the common setup
   dense_args<S, T, no_policy> common{};
-  workspace_layout ws;
-  DISTILL_TRY(setup_common(fn, ctx, common, student, values, loss, grad, want_grad, opt, ex, workspace, ws));
+  workspace_carver carver(workspace.data());
+  const soft_target_scratch ws(carver, student.extent(0));
+  DISTILL_TRY(setup_common(fn, ctx, common, student, values, loss, grad, want_grad, opt, ex, ws));
   topk_args<S, T> a{};
   a.s = common.s, a.lds = common.lds;
   a.idx = idx.data(), a.ldi = idx.stride(0);
