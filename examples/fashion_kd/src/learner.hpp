@@ -84,8 +84,9 @@ void save_optimizer(nn::checkpoint& ck, const std::string& prefix, Optimizer& op
   nn::checkpoint one;
   distill::throw_if_error(one.add_optimizer(opt));
   for (const auto& [name, e] : one.entries()) {
-    if (e.dtype == nn::checkpoint_dtype::f32) ck.put(prefix + name, reinterpret_cast<const float*>(e.bytes.data()), e.shape);
-    else ck.put(prefix + name, reinterpret_cast<const std::int64_t*>(e.bytes.data()), e.shape);
+    distill::throw_if_error(e.dtype == nn::checkpoint_dtype::f32
+                                ? ck.put(prefix + name, reinterpret_cast<const float*>(e.bytes.data()), e.shape)
+                                : ck.put(prefix + name, reinterpret_cast<const std::int64_t*>(e.bytes.data()), e.shape));
   }
 }
 template <class Optimizer>
@@ -94,8 +95,9 @@ void load_optimizer(const nn::checkpoint& ck, const std::string& prefix, Optimiz
   for (const auto& [name, e] : ck.entries()) {
     if (name.rfind(prefix + "optim/", 0) != 0) continue;
     const std::string own = name.substr(prefix.size());
-    if (e.dtype == nn::checkpoint_dtype::f32) one.put(own, reinterpret_cast<const float*>(e.bytes.data()), e.shape);
-    else one.put(own, reinterpret_cast<const std::int64_t*>(e.bytes.data()), e.shape);
+    distill::throw_if_error(e.dtype == nn::checkpoint_dtype::f32
+                                ? one.put(own, reinterpret_cast<const float*>(e.bytes.data()), e.shape)
+                                : one.put(own, reinterpret_cast<const std::int64_t*>(e.bytes.data()), e.shape));
   }
   distill::throw_if_error(one.restore_optimizer(opt));
 }
