@@ -232,8 +232,15 @@ def load_distill_checkpoint(path, net, prefix="teacher"):
 # ---- losses (examples/fashion_kd/src/losses.hpp) ----------------------------------------------------
 
 
+KD_LOSS = "torch"  # --kd-loss: PyTorch's formula, or distill's operator through distill_torch
+
+
 def hinton_kd(s, t, y, T, alpha):
-    kl = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True) * T * T
+    if KD_LOSS == "distill":
+        import distill_torch as dt  # built by scripts/build_torch.sh; PYTHONPATH=build/python
+        kl = dt.kl_teacher_student(s, t.detach(), temperature=T)  # T^2 KL, batchmean
+    else:
+        kl = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True) * T * T
     return (1 - alpha) * F.cross_entropy(s, y) + alpha * kl
 
 
@@ -401,7 +408,11 @@ def main():
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--student-train-per-class", type=int)
     ap.add_argument("--out", default="peer_out")
+    ap.add_argument("--kd-loss", choices=["torch", "distill"], default="torch",
+                    help="the KL term of KD: PyTorch's formula, or distill's operator (distill_torch; PYTHONPATH=build/python)")
     a = ap.parse_args()
+    global KD_LOSS
+    KD_LOSS = a.kd_loss
     torch.set_num_threads(a.threads)
     cfg = presets(a.preset)
     for k, v in (("seeds", a.seeds), ("epochs", a.epochs), ("student_per_class", a.student_train_per_class)):
