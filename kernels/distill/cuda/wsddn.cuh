@@ -24,7 +24,7 @@
 #include <string>
 #include <type_traits>
 
-#include "distill/cuda/reduce.cuh"
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/runtime.cuh"
 #include "distill/detection/wsddn.hpp"
 
