@@ -19,8 +19,12 @@ cmake -S . -B "$build" -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CX
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="$flags" \
   -DDISTILL_ENABLE_CUDA=OFF -DDISTILL_BUILD_BENCHMARKS=OFF -DDISTILL_INSTALL=OFF >/dev/null
 
-# distill_<family>_tests for every test folder (not the CUDA ones), the fuzz replay, the flagship.
-mapfile -t families < <(cmake --build "$build" --target help | sed -n 's/^\.\.\. distill_\(.*\)_tests$/\1/p' | grep -v '_cuda$')
+# distill_<family>_tests for every test folder (not the CUDA ones) but losses, the fuzz replay,
+# the flagship. The losses tests instantiate every soft-target SIMD kernel for four dtypes: under
+# ASan one of their files took over 18 minutes and 10 GB to compile on 2 cores, beyond CI's
+# budget. Their buffers are canary-guarded in the normal build, which runs them at three
+# instruction-set levels.
+mapfile -t families < <(cmake --build "$build" --target help | sed -n 's/^\.\.\. distill_\(.*\)_tests$/\1/p' | grep -v '_cuda$' | grep -vx losses)
 targets=("${families[@]/#/distill_}")
 targets=("${targets[@]/%/_tests}" distill_fuzz_regressions vqa_spatial_kd)
 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
