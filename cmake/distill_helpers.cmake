@@ -4,9 +4,7 @@
 add_library(distill_dev_warnings INTERFACE)
 target_compile_options(distill_dev_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unknown-pragmas -Wno-maybe-uninitialized>
-  # Eigen's own __host__ __device__ annotations warn under nvcc; they are not ours to fix.
-  $<$<COMPILE_LANGUAGE:CUDA>:-Xcudafe=--diag_suppress=20012,--diag_suppress=20011,--diag_suppress=20014>
-  $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr>)
+  "$<$<COMPILE_LANGUAGE:CUDA>:${DISTILL_NVCC_FLAGS}>")  # what distill::cuda gives consumers
 target_link_libraries(distill_dev_warnings INTERFACE distill::distill)
 
 add_library(distill_dev_flags INTERFACE)

@@ -1,7 +1,9 @@
-// Downstream use of the installed package: wrap caller-owned memory and call the library.
+// Downstream use of the installed package: wrap caller-owned memory and call the library. Built
+// with CMake (find_package) and with pkg-config (run_check.cmake).
 #include <distill/distill.hpp>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 int main() {
@@ -24,6 +26,18 @@ int main() {
     std::printf("consumer: unexpected KL %g (%s)\n", static_cast<double>(kl), st.to_string().c_str());
     return 1;
   }
+#ifdef CONSUMER_EXPECTED_VERSION
+  // version.hpp and the CMake package (and so the project version) agree
+  const std::string expected = CONSUMER_EXPECTED_VERSION;
+  if (expected != distill::version_string ||
+      expected != std::to_string(DISTILL_VERSION_MAJOR) + "." + std::to_string(DISTILL_VERSION_MINOR) + "." +
+                      std::to_string(DISTILL_VERSION_PATCH)) {
+    std::printf("consumer: the package says version %s, version.hpp %s\n", expected.c_str(), distill::version_string);
+    return 1;
+  }
+#endif
+  // the default context: every hardware thread
+  if (distill::cpu{}.threads < 1) return 1;
   std::printf("consumer: distill %s found and usable (CPU paths: %s)\n", distill::version_string,
               distill::simd::instruction_set());
   return 0;
