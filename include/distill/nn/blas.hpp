@@ -32,21 +32,22 @@ struct cuda_blas;
 template <class Space>
 using exec_t = std::conditional_t<std::is_same_v<Space, host_space>, cpu, cuda_blas>;
 
-/// What a model's context is made from: CPU threads, or a CUDA stream and the precision of its
-/// cuBLAS GEMMs (each backend reads its own fields).
+/// What a model's context is made from: CPU threads and executor (as in distill::cpu), or a CUDA
+/// stream and the precision of its cuBLAS GEMMs (each backend reads its own fields).
 struct exec_options {
-  int threads = 1;
+  int threads = hardware_threads();
+  cpu_executor executor = {};
   CUstream_st* stream = nullptr;
   matmul_precision precision = matmul_precision::fp32;
 };
 
 /// The context of a model on `Space`, so code written once for both memory spaces makes it
-/// without a branch: cpu{threads} here, a cuda_blas in kernels/distill/cuda/nn_blas.cuh.
+/// without a branch: cpu{threads, executor} here, a cuda_blas in kernels/distill/cuda/nn_blas.cuh.
 template <class Space>
 exec_t<Space> make_exec(const exec_options& o);
 template <>
 inline cpu make_exec<host_space>(const exec_options& o) {
-  return cpu{o.threads};
+  return cpu{o.threads, o.executor};
 }
 
 }  // namespace distill::nn
