@@ -197,6 +197,16 @@ TEST_CASE("detection AP and CorLoc against the naive references", "[metrics][det
     INFO("trial " << trial << " detections " << d.scores.size() << " ground truth " << gt.labels.size());
     CHECK_CLOSE("AP", ap, expected_ap, distill_test::tol::f64);
     CHECK_CLOSE("CorLoc", loc, expected_loc, distill_test::tol::f64);
+    // the same labels stored as int32 (an engine's usual width)
+    const std::vector<std::int32_t> d32(d.labels.begin(), d.labels.end()), g32(gt.labels.begin(), gt.labels.end());
+    auto dv = d.view();
+    auto gv = gt.view();
+    dv.labels = make_view(d32.data(), static_cast<index_t>(d32.size()));
+    gv.labels = make_view(g32.data(), static_cast<index_t>(g32.size()));
+    REQUIRE(detection_average_precision(cpu{1}, dv, gv, make_view(ap.data(), C), mean_ap, detection_ap_options{thr, interpolations[trial % 3]}).ok());
+    REQUIRE(corloc(cpu{1}, dv, gv, make_view(loc.data(), C), mean_loc, corloc_options{thr}).ok());
+    CHECK_CLOSE("AP, int32 labels", ap, expected_ap, distill_test::tol::f64);
+    CHECK_CLOSE("CorLoc, int32 labels", loc, expected_loc, distill_test::tol::f64);
   }
 }
 

@@ -21,8 +21,8 @@
 //!
 //!   detection_average_precision(ctx, detections, ground_truth, ap_per_class [C], mean_ap, options)
 //!   corloc(ctx, detections, ground_truth, corloc_per_class [C], mean_corloc, options)
-//! Class labels are int64 in [0, C) (C = the extent of the per-class output); image ids are any
-//! int64 values. Bad input: non-finite or inverted boxes, NaN scores, labels outside [0, C),
+//! Class labels are int32 or int64 in [0, C) (C = the extent of the per-class output); image ids
+//! are any int64 values. Bad input: non-finite or inverted boxes, NaN scores, labels outside [0, C),
 //! mismatched lengths.
 
 #include <algorithm>
@@ -38,6 +38,7 @@
 
 #include "distill/core/checks.hpp"
 #include "distill/core/context.hpp"
+#include "distill/core/labels.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 #include "distill/detection/boxes.hpp"
@@ -50,7 +51,7 @@ template <class T>
 struct detection_list {
   host_view<const T, 2> boxes;              ///< (D, 4)
   host_view<const T, 1> scores;             ///< (D)
-  host_view<const std::int64_t, 1> labels;  ///< (D) class in [0, C)
+  label_view<host_space> labels;           ///< (D) class in [0, C), int32 or int64
   host_view<const std::int64_t, 1> images;  ///< (D) image id
 };
 
@@ -58,7 +59,7 @@ struct detection_list {
 template <class T>
 struct ground_truth_list {
   host_view<const T, 2> boxes;              ///< (G, 4)
-  host_view<const std::int64_t, 1> labels;  ///< (G) class in [0, C)
+  label_view<host_space> labels;           ///< (G) class in [0, C), int32 or int64
   host_view<const std::int64_t, 1> images;  ///< (G) image id
 };
 
@@ -82,7 +83,8 @@ status check_detections(const char* fn, const detection_list<T>& d, index_t clas
     if (D > 0) DISTILL_TRY(check_present(fn, name, v));
     return check_strides(fn, name, v);
   };
-  DISTILL_TRY(ids("detections.labels", d.labels));
+  DISTILL_TRY(check_extent(fn, "detections.labels", d.labels, 0, D, "one per detection"));
+  DISTILL_TRY(check_optional_labels(fn, "detections.labels", d.labels, D));
   DISTILL_TRY(ids("detections.images", d.images));
   DISTILL_TRY(check_extent(fn, "detections.scores", d.scores, 0, D, "one per detection"));
   if (D > 0) DISTILL_TRY(check_present(fn, "detections.scores", d.scores));
@@ -106,7 +108,8 @@ status check_ground_truth(const char* fn, const ground_truth_list<T>& g, index_t
     if (G > 0) DISTILL_TRY(check_present(fn, name, v));
     return check_strides(fn, name, v);
   };
-  DISTILL_TRY(ids("ground_truth.labels", g.labels));
+  DISTILL_TRY(check_extent(fn, "ground_truth.labels", g.labels, 0, G, "one per ground-truth box"));
+  DISTILL_TRY(check_optional_labels(fn, "ground_truth.labels", g.labels, G));
   DISTILL_TRY(ids("ground_truth.images", g.images));
   DISTILL_TRY(detection_detail::check_box_values(fn, "ground_truth.boxes", g.boxes));
   for (index_t i = 0; i < G; ++i)
