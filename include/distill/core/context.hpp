@@ -10,7 +10,8 @@
 //!   distill::cuda{.stream = my_stream}  CUDA path (only visible in nvcc-compiled translation
 //!                                       units), asynchronous on `stream`
 //!
-//! Contexts are plain values: no allocation, no global state. CUDA entry points never
+//! Contexts are plain values: no allocation, no global state (a CPU loop only marks its own
+//! thread while it runs a chunk, core/parallel.hpp). CUDA entry points never
 //! synchronise the host and never allocate, so a whole step can be captured in a CUDA graph.
 
 #include <algorithm>
