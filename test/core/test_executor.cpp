@@ -15,7 +15,8 @@
 
 #include "distill/core/cpu_gemm.hpp"
 #include "distill/core/parallel.hpp"
-#include "distill/losses/kl_teacher_student.hpp"
+#include "distill/nn/cross_entropy.hpp"
+#include "reference/nn_ref.hpp"
 #include "support/random.hpp"
 
 using namespace distill;
@@ -143,7 +144,7 @@ TEST_CASE("cpu executor: a loop nested in a chunk runs serially on the chunk's t
   CHECK(parallel_threads(ctx, 1000) == 4);  // the mark is cleared once the chunk returns
 }
 
-TEST_CASE("cpu executor: gemm and the KL loss on a std::thread pool equal the OpenMP path bit for bit", "[core][parallel][executor]") {
+TEST_CASE("cpu executor: gemm and cross-entropy on a std::thread pool equal the OpenMP path bit for bit", "[core][parallel][executor]") {
   thread_pool pool(3);
   distill_test::rng gen(62);
   const index_t M = 190, N = 150, K = 70;  // M N K >= 2^18: the product is split into row blocks
@@ -153,8 +154,13 @@ TEST_CASE("cpu executor: gemm and the KL loss on a std::thread pool equal the Op
     for (index_t k = 0; k < K; ++k)
       for (index_t j = 0; j < N; ++j)
         ref[static_cast<std::size_t>(i * N + j)] += double(a[static_cast<std::size_t>(i * K + k)]) * double(b[static_cast<std::size_t>(k * N + j)]);
-  const index_t rows = 64, cols = 1000;
-  const auto s = gen.normals<float>(static_cast<std::size_t>(rows * cols), 0, 3), t = gen.normals<float>(static_cast<std::size_t>(rows * cols), 0, 3);
+  // cross-entropy: a parallel_sum over rows (chunks of at least 4096 / cols rows)
+  const index_t rows = 512, cols = 100;
+  const auto z = gen.normals<float>(static_cast<std::size_t>(rows * cols), 0, 3);
+  std::vector<std::int32_t> y(static_cast<std::size_t>(rows));
+  for (auto& label : y) label = static_cast<std::int32_t>(gen.integer(0, cols - 1));
+  const distill_ref::nn::vec z_ref(z.begin(), z.end());
+  const double expected = distill_ref::nn::cross_entropy(z_ref, std::vector<long>(y.begin(), y.end()), rows, cols, 0.0, -100, 2)[0];
   for (int threads : {2, 3}) {
     const cpu omp{threads}, pooled{threads, pool.executor()};
     for (bool with_workspace : {false, true}) {
@@ -171,14 +177,14 @@ TEST_CASE("cpu executor: gemm and the KL loss on a std::thread pool equal the Op
       CHECK(worst < 1e-3);
     }
     float loss_omp = 0, loss_pool = 0;
-    std::vector<float> g_omp(s.size()), g_pool(s.size());
-    REQUIRE(kl_teacher_student_forward_backward(omp, make_view(s.data(), rows, cols), make_view(t.data(), rows, cols),
-                                                make_view(&loss_omp, 1), make_view(g_omp.data(), rows, cols), {}, {}).ok());
-    REQUIRE(kl_teacher_student_forward_backward(pooled, make_view(s.data(), rows, cols), make_view(t.data(), rows, cols),
-                                                make_view(&loss_pool, 1), make_view(g_pool.data(), rows, cols), {}, {}).ok());
+    std::vector<float> g_omp(z.size()), g_pool(z.size());
+    REQUIRE(nn::softmax_cross_entropy_forward_backward(omp, make_view(z.data(), rows, cols), make_view(y.data(), rows),
+                                                       make_view(&loss_omp, 1), make_view(g_omp.data(), rows, cols)).ok());
+    REQUIRE(nn::softmax_cross_entropy_forward_backward(pooled, make_view(z.data(), rows, cols), make_view(y.data(), rows),
+                                                       make_view(&loss_pool, 1), make_view(g_pool.data(), rows, cols)).ok());
     CHECK(loss_pool == loss_omp);
     CHECK(g_pool == g_omp);
-    CHECK(loss_omp > 0);
+    CHECK(loss_pool == Approx(expected).epsilon(1e-5));
   }
 }
 
