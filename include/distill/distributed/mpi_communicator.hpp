@@ -141,13 +141,15 @@ class mpi_communicator {
     if (n == 0) return {};
     MPI_Datatype type;
     DISTILL_TRY(distributed_detail::mpi_status(fn, MPI_Type_contiguous(int(sizeof(T)), MPI_BYTE, &type)));
-    status st = distributed_detail::mpi_status(fn, MPI_Type_commit(&type));
-    MPI_Op op;
-    if (st.ok()) st = distributed_detail::mpi_status(fn, MPI_Op_create(&distributed_detail::mpi_merge<T, Merge>, 0, &op));
-    if (st.ok()) {
-      st = distributed_detail::mpi_status(fn, MPI_Allreduce(MPI_IN_PLACE, data.data(), n, type, op, comm_));
+    auto reduce = [&]() -> status {
+      DISTILL_TRY(distributed_detail::mpi_status(fn, MPI_Type_commit(&type)));
+      MPI_Op op;
+      DISTILL_TRY(distributed_detail::mpi_status(fn, MPI_Op_create(&distributed_detail::mpi_merge<T, Merge>, 0, &op)));
+      const status st = distributed_detail::mpi_status(fn, MPI_Allreduce(MPI_IN_PLACE, data.data(), n, type, op, comm_));
       MPI_Op_free(&op);
-    }
+      return st;
+    };
+    const status st = reduce();
     MPI_Type_free(&type);
     return st;
   }

@@ -182,12 +182,15 @@ class nccl_communicator {
     // so one int in memory the stream can use (allocated once per call: barriers are rare).
     int* flag = nullptr;
     DISTILL_TRY(distributed_detail::cuda_status(fn, cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof(int), stream_)));
-    status st = distributed_detail::cuda_status(fn, cudaMemsetAsync(flag, 0, sizeof(int), stream_));
-    if (st.ok()) st = distributed_detail::nccl_status(fn, ncclAllReduce(flag, flag, 1, ncclInt32, ncclSum, comm_, stream_));
+    auto reduce = [&]() -> status {
+      DISTILL_TRY(distributed_detail::cuda_status(fn, cudaMemsetAsync(flag, 0, sizeof(int), stream_)));
+      return distributed_detail::nccl_status(fn, ncclAllReduce(flag, flag, 1, ncclInt32, ncclSum, comm_, stream_));
+    };
+    const status reduced = reduce();
     const status freed = distributed_detail::cuda_status(fn, cudaFreeAsync(flag, stream_));
-    if (st.ok()) st = freed;
-    if (st.ok()) st = distributed_detail::cuda_status(fn, cudaStreamSynchronize(stream_));
-    return st;
+    DISTILL_TRY(reduced);
+    DISTILL_TRY(freed);
+    return distributed_detail::cuda_status(fn, cudaStreamSynchronize(stream_));
   }
 
  private:

@@ -87,8 +87,7 @@ template <class Comm, class T>
 [[nodiscard]] status sample_queue_save_rank0(const cpu& ctx, const Comm& comm, const sample_queue<T, host_space>& queue,
                                              const std::string& path, const queue_save_options& opt = {}) {
   static_assert(communicator<Comm> && std::is_same_v<typename Comm::memory_space, host_space>, "a host communicator");
-  status st;
-  if (comm.rank() == 0) st = sample_queue_save(ctx, queue, path, opt);
+  const status st = comm.rank() == 0 ? sample_queue_save(ctx, queue, path, opt) : status{};
   std::int32_t code = static_cast<std::int32_t>(st.code());
   DISTILL_TRY(comm.broadcast(make_view(&code, 1), 0));
   if (comm.rank() == 0 || code == 0) return st;
@@ -103,11 +102,10 @@ template <class Comm, class T>
   constexpr const char* fn = "sample_queue_load_all_ranks";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
   std::vector<unsigned char> image;
-  status st;
-  if (comm.rank() == 0) {
-    contrastive_detail::queue_file_meta got;
-    st = contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), image, got);
-  }
+  contrastive_detail::queue_file_meta got;
+  const status st = comm.rank() == 0
+                        ? contrastive_detail::read_queue_file(fn, path, contrastive_detail::meta_of(queue), image, got)
+                        : status{};
   // the size, or minus the error code when rank 0 could not read the file
   std::int64_t size = st.ok() ? static_cast<std::int64_t>(image.size()) : -static_cast<std::int64_t>(st.code());
   DISTILL_TRY(comm.broadcast(make_view(&size, 1), 0));
