@@ -20,6 +20,13 @@
 //!   all_gather        MPI_Allgather of bytes;  broadcast: MPI_Bcast of bytes;  barrier: MPI_Barrier
 //! Counts above MPI's int range are refused (invalid_argument).
 
+// the C API only: the C++ bindings are deprecated (MPI 2.2) and their headers warn
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <climits>
