@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -327,6 +328,17 @@ TEST_CASE("vocab-parallel losses refuse what they cannot do", "[distributed][voc
   o.hard_label_weight = 1.0f;
   CHECK(vocab_parallel_kl_teacher_student_forward(ctx, comm, vocab_shard{0, 8}, s, t, make_view(loss.data(), 1),
                                                   make_view(saved.data(), 4), ex, {}, o).code() == errc::invalid_argument);
+
+  // row 1's teacher is -inf in every class of every rank: no distribution, NaN, non_finite on all
+  for (int k = 0; k < 5; ++k) zt[std::size_t(5 + k)] = -std::numeric_limits<float>::infinity();
+  const vocab_shard all{5 * index_t(comm.rank()), 5 * index_t(comm.size())};
+  CHECK(vocab_parallel_kl_teacher_student_forward(ctx, comm, all, s, t, make_view(loss.data(), 1), make_view(saved.data(), 4),
+                                                  {}, {}).code() == errc::non_finite);
+  CHECK(std::isnan(loss[0]));
+  CHECK(vocab_parallel_kl_teacher_student_backward(ctx, all, s, t, make_view(static_cast<const vocab_parallel_row<float>*>(saved.data()), 4),
+                                                   make_view(g.data(), 4, 5), {}, {}).code() == errc::non_finite);
+  CHECK(std::isnan(g[5]));
+  CHECK(std::isfinite(g[0]));
 }
 
 namespace distributed_cases {

@@ -177,6 +177,16 @@ status validate(const char* fn, const vocab_shard& shard, const host_view<TS, 2>
   return {};
 }
 
+/// non_finite naming row `bad` (a row without a distribution: its results are NaN), or ok.
+template <class SV>
+status no_distribution(const char* fn, const SV& saved, index_t bad) {
+  if (bad < 0) return {};
+  const bool teacher = saved(bad).stats.mt == ninf<typename std::remove_cvref_t<decltype(saved(bad).stats.mt)>>();
+  return fail(errc::non_finite, fn,
+              "row " + std::to_string(bad) + " of '" + (teacher ? "teacher" : "student") +
+                  "' is -inf in every class of every rank (no distribution); its loss and gradient are NaN");
+}
+
 /// Steps 1-3 of the file comment: local statistics, the merge, the losses of all rows.
 template <class Policy, class Comm, class TS, class TT, class Acc>
 status forward(const char* fn, const cpu& ctx, const Comm& comm, const vocab_shard& shard, const host_view<TS, 2>& student,
@@ -257,12 +267,7 @@ status forward(const char* fn, const cpu& ctx, const Comm& comm, const vocab_sha
     if (call.ignored(r)) sink.put_ignored(r);
     else sink.put(r, finish_row<Policy>(call, prm, saved(r), r).out);
   }
-  const index_t bad = sink.finish(loss, opt.reduction);
-  if (bad >= 0)
-    return fail(errc::non_finite, fn,
-                "row " + std::to_string(bad) + " of '" + (saved(bad).stats.mt == ninf<Acc>() ? "teacher" : "student") +
-                    "' is -inf in every class of every rank (no distribution); its loss is NaN");
-  return {};
+  return no_distribution(fn, saved, sink.finish(loss, opt.reduction));
 }
 
 /// The gradient of this rank's slice from the saved statistics: no communication.
@@ -328,12 +333,7 @@ status backward(const char* fn, const cpu& ctx, const vocab_shard& shard, const 
       sink.put(r, o.out);
     });
   });
-  const index_t bad = sink.finish(host_view<Acc, 1>{}, opt.reduction);
-  if (bad >= 0)
-    return fail(errc::non_finite, fn,
-                "row " + std::to_string(bad) + " of '" + (saved(bad).stats.mt == ninf<Acc>() ? "teacher" : "student") +
-                    "' is -inf in every class of every rank (no distribution); its gradient is NaN");
-  return {};
+  return no_distribution(fn, saved, sink.finish(host_view<Acc, 1>{}, opt.reduction));
 }
 
 }  // namespace vocab_parallel_detail
