@@ -21,6 +21,7 @@ packages=(
   python3-pytest python3-torchvision  # their tests (torchvision: the reference RoI Align)
   clang-14 libclang-rt-14-dev    # fuzzing: libFuzzer (scripts/fuzz.sh)
   python3                        # crash-consistency tests (scripts/crash/crash_resume.py)
+  openmpi-bin libopenmpi-dev     # distributed/: MPI communicator and its tests under mpirun (NCCL comes with CUDA)
 )
 
 missing=()

@@ -30,6 +30,7 @@ enum class errc : int {
   corrupt_data,        ///< a file has a bad header, wrong version, failed checksum or is truncated
   parse_error,         ///< a text input (rules, configuration) is malformed
   not_converged,       ///< an iterative solver hit its iteration cap (the result is still returned)
+  communication_error, ///< MPI or NCCL reported an error in a collective (distill/distributed/)
 };
 
 /// Stable lowercase name of an error code, e.g. "shape_mismatch".
@@ -48,6 +49,7 @@ constexpr std::string_view to_string(errc c) noexcept {
     case errc::corrupt_data: return "corrupt_data";
     case errc::parse_error: return "parse_error";
     case errc::not_converged: return "not_converged";
+    case errc::communication_error: return "communication_error";
   }
   return "unknown";
 }
