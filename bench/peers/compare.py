@@ -229,7 +229,9 @@ def run_distill(bench, names, threads, env_extra=None, cpu_time=False):
             continue
         name = re.sub(r"/(real_time|manual_time)$", "", b["run_name"])
         scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
-        res[name] = {"ms": b["cpu_time" if cpu_time else "real_time"] * scale, "roofline": b.get("roofline"), "GBps": b.get("GBps"), "GFLOPs": b.get("GFLOPs")}
+        # the roofline counters come from wall time: meaningless beside CPU times
+        res[name] = {"ms": b["cpu_time" if cpu_time else "real_time"] * scale, "roofline": None if cpu_time else b.get("roofline"),
+                     "GBps": b.get("GBps"), "GFLOPs": b.get("GFLOPs")}
     return res, data.get("context", {})
 
 
@@ -254,7 +256,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--filter", default="", help="regex: only these benchmark names")
     ap.add_argument("--out", default="compare.json")
-    ap.add_argument("--reps", type=int, default=15, help="timed PyTorch calls per case (the median is reported)")
+    ap.add_argument("--reps", type=int, default=15, help="timed PyTorch calls per CPU case (the median is reported)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time instead of wall time on both sides (with --threads 1: the whole work of a call), "
                          "for a machine busy with other jobs, where wall times measure the queue")
