@@ -12,6 +12,8 @@ Usage (CPU, Debian's python3-torch: `apt-get install -y python3-torch libopenbla
 The header line names the instruction set distill_bench was built for (its benchmark context:
 -march and SIMD width); compare builds of one level only. An AVX2 table on an AVX-512 machine:
 a build with -DDISTILL_MARCH=x86-64-v3, and ATEN_CPU_CAPABILITY=avx2 for PyTorch.
+On a machine busy with other jobs, wall times measure the queue; compare CPU work instead:
+    ... compare.py --bench ... --threads 1 --cpu-time
 On a GPU machine with PyTorch (eager and torch.compile):
     python3 bench/peers/compare.py --bench build-gpu/bench/distill_bench --cuda
 Writes the table as markdown to stdout and everything as JSON to --out (default compare.json).
@@ -188,13 +190,13 @@ CUDA_CASES = [
 ]
 
 
-def time_cpu(fn, reps=15):
+def time_cpu(fn, reps=15, clock=time.perf_counter):
     fn()
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return sorted(ts)[len(ts) // 2] * 1e3
 
 
@@ -213,7 +215,7 @@ def time_cuda(fn, reps=100):
     return sorted(ts)[len(ts) // 2]
 
 
-def run_distill(bench, names, threads, env_extra=None):
+def run_distill(bench, names, threads, env_extra=None, cpu_time=False):
     # Google Benchmark appends /real_time or /manual_time to names that use those timers.
     pattern = "^(" + "|".join(re.escape(n) for n in names) + ")(/real_time|/manual_time)?$"
     env = dict(os.environ, DISTILL_BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **(env_extra or {}))
@@ -227,7 +229,9 @@ def run_distill(bench, names, threads, env_extra=None):
             continue
         name = re.sub(r"/(real_time|manual_time)$", "", b["run_name"])
         scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
-        res[name] = {"ms": b["real_time"] * scale, "roofline": b.get("roofline"), "GBps": b.get("GBps"), "GFLOPs": b.get("GFLOPs")}
+        # the roofline counters come from wall time: meaningless beside CPU times
+        res[name] = {"ms": b["cpu_time" if cpu_time else "real_time"] * scale, "roofline": None if cpu_time else b.get("roofline"),
+                     "GBps": b.get("GBps"), "GFLOPs": b.get("GFLOPs")}
     return res, data.get("context", {})
 
 
@@ -252,21 +256,29 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--filter", default="", help="regex: only these benchmark names")
     ap.add_argument("--out", default="compare.json")
+    ap.add_argument("--reps", type=int, default=15, help="timed PyTorch calls per CPU case (the median is reported)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="CPU time instead of wall time on both sides (with --threads 1: the whole work of a call), "
+                         "for a machine busy with other jobs, where wall times measure the queue")
     args = ap.parse_args()
+    if args.cpu_time and (args.cuda or args.threads != 1):
+        ap.error("--cpu-time compares CPU work on one thread: use it with --threads 1 and without --cuda")
 
     cases = CUDA_CASES if args.cuda else CPU_CASES
     cases = [c for c in cases if re.search(args.filter, c[0])]
     dev = "cuda" if args.cuda else "cpu"
     torch.set_num_threads(args.threads)
     ceilings = measure_ceilings(args.bench, args.threads, args.cuda)
-    ours, context = run_distill(args.bench, [c[0] for c in cases], args.threads, {k: f"{v:.6g}" for k, v in ceilings.items()})
+    ours, context = run_distill(args.bench, [c[0] for c in cases], args.threads, {k: f"{v:.6g}" for k, v in ceilings.items()},
+                                args.cpu_time)
 
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
     machine = torch.cuda.get_device_name() if args.cuda else f"{cpu_model}, {context.get('num_cpus', '?')} cores, {args.threads} threads"
     compilers = [("eager", lambda f: f)]
     if args.cuda:
         compilers.append(("compile", lambda f, cache={}: cache.setdefault(id(f), torch.compile(f))))
-    timer = time_cuda if args.cuda else time_cpu
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    timer = time_cuda if args.cuda else (lambda fn: time_cpu(fn, args.reps, clock))
 
     # which instruction set distill's CPU paths were built for (the benchmark context), and
     # which one PyTorch dispatches to (ATEN_CPU_CAPABILITY caps it, e.g. avx2)
@@ -295,7 +307,9 @@ def main():
 
     head = "| benchmark | distill ms | " + " | ".join(f"torch {c} ms" for c, _ in compilers) + " | speed-up vs best peer | target ms | roofline |"
     sep = "|" + "---|" * (5 + len(compilers))
-    print(f"Machine: {machine}; PyTorch {torch.__version__}; {results['date']}")
+    clock_name = "CPU time (one thread)" if args.cpu_time else "wall time"
+    results["clock"] = clock_name
+    print(f"Machine: {machine}; PyTorch {torch.__version__}; {results['date']}; {clock_name}; load average {os.getloadavg()[0]:.1f}")
     print(isa)
     print("Roofline measured in the same session: " + ", ".join(f"{k[14:]}={v:.4g}" for k, v in ceilings.items()) + "\n")
     print(head)

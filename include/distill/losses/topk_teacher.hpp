@@ -354,7 +354,7 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
         sink.put(r, o);
       }
     }
-  });
+  }, min_rows_per_thread(cols));
   const index_t bad = sink.finish(loss, opt.reduction);
   if (bad >= 0)
     return fail(errc::non_finite, fn,

@@ -758,7 +758,7 @@ status dense_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student
     if (contiguous && cols <= small_row_classes) rows_in_lanes<Policy>(call, prm, s, t, grad, sink, r0, r1);
     else if (contiguous) contiguous_rows<Policy>(call, prm, s, t, grad, sink, r0, r1);
     else strided_rows<Policy>(call, prm, s, t, grad, sink, r0, r1);
-  });
+  }, min_rows_per_thread(cols));
   const index_t bad = sink.finish(loss, opt.reduction);
   if (bad >= 0) {
     bool teacher_masked = true;

@@ -10,7 +10,9 @@
 //!                rows without a distribution (NaN loss and gradient), then the reduced loss
 //!                and dL/dT, summed in row order (bitwise reproducible for any thread count)
 //!   gather_row / scatter_row   contiguous copies of rows that are not unit-stride
+//!   min_rows_per_thread        how many rows a thread must get before a loop goes parallel
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -20,6 +22,14 @@
 #include "distill/losses/soft_target_common.hpp"
 
 namespace distill::soft_target_detail {
+
+/// Smallest chunk of rows worth a thread of its own: about 16 K classes, tens of microseconds of
+/// work, the order of what starting an OpenMP team costs on a busy machine. Tiny batches (a
+/// training step's 64 x 10 logits) then run on the calling thread alone.
+inline index_t min_rows_per_thread(index_t cols) noexcept {
+  constexpr index_t min_classes = index_t(1) << 14;
+  return std::max<index_t>(1, min_classes / std::max<index_t>(1, cols));
+}
 
 /// Per-call settings of a CPU soft-target loss.
 template <class Acc>
