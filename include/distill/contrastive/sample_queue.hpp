@@ -55,6 +55,7 @@
 #include "distill/core/dtype.hpp"
 #include "distill/core/file_io.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/core/splitmix64.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -83,22 +84,15 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE bool norm_unclamped(Acc sumsq, Acc eps) 
   return sqrt(sumsq) > eps;
 }
 
-/// SplitMix64 finaliser: a bijective 64-bit mix, the counter-based generator of the queue init.
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE std::uint64_t splitmix64(std::uint64_t x) noexcept {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-/// Standard normal draw number `index` of stream `seed` (Box-Muller on two hashed uniforms, in
+/// Standard normal draw number `index` of stream `seed` (Box-Muller on two uniforms hashed with
+/// SplitMix64, core/splitmix64.hpp, in
 /// double so host and device agree to the last float bit in practice).
 DISTILL_HOST_DEVICE inline float normal_draw(std::uint64_t seed, std::uint64_t index) noexcept {
   using std::cos;
   using std::log;
   using std::sqrt;
-  const std::uint64_t h1 = splitmix64(splitmix64(seed) ^ index);
-  const std::uint64_t h2 = splitmix64(h1 ^ 0xD1B54A32D192ED03ull);
+  const std::uint64_t h1 = splitmix64_hash(splitmix64_hash(seed) ^ index);
+  const std::uint64_t h2 = splitmix64_hash(h1 ^ 0xD1B54A32D192ED03ull);
   const double u1 = static_cast<double>((h1 >> 11) + 1) * 0x1.0p-53;  // (0, 1]
   const double u2 = static_cast<double>(h2 >> 11) * 0x1.0p-53;        // [0, 1)
   constexpr double two_pi = 6.283185307179586476925286766559;

@@ -41,18 +41,12 @@
 
 /// DISTILL_CPU_LIBRARY is 1 when the translation unit links the compiled `distill_cpu` library
 /// (the CMake target distill::cpu defines it): the float and double CPU instances listed in
-/// src/ are then compiled once there, and the headers only declare them (non-inline functions,
-/// `extern template` classes), so neither Eigen nor those instances are compiled again here.
-/// Header-only use (the default) defines everything inline in the headers.
+/// src/ are then compiled once there and the headers only declare them (a function template
+/// without its definition, `extern template` classes), so neither Eigen's GEMM nor those
+/// instances are compiled again here. Header-only use (the default) defines everything in the
+/// headers.
 #if !defined(DISTILL_CPU_LIBRARY)
 #define DISTILL_CPU_LIBRARY 0
-#endif
-#if DISTILL_CPU_LIBRARY
-#define DISTILL_CPU_DECLARATION
-#define DISTILL_CPU_DEFINITION
-#else
-#define DISTILL_CPU_DECLARATION inline
-#define DISTILL_CPU_DEFINITION inline
 #endif
 
 namespace distill {

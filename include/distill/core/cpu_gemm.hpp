@@ -38,14 +38,14 @@ namespace distill {
 enum class transpose { no, yes };
 
 namespace gemm_detail {
-// The float and double products every gemm call lands in (core/detail/cpu_gemm_eigen.hpp).
-DISTILL_CPU_DECLARATION std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K, float);
-DISTILL_CPU_DECLARATION std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K, double);
-DISTILL_CPU_DECLARATION status product(const cpu& ctx, transpose ta, transpose tb, float alpha, host_view<const float, 2> a,
-                                       host_view<const float, 2> b, float beta, host_view<float, 2> c, host_view<std::byte, 1> workspace);
-DISTILL_CPU_DECLARATION status product(const cpu& ctx, transpose ta, transpose tb, double alpha, host_view<const double, 2> a,
-                                       host_view<const double, 2> b, double beta, host_view<double, 2> c,
-                                       host_view<std::byte, 1> workspace);
+// The products every gemm call lands in, T = float or double: defined in
+// core/detail/cpu_gemm_eigen.hpp, included at the end of this header, or, with the distill_cpu
+// library (DISTILL_CPU_LIBRARY), compiled there once and only declared here.
+template <class T>
+std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K);
+template <class T>
+status product(const cpu& ctx, transpose ta, transpose tb, T alpha, host_view<const T, 2> a, host_view<const T, 2> b, T beta,
+               host_view<T, 2> c, host_view<std::byte, 1> workspace);
 }  // namespace gemm_detail
 
 /// Bytes of packing scratch for products with op(A) up to (M, K) and op(B) up to (K, N) on the
@@ -53,7 +53,7 @@ DISTILL_CPU_DECLARATION status product(const cpu& ctx, transpose ta, transpose t
 template <class T>
 std::size_t gemm_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "distill::gemm supports float and double");
-  return gemm_detail::product_workspace_size(ctx, M, N, K, T{});
+  return gemm_detail::product_workspace_size<T>(ctx, M, N, K);
 }
 
 /// C = alpha * op(A) op(B) + beta * C. Returns shape_mismatch / unsupported_layout on bad views.
@@ -66,7 +66,7 @@ template <class TA, class TB, class T>
   static_assert(std::is_same_v<std::remove_const_t<TA>, T> && std::is_same_v<std::remove_const_t<TB>, T>,
                 "distill::gemm: A, B and C must have the same element type");
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "distill::gemm supports float and double");
-  return gemm_detail::product(ctx, ta, tb, alpha, host_view<const T, 2>(a), host_view<const T, 2>(b), beta, c, workspace);
+  return gemm_detail::product<T>(ctx, ta, tb, alpha, host_view<const T, 2>(a), host_view<const T, 2>(b), beta, c, workspace);
 }
 
 }  // namespace distill

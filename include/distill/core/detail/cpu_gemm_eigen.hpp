@@ -2,9 +2,10 @@
 #pragma once
 //! @file
 //! The Eigen side of distill::gemm (core/cpu_gemm.hpp): the threaded, blocked float and double
-//! products. Header-only use includes it from cpu_gemm.hpp; with the compiled distill_cpu
-//! library (DISTILL_CPU_LIBRARY) only src/cpu_gemm.cpp includes it, so translation units that
-//! call gemm never parse Eigen.
+//! products (declared there). Header-only use includes it at the end of cpu_gemm.hpp; with the
+//! compiled distill_cpu library (DISTILL_CPU_LIBRARY) only src/cpu_gemm.cpp includes it and
+//! instantiates them for float and double, so translation units that call gemm never compile
+//! Eigen's GEMM.
 
 #include <Eigen/Core>
 
@@ -104,22 +105,22 @@ bool column_major(const V& v) noexcept {
 namespace gemm_detail {
 
 template <class T>
-std::size_t workspace_size(const cpu& ctx, index_t M, index_t N, index_t K) {
+std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K) {
   const std::size_t per_thread = blocking_for<T>(M, N, K).elements() * sizeof(T) + packing_alignment;
   const std::size_t rounded = (per_thread + workspace_alignment - 1) / workspace_alignment * workspace_alignment;
   return static_cast<std::size_t>(std::max(1, ctx.threads)) * rounded;
 }
 
 template <class T>
-status run(const cpu& ctx, transpose ta, transpose tb, T alpha, host_view<const T, 2> a, host_view<const T, 2> b, T beta,
+status product(const cpu& ctx, transpose ta, transpose tb, T alpha, host_view<const T, 2> a, host_view<const T, 2> b, T beta,
            host_view<T, 2> c, host_view<std::byte, 1> workspace) {
   constexpr const char* fn = "gemm";
   // Column-major operands become row-major views of their transposes; a column-major C is
   // computed as C^T = op(B)^T op(A)^T.
-  if (gemm_detail::column_major(a)) return run<T>(ctx, gemm_detail::flip(ta), tb, alpha, gemm_detail::transposed(a), b, beta, c, workspace);
-  if (gemm_detail::column_major(b)) return run<T>(ctx, ta, gemm_detail::flip(tb), alpha, a, gemm_detail::transposed(b), beta, c, workspace);
+  if (gemm_detail::column_major(a)) return product<T>(ctx, gemm_detail::flip(ta), tb, alpha, gemm_detail::transposed(a), b, beta, c, workspace);
+  if (gemm_detail::column_major(b)) return product<T>(ctx, ta, gemm_detail::flip(tb), alpha, a, gemm_detail::transposed(b), beta, c, workspace);
   if (gemm_detail::column_major(c))
-    return run<T>(ctx, gemm_detail::flip(tb), gemm_detail::flip(ta), alpha, b, a, beta, gemm_detail::transposed(c), workspace);
+    return product<T>(ctx, gemm_detail::flip(tb), gemm_detail::flip(ta), alpha, b, a, beta, gemm_detail::transposed(c), workspace);
   DISTILL_TRY(check_inner_contiguous(fn, "a", a));
   DISTILL_TRY(check_inner_contiguous(fn, "b", b));
   DISTILL_TRY(check_inner_contiguous(fn, "c", c));
@@ -221,22 +222,6 @@ status run(const cpu& ctx, transpose ta, transpose tb, T alpha, host_view<const 
   return {};
 }
 
-
-DISTILL_CPU_DEFINITION std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K, float) {
-  return workspace_size<float>(ctx, M, N, K);
-}
-DISTILL_CPU_DEFINITION std::size_t product_workspace_size(const cpu& ctx, index_t M, index_t N, index_t K, double) {
-  return workspace_size<double>(ctx, M, N, K);
-}
-DISTILL_CPU_DEFINITION status product(const cpu& ctx, transpose ta, transpose tb, float alpha, host_view<const float, 2> a,
-                                      host_view<const float, 2> b, float beta, host_view<float, 2> c, host_view<std::byte, 1> workspace) {
-  return run<float>(ctx, ta, tb, alpha, a, b, beta, c, workspace);
-}
-DISTILL_CPU_DEFINITION status product(const cpu& ctx, transpose ta, transpose tb, double alpha, host_view<const double, 2> a,
-                                      host_view<const double, 2> b, double beta, host_view<double, 2> c,
-                                      host_view<std::byte, 1> workspace) {
-  return run<double>(ctx, ta, tb, alpha, a, b, beta, c, workspace);
-}
 
 }  // namespace gemm_detail
 }  // namespace distill
