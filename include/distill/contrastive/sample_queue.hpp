@@ -220,7 +220,8 @@ struct enqueue_options {
   float normalize_eps = 1e-12f; ///< eps of the normalisation (F.normalize's default)
 };
 
-/// Testing hooks of sample_queue_save (production code leaves them at their defaults).
+/// Options of sample_queue_save: the file format, and testing hooks (production code leaves
+/// those at their defaults).
 struct queue_save_options {
   /// Simulate a crash or a full disk: stop after writing this many bytes of the temporary file
   /// and report io_error (-1 = never).
