@@ -4,6 +4,7 @@
 // a format changes (rules seeds are the example's rule files, copied by hand):
 //   cmake --build build --target distill_fuzz_seed_corpus && build/fuzz/distill_fuzz_seed_corpus fuzz/corpus
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -26,7 +27,7 @@ void write(const fs::path& path, std::span<const unsigned char> bytes) {
 }
 
 template <class T>
-void queue_seed(const fs::path& path, index_t K, index_t D, bool ids, index_t rows) {
+void queue_seed(const fs::path& path, index_t K, index_t D, bool ids, index_t rows, file_format format = file_format::native) {
   host_sample_queue<T> q(K, D, ids);
   std::vector<float> keys(static_cast<std::size_t>(rows * D));
   for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = static_cast<float>(i % 7) - 3.0f;
@@ -35,7 +36,7 @@ void queue_seed(const fs::path& path, index_t K, index_t D, bool ids, index_t ro
   throw_if_error(sample_queue_enqueue(cpu{1}, q.queue(), make_view(static_cast<const float*>(keys.data()), rows, D),
                                       ids ? make_view(static_cast<const std::int64_t*>(id.data()), rows) : host_view<const std::int64_t, 1>{}));
   std::vector<unsigned char> image;
-  throw_if_error(sample_queue_serialize(cpu{1}, q.queue(), image));
+  throw_if_error(sample_queue_serialize(cpu{1}, q.queue(), image, format));
   write(path, image);
 }
 
@@ -64,6 +65,21 @@ int main(int argc, char** argv) {
   queue_seed<double>(root / "sample_queue" / "f64_full.bin", 3, 2, false, 5);
   queue_seed<bfloat16>(root / "sample_queue" / "bf16_ids_wrapped.bin", 5, 2, true, 7);
   queue_seed<float16>(root / "sample_queue" / "f16_empty.bin", 2, 4, false, 0);
+  // safetensors: the checkpoint and queue seeds in that format, and one as Python's json writes it
+  write(root / "checkpoint" / "linear_adam.safetensors", model.serialize_safetensors());
+  queue_seed<float>(root / "sample_queue" / "f32_ids_wrapped.safetensors", 4, 3, true, 6, file_format::safetensors);
+  write(root / "safetensors" / "checkpoint.safetensors", model.serialize_safetensors());
+  write(root / "safetensors" / "meta.safetensors", meta.serialize_safetensors());
+  {
+    const std::string header =
+        R"({"__metadata__": {"format": "pt"}, "b\u00e9": {"dtype": "BF16", "shape": [2], "data_offsets": [8, 12]}, )"
+        R"("a": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}})";
+    std::vector<unsigned char> f(8 + header.size() + 12, 1);
+    put_le64(f.data(), header.size());
+    std::memcpy(f.data() + 8, header.data(), header.size());
+    write(root / "safetensors" / "python_style.safetensors", f);
+  }
+  queue_seed<bfloat16>(root / "safetensors" / "bf16_queue.safetensors", 3, 2, true, 4, file_format::safetensors);
   // Sort-of-CLEVR dataset files: state only, and one image with pixels
   for (const bool pixels : {false, true}) {
     vqa::generator_params p;

@@ -23,6 +23,7 @@
 #include "../examples/vqa_spatial_kd/src/dataset_io.hpp"
 #include "distill/contrastive/sample_queue.hpp"
 #include "distill/core/dtype.hpp"
+#include "distill/core/safetensors.hpp"
 #include "distill/logic/rules.hpp"
 #include "distill/nn/checkpoint.hpp"
 
@@ -76,6 +77,17 @@ template <class T>
 void fuzz_queue_of(std::span<const std::uint8_t> bytes, distill::index_t K, distill::index_t D, bool ids) {
   distill::host_sample_queue<T> q(K, D, ids);
   if (!distill::sample_queue_deserialize(distill::cpu{1}, q.queue(), bytes).ok()) return;
+  if (distill::is_safetensors(bytes)) {
+    // Another writer's spacing and metadata need not survive; the content must: its native
+    // image loads into a second queue, whose native image is the same.
+    std::vector<unsigned char> image, again;
+    require(distill::sample_queue_serialize(distill::cpu{1}, q.queue(), image).ok(), "sample_queue: a loaded queue does not serialise");
+    distill::host_sample_queue<T> q2(K, D, ids);
+    require(distill::sample_queue_deserialize(distill::cpu{1}, q2.queue(), image).ok(), "sample_queue: a serialised queue does not load");
+    require(distill::sample_queue_serialize(distill::cpu{1}, q2.queue(), again).ok() && again == image,
+            "sample_queue: a safetensors queue changed in a round trip");
+    return;
+  }
   std::vector<unsigned char> image;
   require(distill::sample_queue_serialize(distill::cpu{1}, q.queue(), image).ok(), "sample_queue: a loaded queue does not serialise");
   require(image.size() == bytes.size() && std::memcmp(image.data(), bytes.data(), bytes.size()) == 0,
@@ -98,6 +110,33 @@ inline void fuzz_sample_queue(std::span<const std::uint8_t> bytes) {
     case 4: fuzz_queue_of<distill::float16>(bytes, K, D, ids); break;
     default: fuzz_queue_of<float>(bytes, K, D, ids);
   }
+}
+
+// ---- safetensors: every accepted tensor views bytes of the input; the tensors and metadata,
+// written again (with distill's checksum), parse to the same ----
+inline void fuzz_safetensors(std::span<const std::uint8_t> bytes) {
+  distill::safetensors_file f;
+  if (!distill::safetensors_parse("fuzz", bytes, f).ok()) return;
+  for (const auto& t : f.tensors)
+    require(t.bytes.empty() || (t.bytes.data() >= bytes.data() && t.bytes.data() + t.bytes.size() <= bytes.data() + bytes.size()),
+            "safetensors: a tensor views bytes outside the file");
+  auto meta = f.metadata;
+  meta.erase("distill.checksum");
+  meta.erase("distill.format_version");
+  std::vector<unsigned char> image;
+  require(distill::safetensors_serialize(f.tensors, meta, image).ok(), "safetensors: accepted tensors do not serialise");
+  distill::safetensors_file again;
+  require(distill::safetensors_parse("fuzz", image, again).ok(), "safetensors: a serialised file does not parse");
+  require(again.tensors.size() == f.tensors.size(), "safetensors: tensors lost in a round trip");
+  for (std::size_t i = 0; i < f.tensors.size(); ++i) {
+    const auto &a = f.tensors[i], &b = again.tensors[i];
+    require(a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.bytes.size() == b.bytes.size() &&
+                (a.bytes.empty() || std::memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0),
+            "safetensors: a tensor changed in a round trip");
+  }
+  again.metadata.erase("distill.checksum");
+  again.metadata.erase("distill.format_version");
+  require(again.metadata == meta, "safetensors: metadata changed in a round trip");
 }
 
 // ---- the flagship's Sort-of-CLEVR dataset files: what parses re-encodes to the same bytes ----
@@ -129,6 +168,7 @@ inline constexpr fuzz_target fuzz_targets[] = {
     {"rules", fuzz_rules},
     {"checkpoint", fuzz_checkpoint},
     {"sample_queue", fuzz_sample_queue},
+    {"safetensors", fuzz_safetensors},
     {"sort_of_clevr_dataset", fuzz_sort_of_clevr_dataset},
 };
 

@@ -11,33 +11,15 @@
 #include <utility>
 #include <vector>
 
+#include "distill/core/splitmix64.hpp"
+
 namespace examples {
 
-/// splitmix64: a tiny, well-mixed 64-bit generator.
-class splitmix64 {
- public:
-  explicit splitmix64(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  /// Uniform integer in [0, n), unbiased (rejects the top 2^64 mod n values).
-  std::uint64_t below(std::uint64_t n) {
-    const std::uint64_t threshold = (0 - n) % n;
-    for (;;) {
-      const std::uint64_t r = next();
-      if (r >= threshold) return r % n;
-    }
-  }
-
- private:
-  std::uint64_t state_;
-};
+/// splitmix64: a tiny, well-mixed 64-bit generator (the library's, core/splitmix64.hpp).
+using distill::splitmix64;
 
 /// One splitmix64 step of x: a 64-bit hash for deriving independent seeds.
-inline std::uint64_t mix64(std::uint64_t x) { return splitmix64(x).next(); }
+inline std::uint64_t mix64(std::uint64_t x) { return distill::splitmix64_hash(x); }
 
 /// A permutation of 0..n-1 that depends only on (seed, epoch): Fisher-Yates driven by splitmix64.
 inline std::vector<std::uint32_t> shuffled_order(std::size_t n, std::uint64_t seed, std::uint64_t epoch) {

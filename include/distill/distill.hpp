@@ -21,6 +21,8 @@
 #include "distill/core/simd.hpp"          // defines: simd::batch, simd::width, simd::load/store/stream, simd::instruction_set
 #include "distill/core/cpu_gemm.hpp"      // defines: gemm (Eigen, threaded), gemm_workspace_size, transpose
 #include "distill/core/file_io.hpp"       // defines: fnv1a64, put_le32/64, get_le32/64, write_file_atomically, read_file
+#include "distill/core/safetensors.hpp"   // defines: safetensors_serialize, safetensors_parse, safetensors_file, is_safetensors, file_format
+#include "distill/core/splitmix64.hpp"    // defines: splitmix64, splitmix64_mix, splitmix64_at, splitmix64_hash
 
 // ---- primitives ----
 #include "distill/core/fast_math.hpp"                // defines: fast_exp, fast_log, fast_log1p (float and SIMD batches)
@@ -83,4 +85,4 @@
 #include "distill/nn/optimizer.hpp"      // defines: nn::sgd, nn::adam, nn::adamw, nn::param_group, nn::sgd_options, nn::adam_options
 #include "distill/nn/schedule.hpp"       // defines: nn::lr_schedule (constant, step, cosine, warm-up)
 #include "distill/nn/checkpoint.hpp"     // defines: nn::checkpoint, nn::checkpoint_save_options
-#include "distill/nn/sequential.hpp"     // defines: nn::sequential, nn::make_mlp, nn::mlp_options, pooling/flatten stages
+#include "distill/nn/sequential.hpp"     // defines: nn::sequential (layer_if), nn::make_mlp, nn::mlp_options, pooling/flatten stages

@@ -27,8 +27,9 @@ TEST_CASE("sequential chain matches the composed references, forward and backwar
       .add(nn::max_pool2d_stage{{2, 2}})
       .add(nn::flatten_stage{})
       .add(nn::linear<double>("fc", Co * 3 * 3, 4, {.seed = 4}));
-  auto& conv = std::get<nn::conv2d<double>>(net[0]);
-  auto& fc = std::get<nn::linear<double>>(net[5]);
+  auto& conv = *net.layer_if<nn::conv2d<double>>(0);
+  auto& fc = *net.layer_if<nn::linear<double>>(5);
+  REQUIRE(net.layer_if<nn::linear<double>>(0) == nullptr);
   const vec cw = conv.weight.value.to_host(), cb = conv.bias.value.to_host(), fw = fc.weight.value.to_host(), fb = fc.bias.value.to_host();
   auto model = [&](const vec& x, const vec& conv_w) {
     long Ho, Wo;

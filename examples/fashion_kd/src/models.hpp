@@ -108,7 +108,7 @@ class staged_net {
   std::vector<std::uint64_t*> dropout_offsets() {
     std::vector<std::uint64_t*> v;
     for (std::size_t i = 0; i < head_.size(); ++i)
-      if (auto* d = std::get_if<nn::dropout<float>>(&head_[i])) v.push_back(&d->offset);
+      if (auto* d = head_.layer_if<nn::dropout<float>>(i)) v.push_back(&d->offset);
     return v;
   }
   void save_state(nn::checkpoint& ck, const std::string& prefix) {

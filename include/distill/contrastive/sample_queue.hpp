@@ -32,6 +32,10 @@
 //!                      u64 dim D, u64 write position, u64 fill count, u64 payload bytes
 //!   payload            keys K x D dense row-major in the element type, then ids K x int64
 //!   trailer            u64 FNV-1a 64 of header + payload
+//! As safetensors (core/safetensors.hpp; opt.format = file_format::safetensors): tensors "keys"
+//! [K, D] (F32, F64, BF16 or F16) and "ids" [K] (I64, when present), metadata "distill.content" =
+//! "sample_queue", "write_position" and "fill_count" (decimal), plus the format's checksum; NumPy
+//! and PyTorch users open it with the safetensors package. Loading recognises either format.
 //! Saving writes a temporary file in the same directory, fsyncs it, renames it over the target
 //! and fsyncs the directory, so a crash at any point leaves either the old or the new file.
 //! Loading reads a regular file no larger than the queue's own file would be, checks all of it
@@ -55,6 +59,8 @@
 #include "distill/core/dtype.hpp"
 #include "distill/core/file_io.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/core/safetensors.hpp"
+#include "distill/core/splitmix64.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -83,22 +89,15 @@ DISTILL_HOST_DEVICE DISTILL_FORCEINLINE bool norm_unclamped(Acc sumsq, Acc eps) 
   return sqrt(sumsq) > eps;
 }
 
-/// SplitMix64 finaliser: a bijective 64-bit mix, the counter-based generator of the queue init.
-DISTILL_HOST_DEVICE DISTILL_FORCEINLINE std::uint64_t splitmix64(std::uint64_t x) noexcept {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-/// Standard normal draw number `index` of stream `seed` (Box-Muller on two hashed uniforms, in
+/// Standard normal draw number `index` of stream `seed` (Box-Muller on two uniforms hashed with
+/// SplitMix64, core/splitmix64.hpp, in
 /// double so host and device agree to the last float bit in practice).
 DISTILL_HOST_DEVICE inline float normal_draw(std::uint64_t seed, std::uint64_t index) noexcept {
   using std::cos;
   using std::log;
   using std::sqrt;
-  const std::uint64_t h1 = splitmix64(splitmix64(seed) ^ index);
-  const std::uint64_t h2 = splitmix64(h1 ^ 0xD1B54A32D192ED03ull);
+  const std::uint64_t h1 = splitmix64_hash(splitmix64_hash(seed) ^ index);
+  const std::uint64_t h2 = splitmix64_hash(h1 ^ 0xD1B54A32D192ED03ull);
   const double u1 = static_cast<double>((h1 >> 11) + 1) * 0x1.0p-53;  // (0, 1]
   const double u2 = static_cast<double>(h2 >> 11) * 0x1.0p-53;        // [0, 1)
   constexpr double two_pi = 6.283185307179586476925286766559;
@@ -221,13 +220,16 @@ struct enqueue_options {
   float normalize_eps = 1e-12f; ///< eps of the normalisation (F.normalize's default)
 };
 
-/// Testing hooks of sample_queue_save (production code leaves them at their defaults).
+/// Options of sample_queue_save: the file format, and testing hooks (production code leaves
+/// those at their defaults).
 struct queue_save_options {
   /// Simulate a crash or a full disk: stop after writing this many bytes of the temporary file
   /// and report io_error (-1 = never).
   std::int64_t fail_after_bytes = -1;
   /// On such a failure leave the temporary file behind, as a killed process would.
   bool keep_temp_on_failure = false;
+  /// distill's format (above) or safetensors.
+  file_format format = file_format::native;
 };
 
 namespace contrastive_detail {
@@ -318,6 +320,84 @@ inline std::vector<unsigned char> build_queue_file(const queue_file_meta& m, std
   return file;
 }
 
+// ---- the same content as safetensors ----
+inline const char* safetensors_dtype(std::uint32_t code) noexcept {
+  switch (code) {
+    case 1: return "F32";
+    case 2: return "F64";
+    case 3: return "BF16";
+    case 4: return "F16";
+    default: return "";
+  }
+}
+
+/// A native queue image (as build_queue_file made it) as a safetensors image.
+inline std::vector<unsigned char> queue_image_to_safetensors(std::span<const unsigned char> file) {
+  const unsigned char* h = file.data();
+  const std::uint32_t dtype = get_le32(h + 12), elem = get_le32(h + 16), flags = get_le32(h + 20);
+  const std::uint64_t K = get_le64(h + 24), D = get_le64(h + 32);
+  const std::size_t key_bytes = static_cast<std::size_t>(K * D * elem);
+  std::vector<safetensors_tensor> tensors{
+      {"keys", safetensors_dtype(dtype), {static_cast<index_t>(K), static_cast<index_t>(D)}, file.subspan(queue_file_header_bytes, key_bytes)}};
+  if (flags & 1u)
+    tensors.push_back({"ids", "I64", {static_cast<index_t>(K)}, file.subspan(queue_file_header_bytes + key_bytes, static_cast<std::size_t>(K * 8))});
+  std::vector<unsigned char> image;
+  const status st = safetensors_serialize(tensors,
+                                          {{"distill.content", "sample_queue"},
+                                           {"write_position", std::to_string(get_le64(h + 40))},
+                                           {"fill_count", std::to_string(get_le64(h + 48))}},
+                                          image);
+  (void)st;  // sizes come from a valid queue
+  return image;
+}
+
+/// A safetensors queue file as the native image, which parse_queue_file then checks against the
+/// queue like any other.
+inline status queue_image_from_safetensors(const char* fn, const std::string& where, std::span<const unsigned char> bytes,
+                                           std::vector<unsigned char>& native) {
+  const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "'" + where + "': " + what); };
+  safetensors_file f;
+  DISTILL_TRY(safetensors_parse(fn, bytes, f));
+  const auto meta = [&](const char* key) -> const std::string* {
+    const auto it = f.metadata.find(key);
+    return it == f.metadata.end() ? nullptr : &it->second;
+  };
+  const auto number = [](const std::string* s, std::uint64_t& v) {
+    if (!s || s->empty() || s->size() > 18) return false;  // decimal, below 10^18
+    v = 0;
+    for (const char c : *s) {
+      if (c < '0' || c > '9') return false;
+      v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    return true;
+  };
+  const std::string* content = meta("distill.content");
+  if (!content || *content != "sample_queue") return corrupt("not a sample-queue safetensors file (distill.content)");
+  const safetensors_tensor* keys = f.find("keys");
+  const safetensors_tensor* ids = f.find("ids");
+  if (!keys || keys->shape.size() != 2) return corrupt("no 'keys' tensor of rank 2");
+  if (f.tensors.size() != (ids ? 2u : 1u)) return corrupt("tensors other than 'keys' and 'ids'");
+  queue_file_meta m;
+  for (std::uint32_t c = 1; c <= 4; ++c)
+    if (keys->dtype == safetensors_dtype(c)) m.dtype = c;
+  if (m.dtype == 0) return corrupt("keys of dtype " + keys->dtype + " (queues hold F32, F64, BF16, F16)");
+  m.elem_bytes = static_cast<std::uint32_t>(safetensors_detail::dtype_bytes(keys->dtype));
+  m.capacity = static_cast<std::uint64_t>(keys->shape[0]);
+  m.dim = static_cast<std::uint64_t>(keys->shape[1]);
+  if (ids && (ids->dtype != "I64" || ids->shape.size() != 1 || ids->shape[0] != keys->shape[0]))
+    return corrupt("'ids' must be I64 of shape [K]");
+  m.flags = ids ? 1u : 0u;
+  if (!number(meta("write_position"), m.write_pos) || !number(meta("fill_count"), m.filled))
+    return corrupt("missing or malformed write_position / fill_count");
+  std::vector<unsigned char> payload(keys->bytes.begin(), keys->bytes.end());  // sizes: checked by safetensors_parse
+  if (ids) payload.insert(payload.end(), ids->bytes.begin(), ids->bytes.end());
+  native = build_queue_file(m, std::move(payload));
+  return {};
+}
+
+/// Header bytes a queue's safetensors file may add to its native size (its JSON is ~300 bytes).
+inline constexpr std::uint64_t queue_safetensors_allowance = 4096;
+
 /// Write a file image atomically (core/file_io.hpp), passing sample_queue_save's test hooks on.
 inline status write_queue_file(const char* fn, const std::string& path, const std::vector<unsigned char>& file,
                                const queue_save_options& opt) {
@@ -372,14 +452,20 @@ inline status parse_queue_file(const char* fn, const std::string& where, std::sp
   return {};
 }
 
-/// Read the file at `path` meant for a queue like `expect` (a regular file of exactly the size its
-/// K, D, dtype and ids give, larger files refused unread) and check it (parse_queue_file).
+/// Read the file at `path` meant for a queue like `expect` (a regular file of the size its K, D,
+/// dtype and ids give, plus the safetensors header allowance; larger files refused unread) and
+/// check it (parse_queue_file), converting a safetensors file to the native image first.
 inline status read_queue_file(const char* fn, const std::string& path, const queue_file_meta& expect, std::vector<unsigned char>& file,
                               queue_file_meta& got) {
   std::uint64_t payload = 0, size = 0;
-  if (!queue_payload_bytes(expect, payload) || !checked_add(payload, queue_file_header_bytes + 8, size))
+  if (!queue_payload_bytes(expect, payload) || !checked_add(payload, queue_file_header_bytes + 8 + queue_safetensors_allowance, size))
     return fail(errc::invalid_argument, fn, "the queue is too large to have a file");
   DISTILL_TRY(read_file(fn, path, file, size));
+  if (is_safetensors(file)) {
+    std::vector<unsigned char> native;
+    DISTILL_TRY(queue_image_from_safetensors(fn, path, file, native));
+    file.swap(native);
+  }
   return parse_queue_file(fn, path, file, expect, got);
 }
 
@@ -493,10 +579,11 @@ template <class T>
   return queue.restore_state(0, K);
 }
 
-/// The bytes sample_queue_save writes (header, keys, ids, state, checksum) in memory, e.g. to keep
+/// The bytes sample_queue_save writes (header, keys, ids, state, checksum; or safetensors) in memory, e.g. to keep
 /// the queue inside a training checkpoint with the model it belongs to.
 template <class T>
-[[nodiscard]] status sample_queue_serialize(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, std::vector<unsigned char>& image) {
+[[nodiscard]] status sample_queue_serialize(const cpu& /*ctx*/, const sample_queue<T, host_space>& queue, std::vector<unsigned char>& image,
+                                            file_format format = file_format::native) {
   static_assert(std::endian::native == std::endian::little, "sample_queue files are little-endian; big-endian hosts are not supported");
   DISTILL_TRY(contrastive_detail::check_queue("sample_queue_serialize", queue, false));
   const index_t K = queue.capacity(), D = queue.dim();
@@ -509,6 +596,7 @@ template <class T>
       std::memcpy(payload.data() + static_cast<std::size_t>(K) * row_bytes + static_cast<std::size_t>(j) * 8, &id, 8);
     }
   image = contrastive_detail::build_queue_file(contrastive_detail::meta_of(queue), std::move(payload));
+  if (format == file_format::safetensors) image = contrastive_detail::queue_image_to_safetensors(image);
   return {};
 }
 
@@ -518,6 +606,11 @@ template <class T>
 [[nodiscard]] status sample_queue_deserialize(const cpu& /*ctx*/, sample_queue<T, host_space>& queue, std::span<const unsigned char> image) {
   constexpr const char* fn = "sample_queue_deserialize";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
+  std::vector<unsigned char> converted;
+  if (is_safetensors(image)) {
+    DISTILL_TRY(contrastive_detail::queue_image_from_safetensors(fn, "image", image, converted));
+    image = converted;
+  }
   contrastive_detail::queue_file_meta got;
   DISTILL_TRY(contrastive_detail::parse_queue_file(fn, "image", image, contrastive_detail::meta_of(queue), got));
   return contrastive_detail::restore_queue_image(image, got, queue);
@@ -530,7 +623,7 @@ template <class T>
   constexpr const char* fn = "sample_queue_save";
   DISTILL_TRY(contrastive_detail::check_queue(fn, queue, false));
   std::vector<unsigned char> file;
-  DISTILL_TRY(sample_queue_serialize(ctx, queue, file));
+  DISTILL_TRY(sample_queue_serialize(ctx, queue, file, opt.format));
   return contrastive_detail::write_queue_file(fn, path, file, opt);
 }
 

@@ -39,6 +39,16 @@
 #define DISTILL_OMP_PRAGMA(x)
 #endif
 
+/// DISTILL_CPU_LIBRARY is 1 when the translation unit links the compiled `distill_cpu` library
+/// (the CMake target distill::cpu defines it): the float and double CPU instances listed in
+/// src/ are then compiled once there and the headers only declare them (a function template
+/// without its definition, `extern template` classes), so neither Eigen's GEMM nor those
+/// instances are compiled again here. Header-only use (the default) defines everything in the
+/// headers.
+#if !defined(DISTILL_CPU_LIBRARY)
+#define DISTILL_CPU_LIBRARY 0
+#endif
+
 namespace distill {
 
 /// Extents, strides and indices are 64-bit: vocab x tokens easily exceeds 2^31 elements.

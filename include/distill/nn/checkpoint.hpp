@@ -25,6 +25,12 @@
 //! Names: parameters "param/<name>", optimiser state "optim/<state name>" and "optim/step",
 //! metadata "meta/<key>" (int64 scalars or strings as u8).
 //!
+//! safetensors (core/safetensors.hpp): `save(path, {.format = file_format::safetensors})` writes
+//! the same entries as a file PyTorch opens with `safetensors.torch.load_file` (dtypes F32, F64,
+//! I64, U8; same names), atomically and with distill's checksum in its metadata; `load` and
+//! `parse` recognise either format, and also take safetensors files written elsewhere (then
+//! without a checksum) whose tensors have those dtypes.
+//!
 //!   nn::checkpoint ck;
 //!   DISTILL_TRY(ck.add_parameters(params));
 //!   DISTILL_TRY(ck.add_optimizer(opt));
@@ -46,6 +52,7 @@
 #include <vector>
 
 #include "distill/core/file_io.hpp"
+#include "distill/core/safetensors.hpp"
 #include "distill/core/status.hpp"
 #include "distill/nn/parameter.hpp"
 #include "distill/nn/tensor.hpp"
@@ -79,6 +86,8 @@ constexpr const char* to_string(checkpoint_dtype d) noexcept {
 /// would (the temporary file is left behind, the target untouched), and return io_error.
 struct checkpoint_save_options {
   std::size_t fail_after_bytes = std::numeric_limits<std::size_t>::max();
+  /// distill's format (above) or safetensors.
+  file_format format = file_format::native;
 };
 
 namespace checkpoint_detail {
@@ -136,6 +145,25 @@ inline index_t element_count(const std::vector<index_t>& shape) noexcept {
   for (const index_t d : shape)
     if (d < 0 || !checked_mul(n, static_cast<std::uint64_t>(d), n)) return -1;
   return n <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()) ? static_cast<index_t>(n) : -1;
+}
+
+/// The safetensors spelling of a dtype, and back (false for a dtype checkpoints do not hold).
+inline const char* safetensors_dtype(checkpoint_dtype d) noexcept {
+  switch (d) {
+    case checkpoint_dtype::f32: return "F32";
+    case checkpoint_dtype::f64: return "F64";
+    case checkpoint_dtype::i64: return "I64";
+    case checkpoint_dtype::u8: return "U8";
+  }
+  return "";
+}
+inline bool from_safetensors_dtype(const std::string& s, checkpoint_dtype& d) noexcept {
+  for (const auto c : {checkpoint_dtype::f32, checkpoint_dtype::f64, checkpoint_dtype::i64, checkpoint_dtype::u8})
+    if (s == safetensors_dtype(c)) {
+      d = c;
+      return true;
+    }
+  return false;
 }
 
 inline std::size_t dtype_size(checkpoint_dtype d) {
@@ -298,18 +326,31 @@ class checkpoint {
     return out;
   }
 
-  /// Write atomically (temporary file in the same directory, fsync, rename, fsync directory).
+  /// The same entries as a safetensors image (core/safetensors.hpp).
+  std::vector<unsigned char> serialize_safetensors() const {
+    std::vector<safetensors_tensor> tensors;
+    for (const auto& [name, e] : entries_) tensors.push_back({name, checkpoint_detail::safetensors_dtype(e.dtype), e.shape, e.bytes});
+    std::vector<unsigned char> image;
+    const status st = safetensors_serialize(tensors, {{"distill.content", "checkpoint"}}, image);
+    (void)st;  // entries are valid by construction (put checks shapes; names are unique map keys)
+    return image;
+  }
+
+  /// Write atomically (temporary file in the same directory, fsync, rename, fsync directory), in
+  /// distill's format or as safetensors (opt.format).
   [[nodiscard]] status save(const std::string& path, const checkpoint_save_options& opt = {}) const {
     atomic_write_options w;
     w.fail_after_bytes = opt.fail_after_bytes;
     w.keep_temp_on_failure = true;  // the simulated crash leaves its temporary file, as a real one would
-    return write_file_atomically("nn::checkpoint::save", path, serialize(), w);
+    return write_file_atomically("nn::checkpoint::save", path, opt.format == file_format::safetensors ? serialize_safetensors() : serialize(),
+                                 w);
   }
 
-  /// Parse bytes; corrupt_data with the reason when anything is off.
+  /// Parse bytes (either format); corrupt_data with the reason when anything is off.
   [[nodiscard]] static status parse(const unsigned char* data, std::size_t n, checkpoint& out) {
     using namespace checkpoint_detail;
     constexpr const char* fn = "nn::checkpoint::load";
+    if (is_safetensors({data, n})) return parse_safetensors(fn, {data, n}, out);
     constexpr std::size_t header = 8 + 4 + 4 + 8, footer = 8 + 8;
     if (n < header + footer)
       return fail(errc::corrupt_data, fn, "file of " + std::to_string(n) + " bytes is truncated (smaller than header + footer)");
@@ -372,6 +413,24 @@ class checkpoint {
 
  private:
   std::map<std::string, entry> entries_;
+
+  static status parse_safetensors(const char* fn, std::span<const unsigned char> bytes, checkpoint& out) {
+    safetensors_file f;
+    DISTILL_TRY(safetensors_parse(fn, bytes, f));
+    checkpoint ck;
+    for (const auto& t : f.tensors) {
+      entry e{};
+      if (!checkpoint_detail::from_safetensors_dtype(t.dtype, e.dtype))
+        return fail(errc::corrupt_data, fn, "tensor '" + t.name + "' has dtype " + t.dtype + "; checkpoints hold F32, F64, I64 and U8");
+      if (t.shape.size() > 8) return fail(errc::corrupt_data, fn, "tensor '" + t.name + "' has rank above 8");
+      e.shape = t.shape;
+      if (e.elements() < 0) return fail(errc::corrupt_data, fn, "tensor '" + t.name + "' has too many elements");
+      e.bytes.assign(t.bytes.begin(), t.bytes.end());
+      ck.entries_[t.name] = std::move(e);
+    }
+    out = std::move(ck);
+    return {};
+  }
 
   /// put() for shapes known to be valid (metadata, tensors of the model).
   template <class T>

@@ -8,7 +8,7 @@
 //!
 //!   key      = stream_key(seed, stream)            (stream: e.g. a parameter's index)
 //!   bits(i)  = splitmix64 output number i of the sequence seeded with `key`
-//!            = mix(key + (i + 1) * golden),  mix = the SplitMix64 finaliser (Steele et al. 2014)
+//!            = mix(key + (i + 1) * gamma)    (core/splitmix64.hpp: splitmix64_at)
 //!   uniform24(i) = (bits(i) >> 40) / 2^24          in [0, 1), exactly representable in float
 //!   uniform53(i) = (bits(i) >> 11) / 2^53          in [0, 1), for the host-side initialisers
 //!
@@ -19,23 +19,18 @@
 #include <cstdint>
 
 #include "distill/core/config.hpp"
+#include "distill/core/splitmix64.hpp"
 
 namespace distill::nn {
 
-DISTILL_HOST_DEVICE inline std::uint64_t splitmix64_mix(std::uint64_t z) noexcept {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 /// Key of stream `stream` under `seed` (different streams are unrelated sequences).
 DISTILL_HOST_DEVICE inline std::uint64_t stream_key(std::uint64_t seed, std::uint64_t stream) noexcept {
-  return splitmix64_mix(seed + 0x9E3779B97F4A7C15ull) ^ splitmix64_mix(stream * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull);
+  return splitmix64_hash(seed) ^ splitmix64_mix(stream * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull);
 }
 
 /// 64 random bits at position `counter` of the stream with key `key`.
 DISTILL_HOST_DEVICE inline std::uint64_t random_bits(std::uint64_t key, std::uint64_t counter) noexcept {
-  return splitmix64_mix(key + (counter + 1) * 0x9E3779B97F4A7C15ull);
+  return splitmix64_at(key, counter);
 }
 
 /// 24 random bits as an integer in [0, 2^24).
