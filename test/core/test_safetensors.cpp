@@ -155,6 +155,18 @@ TEST_CASE("safetensors: files of other writers are read; malformed ones refused"
   bad(R"({"a": {"dtype": "F32", "shape": [[2]], "data_offsets": [0, 8]}})", eight);                    // nested too deep
   bad(R"({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}})", eight);                    // not an integer
   bad("{\"a\": " + std::string(100000, '[') + std::string(100000, ']') + "}", eight);                 // hostile nesting
+  // Arrays hold a shape's extents or two offsets: 16 items parse; 17 are refused by the scan that
+  // runs before nlohmann-json builds anything (a long array cannot cost memory).
+  const auto header_with_rank = [](int rank) {
+    std::string sh = "[";
+    for (int k = 1; k < rank; ++k) sh += "1, ";
+    return R"({"a": {"dtype": "F32", "shape": )" + sh + R"(2], "data_offsets": [0, 8]}})";
+  };
+  safetensors_file wide;
+  CHECK(safetensors_parse("test", file_of(header_with_rank(16), eight), wide).ok());
+  const status too_wide = safetensors_parse("test", file_of(header_with_rank(17), eight), wide);
+  CHECK(too_wide.code() == errc::corrupt_data);
+  CHECK(too_wide.message().find("more than 16 items") != std::string::npos);
   // A header length beyond the file or beyond 100 MB.
   auto f = file_of("{}", {});
   put_le64(f.data(), 1ull << 62);
