@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -148,6 +149,24 @@ TEST_CASE("safetensors: files of other writers are read; malformed ones refused"
       eight);                                                                                          // future version
   bad(R"({"__metadata__": {"distill.checksum": "fnv1a64:xyz"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
       eight);                                                                                          // malformed checksum
+  bad(R"({"a": {"dtype": "F32", "dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})", eight);      // repeated field
+  bad(R"({"__metadata__": {"k": "1", "k": "2"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+      eight);                                                                                          // repeated metadata key
+  bad(R"({"a": {"dtype": "F32", "shape": [[2]], "data_offsets": [0, 8]}})", eight);                    // nested too deep
+  bad(R"({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}})", eight);                    // not an integer
+  bad("{\"a\": " + std::string(100000, '[') + std::string(100000, ']') + "}", eight);                 // hostile nesting
+  // Arrays hold a shape's extents or two offsets: 16 items parse; 17 are refused by the scan that
+  // runs before nlohmann-json builds anything (a long array cannot cost memory).
+  const auto header_with_rank = [](int rank) {
+    std::string sh = "[";
+    for (int k = 1; k < rank; ++k) sh += "1, ";
+    return R"({"a": {"dtype": "F32", "shape": )" + sh + R"(2], "data_offsets": [0, 8]}})";
+  };
+  safetensors_file wide;
+  CHECK(safetensors_parse("test", file_of(header_with_rank(16), eight), wide).ok());
+  const status too_wide = safetensors_parse("test", file_of(header_with_rank(17), eight), wide);
+  CHECK(too_wide.code() == errc::corrupt_data);
+  CHECK(too_wide.message().find("more than 16 items") != std::string::npos);
   // A header length beyond the file or beyond 100 MB.
   auto f = file_of("{}", {});
   put_le64(f.data(), 1ull << 62);
@@ -156,6 +175,25 @@ TEST_CASE("safetensors: files of other writers are read; malformed ones refused"
   const auto i32 = file_of(good, data);
   nn::checkpoint ck;
   CHECK(nn::checkpoint::parse(i32.data(), i32.size(), ck).code() == errc::corrupt_data);
+}
+
+TEST_CASE("safetensors: the writer refuses names it cannot write", "[core][safetensors][errors]") {
+  const std::vector<unsigned char> four{0, 0, 128, 63};
+  std::vector<unsigned char> image;
+  const auto code = [&](const std::string& name, const std::map<std::string, std::string>& meta = {}) {
+    const safetensors_tensor t{name, "F32", {1}, four};
+    return safetensors_serialize(std::span(&t, 1), meta, image).code();
+  };
+  CHECK(code("w\xff") == errc::invalid_argument);  // not UTF-8
+  CHECK(code("w", {{"k", "\xc3"}}) == errc::invalid_argument);
+  CHECK(code("__metadata__") == errc::invalid_argument);
+  // Control characters and quotes are escaped, and a user's "distill.checksum" cannot displace
+  // distill's own.
+  REQUIRE(code("a\"\n\x01", {{"distill.checksum", "fnv1a64:0000000000000000"}}) == errc::ok);
+  safetensors_file back;
+  REQUIRE(safetensors_parse("test", image, back).ok());
+  REQUIRE(back.tensors.size() == 1);
+  CHECK(back.tensors[0].name == "a\"\n\x01");
 }
 
 TEST_CASE("safetensors: a sample queue round trips with its keys, ids and state", "[core][safetensors][contrastive]") {

@@ -19,9 +19,12 @@
 //! the structural checks; a missing or wrong checksum in a file with distill metadata, a wrong
 //! version or any structural fault is corrupt_data.
 //!
-//! The reader takes hostile input: the header is at most 100 MB (the format's own limit) and no
-//! larger than the file, the JSON is a fixed two-level grammar (no recursion to exhaust), every
-//! integer is range-checked, every size multiplied with checked_mul, names are unique.
+//! nlohmann-json reads and writes the header, without exceptions (parse with allow_exceptions =
+//! false, then only type-checked accessors). The reader takes hostile input: the header is at most
+//! 100 MB (the format's own limit) and no larger than the file, nests at most 3 levels (checked by
+//! a scan before parsing), every integer is range-checked, every size multiplied with
+//! checked_mul, names and keys are unique. The writer dumps an ordered_json: tensors in data
+//! order, the checksum last.
 
 #include <algorithm>
 #include <cstddef>
@@ -32,6 +35,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "distill/core/checks.hpp"
 #include "distill/core/config.hpp"
@@ -82,146 +87,62 @@ inline std::size_t dtype_bytes(std::string_view d) noexcept {
   return 0;
 }
 
-inline void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char hex[] = "0123456789abcdef";
-  out += '"';
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20) {
-      out += "\\u00";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else {
-      out += ch;  // UTF-8 passes through as it is
+/// Deepest nesting of '{' and '[' outside strings and longest array: the header's grammar needs 3
+/// levels (object, tensor, shape) and arrays of a shape's rank or two offsets, so anything deeper
+/// or longer is refused before nlohmann-json builds (and later frees) it.
+inline constexpr int max_depth = 3;
+inline constexpr int max_array_items = 16;  // the rank limit below
+inline bool nesting_within(std::string_view s, int limit, int max_items = max_array_items) noexcept {
+  int depth = 0;
+  bool in_array[max_depth + 1] = {};
+  int items[max_depth + 1] = {};
+  bool in_string = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      if (c == '\\') ++i;  // the escaped character cannot end the string
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > limit || depth > max_depth) return false;
+      in_array[depth] = c == '[';
+      items[depth] = 1;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    } else if (c == ',' && depth > 0 && in_array[depth] && ++items[depth] > max_items) {
+      return false;
     }
   }
-  out += '"';
+  return true;
 }
 
-/// Recursive-descent reader of the header's fixed grammar. Every method returns false on the
-/// first fault (`error` says what); positions are byte offsets into the header text.
-struct header_reader {
-  std::string_view s;
-  std::size_t at = 0;
-  std::string error;
+/// True when `s` is valid UTF-8, which nlohmann-json's dump() requires (it would throw): the
+/// replacing dump parses back to `s` exactly then.
+inline bool is_utf8(const std::string& s) {
+  using nlohmann::json;
+  const json back = json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace), nullptr, false);
+  return back.is_string() && *back.get_ptr<const std::string*>() == s;
+}
 
-  bool fault(const std::string& what) {
-    if (error.empty()) error = what + " at header byte " + std::to_string(at);
-    return false;
+/// A non-negative JSON integer below 2^63 (so it fits index_t), or false.
+inline bool small_unsigned(const nlohmann::json& v, std::uint64_t& out) noexcept {
+  if (!v.is_number_unsigned()) return false;
+  out = *v.get_ptr<const nlohmann::json::number_unsigned_t*>();
+  return out <= static_cast<std::uint64_t>(INT64_MAX);
+}
+
+/// An array of at most `max_items` such integers, or false.
+inline bool small_unsigned_array(const nlohmann::json& v, std::size_t max_items, std::vector<std::uint64_t>& out) {
+  out.clear();
+  if (!v.is_array() || v.size() > max_items) return false;
+  for (const auto& e : v) {
+    std::uint64_t x = 0;
+    if (!small_unsigned(e, x)) return false;
+    out.push_back(x);
   }
-  void skip_space() {
-    while (at < s.size() && (s[at] == ' ' || s[at] == '\t' || s[at] == '\n' || s[at] == '\r')) ++at;
-  }
-  bool expect(char c) {
-    skip_space();
-    if (at >= s.size() || s[at] != c) return fault(std::string("expected '") + c + "'");
-    ++at;
-    return true;
-  }
-  bool peek(char c) {
-    skip_space();
-    return at < s.size() && s[at] == c;
-  }
-  static void put_utf8(std::string& out, std::uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-  bool hex4(std::uint32_t& v) {
-    if (s.size() - at < 4) return fault("truncated \\u escape");
-    v = 0;
-    for (int i = 0; i < 4; ++i) {
-      const char c = s[at++];
-      v <<= 4;
-      if (c >= '0' && c <= '9') v |= static_cast<std::uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= static_cast<std::uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= static_cast<std::uint32_t>(c - 'A' + 10);
-      else return fault("bad \\u escape");
-    }
-    return true;
-  }
-  /// A JSON string; `raw_begin` receives the offset of its first character inside the quotes.
-  bool string(std::string& out, std::size_t* raw_begin = nullptr) {
-    if (!expect('"')) return false;
-    if (raw_begin) *raw_begin = at;
-    out.clear();
-    while (true) {
-      if (at >= s.size()) return fault("unterminated string");
-      const char c = s[at++];
-      if (c == '"') return true;
-      if (static_cast<unsigned char>(c) < 0x20) return fault("control character in a string");
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (at >= s.size()) return fault("unterminated escape");
-      switch (const char e = s[at++]) {
-        case '"': case '\\': case '/': out += e; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          std::uint32_t cp = 0;
-          if (!hex4(cp)) return false;
-          if (cp >= 0xD800 && cp < 0xDC00) {  // a surrogate pair
-            std::uint32_t lo = 0;
-            if (s.size() - at < 2 || s[at] != '\\' || s[at + 1] != 'u') return fault("lone surrogate");
-            at += 2;
-            if (!hex4(lo)) return false;
-            if (lo < 0xDC00 || lo >= 0xE000) return fault("bad surrogate pair");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            return fault("lone surrogate");
-          }
-          put_utf8(out, cp);
-          break;
-        }
-        default: return fault("unknown escape");
-      }
-    }
-  }
-  /// A non-negative integer below 2^63.
-  bool integer(std::uint64_t& v) {
-    skip_space();
-    if (at >= s.size() || s[at] < '0' || s[at] > '9') return fault("expected a non-negative integer");
-    v = 0;
-    while (at < s.size() && s[at] >= '0' && s[at] <= '9') {
-      const auto d = static_cast<std::uint64_t>(s[at++] - '0');
-      if (v > (static_cast<std::uint64_t>(INT64_MAX) - d) / 10) return fault("integer out of range");
-      v = v * 10 + d;
-    }
-    return true;
-  }
-  bool integer_array(std::vector<std::uint64_t>& out, std::size_t max_items) {
-    out.clear();
-    if (!expect('[')) return false;
-    if (peek(']')) return expect(']');
-    do {
-      if (out.size() == max_items) return fault("array too long");
-      std::uint64_t v = 0;
-      if (!integer(v)) return false;
-      out.push_back(v);
-    } while (peek(',') && expect(','));
-    return expect(']');
-  }
-};
+  return true;
+}
 
 }  // namespace safetensors_detail
 
@@ -233,9 +154,8 @@ struct header_reader {
                                                   const std::map<std::string, std::string>& metadata, std::vector<unsigned char>& image) {
   using namespace safetensors_detail;
   constexpr const char* fn = "safetensors_serialize";
-  std::string h = "{";
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();  // tensors in data order
   std::uint64_t offset = 0;
-  std::map<std::string_view, bool> seen;
   for (const auto& t : tensors) {
     const std::size_t eb = dtype_bytes(t.dtype);
     std::uint64_t n = 1;
@@ -243,36 +163,25 @@ struct header_reader {
     for (const index_t d : t.shape) fits = fits && d >= 0 && checked_mul(n, static_cast<std::uint64_t>(d), n);
     fits = fits && checked_mul(n, eb, n) && n == t.bytes.size();
     if (!fits) return fail(errc::invalid_argument, fn, "tensor '" + t.name + "': dtype, shape and byte count disagree");
-    if (t.name == "__metadata__" || !seen.emplace(t.name, true).second)
+    if (t.name == "__metadata__" || header.contains(t.name))
       return fail(errc::invalid_argument, fn, "tensor name '" + t.name + "' is reserved or repeated");
-    if (h.size() > 1) h += ',';
-    append_json_string(h, t.name);
-    h += ":{\"dtype\":";
-    append_json_string(h, t.dtype);
-    h += ",\"shape\":[";
-    for (std::size_t i = 0; i < t.shape.size(); ++i) {
-      if (i) h += ',';
-      h += std::to_string(t.shape[i]);
-    }
-    h += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.bytes.size()) + "]}";
+    if (!is_utf8(t.name)) return fail(errc::invalid_argument, fn, "tensor name '" + t.name + "' is not UTF-8");
+    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();
   }
-  if (h.size() > 1) h += ',';
-  h += "\"__metadata__\":{";
-  std::map<std::string, std::string> meta = metadata;
-  meta[version_key] = "1";
-  meta[checksum_key] = std::string(checksum_prefix) + std::string(16, '0');
-  bool first = true;
-  std::size_t digits_at = 0;  // offset of the checksum's hex digits in h
-  for (const auto& [k, v] : meta) {
-    if (!first) h += ',';
-    first = false;
-    append_json_string(h, k);
-    h += ':';
-    if (k == checksum_key) digits_at = h.size() + 1 + std::string_view(checksum_prefix).size();
-    append_json_string(h, v);
+  // The checksum comes last, so its digits end the serialised header at a known place.
+  auto& meta = header["__metadata__"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : metadata) {
+    if (k == checksum_key || k == version_key) continue;  // distill's own, set below
+    if (!is_utf8(k) || !is_utf8(v)) return fail(errc::invalid_argument, fn, "metadata '" + k + "' is not UTF-8");
+    meta[k] = v;
   }
-  h += "}}";
+  meta[version_key] = "1";
+  const std::string zeros(16, '0');
+  meta[checksum_key] = checksum_prefix + zeros;
+  // Compact dump() puts no space anywhere, so the header ends in <16 digits>"}}.
+  std::string h = header.dump();
+  const std::size_t digits_at = h.size() - 16 - 3;  // offset of the checksum's hex digits in h
   h.append((8 - h.size() % 8) % 8, ' ');  // the data buffer starts 8-byte aligned
   image.assign(8 + h.size() + offset, 0);
   put_le64(image.data(), h.size());
@@ -300,77 +209,65 @@ inline bool is_safetensors(std::span<const unsigned char> bytes) noexcept {
 /// is wrong otherwise. The tensors of `out` view `bytes`, which must outlive them.
 [[nodiscard]] inline status safetensors_parse(const char* fn, std::span<const unsigned char> bytes, safetensors_file& out) {
   using namespace safetensors_detail;
+  using nlohmann::json;
   const auto corrupt = [&](const std::string& what) { return fail(errc::corrupt_data, fn, "safetensors: " + what); };
   if (bytes.size() < 8) return corrupt("file of " + std::to_string(bytes.size()) + " bytes is truncated");
   const std::uint64_t n = get_le64(bytes.data());
   if (n > max_header_bytes || n > bytes.size() - 8) return corrupt("header length " + std::to_string(n) + " exceeds the file or 100 MB");
-  header_reader r;
-  r.s = std::string_view(reinterpret_cast<const char*>(bytes.data() + 8), static_cast<std::size_t>(n));
+  const std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8), static_cast<std::size_t>(n));
   const std::uint64_t data_size = bytes.size() - 8 - n;
+  if (!nesting_within(text, max_depth)) return corrupt("the header nests deeper than " + std::to_string(max_depth) + " levels or has an array of more than " + std::to_string(max_array_items) + " items");
+  // Of two equal keys nlohmann-json silently keeps one: count the keys the parser meets, compare
+  // with the keys kept below.
+  std::size_t keys_met = 0;
+  const json header = json::parse(
+      text.begin(), text.end(),
+      [&](int, json::parse_event_t event, json&) {
+        keys_met += event == json::parse_event_t::key;
+        return true;
+      },
+      /*allow_exceptions=*/false);
+  if (header.is_discarded()) return corrupt("the header is not valid JSON");
+  if (!header.is_object()) return corrupt("the header is not a JSON object");
+
   safetensors_file f;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  // per tensor, data order later
-  std::size_t checksum_at = 0;  // offset of the checksum string's characters in the header (0: none)
-  bool have_meta = false;
-  std::string key, field, str;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  // data_offsets, per tensor
+  std::size_t keys_kept = header.size();
   std::vector<std::uint64_t> ints;
-  const auto parse = [&]() -> bool {
-    if (!r.expect('{')) return false;
-    if (r.peek('}')) return r.expect('}');
-    do {
-      if (!r.string(key)) return false;
-      if (!r.expect(':') || !r.expect('{')) return false;
-      if (key == "__metadata__") {
-        if (have_meta) return r.fault("two __metadata__ objects");
-        have_meta = true;
-        if (!r.peek('}')) do {
-            if (!r.string(field) || !r.expect(':')) return false;
-            std::size_t raw = 0;
-            if (!r.string(str, &raw)) return false;
-            if (f.metadata.count(field)) return r.fault("metadata key '" + field + "' repeats");
-            if (field == checksum_key) checksum_at = raw;
-            f.metadata[field] = str;
-          } while (r.peek(',') && r.expect(','));
-        if (!r.expect('}')) return false;
-        continue;
+  for (const auto& item : header.items()) {
+    const std::string& key = item.key();
+    const json& value = item.value();
+    if (!value.is_object()) return corrupt("'" + key + "' is not a JSON object");
+    keys_kept += value.size();
+    if (key == "__metadata__") {
+      for (const auto& m : value.items()) {
+        if (!m.value().is_string()) return corrupt("metadata '" + m.key() + "' is not a string");
+        f.metadata.emplace(m.key(), *m.value().get_ptr<const std::string*>());
       }
-      if (f.find(key)) return r.fault("tensor '" + key + "' repeats");
-      safetensors_tensor t;
-      t.name = key;
-      bool has_dtype = false, has_shape = false, has_offsets = false;
-      std::pair<std::uint64_t, std::uint64_t> range{};
-      do {
-        if (!r.string(field) || !r.expect(':')) return false;
-        if (field == "dtype" && !has_dtype) {
-          if (!r.string(t.dtype)) return false;
-          has_dtype = true;
-        } else if (field == "shape" && !has_shape) {
-          if (!r.integer_array(ints, 16)) return false;
-          for (const auto d : ints) t.shape.push_back(static_cast<index_t>(d));
-          has_shape = true;
-        } else if (field == "data_offsets" && !has_offsets) {
-          if (!r.integer_array(ints, 2)) return false;
-          if (ints.size() != 2) return r.fault("data_offsets needs two integers");
-          range = {ints[0], ints[1]};
-          has_offsets = true;
-        } else {
-          return r.fault("unexpected or repeated field '" + field + "' in tensor '" + key + "'");
-        }
-      } while (r.peek(',') && r.expect(','));
-      if (!r.expect('}')) return false;
-      if (!has_dtype || !has_shape || !has_offsets) return r.fault("tensor '" + key + "' lacks dtype, shape or data_offsets");
-      f.tensors.push_back(std::move(t));
-      ranges.push_back(range);
-    } while (r.peek(',') && r.expect(','));
-    if (!r.expect('}')) return false;
-    r.skip_space();
-    return r.at == r.s.size() || r.fault("trailing characters after the header object");
-  };
-  if (!parse()) return corrupt(r.error);
+      continue;
+    }
+    const auto dtype = value.find("dtype"), shape = value.find("shape"), offsets = value.find("data_offsets");
+    if (value.size() != 3 || dtype == value.end() || shape == value.end() || offsets == value.end() || !dtype->is_string())
+      return corrupt("tensor '" + key + "' needs exactly a string dtype, shape and data_offsets");
+    safetensors_tensor t;
+    t.name = key;
+    t.dtype = *dtype->get_ptr<const std::string*>();
+    if (!small_unsigned_array(*shape, 16, ints)) return corrupt("tensor '" + key + "': shape is not at most 16 integers in [0, 2^63)");
+    for (const auto d : ints) t.shape.push_back(static_cast<index_t>(d));
+    if (!small_unsigned_array(*offsets, 2, ints) || ints.size() != 2)
+      return corrupt("tensor '" + key + "': data_offsets is not two integers in [0, 2^63)");
+    f.tensors.push_back(std::move(t));
+    ranges.emplace_back(ints[0], ints[1]);
+  }
+  // Tensor fields hold no objects (checked above), so every key sits on these two levels.
+  if (keys_met != keys_kept) return corrupt("a key repeats in the header");
 
   // Sizes: each tensor's bytes match its dtype and shape; together they tile the data buffer.
   std::vector<std::size_t> order(f.tensors.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ranges[a] < ranges[b]; });
+  std::vector<safetensors_tensor> in_data_order;
+  in_data_order.reserve(order.size());
   std::uint64_t next = 0;
   for (const std::size_t i : order) {
     auto& t = f.tensors[i];
@@ -384,18 +281,21 @@ inline bool is_safetensors(std::span<const unsigned char> bytes) noexcept {
       return corrupt("tensor '" + t.name + "': data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                      "] do not tile the data buffer or disagree with its shape");
     t.bytes = bytes.subspan(static_cast<std::size_t>(8 + n + begin), static_cast<std::size_t>(want));
+    in_data_order.push_back(std::move(t));
     next = end;
   }
   if (next != data_size) return corrupt("the data buffer has " + std::to_string(data_size - next) + " bytes no tensor covers");
+  f.tensors = std::move(in_data_order);
 
   // distill's own fields, when present.
   if (const auto v = f.metadata.find(version_key); v != f.metadata.end() && v->second != "1")
     return corrupt("unsupported distill.format_version '" + v->second + "' (this build reads 1)");
   // A file with distill's metadata must carry the checksum (a damaged key must not disable it).
   const bool distill_written = std::any_of(f.metadata.begin(), f.metadata.end(), [](const auto& kv) { return kv.first.rfind("distill.", 0) == 0; });
-  if (distill_written && checksum_at == 0) return corrupt("distill metadata without distill.checksum");
-  if (checksum_at != 0) {
-    const std::string& c = f.metadata[checksum_key];
+  const auto checksum = f.metadata.find(checksum_key);
+  if (distill_written && checksum == f.metadata.end()) return corrupt("distill metadata without distill.checksum");
+  if (checksum != f.metadata.end()) {
+    const std::string& c = checksum->second;
     const std::size_t plen = std::string_view(checksum_prefix).size();
     std::uint64_t stored = 0;
     bool well_formed = c.size() == plen + 16 && c.compare(0, plen, checksum_prefix) == 0;
@@ -405,11 +305,13 @@ inline bool is_safetensors(std::span<const unsigned char> bytes) noexcept {
       well_formed = d >= 0;
       stored = stored << 4 | static_cast<std::uint64_t>(d < 0 ? 0 : d);
     }
-    // The digits must sit in the header as written (no escapes), so they can be zeroed in place.
-    const std::size_t digits = 8 + checksum_at + plen;
-    well_formed = well_formed && digits + 16 <= 8 + n &&
-                  std::memcmp(bytes.data() + 8 + checksum_at, c.data(), c.size()) == 0;
+    // The digits are zeroed in place, so the value must stand in the header as written (no
+    // escapes), and only once, for its place to be known.
+    const std::string quoted = '"' + c + '"';
+    const std::size_t at = text.find(quoted);
+    well_formed = well_formed && at != std::string_view::npos && text.find(quoted, at + 1) == std::string_view::npos;
     if (!well_formed) return corrupt("malformed distill.checksum '" + c + "'");
+    const std::size_t digits = 8 + at + 1 + plen;
     fnv1a64 h;
     static constexpr unsigned char zeros[16] = {'0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0', '0'};
     h.update(bytes.first(digits)).update(zeros).update(bytes.subspan(digits + 16));
