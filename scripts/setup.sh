@@ -11,7 +11,7 @@ packages=(
   xtensor-dev                    # interop (tests)
   catch2                         # tests (Catch2 2.x)
   libbenchmark-dev               # distill_bench
-  libcli11-dev nlohmann-json3-dev  # examples: command line, results.json
+  libcli11-dev nlohmann-json3-dev  # examples: command line; the library: safetensors JSON
   libstb-dev                     # examples: PNG output
   gnuplot-nox                    # examples: accuracy plots
   zlib1g-dev                     # examples/common: reads the gzipped IDX files
