@@ -213,9 +213,8 @@ enum class finite_rule { finite, finite_or_minus_inf };
 /// The library's opt-in finiteness check (the `check_finite` field of every family's options;
 /// docs/reliability.md, "NaN and infinity"): the first NaN or infinite element of `v` (-inf
 /// allowed by `finite_or_minus_inf`) is errc::non_finite naming the argument and the element's
-/// index. One pass of integer compares
-/// on the exponent bits (it vectorises; no floating-point exception is raised). Absent views
-/// pass. Host memory only: a device view passes unchecked, because reading it would need a host
+/// index. One branch-free pass of integer compares on the exponent bits (no floating-point
+/// exception is raised; the index is looked for only after a row fails). Absent views pass. Host memory only: a device view passes unchecked, because reading it would need a host
 /// synchronisation no primitive makes; on CUDA non-finite values propagate as with the check off.
 template <class V>
 status check_finite(const char* fn, const char* name, const V& v, finite_rule rule = finite_rule::finite) {
@@ -248,9 +247,10 @@ status check_finite(const char* fn, const char* name, const V& v, finite_rule ru
       index_t k = 0;
       while (!is_bad(row + k * col_stride)) ++k;
       std::string at;  // the element's index, outer axes first
+      index_t outer = r;
       for (int d = R - 2; d >= 0; --d) {
-        at = std::to_string(r % v.extent(d)) + ", " + at;
-        r /= v.extent(d);
+        at = std::to_string(outer % v.extent(d)) + ", " + at;
+        outer /= v.extent(d);
       }
       return fail(errc::non_finite, fn,
                   std::string("'") + name + "' has a " + (rule == finite_rule::finite ? "NaN or infinite" : "NaN or +inf") +
