@@ -5,10 +5,12 @@
 // default) the value propagates: the outputs that depend on it are NaN, never a plausible number.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -260,7 +262,6 @@ TEST_CASE("features: statistics, AdaIN, embedding alignment, text classifier", "
 
 TEST_CASE("contrastive: token NCE with a queue", "[nan_policy][contrastive]") {
   std::vector<float> z = ramp(4 * 3), y = ramp(4 * 3, 0.2f), keys = ramp(5 * 3, 0.15f), loss(1);
-  std::vector<std::uint8_t> ws;
   for (int with_keys = 0; with_keys < 2; ++with_keys) {
     sample_queue<float> queue(make_view(keys.data(), 5, 3));
     REQUIRE(sample_queue_enqueue(cpu{1}, queue, make_view(static_cast<const float*>(keys.data()), 4, 3), {}).ok());
