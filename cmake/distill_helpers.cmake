@@ -29,14 +29,15 @@ function(distill_glob var dir)
 endfunction()
 
 # distill_add_crash_resume_test(<name> [KILLS n] [WRITE_KILLS n] [SEED n] [COMPARE file...]
-#                               COMMAND <program> <arguments, with {out} for the output folder>)
+#                               [IGNORE regex] COMMAND <program> <arguments, with {out} for the output folder>)
 # A crash-consistency test (CTest name crash_resume_<name>): scripts/crash/crash_resume.py runs
 # the command once uninterrupted, then kills it with SIGKILL at random times and in the middle of
 # checkpoint writes (an LD_PRELOAD shim) and resumes it until it finishes; the COMPARE files
-# (default results.json; timings left out) must equal the uninterrupted run's. The command must
+# (default results.json; timings left out: JSON keys and CSV columns matching IGNORE, default
+# "seconds|time") must equal the uninterrupted run's. The command must
 # resume from the checkpoints in {out} by itself. Linux and Python 3 only; skipped otherwise.
 function(distill_add_crash_resume_test name)
-  cmake_parse_arguments(arg "" "KILLS;WRITE_KILLS;SEED" "COMPARE;COMMAND" ${ARGN})
+  cmake_parse_arguments(arg "" "KILLS;WRITE_KILLS;SEED;IGNORE" "COMPARE;COMMAND" ${ARGN})
   find_package(Python3 COMPONENTS Interpreter QUIET)
   if(NOT Python3_Interpreter_FOUND OR NOT CMAKE_SYSTEM_NAME STREQUAL "Linux")
     message(STATUS "distill: crash test ${name} skipped (needs Python 3 and Linux)")
@@ -54,6 +55,9 @@ function(distill_add_crash_resume_test name)
     endif()
   endforeach()
   set(options --kills ${arg_KILLS} --write-kills ${arg_WRITE_KILLS} --seed ${arg_SEED})
+  if(DEFINED arg_IGNORE)
+    list(APPEND options --ignore ${arg_IGNORE})
+  endif()
   foreach(f IN LISTS arg_COMPARE)
     list(APPEND options --compare ${f})
   endforeach()

@@ -17,17 +17,21 @@ start=$SECONDS
 flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 cmake -S . -B "$build" -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="$flags" \
-  -DDISTILL_ENABLE_CUDA=OFF -DDISTILL_BUILD_BENCHMARKS=OFF -DDISTILL_INSTALL=OFF >/dev/null
+  -DDISTILL_ENABLE_CUDA=OFF -DDISTILL_BUILD_BENCHMARKS=OFF -DDISTILL_INSTALL=OFF \
+  "-DDISTILL_TEST_SKIP_SOURCES=test_soft_target_dense.cpp;test_soft_target_backends.cpp;test_fast_math.cpp" >/dev/null
 
-# distill_<family>_tests for every test folder (not the CUDA ones) but losses, the fuzz replay,
-# the flagship. The losses tests instantiate every soft-target SIMD kernel for four dtypes: under
-# ASan one of their files took over 18 minutes and 10 GB to compile on 2 cores, beyond CI's
-# budget. Their buffers are canary-guarded in the normal build, which runs them at three
-# instruction-set levels. The distributed tests instantiate the same kernels (the vocab-parallel
-# losses and their single-process peers; 2.5+ CPU minutes to compile under ASan, unfinished) and run
-# in the normal build on 1, 2 and 3 ranks; the MPI binary also because Open MPI's own start-up
-# allocations are not LeakSanitizer-clean.
-mapfile -t families < <(cmake --build "$build" --target help | sed -n 's/^\.\.\. distill_\(.*\)_tests$/\1/p' | grep -v '_cuda$' | grep -vx -e losses -e distributed -e distributed_mpi)
+# distill_<family>_tests for every test folder (not the CUDA ones), the fuzz replay, the flagship.
+# The losses tests come without three files (DISTILL_TEST_SKIP_SOURCES above): the two largest
+# instantiate every soft-target kernel for every dtype pair and layout, and under ASan + UBSan
+# they take minutes of CPU and gigabytes each to compile, beyond CI's budget (docs/reliability.md
+# has the figures); test_fast_math.cpp sweeps the float range through scalar math (no memory
+# handling) for half a minute. The rest runs here: errors, properties (every loss's fused pass
+# on float rows of many widths), top-k, the snippets. The three run in the normal build, the
+# kernels' buffers canary-guarded, at three instruction-set levels. The distributed tests are left
+# out: they instantiate the vocab-parallel losses and their single-process peers (2.5+ CPU
+# minutes for one file under ASan) and Open MPI's start-up allocations are not LeakSanitizer-clean;
+# they run in the normal build on 1, 2 and 3 ranks.
+mapfile -t families < <(cmake --build "$build" --target help | sed -n 's/^\.\.\. distill_\(.*\)_tests$/\1/p' | grep -v '_cuda$' | grep -vx -e distributed -e distributed_mpi)
 targets=("${families[@]/#/distill_}")
 targets=("${targets[@]/%/_tests}" distill_fuzz_regressions vqa_spatial_kd)
 cmake --build "$build" -j "$jobs" --target "${targets[@]}"

@@ -60,6 +60,9 @@ struct attention_diversity_options {
   distill::reduction reduction = distill::reduction::mean;  ///< over the batch: mean (= batchmean), sum, or none
   double grad_scale = 1.0;  ///< upstream gradient of the loss
   bool accumulate = false;  ///< add into grad_student instead of overwriting it
+  /// CPU: refuse NaN/inf feature maps (errc::non_finite naming the input) before computing; off,
+  /// they make the affected samples NaN. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// Bytes of scratch the entry points need (none on the CPU).
@@ -148,6 +151,10 @@ status run(const char* fn, const cpu& ctx, host_view<TS, 4> student, host_view<T
   const index_t B = student.extent(0), C = student.extent(1), H = student.extent(2), W = student.extent(3), N = H * W;
   DISTILL_TRY(check_loss(fn, loss, B, o.reduction));
   if (!grad.empty()) DISTILL_TRY(check_same_shape(fn, "grad_student", grad, "student", student));
+  if (o.check_finite) {
+    DISTILL_TRY(check_finite(fn, "student", student));
+    DISTILL_TRY(check_finite(fn, "peer", peer));
+  }
   const double r = o.reduction == distill::reduction::sum || o.reduction == distill::reduction::none ? 1.0 : 1.0 / static_cast<double>(B);
   const Acc eps = static_cast<Acc>(o.eps), lw = static_cast<Acc>(o.weight * r), gw = static_cast<Acc>(o.grad_scale * o.weight * r);
   std::vector<Acc> sample_loss(static_cast<std::size_t>(B));

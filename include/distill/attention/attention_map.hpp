@@ -96,6 +96,10 @@ struct attention_map_options {
   distill::reduction reduction = distill::reduction::mean;          ///< see the file comment for each divisor
   double grad_scale = 1.0;                  ///< upstream gradient of the loss
   bool accumulate = false;                  ///< add into grad_student instead of overwriting it
+  /// CPU: refuse NaN/inf inputs (-inf logits stay allowed: masked keys) with errc::non_finite
+  /// naming the input, before computing; off, they propagate to the affected rows. CUDA: not
+  /// inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// Optional masks; an absent view means "all valid". Nonzero bytes are valid (a torch bool
@@ -486,6 +490,11 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
   const index_t rows = B * Hs * Lq;
   if (need_loss) DISTILL_TRY(check_loss(fn, loss, rows, opt.reduction));
   if (need_grad) DISTILL_TRY(check_grad(fn, grad, student));
+  if (opt.check_finite) {
+    auto rule = [](attention_input in) { return in == attention_input::logits ? finite_rule::finite_or_minus_inf : finite_rule::finite; };
+    DISTILL_TRY(check_finite(fn, "student", student, rule(opt.student_input)));
+    DISTILL_TRY(check_finite(fn, "teacher", teacher, rule(opt.teacher_input)));
+  }
 
 #if defined(__CUDA_ARCH__)
   return {};  // nvcc's device pass parses host code without compiling it: no SIMD batches there

@@ -87,6 +87,9 @@ struct attention_transfer_options {
   double grad_scale = 1.0;  ///< upstream gradient of the loss
   bool accumulate = false;  ///< add into grad_student instead of overwriting it
   attention_transfer_cuda_algorithm cuda_algorithm = attention_transfer_cuda_algorithm::automatic;
+  /// CPU: refuse NaN/inf feature maps (errc::non_finite naming the input) before computing; off,
+  /// they make the affected samples' loss and gradient NaN. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// One (student, teacher) layer pair of a multi-layer call. `grad_student` may be absent for
@@ -349,11 +352,16 @@ inline std::string indexed(const char* name, std::size_t j) {
 }
 
 /// Checks of layer j shared by the CPU and CUDA paths: its student/teacher pair (and gradient
-/// when needed), the batch size B of layer 0, and a finite weight.
+/// when needed), the batch size B of layer 0, a finite weight, and with `check_values` (the
+/// options' check_finite) finite maps.
 template <class L>
-status check_layer(const char* fn, std::size_t j, const L& layer, index_t B, bool need_grad) {
+status check_layer(const char* fn, std::size_t j, const L& layer, index_t B, bool need_grad, bool check_values = false) {
   DISTILL_TRY(check_pair(fn, indexed("student", j), layer.student, indexed("teacher", j), layer.teacher, indexed("grad_student", j),
                          layer.grad_student, need_grad));
+  if (check_values) {
+    DISTILL_TRY(check_finite(fn, indexed("student", j).c_str(), layer.student));
+    DISTILL_TRY(check_finite(fn, indexed("teacher", j).c_str(), layer.teacher));
+  }
   if (layer.student.extent(0) != B) {
     const std::string name = indexed("student", j);
     return fail(errc::shape_mismatch, fn,
@@ -495,7 +503,7 @@ status run_layers_cpu(const char* fn, const cpu& ctx, const Layers& layers, host
   const index_t B = std::ranges::begin(layers)->student.extent(0);
   std::size_t j = 0;
   for (const L& layer : layers) {
-    DISTILL_TRY(check_layer(fn, j, layer, B, need_grad));
+    DISTILL_TRY(check_layer(fn, j, layer, B, need_grad, opt.check_finite));
     ++j;
   }
   if (need_loss) DISTILL_TRY(check_loss(fn, loss, B, opt.reduction));
@@ -545,9 +553,15 @@ status run_single(const char* fn, const Ctx& ctx, tensor_view<TS, 4, Space> stud
                   const attention_transfer_options& opt) {
   static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
   DISTILL_TRY(check_pair(fn, "student", student, "teacher", teacher, "grad_student", grad, need_grad));
+  attention_transfer_options checked = opt;
+  if (opt.check_finite) {  // here, under the single pair's own names (not layers[0].*)
+    DISTILL_TRY(check_finite(fn, "student", student));
+    DISTILL_TRY(check_finite(fn, "teacher", teacher));
+    checked.check_finite = false;
+  }
   const attention_transfer_layer<std::remove_const_t<TS>, std::remove_const_t<TT>, Space> layer[1] = {
       single_layer(student, teacher, grad)};
-  return backend<Space>::run(fn, ctx, layer, loss, workspace, need_loss, need_grad, opt);
+  return backend<Space>::run(fn, ctx, layer, loss, workspace, need_loss, need_grad, checked);
 }
 
 template <class Ctx, class Layers>

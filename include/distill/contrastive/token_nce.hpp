@@ -76,6 +76,10 @@ struct token_nce_options {
   bool accumulate = false;                                  ///< gradients add into their outputs instead of overwriting
   /// products of the CUDA path (the CPU computes in its accumulator type)
   matmul_precision precision = matmul_precision::fp32;
+  /// CPU: refuse NaN/inf tokens or queue keys (errc::non_finite naming the input) before
+  /// computing; off, a NaN token makes its loss NaN and a NaN key every loss. CUDA: not
+  /// inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 namespace token_nce_detail {
@@ -271,6 +275,8 @@ status run(pass p, const Ctx& ctx, const token_nce_inputs<TS, TT, Space>& in, co
   static_assert(backend_available_v<Space>, "CUDA entry points need a translation unit compiled by nvcc");
   const char* fn = name_of(p);
   DISTILL_TRY(check_inputs(fn, in.student, in.teacher, queue, in.token_mask, in.token_ids, opt));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "inputs.student", in.student, "inputs.teacher", in.teacher, "queue",
+                              queue.valid_keys()));
   const index_t M = in.student.extent(0);
   if (p != pass::backward) {
     DISTILL_TRY(check_loss_outputs(fn, out.loss, out.per_token_loss, M, opt.reduction));

@@ -13,9 +13,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
+#include "distill/core/dtype.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
 
@@ -184,6 +186,89 @@ status check_in_range(const char* fn, const char* name, S value, S lo, S hi) {
                 std::string("'") + name + "' must be in [" + check_detail::num(static_cast<double>(lo)) + ", " +
                     check_detail::num(static_cast<double>(hi)) + "], got " + check_detail::num(static_cast<double>(value)));
   return {};
+}
+
+namespace check_detail {
+/// Exponent bits of a floating storage type, as an unsigned integer of its width (an element is
+/// NaN or +-inf exactly when all of them are set), and the bits of -inf.
+template <class T>
+struct exponent_bits;
+template <>
+struct exponent_bits<float> { using bits = std::uint32_t; static constexpr bits mask = 0x7f800000u, minus_inf = 0xff800000u; };
+template <>
+struct exponent_bits<double> {
+  using bits = std::uint64_t;
+  static constexpr bits mask = 0x7ff0000000000000ull, minus_inf = 0xfff0000000000000ull;
+};
+template <>
+struct exponent_bits<float16> { using bits = std::uint16_t; static constexpr bits mask = 0x7c00u, minus_inf = 0xfc00u; };
+template <>
+struct exponent_bits<bfloat16> { using bits = std::uint16_t; static constexpr bits mask = 0x7f80u, minus_inf = 0xff80u; };
+}  // namespace check_detail
+
+/// What `check_finite` lets through besides finite numbers: nothing, or also -inf (logits, where
+/// -inf is a class of probability zero, a legitimate mask).
+enum class finite_rule { finite, finite_or_minus_inf };
+
+/// The library's opt-in finiteness check (the `check_finite` field of every family's options;
+/// docs/reliability.md, "NaN and infinity"): the first NaN or infinite element of `v` (-inf
+/// allowed by `finite_or_minus_inf`) is errc::non_finite naming the argument and the element's
+/// index. One branch-free pass of integer compares on the exponent bits (no floating-point
+/// exception is raised; the index is looked for only after a row fails). Absent views pass. Host memory only: a device view passes unchecked, because reading it would need a host
+/// synchronisation no primitive makes; on CUDA non-finite values propagate as with the check off.
+template <class V>
+status check_finite(const char* fn, const char* name, const V& v, finite_rule rule = finite_rule::finite) {
+  if constexpr (!std::is_same_v<typename V::memory_space, host_space>) {
+    return {};
+  } else {
+    using T = typename V::value_type;
+    using E = check_detail::exponent_bits<T>;
+    using bits = typename E::bits;
+    constexpr int R = V::rank;
+    if (v.empty() || v.size() == 0) return {};
+    // 0 has no exponent bits set, so it never matches: with finite_rule::finite nothing is let through
+    const bits let_through = rule == finite_rule::finite_or_minus_inf ? E::minus_inf : bits(0);
+    auto is_bad = [&](const T* x) {
+      bits b;
+      std::memcpy(&b, x, sizeof b);
+      return ((b & E::mask) == E::mask) & (b != let_through);
+    };
+    const index_t cols = v.extent(R - 1), col_stride = v.stride(R - 1), rows = v.size() / cols;
+    for (index_t r = 0; r < rows; ++r) {
+      index_t offset = 0, rest = r;  // row r's offset: r in mixed radix over the outer extents
+      for (int d = R - 2; d >= 0; --d) {
+        offset += (rest % v.extent(d)) * v.stride(d);
+        rest /= v.extent(d);
+      }
+      const T* row = v.data() + offset;
+      bool bad = false;
+      for (index_t k = 0; k < cols; ++k) bad |= is_bad(row + k * col_stride);
+      if (!bad) continue;
+      index_t k = 0;
+      while (!is_bad(row + k * col_stride)) ++k;
+      std::string at;  // the element's index, outer axes first
+      index_t outer = r;
+      for (int d = R - 2; d >= 0; --d) {
+        at = std::to_string(outer % v.extent(d)) + ", " + at;
+        outer /= v.extent(d);
+      }
+      return fail(errc::non_finite, fn,
+                  std::string("'") + name + "' has a " + (rule == finite_rule::finite ? "NaN or infinite" : "NaN or +inf") +
+                      " value at (" + at + std::to_string(k) + ")");
+    }
+    return {};
+  }
+}
+
+/// The usual call of an entry point: with `enabled` (its options' `check_finite`), check_finite
+/// of each (name, view) pair in turn, e.g.
+///   DISTILL_TRY(check_finite_if(opt.check_finite, fn, "student", student, "teacher", teacher));
+inline status check_finite_if(bool, const char*) { return {}; }
+template <class V, class... Rest>
+status check_finite_if(bool enabled, const char* fn, const char* name, const V& v, const Rest&... rest) {
+  if (!enabled) return {};
+  DISTILL_TRY(check_finite(fn, name, v));
+  return check_finite_if(enabled, fn, rest...);
 }
 
 }  // namespace distill

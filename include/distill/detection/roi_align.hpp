@@ -59,6 +59,10 @@ struct roi_align_options {
   int sampling_ratio = -1;     ///< samples per bin side; <= 0: adaptive, ceil(roi size / output size)
   bool aligned = false;        ///< shift by half a pixel (Detectron2's ROIAlignV2); torchvision's default is false
   bool accumulate = false;     ///< backward: add into grad_input instead of overwriting it
+  /// CPU: refuse NaN/inf in `input` (forward) or `grad_output` (backward) with errc::non_finite
+  /// before computing (the rois are always checked); off, they propagate to the bins that read
+  /// them. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 namespace roi_align_detail {
@@ -264,6 +268,7 @@ template <class TI, class TR, class TO>
   const int H = static_cast<int>(input.extent(2)), W = static_cast<int>(input.extent(3));
   const int ph = static_cast<int>(output.extent(2)), pw = static_cast<int>(output.extent(3));
   DISTILL_TRY(rd::check_roi_values(fn, rois, B));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "input", input));
   // Per roi, the four (offset, weight) reads of every sample, shared by all its channels (the
   // weights include 1 / count); per channel the loop is then loads and multiply-adds only.
   struct sample_reads {
@@ -325,6 +330,7 @@ template <class TR, class TG, class TI>
   const int H = static_cast<int>(grad_input.extent(2)), W = static_cast<int>(grad_input.extent(3));
   const int ph = static_cast<int>(grad_output.extent(2)), pw = static_cast<int>(grad_output.extent(3));
   DISTILL_TRY(rd::check_roi_values(fn, rois, B));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "grad_output", grad_output));
   // Each thread owns a range of channels of every image, so the scatter needs no atomics and
   // the rois are added in index order whatever the thread count.
   parallel_for(ctx, C, [&](index_t c0, index_t c1) {

@@ -65,6 +65,10 @@ struct wsddn_options {
   distill::reduction reduction = distill::reduction::batchmean;  ///< of the loss over images
   float grad_scale = 1.0f;         ///< upstream gradient dTotal/dL (forward_backward)
   bool accumulate = false;         ///< add to `grads` instead of overwriting them
+  /// CPU: refuse NaN or +inf logits (-inf stays allowed: a class or proposal of probability 0)
+  /// and non-finite upstream gradients with errc::non_finite before computing; off, they
+  /// propagate to the images that use them. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// The two streams of a WSDDN head, [B, R, C] each: logits (inputs) or their gradients (outputs).
@@ -108,6 +112,10 @@ status check_logits(const char* fn, const L& logits, const wsddn_options& opt) {
   if (!(opt.probability_eps > 0.0f && opt.probability_eps < 0.5f))
     return fail(errc::invalid_argument, fn, "'probability_eps' must be in (0, 1/2), got " + check_detail::num(static_cast<double>(opt.probability_eps)));
   if (!std::isfinite(opt.grad_scale)) return fail(errc::invalid_argument, fn, "'grad_scale' must be finite");
+  if (opt.check_finite) {
+    DISTILL_TRY(check_finite(fn, "logits.classification", logits.classification, finite_rule::finite_or_minus_inf));
+    DISTILL_TRY(check_finite(fn, "logits.detection", logits.detection, finite_rule::finite_or_minus_inf));
+  }
   return {};
 }
 
@@ -251,6 +259,7 @@ template <class TL, class TG, class TO>
   const index_t B = logits.classification.extent(0), C = logits.classification.extent(2);
   DISTILL_TRY(check_present(fn, "grad_image_scores", grad_image_scores));
   DISTILL_TRY(wsddn_detail::check_image_matrix(fn, "grad_image_scores", grad_image_scores, B, C));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "grad_image_scores", grad_image_scores));
   const Acc kc = static_cast<Acc>(opt.class_scale), kr = static_cast<Acc>(opt.region_scale);
   parallel_for(ctx, B, [&](index_t b0, index_t b1) {
     wsddn_detail::image_state<Acc> st;

@@ -62,6 +62,7 @@ struct adain_options {
   double eps = 1e-5;
   bool unbiased = false;
   bool accumulate = false;  ///< backward: add into grad_style / grad_content
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 /// The "AdaIN statistics loss" (item 3 of the header comment).
@@ -74,6 +75,7 @@ struct adain_stats_loss_options {
   distill::reduction reduction = distill::reduction::mean;
   double grad_scale = 1.0;
   bool accumulate = false;
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 /// AdaIN-KD loss (item 2).
@@ -83,6 +85,7 @@ struct adain_kd_options {
   distill::reduction reduction = distill::reduction::mean;  ///< mean: mse over every output element; sum: squared L2
   double grad_scale = 1.0;
   bool accumulate = false;  ///< add into grad_student
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 namespace features_detail {
@@ -141,6 +144,7 @@ template <class XV, class YV, class OV>
 status check_adain_forward_args(const char* fn, const XV& content, const YV& style, const OV& out, const adain_options& opt) {
   DISTILL_TRY(check_eps(fn, opt.eps));
   DISTILL_TRY(check_adain_pair(fn, content, style, opt.unbiased));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "content", content, "style", style));
   return check_output(fn, "out", out, {content.extent(0), content.extent(1), content.extent(2), content.extent(3)});
 }
 
@@ -155,6 +159,7 @@ status check_adain_backward_args(const char* fn, const XV& content, const YV& st
   DISTILL_TRY(check_input(fn, "grad_out", grad_out));
   DISTILL_TRY(check_shape(fn, "grad_out", grad_out, cx));
   DISTILL_TRY(check_output(fn, "grad_style", grad_style, {style.extent(0), style.extent(1), style.extent(2), style.extent(3)}));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "content", content, "style", style, "grad_out", grad_out));
   return check_optional(fn, "grad_content", grad_content, cx);
 }
 
@@ -385,6 +390,7 @@ status adain_kd_forward_part(const char* fn, const Ctx& ctx, tensor_view<TS, 4, 
   DISTILL_TRY(check_eps(fn, opt.eps));
   if (opt.reduction != reduction::mean && opt.reduction != reduction::sum)
     return fail(errc::invalid_argument, fn, "'reduction' must be reduction::mean (mse) or reduction::sum");
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "student", student, "teacher", teacher));
   adain_options a;
   a.eps = opt.eps;
   a.unbiased = opt.unbiased;

@@ -84,6 +84,7 @@ struct embedding_alignment_options {
   double scale = 1.0;               ///< part of the loss definition (value and gradient)
   double grad_scale = 1.0;          ///< upstream gradient / loss weight (gradient only)
   bool accumulate = false;          ///< add into grad_student instead of overwriting it
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 namespace features_detail {
@@ -257,6 +258,7 @@ status embedding_alignment_cpu(const char* fn, const cpu& ctx, const SV& s, cons
                                const MV& mask, const LV& loss, const GV& grad, const embedding_alignment_options& opt) {
   DISTILL_TRY(check_embedding_args(fn, s, t, weights, mask, loss, grad, opt));
   DISTILL_TRY(check_row_weights_host(fn, weights));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "student", s, "teacher", t));
   const index_t N = s.extent(0), D = s.extent(1);
   Acc weight_sum = Acc(0);
   for (index_t r = 0; r < N; ++r) weight_sum += row_weight<Acc>(weights, mask, r);

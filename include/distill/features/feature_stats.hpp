@@ -42,7 +42,8 @@
 //! token gets v = 0 and only the mean term's gradient). NaN/inf in an input: the CPU path writes the
 //! outputs as the arithmetic gives (NaN in the affected channel, NaN loss) and returns
 //! errc::non_finite naming the input (also when the squared deviations overflow the accumulator);
-//! the CUDA path propagates NaN the same way without a status.
+//! the CUDA path propagates NaN the same way without a status. With the options' `check_finite`
+//! the CPU path refuses them (errc::non_finite naming the input) before writing anything.
 
 #include <cmath>
 #include <cstddef>
@@ -67,6 +68,7 @@ struct feature_stats_options {
   double eps = 1e-5;      ///< added to the variance inside the square root; must be > 0
   bool unbiased = false;  ///< N' = N - 1 instead of N
   bool accumulate = false;  ///< backward: add into grad_x instead of overwriting it
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 /// Options of the statistics-matching loss (spec §4.1).
@@ -78,6 +80,7 @@ struct stats_matching_options {
   distill::reduction reduction = distill::reduction::mean;  ///< mean (/ B*C), batchmean (/ B) or sum; none is refused
   double grad_scale = 1.0;   ///< upstream gradient / loss weight, multiplies the gradient only
   bool accumulate = false;   ///< add into grad_student instead of overwriting it
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 namespace features_detail {
@@ -663,6 +666,7 @@ template <class T>
   using Acc = accum_t<T>;
   constexpr const char* fn = "channel_stats_forward";
   DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "mean", mean, "std_dev", std_dev, opt));
+  if (opt.check_finite) DISTILL_TRY(check_finite(fn, "x", x));
   const Acc eps = static_cast<Acc>(opt.eps);
   const host_view<const T, 4> none;
   const host_view<std::remove_const_t<T>, 4> no_grad;
@@ -688,6 +692,7 @@ template <class T>
   constexpr const char* fn = "channel_stats_backward";
   DISTILL_TRY(features_detail::check_channel_stats_args(fn, x, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2), x.extent(3)}));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "x", x, "grad_mean", grad_mean, "grad_std", grad_std));
   const features_detail::stats_backward_term<host_view<const Acc, 2>> term{grad_mean, grad_std, x.extent(1),
                                                                           static_cast<Acc>(opt.eps), opt.unbiased};
   const host_view<const T, 4> none;
@@ -710,6 +715,7 @@ template <class T>
   constexpr const char* fn = "token_stats_forward";
   DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "mean", mean, "std_dev", std_dev, opt));
   DISTILL_TRY(features_detail::check_token_mask_host(fn, "token_mask", token_mask, x.extent(0), x.extent(1), opt.unbiased));
+  if (opt.check_finite) DISTILL_TRY(check_finite(fn, "x", x));
   const Acc eps = static_cast<Acc>(opt.eps);
   const host_view<const T, 3> none;
   const host_view<std::remove_const_t<T>, 3> no_grad;
@@ -736,6 +742,7 @@ template <class T>
   DISTILL_TRY(features_detail::check_token_stats_args(fn, x, token_mask, "grad_mean", grad_mean, "grad_std", grad_std, opt));
   DISTILL_TRY(features_detail::check_output(fn, "grad_x", grad_x, {x.extent(0), x.extent(1), x.extent(2)}));
   DISTILL_TRY(features_detail::check_token_mask_host(fn, "token_mask", token_mask, x.extent(0), x.extent(1), opt.unbiased));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "x", x, "grad_mean", grad_mean, "grad_std", grad_std));
   const features_detail::stats_backward_term<host_view<const Acc, 2>> term{grad_mean, grad_std, x.extent(2),
                                                                           static_cast<Acc>(opt.eps), opt.unbiased};
   const host_view<const T, 3> none;
@@ -772,6 +779,7 @@ status channel_loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 4> s, host
   static_check_cpu_type<TT>();
   using Acc = accum_t<TS>;
   DISTILL_TRY(check_channel_loss_args(fn, s, t, loss, grad, opt.unbiased));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "student", s, "teacher", t));
   const double inv_div = 1.0 / stats_divisor(opt.reduction, s.extent(0), s.extent(1));
   const auto part = channel_loop_cpu<Acc>(ctx, s, t, grad, term, opt.unbiased, static_cast<Acc>(opt.grad_scale * inv_div),
                                           opt.accumulate, no_channel_output{});
@@ -798,6 +806,7 @@ status stats_matching_tokens_cpu(const char* fn, const cpu& ctx, host_view<TS, 3
   DISTILL_TRY(check_token_loss_args(fn, s, sm, t, tm, loss, grad));
   DISTILL_TRY(check_token_mask_host(fn, "student_mask", sm, s.extent(0), s.extent(1), opt.unbiased));
   DISTILL_TRY(check_token_mask_host(fn, "teacher_mask", tm, t.extent(0), t.extent(1), opt.unbiased));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "student", s, "teacher", t));
   const double inv_div = 1.0 / stats_divisor(opt.reduction, s.extent(0), s.extent(2));
   const auto part = token_loop_cpu<Acc>(ctx, s, sm, t, tm, grad, make_stats_matching_term<Acc>(opt), opt.unbiased,
                                         static_cast<Acc>(opt.grad_scale * inv_div), opt.accumulate,

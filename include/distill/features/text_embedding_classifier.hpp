@@ -68,6 +68,7 @@ struct text_classifier_options {
   l2_normalization normalize = l2_normalization::zero_below_eps;  ///< ViLD: divide_no_nan
   double norm_eps = 1e-8;     ///< spec B2 (ViLD)
   bool accumulate = false;    ///< backward: add into the gradients instead of overwriting them
+  bool check_finite = false;  ///< CPU: refuse NaN/inf inputs before computing (docs/reliability.md)
 };
 
 /// Options of the fused cross-entropy entry points: the classifier's options plus the loss's.
@@ -398,6 +399,7 @@ template <class T>
   DISTILL_TRY(features_detail::check_classifier_options(fn, opt));
   index_t K = 0;
   DISTILL_TRY(features_detail::check_classifier_inputs(fn, regions, classes, background, class_mask, K));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "regions", regions, "classes", classes, "background", background));
   DISTILL_TRY(features_detail::check_output(fn, "logits", logits, {regions.extent(0), K}));
   const auto f = features_detail::compute_classifier_factors<U>(ctx, regions, classes, background, opt);
   DISTILL_TRY(features_detail::classifier_logits_cpu<U>(ctx, regions, classes, background, class_mask, logits, f, opt));
@@ -423,8 +425,10 @@ template <class T>
   DISTILL_TRY(features_detail::check_classifier_options(fn, opt));
   index_t K = 0;
   DISTILL_TRY(features_detail::check_classifier_inputs(fn, regions, classes, background, class_mask, K));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "regions", regions, "classes", classes, "background", background));
   DISTILL_TRY(features_detail::check_input(fn, "grad_logits", grad_logits));
   DISTILL_TRY(check_shape(fn, "grad_logits", grad_logits, {regions.extent(0), K}));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "grad_logits", grad_logits));
   DISTILL_TRY(features_detail::check_classifier_grads(fn, regions, classes, background, grad_regions, grad_background, grad_classes));
   const auto f = features_detail::compute_classifier_factors<U>(ctx, regions, classes, background, opt);
   DISTILL_TRY(features_detail::classifier_backward_cpu<U>(ctx, regions, classes, background, class_mask, grad_logits,
@@ -448,6 +452,7 @@ status classifier_ce_cpu(const char* fn, const cpu& ctx, host_view<T, 2> regions
                                        grad_regions, grad_background, grad_classes, opt, ce, backward, K));
   DISTILL_TRY(check_label_range(fn, "labels", labels, K, ce.ignore_index));
   DISTILL_TRY(check_row_weights_host(fn, row_weights));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "regions", regions, "classes", classes, "background", background));
   const auto f = compute_classifier_factors<U>(ctx, regions, classes, background, opt);
   DISTILL_TRY(classifier_logits_cpu<U>(ctx, regions, classes, background, class_mask, logits_scratch, f, opt));
   const U l = classifier_cross_entropy_cpu<U>(ctx, logits_scratch, labels, row_weights, ce);

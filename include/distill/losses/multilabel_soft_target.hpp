@@ -73,6 +73,9 @@ struct multilabel_soft_target_options {
   bool subtract_teacher_entropy = false;  ///< report the binary KL(p || q) instead of BCE(p, q)
   float grad_scale = 1.0f;         ///< upstream gradient dTotal/dL
   bool accumulate = false;         ///< gradients: add to `grad_student` instead of overwriting
+  /// CPU: refuse NaN/inf logits (errc::non_finite naming the input) before computing; off, they
+  /// propagate to their elements' loss and gradient. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// Optional inputs, all absent by default, in the context's memory space. `Acc` is float (or
@@ -283,6 +286,10 @@ status cpu_entry(const char* fn, const cpu& ctx, host_view<TS, 2> student, host_
   DISTILL_TRY(check_args(fn, student, teacher, in, loss, loss_required, grad, grad_required, opt));
   const index_t N = student.extent(0), C = student.extent(1);
   DISTILL_TRY(check_host_values(fn, in, N, C));
+  if (opt.check_finite) {
+    DISTILL_TRY(check_finite(fn, "student", student));
+    DISTILL_TRY(check_finite(fn, "teacher", teacher));
+  }
   double d = host_divisor(opt.reduction, N, C, !in.mask.empty() || !in.row_weights.empty());
   if (d < 0)
     d = parallel_sum<double>(ctx, N, [&](index_t r0, index_t r1) {

@@ -32,7 +32,8 @@
 //! (or student) is -inf in *every* class has no distribution: its loss, gradient, temperature
 //! contribution and diagnostics are NaN, and the CPU path also returns `errc::non_finite`
 //! naming the row (the CUDA path cannot report without a host synchronisation). NaN or +inf
-//! anywhere in a row makes that row's results NaN (no status).
+//! anywhere in a row makes that row's results NaN (no status), unless `check_finite` is set: the
+//! CPU path then refuses them (errc::non_finite naming the input) before computing.
 //!
 //! Scalars in memory (`extras.temperature`, `extras.normalizer`) are data, not options: the
 //! host may not be able to read them. One rule on both backends: a temperature that is not
@@ -75,6 +76,10 @@ struct soft_target_options {
   std::int64_t ignore_index = -100;  ///< rows whose label equals this contribute nothing
   float grad_scale = 1.0f;           ///< upstream gradient dTotal/dL (the backward's seed)
   bool accumulate = false;           ///< gradients: add to `grad_student` instead of overwriting
+  /// CPU: refuse NaN or +inf logits and non-finite row weights (errc::non_finite naming the
+  /// argument) before computing; -inf logits stay allowed. Off: they propagate as the file
+  /// comment says. CUDA: not inspected (docs/reliability.md, "NaN and infinity").
+  bool check_finite = false;
 };
 
 /// Optional inputs and outputs of every soft-target loss, all absent by default. `Acc` is the
@@ -492,10 +497,17 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
   return {};
 }
 
-/// CPU-only checks of values that live in host memory: label range, temperature, normalizer.
-template <class Acc>
-status validate_host_values(const char* fn, index_t classes, const soft_target_options& opt,
-                            const soft_target_extras<Acc, host_space>& ex) {
+/// CPU-only checks of values that live in host memory: label range, temperature, normalizer,
+/// and with `check_finite` the logits (`teacher_name`: the teacher argument's name) and row weights.
+template <class VS, class VT, class Acc>
+status validate_host_values(const char* fn, const VS& student, const VT& teacher, const soft_target_options& opt,
+                            const soft_target_extras<Acc, host_space>& ex, const char* teacher_name = "teacher") {
+  if (opt.check_finite) {
+    DISTILL_TRY(check_finite(fn, "student", student, finite_rule::finite_or_minus_inf));
+    DISTILL_TRY(check_finite(fn, teacher_name, teacher, finite_rule::finite_or_minus_inf));
+    DISTILL_TRY(check_finite(fn, "row_weights", ex.row_weights));
+  }
+  const index_t classes = student.extent(1);
   if (!ex.temperature.empty()) {
     const Acc t = ex.temperature(0);
     if (!(t > Acc(0)) || !std::isfinite(static_cast<double>(t)))

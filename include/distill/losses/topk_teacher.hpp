@@ -302,7 +302,7 @@ status topk_cpu(const char* fn, const cpu& ctx, const host_view<TS, 2>& student,
   static_assert(is_supported_float_v<TS> && is_supported_float_v<TT>, "top-k KL takes float, double, float16 or bfloat16");
   static_assert(std::is_same_v<Acc, accum_t<TS>>, "the loss and extras use the student's accumulation type");
   DISTILL_TRY(topk_validate(fn, student, idx, values, loss, loss_required, grad, want_grad, opt, ex, false));
-  DISTILL_TRY(validate_host_values(fn, student.extent(1), opt, ex));
+  DISTILL_TRY(validate_host_values(fn, student, values, opt, ex, "teacher_logprobs"));
   const index_t n = student.extent(0), cols = student.extent(1), k = idx.extent(1);
 
   // indices: in range (or negative = unused) and unique within each row

@@ -34,6 +34,9 @@ struct cross_entropy_options {
   std::int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   double grad_scale = 1.0;  ///< upstream gradient / loss weight
+  /// CPU: refuse NaN or +inf logits (errc::non_finite) before computing; -inf (a class of
+  /// probability 0) stays allowed. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 namespace nn_detail {
@@ -44,6 +47,7 @@ status check_cross_entropy(const char* fn, const Z& logits, const label_view<Spa
   DISTILL_TRY(check_optional_labels(fn, "labels", labels, logits.extent(0)));
   DISTILL_TRY(check_in_range(fn, "label_smoothing", o.label_smoothing, 0.0, 1.0));
   if (!std::isfinite(o.grad_scale)) return fail(errc::invalid_argument, fn, "'grad_scale' must be finite");
+  if (o.check_finite) DISTILL_TRY(check_finite(fn, "logits", logits, finite_rule::finite_or_minus_inf));
   return {};
 }
 }  // namespace nn_detail

@@ -100,6 +100,10 @@ struct pair_scorer_options {
   bool accumulate = false;               ///< gradients add into their outputs
   distill::reduction reduction = distill::reduction::batchmean;  ///< the supervision loss only
   float grad_scale = 1.0f;               ///< the supervision loss only: upstream gradient / loss weight
+  /// CPU: refuse NaN/inf objects, question or scores (-inf scores stay allowed: pairs outside
+  /// the valid set) with errc::non_finite naming the input, before computing; off, they
+  /// propagate. CUDA: not inspected (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// Bytes of scratch of every pair-scorer entry point (forward, backward and the supervision
@@ -414,6 +418,7 @@ template <class TO, class TQ, class TW, class TS, class TM>
   DISTILL_TRY(validate_pairs_view(fn, "scores", scores, d));
   DISTILL_TRY(check_optional(fn, "pair_weights", pair_weights));
   if (!pair_weights.empty()) DISTILL_TRY(check_shape(fn, "pair_weights", pair_weights, {d.B, d.N, d.N}));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "objects", objects, "question", question));
   const auto sw = split(weights, d);
   const std::vector<T> w2 = second_layer<T>(weights, d.K);
   parallel_for(ctx, d.B, [&](index_t b0, index_t b1) {
@@ -453,6 +458,7 @@ template <class TO, class TQ, class TW, class TM, class TDM, class TDS, class TG
   dims d;
   DISTILL_TRY(validate_inputs(fn, objects, question, object_mask, weights, d));
   DISTILL_TRY(validate_grads(fn, grads, weights, d));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "objects", objects, "question", question));
   DISTILL_TRY(check_optional(fn, "grad_pair_weights", grad_pair_weights));
   DISTILL_TRY(check_optional(fn, "grad_scores", grad_scores));
   if (grad_pair_weights.empty() && grad_scores.empty())
@@ -655,6 +661,7 @@ status loss_cpu(const char* fn, const cpu& ctx, host_view<TS, 3> scores, host_vi
   }
   if (!grad_scores.empty() || grad_scores.size() != 0) DISTILL_TRY(validate_pairs_view(fn, "grad_scores", grad_scores, d));
   DISTILL_TRY(check_unit_interval(fn, "target", target, object_mask, opt.include_self_pairs));
+  if (opt.check_finite) DISTILL_TRY(check_finite(fn, "scores", scores, finite_rule::finite_or_minus_inf));
   const index_t N = d.N;
   // First pass: per-sample losses and units (the divisor of `mean` needs every sample's units).
   std::vector<T> per(static_cast<std::size_t>(d.B), T(0)), units(static_cast<std::size_t>(d.B), T(0));

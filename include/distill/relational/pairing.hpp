@@ -88,6 +88,10 @@ struct relational_pairing_options {
   matmul_precision precision = matmul_precision::fp32;  ///< products of the CUDA tile kernel (bf16: weights and pair
                                                         ///< activations rounded to bf16); the CPU computes in T
   int tile_pairs = 0;              ///< pairs per tile; 0 = automatic (128 for H = 256)
+  /// CPU: refuse NaN/inf objects or question (errc::non_finite naming the input) before
+  /// computing; off, they propagate to the samples that use them. CUDA: not inspected
+  /// (docs/reliability.md).
+  bool check_finite = false;
 };
 
 /// The caller's parameters of g (or their gradients): views, nothing owned.
@@ -268,6 +272,7 @@ template <class TO, class TQ, class TM, class TW, class TY>
   pairing_detail::cpu_problem<T> pb;
   DISTILL_TRY(pairing_detail::validate_inputs(fn, objects, question, pair_mask, object_mask, g, opt, pb.d));
   DISTILL_TRY(pairing_detail::validate_matrix_bh(fn, "out", out, pb.d));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "objects", objects, "question", question));
   pb.opt = opt, pb.o = objects, pb.q = question, pb.mask = pair_mask, pb.om = object_mask, pb.y = out;
   pb.g.layers = g.layers;
   for (int l = 0; l < g.layers; ++l) pb.g.weight[l] = g.weight[l], pb.g.bias[l] = g.bias[l];
@@ -286,6 +291,7 @@ status backward_common(const char* fn, const cpu& ctx, host_view<TO, 3> objects,
   DISTILL_TRY(validate_matrix_bh(fn, "grad_out", grad_out, pb.d));
   if (!out.empty() || out.size() != 0) DISTILL_TRY(validate_matrix_bh(fn, "out", out, pb.d));
   DISTILL_TRY(validate_grads(fn, grads, pb.d));
+  DISTILL_TRY(check_finite_if(opt.check_finite, fn, "objects", objects, "question", question, "grad_out", grad_out));
   pb.opt = opt, pb.o = objects, pb.q = question, pb.mask = pair_mask, pb.om = object_mask, pb.y = out, pb.dy = grad_out;
   pb.g.layers = g.layers;
   for (int l = 0; l < g.layers; ++l) pb.g.weight[l] = g.weight[l], pb.g.bias[l] = g.bias[l];

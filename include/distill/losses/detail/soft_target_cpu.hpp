@@ -781,7 +781,7 @@ status dense_cpu_entry(const char* fn, const cpu& ctx, const host_view<TS, 2>& s
   static_assert(std::is_same_v<Acc, accum_t<TS>>, "the loss and extras use the student's accumulation type");
   DISTILL_TRY(validate_soft_target(fn, student, teacher, true, loss, loss_required, grad, want_grad, opt, ex,
                                    Policy::uses_target, false));
-  DISTILL_TRY(validate_host_values(fn, student.extent(1), opt, ex));
+  DISTILL_TRY(validate_host_values(fn, student, teacher, opt, ex));
   DISTILL_TRY(Policy::validate(fn, student.extent(1), prm));
   return dense_cpu<Policy>(fn, ctx, student, teacher, loss, grad, opt, prm, ex, want_grad);
 }
