@@ -73,6 +73,7 @@ am_case random_case(distill_test::rng& g, bool small = false) {
   c.sh = {static_cast<int>(g.integer(1, small ? 2 : 3)), Hs, Hs, static_cast<int>(g.integer(1, small ? 3 : 5)),
           static_cast<int>(g.integer(1, small ? 9 : 70))};
   if (g.coin(0.1)) c.sh.Lk = 1;
+  if (g.coin(0.25)) c.sh.Lk = small ? 8 : 64;  // whole SIMD batches: the CPU path's rows-in-registers form
   c.kl = g.coin();
   c.opt.student_input = g.coin(0.7) ? attention_input::logits : attention_input::probabilities;
   c.opt.teacher_input = g.coin(0.6) ? attention_input::logits : attention_input::probabilities;

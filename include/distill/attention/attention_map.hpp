@@ -54,6 +54,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <span>
 #include <string>
@@ -330,6 +331,127 @@ struct cpu_problem {
   index_t group;  // teacher heads per student head
 };
 
+/// Writes (or, with `accumulate`, adds) the first `cnt` lanes of gradient batch `gv` at keys
+/// [j, j + cnt) of a gradient row with key stride `sgk`.
+template <class Acc, class TG>
+DISTILL_FORCEINLINE void store_grad(TG* grow, index_t sgk, index_t j, int cnt, simd::batch<Acc> gv, bool accumulate) {
+  if (sgk == 1) {
+    if (accumulate) gv += simd::load_partial<Acc>(grow + j, cnt, Acc(0));
+    simd::store_partial(grow + j, cnt, gv);
+  } else {
+    alignas(64) Acc buf[simd::width<Acc>];
+    gv.store_aligned(buf);
+    for (int l = 0; l < cnt; ++l) {
+      TG& out = grow[(j + l) * sgk];
+      out = store<TG>(accumulate ? load<Acc>(out) + buf[l] : buf[l]);
+    }
+  }
+}
+
+/// v[0] op v[1] op ... op v[N-1] as a pairwise tree: log2 N dependent steps instead of N.
+template <int N, class V, class Op>
+DISTILL_FORCEINLINE V tree_reduce(const V* v, Op op) {
+  if constexpr (N == 1) return v[0];
+  else return op(tree_reduce<N / 2>(v, op), tree_reduce<N - N / 2>(v + N / 2, op));
+}
+
+/// R rows of at most NB batches each (64 keys: 8 AVX2 or 4 AVX-512 batches), held in registers
+/// and computed side by side: the same math as row_cpu below, without scratch round trips, and
+/// the R chains of reductions (max, exp sum, loss sum) overlap in the core instead of leaving it
+/// idle. Needs one teacher head and contiguous keys (the caller checks); returns false, having
+/// written nothing, when a row is a masked query or a side has no finite logit (row_cpu
+/// handles those). `row[q]` = {b, h, i}.
+template <int NB, int R, class Acc, class TS, class TT, class TG>
+DISTILL_FORCEINLINE bool rows_in_registers(const cpu_problem<TS, TT, TG>& P, const index_t (&row)[R][3], Acc c,
+                                           bool accumulate, Acc (&loss_out)[R]) {
+  using V = simd::batch<Acc>;
+  constexpr int W = simd::width<Acc>;
+  const index_t Lk = P.s.extent(3);
+  const bool kl = P.div == divergence::kl_teacher_student;
+  const index_t skm = P.masks.key.empty() ? 0 : P.masks.key.stride(1);
+  const std::uint8_t* km[R];
+  for (int q = 0; q < R; ++q) {
+    if (!P.masks.query.empty() && P.masks.query(row[q][0], row[q][2]) == 0) return false;
+    km[q] = P.masks.key.empty() ? nullptr : P.masks.key.data() + row[q][0] * P.masks.key.stride(0);
+  }
+  const int full = static_cast<int>(Lk / W);  // batches with keys; the others are padding
+  auto max_op = [](V a, V b) DISTILL_INLINE_LAMBDA { return simd::max_skip_nan(a, b); };
+  // Loads the rows (masked keys and padding lanes = `fill`) and, for logits, takes their
+  // softmax: x keeps the logits, p the probabilities, lse the log-sum-exp (kl only).
+  auto side = [&](auto view, index_t head_of_row[R], bool logits, V (&x)[R][NB], V (&p)[R][NB],
+                  Acc (&lse)[R]) DISTILL_INLINE_LAMBDA -> bool {
+    const Acc fill = logits ? neg_infinity<Acc>() : Acc(0);
+    V m[R][NB];  // NaN skipped
+    for (int q = 0; q < R; ++q) {
+      const auto* src = view.data() + row[q][0] * view.stride(0) + head_of_row[q] * view.stride(1) + row[q][2] * view.stride(2);
+      for (int k = 0; k < NB; ++k) {
+        x[q][k] = k < full ? simd::load<Acc>(src + k * W) : V(fill);
+        if (km[q] && k < full) x[q][k] = simd::select(valid_keys<Acc>(km[q], skm, index_t{k} * W, W), x[q][k], V(fill));
+        m[q][k] = simd::max_skip_nan(V(neg_infinity<Acc>()), x[q][k]);
+      }
+    }
+    if (!logits) {
+      for (int q = 0; q < R; ++q)
+        for (int k = 0; k < NB; ++k) p[q][k] = x[q][k];
+      return true;
+    }
+    Acc mx[R];
+    for (int q = 0; q < R; ++q) {
+      mx[q] = simd::reduce_max(tree_reduce<NB>(m[q], max_op));
+      if (mx[q] == neg_infinity<Acc>()) return false;
+    }
+    for (int q = 0; q < R; ++q)
+      for (int k = 0; k < NB; ++k) p[q][k] = fast_exp(x[q][k] - mx[q]);
+    Acc total[R];
+    for (int q = 0; q < R; ++q) total[q] = simd::reduce_sum(tree_reduce<NB>(p[q], std::plus<>{}));
+    for (int q = 0; q < R; ++q) {
+      const Acc scale = Acc(1) / total[q];
+      for (int k = 0; k < NB; ++k) p[q][k] *= scale;
+      if (kl) lse[q] = mx[q] + std::log(total[q]);
+    }
+    return true;
+  };
+  index_t s_head[R], t_head[R];
+  for (int q = 0; q < R; ++q) {
+    s_head[q] = row[q][1];
+    t_head[q] = P.head_map == attention_head_map::index ? static_cast<index_t>(P.heads[static_cast<std::size_t>(row[q][1])])
+                                                        : row[q][1];
+  }
+  V xs[R][NB], ps[R][NB], xt[R][NB], pt[R][NB];
+  Acc s_lse[R] = {}, t_lse[R] = {};
+  if (!side(P.s, s_head, P.s_logits, xs, ps, s_lse) || !side(P.t, t_head, P.t_logits, xt, pt, t_lse)) return false;
+
+  V terms[R][NB], aux_terms[R][NB];
+  for (int q = 0; q < R; ++q)
+    for (int k = 0; k < NB; ++k) {
+      if (!kl) {
+        xt[q][k] = mse_upstream(ps[q][k], pt[q][k], c);  // g_j
+        terms[q][k] = mse_term(ps[q][k], pt[q][k]);
+        aux_terms[q][k] = ps[q][k] * xt[q][k];
+      } else {
+        const V log_ps = P.s_logits ? xs[q][k] - s_lse[q] : fast_log(ps[q][k]);
+        const V log_pt = P.t_logits ? xt[q][k] - t_lse[q] : fast_log(pt[q][k]);
+        terms[q][k] = kl_term(pt[q][k], log_pt, log_ps);
+        aux_terms[q][k] = pt[q][k];
+      }
+    }
+  for (int q = 0; q < R; ++q) loss_out[q] = simd::reduce_sum(tree_reduce<NB>(terms[q], std::plus<>{}));
+  if (P.g.empty()) return true;
+  const index_t sgk = P.g.stride(3);
+  for (int q = 0; q < R; ++q) {
+    const Acc aux = simd::reduce_sum(tree_reduce<NB>(aux_terms[q], std::plus<>{}));
+    TG* grow = P.g.data() + row[q][0] * P.g.stride(0) + row[q][1] * P.g.stride(1) + row[q][2] * P.g.stride(2);
+    for (int k = 0; k < full; ++k) {
+      V gv;
+      if (!kl) gv = P.s_logits ? softmax_backward(ps[q][k], xt[q][k], aux) : xt[q][k];
+      else gv = P.s_logits ? kl_grad_logits(ps[q][k], pt[q][k], aux, c) : kl_grad_probabilities(ps[q][k], pt[q][k], c);
+      if (km[q]) gv = simd::select(valid_keys<Acc>(km[q], skm, index_t{k} * W, W), gv, V(Acc(0)));
+      store_grad<Acc>(grow, sgk, index_t{k} * W, W, gv, accumulate);
+    }
+  }
+  return true;
+}
+
 /// One row (b, h, i): returns l_r and writes the gradient row (scaled by c) when requested.
 /// Six passes over the keys in the common case: load + max and exp + sum for each side, one
 /// pass for the loss and the row sum, one that writes the gradient. Scratch: 5 rows of Lk.
@@ -443,17 +565,7 @@ Acc row_cpu(const cpu_problem<TS, TT, TG>& P, index_t b, index_t h, index_t i, A
       gv = P.s_logits ? kl_grad_logits(a, t, aux, c) : kl_grad_probabilities(a, t, c);
     }
     if (km) gv = simd::select(valid_keys<Acc>(km, skm, j, cnt), gv, V(Acc(0)));
-    if (sgk == 1) {
-      if (accumulate) gv += simd::load_partial<Acc>(grow + j, cnt, Acc(0));
-      simd::store_partial(grow + j, cnt, gv);
-    } else {
-      alignas(64) Acc buf[simd::width<Acc>];
-      gv.store_aligned(buf);
-      for (int l = 0; l < cnt; ++l) {
-        TG& out = grow[(j + l) * sgk];
-        out = store<TG>(accumulate ? load<Acc>(out) + buf[l] : buf[l]);
-      }
-    }
+    store_grad<Acc>(grow, sgk, j, cnt, gv, accumulate);
   });
   return loss;
 }
@@ -512,14 +624,42 @@ status run_cpu(const char* fn, divergence div, const cpu& ctx, host_view<TS, 4> 
     Acc *ps = xs + Lk, *xt = ps + Lk, *pt = xt + Lk, *e = pt + Lk;
     Acc total = 0;
     index_t b = r0 / (Hs * Lq), h = (r0 / Lq) % Hs, i = r0 % Lq;  // then counted, not divided
-    for (index_t r = r0; r < r1; ++r) {
-      const Acc l = row_cpu<Acc>(P, b, h, i, c, opt.accumulate, xs, ps, xt, pt, e);
-      if (per_row) loss(r) = l;
-      total += l;
+    auto next_row = [&] {
       if (++i == Lq) {
         i = 0;
         if (++h == Hs) h = 0, ++b;
       }
+    };
+    index_t r = r0;
+    // Short rows R at a time in registers (NB batches, rounded up to a power of two).
+    auto in_registers = [&]<int NB>(std::integral_constant<int, NB>) {
+      constexpr int R = 4;
+      for (; r + R <= r1; r += R) {
+        index_t row[R][3];
+        for (int q = 0; q < R; ++q) row[q][0] = b, row[q][1] = h, row[q][2] = i, next_row();
+        Acc l[R];
+        if (!rows_in_registers<NB>(P, row, c, opt.accumulate, l))
+          for (int q = 0; q < R; ++q) l[q] = row_cpu<Acc>(P, row[q][0], row[q][1], row[q][2], c, opt.accumulate, xs, ps, xt, pt, e);
+        for (int q = 0; q < R; ++q) {
+          if (per_row) loss(r + q) = l[q];
+          total += l[q];
+        }
+      }
+    };
+    const index_t batches = (Lk + simd::width<Acc> - 1) / simd::width<Acc>;
+    if (P.group == 1 || opt.head_map != attention_head_map::group_mean) {
+      if (student.stride(3) == 1 && teacher.stride(3) == 1 && Lk % simd::width<Acc> == 0) {
+        if (batches <= 1) in_registers(std::integral_constant<int, 1>{});
+        else if (batches <= 2) in_registers(std::integral_constant<int, 2>{});
+        else if (batches <= 4) in_registers(std::integral_constant<int, 4>{});
+        else if (batches <= 8) in_registers(std::integral_constant<int, 8>{});
+      }
+    }
+    for (; r < r1; ++r) {
+      const Acc l = row_cpu<Acc>(P, b, h, i, c, opt.accumulate, xs, ps, xt, pt, e);
+      if (per_row) loss(r) = l;
+      total += l;
+      next_row();
     }
     return total;
   };
