@@ -169,6 +169,7 @@ status validate(const char* fn, const vocab_shard& shard, const host_view<TS, 2>
                 "'grad_temperature' is not available vocab-parallel (dL/dT sums over every class: a collective in the backward)");
   DISTILL_TRY(validate_soft_target(fn, student, teacher, true, loss, loss_required, grad, want_grad, opt, ex, false, false));
   DISTILL_TRY(check_shard<Acc>(fn, shard, student.extent(1)));
+  DISTILL_TRY(check_finite_inputs(fn, student, teacher, opt, ex));
   DISTILL_TRY(validate_host_values(fn, shard.classes, opt, ex));
   DISTILL_TRY(Policy::validate(fn, shard.classes, prm));
   DISTILL_TRY(check_present(fn, "saved", saved));

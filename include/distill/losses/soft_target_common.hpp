@@ -497,17 +497,22 @@ status validate_soft_target(const char* fn, const VS& student, const VT& teacher
   return {};
 }
 
-/// CPU-only checks of values that live in host memory: label range, temperature, normalizer,
-/// and with `check_finite` the logits (`teacher_name`: the teacher argument's name) and row weights.
+/// With `check_finite`, the logits (-inf allowed: it masks a class; `teacher_name`: the teacher
+/// argument's name) and the row weights must be finite.
 template <class VS, class VT, class Acc>
-status validate_host_values(const char* fn, const VS& student, const VT& teacher, const soft_target_options& opt,
-                            const soft_target_extras<Acc, host_space>& ex, const char* teacher_name = "teacher") {
-  if (opt.check_finite) {
-    DISTILL_TRY(check_finite(fn, "student", student, finite_rule::finite_or_minus_inf));
-    DISTILL_TRY(check_finite(fn, teacher_name, teacher, finite_rule::finite_or_minus_inf));
-    DISTILL_TRY(check_finite(fn, "row_weights", ex.row_weights));
-  }
-  const index_t classes = student.extent(1);
+status check_finite_inputs(const char* fn, const VS& student, const VT& teacher, const soft_target_options& opt,
+                           const soft_target_extras<Acc, host_space>& ex, const char* teacher_name = "teacher") {
+  if (!opt.check_finite) return {};
+  DISTILL_TRY(check_finite(fn, "student", student, finite_rule::finite_or_minus_inf));
+  DISTILL_TRY(check_finite(fn, teacher_name, teacher, finite_rule::finite_or_minus_inf));
+  return check_finite(fn, "row_weights", ex.row_weights);
+}
+
+/// CPU-only checks of values that live in host memory: temperature, normalizer and the range of
+/// the labels over `classes` (all classes of the loss, also where a caller holds a slice of them).
+template <class Acc>
+status validate_host_values(const char* fn, index_t classes, const soft_target_options& opt,
+                            const soft_target_extras<Acc, host_space>& ex) {
   if (!ex.temperature.empty()) {
     const Acc t = ex.temperature(0);
     if (!(t > Acc(0)) || !std::isfinite(static_cast<double>(t)))
@@ -522,6 +527,14 @@ status validate_host_values(const char* fn, const VS& student, const VT& teacher
   }
   if (!ex.labels.empty()) DISTILL_TRY(check_label_range(fn, "labels", ex.labels, classes, opt.ignore_index));
   return {};
+}
+
+/// Both of the above for a loss over all of `student`'s classes.
+template <class VS, class VT, class Acc>
+status validate_host_values(const char* fn, const VS& student, const VT& teacher, const soft_target_options& opt,
+                            const soft_target_extras<Acc, host_space>& ex, const char* teacher_name = "teacher") {
+  DISTILL_TRY(check_finite_inputs(fn, student, teacher, opt, ex, teacher_name));
+  return validate_host_values(fn, student.extent(1), opt, ex);
 }
 
 }  // namespace soft_target_detail
