@@ -116,8 +116,9 @@ TEST_CASE("safetensors: files of other writers are read; malformed ones refused"
   const std::string good =
       R"({"__metadata__": {"format": "pt"}, "b\u00e9": {"dtype": "I32", "shape": [2], "data_offsets": [8, 16]}, )"
       R"("a": {"dtype": "U8", "shape": [2, 4], "data_offsets": [0, 8]}}   )";
+  const auto good_file = file_of(good, data);  // the parsed tensors view these bytes
   safetensors_file out;
-  REQUIRE(safetensors_parse("test", file_of(good, data), out).ok());
+  REQUIRE(safetensors_parse("test", good_file, out).ok());
   REQUIRE(out.tensors.size() == 2);
   REQUIRE(out.find("bé"));
   CHECK(out.find("bé")->bytes[0] == 3);
