@@ -156,6 +156,7 @@ TEST_CASE("safetensors: files of other writers are read; malformed ones refused"
   bad(R"({"a": {"dtype": "F32", "shape": [[2]], "data_offsets": [0, 8]}})", eight);                    // nested too deep
   bad(R"({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}})", eight);                    // not an integer
   bad("{\"a\": " + std::string(100000, '[') + std::string(100000, ']') + "}", eight);                 // hostile nesting
+  bad(R"({}}}[[{"a": 1}]])", eight);                                                                   // closes what never opened
   // Arrays hold a shape's extents or two offsets: 16 items parse; 17 are refused by the scan that
   // runs before nlohmann-json builds anything (a long array cannot cost memory).
   const auto header_with_rank = [](int rank) {

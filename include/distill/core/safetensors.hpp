@@ -89,7 +89,8 @@ inline std::size_t dtype_bytes(std::string_view d) noexcept {
 
 /// Deepest nesting of '{' and '[' outside strings and longest array: the header's grammar needs 3
 /// levels (object, tensor, shape) and arrays of a shape's rank or two offsets, so anything deeper
-/// or longer is refused before nlohmann-json builds (and later frees) it.
+/// or longer, or a close without an open, is refused before nlohmann-json builds (and later
+/// frees) it.
 inline constexpr int max_depth = 3;
 inline constexpr int max_array_items = 16;  // the rank limit below
 inline bool nesting_within(std::string_view s, int limit, int max_items = max_array_items) noexcept {
@@ -109,6 +110,7 @@ inline bool nesting_within(std::string_view s, int limit, int max_items = max_ar
       in_array[depth] = c == '[';
       items[depth] = 1;
     } else if (c == '}' || c == ']') {
+      if (depth == 0) return false;  // a close with nothing open: not JSON, and no level to pop
       --depth;
     } else if (c == ',' && depth > 0 && in_array[depth] && ++items[depth] > max_items) {
       return false;
@@ -216,7 +218,7 @@ inline bool is_safetensors(std::span<const unsigned char> bytes) noexcept {
   if (n > max_header_bytes || n > bytes.size() - 8) return corrupt("header length " + std::to_string(n) + " exceeds the file or 100 MB");
   const std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8), static_cast<std::size_t>(n));
   const std::uint64_t data_size = bytes.size() - 8 - n;
-  if (!nesting_within(text, max_depth)) return corrupt("the header nests deeper than " + std::to_string(max_depth) + " levels or has an array of more than " + std::to_string(max_array_items) + " items");
+  if (!nesting_within(text, max_depth)) return corrupt("the header nests deeper than " + std::to_string(max_depth) + " levels, closes a bracket it never opened or has an array of more than " + std::to_string(max_array_items) + " items");
   // Of two equal keys nlohmann-json silently keeps one: count the keys the parser meets, compare
   // with the keys kept below.
   std::size_t keys_met = 0;
