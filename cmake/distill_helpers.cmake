@@ -3,7 +3,8 @@
 # Warnings of a project target (and the library); distill_dev_flags adds -march=DISTILL_MARCH.
 add_library(distill_dev_warnings INTERFACE)
 target_compile_options(distill_dev_warnings INTERFACE
-  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unknown-pragmas -Wno-maybe-uninitialized>
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unknown-pragmas>
+  $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-maybe-uninitialized>  # GCC 12's false positives
   "$<$<COMPILE_LANGUAGE:CUDA>:${DISTILL_NVCC_FLAGS}>")  # what distill::cuda gives consumers
 target_link_libraries(distill_dev_warnings INTERFACE distill::distill)
 

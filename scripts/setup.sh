@@ -19,7 +19,7 @@ packages=(
   libdlpack-dev                  # interop/dlpack.hpp
   python3-torch libtorch-dev     # PyTorch bindings (bindings/torch): Python and C++ PyTorch 1.13 (CPU)
   python3-pytest python3-torchvision  # their tests (torchvision: the reference RoI Align)
-  clang-14 libclang-rt-14-dev    # fuzzing: libFuzzer (scripts/fuzz.sh)
+  clang-14 libclang-rt-14-dev libomp-14-dev  # fuzzing (libFuzzer) and the sanitizer build (scripts/fuzz.sh, sanitize.sh)
   python3                        # crash-consistency tests (scripts/crash/crash_resume.py)
   openmpi-bin libopenmpi-dev     # distributed/: MPI communicator and its tests under mpirun (NCCL comes with CUDA)
 )

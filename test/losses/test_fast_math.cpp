@@ -107,6 +107,28 @@ TEST_CASE("fast math special values", "[fast_math]") {
   CHECK(distill::fast_log(3.0) == std::log(3.0));
 }
 
+TEST_CASE("simd::fma rounds once where the CPU has FMA", "[fast_math]") {
+  // (1/3) * 3 - 1 is 2^-25 before rounding of the product and 0 after it; xsimd 8.1 computed the
+  // unfused form for AVX-512, which only GCC at -O2 and above fused again (clang's sanitizer
+  // build found it through the test below).
+  using distill::simd::batch;
+  volatile float third = 1.0f / 3.0f;  // not folded at compile time
+  const float fused = distill::simd::fma(batch<float>(third), batch<float>(3.0f), batch<float>(-1.0f)).get(0);
+  const float fnma = distill::simd::fnma(batch<float>(third), batch<float>(3.0f), batch<float>(1.0f)).get(0);
+  volatile double third_d = 1.0 / 3.0;
+  const double fused_d = distill::simd::fma(batch<double>(third_d), batch<double>(3.0), batch<double>(-1.0)).get(0);
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
+  CHECK(fused == std::ldexp(1.0f, -25));
+  CHECK(fnma == -std::ldexp(1.0f, -25));
+  CHECK(fused_d == std::fma(1.0 / 3.0, 3.0, -1.0));
+  CHECK(fused_d != 0.0);
+#else
+  CHECK(fused == 0.0f);  // no FMA: the product rounds first
+  CHECK(fnma == 0.0f);
+  CHECK(fused_d == 0.0);
+#endif
+}
+
 TEST_CASE("fast math gives the same bits for a batch as for scalar calls", "[fast_math]") {
   // every 61st bit pattern of the float range, both signs, a batch at a time
   using batch = distill::simd::batch<float>;

@@ -172,11 +172,11 @@ TEST_CASE("pooling: max/average/global against the reference, gradients against 
                                     make_view(static_cast<const std::int32_t*>(arg.data()), N, C, Ho, Wo), make_view(dx.data(), N, C, H, W),
                                     nn::pool2d_params{k, s})
                 .ok());
-    nn_test::check_gradient("max dx", [&](const vec& v) { return nn_test::dot(r, ref::pool2d(v, N, C, H, W, k, s, true)); }, x, dx);
+    nn_test::check_gradient("max dx", [&, k = k, s = s](const vec& v) { return nn_test::dot(r, ref::pool2d(v, N, C, H, W, k, s, true)); }, x, dx);
     REQUIRE(nn::avg_pool2d_backward(cpu{1}, make_view(static_cast<const double*>(r.data()), N, C, Ho, Wo), make_view(dx.data(), N, C, H, W),
                                     nn::pool2d_params{k, s})
                 .ok());
-    nn_test::check_gradient("avg dx", [&](const vec& v) { return nn_test::dot(r, ref::pool2d(v, N, C, H, W, k, s, false)); }, x, dx);
+    nn_test::check_gradient("avg dx", [&, k = k, s = s](const vec& v) { return nn_test::dot(r, ref::pool2d(v, N, C, H, W, k, s, false)); }, x, dx);
   }
   // global average
   const long N = 3, C = 4, S = 25;

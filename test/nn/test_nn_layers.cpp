@@ -145,7 +145,7 @@ TEST_CASE("activations: forward against the reference, backward against finite d
     REQUIRE(nn::activation_backward(cpu{2}, kind, make_view(static_cast<const double*>(x.data()), R, C),
                                     make_view(static_cast<const double*>(r.data()), R, C), make_view(dx.data(), R, C))
                 .ok());
-    nn_test::check_gradient("dx", [&](const vec& xx) {
+    nn_test::check_gradient("dx", [&, rk = rk](const vec& xx) {  // a structured binding is named in a capture (clang < 16)
       double s = 0;
       for (std::size_t i = 0; i < xx.size(); ++i) s += r[i] * ref::activate(rk, xx[i]);
       return s;

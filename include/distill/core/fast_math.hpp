@@ -52,7 +52,7 @@ struct int_of<xsimd::batch<float, A>> {
 template <class V>
 using int_t = typename int_of<V>::type;
 
-/// a * b + c, fused where the target has FMA (as xsimd's batches are), so a scalar call and a
+/// a * b + c, fused where the target has FMA (as simd::fma is for batches), so a scalar call and a
 /// batch lane round the same way; otherwise the plain expression (std::fma would be a slow call).
 DISTILL_FORCEINLINE float mul_add(float a, float b, float c) noexcept {
 #if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
@@ -64,14 +64,14 @@ DISTILL_FORCEINLINE float mul_add(float a, float b, float c) noexcept {
 template <class A>
 DISTILL_FORCEINLINE xsimd::batch<float, A> mul_add(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
                                                    const xsimd::batch<float, A>& c) noexcept {
-  return xsimd::fma(a, b, c);
+  return simd::fma(a, b, c);
 }
 /// c - a * b, fused like mul_add.
 DISTILL_FORCEINLINE float neg_mul_add(float a, float b, float c) noexcept { return mul_add(-a, b, c); }
 template <class A>
 DISTILL_FORCEINLINE xsimd::batch<float, A> neg_mul_add(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
                                                        const xsimd::batch<float, A>& c) noexcept {
-  return xsimd::fnma(a, b, c);
+  return simd::fnma(a, b, c);
 }
 DISTILL_FORCEINLINE std::int32_t to_bits(float f) noexcept { return std::bit_cast<std::int32_t>(f); }
 DISTILL_FORCEINLINE float from_bits(std::int32_t u) noexcept { return std::bit_cast<float>(u); }
@@ -232,9 +232,16 @@ DISTILL_FORCEINLINE xsimd::batch<float, A> fast_log1p(const xsimd::batch<float, 
 inline double fast_exp(double x) noexcept { return std::exp(x); }
 inline double fast_log(double x) noexcept { return std::log(x); }
 inline double fast_log1p(double x) noexcept { return std::log1p(x); }
+// xsimd's double exp converts round(x log2(e)) to int64 with a scalar cast where the ISA has no
+// vector one (SSE2, AVX2, AVX-512 without DQ): for inf, NaN or |x| > 2^63 that cast is undefined
+// behaviour (UBSan reports it on the -inf that pads a partial batch). The argument is clamped to
+// [-746, 710], where e^x already is 0 and inf, and a NaN goes around the call: same results.
 template <class A>
 DISTILL_FORCEINLINE xsimd::batch<double, A> fast_exp(const xsimd::batch<double, A>& x) noexcept {
-  return xsimd::exp(x);
+  using V = xsimd::batch<double, A>;
+  const auto is_num = x == x;
+  const V in_range = xsimd::select(is_num, xsimd::min(xsimd::max(x, V(-746.0)), V(710.0)), V(0.0));
+  return xsimd::select(is_num, xsimd::exp(in_range), x);
 }
 template <class A>
 DISTILL_FORCEINLINE xsimd::batch<double, A> fast_log(const xsimd::batch<double, A>& x) noexcept {

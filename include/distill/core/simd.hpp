@@ -261,6 +261,34 @@ DISTILL_FORCEINLINE T reduce_max(const batch<T>& v) noexcept {
   return a[0];
 }
 
+/// a * b + c rounded once wherever the CPU has FMA. xsimd 8.1 fuses it for FMA3 and NEON but
+/// computes a * b + c for AVX-512 (its avx512f has no fma kernel), which only GCC at -O2 and above
+/// contracts again; the intrinsics make it one instruction for every compiler and flag, so that
+/// a batch lane and a scalar std::fma-style call round alike (core/fast_math.hpp relies on it).
+template <class T, class A>
+DISTILL_FORCEINLINE xsimd::batch<T, A> fma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
+                                           const xsimd::batch<T, A>& c) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(a, b, c);
+    else if constexpr (std::is_same_v<T, double>) return _mm512_fmadd_pd(a, b, c);
+  }
+#endif
+  return xsimd::fma(a, b, c);
+}
+/// c - a * b, fused like fma.
+template <class T, class A>
+DISTILL_FORCEINLINE xsimd::batch<T, A> fnma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
+                                            const xsimd::batch<T, A>& c) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fnmadd_ps(a, b, c);
+    else if constexpr (std::is_same_v<T, double>) return _mm512_fnmadd_pd(a, b, c);
+  }
+#endif
+  return xsimd::fnma(a, b, c);
+}
+
 /// Lane-wise maximum that keeps `acc` where `v` is NaN (so NaN never wins a running maximum).
 template <class T>
 DISTILL_FORCEINLINE batch<T> max_skip_nan(const batch<T>& acc, const batch<T>& v) noexcept {
@@ -272,7 +300,7 @@ template <class T>
 T dot(const T* a, const T* b, index_t n) noexcept {
   batch<T> acc(T(0));
   for_each_batch<T>(n, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
-    acc = xsimd::fma(load_partial<T>(a + k, m, T(0)), load_partial<T>(b + k, m, T(0)), acc);
+    acc = simd::fma(load_partial<T>(a + k, m, T(0)), load_partial<T>(b + k, m, T(0)), acc);
   });
   return reduce_sum(acc);
 }
@@ -281,7 +309,7 @@ template <class T>
 void axpy(T* y, T x, const T* a, index_t n) noexcept {
   const batch<T> vx(x);
   for_each_batch<T>(n, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
-    store_partial(y + k, m, xsimd::fma(vx, load_partial<T>(a + k, m, T(0)), load_partial<T>(y + k, m, T(0))));
+    store_partial(y + k, m, simd::fma(vx, load_partial<T>(a + k, m, T(0)), load_partial<T>(y + k, m, T(0))));
   });
 }
 

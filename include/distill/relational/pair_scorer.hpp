@@ -328,7 +328,7 @@ T score_of(const pair_scorer_weights<TW, host_space>& w, const std::vector<T>& w
   V acc(T(0));
   simd::for_each_batch<T>(K, [&](index_t k, int m) DISTILL_INLINE_LAMBDA {
     const V z = simd::load_partial<T>(a + k, m, T(0)) + simd::load_partial<T>(c + k, m, T(0));
-    acc = xsimd::fma(xsimd::max(z, V(T(0))), simd::load_partial<T>(w2.data() + k, m, T(0)), acc);
+    acc = simd::fma(xsimd::max(z, V(T(0))), simd::load_partial<T>(w2.data() + k, m, T(0)), acc);
   });
   return simd::reduce_sum(acc) + (w.b2.empty() ? T(0) : static_cast<T>(w.b2(0)));
 }
