@@ -233,9 +233,10 @@ inline double fast_exp(double x) noexcept { return std::exp(x); }
 inline double fast_log(double x) noexcept { return std::log(x); }
 inline double fast_log1p(double x) noexcept { return std::log1p(x); }
 // xsimd's double exp converts round(x log2(e)) to int64 with a scalar cast where the ISA has no
-// vector one (SSE2, AVX2, AVX-512 without DQ): for inf, NaN or |x| > 2^63 that cast is undefined
-// behaviour (UBSan reports it on the -inf that pads a partial batch). The argument is clamped to
-// [-746, 710], where e^x already is 0 and inf, and a NaN goes around the call: same results.
+// vector one (SSE2, AVX2, AVX-512 without DQ): for inf, NaN or |x| > 2^63 ln 2 that cast is
+// undefined behaviour (UBSan reports it on the -inf that pads a partial batch). The argument is
+// clamped to [-746, 710], where e^x already is 0 and inf, and a NaN goes around the call: same
+// results.
 template <class A>
 DISTILL_FORCEINLINE xsimd::batch<double, A> fast_exp(const xsimd::batch<double, A>& x) noexcept {
   using V = xsimd::batch<double, A>;
