@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds everything (CUDA targets too when nvcc is present) and runs
 # every test; then the reliability stage (sanitizers, fuzzing). CUDA tests report "skipped" on a
-# machine without a GPU. The CPU tests run at the native instruction set and, on x86-64, the SIMD
-# families (losses, attention, relational) again as AVX2 (x86-64-v3) and SSE2 (x86-64) builds: ctest names <family>@<level>
-# (DISTILL_TEST_ISA_LEVELS and DISTILL_TEST_ISA_FAMILIES in CMakeLists.txt).
+# machine without a GPU. The CPU tests run at the native instruction set and, on x86-64, again as
+# an AVX2 (x86-64-v3) build, the SIMD families (losses, attention, relational) also as an SSE2
+# (x86-64) one: ctest names <family>@<level> (DISTILL_TEST_ISA_LEVELS, DISTILL_TEST_ISA_FULL_LEVELS
+# and DISTILL_TEST_ISA_FAMILIES in CMakeLists.txt).
 #   bash scripts/test.sh              build in ./build
 #   BUILD_DIR=/tmp/b bash scripts/test.sh
 #   CMAKE_ARGS=-DDISTILL_TEST_ISA_LEVELS= bash scripts/test.sh    native level only
