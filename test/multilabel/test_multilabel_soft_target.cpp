@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "distill/losses/multilabel_soft_target.hpp"
+#include "multilabel/multilabel_harness.hpp"
 #include "reference/multilabel_ref.hpp"
 #include "support/compare.hpp"
 #include "support/finite_diff.hpp"
@@ -24,64 +25,19 @@ using distill_ref::multilabel_ref_options;
 
 namespace {
 
-constexpr reduction reductions[] = {reduction::none, reduction::sum, reduction::mean, reduction::batchmean};
 
-multilabel_soft_target_options options_of(const multilabel_ref_options& o) {
-  multilabel_soft_target_options m;
-  m.temperature = static_cast<float>(o.T);
-  m.scale_by_t_squared = o.t_squared;
-  m.reduction = reductions[o.reduction];
-  m.soft_weight = static_cast<float>(o.soft_weight);
-  m.hard_label_weight = static_cast<float>(o.hard_weight);
-  m.grad_scale = static_cast<float>(o.grad_scale);
-  m.subtract_teacher_entropy = o.kl;
-  return m;
-}
-
-/// Runs the library's fused pass on the reference's inputs with row stride C + pad; returns the
-/// loss values and fills `grad` (canaries checked).
+/// The library's fused pass (and forward and backward alone, which must agree with it) on the
+/// reference's inputs with row stride C + pad; returns the loss values and fills `grad`
+/// (canaries checked).
 template <class T>
 std::vector<double> run(const multilabel_ref_inputs& in, const multilabel_ref_options& o, std::vector<double>& grad, int pad = 3) {
-  using Acc = accum_t<T>;
-  const int N = in.N, C = in.C, ld = C + pad;
-  std::vector<T> s(static_cast<std::size_t>(N) * ld, T(7)), t(static_cast<std::size_t>(N) * ld, T(-7));
-  for (int r = 0; r < N; ++r)
-    for (int k = 0; k < C; ++k) s[r * ld + k] = static_cast<T>(in.student[r * C + k]), t[r * ld + k] = static_cast<T>(in.teacher[r * C + k]);
-  const std::vector<Acc> rw(in.row_weights.begin(), in.row_weights.end()), cw(in.class_weights.begin(), in.class_weights.end()),
-      pw(in.pos_weights.begin(), in.pos_weights.end());
-  multilabel_soft_target_host_inputs<Acc> inputs;
-  if (!in.labels.empty()) inputs.labels = make_view(in.labels.data(), N, C);
-  if (!in.mask.empty()) inputs.mask = make_view(in.mask.data(), N, C);
-  if (!rw.empty()) inputs.row_weights = make_view(rw.data(), N);
-  if (!cw.empty()) inputs.class_weights = make_view(cw.data(), C);
-  if (!pw.empty()) inputs.pos_weights = make_view(pw.data(), C);
-  const auto sv = make_strided_view(static_cast<const T*>(s.data()), std::array<index_t, 2>{N, C}, std::array<index_t, 2>{ld, 1});
-  const auto tv = make_strided_view(static_cast<const T*>(t.data()), std::array<index_t, 2>{N, C}, std::array<index_t, 2>{ld, 1});
-  distill_test::guarded<T> g(static_cast<std::size_t>(N) * ld);
-  const auto gv = make_strided_view(g.data(), std::array<index_t, 2>{N, C}, std::array<index_t, 2>{ld, 1});
-  const int L = o.reduction == 0 ? N : 1;
-  distill_test::guarded<Acc> loss(static_cast<std::size_t>(L));
-  const auto opt = options_of(o);
-  const status st = multilabel_soft_target_forward_backward(cpu{2}, sv, tv, inputs, make_view(loss.data(), L), gv, {}, opt);
-  INFO(st.to_string());
-  REQUIRE(st.ok());
-  CHECK(g.intact());
-  CHECK(g.padding_intact(N, C, ld));
-  CHECK(loss.intact());
-  grad.clear();
-  for (int r = 0; r < N; ++r)
-    for (int k = 0; k < C; ++k) grad.push_back(static_cast<double>(g.data()[r * ld + k]));
-  // The separate passes agree with the fused one.
-  std::vector<Acc> loss_only(static_cast<std::size_t>(L));
-  REQUIRE(multilabel_soft_target_forward(cpu{1}, sv, tv, inputs, make_view(loss_only.data(), L), {}, opt).ok());
-  std::vector<T> grad_only(static_cast<std::size_t>(N) * ld);
-  REQUIRE(multilabel_soft_target_backward(cpu{1}, sv, tv, inputs,
-                                          make_strided_view(grad_only.data(), std::array<index_t, 2>{N, C}, std::array<index_t, 2>{ld, 1}), {}, opt)
-              .ok());
-  for (int i = 0; i < L; ++i) CHECK_CLOSE_SCALAR("forward alone", loss_only[i], loss.data()[i], (distill_test::tolerance{1e-6, 1e-5}));
-  for (int r = 0; r < N; ++r)
-    for (int k = 0; k < C; ++k) CHECK(grad_only[r * ld + k] == g.data()[r * ld + k]);
-  return std::vector<double>(loss.data(), loss.data() + L);
+  const ml_test::ml_outputs out = ml_test::run_library<T>(in, o, pad);
+  INFO(out.st.to_string());
+  REQUIRE(out.st.ok());
+  CHECK(out.canaries_ok);
+  CHECK(out.passes_agree);
+  grad = out.grad;
+  return out.loss;
 }
 
 multilabel_ref_inputs random_inputs(distill_test::rng& g, int N, int C, bool labels, bool mask, bool weights) {
