@@ -10,7 +10,7 @@
 #include <type_traits>
 
 #include "attention/attention_transfer_harness.hpp"
-#include "attention/tensor4.hpp"
+#include "attention/attention_test_util.hpp"
 #include "support/compare.hpp"
 
 namespace at_cases {

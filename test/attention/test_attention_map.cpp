@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "attention/attention_map_harness.hpp"
-#include "attention/tensor4.hpp"
+#include "attention/attention_test_util.hpp"
 #include "distill/attention/attention_map.hpp"
 #include "reference/attention_ref.hpp"
 #include "support/compare.hpp"

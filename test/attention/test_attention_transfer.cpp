@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "attention/attention_transfer_harness.hpp"
-#include "attention/tensor4.hpp"
+#include "attention/attention_test_util.hpp"
 #include "distill/attention/attention_transfer.hpp"
 #include "reference/attention_ref.hpp"
 #include "support/compare.hpp"

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "attention/tensor4.hpp"
+#include "attention/attention_test_util.hpp"
 #include "distill/attention/attention_transfer.hpp"
 #include "reference/attention_ref.hpp"
 #include "support/backend_cuda.cuh"
