@@ -2,7 +2,8 @@
 # prefix, then use it as an outside project would:
 #   1. test/consumer with find_package(distill CONFIG): the CPU program, the xtensor program and,
 #      with CONSUMER_CUDA_COMPILER, a CUDA program on distill::cuda (run only where a GPU is);
-#   2. the CPU program again with only pkg-config (distill.pc) and the compiler;
+#   2. the CPU program again with only pkg-config (distill.pc) and the compiler, and, where the
+#      compiled library was built, linked with it through distill-cpu.pc;
 #   3. the license, change log and docs are installed.
 # Inputs: BUILD_DIR, CONSUMER_SOURCE, WORK_DIR, CMAKE_CXX_COMPILER, optional
 # CONSUMER_CUDA_COMPILER and CONSUMER_CUDA_ARCHITECTURES, PKG_CONFIG (empty: step 2 is skipped).
@@ -49,6 +50,26 @@ if(PKG_CONFIG)
   run("compiling the consumer with pkg-config's flags"
       ${CMAKE_CXX_COMPILER} -std=c++20 -O2 ${CONSUMER_SOURCE}/main.cpp ${flags} -o ${WORK_DIR}/consumer_pkg_config)
   run("the pkg-config consumer program" ${WORK_DIR}/consumer_pkg_config)
+  # 2b. the same program linked with the compiled library (distill-cpu.pc), where it was built
+  file(GLOB_RECURSE cpu_pc ${prefix}/distill-cpu.pc)
+  if(cpu_pc)
+    get_filename_component(cpu_pc_dir ${cpu_pc} DIRECTORY)
+    set(ENV{PKG_CONFIG_PATH} ${cpu_pc_dir}:${prefix}/share/pkgconfig)
+    execute_process(COMMAND ${PKG_CONFIG} --cflags --libs distill-cpu OUTPUT_VARIABLE flags RESULT_VARIABLE rc
+                    OUTPUT_STRIP_TRAILING_WHITESPACE)
+    execute_process(COMMAND ${PKG_CONFIG} --variable=march distill-cpu OUTPUT_VARIABLE march
+                    OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(rc)
+      message(FATAL_ERROR "pkg-config --cflags --libs distill-cpu failed (${rc})")
+    endif()
+    separate_arguments(flags UNIX_COMMAND "${flags}")
+    if(march)
+      list(PREPEND flags -march=${march})
+    endif()
+    run("compiling the consumer against libdistill_cpu with pkg-config's flags"
+        ${CMAKE_CXX_COMPILER} -std=c++20 -O2 ${CONSUMER_SOURCE}/main.cpp ${flags} -o ${WORK_DIR}/consumer_pkg_config_cpu)
+    run("the pkg-config consumer program on libdistill_cpu" ${WORK_DIR}/consumer_pkg_config_cpu)
+  endif()
 else()
   message(STATUS "pkg-config not found: the pkg-config consumer is not checked")
 endif()
