@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// WSDDN two-stream head: hand-worked cases, the library against the naive double reference
-// (scores, region scores, gradients, the fused loss, every reduction, scales, strided views,
-// float and double), the reference gradient against central finite differences, invariances,
-// bitwise determinism across thread counts, accumulate, extreme logits and bad input.
+// WSDDN two-stream head on the CPU: hand-worked cases, the reference's gradients (of the scores
+// and of the loss) against central finite differences, invariances, bitwise determinism across
+// thread counts, extreme logits and bad input. The library against the reference on every
+// backend: wsddn_cases.hpp.
 #include <catch2/catch.hpp>
 
 #include <array>
@@ -14,57 +14,23 @@
 #include "reference/wsddn_ref.hpp"
 #include "support/compare.hpp"
 #include "support/finite_diff.hpp"
-#include "support/guarded.hpp"
-#include "support/random.hpp"
+#include "detection/wsddn_harness.hpp"
 
 using namespace distill;
 using distill_ref::wsddn_ref_case;
+using wsddn_test::options_of;
+using wsddn_test::random_case;
 
 namespace {
 
-wsddn_ref_case random_case(distill_test::rng& g, int B, int R, int C, double spread = 2.0) {
-  wsddn_ref_case c{B, R, C, {}, {}};
-  c.x = g.normals(distill_ref::x_size(c), 0, spread);
-  c.y = g.normals(distill_ref::x_size(c), 0, spread);
-  // scales representable in float: the options hold floats
-  c.class_scale = g.coin() ? 1.0 : static_cast<float>(g.uniform(0.5, 2.5));
-  c.region_scale = g.coin() ? 1.0 : static_cast<float>(g.uniform(0.5, 2.5));
-  return c;
-}
-
-wsddn_options options_of(const wsddn_ref_case& c) {
-  wsddn_options o;
-  o.class_scale = static_cast<float>(c.class_scale);
-  o.region_scale = static_cast<float>(c.region_scale);
-  return o;
-}
-
-/// Logits copied into buffers with padded rows (row stride C + pad), as views.
+/// Contiguous logits of a case as T, and views of them.
 template <class T>
 struct stream_buffers {
-  int B, R, C, ld;
   std::vector<T> x, y;
-  stream_buffers(const wsddn_ref_case& c, int pad) : B(c.B), R(c.R), C(c.C), ld(c.C + pad) {
-    x.assign(static_cast<std::size_t>(B) * R * ld, T(777));
-    y = x;
-    for (int b = 0; b < B; ++b)
-      for (int r = 0; r < R; ++r)
-        for (int k = 0; k < C; ++k) {
-          const std::size_t src = (static_cast<std::size_t>(b) * R + r) * C + k, dst = (static_cast<std::size_t>(b) * R + r) * ld + k;
-          x[dst] = static_cast<T>(c.x[src]);
-          y[dst] = static_cast<T>(c.y[src]);
-        }
-  }
-  wsddn_host_streams<const T> views() const {
-    const std::array<index_t, 3> extents{B, R, C}, strides{static_cast<index_t>(R) * ld, ld, 1};
-    return {make_strided_view(x.data(), extents, strides), make_strided_view(y.data(), extents, strides)};
-  }
+  int B, R, C;
+  explicit stream_buffers(const wsddn_ref_case& c) : x(c.x.begin(), c.x.end()), y(c.y.begin(), c.y.end()), B(c.B), R(c.R), C(c.C) {}
+  wsddn_host_streams<const T> views() const { return {make_view(x.data(), B, R, C), make_view(y.data(), B, R, C)}; }
 };
-
-template <class T>
-std::vector<double> as_double(const std::vector<T>& v) {
-  return std::vector<double>(v.begin(), v.end());
-}
 
 }  // namespace
 
@@ -86,41 +52,9 @@ TEST_CASE("wsddn: hand-worked cases", "[detection][wsddn]") {
   CHECK(s2[1] == Approx(0.5 * (0.5 + 0.25)).epsilon(1e-14));
 }
 
-TEMPLATE_TEST_CASE("wsddn: forward and backward against the reference", "[detection][wsddn]", float, double) {
-  using T = TestType;
-  const auto tolerance = std::is_same_v<T, float> ? distill_test::tolerance{2e-6, 1e-4} : distill_test::tol::f64;
-  distill_test::rng g(41);
-  const int shapes[][3] = {{1, 1, 1}, {1, 1, 7}, {2, 30, 10}, {3, 5, 1}, {4, 17, 3}, {1, 200, 12}, {5, 9, 20}};
-  for (const auto& sh : shapes) {
-    const wsddn_ref_case c = random_case(g, sh[0], sh[1], sh[2]);
-    INFO("B " << c.B << " R " << c.R << " C " << c.C << " scales " << c.class_scale << " " << c.region_scale);
-    const stream_buffers<T> in(c, sh[2] % 3);
-    std::vector<double> rho_ref;
-    const auto s_ref = distill_ref::wsddn_ref_scores(c, &rho_ref);
-    distill_test::guarded<T> s(s_ref.size()), rho(rho_ref.size());
-    REQUIRE(wsddn_forward(cpu{2}, in.views(), make_view(s.data(), c.B, c.C), make_view(rho.data(), c.B, c.R, c.C), {}, options_of(c)).ok());
-    CHECK_CLOSE("image scores", as_double(s.contents()), s_ref, tolerance);
-    CHECK_CLOSE("region scores", as_double(rho.contents()), rho_ref, tolerance);
-    CHECK(s.intact());
-    CHECK(rho.intact());
-
-    const auto up = g.normals(s_ref.size());
-    std::vector<double> dx_ref, dy_ref;
-    distill_ref::wsddn_ref_backward(c, up, dx_ref, dy_ref);
-    const std::vector<T> up_t(up.begin(), up.end());
-    distill_test::guarded<T> dx(dx_ref.size()), dy(dy_ref.size());
-    const wsddn_host_streams<T> grads{make_view(dx.data(), c.B, c.R, c.C), make_view(dy.data(), c.B, c.R, c.C)};
-    REQUIRE(wsddn_backward(cpu{2}, in.views(), make_view(up_t.data(), c.B, c.C), grads, {}, options_of(c)).ok());
-    CHECK_CLOSE("dL/dx", as_double(dx.contents()), dx_ref, tolerance);
-    CHECK_CLOSE("dL/dy", as_double(dy.contents()), dy_ref, tolerance);
-    CHECK(dx.intact());
-    CHECK(dy.intact());
-  }
-}
-
 TEST_CASE("wsddn: the reference gradient matches finite differences", "[detection][wsddn]") {
   distill_test::rng g(42);
-  wsddn_ref_case c = random_case(g, 2, 6, 4);
+  wsddn_ref_case c = random_case<double>(g, 2, 6, 4);
   c.class_scale = 1.7, c.region_scale = 0.6;
   const auto up = g.normals(static_cast<std::size_t>(c.B) * c.C);
   std::vector<double> dx, dy;
@@ -139,66 +73,36 @@ TEST_CASE("wsddn: the reference gradient matches finite differences", "[detectio
   CHECK_CLOSE("dL/dy vs finite differences", dy, distill_test::numeric_gradient(objective(false), c.y), distill_test::tol::fd);
 }
 
-TEMPLATE_TEST_CASE("wsddn: fused image-level loss against the reference and finite differences", "[detection][wsddn]", float, double) {
-  using T = TestType;
-  const auto tolerance = std::is_same_v<T, float> ? distill_test::tolerance{5e-6, 2e-4} : distill_test::tolerance{1e-11, 1e-9};
+TEST_CASE("wsddn: the reference loss gradient matches finite differences", "[detection][wsddn]") {
   distill_test::rng g(43);
   for (int red = 0; red < 4; ++red) {
-    const wsddn_ref_case c = random_case(g, 3, 11, 5);
+    const wsddn_ref_case c = random_case<double>(g, 3, 11, 5);
     std::vector<std::uint8_t> labels(static_cast<std::size_t>(c.B) * c.C);
     for (auto& l : labels) l = g.coin(0.4) ? 1 : 0;
-    const double eps = 0x1p-10, grad_scale = 0.75;  // exact in the float options
+    const double eps = 0x1p-10, grad_scale = 0.75;
     INFO("reduction " << red);
-    std::vector<double> g_ref;
-    const auto loss_ref = distill_ref::wsddn_ref_loss(c, labels, eps, red, grad_scale, &g_ref);
-    std::vector<double> dx_ref, dy_ref;
+    std::vector<double> g_ref, dx_ref, dy_ref;
+    distill_ref::wsddn_ref_loss(c, labels, eps, red, grad_scale, &g_ref);
     distill_ref::wsddn_ref_backward(c, g_ref, dx_ref, dy_ref);
-    // the loss's own gradient by finite differences (in double, through the reference)
-    if (std::is_same_v<T, double>) {
-      auto loss_of = [&](bool wrt_x) {
-        return [&, wrt_x](const std::vector<double>& v) {
-          wsddn_ref_case d = c;
-          (wrt_x ? d.x : d.y) = v;
-          const auto l = distill_ref::wsddn_ref_loss(d, labels, eps, red, grad_scale, nullptr);
-          double total = 0;
-          for (double x : l) total += x;
-          return grad_scale * total;
-        };
+    auto loss_of = [&](bool wrt_x) {
+      return [&, wrt_x](const std::vector<double>& v) {
+        wsddn_ref_case d = c;
+        (wrt_x ? d.x : d.y) = v;
+        double total = 0;
+        for (double x : distill_ref::wsddn_ref_loss(d, labels, eps, red, grad_scale, nullptr)) total += x;
+        return grad_scale * total;
       };
-      CHECK_CLOSE("loss dL/dx vs finite differences", dx_ref, distill_test::numeric_gradient(loss_of(true), c.x), distill_test::tol::fd);
-      CHECK_CLOSE("loss dL/dy vs finite differences", dy_ref, distill_test::numeric_gradient(loss_of(false), c.y), distill_test::tol::fd);
-    }
-    const stream_buffers<T> in(c, 1);
-    wsddn_options o = options_of(c);
-    o.probability_eps = static_cast<float>(eps);
-    o.reduction = static_cast<reduction>(red);
-    o.grad_scale = static_cast<float>(grad_scale);
-    std::vector<accum_t<T>> loss(loss_ref.size());
-    std::vector<T> s(static_cast<std::size_t>(c.B) * c.C), dx(dx_ref.size()), dy(dy_ref.size());
-    const wsddn_host_streams<T> grads{make_view(dx.data(), c.B, c.R, c.C), make_view(dy.data(), c.B, c.R, c.C)};
-    const status st = wsddn_forward_backward(cpu{2}, in.views(), make_view(static_cast<const std::uint8_t*>(labels.data()), c.B, c.C), make_view(s.data(), c.B, c.C),
-                                             make_view(loss.data(), static_cast<index_t>(loss.size())), grads, {}, o);
-    INFO(st.to_string());
-    REQUIRE(st.ok());
-    CHECK_CLOSE("loss", as_double(loss), loss_ref, tolerance);
-    CHECK_CLOSE("scores", as_double(s), distill_ref::wsddn_ref_scores(c), tolerance);
-    CHECK_CLOSE("dL/dx", as_double(dx), dx_ref, tolerance);
-    CHECK_CLOSE("dL/dy", as_double(dy), dy_ref, tolerance);
-    // accumulate adds the same gradient again
-    o.accumulate = true;
-    REQUIRE(wsddn_forward_backward(cpu{2}, in.views(), make_view(static_cast<const std::uint8_t*>(labels.data()), c.B, c.C), host_view<T, 2>{},
-                                   make_view(loss.data(), static_cast<index_t>(loss.size())), grads, {}, o).ok());
-    std::vector<double> twice(dx_ref);
-    for (auto& v : twice) v *= 2;
-    CHECK_CLOSE("accumulated dL/dx", as_double(dx), twice, tolerance);
+    };
+    CHECK_CLOSE("loss dL/dx vs finite differences", dx_ref, distill_test::numeric_gradient(loss_of(true), c.x), distill_test::tol::fd);
+    CHECK_CLOSE("loss dL/dy vs finite differences", dy_ref, distill_test::numeric_gradient(loss_of(false), c.y), distill_test::tol::fd);
   }
 }
 
 TEST_CASE("wsddn: invariances, range and determinism", "[detection][wsddn]") {
   distill_test::rng g(44);
-  const wsddn_ref_case c = random_case(g, 6, 40, 9, 3.0);
+  const wsddn_ref_case c = random_case<double>(g, 6, 40, 9, 3.0);
   auto run = [&](const wsddn_ref_case& d, int threads) {
-    const stream_buffers<double> in(d, 0);
+    const stream_buffers<double> in(d);
     std::vector<double> s(static_cast<std::size_t>(d.B) * d.C);
     REQUIRE(wsddn_forward(cpu{threads}, in.views(), make_view(s.data(), d.B, d.C), host_view<double, 3>{}, {}, options_of(d)).ok());
     return s;
@@ -225,7 +129,7 @@ TEST_CASE("wsddn: invariances, range and determinism", "[detection][wsddn]") {
   std::vector<std::uint8_t> labels(static_cast<std::size_t>(c.B) * c.C, 0);
   labels[3] = labels[20] = 1;
   auto grads_of = [&](int threads) {
-    const stream_buffers<float> in(c, 0);
+    const stream_buffers<float> in(c);
     std::vector<float> dx(distill_ref::x_size(c)), dy(dx.size());
     float loss = 0;
     REQUIRE(wsddn_forward_backward(cpu{threads}, in.views(), make_view(static_cast<const std::uint8_t*>(labels.data()), c.B, c.C), host_view<float, 2>{},
