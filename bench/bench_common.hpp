@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "distill/core/simd.hpp"
+#include "distill/core/status.hpp"
 
 namespace distill_bench {
 
@@ -50,6 +51,21 @@ inline const ceilings& ceiling() {
 inline int cpu_threads() {
   static const int t = static_cast<int>(env_or("DISTILL_BENCH_THREADS", std::max(1u, std::thread::hardware_concurrency())));
   return t;
+}
+
+/// The timed loop of a CPU benchmark: `step()` makes the calls of one iteration and returns the
+/// distill::status of the last; the first failure skips the benchmark with its message.
+///   run_cpu(state, [&] { return distill::kl_teacher_student_forward_backward(ctx, s, t, loss, g, {}, {}, o); });
+template <class Step>
+void run_cpu(benchmark::State& state, Step&& step) {
+  for (auto _ : state) {
+    const distill::status st = step();
+    if (!st.ok()) {
+      state.SkipWithError(st.to_string().c_str());
+      break;
+    }
+    benchmark::ClobberMemory();  // the outputs are written before the clock stops
+  }
 }
 
 /// Bandwidth counters: `bytes` moved per iteration against a ceiling in GB/s.

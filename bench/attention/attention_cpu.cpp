@@ -7,22 +7,16 @@
 // Bytes: student and teacher read once, gradient written once.
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <vector>
 
 #include "bench_common.hpp"
 #include "distill/attention/attention_map.hpp"
 #include "distill/attention/attention_transfer.hpp"
+#include "support/random.hpp"
 
 namespace {
 
-std::vector<float> normals(std::size_t n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
-}
+std::vector<float> normals(std::size_t n, unsigned seed) { return distill_test::rng(seed).normals<float>(n); }
 
 void attention_transfer_fwd_bwd(benchmark::State& state, int B, int C, int H, int W) {
   const std::size_t n = static_cast<std::size_t>(B) * C * H * W;
@@ -33,12 +27,7 @@ void attention_transfer_fwd_bwd(benchmark::State& state, int B, int C, int H, in
   const distill::attention_transfer_options opt;  // p = 2, squared_mean, beta = 1, mean
   auto sv = distill::make_view(s.data(), B, C, H, W), tv = distill::make_view(t.data(), B, C, H, W);
   auto gv = distill::make_view(grad.data(), B, C, H, W);
-  for (auto _ : state) {
-    auto st = distill::attention_transfer_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::attention_transfer_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt); });
   distill_bench::set_bytes(state, 3.0 * n * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -61,13 +50,10 @@ void attention_map_fwd_bwd(benchmark::State& state, bool kl, int B, int H, int L
   opt.teacher_input = teacher_input;
   auto sv = distill::make_view(s.data(), B, H, Lq, Lk), tv = distill::make_view(static_cast<const float*>(t.data()), B, H, Lq, Lk);
   auto gv = distill::make_view(grad.data(), B, H, Lq, Lk);
-  for (auto _ : state) {
-    auto st = kl ? distill::attention_map_kl_teacher_student_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt)
-                 : distill::attention_map_mse_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] {
+    return kl ? distill::attention_map_kl_teacher_student_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt)
+              : distill::attention_map_mse_forward_backward(ctx, sv, tv, {}, distill::make_view(&loss, 1), gv, {}, opt);
+  });
   distill_bench::set_bytes(state, 3.0 * n * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 

@@ -32,15 +32,12 @@ void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K)
   (void)distill::sample_queue_init_random(ctx, q.queue(), 7);
   distill::token_nce_options opt;  // tau 0.07, mean, stop-gradient teacher
   std::vector<std::byte> ws(static_cast<std::size_t>(distill::token_nce_queue_workspace_size(ctx, M, D, K, opt)));
-  for (auto _ : state) {
-    auto st = distill::token_nce_queue_forward_backward(
+  distill_bench::run_cpu(state, [&] {
+    return distill::token_nce_queue_forward_backward(
         ctx, distill::token_nce_inputs<float>{distill::make_view(z.data(), M, D), distill::make_view(y.data(), M, D)}, q.queue(),
         distill::token_nce_outputs<float>{.loss = distill::make_view(&loss, 1), .grad_student = distill::make_view(grad.data(), M, D)},
         distill::make_view(ws.data(), static_cast<index_t>(ws.size())), opt);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::DoNotOptimize(grad.data());
-  }
+  });
   distill_bench::set_flops(state, 3.0 * 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(D),
                            distill_bench::ceiling().cpu_gflops);
 }
@@ -70,11 +67,9 @@ void momentum_25m(benchmark::State& state) {
   const index_t n = 25'000'000;
   std::vector<float> k(static_cast<std::size_t>(n), 1.0f), q(static_cast<std::size_t>(n), 2.0f);
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    auto st = distill::momentum_update(ctx, distill::make_view(k.data(), n), distill::make_view(static_cast<const float*>(q.data()), n), 0.999);
-    benchmark::DoNotOptimize(st);
-    benchmark::DoNotOptimize(k.data());
-  }
+  distill_bench::run_cpu(state, [&] {
+    return distill::momentum_update(ctx, distill::make_view(k.data(), n), distill::make_view(static_cast<const float*>(q.data()), n), 0.999);
+  });
   distill_bench::set_bytes(state, 3.0 * static_cast<double>(n) * 4.0, distill_bench::ceiling().cpu_gbps);
 }
 

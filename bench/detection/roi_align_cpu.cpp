@@ -30,12 +30,10 @@ void roi_align_cpu(benchmark::State& state, roi_align_shape s, bool backward) {
   const auto mv = distill::make_view(map.data(), s.B, s.C, s.H, s.W);
   const auto pv = distill::make_view(pooled.data(), K, s.C, s.out, s.out);
   const auto rv = distill::make_view(rois.data(), K, 5);
-  for (auto _ : state) {
-    const auto st = backward ? distill::roi_align_backward(ctx, rv, distill::as_const(pv), mv, options_of(s))
-                             : distill::roi_align_forward(ctx, distill::as_const(mv), rv, pv, options_of(s));
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] {
+    return backward ? distill::roi_align_backward(ctx, rv, distill::as_const(pv), mv, options_of(s))
+                    : distill::roi_align_forward(ctx, distill::as_const(mv), rv, pv, options_of(s));
+  });
   distill_bench::set_bytes(state, distill_bench::roi_align_bytes(s), distill_bench::ceiling().cpu_gbps);
 }
 

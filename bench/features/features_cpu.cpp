@@ -8,22 +8,16 @@
 // Bytes: student and teacher read once, gradient written once.
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <vector>
 
 #include "bench_common.hpp"
 #include "distill/features/adain.hpp"
 #include "distill/features/embedding_alignment.hpp"
+#include "support/random.hpp"
 
 namespace {
 
-std::vector<float> normals(std::size_t n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(gen);
-  return v;
-}
+std::vector<float> normals(std::size_t n, unsigned seed) { return distill_test::rng(seed).normals<float>(n); }
 
 void adain_stats_fwd_bwd(benchmark::State& state, int B, int C, int H, int W) {
   const std::size_t n = static_cast<std::size_t>(B) * C * H * W;
@@ -34,12 +28,7 @@ void adain_stats_fwd_bwd(benchmark::State& state, int B, int C, int H, int W) {
   const distill::adain_stats_loss_options opt;  // the peer's composite: weights 1, biased, eps 1e-5, mean
   const auto sv = distill::make_view(s.data(), B, C, H, W), tv = distill::make_view(t.data(), B, C, H, W);
   const auto gv = distill::make_view(grad.data(), B, C, H, W);
-  for (auto _ : state) {
-    const auto st = distill::adain_stats_loss_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::adain_stats_loss_forward_backward(ctx, sv, tv, distill::make_view(&loss, 1), gv, {}, opt); });
   distill_bench::set_bytes(state, 3.0 * n * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -54,13 +43,9 @@ void embedding_l1_fwd_bwd(benchmark::State& state, int N, int D) {
   opt.normalize = distill::l2_normalization::zero_below_eps;
   opt.norm_eps = 1e-8;
   const auto sv = distill::make_view(s.data(), N, D), tv = distill::make_view(t.data(), N, D);
-  for (auto _ : state) {
-    const auto st = distill::embedding_alignment_forward_backward(ctx, sv, tv, {}, {}, distill::make_view(&loss, 1),
-                                                                  distill::make_view(grad.data(), N, D), {}, opt);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] {
+    return distill::embedding_alignment_forward_backward(ctx, sv, tv, {}, {}, distill::make_view(&loss, 1), distill::make_view(grad.data(), N, D), {}, opt);
+  });
   distill_bench::set_bytes(state, 3.0 * n * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 

@@ -56,17 +56,13 @@ void logic_mask_6objects(benchmark::State& state) {
   const distill::logic_options opt = vqa::sort_of_clevr_logic_options();
   std::vector<float> mask(36);
   int k = 0;
-  for (auto _ : state) {
-    auto st = masker.mask(w.scene(k), w.colours[static_cast<std::size_t>(k)],
-                          static_cast<vqa::sort_of_clevr_question>(w.questions[static_cast<std::size_t>(k)]),
-                          distill::make_view(mask.data(), 6, 6), opt);
-    if (!st.ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(mask.data());
+  distill_bench::run_cpu(state, [&] {
+    const distill::status st = masker.mask(w.scene(k), w.colours[static_cast<std::size_t>(k)],
+                                           static_cast<vqa::sort_of_clevr_question>(w.questions[static_cast<std::size_t>(k)]),
+                                           distill::make_view(mask.data(), 6, 6), opt);
     k = (k + 1) % w.count;
-  }
+    return st;
+  });
   state.counters["masks_per_s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -87,18 +83,14 @@ void logic_mask_6objects_batch64(benchmark::State& state) {
   const workload w(6);
   std::vector<float> masks(static_cast<std::size_t>(B) * 36);
   int k = 0;
-  for (auto _ : state) {
-    auto st = vqa::sort_of_clevr_masks(
+  distill_bench::run_cpu(state, [&] {
+    const distill::status st = vqa::sort_of_clevr_masks(
         distill::cpu{threads}, maskers, distill::make_view(w.scenes.data() + static_cast<std::size_t>(k) * 6, B, 6),
         distill::make_view(w.colours.data() + k, B), distill::make_view(w.questions.data() + k, B),
         distill::make_view(masks.data(), B, 6, 6));
-    if (!st.ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(masks.data());
     k = (k + B) % (w.count - B + 1);
-  }
+    return st;
+  });
   state.counters["masks_per_s"] = benchmark::Counter(B, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -118,17 +110,13 @@ void logic_mask_25objects(benchmark::State& state) {
   const distill::logic_options opt = vqa::sort_of_clevr_logic_options();
   std::vector<float> q(25), mask(625);
   int k = 0;
-  for (auto _ : state) {
+  distill_bench::run_cpu(state, [&] {
     for (int i = 0; i < 25; ++i) q[static_cast<std::size_t>(i)] = i == w.colours[static_cast<std::size_t>(k)] ? 1.0f : 0.0f;
     const distill::observed_values obs[] = {{queried, distill::make_view(static_cast<const float*>(q.data()), 25)}};
-    auto st = distill::logic_mask(distill::cpu{1}, solver, w.scene(k), obs, relevant, distill::make_view(mask.data(), 25, 25), opt);
-    if (!st.ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(mask.data());
+    const distill::status st = distill::logic_mask(distill::cpu{1}, solver, w.scene(k), obs, relevant, distill::make_view(mask.data(), 25, 25), opt);
     k = (k + 1) % w.count;
-  }
+    return st;
+  });
   state.counters["masks_per_s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
 }
 

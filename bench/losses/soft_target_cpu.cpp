@@ -43,12 +43,7 @@ void kl_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c)
   o.temperature = 2.0f;
   o.reduction = distill::reduction::batchmean;
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    const auto st = distill::kl_teacher_student_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::kl_teacher_student_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o); });
   distill_bench::set_bytes(state, 3.0 * n * c * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -58,11 +53,7 @@ void kl_fwd(benchmark::State& state, distill::index_t n, distill::index_t c) {
   distill::soft_target_options o;
   o.temperature = 2.0f;
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    const auto st = distill::kl_teacher_student_forward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), {}, {}, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-  }
+  distill_bench::run_cpu(state, [&] { return distill::kl_teacher_student_forward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), {}, {}, o); });
   distill_bench::set_bytes(state, 2.0 * n * c * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -73,12 +64,7 @@ void jsd_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c
   o.temperature = 2.0f;
   o.beta = 0.5f;
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    const auto st = distill::jsd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::jsd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), {}, {}, o); });
   distill_bench::set_bytes(state, 3.0 * n * c * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -90,12 +76,7 @@ void dkd_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t c
   distill::soft_target_host_extras<float> ex;
   ex.labels = distill::make_view(static_cast<const std::int64_t*>(in.labels.data()), n);
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    const auto st = distill::dkd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), ex, {}, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::dkd_forward_backward(ctx, in.sv(), in.tv(), distill::make_view(&loss, 1), in.gv(), ex, {}, o); });
   distill_bench::set_bytes(state, 3.0 * n * c * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 
@@ -109,14 +90,7 @@ void topk_fwd_bwd(benchmark::State& state, distill::index_t n, distill::index_t 
   distill::topk_teacher_options o;
   o.variant = distill::topk_variant::rest_bucket;
   const distill::cpu ctx{distill_bench::cpu_threads()};
-  for (auto _ : state) {
-    const auto st = distill::kl_topk_teacher_student_forward_backward(ctx, in.sv(), distill::make_view(idx.data(), n, k),
-                                                                      distill::make_view(lp.data(), n, k),
-                                                                      distill::make_view(&loss, 1), in.gv(), {}, {}, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
-    benchmark::DoNotOptimize(loss);
-    benchmark::ClobberMemory();
-  }
+  distill_bench::run_cpu(state, [&] { return distill::kl_topk_teacher_student_forward_backward(ctx, in.sv(), distill::make_view(idx.data(), n, k), distill::make_view(lp.data(), n, k), distill::make_view(&loss, 1), in.gv(), {}, {}, o); });
   distill_bench::set_bytes(state, 2.0 * n * c * sizeof(float), distill_bench::ceiling().cpu_gbps);
 }
 

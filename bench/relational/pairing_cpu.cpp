@@ -69,21 +69,12 @@ void run(benchmark::State& state, shape s, mode md, double keep) {
   const auto yv = make_view(y.data(), s.B, s.H);
   const auto dyv = make_view(static_cast<const float*>(dy.data()), s.B, s.H);
   const host_view<const std::uint8_t, 2> no_object_mask;
-  for (auto _ : state) {
-    status st;
-    if (md == mode::fwd_bwd) {
-      st = relational_pairing_forward_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, yv, grads, wsv);
-    } else {
-      st = relational_pairing_forward(ctx, ov, qv, mv, no_object_mask, g, yv, wsv);
-      if (st.ok() && md == mode::fwd_then_bwd) st = relational_pairing_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, grads, wsv);
-    }
-    if (!st.ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(y.data());
-    benchmark::DoNotOptimize(gparams.data());
-  }
+  distill_bench::run_cpu(state, [&] {
+    if (md == mode::fwd_bwd) return relational_pairing_forward_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, yv, grads, wsv);
+    const status forward = relational_pairing_forward(ctx, ov, qv, mv, no_object_mask, g, yv, wsv);
+    if (!forward.ok() || md == mode::fwd) return forward;
+    return relational_pairing_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, grads, wsv);
+  });
   const double per_pass = 2.0 * static_cast<double>(computed) * static_cast<double>((2 * s.D + s.Q) * s.H + (L - 1) * s.H * s.H);
   distill_bench::set_flops(state, (md == mode::fwd ? 1.0 : 3.0) * per_pass, distill_bench::ceiling().cpu_gflops);
   state.counters["pairs"] = static_cast<double>(computed);
