@@ -7,92 +7,58 @@
 #include <benchmark/benchmark.h>
 
 #include <cstddef>
-#include <vector>
+#include <string>
 
 #include "bench_common.hpp"
-#include "cuda_timer.cuh"
+#include "bench_cuda.cuh"
 #include "distill/contrastive/momentum_update.hpp"
 #include "distill/contrastive/sample_queue.hpp"
 #include "distill/contrastive/token_nce.hpp"
-#include "support/random.hpp"
 
 namespace {
 
 using distill::index_t;
 
 template <class T>
-struct device_array {
-  T* p = nullptr;
-  explicit device_array(std::size_t n) {
-    if (n && cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) p = nullptr;
-  }
-  ~device_array() {
-    if (p) cudaFree(p);
-  }
-  device_array(const device_array&) = delete;
-  device_array& operator=(const device_array&) = delete;
-};
-
-template <class T>
-void upload_normals(T* dst, std::size_t n, std::uint64_t salt) {
-  distill_test::rng g(salt);
-  std::vector<T> h(n);
-  for (auto& v : h) v = distill::store<T>(g.normal());
-  cudaMemcpy(dst, h.data(), n * sizeof(T), cudaMemcpyHostToDevice);
-}
-
-template <class T>
 void token_nce_fwd_bwd(benchmark::State& state, index_t M, index_t D, index_t K, distill::matmul_precision precision) {
+  if (distill_bench::skip_without_device(state)) return;
   distill::token_nce_options opt;  // tau 0.07, mean, stop-gradient teacher
   opt.precision = precision;
-  const bool have = distill_bench::cuda_device_present();
-  device_array<T> z(have ? static_cast<std::size_t>(M * D) : 0), y(have ? static_cast<std::size_t>(M * D) : 0),
-      grad(have ? static_cast<std::size_t>(M * D) : 0);
-  device_array<float> loss(have ? 1 : 0);
+  const auto z = distill_bench::device_normals<T>(static_cast<std::size_t>(M * D), 1);
+  const auto y = distill_bench::device_normals<T>(static_cast<std::size_t>(M * D), 2);
+  distill_test::device_buffer<T> grad(static_cast<std::size_t>(M * D));
+  distill_test::device_buffer<float> loss(1);
+  distill_test::device_buffer<std::byte> ws(distill::token_nce_queue_workspace_size(distill::cuda{}, M, D, K, opt));
   distill::cuda_sample_queue<T> queue;
-  const std::size_t ws_bytes =
-      have ? distill::token_nce_queue_workspace_size(distill::cuda{}, M, D, K, opt) : 0;
-  device_array<std::byte> ws(ws_bytes);
-  if (have) {
-    upload_normals(z.p, static_cast<std::size_t>(M * D), 1);
-    upload_normals(y.p, static_cast<std::size_t>(M * D), 2);
-    (void)distill::cuda_sample_queue<T>::create(K, D, false, queue);
-    (void)distill::sample_queue_init_random(distill::cuda{}, queue.queue(), 7);
-    cudaDeviceSynchronize();
+  const distill::status made = distill::cuda_sample_queue<T>::create(K, D, false, queue);
+  const distill::status filled = made.ok() ? distill::sample_queue_init_random(distill::cuda{}, queue.queue(), 7) : made;
+  if (!filled.ok() || cudaDeviceSynchronize() != cudaSuccess) {
+    state.SkipWithError(("queue set-up: " + filled.to_string()).c_str());
+    return;
   }
-  distill::status last;
   distill_bench::run_cuda(state, [&](cudaStream_t s) {
-    const distill::status st = distill::token_nce_queue_forward_backward(
-        distill::cuda{s},
-        distill::token_nce_inputs<T, T, distill::cuda_space>{distill::make_view<distill::cuda_space>(static_cast<const T*>(z.p), M, D),
-                                                             distill::make_view<distill::cuda_space>(static_cast<const T*>(y.p), M, D)},
-        queue.queue(),
-        distill::token_nce_outputs<T, T, distill::cuda_space>{.loss = distill::make_view<distill::cuda_space>(loss.p, 1),
-                                                              .grad_student = distill::make_view<distill::cuda_space>(grad.p, M, D)},
-        distill::make_view<distill::cuda_space>(ws.p, static_cast<index_t>(ws_bytes)), opt);
-    last = st;
+    return distill::token_nce_queue_forward_backward(
+        distill::cuda{s}, distill::token_nce_inputs<T, T, distill::cuda_space>{distill::as_const(z.view(M, D)), distill::as_const(y.view(M, D))},
+        queue.queue(), distill::token_nce_outputs<T, T, distill::cuda_space>{.loss = loss.view(1), .grad_student = grad.view(M, D)},
+        ws.view(ws.size()), opt);
   });
-  if (have && !last.ok()) state.SkipWithError(last.to_string().c_str());
   const double flops = 3.0 * 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(D);
   const auto& c = distill_bench::ceiling();
   const double ceil = precision == distill::matmul_precision::tf32   ? c.gpu_tflops_tf32
                       : precision == distill::matmul_precision::bf16 ? c.gpu_tflops_bf16
                                                                   : c.gpu_tflops_f32;
   distill_bench::set_flops(state, flops, ceil * 1e3);
-  state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / (1 << 20);
+  state.counters["workspace_MB"] = static_cast<double>(ws.size()) / (1 << 20);
 }
 
 void momentum_25m(benchmark::State& state) {
+  if (distill_bench::skip_without_device(state)) return;
   const index_t n = 25'000'000;
-  const bool have = distill_bench::cuda_device_present();
-  device_array<float> k(have ? static_cast<std::size_t>(n) : 0), q(have ? static_cast<std::size_t>(n) : 0);
-  if (have) {
-    cudaMemset(k.p, 0, n * 4);
-    cudaMemset(q.p, 0, n * 4);
-  }
+  distill_test::device_buffer<float> k(static_cast<std::size_t>(n)), q(static_cast<std::size_t>(n));
+  k.fill_bytes(0);
+  q.fill_bytes(0);
   distill_bench::run_cuda(state, [&](cudaStream_t s) {
-    (void)distill::momentum_update(distill::cuda{s}, distill::make_view<distill::cuda_space>(k.p, n),
-                                   distill::make_view<distill::cuda_space>(static_cast<const float*>(q.p), n), 0.999);
+    return distill::momentum_update(distill::cuda{s}, k.view(n), distill::as_const(q.view(n)), 0.999);
   });
   distill_bench::set_bytes(state, 3.0 * static_cast<double>(n) * 4.0, distill_bench::ceiling().gpu_gbps);
 }

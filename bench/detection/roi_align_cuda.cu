@@ -6,10 +6,9 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "cuda_timer.cuh"
+#include "bench_cuda.cuh"
 #include "detection/roi_align_shapes.hpp"
 #include "distill/detection/roi_align.hpp"
-#include "support/device_buffer.cuh"
 #include "support/random.hpp"
 
 namespace {
@@ -17,12 +16,7 @@ namespace {
 using distill_bench::roi_align_shape;
 
 void roi_align_cuda(benchmark::State& state, roi_align_shape s, bool backward) {
-  if (!distill_bench::cuda_device_present()) {
-    state.SkipWithError("no CUDA device");
-    for (auto _ : state) {
-    }
-    return;
-  }
+  if (distill_bench::skip_without_device(state)) return;
   const int K = s.B * s.rois_per_image;
   distill_test::rng g(1);
   const std::vector<float> map = g.normals<float>(static_cast<std::size_t>(s.B) * s.C * s.H * s.W);
@@ -34,9 +28,8 @@ void roi_align_cuda(benchmark::State& state, roi_align_shape s, bool backward) {
   const auto pv = dpooled.view(K, s.C, s.out, s.out);
   const auto rv = drois.view(K, 5);
   distill_bench::run_cuda(state, [&](cudaStream_t stream) {
-    const auto st = backward ? distill::roi_align_backward(distill::cuda{stream}, rv, distill::as_const(pv), mv, o)
-                             : distill::roi_align_forward(distill::cuda{stream}, distill::as_const(mv), rv, pv, o);
-    if (!st.ok()) state.SkipWithError(st.to_string().c_str());
+    return backward ? distill::roi_align_backward(distill::cuda{stream}, rv, distill::as_const(pv), mv, o)
+                    : distill::roi_align_forward(distill::cuda{stream}, distill::as_const(mv), rv, pv, o);
   });
   distill_bench::set_bytes(state, distill_bench::roi_align_bytes(s), distill_bench::ceiling().gpu_gbps);
 }

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "cuda_timer.cuh"
+#include "bench_cuda.cuh"
 #include "distill/nn/attention.hpp"
 #include "distill/nn/conv2d.hpp"
 #include "distill/nn/linear.hpp"

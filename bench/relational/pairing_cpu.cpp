@@ -16,12 +16,12 @@
 // (B N^2 when dense).
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <string>
 #include <vector>
 
 #include "bench_common.hpp"
 #include "distill/relational/pairing.hpp"
+#include "relational/pairing_problem.hpp"
 
 namespace {
 
@@ -35,37 +35,25 @@ enum class mode { fwd_bwd, fwd, fwd_then_bwd };
 void run(benchmark::State& state, shape s, mode md, double keep) {
   using namespace distill;
   const int L = s.L;
-  std::mt19937 gen(7);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
-  std::vector<float> o(static_cast<std::size_t>(s.B * s.N * s.D)), q(static_cast<std::size_t>(s.B * s.Q));
-  for (auto& x : o) x = nd(gen);
-  for (auto& x : q) x = nd(gen);
-  std::vector<float> params(static_cast<std::size_t>(relational_mlp_parameter_count(s.D, s.Q, s.H, L)));
-  for (auto& x : params) x = nd(gen) * 0.06f;
-  std::vector<float> mask(static_cast<std::size_t>(s.B * s.N * s.N));
-  long computed = 0;
-  for (auto& m : mask) {
-    m = keep >= 1.0 ? 1.0f : (ud(gen) < keep ? 1.0f : 0.0f);
-    computed += m != 0.0f;
-  }
+  const distill_bench::pairing_problem in(s.B, s.N, s.D, s.Q, s.H, L, keep, 7);
+  const long computed = in.computed;
   // Sized with resize/assign: a one-line declaration of several vectors trips GCC 12's
   // -Wfree-nonheap-object false positive at -O3.
   std::vector<float> y, dy, go, gparams;
   y.resize(static_cast<std::size_t>(s.B * s.H));
   dy.assign(y.size(), 1.0f);
-  go.resize(o.size());
-  gparams.resize(params.size());
-  const auto g = relational_mlp_view(static_cast<const float*>(params.data()), s.D, s.Q, s.H, L);
+  go.resize(in.objects.size());
+  gparams.resize(in.params.size());
+  const auto g = relational_mlp_view(in.params.data(), s.D, s.Q, s.H, L);
   relational_pairing_grads<float> grads;
   grads.objects = make_view(go.data(), s.B, s.N, s.D);
   grads.g = relational_mlp_view(gparams.data(), s.D, s.Q, s.H, L);
   const cpu ctx{distill_bench::cpu_threads()};
   std::vector<std::byte> ws(relational_pairing_workspace_size(ctx, s.B, s.N, s.D, s.Q, s.H, L));
   const auto wsv = make_view(ws.data(), static_cast<index_t>(ws.size()));
-  const auto ov = make_view(static_cast<const float*>(o.data()), s.B, s.N, s.D);
-  const auto qv = make_view(static_cast<const float*>(q.data()), s.B, s.Q);
-  const auto mv = make_view(static_cast<const float*>(mask.data()), s.B, s.N, s.N);
+  const auto ov = make_view(in.objects.data(), s.B, s.N, s.D);
+  const auto qv = make_view(in.questions.data(), s.B, s.Q);
+  const auto mv = make_view(in.mask.data(), s.B, s.N, s.N);
   const auto yv = make_view(y.data(), s.B, s.H);
   const auto dyv = make_view(static_cast<const float*>(dy.data()), s.B, s.H);
   const host_view<const std::uint8_t, 2> no_object_mask;

@@ -14,13 +14,13 @@
 // floor, so it is measured with TF32; the fp32 variant is the like-for-like precision.
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <string>
 #include <vector>
 
 #include "bench_common.hpp"
-#include "cuda_timer.cuh"
+#include "bench_cuda.cuh"
 #include "distill/relational/pairing.hpp"
+#include "relational/pairing_problem.hpp"
 
 namespace {
 
@@ -29,85 +29,40 @@ struct shape {
 };
 enum class mode { fwd_bwd, fwd_then_bwd };
 
-template <class T>
-T* upload(const std::vector<T>& h) {
-  T* d = nullptr;
-  if (cudaMalloc(&d, h.size() * sizeof(T)) != cudaSuccess) return nullptr;
-  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return d;
-}
-
 void run(benchmark::State& state, shape s, mode md, double keep, distill::matmul_precision math) {
   using namespace distill;
+  using distill_test::device_buffer;
   const int L = 4;
-  if (!distill_bench::cuda_device_present()) {
-    state.SkipWithError("no CUDA device");
-    for (auto _ : state) {
-    }
-    return;
-  }
-  std::mt19937 gen(11);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
-  std::vector<float> o(static_cast<std::size_t>(s.B * s.N * s.D)), q(static_cast<std::size_t>(s.B * s.Q));
-  for (auto& x : o) x = nd(gen);
-  for (auto& x : q) x = nd(gen);
-  std::vector<float> params(static_cast<std::size_t>(relational_mlp_parameter_count(s.D, s.Q, s.H, L)));
-  for (auto& x : params) x = nd(gen) * 0.06f;
-  std::vector<float> mask(static_cast<std::size_t>(s.B * s.N * s.N));
-  long computed = 0;
-  for (auto& m : mask) {
-    m = keep >= 1.0 ? 1.0f : (ud(gen) < keep ? 1.0f : 0.0f);
-    computed += m != 0.0f;
-  }
-  std::vector<float> dy_h;
-  dy_h.assign(static_cast<std::size_t>(s.B * s.H), 1.0f);
-  float* d_o = upload(o);
-  float* d_q = upload(q);
-  float* d_m = upload(mask);
-  float* d_p = upload(params);
-  float* d_dy = upload(dy_h);
-  float *d_y = nullptr, *d_go = nullptr, *d_gp = nullptr;
-  std::byte* d_ws = nullptr;
-  cudaMalloc(&d_y, static_cast<std::size_t>(s.B * s.H) * sizeof(float));
-  cudaMalloc(&d_go, o.size() * sizeof(float));
-  cudaMalloc(&d_gp, params.size() * sizeof(float));
+  if (distill_bench::skip_without_device(state)) return;
+  const distill_bench::pairing_problem in(s.B, s.N, s.D, s.Q, s.H, L, keep, 11);
+  const long computed = in.computed;
+  const device_buffer<float> d_o(in.objects), d_q(in.questions), d_m(in.mask), d_p(in.params);
+  const device_buffer<float> d_dy(std::vector<float>(static_cast<std::size_t>(s.B * s.H), 1.0f));
+  const device_buffer<float> d_y(static_cast<std::size_t>(s.B * s.H)), d_go(in.objects.size()), d_gp(in.params.size());
   relational_pairing_options opt;
   opt.precision = math;
-  const std::size_t ws_bytes = relational_pairing_workspace_size(cuda{}, s.B, s.N, s.D, s.Q, s.H, L, opt);
-  cudaMalloc(&d_ws, ws_bytes);
-  const auto g = relational_mlp_view<cuda_space>(static_cast<const float*>(d_p), s.D, s.Q, s.H, L);
+  const device_buffer<std::byte> ws(relational_pairing_workspace_size(cuda{}, s.B, s.N, s.D, s.Q, s.H, L, opt));
+  const auto g = relational_mlp_view<cuda_space>(static_cast<const float*>(d_p.data()), s.D, s.Q, s.H, L);
   relational_pairing_grads<float, cuda_space> grads;
-  grads.objects = make_view<cuda_space>(d_go, s.B, s.N, s.D);
-  grads.g = relational_mlp_view<cuda_space>(d_gp, s.D, s.Q, s.H, L);
-  const auto ov = make_view<cuda_space>(static_cast<const float*>(d_o), s.B, s.N, s.D);
-  const auto qv = make_view<cuda_space>(static_cast<const float*>(d_q), s.B, s.Q);
-  const auto mv = make_view<cuda_space>(static_cast<const float*>(d_m), s.B, s.N, s.N);
-  const auto yv = make_view<cuda_space>(d_y, s.B, s.H);
-  const auto dyv = make_view<cuda_space>(static_cast<const float*>(d_dy), s.B, s.H);
-  const auto wsv = make_view<cuda_space>(d_ws, static_cast<index_t>(ws_bytes));
+  grads.objects = d_go.view(s.B, s.N, s.D);
+  grads.g = relational_mlp_view<cuda_space>(d_gp.data(), s.D, s.Q, s.H, L);
+  const auto ov = as_const(d_o.view(s.B, s.N, s.D)), mv = as_const(d_m.view(s.B, s.N, s.N));
+  const auto qv = as_const(d_q.view(s.B, s.Q)), dyv = as_const(d_dy.view(s.B, s.H));
+  const auto yv = d_y.view(s.B, s.H);
+  const auto wsv = ws.view(ws.size());
   const cuda_view<const std::uint8_t, 2> no_object_mask;
-  auto step = [&](const cuda& ctx) -> status {
+  distill_bench::run_cuda(state, [&](cudaStream_t stream) -> status {
+    const cuda ctx{stream};
     if (md == mode::fwd_bwd) return relational_pairing_forward_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, yv, grads, wsv, opt);
     DISTILL_TRY(relational_pairing_forward(ctx, ov, qv, mv, no_object_mask, g, yv, wsv, opt));
     return relational_pairing_backward(ctx, ov, qv, mv, no_object_mask, g, dyv, grads, wsv, opt);
-  };
-  std::string first_error;
-  distill_bench::run_cuda(state, [&](cudaStream_t stream) {
-    const status st = step(cuda{stream});
-    if (!st.ok() && first_error.empty()) first_error = st.to_string();
   });
-  if (!first_error.empty()) state.SkipWithError(first_error.c_str());
   const double per_pass = 2.0 * static_cast<double>(computed) * static_cast<double>((2 * s.D + s.Q) * s.H + 3 * s.H * s.H);
   const auto& c = distill_bench::ceiling();
   const double ceil_tflops = math == distill::matmul_precision::fp32 ? c.gpu_tflops_f32 : math == distill::matmul_precision::tf32 ? c.gpu_tflops_tf32 : c.gpu_tflops_bf16;
   distill_bench::set_flops(state, 3.0 * per_pass, ceil_tflops * 1e3);
   state.counters["pairs"] = static_cast<double>(computed);
-  state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
-  for (void* p : {static_cast<void*>(d_o), static_cast<void*>(d_q), static_cast<void*>(d_m), static_cast<void*>(d_p),
-                  static_cast<void*>(d_dy), static_cast<void*>(d_y), static_cast<void*>(d_go), static_cast<void*>(d_gp),
-                  static_cast<void*>(d_ws)})
-    cudaFree(p);
+  state.counters["workspace_MB"] = static_cast<double>(ws.size()) / 1e6;
 }
 
 const int registered = [] {
