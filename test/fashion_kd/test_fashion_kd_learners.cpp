@@ -12,6 +12,7 @@
 
 #include "../../examples/fashion_kd/src/ffsd.hpp"
 #include "../../examples/fashion_kd/src/learner.hpp"
+#include "support/parameter_gradients.hpp"
 #include "support/random.hpp"
 
 using namespace fkd;
@@ -42,48 +43,11 @@ struct batch_data {
   batch view() const { return {x.cview<4>(), labels}; }
 };
 
-/// For every trainable tensor: the slope of the loss along a direction, by central differences,
-/// against the analytic gradient (the flagship's check: several steps, since float rounding of
-/// the loss grows as 1/h and ReLU/max-pool kinks as h).
+/// Every trainable tensor's gradient against central differences of the learner's loss.
 void check_gradients(learner& l, const batch& b, staged_net* teacher, distill_test::rng& r) {
   const distill::cpu ctx{1};
   const step_info at{1, 0, 1};
-  auto loss_at = [&] { return l.compute_gradients(ctx, b, teacher, at); };
-  const double loss0 = loss_at();
-  REQUIRE(std::isfinite(loss0));
-  auto params = l.parameters();
-  std::vector<std::vector<float>> grads;
-  for (const auto* p : params) grads.emplace_back(p->grad.data(), p->grad.data() + (p->buffer ? 0 : p->grad.size()));
-  int checked = 0;
-  for (std::size_t t = 0; t < params.size(); ++t) {
-    auto* p = params[t];
-    if (p->buffer || !p->trainable) continue;
-    const auto n = static_cast<std::size_t>(p->value.size());
-    std::vector<float> v = r.uniforms<float>(n, -0.5, 0.5), saved(p->value.data(), p->value.data() + n);
-    for (std::size_t i = 0; i < n; ++i) v[i] += grads[t][i] > 0 ? 0.5f : grads[t][i] < 0 ? -0.5f : 0.0f;
-    double analytic = 0;
-    for (std::size_t i = 0; i < n; ++i) analytic += static_cast<double>(grads[t][i]) * v[i];
-    const double scale = std::max(1.0, std::abs(loss0));
-    auto at_step = [&](double s) {
-      for (std::size_t i = 0; i < n; ++i) p->value.data()[i] = static_cast<float>(saved[i] + s * v[i]);
-      return loss_at();
-    };
-    bool agrees = false;
-    std::string tried;
-    for (const double h : {1e-3, 3e-4, 1e-4, 3e-5}) {
-      const double numeric = (at_step(h) - at_step(-h)) / (2 * h);
-      const double tol = 2e-2 * std::max(std::abs(analytic), std::abs(numeric)) + 5e-7 * scale / h;
-      tried += " h " + std::to_string(h) + ": " + std::to_string(numeric) + ";";
-      if (std::abs(analytic - numeric) <= tol) {
-        agrees = true;
-        break;
-      }
-    }
-    for (std::size_t i = 0; i < n; ++i) p->value.data()[i] = saved[i];
-    INFO(p->name << " (" << n << " values): analytic " << analytic << ", finite differences" << tried);
-    CHECK(agrees);
-    ++checked;
-  }
+  const int checked = distill_test::check_parameter_gradients(l.parameters(), [&] { return l.compute_gradients(ctx, b, teacher, at); }, r, "learner");
   CHECK(checked >= 4);
 }
 

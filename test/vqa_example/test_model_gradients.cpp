@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../../examples/vqa_spatial_kd/src/model.hpp"
+#include "support/parameter_gradients.hpp"
 #include "support/random.hpp"
 
 namespace {
@@ -71,49 +72,9 @@ double loss_of(host_model& m, const vqa::host_batch& b, vqa::model_runner* teach
   return loss;
 }
 
-/// For every trainable tensor p: the slope of the loss along a direction v in p's values, by
-/// central differences, against the analytic gradient . v.
+/// Every trainable tensor's gradient against central differences of the model's loss.
 void check_gradients(host_model& m, const vqa::host_batch& b, vqa::model_runner* teacher, distill_test::rng& r) {
-  const double loss0 = loss_of(m, b, teacher);
-  REQUIRE(std::isfinite(loss0));
-  std::vector<std::vector<float>> grads;
-  for (const auto* p : m.parameters()) grads.emplace_back(p->grad.data(), p->grad.data() + (p->buffer ? 0 : p->grad.size()));
-  int checked = 0;
-  for (std::size_t t = 0; t < m.parameters().size(); ++t) {
-    auto* p = m.parameters()[t];
-    if (p->buffer || !p->trainable) continue;
-    const auto n = static_cast<std::size_t>(p->value.size());
-    // direction: half along the sign of the analytic gradient (a large, well measurable slope),
-    // half random (so that components wrongly computed as zero are probed too)
-    std::vector<float> v = r.uniforms<float>(n, -0.5, 0.5), saved(p->value.data(), p->value.data() + n);
-    for (std::size_t i = 0; i < n; ++i) v[i] += grads[t][i] > 0 ? 0.5f : grads[t][i] < 0 ? -0.5f : 0.0f;
-    double analytic = 0;
-    for (std::size_t i = 0; i < n; ++i) analytic += static_cast<double>(grads[t][i]) * v[i];
-    // step: float rounding of the loss (about 1e-7 of it) grows as 1/h, the error from the ReLU
-    // kinks crossed grows with h, and where it sets in depends on the tensor (measured over
-    // 1e-6 .. 1e-1: pixels models need 1e-4 and below). So the check passes when one of a few
-    // steps agrees within 2 % plus its rounding floor; a wrong weight or factor fails at all of them.
-    const double scale = std::max(1.0, std::abs(loss0));
-    auto at = [&](double s) {
-      for (std::size_t i = 0; i < n; ++i) p->value.data()[i] = static_cast<float>(saved[i] + s * v[i]);
-      return loss_of(m, b, teacher);
-    };
-    bool agrees = false;
-    std::string tried;
-    for (const double h : {1e-3, 3e-4, 1e-4, 3e-5}) {
-      const double numeric = (at(h) - at(-h)) / (2 * h);
-      const double tol = 2e-2 * std::max(std::abs(analytic), std::abs(numeric)) + 5e-7 * scale / h;
-      tried += " h " + std::to_string(h) + ": " + std::to_string(numeric) + " (tolerance " + std::to_string(tol) + ");";
-      if (std::abs(analytic - numeric) <= tol) {
-        agrees = true;
-        break;
-      }
-    }
-    for (std::size_t i = 0; i < n; ++i) p->value.data()[i] = saved[i];
-    INFO(m.spec().name << ": " << p->name << " (" << n << " values): analytic " << analytic << ", finite differences" << tried);
-    CHECK(agrees);
-    ++checked;
-  }
+  const int checked = distill_test::check_parameter_gradients(m.parameters(), [&] { return loss_of(m, b, teacher); }, r, m.spec().name);
   CHECK(checked >= 6);
 }
 
