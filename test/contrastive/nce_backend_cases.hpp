@@ -114,12 +114,8 @@ TEST_CASE("token_nce: forward, backward and the fused pass agree, calls repeat b
 TEST_CASE("token_nce: NaN inputs propagate as documented, on every backend", "[contrastive][token_nce][backend]") {
   using namespace nce_test;
   distill_test::rng g(408);
-  config c;
-  c.M = 9;
-  c.D = 33;   // more than one 32-column step
-  c.K = 600;  // more than one key tile
-  c.enqueued = 600;
-  c.reduction = distill::reduction::none;
+  // D over one 32-column step, K over one key tile
+  config c{.M = 9, .D = 33, .K = 600, .enqueued = 600, .reduction = distill::reduction::none};
   auto k = make_case<float>(g, c);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const auto nan_tokens = [](const nce_outputs& r) {
@@ -160,14 +156,7 @@ TEST_CASE("token_nce: NaN inputs propagate as documented, on every backend", "[c
 TEST_CASE("token_nce: masked tokens get zero loss and zero gradient, on every backend", "[contrastive][token_nce][backend]") {
   using namespace nce_test;
   distill_test::rng g(409);
-  config c;
-  c.M = 12;
-  c.D = 6;
-  c.K = 30;
-  c.enqueued = 30;
-  c.use_mask = true;
-  c.in_batch = true;
-  c.teacher_grad = true;
+  config c{.M = 12, .D = 6, .K = 30, .enqueued = 30, .in_batch = true, .use_mask = true, .teacher_grad = true};
   auto k = make_case<float>(g, c);
   k.mask = {1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1};
   const auto r = run_library<float, float, test_space>(k);
@@ -187,13 +176,7 @@ TEST_CASE("token_nce: edge cases, on every backend", "[contrastive][token_nce][b
   using W = nce_cases::wide;
   distill_test::rng g(407);
   SECTION("one token, in-batch only, an empty queue: only the positive, loss 0 and zero gradient") {
-    config c;
-    c.M = 1;
-    c.D = 5;
-    c.K = 3;
-    c.enqueued = 0;
-    c.in_batch = true;
-    c.teacher_grad = true;
+    config c{.M = 1, .D = 5, .K = 3, .enqueued = 0, .in_batch = true, .teacher_grad = true};
     const auto k = make_case<W>(g, c);
     const auto r = run_library<W, W, test_space>(k);
     REQUIRE(r.st.ok());
@@ -203,23 +186,12 @@ TEST_CASE("token_nce: edge cases, on every backend", "[contrastive][token_nce][b
     for (double v : r.grad_teacher) CHECK(v == 0.0);
   }
   SECTION("an absent queue with in-batch negatives") {
-    config c;
-    c.M = 9;
-    c.D = 4;
-    c.K = 0;
-    c.enqueued = 0;
-    c.in_batch = true;
+    config c{.M = 9, .D = 4, .K = 0, .enqueued = 0, .in_batch = true};
     const auto k = make_case<float>(g, c);
     nce_cases::check<float>(k, run_library<float, float, test_space>(k));
   }
   SECTION("tiny temperature (logits up to 200): the online maximum keeps it finite") {
-    config c;
-    c.M = 20;
-    c.D = 8;
-    c.K = 700;
-    c.enqueued = 700;
-    c.tau = 0.005;
-    c.threads = 2;
+    config c{.M = 20, .D = 8, .K = 700, .enqueued = 700, .tau = 0.005, .threads = 2};
     if constexpr (nce_cases::on_host) {
       const auto k = make_case<double>(g, c);
       nce_cases::check<double>(k, run_library<double, double, test_space>(k));
@@ -228,14 +200,7 @@ TEST_CASE("token_nce: edge cases, on every backend", "[contrastive][token_nce][b
     nce_cases::check<float>(kf, run_library<float, float, test_space>(kf));
   }
   SECTION("clamped norms (zero tokens) follow F.normalize: gradient g / eps") {
-    config c;
-    c.M = 3;
-    c.D = 4;
-    c.K = 5;
-    c.enqueued = 5;
-    c.teacher_grad = true;
-    c.normalize_eps = 1e-3f;
-    c.tau = 0.5;
+    config c{.M = 3, .D = 4, .K = 5, .enqueued = 5, .teacher_grad = true, .tau = 0.5, .normalize_eps = 1e-3f};
     auto k = make_case<W>(g, c);
     for (long d = 0; d < c.D; ++d) k.student[static_cast<std::size_t>(c.D + d)] = 0.0;      // token 1's student is zero
     for (long d = 0; d < c.D; ++d) k.teacher[static_cast<std::size_t>(2 * c.D + d)] = 1e-5;  // token 2's teacher is below eps
@@ -249,12 +214,7 @@ TEST_CASE("token_nce: matches PyTorch's formula on the benchmark definition, on 
   // shape through the reference, which materialises exactly those logits.
   using namespace nce_test;
   distill_test::rng g(410);
-  config c;
-  c.M = 16;
-  c.D = 32;
-  c.K = 300;
-  c.enqueued = 300;
-  c.threads = 2;
+  config c{.M = 16, .D = 32, .K = 300, .enqueued = 300, .threads = 2};
   const auto k = make_case<float>(g, c);
   const auto r = run_library<float, float, test_space>(k);
   auto t = expected_accuracy<float, float, test_space>(distill::matmul_precision::fp32, c.tau);

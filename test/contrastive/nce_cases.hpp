@@ -29,20 +29,6 @@ inline distill_test::tolerance scaled(const std::vector<double>& expected, doubl
   return {rel * std::max(mx, floor), rel};
 }
 
-template <class T>
-std::vector<T> cast(const std::vector<double>& x) {
-  std::vector<T> y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = distill::store<T>(x[i]);
-  return y;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& x) {
-  std::vector<double> y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = static_cast<double>(distill::load<float>(x[i]));
-  return y;
-}
-inline std::vector<double> to_double(const std::vector<double>& x) { return x; }
-
 /// Round every element through storage type T (so the reference sees exactly what the path sees).
 template <class T>
 void round_through(std::vector<double>& x) {

@@ -7,8 +7,9 @@
 // reference ring buffer (reference/contrastive_ref.hpp).
 #include <catch2/catch.hpp>
 
-#include <array>
+#include <algorithm>
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>

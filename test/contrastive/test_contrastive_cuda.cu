@@ -36,20 +36,17 @@ using distill_test::device_buffer;
 
 namespace {
 
-template <class T>
-std::vector<double> device_rows(const sample_queue<T, cuda_space>& q) {
-  std::vector<T> h(static_cast<std::size_t>(q.capacity() * q.dim()));
-  REQUIRE(cudaMemcpy2D(h.data(), static_cast<std::size_t>(q.dim()) * sizeof(T), q.keys().data(),
-                       static_cast<std::size_t>(q.keys().stride(0)) * sizeof(T), static_cast<std::size_t>(q.dim()) * sizeof(T),
+/// A float queue's K x D keys (every slot), in double.
+std::vector<double> device_rows(const sample_queue<float, cuda_space>& q) {
+  std::vector<float> h(static_cast<std::size_t>(q.capacity() * q.dim()));
+  REQUIRE(cudaMemcpy2D(h.data(), static_cast<std::size_t>(q.dim()) * sizeof(float), q.keys().data(),
+                       static_cast<std::size_t>(q.keys().stride(0)) * sizeof(float), static_cast<std::size_t>(q.dim()) * sizeof(float),
                        static_cast<std::size_t>(q.capacity()), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return to_double(h);
+  return std::vector<double>(h.begin(), h.end());
 }
-template <class T>
-std::vector<double> host_rows(const sample_queue<T, host_space>& q) {
-  std::vector<double> v;
-  for (index_t j = 0; j < q.capacity(); ++j)
-    for (index_t d = 0; d < q.dim(); ++d) v.push_back(static_cast<double>(load<float>(q.keys()(j, d))));
-  return v;
+std::vector<double> host_rows(const sample_queue<float, host_space>& q) {
+  const auto k = q.keys();
+  return std::vector<double>(k.data(), k.data() + q.capacity() * q.dim());  // host_sample_queue: dense rows
 }
 
 const char* name(distill::matmul_precision p) { return distill::to_string(p); }
@@ -181,14 +178,7 @@ TEST_CASE("CUDA momentum_update: hand values, many buffers, bf16", "[contrastive
 TEST_CASE("CUDA token_nce: bf16 tokens against a float queue (converting loader for in-batch keys)", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(609);
   for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
-    config c;
-    c.M = 150;
-    c.D = 96;
-    c.K = 200;
-    c.enqueued = 260;
-    c.in_batch = true;
-    c.teacher_grad = true;
-    c.tau = 0.2;
+    config c{.M = 150, .D = 96, .K = 200, .enqueued = 260, .in_batch = true, .teacher_grad = true, .tau = 0.2};
     const auto k = make_case<bfloat16>(g, c);
     CAPTURE(name(p));
     // the float queue holds the bf16-rounded history (make_case rounds through bf16) exactly
@@ -199,20 +189,9 @@ TEST_CASE("CUDA token_nce: bf16 tokens against a float queue (converting loader 
 
 TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/backward/fused agree", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(606);
-  config c;
-  c.M = 700;
-  c.D = 256;
-  c.K = 5000;
-  c.enqueued = 6100;  // wrapped
-  c.batches = 3;
-  c.queue_ids = true;
-  c.use_ids = true;
-  c.use_mask = true;
-  c.in_batch = true;
-  c.teacher_grad = true;
-  c.tau = 0.07;
-  c.id_range = 50;
-  c.threads = 2;
+  // more rows enqueued than K: the queue wraps around
+  config c{.M = 700, .D = 256, .K = 5000, .enqueued = 6100, .batches = 3, .queue_ids = true, .in_batch = true,
+           .use_mask = true, .use_ids = true, .teacher_grad = true, .tau = 0.07, .threads = 2, .id_range = 50};
   const auto k = make_case<float>(g, c);
   const auto fused = run_library<float, float, cuda_space>(k);
   const auto host = run_library<float, float, host_space>(k);
@@ -251,14 +230,8 @@ TEST_CASE("CUDA token_nce: agrees with the CPU path on a larger case; forward/ba
 TEST_CASE("CUDA token_nce: unaligned rows take the element-wise loader", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(607);
   for (long pad : {1L, 3L}) {
-    config c;
-    c.M = 77;
-    c.D = 45;
-    c.K = 130;
-    c.enqueued = 200;
-    c.pad = pad;  // row stride D + pad floats: not a multiple of 16 bytes
-    c.in_batch = true;
-    c.teacher_grad = true;
+    // row stride D + pad floats: not a multiple of 16 bytes
+    config c{.M = 77, .D = 45, .K = 130, .enqueued = 200, .in_batch = true, .teacher_grad = true, .pad = pad};
     const auto k = make_case<float>(g, c);
     for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32}) {
       CAPTURE(pad, name(p));
@@ -269,12 +242,7 @@ TEST_CASE("CUDA token_nce: unaligned rows take the element-wise loader", "[contr
 
 TEST_CASE("CUDA token_nce: all-masked batch, bad inputs", "[contrastive][token_nce][cuda]") {
   distill_test::rng g(608);
-  config c;
-  c.M = 9;
-  c.D = 33;
-  c.K = 100;
-  c.enqueued = 100;
-  c.reduction = reduction::none;
+  config c{.M = 9, .D = 33, .K = 100, .enqueued = 100, .reduction = reduction::none};
   SECTION("every token masked: loss 0, zero gradients (documented; the device mask is not read on the host)") {
     auto c2 = c;
     c2.use_mask = true;
@@ -329,14 +297,8 @@ TEST_CASE("CUDA token_nce: a bf16 queue with fp32 in-batch teacher keys keeps st
   // teacher rows are never rounded to bf16 (the CPU keeps them in float too), so the result
   // meets the fp32 tolerance although the queue is bf16.
   distill_test::rng g(610);
-  config c;
-  c.M = 130;
-  c.D = 300;  // two 256-column chunks
-  c.K = 150;
-  c.enqueued = 180;
-  c.in_batch = true;
-  c.teacher_grad = true;
-  c.tau = 0.1;
+  // D = 300: two 256-column chunks
+  config c{.M = 130, .D = 300, .K = 150, .enqueued = 180, .in_batch = true, .teacher_grad = true, .tau = 0.1};
   const auto k = make_case<float>(g, c);
   check_against_reference(k, run_library<float, bfloat16, cuda_space>(k),
                           expected_accuracy<float, bfloat16, cuda_space>(distill::matmul_precision::fp32, c.tau));
@@ -346,16 +308,9 @@ TEST_CASE("CUDA token_nce: forward only over several 256-column chunks; the in-b
           "[contrastive][token_nce][cuda]") {
   distill_test::rng g(611);
   for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32, distill::matmul_precision::bf16}) {
-    config c;
-    c.M = 200;
-    c.D = 600;  // three chunks: forward only walks them in one block, the gradient in three
-    c.K = 320;
-    c.enqueued = 400;
-    c.in_batch = true;
-    c.teacher_grad = true;
-    c.use_mask = true;
-    c.use_ids = true;
-    c.tau = 0.15;
+    // D = 600, three chunks: forward only walks them in one block, the gradient in three
+    config c{.M = 200, .D = 600, .K = 320, .enqueued = 400, .in_batch = true, .use_mask = true, .use_ids = true,
+             .teacher_grad = true, .tau = 0.15};
     const auto k = make_case<float>(g, c);
     CAPTURE(name(p));
     nce_cases::check<float>(k, run_library<float, float, cuda_space>(k, {.precision = p, .which = pass::forward}), p);
@@ -367,38 +322,31 @@ TEST_CASE("CUDA token_nce: the single-buffered key tiles give the double-buffere
   // What a device with too little shared memory for two key buffers runs (an A100 with fp32
   // tokens, for instance), forced here on any device through the internal entry point.
   distill_test::rng g(612);
-  config c;
-  c.M = 150;
-  c.D = 400;
-  c.K = 260;
-  c.enqueued = 300;
-  c.in_batch = true;
-  c.teacher_grad = true;
+  config c{.M = 150, .D = 400, .K = 260, .enqueued = 300, .in_batch = true, .teacher_grad = true};
   const auto k = make_case<float>(g, c);
-  cuda_sample_queue<float> dq;
-  REQUIRE(cuda_sample_queue<float>::create(c.K, c.D, false, dq).ok());
-  device_buffer<float> dhist(cast<float>(k.history));
-  REQUIRE(sample_queue_enqueue(cuda{}, dq.queue(), make_view<cuda_space>(static_cast<const float*>(dhist.data()), c.enqueued, c.D)).ok());
-  device_buffer<float> dz(cast<float>(k.student)), dy(cast<float>(k.teacher));
-  const auto Z = make_view<cuda_space>(static_cast<const float*>(dz.data()), c.M, c.D);
-  const auto Y = make_view<cuda_space>(static_cast<const float*>(dy.data()), c.M, c.D);
+  distill_test::backend<cuda_space>::session run;
+  queue_storage<float, cuda_space> qs(c, false);
+  distill_test::guarded_tensor<float, 2, cuda_space> hist({c.enqueued, c.D}), z({c.M, c.D}), y({c.M, c.D});
+  hist.set(k.history);
+  z.set(k.student);
+  y.set(k.teacher);
+  REQUIRE(sample_queue_enqueue(run.ctx, qs.queue, hist.view<const float>()).ok());
   auto opt = options_of(c);
-  device_buffer<std::byte> ws(token_nce_queue_workspace_size(cuda{}, c.M, c.D, c.K, opt));
+  distill_test::workspace<cuda_space> ws(token_nce_queue_workspace_size(run.ctx, c.M, c.D, c.K, opt));
   for (distill::matmul_precision p : {distill::matmul_precision::fp32, distill::matmul_precision::tf32}) {
     opt.precision = p;
-    std::vector<float> results[2];
+    std::vector<double> results[2];
     for (int stages : {2, 1}) {
-      device_buffer<float> loss(1), per(static_cast<std::size_t>(c.M)), gs(static_cast<std::size_t>(c.M * c.D)),
-          gt(static_cast<std::size_t>(c.M * c.D));
-      const status st = cuda_detail::nce::run<float, float, float>(
-          "token_nce_queue_forward_backward", cuda{}, Z, Y, dq.queue(), {}, {}, loss.view(1), per.view(c.M), gs.view(c.M, c.D),
-          gt.view(c.M, c.D), make_view<cuda_space>(ws.data(), static_cast<index_t>(ws.size())), opt, stages);
+      distill_test::guarded_array<float, cuda_space> loss(1), per(static_cast<std::size_t>(c.M));
+      distill_test::guarded_tensor<float, 2, cuda_space> gs({c.M, c.D}), gt({c.M, c.D});
+      const status st = cuda_detail::nce::run<float, float, float>("token_nce_queue_forward_backward", run.ctx, z.view<const float>(),
+                                                                   y.view<const float>(), qs.queue, {}, {}, loss.view(), per.view(),
+                                                                   gs.view(), gt.view(), ws.view(), opt, stages);
       INFO(st.to_string());
       REQUIRE(st.ok());
-      distill_test::cuda_sync();
+      run.sync();
       auto& out = results[stages - 1];
-      for (const auto* b : {&loss, &per, &gs, &gt})
-        for (float v : b->download()) out.push_back(v);
+      for (const auto& v : {loss.get(), per.get(), gs.get(), gt.get()}) out.insert(out.end(), v.begin(), v.end());
     }
     CAPTURE(name(p));
     CHECK(results[0] == results[1]);  // the same arithmetic in the same order: bit-identical

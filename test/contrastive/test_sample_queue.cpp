@@ -64,6 +64,14 @@ std::vector<double> queue_rows(const sample_queue<T, host_space>& q) {
   return v;
 }
 
+/// A float queue with ids holding the first `n` rows of `rows` (D wide), saved to `path`.
+host_sample_queue<float> saved_queue(long K, long D, const std::vector<float>& rows, long n, const std::string& path) {
+  host_sample_queue<float> hq(K, D, true);
+  REQUIRE(sample_queue_enqueue(cpu{1}, hq.queue(), make_view(rows.data(), n, D)).ok());
+  REQUIRE(sample_queue_save(cpu{1}, hq.queue(), path).ok());
+  return hq;
+}
+
 }  // namespace
 
 TEST_CASE("sample_queue: normalised rows have unit norm; a batch larger than K keeps the newest rows", "[contrastive][queue]") {
@@ -276,12 +284,10 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
   temp_dir dir;
   distill_test::rng g(304);
   const long K = 20, D = 6;
-  host_sample_queue<float> hq(K, D, true);
-  auto& q = hq.queue();
   const auto rows = g.normals<float>(static_cast<std::size_t>(27 * D));
-  REQUIRE(sample_queue_enqueue(cpu{1}, q, make_view(rows.data(), 27, D)).ok());
   const std::string path = dir.file("q.bin");
-  REQUIRE(sample_queue_save(cpu{1}, q, path).ok());
+  auto hq = saved_queue(K, D, rows, 27, path);
+  auto& q = hq.queue();
   const auto good = read_bytes(path);
 
   // The target queue: different contents, must stay unchanged by every refused load.
@@ -381,12 +387,10 @@ TEST_CASE("sample_queue files: an interrupted save leaves the previous file inta
   temp_dir dir;
   distill_test::rng g(305);
   const long K = 16, D = 5;
-  host_sample_queue<float> hq(K, D, true);
-  auto& q = hq.queue();
   auto rows = g.normals<float>(static_cast<std::size_t>(40 * D));
-  REQUIRE(sample_queue_enqueue(cpu{1}, q, make_view(rows.data(), 9, D)).ok());
   const std::string path = dir.file("q.bin");
-  REQUIRE(sample_queue_save(cpu{1}, q, path).ok());
+  auto hq = saved_queue(K, D, rows, 9, path);
+  auto& q = hq.queue();
   const auto old_bytes = read_bytes(path);
   const auto old_rows = queue_rows(q);
   // Change the queue, then fail its save at several points.

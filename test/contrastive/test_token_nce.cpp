@@ -44,20 +44,17 @@ TEST_CASE("token_nce reference: analytic gradients match finite differences", "[
     auto in = ref_input(k, qk, qi);
     const auto ref = distill_ref::token_nce_ref(in);
     CAPTURE(trial, c.M, c.D, c.K, c.enqueued, c.in_batch, c.use_mask, c.use_ids, c.queue_ids, static_cast<int>(c.reduction), c.tau);
-    const auto fs = distill_test::numeric_gradient(
-        [&](const std::vector<double>& x) {
-          auto v = in;
-          v.student = x;
-          return distill_ref::token_nce_ref_loss(v);
-        },
-        in.student);
-    const auto ft = distill_test::numeric_gradient(
-        [&](const std::vector<double>& x) {
-          auto v = in;
-          v.teacher = x;
-          return distill_ref::token_nce_ref_loss(v);
-        },
-        in.teacher);
+    // d loss / d (the input `field` of the reference), by central differences
+    const auto fd = [&](std::vector<double> distill_ref::token_nce_ref_input::*field) {
+      return distill_test::numeric_gradient(
+          [&](const std::vector<double>& x) {
+            auto v = in;
+            v.*field = x;
+            return distill_ref::token_nce_ref_loss(v);
+          },
+          in.*field);
+    };
+    const auto fs = fd(&distill_ref::token_nce_ref_input::student), ft = fd(&distill_ref::token_nce_ref_input::teacher);
     CHECK_CLOSE("reference grad_student vs finite differences", ref.grad_student, fs, distill_test::tol::fd);
     CHECK_CLOSE("reference grad_teacher vs finite differences", ref.grad_teacher, ft, distill_test::tol::fd);
     for (double l : ref.per_token) CHECK(l >= 0.0);  // LSE >= the positive logit
@@ -69,18 +66,9 @@ TEST_CASE("token_nce CPU: K not a multiple of the key tile, both thread decompos
   const long tile = token_nce_detail::cpu_key_tile;
   for (long K : {tile - 1, tile, tile + 1, 2 * tile + 37}) {
     for (long M : {3L, 2 * token_nce_detail::cpu_row_block + 5}) {  // key split vs row split with 2 threads
-      config c;
-      c.M = M;
-      c.D = 19;
-      c.K = K;
-      c.enqueued = K + 13;  // wrapped
-      c.batches = 2;
-      c.queue_ids = true;
-      c.use_ids = true;
-      c.in_batch = M < 10;
-      c.teacher_grad = true;
-      c.threads = 2;
-      c.tau = 0.07;
+      // more rows enqueued than K: the queue wraps around
+      config c{.M = M, .D = 19, .K = K, .enqueued = K + 13, .batches = 2, .queue_ids = true, .in_batch = M < 10,
+               .use_ids = true, .teacher_grad = true, .tau = 0.07, .threads = 2};
       const auto k = make_case<float>(g, c);
       CAPTURE(K, M);
       check<float>(k, run_library<float>(k));
@@ -90,14 +78,7 @@ TEST_CASE("token_nce CPU: K not a multiple of the key tile, both thread decompos
 
 TEST_CASE("token_nce CPU: properties", "[contrastive][token_nce]") {
   distill_test::rng g(406);
-  config c;
-  c.M = 37;
-  c.D = 11;
-  c.K = 100;
-  c.enqueued = 150;
-  c.in_batch = true;
-  c.teacher_grad = true;
-  c.threads = 2;
+  config c{.M = 37, .D = 11, .K = 100, .enqueued = 150, .in_batch = true, .teacher_grad = true, .threads = 2};
   auto k = make_case<double>(g, c);
   const auto base = run_library<double>(k);
   REQUIRE(base.st.ok());
@@ -145,14 +126,7 @@ TEST_CASE("token_nce CPU: properties", "[contrastive][token_nce]") {
   SECTION("a false negative masked by id equals removing that key from the queue") {
     // Queue slot ids: slot 0 has the id of token 0; masking it by id must equal a queue
     // without that slot, for token 0, and change nothing for tokens with other ids.
-    config c2;
-    c2.M = 4;
-    c2.D = 6;
-    c2.K = 9;
-    c2.enqueued = 9;
-    c2.queue_ids = true;
-    c2.use_ids = true;
-    c2.reduction = reduction::none;
+    config c2{.M = 4, .D = 6, .K = 9, .enqueued = 9, .queue_ids = true, .use_ids = true, .reduction = reduction::none};
     auto k2 = make_case<double>(g, c2);
     k2.history_ids.assign(9, 100);
     k2.history_ids[0] = 7;
@@ -176,12 +150,7 @@ TEST_CASE("token_nce CPU: properties", "[contrastive][token_nce]") {
 
 TEST_CASE("token_nce CPU: rows of the queue that were never written are never read", "[contrastive][token_nce]") {
   distill_test::rng g(407);
-  config c;
-  c.M = 6;
-  c.D = 5;
-  c.K = 40;
-  c.enqueued = 11;
-  c.threads = 2;
+  config c{.M = 6, .D = 5, .K = 40, .enqueued = 11, .threads = 2};
   const auto k = make_case<float>(g, c);
   const auto r = run_library<float>(k, {.poison_unwritten_queue_rows = true});  // NaN in slots 11..39
   check<float>(k, r);
