@@ -29,20 +29,6 @@ inline distill_test::tolerance scaled(const std::vector<double>& expected, doubl
   return {rel * std::max(mx, floor), rel};
 }
 
-template <class T>
-std::vector<T> cast(const std::vector<double>& x) {
-  std::vector<T> y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = distill::store<T>(x[i]);
-  return y;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& x) {
-  std::vector<double> y(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) y[i] = static_cast<double>(distill::load<float>(x[i]));
-  return y;
-}
-inline std::vector<double> to_double(const std::vector<double>& x) { return x; }
-
 /// Round every element through storage type T (so the reference sees exactly what the path sees).
 template <class T>
 void round_through(std::vector<double>& x) {
@@ -56,6 +42,7 @@ struct config {
   bool queue_ids = false, in_batch = false, use_mask = false, use_ids = false, teacher_grad = false, accumulate = false;
   distill::reduction reduction = distill::reduction::mean;
   double tau = 0.07, grad_scale = 1;
+  float normalize_eps = 1e-12f;
   int threads = 1;
   long pad = 0;  // row padding of student/teacher/gradients
   long id_range = 4;
@@ -146,6 +133,7 @@ inline distill_ref::token_nce_ref_input ref_input(const case_data& k, const std:
   in.ids = k.ids;
   in.tau = static_cast<float>(k.cfg.tau);  // what the float option carries
   in.grad_scale = static_cast<float>(k.cfg.grad_scale);
+  in.eps = k.cfg.normalize_eps;
   in.reduction = k.cfg.reduction;
   in.in_batch = k.cfg.in_batch;
   return in;
@@ -153,7 +141,8 @@ inline distill_ref::token_nce_ref_input ref_input(const case_data& k, const std:
 
 /// Gradient tolerance per token row: float rounding of g_q (|g_q| <= 2 c_i, c_i = |g| w_i / tau)
 /// survives B2's projection, whose cancellation can leave a row's gradient far smaller than
-/// g_q; the absolute error is then about eps * |g_q| / ||token||, not eps * |gradient|.
+/// g_q; the absolute error is then about eps * |g_q| / max(||token||, normalize_eps), not
+/// eps * |gradient|.
 inline std::vector<double> row_atol(const case_data& k, const std::vector<double>& tokens, double rel) {
   const config& c = k.cfg;
   long valid = 0;
@@ -165,7 +154,7 @@ inline std::vector<double> row_atol(const case_data& k, const std::vector<double
   for (long i = 0; i < c.M; ++i) {
     double ss = 0;
     for (long d = 0; d < c.D; ++d) ss += tokens[static_cast<std::size_t>(i * c.D + d)] * tokens[static_cast<std::size_t>(i * c.D + d)];
-    atol[static_cast<std::size_t>(i)] = rel * 4.0 * std::fabs(c.grad_scale) * w / c.tau / std::max(std::sqrt(ss), 1e-12);
+    atol[static_cast<std::size_t>(i)] = rel * 4.0 * std::fabs(c.grad_scale) * w / c.tau / std::max(std::sqrt(ss), static_cast<double>(c.normalize_eps));
   }
   return atol;
 }
@@ -205,23 +194,8 @@ inline distill::token_nce_options options_of(const config& c) {
   o.in_batch_negatives = c.in_batch;
   o.grad_scale = static_cast<float>(c.grad_scale);
   o.accumulate = c.accumulate;
+  o.normalize_eps = c.normalize_eps;
   return o;
-}
-
-/// Dense M x D -> padded rows of stride D + pad (padding filled with `fill`).
-template <class T>
-std::vector<T> padded(const std::vector<T>& x, long M, long D, long pad, T fill) {
-  std::vector<T> y(static_cast<std::size_t>(M * (D + pad)), fill);
-  for (long i = 0; i < M; ++i)
-    for (long d = 0; d < D; ++d) y[static_cast<std::size_t>(i * (D + pad) + d)] = x[static_cast<std::size_t>(i * D + d)];
-  return y;
-}
-template <class T>
-std::vector<T> unpadded(const T* y, long M, long D, long pad) {
-  std::vector<T> x(static_cast<std::size_t>(M * D));
-  for (long i = 0; i < M; ++i)
-    for (long d = 0; d < D; ++d) x[static_cast<std::size_t>(i * D + d)] = y[i * (D + pad) + d];
-  return x;
 }
 
 /// A host workspace of token_nce_queue_workspace_size bytes for M x D tokens against `queue`.

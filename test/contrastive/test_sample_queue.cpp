@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Sample queue, CPU: enqueue against the one-row-at-a-time reference ring buffer (wrap-around,
-// batches larger than the queue, ids, normalisation, strided storage), random initialisation,
+// Sample queue, CPU (enqueue against the reference ring buffer is in queue_cases.hpp, run on
+// every backend): normalisation and oversized batches by hand, random initialisation,
 // state checks, bad inputs, and the file format: round trip, truncated/corrupt/mismatched
 // files refused, interrupted saves that leave the previous file intact.
 #include <catch2/catch.hpp>
@@ -18,9 +18,7 @@
 #include <vector>
 
 #include "distill/contrastive/sample_queue.hpp"
-#include "reference/contrastive_ref.hpp"
 #include "support/compare.hpp"
-#include "support/guarded.hpp"
 #include "support/random.hpp"
 
 using namespace distill;
@@ -66,66 +64,15 @@ std::vector<double> queue_rows(const sample_queue<T, host_space>& q) {
   return v;
 }
 
-template <class T>
-double key_tol() {
-  if constexpr (std::is_same_v<T, double>) return 1e-14;
-  else if constexpr (std::is_same_v<T, float>) return 2e-7;
-  else if constexpr (std::is_same_v<T, float16>) return 1e-3;
-  else return 8e-3;
+/// A float queue with ids holding the first `n` rows of `rows` (D wide), saved to `path`.
+host_sample_queue<float> saved_queue(long K, long D, const std::vector<float>& rows, long n, const std::string& path) {
+  host_sample_queue<float> hq(K, D, true);
+  REQUIRE(sample_queue_enqueue(cpu{1}, hq.queue(), make_view(rows.data(), n, D)).ok());
+  REQUIRE(sample_queue_save(cpu{1}, hq.queue(), path).ok());
+  return hq;
 }
 
 }  // namespace
-
-TEMPLATE_TEST_CASE("sample_queue: enqueue matches the reference ring buffer", "[contrastive][queue]", float, double, bfloat16,
-                   float16) {
-  distill_test::rng g(301);
-  for (int trial = 0; trial < 30; ++trial) {
-    const long K = g.integer(1, 40), D = g.integer(1, 9), pad = g.integer(0, 3), ld = D + pad;
-    const bool with_ids = g.coin(), normalize = g.coin(0.7);
-    // Strided storage with canaries in the row padding and around the buffer.
-    distill_test::guarded<TestType> keys(static_cast<std::size_t>(K * ld));
-    for (long j = 0; j < K; ++j)
-      for (long d = 0; d < D; ++d) keys.data()[j * ld + d] = TestType(0.0f);
-    std::vector<std::int64_t> ids(static_cast<std::size_t>(K), 12345);
-    sample_queue<TestType> q(make_strided_view(keys.data(), std::array<index_t, 2>{K, D}, std::array<index_t, 2>{ld, 1}),
-                             with_ids ? make_view(ids.data(), K) : host_view<std::int64_t, 1>{});
-    distill_ref::ref_queue ref(K, D);
-    ref.ids.assign(static_cast<std::size_t>(K), 12345);  // never-written slots keep their old id
-    CAPTURE(trial, K, D, pad, with_ids, normalize);
-    for (int step = 0; step < 6; ++step) {
-      const int kind = static_cast<int>(g.integer(0, 4));
-      const long B = kind == 0 ? 0 : kind == 1 ? 1 : kind == 2 ? g.integer(1, K) : kind == 3 ? K : g.integer(K + 1, 2 * K + 7);
-      auto rows = g.normals<double>(static_cast<std::size_t>(B * D), 0.0, 2.0);
-      std::vector<float> rows_f(rows.begin(), rows.end());
-      for (std::size_t x = 0; x < rows.size(); ++x) rows[x] = rows_f[x];
-      std::vector<std::int64_t> bid;
-      const bool pass_ids = with_ids && g.coin(0.8);
-      if (pass_ids)
-        for (long r = 0; r < B; ++r) bid.push_back(g.integer(0, 1000));
-      enqueue_options opt;
-      opt.normalize = normalize;
-      CAPTURE(step, B, pass_ids);
-      REQUIRE(sample_queue_enqueue(cpu{static_cast<int>(g.integer(1, 3))}, q, make_view(static_cast<const float*>(rows_f.data()), B, D),
-                                   pass_ids ? make_view(static_cast<const std::int64_t*>(bid.data()), B) : host_view<const std::int64_t, 1>{},
-                                   opt)
-                  .ok());
-      ref.enqueue(rows, bid, normalize, 1e-12);
-      CHECK(q.size() == ref.filled);
-      CHECK(q.write_position() == ref.pos);
-      CHECK(q.full() == (ref.filled == K));
-      CHECK(q.empty() == (ref.filled == 0));
-      // Compare the written slots (the rest stays zero in both).
-      CHECK_CLOSE("keys", queue_rows(q), ref.keys, (distill_test::tolerance{key_tol<TestType>(), key_tol<TestType>()}));
-      if (with_ids) CHECK(ids == ref.ids);
-      CHECK(keys.intact());
-      CHECK(keys.padding_intact(static_cast<std::size_t>(K), static_cast<std::size_t>(D), static_cast<std::size_t>(ld)));
-    }
-    // valid_keys() is the prefix of filled rows
-    const auto vk = q.valid_keys();
-    CHECK(vk.extent(0) == q.size());
-    CHECK(vk.data() == q.keys().data());
-  }
-}
 
 TEST_CASE("sample_queue: normalised rows have unit norm; a batch larger than K keeps the newest rows", "[contrastive][queue]") {
   distill_test::rng g(302);
@@ -337,12 +284,10 @@ TEST_CASE("sample_queue files: truncated, corrupt and mismatched files are refus
   temp_dir dir;
   distill_test::rng g(304);
   const long K = 20, D = 6;
-  host_sample_queue<float> hq(K, D, true);
-  auto& q = hq.queue();
   const auto rows = g.normals<float>(static_cast<std::size_t>(27 * D));
-  REQUIRE(sample_queue_enqueue(cpu{1}, q, make_view(rows.data(), 27, D)).ok());
   const std::string path = dir.file("q.bin");
-  REQUIRE(sample_queue_save(cpu{1}, q, path).ok());
+  auto hq = saved_queue(K, D, rows, 27, path);
+  auto& q = hq.queue();
   const auto good = read_bytes(path);
 
   // The target queue: different contents, must stay unchanged by every refused load.
@@ -442,12 +387,10 @@ TEST_CASE("sample_queue files: an interrupted save leaves the previous file inta
   temp_dir dir;
   distill_test::rng g(305);
   const long K = 16, D = 5;
-  host_sample_queue<float> hq(K, D, true);
-  auto& q = hq.queue();
   auto rows = g.normals<float>(static_cast<std::size_t>(40 * D));
-  REQUIRE(sample_queue_enqueue(cpu{1}, q, make_view(rows.data(), 9, D)).ok());
   const std::string path = dir.file("q.bin");
-  REQUIRE(sample_queue_save(cpu{1}, q, path).ok());
+  auto hq = saved_queue(K, D, rows, 9, path);
+  auto& q = hq.queue();
   const auto old_bytes = read_bytes(path);
   const auto old_rows = queue_rows(q);
   // Change the queue, then fail its save at several points.

@@ -18,6 +18,7 @@
 // backend its host image (support/guarded.hpp) is copied there and back, bands and padding
 // included, so one check covers both.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -208,7 +209,7 @@ template <class Space>
 class workspace {
  public:
   explicit workspace(std::size_t bytes) : buf_(bytes) {
-    std::memset(buf_.image().data(), 0xff, bytes);
+    std::fill_n(buf_.image().data(), buf_.size(), std::byte{0xff});  // (memset: a GCC 12 -Wstringop-overflow false positive)
     buf_.upload();
   }
   distill::tensor_view<std::byte, 1, Space> view() {
