@@ -38,22 +38,14 @@ TEMPLATE_TEST_CASE("conv2d forward matches the direct reference (kernels, stride
       long Ho, Wo;
       const vec expect = ref::conv2d(nn_test::widen(xf), nn_test::widen(wf), nn_test::widen(bf), c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s,
                                      c.p, c.p, Ho, Wo);
-      // y lives inside a larger buffer: a batch stride with padding between images
-      const long img = c.Co * Ho * Wo, gap = 5;
-      std::vector<TestType> ybuf(static_cast<std::size_t>(c.B * (img + gap)), TestType(-7));
-      auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.Co, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
+      // y inside a larger buffer: a batch stride with a gap that must stay untouched
+      nn_test::gapped_images<TestType> y(c.B, c.Co, Ho, Wo, 5);
       REQUIRE(nn::conv2d_forward(cpu{threads}, make_view(static_cast<const TestType*>(xf.data()), c.B, c.Ci, c.H, c.W),
                                  make_view(static_cast<const TestType*>(wf.data()), c.Co, c.Ci, c.k, c.k),
-                                 make_view(static_cast<const TestType*>(bf.data()), c.Co), yv, {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
+                                 make_view(static_cast<const TestType*>(bf.data()), c.Co), y.view(), {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
                   .ok());
-      vec got;
-      bool gaps_intact = true;
-      for (long n = 0; n < c.B; ++n) {
-        for (long i = 0; i < img; ++i) got.push_back(static_cast<double>(ybuf[static_cast<std::size_t>(n * (img + gap) + i)]));
-        for (long i = img; i < img + gap; ++i) gaps_intact &= ybuf[static_cast<std::size_t>(n * (img + gap) + i)] == TestType(-7);
-      }
-      CHECK_CLOSE("y", got, expect, tol);
-      CHECK(gaps_intact);
+      CHECK_CLOSE("y", y.images(), expect, tol);
+      CHECK(y.gaps_intact());
     }
   }
 }
@@ -89,8 +81,8 @@ TEST_CASE("conv2d backward matches finite differences of the direct reference", 
                                   make_view(dw2.data(), c.Co, c.Ci, c.k, c.k), host_view<double, 1>{}, {}, nn::conv2d_params{c.s, c.s, c.p, c.p},
                                   nn::grad_options{true, true})
                   .ok());
-      for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
-      for (std::size_t i = 0; i < dw.size(); ++i) REQUIRE(dw2[i] == Approx(2 * dw[i]).margin(1e-12));
+      nn_test::require_doubled(dx2, dx);
+      nn_test::require_doubled(dw2, dw);
     }
   }
 }

@@ -49,21 +49,13 @@ TEMPLATE_TEST_CASE("depthwise_conv2d forward matches the direct reference", "[nn
       long Ho, Wo;
       const vec expect = ref::depthwise_conv2d(nn_test::widen(x), nn_test::widen(w), nn_test::widen(b), c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s,
                                                c.p, c.p, Ho, Wo);
-      // y inside a larger buffer: batch stride with a gap that must stay untouched
-      const long img = c.C * Ho * Wo, gap = 3;
-      std::vector<TestType> ybuf(static_cast<std::size_t>(c.B * (img + gap)), TestType(-7));
-      auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.C, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
-      REQUIRE(nn::depthwise_conv2d_forward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv1(b), yv,
+      // y inside a larger buffer: a batch stride with a gap that must stay untouched
+      nn_test::gapped_images<TestType> y(c.B, c.C, Ho, Wo, 3);
+      REQUIRE(nn::depthwise_conv2d_forward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv1(b), y.view(),
                                            {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
                   .ok());
-      vec got;
-      bool gaps_intact = true;
-      for (long n = 0; n < c.B; ++n) {
-        for (long i = 0; i < img; ++i) got.push_back(static_cast<double>(ybuf[static_cast<std::size_t>(n * (img + gap) + i)]));
-        for (long i = img; i < img + gap; ++i) gaps_intact &= ybuf[static_cast<std::size_t>(n * (img + gap) + i)] == TestType(-7);
-      }
-      CHECK_CLOSE("y", got, expect, tol);
-      CHECK(gaps_intact);
+      CHECK_CLOSE("y", y.images(), expect, tol);
+      CHECK(y.gaps_intact());
     }
 }
 
@@ -93,9 +85,9 @@ TEST_CASE("depthwise_conv2d backward matches finite differences of the reference
                                             make_view(dx2.data(), c.B, c.C, c.H, c.W), make_view(dw2.data(), c.C, 1, c.k, c.k),
                                             make_view(db2.data(), c.C), {}, p, nn::grad_options{true, true})
                   .ok());
-      for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
-      for (std::size_t i = 0; i < dw.size(); ++i) REQUIRE(dw2[i] == Approx(2 * dw[i]).margin(1e-12));
-      for (std::size_t i = 0; i < db.size(); ++i) REQUIRE(db2[i] == Approx(2 * db[i]).margin(1e-12));
+      nn_test::require_doubled(dx2, dx);
+      nn_test::require_doubled(dw2, dw);
+      nn_test::require_doubled(db2, db);
     }
 }
 
@@ -111,20 +103,13 @@ TEMPLATE_TEST_CASE("conv_transpose2d forward matches the scatter reference", "[n
       long Ho, Wo;
       const vec expect = ref::conv_transpose2d(nn_test::widen(x), nn_test::widen(w), nn_test::widen(b), c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s,
                                                c.s, c.p, c.p, c.op, c.op, Ho, Wo);
-      const long img = c.Co * Ho * Wo, gap = 4;
-      std::vector<TestType> ybuf(static_cast<std::size_t>(c.B * (img + gap)), TestType(-7));
-      auto yv = make_strided_view(ybuf.data(), std::array<index_t, 4>{c.B, c.Co, Ho, Wo}, std::array<index_t, 4>{img + gap, Ho * Wo, Wo, 1});
-      REQUIRE(nn::conv_transpose2d_forward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv1(b), yv,
+      // y inside a larger buffer: a batch stride with a gap that must stay untouched
+      nn_test::gapped_images<TestType> y(c.B, c.Co, Ho, Wo, 4);
+      REQUIRE(nn::conv_transpose2d_forward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv1(b), y.view(),
                                            {}, nn::conv_transpose2d_params{c.s, c.s, c.p, c.p, c.op, c.op})
                   .ok());
-      vec got;
-      bool gaps_intact = true;
-      for (long n = 0; n < c.B; ++n) {
-        for (long i = 0; i < img; ++i) got.push_back(static_cast<double>(ybuf[static_cast<std::size_t>(n * (img + gap) + i)]));
-        for (long i = img; i < img + gap; ++i) gaps_intact &= ybuf[static_cast<std::size_t>(n * (img + gap) + i)] == TestType(-7);
-      }
-      CHECK_CLOSE("y", got, expect, tol);
-      CHECK(gaps_intact);
+      CHECK_CLOSE("y", y.images(), expect, tol);
+      CHECK(y.gaps_intact());
     }
 }
 
@@ -154,9 +139,9 @@ TEST_CASE("conv_transpose2d backward matches finite differences of the reference
                                             make_view(dx2.data(), c.B, c.Ci, c.H, c.W), make_view(dw2.data(), c.Ci, c.Co, c.k, c.k),
                                             make_view(db2.data(), c.Co), {}, p, nn::grad_options{true, true})
                   .ok());
-      for (std::size_t i = 0; i < dx.size(); ++i) REQUIRE(dx2[i] == Approx(2 * dx[i]).margin(1e-12));
-      for (std::size_t i = 0; i < dw.size(); ++i) REQUIRE(dw2[i] == Approx(2 * dw[i]).margin(1e-12));
-      for (std::size_t i = 0; i < db.size(); ++i) REQUIRE(db2[i] == Approx(2 * db[i]).margin(1e-12));
+      nn_test::require_doubled(dx2, dx);
+      nn_test::require_doubled(dw2, dw);
+      nn_test::require_doubled(db2, db);
     }
 }
 

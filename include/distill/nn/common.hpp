@@ -112,6 +112,14 @@ void map_rows(const cpu& ctx, const X& x, const Y& y, F f) {
       std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, cols)));
 }
 
+/// A layer's parameters: its weight, then its bias when it has one (an empty bias: none).
+template <class T, class Space>
+parameter_list<T, Space> weight_and_bias(parameter<T, Space>& weight, parameter<T, Space>& bias) {
+  parameter_list<T, Space> p{&weight};
+  if (bias.size()) p.push_back(&bias);
+  return p;
+}
+
 /// A required view whose shape was already checked: if it has elements, its data must be there.
 template <class V>
 status check_not_null(const char* fn, const char* name, const V& v) {

@@ -82,23 +82,78 @@ status check_image_layout(const char* fn, const char* name, const V& v) {
   return {};
 }
 
-template <class X, class Wt>
-status conv2d_geometry_of(const char* fn, const X& x, const Wt& w, const conv2d_params& p, conv2d_geometry& g) {
+/// The checks every convolution entry point makes of x, w and the stride / padding of `p`
+/// (conv2d_params or conv_transpose2d_params); `w_layout` names the layout w must have.
+template <class X, class Wt, class Params>
+status check_conv_args(const char* fn, const X& x, const Wt& w, const Params& p, const char* w_layout) {
   DISTILL_TRY(check_input(fn, "x", x));
   DISTILL_TRY(check_input(fn, "w", w));
   DISTILL_TRY(check_image_layout(fn, "x", x));
-  if (!w.contiguous()) return fail(errc::unsupported_layout, fn, "'w' must be contiguous (Co, Ci, kh, kw)");
+  if (!w.contiguous()) return fail(errc::unsupported_layout, fn, std::string("'w' must be contiguous ") + w_layout);
   if (p.stride_h <= 0 || p.stride_w <= 0) return fail(errc::invalid_argument, fn, "strides must be > 0");
   if (p.pad_h < 0 || p.pad_w < 0) return fail(errc::invalid_argument, fn, "padding must be >= 0");
-  DISTILL_TRY(check_extent(fn, "w", w, 1, x.extent(1), "in_channels = channels of 'x'"));
-  g = {x.extent(0), x.extent(1), x.extent(2), x.extent(3), w.extent(0), w.extent(2), w.extent(3), 0, 0,
-       p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  return {};
+}
+
+/// g.Ho and g.Wo from the other fields of g, or the error that the kernel does not fit x.
+template <class X>
+status set_output_extents(const char* fn, const X& x, conv2d_geometry& g) {
   g.Ho = conv2d_output_extent(g.H, g.kh, g.sh, g.ph);
   g.Wo = conv2d_output_extent(g.W, g.kw, g.sw, g.pw);
   if (g.Ho <= 0 || g.Wo <= 0)
     return fail(errc::shape_mismatch, fn, "the kernel " + std::to_string(g.kh) + "x" + std::to_string(g.kw) +
                                               " does not fit the padded input " + check_detail::shape_of(x));
   return {};
+}
+
+template <class X, class Wt>
+status conv2d_geometry_of(const char* fn, const X& x, const Wt& w, const conv2d_params& p, conv2d_geometry& g) {
+  DISTILL_TRY(check_conv_args(fn, x, w, p, "(Co, Ci, kh, kw)"));
+  DISTILL_TRY(check_extent(fn, "w", w, 1, x.extent(1), "in_channels = channels of 'x'"));
+  g = {x.extent(0), x.extent(1), x.extent(2), x.extent(3), w.extent(0), w.extent(2), w.extent(3), 0, 0,
+       p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  return set_output_extents(fn, x, g);
+}
+
+/// The checks of a convolution forward's y (B, C, Ho, Wo: present, each image contiguous) and
+/// of its bias b (C), when given.
+template <class Y, class Bias>
+status check_conv_output(const char* fn, const Y& y, const Bias& b, index_t B, index_t C, index_t Ho, index_t Wo) {
+  DISTILL_TRY(check_shape(fn, "y", y, {B, C, Ho, Wo}));
+  DISTILL_TRY(check_not_null(fn, "y", y));
+  DISTILL_TRY(check_image_layout(fn, "y", y));
+  if (!b.empty()) DISTILL_TRY(check_shape(fn, "b", b, {C}));
+  return {};
+}
+
+/// The checks of a convolution backward's dy (B, C, Ho, Wo: present, each image contiguous)
+/// and of the gradients it is given: dx shaped as x (each image contiguous), dw shaped as w
+/// (contiguous), db (C).
+template <class X, class Wt, class DY, class DX, class DW, class DB>
+status check_conv_grads(const char* fn, const X& x, const Wt& w, const DY& dy, const DX& dx, const DW& dw, const DB& db, index_t B,
+                        index_t C, index_t Ho, index_t Wo) {
+  DISTILL_TRY(check_shape(fn, "dy", dy, {B, C, Ho, Wo}));
+  DISTILL_TRY(check_not_null(fn, "dy", dy));
+  DISTILL_TRY(check_image_layout(fn, "dy", dy));
+  if (!dx.empty()) {
+    DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
+    DISTILL_TRY(check_image_layout(fn, "dx", dx));
+  }
+  if (!dw.empty()) {
+    DISTILL_TRY(check_same_shape(fn, "dw", dw, "w", w));
+    if (!dw.contiguous()) return fail(errc::unsupported_layout, fn, "'dw' must be contiguous");
+  }
+  if (!db.empty()) DISTILL_TRY(check_shape(fn, "db", db, {C}));
+  return {};
+}
+
+/// Element i of per-thread partial sums (thread t's block starts at t * stride), added in
+/// thread order (deterministic for a fixed thread count).
+template <class T>
+T sum_thread_parts(const std::vector<T>& part, int threads, index_t stride, index_t i) {
+  T s = T(0);
+  for (int t = 0; t < threads; ++t) s += part[static_cast<std::size_t>(t * stride + i)];
+  return s;
 }
 
 /// Output columns ox whose input column ix = ox * s - pad + k lies in [0, in): [lo, hi).
@@ -221,10 +276,7 @@ template <class T>
   constexpr const char* fn = "nn::conv2d_forward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv2d_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "y", y, {g.B, g.Co, g.Ho, g.Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "y", y));
-  if (!b.empty()) DISTILL_TRY(check_shape(fn, "b", b, {g.Co}));
+  DISTILL_TRY(nn_detail::check_conv_output(fn, y, b, g.B, g.Co, g.Ho, g.Wo));
   const index_t K = g.K(), P = g.P();
   const auto wm = make_view(w.data(), g.Co, K);
   status st;
@@ -256,18 +308,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   constexpr const char* fn = "nn::conv2d_backward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv2d_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "dy", dy, {g.B, g.Co, g.Ho, g.Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "dy", dy));
-  if (!dx.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
-    DISTILL_TRY(nn_detail::check_image_layout(fn, "dx", dx));
-  }
-  if (!dw.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dw", dw, "w", w));
-    if (!dw.contiguous()) return fail(errc::unsupported_layout, fn, "'dw' must be contiguous");
-  }
-  if (!db.empty()) DISTILL_TRY(check_shape(fn, "db", db, {g.Co}));
+  DISTILL_TRY(nn_detail::check_conv_grads(fn, x, w, dy, dx, dw, db, g.B, g.Co, g.Ho, g.Wo));
   const index_t K = g.K(), P = g.P(), Co = g.Co;
   const auto wm = make_view(w.data(), Co, K);
   const int threads = std::max(1, parallel_threads(ctx, g.B));
@@ -313,22 +354,18 @@ template <class TD, class T = std::remove_const_t<TD>>
     }
   });
   if (!st.ok()) return st;
-  auto part_sum = [&](const std::vector<T>& part, index_t stride, index_t i) {
-    T s = T(0);
-    for (int t = 0; t < threads; ++t) s += part[static_cast<std::size_t>(t * stride + i)];
-    return s;
-  };
   if (!dw.empty()) {
     T* out = dw.data();
     for (index_t co = 0; co < Co; ++co)
       for (index_t k = 0; k < K; ++k) {
-        const T s = part_sum(dw_part, Co * Kc, co * Kc + k);
+        const T s = nn_detail::sum_thread_parts(dw_part, threads, Co * Kc, co * Kc + k);
         out[co * K + k] = opt.accumulate_params ? out[co * K + k] + s : s;
       }
   }
   if (!db.empty())
     for (index_t co = 0; co < Co; ++co) {
-      const T s = fuse_db ? part_sum(dw_part, Co * Kc, co * Kc + K) : part_sum(db_part, Co, co);
+      const T s = fuse_db ? nn_detail::sum_thread_parts(dw_part, threads, Co * Kc, co * Kc + K)
+                          : nn_detail::sum_thread_parts(db_part, threads, Co, co);
       db(co) = opt.accumulate_params ? db(co) + s : s;
     }
   return {};
@@ -375,11 +412,7 @@ class conv2d {
     return conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
                            nn_detail::grad_if_trainable<1>(bias), workspace.template view<1>(), params, layer_grad_options);
   }
-  parameter_list<T, Space> parameters() {
-    parameter_list<T, Space> p{&weight};
-    if (bias.size()) p.push_back(&bias);
-    return p;
-  }
+  parameter_list<T, Space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
 
  private:
   template <class Ctx>

@@ -54,12 +54,7 @@ namespace nn_detail {
 /// The conv2d geometry whose input is y (B, Co, Ho, Wo) and whose output is x (B, Ci, H, W).
 template <class X, class Wt>
 status conv_transpose2d_geometry_of(const char* fn, const X& x, const Wt& w, const conv_transpose2d_params& p, conv2d_geometry& g) {
-  DISTILL_TRY(check_input(fn, "x", x));
-  DISTILL_TRY(check_input(fn, "w", w));
-  DISTILL_TRY(check_image_layout(fn, "x", x));
-  if (!w.contiguous()) return fail(errc::unsupported_layout, fn, "'w' must be contiguous (Ci, Co, kh, kw)");
-  if (p.stride_h <= 0 || p.stride_w <= 0) return fail(errc::invalid_argument, fn, "strides must be > 0");
-  if (p.pad_h < 0 || p.pad_w < 0) return fail(errc::invalid_argument, fn, "padding must be >= 0");
+  DISTILL_TRY(check_conv_args(fn, x, w, p, "(Ci, Co, kh, kw)"));
   if (p.output_pad_h < 0 || p.output_pad_w < 0 || p.output_pad_h >= p.stride_h || p.output_pad_w >= p.stride_w)
     return fail(errc::invalid_argument, fn, "output padding must be >= 0 and smaller than the stride");
   DISTILL_TRY(check_extent(fn, "w", w, 0, x.extent(1), "in_channels = channels of 'x'"));
@@ -81,10 +76,7 @@ template <class T>
   constexpr const char* fn = "nn::conv_transpose2d_forward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv_transpose2d_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "y", y, {g.B, g.Ci, g.H, g.W}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "y", y));
-  if (!b.empty()) DISTILL_TRY(check_shape(fn, "b", b, {g.Ci}));
+  DISTILL_TRY(nn_detail::check_conv_output(fn, y, b, g.B, g.Ci, g.H, g.W));
   const index_t K = g.K(), P = g.P(), Cin = g.Co;  // Cin: channels of x
   const auto wm = make_view(w.data(), Cin, K);
   status st;
@@ -113,18 +105,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   constexpr const char* fn = "nn::conv_transpose2d_backward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv_transpose2d_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "dy", dy, {g.B, g.Ci, g.H, g.W}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "dy", dy));
-  if (!dx.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
-    DISTILL_TRY(nn_detail::check_image_layout(fn, "dx", dx));
-  }
-  if (!dw.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dw", dw, "w", w));
-    if (!dw.contiguous()) return fail(errc::unsupported_layout, fn, "'dw' must be contiguous");
-  }
-  if (!db.empty()) DISTILL_TRY(check_shape(fn, "db", db, {g.Ci}));
+  DISTILL_TRY(nn_detail::check_conv_grads(fn, x, w, dy, dx, dw, db, g.B, g.Ci, g.H, g.W));
   const index_t K = g.K(), P = g.P(), Cin = g.Co, Cout = g.Ci;
   const auto wm = make_view(w.data(), Cin, K);
   const int threads = std::max(1, parallel_threads(ctx, g.B));
@@ -157,15 +138,13 @@ template <class TD, class T = std::remove_const_t<TD>>
   if (!dw.empty()) {
     T* out = dw.data();
     for (index_t i = 0; i < Cin * K; ++i) {
-      T s = T(0);
-      for (int t = 0; t < threads; ++t) s += dw_part[static_cast<std::size_t>(t * Cin * K + i)];
+      const T s = nn_detail::sum_thread_parts(dw_part, threads, Cin * K, i);
       out[i] = opt.accumulate_params ? out[i] + s : s;
     }
   }
   if (!db.empty())
     for (index_t c = 0; c < Cout; ++c) {
-      T s = T(0);
-      for (int t = 0; t < threads; ++t) s += db_part[static_cast<std::size_t>(t * Cout + c)];
+      const T s = nn_detail::sum_thread_parts(db_part, threads, Cout, c);
       db(c) = opt.accumulate_params ? db(c) + s : s;
     }
   return {};
@@ -204,11 +183,7 @@ class conv_transpose2d {
     return conv_transpose2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
                                      nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
   }
-  parameter_list<T, host_space> parameters() {
-    parameter_list<T, host_space> p{&weight};
-    if (bias.size()) p.push_back(&bias);
-    return p;
-  }
+  parameter_list<T, host_space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
 };
 
 }  // namespace distill::nn

@@ -39,22 +39,12 @@ constexpr std::size_t depthwise_conv2d_workspace_size(const cpu&, index_t /*B*/,
 namespace nn_detail {
 template <class X, class Wt>
 status depthwise_geometry_of(const char* fn, const X& x, const Wt& w, const conv2d_params& p, conv2d_geometry& g) {
-  DISTILL_TRY(check_input(fn, "x", x));
-  DISTILL_TRY(check_input(fn, "w", w));
-  DISTILL_TRY(check_image_layout(fn, "x", x));
-  if (!w.contiguous()) return fail(errc::unsupported_layout, fn, "'w' must be contiguous (C, 1, kh, kw)");
-  if (p.stride_h <= 0 || p.stride_w <= 0) return fail(errc::invalid_argument, fn, "strides must be > 0");
-  if (p.pad_h < 0 || p.pad_w < 0) return fail(errc::invalid_argument, fn, "padding must be >= 0");
+  DISTILL_TRY(check_conv_args(fn, x, w, p, "(C, 1, kh, kw)"));
   DISTILL_TRY(check_extent(fn, "w", w, 0, x.extent(1), "channels of 'x'"));
   DISTILL_TRY(check_extent(fn, "w", w, 1, 1, "1 (one filter per channel)"));
   g = {x.extent(0), x.extent(1), x.extent(2), x.extent(3), x.extent(1), w.extent(2), w.extent(3), 0, 0,
        p.stride_h, p.stride_w, p.pad_h, p.pad_w};
-  g.Ho = conv2d_output_extent(g.H, g.kh, g.sh, g.ph);
-  g.Wo = conv2d_output_extent(g.W, g.kw, g.sw, g.pw);
-  if (g.Ho <= 0 || g.Wo <= 0)
-    return fail(errc::shape_mismatch, fn, "the kernel " + std::to_string(g.kh) + "x" + std::to_string(g.kw) +
-                                              " does not fit the padded input " + check_detail::shape_of(x));
-  return {};
+  return set_output_extents(fn, x, g);
 }
 
 /// Calls f(oy, ox, iy, ix) for every output position of tap (ky, kx) whose input lies inside.
@@ -78,10 +68,7 @@ template <class T>
   constexpr const char* fn = "nn::depthwise_conv2d_forward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::depthwise_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "y", y, {g.B, g.Ci, g.Ho, g.Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "y", y));
-  if (!b.empty()) DISTILL_TRY(check_shape(fn, "b", b, {g.Ci}));
+  DISTILL_TRY(nn_detail::check_conv_output(fn, y, b, g.B, g.Ci, g.Ho, g.Wo));
   parallel_for(ctx, g.B * g.Ci, [&](index_t i0, index_t i1) {
     for (index_t i = i0; i < i1; ++i) {
       const index_t n = i / g.Ci, c = i % g.Ci;
@@ -109,18 +96,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   constexpr const char* fn = "nn::depthwise_conv2d_backward";
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::depthwise_geometry_of(fn, x, w, p, g));
-  DISTILL_TRY(check_shape(fn, "dy", dy, {g.B, g.Ci, g.Ho, g.Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
-  DISTILL_TRY(nn_detail::check_image_layout(fn, "dy", dy));
-  if (!dx.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
-    DISTILL_TRY(nn_detail::check_image_layout(fn, "dx", dx));
-  }
-  if (!dw.empty()) {
-    DISTILL_TRY(check_same_shape(fn, "dw", dw, "w", w));
-    if (!dw.contiguous()) return fail(errc::unsupported_layout, fn, "'dw' must be contiguous");
-  }
-  if (!db.empty()) DISTILL_TRY(check_shape(fn, "db", db, {g.Ci}));
+  DISTILL_TRY(nn_detail::check_conv_grads(fn, x, w, dy, dx, dw, db, g.B, g.Ci, g.Ho, g.Wo));
   if (!dx.empty())
     parallel_for(ctx, g.B * g.Ci, [&](index_t i0, index_t i1) {
       for (index_t i = i0; i < i1; ++i) {
@@ -198,11 +174,7 @@ class depthwise_conv2d {
     return depthwise_conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
                                      nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
   }
-  parameter_list<T, host_space> parameters() {
-    parameter_list<T, host_space> p{&weight};
-    if (bias.size()) p.push_back(&bias);
-    return p;
-  }
+  parameter_list<T, host_space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
 };
 
 }  // namespace distill::nn

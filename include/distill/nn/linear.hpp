@@ -97,11 +97,7 @@ class linear {
     return linear_backward(ctx, x, nn_detail::value_of<2>(weight), dy, dx, nn_detail::grad_if_trainable<2>(weight),
                            nn_detail::grad_if_trainable<1>(bias), layer_grad_options);
   }
-  parameter_list<T, Space> parameters() {
-    parameter_list<T, Space> p{&weight};
-    if (bias.size()) p.push_back(&bias);
-    return p;
-  }
+  parameter_list<T, Space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
 };
 
 }  // namespace distill::nn

@@ -139,11 +139,34 @@ struct optimizer_core {
   }
 };
 
+/// The accessors every optimiser has, over its optimizer_core (each optimiser adds step() and
+/// names its state).
+template <class T, class Space>
+class optimizer_base {
+ public:
+  index_t steps() const noexcept { return core_.step_count; }
+  index_t& step_count() noexcept { return core_.step_count; }
+  /// Norm measured by the last clipping (one float in the optimiser's memory space).
+  tensor_view<const float, 1, Space> last_grad_norm() const { return core_.clip_norm.template view<1>(); }
+  parameter_list<T, Space> params() const { return core_.params(); }
+
+ protected:
+  /// Named state tensors for checkpoints: "<param>.<n1>" and "<param>.<n2>" (a null name: none).
+  std::vector<std::pair<std::string, tensor<T, Space>*>> named_state(const char* n1, const char* n2) {
+    std::vector<std::pair<std::string, tensor<T, Space>*>> out;
+    core_.add_state(out, n1, n2);
+    return out;
+  }
+  optimizer_core<T, Space> core_;
+};
+
 }  // namespace nn_detail
 
 /// SGD with momentum / Nesterov (torch.optim.SGD).
 template <class T, class Space = host_space>
-class sgd {
+class sgd : public nn_detail::optimizer_base<T, Space> {
+  using nn_detail::optimizer_base<T, Space>::core_;
+
  public:
   sgd_options options;
 
@@ -167,25 +190,15 @@ class sgd {
     ++core_.step_count;
     return {};
   }
-  index_t steps() const noexcept { return core_.step_count; }
-  index_t& step_count() noexcept { return core_.step_count; }
   /// Named state tensors for checkpoints ("<param>.momentum_buffer").
-  std::vector<std::pair<std::string, tensor<T, Space>*>> state() {
-    std::vector<std::pair<std::string, tensor<T, Space>*>> out;
-    core_.add_state(out, "momentum_buffer", nullptr);
-    return out;
-  }
-  /// Norm measured by the last clipping (one float in the optimiser's memory space).
-  tensor_view<const float, 1, Space> last_grad_norm() const { return core_.clip_norm.template view<1>(); }
-  parameter_list<T, Space> params() const { return core_.params(); }
-
- private:
-  nn_detail::optimizer_core<T, Space> core_;
+  std::vector<std::pair<std::string, tensor<T, Space>*>> state() { return this->named_state("momentum_buffer", nullptr); }
 };
 
 /// Adam (Kingma & Ba 2015) / AdamW with decoupled_weight_decay (torch.optim.Adam / AdamW).
 template <class T, class Space = host_space>
-class adam {
+class adam : public nn_detail::optimizer_base<T, Space> {
+  using nn_detail::optimizer_base<T, Space>::core_;
+
  public:
   adam_options options;
 
@@ -212,19 +225,8 @@ class adam {
     ++core_.step_count;
     return {};
   }
-  index_t steps() const noexcept { return core_.step_count; }
-  index_t& step_count() noexcept { return core_.step_count; }
   /// Named state tensors for checkpoints ("<param>.exp_avg", "<param>.exp_avg_sq").
-  std::vector<std::pair<std::string, tensor<T, Space>*>> state() {
-    std::vector<std::pair<std::string, tensor<T, Space>*>> out;
-    core_.add_state(out, "exp_avg", "exp_avg_sq");
-    return out;
-  }
-  tensor_view<const float, 1, Space> last_grad_norm() const { return core_.clip_norm.template view<1>(); }
-  parameter_list<T, Space> params() const { return core_.params(); }
-
- private:
-  nn_detail::optimizer_core<T, Space> core_;
+  std::vector<std::pair<std::string, tensor<T, Space>*>> state() { return this->named_state("exp_avg", "exp_avg_sq"); }
 };
 
 /// AdamW = Adam with decoupled weight decay (default weight_decay 0.01, as torch.optim.AdamW).

@@ -41,6 +41,24 @@ status check_pool(const char* fn, const X& x, const pool2d_params& p) {
                                               check_detail::shape_of(x));
   return {};
 }
+/// The extents of a pooling pass: input planes H x W (of x or dx), output planes Ho x Wo.
+struct pool2d_geometry {
+  index_t N, C, H, W, Ho, Wo;
+};
+template <class X>
+pool2d_geometry pool2d_geometry_of(const X& x, const pool2d_params& p) {
+  const index_t H = x.extent(2), W = x.extent(3);
+  return {x.extent(0), x.extent(1), H, W, pool2d_output_extent(H, p.kernel, p.stride), pool2d_output_extent(W, p.kernel, p.stride)};
+}
+/// check_pool of the input-side view `in` (x or dx), then the output-side view `out` (y or dy)
+/// must be (N, C, Ho, Wo) and present; g gets the extents.
+template <class In, class Out>
+status check_pool_pair(const char* fn, const In& in, const char* out_name, const Out& out, const pool2d_params& p, pool2d_geometry& g) {
+  DISTILL_TRY(check_pool(fn, in, p));
+  g = pool2d_geometry_of(in, p);
+  DISTILL_TRY(check_shape(fn, out_name, out, {g.N, g.C, g.Ho, g.Wo}));
+  return check_not_null(fn, out_name, out);
+}
 /// Whether each (n, c) plane of an NCHW view is contiguous (any batch and channel strides).
 template <class V>
 bool planes_contiguous(const V& v) {
@@ -106,11 +124,9 @@ template <class T>
 [[nodiscard]] status max_pool2d_forward(const cpu& ctx, in_view<T, 4> x, host_view<T, 4> y, out_view<std::int32_t, 4> argmax,
                                         const pool2d_params& p = {}) {
   constexpr const char* fn = "nn::max_pool2d_forward";
-  DISTILL_TRY(nn_detail::check_pool(fn, x, p));
-  const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(nn_detail::check_pool_pair(fn, x, "y", y, p, geom));
+  const index_t N = geom.N, C = geom.C, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   DISTILL_TRY(check_present(fn, "argmax", argmax));
   DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
   if (nn_detail::planes_contiguous(x) && nn_detail::planes_contiguous(y) && nn_detail::planes_contiguous(argmax)) {
@@ -182,11 +198,9 @@ template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status max_pool2d_backward(const cpu& ctx, host_view<TD, 4> dy, in_view<std::int32_t, 4> argmax, host_view<T, 4> dx,
                                          const pool2d_params& p = {}, grad_options opt = {}) {
   constexpr const char* fn = "nn::max_pool2d_backward";
-  DISTILL_TRY(nn_detail::check_pool(fn, dx, p));
-  const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(nn_detail::check_pool_pair(fn, dx, "dy", dy, p, geom));
+  const index_t N = geom.N, C = geom.C, H = geom.H, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   DISTILL_TRY(check_shape(fn, "argmax", argmax, {N, C, Ho, Wo}));
   DISTILL_TRY(nn_detail::check_not_null(fn, "argmax", argmax));
   if (p.stride >= p.kernel && nn_detail::planes_contiguous(dy) && nn_detail::planes_contiguous(argmax) && nn_detail::planes_contiguous(dx)) {
@@ -228,11 +242,9 @@ template <class TD, class T = std::remove_const_t<TD>>
 template <class T>
 [[nodiscard]] status avg_pool2d_forward(const cpu& ctx, in_view<T, 4> x, host_view<T, 4> y, const pool2d_params& p = {}) {
   constexpr const char* fn = "nn::avg_pool2d_forward";
-  DISTILL_TRY(nn_detail::check_pool(fn, x, p));
-  const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "y", y));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(nn_detail::check_pool_pair(fn, x, "y", y, p, geom));
+  const index_t N = geom.N, C = geom.C, Ho = geom.Ho, Wo = geom.Wo;
   using Acc = accum_t<T>;
   const Acc inv = Acc(1) / static_cast<Acc>(p.kernel * p.kernel);
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {
@@ -254,11 +266,9 @@ template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status avg_pool2d_backward(const cpu& ctx, host_view<TD, 4> dy, host_view<T, 4> dx, const pool2d_params& p = {},
                                          grad_options opt = {}) {
   constexpr const char* fn = "nn::avg_pool2d_backward";
-  DISTILL_TRY(nn_detail::check_pool(fn, dx, p));
-  const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
-  DISTILL_TRY(nn_detail::check_not_null(fn, "dy", dy));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(nn_detail::check_pool_pair(fn, dx, "dy", dy, p, geom));
+  const index_t N = geom.N, C = geom.C, H = geom.H, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   using Acc = accum_t<T>;
   const Acc inv = Acc(1) / static_cast<Acc>(p.kernel * p.kernel);
   parallel_for(ctx, N * C, [&](index_t i0, index_t i1) {

@@ -38,6 +38,18 @@ __global__ void nn_embedding_scatter_add_kernel(const I* ids, index_t sid, matri
   }
 }
 
+/// The checks both CUDA embedding passes make: the table (`table` or `dtable`) on the device,
+/// ids present on the device, and the rows (`y` or `dy`) (N ids, D) on the device.
+template <class Table, class Ids, class Rows>
+status check_device_embedding(const char* fn, const char* table_name, const Table& table, const Ids& ids, const char* rows_name,
+                              const Rows& rows) {
+  DISTILL_TRY(check_device_input(fn, table_name, table));
+  DISTILL_TRY(nn_detail::check_input(fn, "ids", ids));
+  DISTILL_TRY(check_device_view(fn, "ids", ids));
+  DISTILL_TRY(check_shape(fn, rows_name, rows, {ids.extent(0), table.extent(1)}));
+  return check_device_input(fn, rows_name, rows);
+}
+
 }  // namespace cuda_detail
 
 template <class I, class T>
@@ -46,11 +58,7 @@ template <class I, class T>
   static_assert(std::is_same_v<I, std::int32_t> || std::is_same_v<I, std::int64_t>, "ids are int32 or int64");
   using namespace cuda_detail;
   constexpr const char* fn = "nn::embedding_forward";
-  DISTILL_TRY(check_device_input(fn, "table", table));
-  DISTILL_TRY(nn_detail::check_input(fn, "ids", ids));
-  DISTILL_TRY(check_device_view(fn, "ids", ids));
-  DISTILL_TRY(check_shape(fn, "y", y, {ids.extent(0), table.extent(1)}));
-  DISTILL_TRY(check_device_input(fn, "y", y));
+  DISTILL_TRY(check_device_embedding(fn, "table", table, ids, "y", y));
   const index_t N = ids.extent(0), D = table.extent(1);
   nn_embedding_gather_kernel<I, T><<<elementwise_blocks(N * D), 256, 0, stream_of(ctx)>>>(ids.data(), ids.stride(0), arg(table),
                                                                                          table.extent(0), arg(y), N, D);
@@ -63,11 +71,7 @@ template <class I, class T>
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "CUDA embedding gradients are float or double");
   using namespace cuda_detail;
   constexpr const char* fn = "nn::embedding_backward";
-  DISTILL_TRY(check_device_input(fn, "dtable", dtable));
-  DISTILL_TRY(nn_detail::check_input(fn, "ids", ids));
-  DISTILL_TRY(check_device_view(fn, "ids", ids));
-  DISTILL_TRY(check_shape(fn, "dy", dy, {ids.extent(0), dtable.extent(1)}));
-  DISTILL_TRY(check_device_input(fn, "dy", dy));
+  DISTILL_TRY(check_device_embedding(fn, "dtable", dtable, ids, "dy", dy));
   const index_t N = ids.extent(0), V = dtable.extent(0), D = dtable.extent(1);
   if (!opt.accumulate_params) {
     if (!dtable.contiguous()) return fail(errc::unsupported_layout, fn, "'dtable' must be contiguous unless accumulating");

@@ -103,6 +103,18 @@ status check_device_argmax(const char* fn, const A& argmax, index_t N, index_t C
   return check_device_view(fn, "argmax", argmax);
 }
 
+/// nn_detail::check_pool and device residence of the input-side view `in` (x or dx), then the
+/// output-side view `out` (y or dy) must be (N, C, Ho, Wo) on the device; g gets the extents.
+template <class In, class Out>
+status check_device_pool_pair(const char* fn, const char* in_name, const In& in, const char* out_name, const Out& out,
+                              const pool2d_params& p, nn_detail::pool2d_geometry& g) {
+  DISTILL_TRY(nn_detail::check_pool(fn, in, p));
+  DISTILL_TRY(check_device_input(fn, in_name, in));
+  g = nn_detail::pool2d_geometry_of(in, p);
+  DISTILL_TRY(check_shape(fn, out_name, out, {g.N, g.C, g.Ho, g.Wo}));
+  return check_device_input(fn, out_name, out);
+}
+
 }  // namespace cuda_detail
 
 template <class T>
@@ -138,12 +150,9 @@ template <class T>
                                         out_view<std::int32_t, 4, cuda_space> argmax, const pool2d_params& p = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::max_pool2d_forward";
-  DISTILL_TRY(nn_detail::check_pool(fn, x, p));
-  DISTILL_TRY(check_device_input(fn, "x", x));
-  const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
-  DISTILL_TRY(check_device_input(fn, "y", y));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(check_device_pool_pair(fn, "x", x, "y", y, p, geom));
+  const index_t N = geom.N, C = geom.C, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   DISTILL_TRY(check_present(fn, "argmax", argmax));
   DISTILL_TRY(check_device_argmax(fn, argmax, N, C, Ho, Wo));
   nn_pool2d_forward_kernel<T><<<elementwise_blocks(N * C * Ho * Wo), 256, 0, stream_of(ctx)>>>(
@@ -156,12 +165,9 @@ template <class TD, class T = std::remove_const_t<TD>>
                                          cuda_view<T, 4> dx, const pool2d_params& p = {}, grad_options opt = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::max_pool2d_backward";
-  DISTILL_TRY(nn_detail::check_pool(fn, dx, p));
-  DISTILL_TRY(check_device_input(fn, "dx", dx));
-  const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
-  DISTILL_TRY(check_device_input(fn, "dy", dy));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(check_device_pool_pair(fn, "dx", dx, "dy", dy, p, geom));
+  const index_t N = geom.N, C = geom.C, H = geom.H, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   DISTILL_TRY(check_device_argmax(fn, argmax, N, C, Ho, Wo));
   cuda_view<const T, 4> dyc = dy;
   nn_pool2d_backward_gather_kernel<T><<<elementwise_blocks(N * C * H * W), 256, 0, stream_of(ctx)>>>(
@@ -173,12 +179,9 @@ template <class T>
 [[nodiscard]] status avg_pool2d_forward(const cuda& ctx, in_view<T, 4, cuda_space> x, cuda_view<T, 4> y, const pool2d_params& p = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::avg_pool2d_forward";
-  DISTILL_TRY(nn_detail::check_pool(fn, x, p));
-  DISTILL_TRY(check_device_input(fn, "x", x));
-  const index_t N = x.extent(0), C = x.extent(1), H = x.extent(2), W = x.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "y", y, {N, C, Ho, Wo}));
-  DISTILL_TRY(check_device_input(fn, "y", y));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(check_device_pool_pair(fn, "x", x, "y", y, p, geom));
+  const index_t N = geom.N, C = geom.C, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   nn_pool2d_forward_kernel<T><<<elementwise_blocks(N * C * Ho * Wo), 256, 0, stream_of(ctx)>>>(
       arg4(x), arg4(y), nullptr, N, C, W, Ho, Wo, p.kernel, p.stride, false);
   return launch_status(fn, stream_of(ctx));
@@ -189,12 +192,9 @@ template <class TD, class T = std::remove_const_t<TD>>
                                          grad_options opt = {}) {
   using namespace cuda_detail;
   constexpr const char* fn = "nn::avg_pool2d_backward";
-  DISTILL_TRY(nn_detail::check_pool(fn, dx, p));
-  DISTILL_TRY(check_device_input(fn, "dx", dx));
-  const index_t N = dx.extent(0), C = dx.extent(1), H = dx.extent(2), W = dx.extent(3);
-  const index_t Ho = pool2d_output_extent(H, p.kernel, p.stride), Wo = pool2d_output_extent(W, p.kernel, p.stride);
-  DISTILL_TRY(check_shape(fn, "dy", dy, {N, C, Ho, Wo}));
-  DISTILL_TRY(check_device_input(fn, "dy", dy));
+  nn_detail::pool2d_geometry geom;
+  DISTILL_TRY(check_device_pool_pair(fn, "dx", dx, "dy", dy, p, geom));
+  const index_t N = geom.N, C = geom.C, H = geom.H, W = geom.W, Ho = geom.Ho, Wo = geom.Wo;
   cuda_view<const T, 4> dyc = dy;
   nn_pool2d_backward_gather_kernel<T><<<elementwise_blocks(N * C * H * W), 256, 0, stream_of(ctx)>>>(
       arg4(dyc), nullptr, arg4(dx), N, C, H, W, Ho, Wo, p.kernel, p.stride, false, opt.accumulate_input);
