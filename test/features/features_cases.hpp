@@ -94,6 +94,32 @@ inline shape4 other_spatial(distill_test::rng& g, const shape4& s, int trial) {
   return r;
 }
 
+/// Statistics [B, C] or [B, D] in accum_t<T> and the gradient to the input against the reference.
+template <class T>
+void check_stats(const stats_outputs& out, const std::vector<double>& mean, const std::vector<double>& std_dev,
+                 const std::vector<double>& grad) {
+  INFO(out.st.to_string());
+  REQUIRE(out.st.ok());
+  CHECK(out.canaries_ok);
+  CHECK_CLOSE("mean", out.mean, mean, scaled<accum_t<T>>(mean, 0.1));
+  CHECK_CLOSE("std", out.std_dev, std_dev, scaled<accum_t<T>>(std_dev));
+  CHECK_CLOSE("grad_x", out.grad, grad, scaled<T>(grad));
+}
+
+/// A loss over features against the reference: the fused loss and gradient, the forward alone,
+/// the backward alone accumulated onto `init`.
+template <class T>
+void check_loss(const loss_outputs& out, double loss, const std::vector<double>& grad, const std::vector<double>& init) {
+  INFO(out.st.to_string());
+  REQUIRE(out.st.ok());
+  CHECK(out.canaries_ok);
+  CHECK_CLOSE("loss", out.loss, std::vector<double>{loss}, loss_tol<T>());
+  CHECK_CLOSE("grad", out.grad, grad, scaled<T>(grad));
+  CHECK_CLOSE("forward alone", out.loss_alone, out.loss, same_pass_tol());
+  const auto added = plus(init, grad);
+  CHECK_CLOSE("backward alone, accumulated", out.grad_added, added, scaled<T>(added));
+}
+
 }  // namespace ft_cases
 
 TEMPLATE_LIST_TEST_CASE("features: channel statistics and their backward, on every backend", "[features][stats][backend]",
@@ -111,16 +137,11 @@ TEMPLATE_LIST_TEST_CASE("features: channel statistics and their backward, on eve
     const bool use_mean = trial % 3 != 1, use_std = trial % 3 != 2;
     const auto gm = use_mean ? rounded<Acc>(g.normals(s.B * s.C)) : std::vector<double>{};
     const auto gs = use_std ? rounded<Acc>(g.normals(s.B * s.C)) : std::vector<double>{};
-    const stats_outputs out = run_channel_stats<T, test_space>(x, s, o, gm, gs, g);
-    CAPTURE(trial, s.B, s.C, s.H, s.W, o.unbiased, o.eps, use_mean, use_std, out.st.to_string());
-    REQUIRE(out.st.ok());
-    CHECK(out.canaries_ok);
+    CAPTURE(trial, s.B, s.C, s.H, s.W, o.unbiased, o.eps, use_mean, use_std);
     std::vector<double> rm, rs;
     features_ref::channel_stats(x, s, o.unbiased, o.eps, rm, rs);
-    CHECK_CLOSE("mean", out.mean, rm, scaled<Acc>(rm, 0.1));
-    CHECK_CLOSE("std", out.std_dev, rs, scaled<Acc>(rs));
-    const auto rg = features_ref::channel_stats_grad(x, s, o.unbiased, o.eps, gm, gs);
-    CHECK_CLOSE("grad_x", out.grad, rg, scaled<T>(rg));
+    check_stats<T>(run_channel_stats<T, test_space>(x, s, o, gm, gs, g), rm, rs,
+                   features_ref::channel_stats_grad(x, s, o.unbiased, o.eps, gm, gs));
   }
 }
 
@@ -133,12 +154,7 @@ TEMPLATE_LIST_TEST_CASE("features: token statistics with a mask, on every backen
   for (int trial = 0; trial < 14; ++trial) {
     // D = 70: several warps; 300: two CPU feature blocks.
     const long B = g.integer(1, 3), L = trial == 0 ? 1 : g.integer(1, 40), D = trial == 3 ? 300 : trial % 4 == 1 ? 70 : g.integer(1, 33);
-    std::vector<std::uint8_t> mask;
-    if (trial % 3) {
-      mask.assign(B * L, 1);
-      for (auto& v : mask) v = g.coin(0.7);
-      for (long b = 0; b < B; ++b) mask[b * L] = 1;
-    }
+    const auto mask = features_test::token_mask(g, B, L, trial % 3 ? 0.0 : 1.0, 0.7);
     long fewest_valid = L;
     for (long b = 0; b < B && !mask.empty(); ++b) fewest_valid = std::min<long>(fewest_valid, std::count(&mask[b * L], &mask[b * L] + L, 1));
     feature_stats_options o;
@@ -146,48 +162,43 @@ TEMPLATE_LIST_TEST_CASE("features: token statistics with a mask, on every backen
     o.eps = 1e-4;
     const auto x = rounded<T>(g.normals(B * L * D, 0.5, 2));
     const auto gm = rounded<Acc>(g.normals(B * D)), gs = rounded<Acc>(g.normals(B * D));
-    const stats_outputs out = run_token_stats<T, test_space>(x, B, L, D, mask, o, gm, gs, g);
-    CAPTURE(trial, B, L, D, mask.empty(), o.unbiased, out.st.to_string());
-    REQUIRE(out.st.ok());
-    CHECK(out.canaries_ok);
+    CAPTURE(trial, B, L, D, mask.empty(), o.unbiased);
     std::vector<double> rm, rs;
     features_ref::token_stats(x, B, L, D, mask, o.unbiased, o.eps, rm, rs);
-    CHECK_CLOSE("token mean", out.mean, rm, scaled<Acc>(rm, 0.1));
-    CHECK_CLOSE("token std", out.std_dev, rs, scaled<Acc>(rs));
-    const auto rg = features_ref::token_stats_grad(x, B, L, D, mask, o.unbiased, o.eps, gm, gs);  // masked tokens: 0
-    CHECK_CLOSE("token grad", out.grad, rg, scaled<T>(rg));
+    check_stats<T>(run_token_stats<T, test_space>(x, B, L, D, mask, o, gm, gs, g), rm, rs,
+                   features_ref::token_stats_grad(x, B, L, D, mask, o.unbiased, o.eps, gm, gs));  // masked tokens: 0
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("features: statistics matching, every option, on every backend", "[features][stats_matching][backend]",
-                        ft_cases::storage_types) {
+TEMPLATE_LIST_TEST_CASE("features: statistics matching and the AdaIN statistics loss (the peer's composite), every option, "
+                        "on every backend", "[features][stats_matching][adain_stats][backend]", ft_cases::storage_types) {
   using namespace ft_cases;
   using T = TestType;
   distill_test::rng g(1103);
   for (int trial = 0; trial < 24; ++trial) {
     const shape4 ss = random_shape(g, trial);
     const shape4 ts = trial % 3 == 2 ? other_spatial(g, ss, trial + 3) : ss;
-    stats_matching_options o;
-    o.unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 4 == 1;
-    o.eps = trial % 2 ? 1e-5 : 1e-2;
-    o.mean_weight = trial % 4 == 3 ? 0.0 : g.uniform(0.2, 2);
-    o.std_weight = trial % 4 == 2 ? 0.0 : g.uniform(0.2, 2);  // 0: the mean-only statm_loss
-    o.reduction = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
-    o.grad_scale = trial % 2 ? 1.0 : 0.5;
-    const auto s = rounded<T>(features(g, ss, 0.2)), t = rounded<T>(features(g, ts, 0.2)), init = rounded<T>(g.normals(ss.size()));
-    const loss_outputs out = run_stats_matching<T, test_space>(s, ss, t, ts, o, init, g);
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, o.mean_weight, o.std_weight, to_string(o.reduction));
-    CAPTURE(out.st.to_string());
-    REQUIRE(out.st.ok());
-    CHECK(out.canaries_ok);
-    const features_ref::stats_matching_opts ro{o.eps, o.unbiased, o.mean_weight, o.std_weight, ref_reduction(o.reduction)};
-    const std::vector<double> loss{features_ref::stats_matching(s, ss, t, ts, ro)};
-    const auto grad = times(features_ref::stats_matching_grad(s, ss, t, ts, ro), o.grad_scale);
-    CHECK_CLOSE("loss", out.loss, loss, loss_tol<T>());
-    CHECK_CLOSE("grad", out.grad, grad, scaled<T>(grad));
-    CHECK_CLOSE("forward alone", out.loss_alone, out.loss, same_pass_tol());
-    const auto added = plus(init, grad);
-    CHECK_CLOSE("backward alone, accumulated", out.grad_added, added, scaled<T>(added));
+    const bool unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 4 == 1;
+    const double eps = trial % 2 ? 1e-5 : 1e-2;
+    const reduction red = trial % 3 == 0 ? reduction::mean : trial % 3 == 1 ? reduction::batchmean : reduction::sum;
+    const auto s = rounded<T>(features(g, ss, 0.25)), t = rounded<T>(features(g, ts, 0.25)), init = rounded<T>(g.normals(ss.size()));
+    stats_matching_options sm;
+    sm.unbiased = unbiased, sm.eps = eps, sm.reduction = red;
+    sm.mean_weight = trial % 4 == 3 ? 0.0 : g.uniform(0.2, 2);
+    sm.std_weight = trial % 4 == 2 ? 0.0 : g.uniform(0.2, 2);  // 0: the mean-only statm_loss
+    sm.grad_scale = trial % 2 ? 1.0 : 0.5;
+    adain_stats_loss_options as;
+    as.unbiased = unbiased, as.eps = eps, as.reduction = red;
+    if (trial % 6 == 5) as.adain_weight = g.uniform(0, 2), as.mean_weight = g.uniform(0, 2), as.std_weight = g.uniform(0, 2);
+    if (trial % 7 == 6) as.std_weight = 0;
+    as.grad_scale = trial % 2 ? 0.75 : 1.0;
+    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, unbiased, eps, to_string(red), sm.mean_weight, sm.std_weight);
+    const features_ref::stats_matching_opts rm{eps, unbiased, sm.mean_weight, sm.std_weight, ref_reduction(red)};
+    check_loss<T>(run_feature_loss<T, test_space>(s, ss, t, ts, sm, init, g), features_ref::stats_matching(s, ss, t, ts, rm),
+                  times(features_ref::stats_matching_grad(s, ss, t, ts, rm), sm.grad_scale), init);
+    const features_ref::adain_stats_opts ra{eps, unbiased, as.adain_weight, as.mean_weight, as.std_weight, ref_reduction(red)};
+    check_loss<T>(run_feature_loss<T, test_space>(s, ss, t, ts, as, init, g), features_ref::adain_stats_loss(s, ss, t, ts, ra),
+                  times(features_ref::adain_stats_loss_grad(s, ss, t, ts, ra), as.grad_scale), init);
   }
 }
 
@@ -198,15 +209,7 @@ TEMPLATE_LIST_TEST_CASE("features: statistics matching over masked tokens, on ev
   distill_test::rng g(1104);
   for (int trial = 0; trial < 12; ++trial) {
     const long B = g.integer(1, 3), Ls = g.integer(1, 30), Lt = g.integer(1, 30), D = trial % 3 == 0 ? g.integer(1, 6) : g.integer(1, 70);
-    auto make_mask = [&](long L) {
-      std::vector<std::uint8_t> m;
-      if (g.coin(0.3)) return m;
-      m.assign(B * L, 0);
-      for (auto& v : m) v = g.coin(0.7);
-      for (long b = 0; b < B; ++b) m[b * L] = 1;
-      return m;
-    };
-    const auto sm = make_mask(Ls), tm = make_mask(Lt);
+    const auto sm = features_test::token_mask(g, B, Ls, 0.3, 0.7), tm = features_test::token_mask(g, B, Lt, 0.3, 0.7);
     const auto s = rounded<T>(g.normals(B * Ls * D)), t = rounded<T>(g.normals(B * Lt * D, 1, 2));
     stats_matching_options o;
     o.eps = 1e-3;
@@ -265,37 +268,6 @@ TEMPLATE_LIST_TEST_CASE("features: AdaIN forward and backward, on every backend"
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("features: AdaIN statistics loss equals the peer's composite, on every backend",
-                        "[features][adain_stats][backend]", ft_cases::storage_types) {
-  using namespace ft_cases;
-  using T = TestType;
-  distill_test::rng g(1106);
-  for (int trial = 0; trial < 24; ++trial) {
-    const shape4 ss = random_shape(g, trial);
-    const shape4 ts = trial % 4 == 3 ? other_spatial(g, ss, trial + 2) : ss;
-    adain_stats_loss_options o;
-    o.unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 5 == 2;
-    o.eps = trial % 4 == 1 ? 1e-2 : 1e-5;
-    if (trial % 6 == 5) o.adain_weight = g.uniform(0, 2), o.mean_weight = g.uniform(0, 2), o.std_weight = g.uniform(0, 2);
-    if (trial % 7 == 6) o.std_weight = 0;
-    o.reduction = trial % 3 == 1 ? reduction::sum : trial % 3 == 2 ? reduction::batchmean : reduction::mean;
-    o.grad_scale = trial % 2 ? 1.0 : 0.75;
-    const auto s = rounded<T>(features(g, ss, 0.25)), t = rounded<T>(features(g, ts, 0.25)), init = rounded<T>(g.normals(ss.size()));
-    const loss_outputs out = run_adain_stats_loss<T, test_space>(s, ss, t, ts, o, init, g);
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, to_string(o.reduction), out.st.to_string());
-    REQUIRE(out.st.ok());
-    CHECK(out.canaries_ok);
-    const features_ref::adain_stats_opts ro{o.eps, o.unbiased, o.adain_weight, o.mean_weight, o.std_weight, ref_reduction(o.reduction)};
-    const std::vector<double> loss{features_ref::adain_stats_loss(s, ss, t, ts, ro)};
-    const auto grad = times(features_ref::adain_stats_loss_grad(s, ss, t, ts, ro), o.grad_scale);
-    CHECK_CLOSE("loss", out.loss, loss, loss_tol<T>());
-    CHECK_CLOSE("grad", out.grad, grad, scaled<T>(grad));
-    CHECK_CLOSE("forward alone", out.loss_alone, out.loss, same_pass_tol());
-    const auto added = plus(init, grad);
-    CHECK_CLOSE("backward alone, accumulated", out.grad_added, added, scaled<T>(added));
-  }
-}
-
 TEMPLATE_LIST_TEST_CASE("features: statistics losses vanish when student = teacher, on every backend",
                         "[features][stats_matching][adain_stats][property][backend]", ft_cases::storage_types) {
   using namespace ft_cases;
@@ -309,8 +281,8 @@ TEMPLATE_LIST_TEST_CASE("features: statistics losses vanish when student = teach
     const auto x = rounded<T>(features(g, s, 0.2));
     const std::vector<double> zeros(x.size(), 0.0);
     CAPTURE(trial, s.B, s.C, s.H, s.W);
-    const loss_outputs sm = run_stats_matching<T, test_space>(x, s, x, s, {}, zeros, g);
-    const loss_outputs as = run_adain_stats_loss<T, test_space>(x, s, x, s, {}, zeros, g);
+    const loss_outputs sm = run_feature_loss<T, test_space>(x, s, x, s, stats_matching_options{}, zeros, g);
+    const loss_outputs as = run_feature_loss<T, test_space>(x, s, x, s, adain_stats_loss_options{}, zeros, g);
     REQUIRE(sm.st.ok());
     REQUIRE(as.st.ok());
     CHECK_CLOSE("statistics matching loss", sm.loss, std::vector<double>{0.0}, zero_loss);

@@ -123,12 +123,24 @@ struct loss_outputs {
   status st;
 };
 
-/// The fused pass, the forward alone and the backward alone with accumulate (onto `init`) of a
-/// loss over [B, C, H, W] features; `call(pass, ctx, s, t, loss, grad, workspace, accumulate)`
-/// runs one of them (pass 0 fused, 1 forward, 2 backward).
-template <class T, class Space, class Call>
+/// One pass (0 fused, 1 forward, 2 backward) of statistics matching or the AdaIN statistics loss.
+template <class Ctx, class SV, class TV, class LV, class GV, class WV>
+status feature_loss_pass(int pass, const Ctx& ctx, SV s, TV t, LV l, GV g, WV w, const stats_matching_options& o) {
+  if (pass == 0) return stats_matching_forward_backward(ctx, s, t, l, g, w, o);
+  return pass == 1 ? stats_matching_forward(ctx, s, t, l, w, o) : stats_matching_backward(ctx, s, t, g, w, o);
+}
+template <class Ctx, class SV, class TV, class LV, class GV, class WV>
+status feature_loss_pass(int pass, const Ctx& ctx, SV s, TV t, LV l, GV g, WV w, const adain_stats_loss_options& o) {
+  if (pass == 0) return adain_stats_loss_forward_backward(ctx, s, t, l, g, w, o);
+  return pass == 1 ? adain_stats_loss_forward(ctx, s, t, l, w, o) : adain_stats_loss_backward(ctx, s, t, g, w, o);
+}
+
+/// Statistics matching (stats_matching_options) or the AdaIN statistics loss
+/// (adain_stats_loss_options) over [B, C, H, W] features: the fused pass, the forward alone and
+/// the backward alone with accumulate, onto `init`.
+template <class T, class Space, class Options>
 loss_outputs run_feature_loss(const std::vector<double>& s, const shape4& ss, const std::vector<double>& t, const shape4& ts,
-                              const std::vector<double>& init, std::size_t ws_bytes, distill_test::rng& g, Call&& call) {
+                              Options o, const std::vector<double>& init, distill_test::rng& g) {
   using Acc = accum_t<T>;
   auto st_ = padded_tensor<T, 4, Space>(g, ext(ss), 2), tt = padded_tensor<T, 4, Space>(g, ext(ts), 2);
   auto gr = padded_tensor<T, 4, Space>(g, ext(ss), 3), added = padded_tensor<T, 4, Space>(g, ext(ss));
@@ -137,39 +149,18 @@ loss_outputs run_feature_loss(const std::vector<double>& s, const shape4& ss, co
   added.set(init);
   guarded_array<Acc, Space> loss(1), loss_alone(1);
   session<Space> run;
-  distill_test::workspace<Space> ws(ws_bytes);
+  constexpr bool matching = std::is_same_v<Options, stats_matching_options>;
+  distill_test::workspace<Space> ws(matching ? stats_matching_workspace_size<T>(run.ctx, ss.B, ss.C)
+                                             : adain_stats_loss_workspace_size<T>(run.ctx, ss.B, ss.C));
   const auto sv = st_.template view<const T>();
   const auto tv = tt.template view<const T>();
-  const status st = call(0, run.ctx, sv, tv, loss.view(), gr.view(), ws.view(), false);
-  const status st_f = st.ok() ? call(1, run.ctx, sv, tv, loss_alone.view(), gr.view(), ws.view(), false) : st;
-  const status st_b = st_f.ok() ? call(2, run.ctx, sv, tv, loss.view(), added.view(), ws.view(), true) : st_f;
+  const status st = feature_loss_pass(0, run.ctx, sv, tv, loss.view(), gr.view(), ws.view(), o);
+  const status st_f = st.ok() ? feature_loss_pass(1, run.ctx, sv, tv, loss_alone.view(), gr.view(), ws.view(), o) : st;
+  o.accumulate = true;
+  const status st_b = st_f.ok() ? feature_loss_pass(2, run.ctx, sv, tv, loss.view(), added.view(), ws.view(), o) : st_f;
   run.sync();
   return {loss.get(), gr.get(), loss_alone.get(), added.get(),
           st_.intact() && tt.intact() && gr.intact() && added.intact() && loss.intact() && loss_alone.intact() && ws.intact(), st_b};
-}
-
-template <class T, class Space>
-loss_outputs run_stats_matching(const std::vector<double>& s, const shape4& ss, const std::vector<double>& t, const shape4& ts,
-                                stats_matching_options o, const std::vector<double>& init, distill_test::rng& g) {
-  const std::size_t bytes = stats_matching_workspace_size<T>(typename distill_test::backend<Space>::context{}, ss.B, ss.C);
-  return run_feature_loss<T, Space>(s, ss, t, ts, init, bytes, g, [&](int pass, const auto& ctx, auto sv, auto tv, auto lv, auto gv, auto wv, bool acc) {
-    o.accumulate = acc;
-    return pass == 0 ? stats_matching_forward_backward(ctx, sv, tv, lv, gv, wv, o)
-           : pass == 1 ? stats_matching_forward(ctx, sv, tv, lv, wv, o)
-                       : stats_matching_backward(ctx, sv, tv, gv, wv, o);
-  });
-}
-
-template <class T, class Space>
-loss_outputs run_adain_stats_loss(const std::vector<double>& s, const shape4& ss, const std::vector<double>& t, const shape4& ts,
-                                  adain_stats_loss_options o, const std::vector<double>& init, distill_test::rng& g) {
-  const std::size_t bytes = adain_stats_loss_workspace_size<T>(typename distill_test::backend<Space>::context{}, ss.B, ss.C);
-  return run_feature_loss<T, Space>(s, ss, t, ts, init, bytes, g, [&](int pass, const auto& ctx, auto sv, auto tv, auto lv, auto gv, auto wv, bool acc) {
-    o.accumulate = acc;
-    return pass == 0 ? adain_stats_loss_forward_backward(ctx, sv, tv, lv, gv, wv, o)
-           : pass == 1 ? adain_stats_loss_forward(ctx, sv, tv, lv, wv, o)
-                       : adain_stats_loss_backward(ctx, sv, tv, gv, wv, o);
-  });
 }
 
 /// Statistics matching over tokens [B, L, D] with masks (empty: absent), the fused pass.
@@ -322,12 +313,12 @@ classifier_outputs run_classifier(const classifier_case& c, const text_classifie
   const tensor_view<T, 2, Space> gt_out = want_classes ? gt.view() : tensor_view<T, 2, Space>{};
   text_classifier_options acc = o;
   acc.accumulate = true;
-  classifier_outputs out;
-  out.st = [&]() -> status {
+  std::vector<double> regions_once;
+  const status st = [&]() -> status {
     DISTILL_TRY(text_classifier_forward(run.ctx, ev, tv, wv, mv, z.view(), ws.view(), o));
     DISTILL_TRY(text_classifier_backward(run.ctx, ev, tv, wv, mv, gz.template view<const Acc>(), ge.view(), gw_out, gt_out, ws.view(), o));
     run.sync();
-    out.grad_regions = ge.get();
+    regions_once = ge.get();
     DISTILL_TRY(text_classifier_backward(run.ctx, ev, tv, wv, mv, gz.template view<const Acc>(), ge.view(), tensor_view<T, 1, Space>{},
                                          tensor_view<T, 2, Space>{}, ws.view(), acc));
     DISTILL_TRY(text_classifier_cross_entropy_forward_backward(run.ctx, ev, tv, wv, mv, yv, rwv, loss.view(), cge.view(),
@@ -336,21 +327,13 @@ classifier_outputs run_classifier(const classifier_case& c, const text_classifie
     return text_classifier_cross_entropy_forward(run.ctx, ev, tv, wv, mv, yv, rwv, loss_alone.view(), z_alone.view(), ws.view(), o);
   }();
   run.sync();
-  if (!out.st.ok()) return out;
-  out.logits = z.get();
-  out.regions_added = ge.get();
-  out.grad_background = bg ? gw.get() : std::vector<double>{};
-  out.grad_classes = want_classes ? gt.get() : std::vector<double>{};
-  out.ce_loss = loss.get();
-  out.ce_loss_alone = loss_alone.get();
-  out.ce_regions = cge.get();
-  out.ce_background = bg ? cgw.get() : std::vector<double>{};
-  out.ce_classes = cgt.get();
-  out.ce_dz = dz.get();
-  out.canaries_ok = e.intact() && t.intact() && w.intact() && z.intact() && z_alone.intact() && gz.intact() && dz.intact() && ge.intact() && gt.intact() &&
-                    cge.intact() && cgt.intact() && gw.intact() && cgw.intact() && mk.intact() && rw.intact() && labels.intact() &&
-                    loss.intact() && loss_alone.intact() && ws.intact();
-  return out;
+  if (!st.ok()) return {{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, false, st};
+  const bool canaries_ok = e.intact() && t.intact() && w.intact() && z.intact() && z_alone.intact() && gz.intact() && dz.intact() &&
+                           ge.intact() && gt.intact() && cge.intact() && cgt.intact() && gw.intact() && cgw.intact() && mk.intact() &&
+                           rw.intact() && labels.intact() && loss.intact() && loss_alone.intact() && ws.intact();
+  const std::vector<double> none;
+  return {z.get(),   regions_once,      bg ? gw.get() : none,  want_classes ? gt.get() : none, ge.get(), loss.get(), loss_alone.get(),
+          cge.get(), bg ? cgw.get() : none, cgt.get(), dz.get(), canaries_ok, st};
 }
 
 }  // namespace ft_test

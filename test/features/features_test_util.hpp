@@ -123,6 +123,17 @@ inline std::vector<double> features(distill_test::rng& g, const features_ref::sh
   return x;
 }
 
+/// A token mask [B, L]: absent (empty) with probability `p_absent`, else each token valid with
+/// probability `p_valid` and the first token of every sample valid.
+inline std::vector<std::uint8_t> token_mask(distill_test::rng& g, long B, long L, double p_absent, double p_valid) {
+  std::vector<std::uint8_t> m;
+  if (g.coin(p_absent)) return m;
+  m.resize(static_cast<std::size_t>(B * L));
+  for (auto& v : m) v = g.coin(p_valid);
+  for (long b = 0; b < B; ++b) m[b * L] = 1;
+  return m;
+}
+
 /// The batch and channels of `s` with another spatial size (1x1, up to 8x8, or the same).
 inline features_ref::shape4 spatial_like(distill_test::rng& g, const features_ref::shape4& s) {
   features_ref::shape4 r = s;

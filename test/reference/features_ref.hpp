@@ -86,16 +86,11 @@ inline std::vector<double> channel_stats_grad(const std::vector<double>& x, cons
   std::vector<double> mean, sd, g(x.size(), 0.0);
   channel_stats(x, s, unbiased, eps, mean, sd);
   const double n = double(s.plane()), dof = unbiased ? n - 1 : n;
-  for (long b = 0; b < s.B; ++b)
-    for (long c = 0; c < s.C; ++c) {
-      const long i = b * s.C + c;
-      for (long h = 0; h < s.H; ++h)
-        for (long w = 0; w < s.W; ++w) {
-          const long e = s.at(b, c, h, w);
-          if (!gmean.empty()) g[e] += gmean[i] / n;
-          if (!gstd.empty() && sd[i] > 0) g[e] += gstd[i] * (x[e] - mean[i]) / (dof * sd[i]);
-        }
-    }
+  for (long e = 0; e < s.size(); ++e) {
+    const long i = e / s.plane();  // channel b * C + c of the row-major [B, C, H, W] element e
+    if (!gmean.empty()) g[e] += gmean[i] / n;
+    if (!gstd.empty() && sd[i] > 0) g[e] += gstd[i] * (x[e] - mean[i]) / (dof * sd[i]);
+  }
   return g;
 }
 /// The same over the valid tokens of [B, L, D]; masked tokens get 0.
@@ -382,19 +377,15 @@ inline double cross_entropy(const std::vector<double>& z, long N, long K, const 
 /// The backward of normalized(): g_x from g_u (u = x / ||x||: (g - u (u.g)) / ||x||; below eps
 /// x / eps for clamp, 0 for zero_below_eps; none: g).
 inline std::vector<double> normalized_vjp(const double* x, long D, norm n, double eps, const std::vector<double>& gu) {
-  if (n == norm::none) return gu;
   double q = 0;
   for (long d = 0; d < D; ++d) q += x[d] * x[d];
   const double nr = std::sqrt(q);
-  std::vector<double> gx(D, 0.0);
-  if (nr <= eps) {
-    if (n == norm::clamp)
-      for (long d = 0; d < D; ++d) gx[d] = gu[d] / eps;
-    return gx;
-  }
+  const bool projected = n != norm::none && nr > eps;  // u = x / ||x||
+  const double inv = n == norm::none ? 1.0 : projected ? 1 / nr : n == norm::clamp ? 1 / eps : 0.0;
   double ug = 0;
-  for (long d = 0; d < D; ++d) ug += x[d] / nr * gu[d];
-  for (long d = 0; d < D; ++d) gx[d] = (gu[d] - x[d] / nr * ug) / nr;
+  for (long d = 0; d < D && projected; ++d) ug += x[d] * inv * gu[d];
+  std::vector<double> gx(D);
+  for (long d = 0; d < D; ++d) gx[d] = inv * (gu[d] - (projected ? x[d] * inv * ug : 0.0));
   return gx;
 }
 /// The classifier's backward from G = dL/dz [N, K]: gradients to regions [N, D], background [D]
@@ -403,31 +394,28 @@ inline void classifier_grads(const std::vector<double>& e, long N, long D, const
                              const std::vector<double>& bg, const std::vector<std::uint8_t>& mask, const classifier_opts& o,
                              const std::vector<double>& G, std::vector<double>& ge, std::vector<double>& gbg, std::vector<double>& gt) {
   const long off = bg.empty() ? 0 : 1, K = C + off;
-  std::vector<std::vector<double>> eh(N), th(C);
+  auto column = [&](long k) { return k < off ? bg.data() : &t[(k - off) * D]; };  // of the logits: background, classes
+  std::vector<std::vector<double>> eh(N), ch(K), gch(K, std::vector<double>(D, 0.0));
   for (long r = 0; r < N; ++r) eh[r] = normalized(&e[r * D], D, o.n, o.eps);
-  for (long c = 0; c < C; ++c) th[c] = normalized(&t[c * D], D, o.n, o.eps);
-  const std::vector<double> wh = off ? normalized(bg.data(), D, o.n, o.eps) : std::vector<double>{};
-  std::vector<double> gwh(D, 0.0);
-  std::vector<std::vector<double>> gth(C, std::vector<double>(D, 0.0));
+  for (long k = 0; k < K; ++k) ch[k] = normalized(column(k), D, o.n, o.eps);
   ge.assign(N * D, 0.0);
   for (long r = 0; r < N; ++r) {
     std::vector<double> geh(D, 0.0);
     for (long k = 0; k < K; ++k) {
-      const double gz = G[r * K + k] / o.temperature;
       if (k >= off && !(mask.empty() || mask[k - off])) continue;  // masked classes are constant 0
-      const std::vector<double>& other = k < off ? wh : th[k - off];
-      std::vector<double>& gother = k < off ? gwh : gth[k - off];
-      for (long d = 0; d < D; ++d) geh[d] += gz * other[d], gother[d] += gz * eh[r][d];
+      const double gz = G[r * K + k] / o.temperature;
+      for (long d = 0; d < D; ++d) geh[d] += gz * ch[k][d], gch[k][d] += gz * eh[r][d];
     }
     const auto gx = normalized_vjp(&e[r * D], D, o.n, o.eps, geh);
     std::copy(gx.begin(), gx.end(), ge.begin() + r * D);
   }
   gt.assign(C * D, 0.0);
-  for (long c = 0; c < C; ++c) {
-    const auto gx = normalized_vjp(&t[c * D], D, o.n, o.eps, gth[c]);
-    std::copy(gx.begin(), gx.end(), gt.begin() + c * D);
+  gbg.clear();
+  for (long k = 0; k < K; ++k) {
+    const auto gx = normalized_vjp(column(k), D, o.n, o.eps, gch[k]);
+    if (k < off) gbg = gx;
+    else std::copy(gx.begin(), gx.end(), gt.begin() + (k - off) * D);
   }
-  gbg = off ? normalized_vjp(bg.data(), D, o.n, o.eps, gwh) : std::vector<double>{};
 }
 /// dL/dz of cross_entropy: w_i / div (softmax(z_i) - onehot(y_i)), 0 on ignored rows.
 inline std::vector<double> cross_entropy_grad(const std::vector<double>& z, long N, long K, const std::vector<std::int64_t>& y,
