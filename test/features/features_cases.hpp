@@ -122,7 +122,7 @@ void check_loss(const loss_outputs& out, double loss, const std::vector<double>&
 
 }  // namespace ft_cases
 
-TEMPLATE_LIST_TEST_CASE("features: channel statistics and their backward, on every backend", "[features][stats][backend]",
+TEMPLATE_LIST_TEST_CASE("features: channel and token statistics and their backward, on every backend", "[features][stats][backend]",
                         ft_cases::storage_types) {
   using namespace ft_cases;
   using T = TestType;
@@ -143,15 +143,7 @@ TEMPLATE_LIST_TEST_CASE("features: channel statistics and their backward, on eve
     check_stats<T>(run_channel_stats<T, test_space>(x, s, o, gm, gs, g), rm, rs,
                    features_ref::channel_stats_grad(x, s, o.unbiased, o.eps, gm, gs));
   }
-}
-
-TEMPLATE_LIST_TEST_CASE("features: token statistics with a mask, on every backend", "[features][stats][tokens][backend]",
-                        ft_cases::storage_types) {
-  using namespace ft_cases;
-  using T = TestType;
-  using Acc = accum_t<T>;
-  distill_test::rng g(1102);
-  for (int trial = 0; trial < 14; ++trial) {
+  for (int trial = 0; trial < 14; ++trial) {  // over the tokens of [B, L, D] with a mask
     // D = 70: several warps; 300: two CPU feature blocks.
     const long B = g.integer(1, 3), L = trial == 0 ? 1 : g.integer(1, 40), D = trial == 3 ? 300 : trial % 4 == 1 ? 70 : g.integer(1, 33);
     const auto mask = features_test::token_mask(g, B, L, trial % 3 ? 0.0 : 1.0, 0.7);
@@ -171,7 +163,7 @@ TEMPLATE_LIST_TEST_CASE("features: token statistics with a mask, on every backen
 }
 
 TEMPLATE_LIST_TEST_CASE("features: statistics matching and the AdaIN statistics loss (the peer's composite), every option, "
-                        "on every backend", "[features][stats_matching][adain_stats][backend]", ft_cases::storage_types) {
+                        "on every backend", "[features][stats_matching][adain_stats][tokens][backend]", ft_cases::storage_types) {
   using namespace ft_cases;
   using T = TestType;
   distill_test::rng g(1103);
@@ -200,14 +192,7 @@ TEMPLATE_LIST_TEST_CASE("features: statistics matching and the AdaIN statistics 
     check_loss<T>(run_feature_loss<T, test_space>(s, ss, t, ts, as, init, g), features_ref::adain_stats_loss(s, ss, t, ts, ra),
                   times(features_ref::adain_stats_loss_grad(s, ss, t, ts, ra), as.grad_scale), init);
   }
-}
-
-TEMPLATE_LIST_TEST_CASE("features: statistics matching over masked tokens, on every backend", "[features][stats_matching][tokens][backend]",
-                        ft_cases::storage_types) {
-  using namespace ft_cases;
-  using T = TestType;
-  distill_test::rng g(1104);
-  for (int trial = 0; trial < 12; ++trial) {
+  for (int trial = 0; trial < 12; ++trial) {  // statistics matching over the tokens of [B, L, D] with masks
     const long B = g.integer(1, 3), Ls = g.integer(1, 30), Lt = g.integer(1, 30), D = trial % 3 == 0 ? g.integer(1, 6) : g.integer(1, 70);
     const auto sm = features_test::token_mask(g, B, Ls, 0.3, 0.7), tm = features_test::token_mask(g, B, Lt, 0.3, 0.7);
     const auto s = rounded<T>(g.normals(B * Ls * D)), t = rounded<T>(g.normals(B * Lt * D, 1, 2));
@@ -376,7 +361,6 @@ TEMPLATE_LIST_TEST_CASE("features: text classifier, its backward and cross-entro
                         ft_cases::storage_types) {
   using namespace ft_cases;
   using T = TestType;
-  using Acc = accum_t<T>;
   distill_test::rng g(1109);
   for (int trial = 0; trial < 12; ++trial) {
     classifier_case c;
@@ -396,10 +380,10 @@ TEMPLATE_LIST_TEST_CASE("features: text classifier, its backward and cross-entro
     o.norm_eps = o.normalize == l2_normalization::clamp ? 1e-12 : 1e-8;
     o.reduction = trial % 3 == 0 ? reduction::sum : trial % 3 == 1 ? reduction::mean : reduction::batchmean;
     o.grad_scale = trial % 2 ? 1.0 : 0.3;
-    c.G = rounded<Acc>(g.normals(c.N * c.K()));
+    c.G = rounded<accum_t<T>>(g.normals(c.N * c.K()));
     c.labels.resize(c.N);
     for (auto& y : c.labels) y = g.coin(0.1) ? o.ignore_index : g.integer(0, c.K() - 1);
-    if (trial % 4 == 3) c.row_weights = rounded<Acc>(g.uniforms(c.N, 0.2, 2));
+    if (trial % 4 == 3) c.row_weights = rounded<accum_t<T>>(g.uniforms(c.N, 0.2, 2));
     const bool want_classes = trial % 2 == 0;
     const classifier_outputs out = run_classifier<T, test_space>(c, o, want_classes, g);
     CAPTURE(trial, c.N, c.C, c.D, c.bg.empty(), c.mask.empty(), o.temperature, int(o.normalize), to_string(o.reduction), want_classes);
@@ -433,7 +417,7 @@ TEMPLATE_LIST_TEST_CASE("features: text classifier, its backward and cross-entro
     const auto dz = times(features_ref::cross_entropy_grad(z, c.N, c.K(), c.labels, c.row_weights, o.ignore_index, rr), o.grad_scale);
     CHECK_CLOSE("CE loss", out.ce_loss, loss, loss_tol<T>());
     CHECK_CLOSE("CE forward alone", out.ce_loss_alone, loss, loss_tol<T>());
-    CHECK_CLOSE("dL/dz", out.ce_dz, dz, scaled<Acc>(dz, 1.0 / 3));
+    CHECK_CLOSE("dL/dz", out.ce_dz, dz, scaled<accum_t<T>>(dz, 1.0 / 3));
     features_ref::classifier_grads(c.e, c.N, c.D, c.t, c.C, c.bg, c.mask, ro, dz, ge, gbg, gt);
     CHECK_CLOSE("CE grad regions", out.ce_regions, ge, scaled<T>(ge));
     CHECK_CLOSE("CE grad classes", out.ce_classes, gt, scaled<T>(gt));
