@@ -409,8 +409,9 @@ TEMPLATE_LIST_TEST_CASE("features: text classifier, its backward and cross-entro
     CHECK_CLOSE("grad regions", out.grad_regions, ge, scaled<T>(ge));
     if (!c.bg.empty()) CHECK_CLOSE("grad background", out.grad_background, gbg, scaled<T>(gbg));
     if (want_classes) CHECK_CLOSE("grad classes", out.grad_classes, gt, scaled<T>(gt));
-    const auto twice = times(ge, 2);
+    const auto twice = times(ge, 2), twice_classes = times(gt, 2);
     CHECK_CLOSE("grad regions, accumulated", out.regions_added, twice, scaled<T>(twice));
+    if (want_classes) CHECK_CLOSE("grad classes, accumulated", out.classes_added, twice_classes, scaled<T>(twice_classes));
 
     const auto rr = ref_reduction(o.reduction);
     const std::vector<double> loss{features_ref::cross_entropy(z, c.N, c.K(), c.labels, c.row_weights, o.ignore_index, rr)};

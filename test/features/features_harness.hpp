@@ -273,14 +273,14 @@ struct classifier_case {
 struct classifier_outputs {
   std::vector<double> logits;
   std::vector<double> grad_regions, grad_background, grad_classes;  // backward from G (classes: when asked)
-  std::vector<double> regions_added;                                 // the backward again with accumulate: twice
+  std::vector<double> regions_added, classes_added;                  // the backward again with accumulate: twice
   std::vector<double> ce_loss, ce_loss_alone, ce_regions, ce_background, ce_classes, ce_dz;
   bool canaries_ok = true;
   status st;
 };
 
-/// Forward; backward from G (twice, the second with accumulate); the fused cross-entropy and its
-/// forward alone.
+/// Forward; backward from G (twice, the second with accumulate and no background gradient); the
+/// fused cross-entropy and its forward alone.
 template <class T, class Space>
 classifier_outputs run_classifier(const classifier_case& c, const text_classifier_cross_entropy_options& o, bool want_classes,
                                   distill_test::rng& g) {
@@ -313,27 +313,28 @@ classifier_outputs run_classifier(const classifier_case& c, const text_classifie
   const tensor_view<T, 2, Space> gt_out = want_classes ? gt.view() : tensor_view<T, 2, Space>{};
   text_classifier_options acc = o;
   acc.accumulate = true;
-  std::vector<double> regions_once;
+  std::vector<double> regions_once, classes_once;
   const status st = [&]() -> status {
     DISTILL_TRY(text_classifier_forward(run.ctx, ev, tv, wv, mv, z.view(), ws.view(), o));
     DISTILL_TRY(text_classifier_backward(run.ctx, ev, tv, wv, mv, gz.template view<const Acc>(), ge.view(), gw_out, gt_out, ws.view(), o));
     run.sync();
     regions_once = ge.get();
+    if (want_classes) classes_once = gt.get();
     DISTILL_TRY(text_classifier_backward(run.ctx, ev, tv, wv, mv, gz.template view<const Acc>(), ge.view(), tensor_view<T, 1, Space>{},
-                                         tensor_view<T, 2, Space>{}, ws.view(), acc));
+                                         gt_out, ws.view(), acc));
     DISTILL_TRY(text_classifier_cross_entropy_forward_backward(run.ctx, ev, tv, wv, mv, yv, rwv, loss.view(), cge.view(),
                                                                bg ? cgw.view() : tensor_view<T, 1, Space>{}, cgt.view(), dz.view(),
                                                                ws.view(), o));
     return text_classifier_cross_entropy_forward(run.ctx, ev, tv, wv, mv, yv, rwv, loss_alone.view(), z_alone.view(), ws.view(), o);
   }();
   run.sync();
-  if (!st.ok()) return {{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, false, st};
+  if (!st.ok()) return {{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, false, st};
   const bool canaries_ok = e.intact() && t.intact() && w.intact() && z.intact() && z_alone.intact() && gz.intact() && dz.intact() &&
                            ge.intact() && gt.intact() && cge.intact() && cgt.intact() && gw.intact() && cgw.intact() && mk.intact() &&
                            rw.intact() && labels.intact() && loss.intact() && loss_alone.intact() && ws.intact();
   const std::vector<double> none;
-  return {z.get(),   regions_once,      bg ? gw.get() : none,  want_classes ? gt.get() : none, ge.get(), loss.get(), loss_alone.get(),
-          cge.get(), bg ? cgw.get() : none, cgt.get(), dz.get(), canaries_ok, st};
+  return {z.get(),    regions_once, bg ? gw.get() : none, classes_once, ge.get(), want_classes ? gt.get() : none, loss.get(),
+          loss_alone.get(), cge.get(), bg ? cgw.get() : none, cgt.get(), dz.get(), canaries_ok, st};
 }
 
 }  // namespace ft_test
