@@ -47,7 +47,7 @@ tensor_view<const U, R, Space> optional_view(guarded_tensor<T, R, Space>& t, boo
   return present ? t.template view<const U>() : tensor_view<const U, R, Space>{};
 }
 
-/// Shapes with one element where the input is absent (an optional input keeps its canaries).
+/// A 1-D input in the space's memory; when absent (empty) one unused element, whose canary bands are still checked.
 template <class T, class Space>
 guarded_array<T, Space> optional_array(const std::vector<double>& v) {
   guarded_array<T, Space> a(v.empty() ? 1 : v.size());
