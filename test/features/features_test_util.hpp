@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Test helpers of the features family: padded/strided host buffers whose padding and surrounding
-// bands hold canaries, filled from and read back to dense double vectors.
+// bands hold canaries, filled from and read back to dense double vectors (the CPU-only tests);
+// rounding to a storage type; random padding, feature maps and shapes.
 //   padded<float, 4> x({B, C, H, W}, {0, 1, 2, 3});   // pad each axis by that many elements
 //   x.set(dense);  auto v = x.view();  ...;  CHECK(x.untouched_outside_view());
 
@@ -12,6 +13,7 @@
 
 #include "distill/core/dtype.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "reference/features_ref.hpp"
 #include "support/guarded.hpp"
 #include "support/random.hpp"
 
@@ -67,26 +69,6 @@ class padded {
   }
   const std::array<index_t, R>& strides() const { return str_; }
 
-  // The whole allocation, canary bands included, so it can be mirrored in device memory:
-  //   device_buffer<T> d(x.full_size()); d.upload(x.full()); auto v = x.view_at<cuda_space>(d.data());
-  //   ...; x.set_full(d.download()); CHECK(x.untouched_outside_view());
-  std::size_t full_size() const { return mem_.size() + 2 * distill_test::guarded<T>::band; }
-  std::vector<T> full() const {
-    const T* p = mem_.data() - distill_test::guarded<T>::band;
-    return std::vector<T>(p, p + full_size());
-  }
-  void set_full(const std::vector<T>& v) {
-    T* p = mem_.data() - distill_test::guarded<T>::band;
-    for (std::size_t i = 0; i < full_size(); ++i) p[i] = v[i];
-  }
-  /// The same layout over another allocation of full_size() elements (e.g. device memory).
-  template <class Space, class U = T>
-  distill::tensor_view<U, R, Space> view_at(U* full_base) const {
-    index_t e[R], s[R];
-    for (int d = 0; d < R; ++d) e[d] = ext_[d], s[d] = str_[d];
-    return distill::tensor_view<U, R, Space>(full_base + distill_test::guarded<T>::band, e, s);
-  }
-
  private:
   static std::size_t alloc_size(const std::array<index_t, R>& ext, const std::array<index_t, R>& pad, index_t inner) {
     index_t s = inner;
@@ -121,7 +103,44 @@ std::vector<double> rounded(const std::vector<double>& v) {
   return r;
 }
 
-/// Random padding for an axis: 0 most of the time, sometimes 1..3.
+/// Random padding for an axis: 0 half of the time, else 1..3.
 inline index_t random_pad(distill_test::rng& g) { return g.coin(0.5) ? 0 : g.integer(1, 3); }
+inline std::array<index_t, 4> random_pads(distill_test::rng& g) { return {random_pad(g), random_pad(g), random_pad(g), random_pad(g)}; }
+
+inline std::array<index_t, 4> ext(const features_ref::shape4& s) { return {s.B, s.C, s.H, s.W}; }
+
+/// Feature maps whose channels have their own mean and spread; a channel is constant (zero
+/// variance) with probability `constant_p`.
+inline std::vector<double> features(distill_test::rng& g, const features_ref::shape4& s, double constant_p) {
+  std::vector<double> x(static_cast<std::size_t>(s.size()));
+  for (long b = 0; b < s.B; ++b)
+    for (long c = 0; c < s.C; ++c) {
+      const double mu = g.normal(0, 1.5), sd = g.uniform(0.4, 2.0), k = g.normal();
+      const bool constant = g.coin(constant_p);
+      for (long h = 0; h < s.H; ++h)
+        for (long w = 0; w < s.W; ++w) x[s.at(b, c, h, w)] = constant ? k : g.normal(mu, sd);
+    }
+  return x;
+}
+
+/// A token mask [B, L]: absent (empty) with probability `p_absent`, else each token valid with
+/// probability `p_valid` and the first token of every sample valid.
+inline std::vector<std::uint8_t> token_mask(distill_test::rng& g, long B, long L, double p_absent, double p_valid) {
+  std::vector<std::uint8_t> m;
+  if (g.coin(p_absent)) return m;
+  m.resize(static_cast<std::size_t>(B * L));
+  for (auto& v : m) v = g.coin(p_valid);
+  for (long b = 0; b < B; ++b) m[b * L] = 1;
+  return m;
+}
+
+/// The batch and channels of `s` with another spatial size (1x1, up to 8x8, or the same).
+inline features_ref::shape4 spatial_like(distill_test::rng& g, const features_ref::shape4& s) {
+  features_ref::shape4 r = s;
+  const long pick = g.integer(0, 4);
+  if (pick == 0) r.H = r.W = 1;
+  else if (pick <= 2) r.H = g.integer(1, 8), r.W = g.integer(1, 8);
+  return r;
+}
 
 }  // namespace features_test

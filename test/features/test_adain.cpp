@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// AdaIN transform, AdaIN statistics loss and the AdaIN-KD helper (CPU): against the double
-// reference (the peer's composite evaluated element by element), central finite differences for
-// every gradient (style, content, statistics loss, AdaIN-KD through a small callable layer),
-// properties, strided views with canaries, bad inputs.
+// AdaIN transform, AdaIN statistics loss and the AdaIN-KD helper, CPU-only checks: properties,
+// constant channels, the AdaIN-KD loss through a small callable layer against the reference and
+// central finite differences, bad inputs. Against the double reference on every backend:
+// features_cases.hpp.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -18,67 +18,11 @@
 
 using namespace distill;
 using features_ref::shape4;
+using features_test::ext;
+using features_test::features;
 using features_test::padded;
-
-namespace {
-
-std::array<index_t, 4> ext(const shape4& s) { return {s.B, s.C, s.H, s.W}; }
-std::array<index_t, 4> pads(distill_test::rng& g) {
-  return {features_test::random_pad(g), features_test::random_pad(g), features_test::random_pad(g),
-          features_test::random_pad(g)};
-}
-shape4 spatial_like(distill_test::rng& g, const shape4& s) {
-  shape4 r = s;
-  const long pick = g.integer(0, 4);
-  if (pick == 0) r.H = r.W = 1;
-  else if (pick <= 2) r.H = g.integer(1, 8), r.W = g.integer(1, 8);
-  return r;
-}
-std::vector<double> features(distill_test::rng& g, const shape4& s, double constant_p) {
-  std::vector<double> x(static_cast<std::size_t>(s.size()));
-  for (long b = 0; b < s.B; ++b)
-    for (long c = 0; c < s.C; ++c) {
-      const double mu = g.normal(0, 1.5), sd = g.uniform(0.4, 2.0), k = g.normal();
-      const bool constant = g.coin(constant_p);
-      for (long h = 0; h < s.H; ++h)
-        for (long w = 0; w < s.W; ++w) x[s.at(b, c, h, w)] = constant ? k : g.normal(mu, sd);
-    }
-  return x;
-}
-features_ref::red to_ref(reduction r) {
-  return r == reduction::sum ? features_ref::red::sum : r == reduction::batchmean ? features_ref::red::batchmean
-                                                                                   : features_ref::red::mean;
-}
-
-}  // namespace
-
-TEST_CASE("features: AdaIN forward against the reference", "[features][adain]") {
-  distill_test::rng g(201);
-  for (int trial = 0; trial < 30; ++trial) {
-    const shape4 xs{g.integer(1, 3), g.integer(1, 4), g.integer(1, 9), g.integer(1, 9)};
-    shape4 ys = spatial_like(g, xs);
-    const bool unbiased = xs.plane() > 1 && ys.plane() > 1 && g.coin(0.3);
-    adain_options o;
-    o.unbiased = unbiased;
-    o.eps = g.coin() ? 1e-5 : 1e-2;
-    const auto x = features(g, xs, 0.2), y = features(g, ys, 0.2);
-    const auto ref = features_ref::adain(x, xs, y, ys, o.eps, unbiased);
-    CAPTURE(trial, xs.B, xs.C, xs.H, xs.W, ys.H, ys.W, unbiased);
-    padded<double, 4> px(ext(xs), pads(g), g.coin(0.3) ? 2 : 1), py(ext(ys), pads(g)), po(ext(xs), pads(g));
-    px.set(x);
-    py.set(y);
-    REQUIRE(adain_forward(cpu{2}, px.cview(), py.cview(), po.view(), o).ok());
-    CHECK_CLOSE("adain f64", po.get(), ref, (distill_test::tolerance{1e-11, 1e-10}));
-    CHECK(po.untouched_outside_view());
-
-    const auto xf = features_test::rounded<float>(x), yf = features_test::rounded<float>(y);
-    padded<float, 4> fx(ext(xs)), fy(ext(ys), pads(g)), fo(ext(xs), pads(g));
-    fx.set(xf);
-    fy.set(yf);
-    REQUIRE(adain_forward(cpu{1}, fx.cview(), fy.cview(), fo.view(), o).ok());
-    CHECK_CLOSE("adain f32", fo.get(), features_ref::adain(xf, xs, yf, ys, o.eps, unbiased), (distill_test::tolerance{2e-5, 1e-4}));
-  }
-}
+using features_test::random_pads;
+using features_test::spatial_like;
 
 TEST_CASE("features: AdaIN(x; x) = x and constant content gives the style mean", "[features][adain][property]") {
   distill_test::rng g(202);
@@ -101,117 +45,6 @@ TEST_CASE("features: AdaIN(x; x) = x and constant content gives the style mean",
   for (long b = 0; b < s.B; ++b)
     for (long c = 0; c < s.C; ++c)
       for (long i = 0; i < s.plane(); ++i) CHECK(out[(b * s.C + c) * s.plane() + i] == Approx(my[b * s.C + c]).epsilon(1e-12).margin(1e-14));
-}
-
-TEST_CASE("features: AdaIN backward to style and content against finite differences", "[features][adain][grad]") {
-  distill_test::rng g(203);
-  for (int trial = 0; trial < 14; ++trial) {
-    const shape4 xs{g.integer(1, 2), g.integer(1, 3), g.integer(1, 6), g.integer(1, 6)};
-    const shape4 ys = spatial_like(g, xs);
-    adain_options o;
-    o.unbiased = xs.plane() > 1 && ys.plane() > 1 && g.coin(0.4);
-    o.eps = 1e-3;
-    const auto x = features(g, xs, 0.2), y = features(g, ys, 0.2), up = g.normals(xs.size());
-    auto loss_of = [&](const std::vector<double>& xx, const std::vector<double>& yy) {
-      const auto out = features_ref::adain(xx, xs, yy, ys, o.eps, o.unbiased);
-      double l = 0;
-      for (std::size_t i = 0; i < out.size(); ++i) l += up[i] * out[i];
-      return l;
-    };
-    const auto fd_y = distill_test::numeric_gradient([&](const std::vector<double>& v) { return loss_of(x, v); }, y);
-    const auto fd_x = distill_test::numeric_gradient([&](const std::vector<double>& v) { return loss_of(v, y); }, x);
-    std::vector<double> ref_gy, ref_gx;
-    features_ref::adain_grads(x, xs, y, ys, up, o.eps, o.unbiased, ref_gy, ref_gx);
-    CAPTURE(trial, xs.B, xs.C, xs.H, xs.W, ys.H, ys.W, o.unbiased);
-    CHECK_CLOSE("reference grad style vs FD", ref_gy, fd_y, distill_test::tol::fd);
-    CHECK_CLOSE("reference grad content vs FD", ref_gx, fd_x, distill_test::tol::fd);
-
-    padded<double, 4> px(ext(xs), pads(g)), py(ext(ys), pads(g)), pu(ext(xs), pads(g)), pgy(ext(ys), pads(g)), pgx(ext(xs), pads(g));
-    px.set(x);
-    py.set(y);
-    pu.set(up);
-    const bool with_content = trial % 3 != 0;
-    REQUIRE(adain_backward(cpu{2}, px.cview(), py.cview(), pu.cview(), pgy.view(),
-                           with_content ? pgx.view() : host_view<double, 4>{}, o)
-                .ok());
-    CHECK_CLOSE("grad style", pgy.get(), fd_y, distill_test::tol::fd);
-    CHECK(pgy.untouched_outside_view());
-    if (with_content) {
-      CHECK_CLOSE("grad content", pgx.get(), fd_x, distill_test::tol::fd);
-      CHECK(pgx.untouched_outside_view());
-    }
-    // accumulate
-    o.accumulate = true;
-    const auto init = g.normals(ys.size());
-    pgy.set(init);
-    REQUIRE(adain_backward(cpu{1}, px.cview(), py.cview(), pu.cview(), pgy.view(), host_view<double, 4>{}, o).ok());
-    std::vector<double> expect(init);
-    for (std::size_t i = 0; i < expect.size(); ++i) expect[i] += ref_gy[i];
-    CHECK_CLOSE("accumulate style", pgy.get(), expect, (distill_test::tolerance{1e-10, 1e-9}));
-  }
-}
-
-TEST_CASE("features: AdaIN statistics loss equals the peer's composite", "[features][adain_stats]") {
-  distill_test::rng g(204);
-  for (int trial = 0; trial < 36; ++trial) {
-    const shape4 ss{g.integer(1, 3), g.integer(1, 4), g.integer(1, 9), g.integer(1, 9)};
-    const shape4 ts = trial % 3 == 0 ? spatial_like(g, ss) : ss;
-    adain_stats_loss_options o;
-    o.unbiased = ss.plane() > 1 && ts.plane() > 1 && trial % 5 == 4;
-    o.eps = trial % 4 == 1 ? 1e-2 : 1e-5;
-    if (trial % 6 == 5) o.adain_weight = g.uniform(0, 2), o.mean_weight = g.uniform(0, 2), o.std_weight = g.uniform(0, 2);
-    if (trial % 7 == 6) o.std_weight = 0;
-    o.reduction = trial % 4 == 2 ? reduction::sum : trial % 4 == 3 ? reduction::batchmean : reduction::mean;
-    o.grad_scale = trial % 2 ? 1.0 : 0.75;
-    const auto fs = features(g, ss, 0.25), ft = features(g, ts, 0.25);
-    const features_ref::adain_stats_opts ro{o.eps, o.unbiased, o.adain_weight, o.mean_weight, o.std_weight, to_ref(o.reduction)};
-    const double ref = features_ref::adain_stats_loss(fs, ss, ft, ts, ro);
-    auto fd = distill_test::numeric_gradient([&](const std::vector<double>& v) { return features_ref::adain_stats_loss(v, ss, ft, ts, ro); }, fs);
-    for (double& v : fd) v *= o.grad_scale;
-    CAPTURE(trial, ss.B, ss.C, ss.H, ss.W, ts.H, ts.W, o.unbiased, o.eps, to_string(o.reduction));
-
-    padded<double, 4> ps(ext(ss), pads(g), g.coin(0.3) ? 2 : 1), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
-    ps.set(fs);
-    pt.set(ft);
-    double loss[1] = {-1};
-    REQUIRE(adain_stats_loss_forward_backward(cpu{2}, ps.cview(), pt.cview(), make_view(loss, 1), pg.view(), {}, o).ok());
-    CHECK_CLOSE_SCALAR("loss", loss[0], ref, (distill_test::tolerance{1e-12, 1e-9}));
-    CHECK_CLOSE("grad vs FD", pg.get(), fd, distill_test::tol::fd);
-    CHECK(pg.untouched_outside_view());
-    const auto fused_grad = pg.get();
-
-    double l2[1];
-    REQUIRE(adain_stats_loss_forward(cpu{1}, ps.cview(), pt.cview(), make_view(l2, 1), {}, o).ok());
-    CHECK(l2[0] == Approx(loss[0]).epsilon(1e-14));
-    REQUIRE(adain_stats_loss_backward(cpu{1}, ps.cview(), pt.cview(), pg.view(), {}, o).ok());
-    CHECK_CLOSE("backward = fused", pg.get(), fused_grad, distill_test::tol::f64);
-
-    const auto sf = features_test::rounded<float>(fs), tf = features_test::rounded<float>(ft);
-    padded<float, 4> fsv(ext(ss), pads(g)), ftv(ext(ts)), fgv(ext(ss), pads(g));
-    fsv.set(sf);
-    ftv.set(tf);
-    float lf[1];
-    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, fsv.cview(), ftv.cview(), make_view(lf, 1), fgv.view(), {}, o).ok());
-    CHECK_CLOSE_SCALAR("loss f32", lf[0], features_ref::adain_stats_loss(sf, ss, tf, ts, ro), distill_test::tol::f32_sum);
-    padded<double, 4> ps2(ext(ss)), pt2(ext(ts)), pg2(ext(ss));
-    ps2.set(sf);
-    pt2.set(tf);
-    double l64[1];
-    REQUIRE(adain_stats_loss_forward_backward(cpu{1}, ps2.cview(), pt2.cview(), make_view(l64, 1), pg2.view(), {}, o).ok());
-    CHECK_CLOSE("grad f32 vs f64 on the same inputs", fgv.get(), pg2.get(), (distill_test::tolerance{2e-5, 1e-3}));
-  }
-}
-
-TEST_CASE("features: AdaIN statistics loss is zero when student = teacher", "[features][adain_stats][property]") {
-  distill_test::rng g(205);
-  const shape4 s{3, 4, 6, 5};
-  const auto x = features(g, s, 0.3);
-  padded<double, 4> px(ext(s)), pg(ext(s));
-  px.set(x);
-  double loss[1];
-  REQUIRE(adain_stats_loss_forward_backward(cpu{2}, px.cview(), px.cview(), make_view(loss, 1), pg.view(), {}).ok());
-  CHECK(std::fabs(loss[0]) < 1e-28);
-  for (double v : pg.get()) CHECK(std::fabs(v) < 1e-14);
 }
 
 TEST_CASE("features: AdaIN statistics loss on constant student channels stays finite", "[features][adain_stats]") {
@@ -271,26 +104,24 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
     for (double& v : fd) v *= o.grad_scale;
 
     int forward_calls = 0, vjp_calls = 0;
-    auto head_forward = [&](host_view<const double, 4> in, host_view<double, 2> out) -> status {
-      ++forward_calls;
+    auto dense = [&](host_view<const double, 4> in) {  // the head's input, row-major
       std::vector<double> x(static_cast<std::size_t>(in.size()));
       for (long b = 0; b < ts.B; ++b)
         for (long c = 0; c < ts.C; ++c)
           for (long h = 0; h < ts.H; ++h)
             for (long w = 0; w < ts.W; ++w) x[ts.at(b, c, h, w)] = in(b, c, h, w);
-      const auto o2 = head.apply(x, ts.B);
+      return x;
+    };
+    auto head_forward = [&](host_view<const double, 4> in, host_view<double, 2> out) -> status {
+      ++forward_calls;
+      const auto o2 = head.apply(dense(in), ts.B);
       for (long b = 0; b < ts.B; ++b)
         for (long k = 0; k < K; ++k) out(b, k) = o2[b * K + k];
       return {};
     };
     auto head_vjp = [&](host_view<const double, 4> in, host_view<const double, 2> gout, host_view<double, 4> gin) -> status {
       ++vjp_calls;
-      std::vector<double> x(static_cast<std::size_t>(in.size()));
-      for (long b = 0; b < ts.B; ++b)
-        for (long c = 0; c < ts.C; ++c)
-          for (long h = 0; h < ts.H; ++h)
-            for (long w = 0; w < ts.W; ++w) x[ts.at(b, c, h, w)] = in(b, c, h, w);
-      const auto o2 = head.apply(x, ts.B);
+      const auto o2 = head.apply(dense(in), ts.B);
       for (long b = 0; b < ts.B; ++b)
         for (long j = 0; j < J; ++j) {
           double s = 0;
@@ -306,7 +137,7 @@ TEST_CASE("features: AdaIN-KD loss through a callable teacher head", "[features]
                                               make_view(om.data(), ts.B, K),
                                               make_view(ot.data(), ts.B, K),
                                               make_view(go.data(), ts.B, K)};
-    padded<double, 4> ps(ext(ss), pads(g)), pt(ext(ts), pads(g)), pg(ext(ss), pads(g));
+    padded<double, 4> ps(ext(ss), random_pads(g)), pt(ext(ts), random_pads(g)), pg(ext(ss), random_pads(g));
     ps.set(fs);
     pt.set(ft);
     double loss[1] = {-1};

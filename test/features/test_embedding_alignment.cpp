@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Embedding alignment (CPU): every metric x normalisation x reduction with row weights and masks,
-// against the double reference and central finite differences; the paper recipes (F.mse_loss,
-// multi-label KD's Euclidean loss, ViLD's L1); zero rows under each normalisation; properties;
-// strided rows with canaries; bad inputs.
+// Embedding alignment, CPU-only checks: the paper recipes (F.mse_loss, multi-label KD's Euclidean
+// loss, ViLD's L1) written out; zero rows under each normalisation; properties; bad inputs. Every
+// metric x normalisation x reduction against the reference and central finite differences, on
+// every backend: features_cases.hpp.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -10,155 +10,12 @@
 #include <vector>
 
 #include "distill/features/embedding_alignment.hpp"
-#include "features_test_util.hpp"
 #include "reference/features_ref.hpp"
 #include "support/compare.hpp"
 #include "support/finite_diff.hpp"
 #include "support/random.hpp"
 
 using namespace distill;
-using features_test::padded;
-
-namespace {
-
-features_ref::embedding_opts to_ref(const embedding_alignment_options& o) {
-  features_ref::embedding_opts r;
-  r.m = o.metric == embedding_metric::mse          ? features_ref::metric::mse
-        : o.metric == embedding_metric::squared_l2 ? features_ref::metric::squared_l2
-        : o.metric == embedding_metric::l1         ? features_ref::metric::l1
-                                                   : features_ref::metric::cosine;
-  r.n = o.normalize == l2_normalization::none    ? features_ref::norm::none
-        : o.normalize == l2_normalization::clamp ? features_ref::norm::clamp
-                                                 : features_ref::norm::zero_below_eps;
-  r.eps = o.norm_eps;
-  r.r = o.reduction == reduction::sum ? features_ref::red::sum : o.reduction == reduction::batchmean ? features_ref::red::batchmean
-                                                                                          : features_ref::red::mean;
-  r.none_reduction = o.reduction == reduction::none;
-  r.scale = o.scale;
-  return r;
-}
-
-struct case_data {
-  long N, D;
-  std::vector<double> s, t, w;
-  std::vector<std::uint8_t> m;
-};
-
-case_data random_case(distill_test::rng& g) {
-  case_data c;
-  c.N = g.coin(0.2) ? 1 : g.integer(1, 9);
-  c.D = g.coin(0.2) ? 1 : g.integer(1, 40);
-  c.s = g.normals(c.N * c.D);
-  c.t = g.normals(c.N * c.D, 0.3, 1.2);
-  if (g.coin(0.5)) c.w = g.uniforms(c.N, 0.1, 2.0);
-  if (g.coin(0.5)) {
-    c.m.assign(c.N, 1);
-    for (auto& v : c.m) v = g.coin(0.7);
-  }
-  return c;
-}
-
-/// Runs the fused pass of type T on padded buffers, returns loss values; grad out.
-template <class T>
-std::vector<double> run(const case_data& c, const embedding_alignment_options& o, std::vector<double>& grad, distill_test::rng& g,
-                        const std::vector<double>& grad_init = {}) {
-  padded<T, 2> ps({c.N, c.D}, {features_test::random_pad(g), features_test::random_pad(g)}, g.coin(0.25) ? 2 : 1);
-  padded<T, 2> pt({c.N, c.D}, {features_test::random_pad(g), features_test::random_pad(g)});
-  padded<T, 2> pg({c.N, c.D}, {features_test::random_pad(g), features_test::random_pad(g)}, g.coin(0.25) ? 2 : 1);
-  ps.set(features_test::rounded<T>(c.s));
-  pt.set(features_test::rounded<T>(c.t));
-  if (!grad_init.empty()) pg.set(grad_init);
-  std::vector<accum_t<T>> w(c.w.begin(), c.w.end());
-  const long nloss = o.reduction == reduction::none ? c.N : 1;
-  std::vector<accum_t<T>> loss(static_cast<std::size_t>(nloss), accum_t<T>(-7));
-  const host_view<const accum_t<T>, 1> wv = w.empty() ? host_view<const accum_t<T>, 1>{} : make_view(static_cast<const accum_t<T>*>(w.data()), c.N);
-  const host_view<const std::uint8_t, 1> mv = c.m.empty() ? host_view<const std::uint8_t, 1>{} : make_view(c.m.data(), c.N);
-  const status st = embedding_alignment_forward_backward(cpu{2}, ps.cview(), pt.cview(), wv, mv, make_view(loss.data(), nloss), pg.view(), {}, o);
-  REQUIRE(st.ok());
-  CHECK(pg.untouched_outside_view());
-  grad = pg.get();
-  return std::vector<double>(loss.begin(), loss.end());
-}
-
-}  // namespace
-
-TEST_CASE("features: embedding alignment, every metric, normalisation and reduction", "[features][embedding]") {
-  distill_test::rng g(301);
-  const embedding_metric metrics[] = {embedding_metric::mse, embedding_metric::squared_l2, embedding_metric::l1,
-                                      embedding_metric::cosine};
-  const l2_normalization norms[] = {l2_normalization::none, l2_normalization::clamp, l2_normalization::zero_below_eps};
-  const reduction reds[] = {reduction::mean, reduction::batchmean, reduction::sum, reduction::none};
-  int trial = 0;
-  for (auto m : metrics)
-    for (auto n : norms)
-      for (auto r : reds) {
-        ++trial;
-        const case_data c = random_case(g);
-        embedding_alignment_options o;
-        o.metric = m;
-        o.normalize = n;
-        o.reduction = r;
-        o.norm_eps = n == l2_normalization::zero_below_eps ? 1e-8 : 1e-12;
-        o.scale = g.coin() ? 1.0 : g.uniform(0.2, 2.0);
-        o.grad_scale = g.coin() ? 1.0 : g.uniform(0.2, 2.0);
-        const auto ro = to_ref(o);
-        CAPTURE(trial, to_string(m), int(n), to_string(r), c.N, c.D, c.w.empty(), c.m.empty());
-        const auto ref = features_ref::embedding_loss(c.s, c.t, c.N, c.D, c.w, c.m, ro);
-        auto f = [&](const std::vector<double>& v) {
-          const auto l = features_ref::embedding_loss(v, c.t, c.N, c.D, c.w, c.m, ro);
-          double s = 0;
-          for (double x : l) s += x;
-          return s;
-        };
-        auto fd = distill_test::numeric_gradient(f, c.s);
-        for (double& v : fd) v *= o.grad_scale;
-
-        std::vector<double> grad;
-        const auto loss = run<double>(c, o, grad, g);
-        CHECK_CLOSE("loss f64", loss, ref, (distill_test::tolerance{1e-13, 1e-11}));
-        CHECK_CLOSE("grad f64 vs FD", grad, fd, distill_test::tol::fd);
-
-        // separate passes
-        padded<double, 2> ps({c.N, c.D}), pt({c.N, c.D}), pg({c.N, c.D}, {0, 2});
-        ps.set(c.s);
-        pt.set(c.t);
-        const host_view<const double, 1> wv = c.w.empty() ? host_view<const double, 1>{} : make_view(c.w.data(), c.N);
-        const host_view<const std::uint8_t, 1> mv = c.m.empty() ? host_view<const std::uint8_t, 1>{} : make_view(c.m.data(), c.N);
-        std::vector<double> l2(loss.size());
-        REQUIRE(embedding_alignment_forward(cpu{1}, ps.cview(), pt.cview(), wv, mv, make_view(l2.data(), index_t(l2.size())), {}, o).ok());
-        CHECK_CLOSE("forward", l2, ref, (distill_test::tolerance{1e-13, 1e-11}));
-        REQUIRE(embedding_alignment_backward(cpu{1}, ps.cview(), pt.cview(), wv, mv, pg.view(), {}, o).ok());
-        CHECK_CLOSE("backward", pg.get(), grad, distill_test::tol::f64);
-
-        // float
-        case_data cf = c;
-        cf.s = features_test::rounded<float>(c.s);
-        cf.t = features_test::rounded<float>(c.t);
-        std::vector<double> gf, g64;
-        const auto lf = run<float>(cf, o, gf, g);
-        const auto l64 = run<double>(cf, o, g64, g);
-        CHECK_CLOSE("loss f32", lf, l64, distill_test::tol::f32_sum);
-        // Through the normalisation the float rounding of u is amplified by 1/||s_r|| (with D = 1
-        // the exact gradient cancels to 0 and only that residue is left).
-        double max_inv = 1;
-        if (o.normalize != l2_normalization::none || o.metric == embedding_metric::cosine)
-          for (long r = 0; r < c.N; ++r) {
-            double q = 0;
-            for (long d = 0; d < c.D; ++d) q += cf.s[r * c.D + d] * cf.s[r * c.D + d];
-            max_inv = std::max(max_inv, 1 / std::sqrt(q));
-          }
-        CHECK_CLOSE("grad f32", gf, g64, (distill_test::tolerance{1e-5 * max_inv, 1e-4}));
-
-        // accumulate
-        o.accumulate = true;
-        const auto init = g.normals(c.N * c.D);
-        std::vector<double> gacc;
-        run<double>(c, o, gacc, g, init);
-        std::vector<double> expect(init);
-        for (std::size_t i = 0; i < expect.size(); ++i) expect[i] += grad[i];
-        CHECK_CLOSE("accumulate", gacc, expect, distill_test::tol::f64);
-      }
-}
 
 TEST_CASE("features: embedding alignment recipes", "[features][embedding][recipes]") {
   distill_test::rng g(302);

@@ -32,6 +32,9 @@ struct moments {
 };
 inline moments moments_of(const std::vector<double>& v, bool unbiased) {
   const double n = double(v.size());
+  // A constant channel has variance exactly 0 (sum / n need not give back the value exactly, and
+  // the gradient's (x - mu) / sigma would then be a ratio of rounding errors).
+  if (std::all_of(v.begin(), v.end(), [&](double x) { return x == v[0]; })) return {v.empty() ? 0.0 : v[0], 0.0, n};
   double s = 0;
   for (double x : v) s += x;
   const double mu = s / n;
@@ -73,6 +76,41 @@ inline void token_stats(const std::vector<double>& x, long B, long L, long D, co
       mean[b * D + d] = m.mean;
       sd[b * D + d] = std::sqrt(m.var + eps);
     }
+}
+
+/// The backward of the statistics: dL/dx = g_mu / n + g_sigma (x - mu) / (N' sigma) per channel,
+/// from dL/dmean and dL/dstd [B*C] (either empty: absent). sigma = 0 (eps = 0, a constant
+/// channel) contributes nothing: x - mu is 0 there.
+inline std::vector<double> channel_stats_grad(const std::vector<double>& x, const shape4& s, bool unbiased, double eps,
+                                              const std::vector<double>& gmean, const std::vector<double>& gstd) {
+  std::vector<double> mean, sd, g(x.size(), 0.0);
+  channel_stats(x, s, unbiased, eps, mean, sd);
+  const double n = double(s.plane()), dof = unbiased ? n - 1 : n;
+  for (long e = 0; e < s.size(); ++e) {
+    const long i = e / s.plane();  // channel b * C + c of the row-major [B, C, H, W] element e
+    if (!gmean.empty()) g[e] += gmean[i] / n;
+    if (!gstd.empty() && sd[i] > 0) g[e] += gstd[i] * (x[e] - mean[i]) / (dof * sd[i]);
+  }
+  return g;
+}
+/// The same over the valid tokens of [B, L, D]; masked tokens get 0.
+inline std::vector<double> token_stats_grad(const std::vector<double>& x, long B, long L, long D,
+                                            const std::vector<std::uint8_t>& mask, bool unbiased, double eps,
+                                            const std::vector<double>& gmean, const std::vector<double>& gstd) {
+  std::vector<double> mean, sd, g(x.size(), 0.0);
+  token_stats(x, B, L, D, mask, unbiased, eps, mean, sd);
+  for (long b = 0; b < B; ++b) {
+    double n = 0;
+    for (long l = 0; l < L; ++l) n += mask.empty() || mask[b * L + l];
+    const double dof = unbiased ? n - 1 : n;
+    for (long l = 0; l < L; ++l)
+      for (long d = 0; d < D && (mask.empty() || mask[b * L + l]); ++d) {
+        const long i = b * D + d, e = (b * L + l) * D + d;
+        if (!gmean.empty()) g[e] += gmean[i] / n;
+        if (!gstd.empty() && sd[i] > 0) g[e] += gstd[i] * (x[e] - mean[i]) / (dof * sd[i]);
+      }
+  }
+  return g;
 }
 
 // ---- statistics matching (§4.1) --------------------------------------------------------------
@@ -124,6 +162,19 @@ inline double token_stats_matching(const std::vector<double>& s, long B, long Ls
   token_stats(s, B, Ls, D, sm, o.unbiased, o.eps, ms, sds);
   token_stats(t, B, Lt, D, tm, o.unbiased, o.eps, mt, sdt);
   return stats_matching_from_stats(ms, sds, mt, sdt, B, D, o);
+}
+
+/// Its gradient through token_stats_grad: dL/dmu = 2 w_mu (mu_s - mu_t) / div, likewise sigma.
+inline std::vector<double> token_stats_matching_grad(const std::vector<double>& s, long B, long Ls, long D,
+                                                     const std::vector<std::uint8_t>& sm, const std::vector<double>& t, long Lt,
+                                                     const std::vector<std::uint8_t>& tm, const stats_matching_opts& o) {
+  std::vector<double> ms, sds, mt, sdt;
+  token_stats(s, B, Ls, D, sm, o.unbiased, o.eps, ms, sds);
+  token_stats(t, B, Lt, D, tm, o.unbiased, o.eps, mt, sdt);
+  const double k = 2 / divisor(o.r, B, D);
+  std::vector<double> gm(ms.size()), gs(ms.size());
+  for (std::size_t i = 0; i < ms.size(); ++i) gm[i] = k * o.mean_weight * (ms[i] - mt[i]), gs[i] = k * o.std_weight * (sds[i] - sdt[i]);
+  return token_stats_grad(s, B, Ls, D, sm, o.unbiased, o.eps, gm, gs);
 }
 
 // ---- AdaIN (§4.2) ------------------------------------------------------------------------------
@@ -199,6 +250,25 @@ inline double adain_stats_loss(const std::vector<double>& fs, const shape4& ss, 
     term_sd += (sds[i] - sdt[i]) * (sds[i] - sdt[i]);
   }
   return (o.adain_weight * term_out + o.mean_weight * term_mu + o.std_weight * term_sd) / divisor(o.r, ss.B, ss.C);
+}
+
+/// Its gradient to the student: the AdaIN term through adain_grads (the student is the style),
+/// the mean and std terms through channel_stats_grad (std without eps).
+inline std::vector<double> adain_stats_loss_grad(const std::vector<double>& fs, const shape4& ss, const std::vector<double>& ft,
+                                                 const shape4& ts, const adain_stats_opts& o) {
+  const double k = 2 / divisor(o.r, ss.B, ss.C);
+  const std::vector<double> out = adain(ft, ts, fs, ss, o.eps, o.unbiased);
+  std::vector<double> up(out.size()), g_style, g_content;
+  for (std::size_t e = 0; e < out.size(); ++e) up[e] = k * o.adain_weight * (out[e] - ft[e]) / double(ts.plane());
+  adain_grads(ft, ts, fs, ss, up, o.eps, o.unbiased, g_style, g_content);
+  std::vector<double> ms, sds, mt, sdt;
+  channel_stats(fs, ss, o.unbiased, 0.0, ms, sds);
+  channel_stats(ft, ts, o.unbiased, 0.0, mt, sdt);
+  std::vector<double> gm(ms.size()), gsd(ms.size());
+  for (std::size_t i = 0; i < ms.size(); ++i) gm[i] = k * o.mean_weight * (ms[i] - mt[i]), gsd[i] = k * o.std_weight * (sds[i] - sdt[i]);
+  const auto g_stats = channel_stats_grad(fs, ss, o.unbiased, 0.0, gm, gsd);
+  for (std::size_t e = 0; e < g_style.size(); ++e) g_style[e] += g_stats[e];
+  return g_style;
 }
 
 // ---- embedding alignment ------------------------------------------------------------------------
@@ -302,6 +372,69 @@ inline double cross_entropy(const std::vector<double>& z, long N, long K, const 
   }
   const double div = r == red::mean ? wsum : r == red::batchmean ? double(N) : 1.0;
   return div == 0 ? 0.0 : total / div;
+}
+
+/// The backward of normalized(): g_x from g_u (u = x / ||x||: (g - u (u.g)) / ||x||; below eps
+/// x / eps for clamp, 0 for zero_below_eps; none: g).
+inline std::vector<double> normalized_vjp(const double* x, long D, norm n, double eps, const std::vector<double>& gu) {
+  double q = 0;
+  for (long d = 0; d < D; ++d) q += x[d] * x[d];
+  const double nr = std::sqrt(q);
+  const bool projected = n != norm::none && nr > eps;  // u = x / ||x||
+  const double inv = n == norm::none ? 1.0 : projected ? 1 / nr : n == norm::clamp ? 1 / eps : 0.0;
+  double ug = 0;
+  for (long d = 0; d < D && projected; ++d) ug += x[d] * inv * gu[d];
+  std::vector<double> gx(D);
+  for (long d = 0; d < D; ++d) gx[d] = inv * (gu[d] - (projected ? x[d] * inv * ug : 0.0));
+  return gx;
+}
+/// The classifier's backward from G = dL/dz [N, K]: gradients to regions [N, D], background [D]
+/// (when present) and classes [C, D].
+inline void classifier_grads(const std::vector<double>& e, long N, long D, const std::vector<double>& t, long C,
+                             const std::vector<double>& bg, const std::vector<std::uint8_t>& mask, const classifier_opts& o,
+                             const std::vector<double>& G, std::vector<double>& ge, std::vector<double>& gbg, std::vector<double>& gt) {
+  const long off = bg.empty() ? 0 : 1, K = C + off;
+  auto column = [&](long k) { return k < off ? bg.data() : &t[(k - off) * D]; };  // of the logits: background, classes
+  std::vector<std::vector<double>> eh(N), ch(K), gch(K, std::vector<double>(D, 0.0));
+  for (long r = 0; r < N; ++r) eh[r] = normalized(&e[r * D], D, o.n, o.eps);
+  for (long k = 0; k < K; ++k) ch[k] = normalized(column(k), D, o.n, o.eps);
+  ge.assign(N * D, 0.0);
+  for (long r = 0; r < N; ++r) {
+    std::vector<double> geh(D, 0.0);
+    for (long k = 0; k < K; ++k) {
+      if (k >= off && !(mask.empty() || mask[k - off])) continue;  // masked classes are constant 0
+      const double gz = G[r * K + k] / o.temperature;
+      for (long d = 0; d < D; ++d) geh[d] += gz * ch[k][d], gch[k][d] += gz * eh[r][d];
+    }
+    const auto gx = normalized_vjp(&e[r * D], D, o.n, o.eps, geh);
+    std::copy(gx.begin(), gx.end(), ge.begin() + r * D);
+  }
+  gt.assign(C * D, 0.0);
+  gbg.clear();
+  for (long k = 0; k < K; ++k) {
+    const auto gx = normalized_vjp(column(k), D, o.n, o.eps, gch[k]);
+    if (k < off) gbg = gx;
+    else std::copy(gx.begin(), gx.end(), gt.begin() + (k - off) * D);
+  }
+}
+/// dL/dz of cross_entropy: w_i / div (softmax(z_i) - onehot(y_i)), 0 on ignored rows.
+inline std::vector<double> cross_entropy_grad(const std::vector<double>& z, long N, long K, const std::vector<std::int64_t>& y,
+                                              const std::vector<double>& weights, std::int64_t ignore, red r) {
+  double wsum = 0;
+  for (long i = 0; i < N; ++i)
+    if (y[i] != ignore) wsum += weights.empty() ? 1.0 : weights[i];
+  const double div = r == red::mean ? wsum : r == red::batchmean ? double(N) : 1.0;
+  std::vector<double> g(N * K, 0.0);
+  for (long i = 0; i < N && div != 0; ++i) {
+    if (y[i] == ignore) continue;
+    const double w = (weights.empty() ? 1.0 : weights[i]) / div;
+    double m = -INFINITY;
+    for (long k = 0; k < K; ++k) m = std::max(m, z[i * K + k]);
+    double s = 0;
+    for (long k = 0; k < K; ++k) s += std::exp(z[i * K + k] - m);
+    for (long k = 0; k < K; ++k) g[i * K + k] = w * (std::exp(z[i * K + k] - m) / s - (k == y[i] ? 1.0 : 0.0));
+  }
+  return g;
 }
 
 }  // namespace features_ref
