@@ -220,36 +220,24 @@ void set_soft_target_options(Options& o, double temperature, bool scale_by_t_squ
   o.grad_scale = static_cast<float>(grad_scale);
 }
 
-/// The options of the statistics losses (statistics matching, AdaIN statistics).
+/// A call of a primitive on feature statistics (feature_stats, AdaIN, the statistics losses)
+/// with their options eps and unbiased.
+template <class Call>
+Call stats_call(double eps, bool unbiased) {
+  Call c;
+  c.options.eps = eps;
+  c.options.unbiased = unbiased;
+  return c;
+}
+
+/// The options of the statistics losses after eps and unbiased.
 template <class Options>
-void set_stats_loss_options(Options& o, double eps, bool unbiased, double mean_weight, double std_weight,
-                            c10::string_view reduction, double grad_scale) {
-  o.eps = eps;
-  o.unbiased = unbiased;
+void set_stats_loss_options(Options& o, double mean_weight, double std_weight, c10::string_view reduction,
+                            double grad_scale) {
   o.mean_weight = mean_weight;
   o.std_weight = std_weight;
   o.reduction = reduction_of(reduction);
   o.grad_scale = grad_scale;
-}
-
-/// The call of feature_stats and its backward, x and token_mask described.
-feature_stats_call stats_call(described& dl, const at::Tensor& x, const opt_tensor& token_mask, double eps, bool unbiased) {
-  feature_stats_call c;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
-  c.x = dl(x);
-  c.token_mask = dl(token_mask);
-  return c;
-}
-
-/// The call of AdaIN and its backward, content and style described.
-adain_call adain_call_of(described& dl, const at::Tensor& content, const at::Tensor& style, double eps, bool unbiased) {
-  adain_call c;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
-  c.content = dl(content);
-  c.style = dl(style);
-  return c;
 }
 
 }  // namespace
@@ -364,7 +352,9 @@ std::tuple<at::Tensor, at::Tensor> feature_stats(const at::Tensor& x, const opt_
   const at::Tensor mean = at::empty({rows_of(x), features}, accum_options(x));
   const at::Tensor std_dev = at::empty_like(mean);
   described dl;
-  feature_stats_call c = stats_call(dl, x, token_mask, eps, unbiased);
+  auto c = stats_call<feature_stats_call>(eps, unbiased);
+  c.x = dl(x);
+  c.token_mask = dl(token_mask);
   c.mean = dl(mean);
   c.std_dev = dl(std_dev);
   execute(x, c);
@@ -375,8 +365,10 @@ at::Tensor feature_stats_backward(const at::Tensor& x, const at::Tensor& grad_me
                                   const opt_tensor& token_mask, double eps, bool unbiased) {
   const at::Tensor grad_x = empty_contiguous(x);
   described dl;
-  feature_stats_call c = stats_call(dl, x, token_mask, eps, unbiased);
+  auto c = stats_call<feature_stats_call>(eps, unbiased);
   c.backward = true;
+  c.x = dl(x);
+  c.token_mask = dl(token_mask);
   c.grad_mean = dl(grad_mean);
   c.grad_std = dl(grad_std);
   c.grad_x = dl(grad_x);
@@ -389,9 +381,9 @@ std::tuple<at::Tensor, at::Tensor> stats_matching(c10::string_view pass_name, co
                                                   const opt_tensor& teacher_mask, double eps, bool unbiased,
                                                   double mean_weight, double std_weight, c10::string_view reduction,
                                                   double grad_scale) {
-  stats_matching_call c;
+  auto c = stats_call<stats_matching_call>(eps, unbiased);
   c.which = pass_of(pass_name);
-  set_stats_loss_options(c.options, eps, unbiased, mean_weight, std_weight, reduction, grad_scale);
+  set_stats_loss_options(c.options, mean_weight, std_weight, reduction, grad_scale);
   return loss_op(c, student, teacher, 1, [&](described& dl) {
     c.student_mask = dl(student_mask);
     c.teacher_mask = dl(teacher_mask);
@@ -401,7 +393,9 @@ std::tuple<at::Tensor, at::Tensor> stats_matching(c10::string_view pass_name, co
 at::Tensor adain(const at::Tensor& content, const at::Tensor& style, double eps, bool unbiased) {
   const at::Tensor out = empty_contiguous(content);
   described dl;
-  adain_call c = adain_call_of(dl, content, style, eps, unbiased);
+  auto c = stats_call<adain_call>(eps, unbiased);
+  c.content = dl(content);
+  c.style = dl(style);
   c.out = dl(out);
   execute(content, c);
   return out;
@@ -413,8 +407,10 @@ std::tuple<at::Tensor, at::Tensor> adain_backward(const at::Tensor& content, con
   const at::Tensor grad_content = content_grad ? empty_contiguous(content) : at::Tensor();
   const at::Tensor grad_style = empty_contiguous(style);
   described dl;
-  adain_call c = adain_call_of(dl, content, style, eps, unbiased);
+  auto c = stats_call<adain_call>(eps, unbiased);
   c.backward = true;
+  c.content = dl(content);
+  c.style = dl(style);
   c.grad_out = dl(grad_out);
   c.grad_content = dl(grad_content);
   c.grad_style = dl(grad_style);
@@ -426,9 +422,9 @@ std::tuple<at::Tensor, at::Tensor> adain_stats_loss(c10::string_view pass_name, 
                                                     const at::Tensor& teacher, double eps, bool unbiased,
                                                     double adain_weight, double mean_weight, double std_weight,
                                                     c10::string_view reduction, double grad_scale) {
-  adain_stats_loss_call c;
+  auto c = stats_call<adain_stats_loss_call>(eps, unbiased);
   c.which = pass_of(pass_name);
-  set_stats_loss_options(c.options, eps, unbiased, mean_weight, std_weight, reduction, grad_scale);
+  set_stats_loss_options(c.options, mean_weight, std_weight, reduction, grad_scale);
   c.options.adain_weight = adain_weight;
   return loss_op(c, student, teacher, 1);
 }
