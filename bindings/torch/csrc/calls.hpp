@@ -43,49 +43,45 @@ using tensor = const DLTensor*;  ///< nullptr: absent
 
 enum class pass { forward, backward, forward_backward };
 
-/// KL(teacher||student), reverse KL, JSD, soft cross-entropy, DKD, top-k teacher.
-struct soft_target_call {
+/// What every loss call has: the pass, the student and teacher, the loss and the student's
+/// gradient (outputs the pass computes, nullptr otherwise) and the primitive's options.
+template <class Options>
+struct loss_call {
+  pass which = pass::forward_backward;
+  tensor student = nullptr, teacher = nullptr;
+  tensor loss = nullptr, grad_student = nullptr;
+  Options options;
+};
+
+/// KL(teacher||student), reverse KL, JSD, soft cross-entropy, DKD, top-k teacher: student (N, C),
+/// teacher (N, C), or (N, k) log-probabilities for top-k. `options` are the common ones; the
+/// fields after them add JSD's, DKD's and top-k's own.
+struct soft_target_call : loss_call<distill::soft_target_options> {
   enum class loss_kind { kl_teacher_student, kl_student_teacher, jsd, soft_cross_entropy, dkd, kl_topk_teacher_student };
   loss_kind kind = loss_kind::kl_teacher_student;
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr;  ///< (N, C); teacher: (N, k) log-probabilities for top-k
-  tensor teacher_indices = nullptr;             ///< (N, k) int64, top-k only
+  tensor teacher_indices = nullptr;  ///< (N, k) int64, top-k only
   tensor labels = nullptr, row_weights = nullptr, temperature = nullptr;
-  tensor loss = nullptr, grad_student = nullptr, grad_temperature = nullptr;
-  distill::soft_target_options options;  ///< the common options; the three below add their own
+  tensor grad_temperature = nullptr;
   float jsd_beta = 0.5f;
   distill::jsd_scaling jsd_scaling = distill::jsd_scaling::continuous;
   float dkd_alpha = 1.0f, dkd_beta = 8.0f;
   distill::topk_variant topk_variant = distill::topk_variant::renormalized;
 };
 
-/// Sigmoid soft targets for multi-label outputs.
-struct multilabel_soft_target_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr;  ///< (N, C)
-  tensor labels = nullptr, mask = nullptr;      ///< (N, C) uint8
+/// Sigmoid soft targets for multi-label outputs: student, teacher (N, C).
+struct multilabel_soft_target_call : loss_call<distill::multilabel_soft_target_options> {
+  tensor labels = nullptr, mask = nullptr;  ///< (N, C) uint8
   tensor row_weights = nullptr, class_weights = nullptr, pos_weights = nullptr;
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::multilabel_soft_target_options options;
 };
 
-/// Attention transfer between feature maps.
-struct attention_transfer_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr;  ///< (B, C, H, W)
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::attention_transfer_options options;
-};
+/// Attention transfer between (B, C, H, W) feature maps.
+struct attention_transfer_call : loss_call<distill::attention_transfer_options> {};
 
-/// Attention-map MSE or KL.
-struct attention_map_call {
+/// Attention-map MSE or KL between (B, H, Lq, Lk) maps.
+struct attention_map_call : loss_call<distill::attention_map_options> {
   bool kl = false;  ///< attention_map_kl_teacher_student instead of attention_map_mse
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr;    ///< (B, H, Lq, Lk)
   tensor key_mask = nullptr, query_mask = nullptr;  ///< (B, Lk), (B, Lq) uint8
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::attention_map_options options;  ///< teacher_heads points into `teacher_heads` below
-  std::vector<int> teacher_heads;
+  std::vector<int> teacher_heads;  ///< what options.teacher_heads points into
 };
 
 /// Channel ((B, C, H, W)) or token ((B, L, D), optional mask) mean and standard deviation.
@@ -99,11 +95,8 @@ struct feature_stats_call {
 };
 
 /// Statistics-matching loss (channel or token layout).
-struct stats_matching_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr, student_mask = nullptr, teacher_mask = nullptr;
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::stats_matching_options options;
+struct stats_matching_call : loss_call<distill::stats_matching_options> {
+  tensor student_mask = nullptr, teacher_mask = nullptr;
 };
 
 /// AdaIN(content; style) and its backward.
@@ -116,19 +109,11 @@ struct adain_call {
 };
 
 /// AdaIN statistics loss.
-struct adain_stats_loss_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr;
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::adain_stats_loss_options options;
-};
+struct adain_stats_loss_call : loss_call<distill::adain_stats_loss_options> {};
 
 /// Embedding alignment (MSE, squared L2, L1, cosine).
-struct embedding_alignment_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr, row_weights = nullptr, row_mask = nullptr;
-  tensor loss = nullptr, grad_student = nullptr;
-  distill::embedding_alignment_options options;
+struct embedding_alignment_call : loss_call<distill::embedding_alignment_options> {
+  tensor row_weights = nullptr, row_mask = nullptr;
 };
 
 /// The state of a sample queue whose storage is owned by the caller (a Python object).
@@ -138,12 +123,10 @@ struct queue_state {
 };
 
 /// Token-wise InfoNCE against a sample queue.
-struct token_nce_call {
-  pass which = pass::forward_backward;
-  tensor student = nullptr, teacher = nullptr, token_mask = nullptr, token_ids = nullptr;
+struct token_nce_call : loss_call<distill::token_nce_options> {
+  tensor token_mask = nullptr, token_ids = nullptr;
   queue_state queue;
-  tensor loss = nullptr, per_token_loss = nullptr, grad_student = nullptr, grad_teacher = nullptr;
-  distill::token_nce_options options;
+  tensor per_token_loss = nullptr, grad_teacher = nullptr;
 };
 
 /// Enqueue, random initialisation, save and load of a sample queue; the new state is written
@@ -180,27 +163,38 @@ struct roi_align_call {
 
 /// For each call type above: `workspace_size(ctx, call)`, the bytes of scratch `run` needs on
 /// `ctx` (the torch layer allocates them with the tensors' allocator, so CUDA scratch comes from
-/// PyTorch's caching allocator), and `run(ctx, call, workspace)`, which views the call's tensors
-/// and runs the primitive (`workspace`: that many bytes, or nullptr when it is 0). Templates over
-/// the context, instantiated in calls_cpu_*.cpp (distill::cpu) and calls_cuda.cu (distill::cuda).
-#define DISTILL_TORCH_DECLARE_CALL(Call)                                  \
-  template <class Ctx>                                                    \
-  std::size_t workspace_size(const Ctx& ctx, const Call& call);           \
-  template <class Ctx>                                                    \
+/// PyTorch's caching allocator; 0 for the calls declared without scratch), and
+/// `run(ctx, call, workspace)`, which views the call's tensors and runs the primitive
+/// (`workspace`: that many bytes, or nullptr when it is 0). Templates over the context,
+/// instantiated in calls_cpu_*.cpp (distill::cpu) and calls_cuda.cu (distill::cuda).
+#define DISTILL_TORCH_DECLARE_RUN(Call) \
+  template <class Ctx>                  \
   distill::status run(const Ctx& ctx, const Call& call, tensor workspace);
+#define DISTILL_TORCH_DECLARE_CALL(Call)                        \
+  template <class Ctx>                                          \
+  std::size_t workspace_size(const Ctx& ctx, const Call& call); \
+  DISTILL_TORCH_DECLARE_RUN(Call)
+#define DISTILL_TORCH_DECLARE_CALL_WITHOUT_SCRATCH(Call) \
+  template <class Ctx>                                   \
+  std::size_t workspace_size(const Ctx&, const Call&) {  \
+    return 0;                                            \
+  }                                                      \
+  DISTILL_TORCH_DECLARE_RUN(Call)
 DISTILL_TORCH_DECLARE_CALL(soft_target_call)
 DISTILL_TORCH_DECLARE_CALL(multilabel_soft_target_call)
 DISTILL_TORCH_DECLARE_CALL(attention_transfer_call)
 DISTILL_TORCH_DECLARE_CALL(attention_map_call)
-DISTILL_TORCH_DECLARE_CALL(feature_stats_call)
+DISTILL_TORCH_DECLARE_CALL_WITHOUT_SCRATCH(feature_stats_call)
 DISTILL_TORCH_DECLARE_CALL(stats_matching_call)
-DISTILL_TORCH_DECLARE_CALL(adain_call)
+DISTILL_TORCH_DECLARE_CALL_WITHOUT_SCRATCH(adain_call)
 DISTILL_TORCH_DECLARE_CALL(adain_stats_loss_call)
 DISTILL_TORCH_DECLARE_CALL(embedding_alignment_call)
 DISTILL_TORCH_DECLARE_CALL(token_nce_call)
 DISTILL_TORCH_DECLARE_CALL(relational_pairing_call)
-DISTILL_TORCH_DECLARE_CALL(roi_align_call)
+DISTILL_TORCH_DECLARE_CALL_WITHOUT_SCRATCH(roi_align_call)
+#undef DISTILL_TORCH_DECLARE_CALL_WITHOUT_SCRATCH
 #undef DISTILL_TORCH_DECLARE_CALL
+#undef DISTILL_TORCH_DECLARE_RUN
 
 /// Enqueue, init_random, save or load; the new write position and size go back into call.queue.
 template <class Ctx>

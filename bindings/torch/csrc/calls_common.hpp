@@ -57,6 +57,18 @@ distill::status dispatch(type_list<Ts...>, const char* fn, const char* name, ten
                            "; this call takes " + accepted);
 }
 
+/// The workspace size `f(type_tag<T>{})` for the T of `types` that `t` holds; 0 when it holds none
+/// (`run` then reports the dtype).
+template <class Types, class F>
+std::size_t workspace_size_by_type(Types types, const char* fn, const char* name, tensor t, F&& f) {
+  std::size_t bytes = 0;
+  (void)dispatch(types, fn, name, t, [&]<class T>(type_tag<T> tag) -> distill::status {
+    bytes = f(tag);
+    return {};
+  });
+  return bytes;
+}
+
 /// A view of `t` (absent for nullptr) whose errors name `fn`.
 template <class T, int Rank, class Space>
 distill::status view(const char* fn, const char* name, tensor t, distill::tensor_view<T, Rank, Space>& v) {
@@ -89,7 +101,54 @@ distill::status workspace_view(const char* fn, tensor t, distill::tensor_view<st
 /// Extent `d` of `t`, 0 when absent or of lower rank (sizing runs before validation).
 inline distill::index_t extent(tensor t, int d) noexcept { return t && t->ndim > d ? t->shape[d] : 0; }
 
+/// The tensors every loss call has (student, teacher, loss, grad_student, workspace) as views of
+/// element type T and rank Rank; the loss accumulates in accum_t<T>.
+template <class T, int Rank, class Space>
+struct loss_views {
+  using accum = distill::accum_t<T>;
+  distill::tensor_view<const T, Rank, Space> student, teacher;
+  distill::tensor_view<T, Rank, Space> grad;
+  distill::tensor_view<accum, 1, Space> loss;
+  distill::tensor_view<std::byte, 1, Space> ws;
+};
+
+/// The accumulation type of a loss_views (`V` may be a reference).
+template <class V>
+using accum_of = typename std::remove_cvref_t<V>::accum;
+
+/// Dispatches a loss call `c` on its student's element type among `types`, views its common
+/// tensors in `ctx`'s memory space (loss_views, errors naming `fn`) and returns `body(views)`
+/// (a generic lambda: it is instantiated for each element type).
+template <int Rank, class Ctx, class Types, class Call, class Body>
+distill::status with_loss_views(const Ctx&, Types types, const char* fn, const Call& c, tensor workspace, Body&& body) {
+  return dispatch(types, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
+    loss_views<T, Rank, typename Ctx::memory_space> v;
+    DISTILL_TRY(view(fn, "student", c.student, v.student));
+    DISTILL_TRY(view(fn, "teacher", c.teacher, v.teacher));
+    DISTILL_TRY(view(fn, "grad_student", c.grad_student, v.grad));
+    DISTILL_TRY(view(fn, "loss", c.loss, v.loss));
+    DISTILL_TRY(workspace_view(fn, workspace, v.ws));
+    return body(v);
+  });
+}
+
 }  // namespace distill_torch
+
+/// `return`s pass `which` (distill_torch::pass) of the loss primitive distill::name: its _forward
+/// writes `views.loss`, its _backward `views.grad`, its _forward_backward both, between the
+/// arguments `before` and `after` (parenthesised lists). The only way to name the three entry
+/// points once.
+#define DISTILL_TORCH_RETURN_PASS(which, name, views, before, after)                                      \
+  switch (which) {                                                                                       \
+    case ::distill_torch::pass::forward:                                                                 \
+      return distill::name##_forward(DISTILL_TORCH_ARGS before, (views).loss, DISTILL_TORCH_ARGS after); \
+    case ::distill_torch::pass::backward:                                                                \
+      return distill::name##_backward(DISTILL_TORCH_ARGS before, (views).grad, DISTILL_TORCH_ARGS after); \
+    default:                                                                                             \
+      return distill::name##_forward_backward(DISTILL_TORCH_ARGS before, (views).loss, (views).grad,     \
+                                              DISTILL_TORCH_ARGS after);                                 \
+  }
+#define DISTILL_TORCH_ARGS(...) __VA_ARGS__
 
 /// Explicit instantiations of `workspace_size` and `run` for one call type on one context.
 #define DISTILL_TORCH_INSTANTIATE(Ctx, Call)                                                            \

@@ -26,13 +26,10 @@ distill::status queue_view(const char* fn, const queue_state& s, distill::sample
 
 template <class Ctx>
 std::size_t workspace_size(const Ctx& ctx, const token_nce_call& c) {
-  std::size_t bytes = 0;
-  (void)dispatch(narrow_types<Ctx>{}, "token_nce_queue", "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    bytes = distill::token_nce_queue_workspace_size<T>(ctx, extent(c.student, 0), extent(c.student, 1),
-                                                       extent(c.queue.keys, 0), c.options);
-    return {};
+  return workspace_size_by_type(narrow_types<Ctx>{}, "token_nce_queue", "student", c.student, [&]<class T>(type_tag<T>) {
+    return distill::token_nce_queue_workspace_size<T>(ctx, extent(c.student, 0), extent(c.student, 1), extent(c.queue.keys, 0),
+                                                      c.options);
   });
-  return bytes;
 }
 
 template <class Ctx>
@@ -117,15 +114,10 @@ template <class Ctx>
 std::size_t workspace_size(const Ctx& ctx, const relational_pairing_call& c) {
   const int layers = static_cast<int>(c.weights.size());
   const distill::index_t hidden = c.weights.empty() ? 0 : extent(c.weights.back(), 1);
-  std::size_t bytes = 0;
-  (void)dispatch(pairing_types<Ctx>{}, "relational_pairing", "objects", c.objects,
-                 [&]<class T>(type_tag<T>) -> distill::status {
-                   bytes = distill::relational_pairing_workspace_size<T>(ctx, extent(c.objects, 0), extent(c.objects, 1),
-                                                                         extent(c.objects, 2), extent(c.question, 1), hidden,
-                                                                         layers, c.options);
-                   return {};
-                 });
-  return bytes;
+  return workspace_size_by_type(pairing_types<Ctx>{}, "relational_pairing", "objects", c.objects, [&]<class T>(type_tag<T>) {
+    return distill::relational_pairing_workspace_size<T>(ctx, extent(c.objects, 0), extent(c.objects, 1), extent(c.objects, 2),
+                                                         extent(c.question, 1), hidden, layers, c.options);
+  });
 }
 
 template <class Ctx>
@@ -161,11 +153,6 @@ distill::status run(const Ctx& ctx, const relational_pairing_call& c, tensor wor
 }
 
 // ---- RoI Align ----
-
-template <class Ctx>
-std::size_t workspace_size(const Ctx&, const roi_align_call&) {
-  return 0;
-}
 
 template <class Ctx>
 distill::status run(const Ctx& ctx, const roi_align_call& c, tensor) {

@@ -23,23 +23,9 @@ std::size_t workspace_size(const Ctx& ctx, const attention_transfer_call& c) {
 
 template <class Ctx>
 distill::status run(const Ctx& ctx, const attention_transfer_call& c, tensor workspace) {
-  using Space = typename Ctx::memory_space;
   constexpr const char* fn = "attention_transfer";
-  return dispatch(wide_types<Ctx>{}, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    distill::tensor_view<const T, 4, Space> student, teacher;
-    distill::tensor_view<T, 4, Space> grad;
-    distill::tensor_view<distill::accum_t<T>, 1, Space> loss;
-    distill::tensor_view<std::byte, 1, Space> ws;
-    DISTILL_TRY(view(fn, "student", c.student, student));
-    DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-    DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
-    DISTILL_TRY(view(fn, "loss", c.loss, loss));
-    DISTILL_TRY(workspace_view(fn, workspace, ws));
-    switch (c.which) {
-      case pass::forward: return distill::attention_transfer_forward(ctx, student, teacher, loss, ws, c.options);
-      case pass::backward: return distill::attention_transfer_backward(ctx, student, teacher, grad, ws, c.options);
-      default: return distill::attention_transfer_forward_backward(ctx, student, teacher, loss, grad, ws, c.options);
-    }
+  return with_loss_views<4>(ctx, wide_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
+    DISTILL_TORCH_RETURN_PASS(c.which, attention_transfer, v, (ctx, v.student, v.teacher), (v.ws, c.options))
   });
 }
 
@@ -54,41 +40,19 @@ template <class Ctx>
 distill::status run(const Ctx& ctx, const attention_map_call& c, tensor workspace) {
   using Space = typename Ctx::memory_space;
   const char* fn = c.kl ? "attention_map_kl_teacher_student" : "attention_map_mse";
-  return dispatch(wide_types<Ctx>{}, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    distill::tensor_view<const T, 4, Space> student, teacher;
-    distill::tensor_view<T, 4, Space> grad;
-    distill::tensor_view<distill::accum_t<T>, 1, Space> loss;
-    distill::tensor_view<std::byte, 1, Space> ws;
+  return with_loss_views<4>(ctx, wide_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
     distill::attention_masks<Space> masks;
-    DISTILL_TRY(view(fn, "student", c.student, student));
-    DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-    DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
-    DISTILL_TRY(view(fn, "loss", c.loss, loss));
     DISTILL_TRY(view(fn, "key_mask", c.key_mask, masks.key));
     DISTILL_TRY(view(fn, "query_mask", c.query_mask, masks.query));
-    DISTILL_TRY(workspace_view(fn, workspace, ws));
     distill::attention_map_options o = c.options;
     o.teacher_heads = std::span<const int>(c.teacher_heads);
-#define DISTILL_TORCH_PASSES(name)                                                                       \
-  switch (c.which) {                                                                                    \
-    case pass::forward: return distill::name##_forward(ctx, student, teacher, masks, loss, ws, o);      \
-    case pass::backward: return distill::name##_backward(ctx, student, teacher, masks, grad, ws, o);    \
-    default: return distill::name##_forward_backward(ctx, student, teacher, masks, loss, grad, ws, o);  \
-  }
-    if (c.kl) {
-      DISTILL_TORCH_PASSES(attention_map_kl_teacher_student)
-    }
-    DISTILL_TORCH_PASSES(attention_map_mse)
-#undef DISTILL_TORCH_PASSES
+    if (c.kl)
+      DISTILL_TORCH_RETURN_PASS(c.which, attention_map_kl_teacher_student, v, (ctx, v.student, v.teacher, masks), (v.ws, o))
+    DISTILL_TORCH_RETURN_PASS(c.which, attention_map_mse, v, (ctx, v.student, v.teacher, masks), (v.ws, o))
   });
 }
 
 // ---- feature statistics ----
-
-template <class Ctx>
-std::size_t workspace_size(const Ctx&, const feature_stats_call&) {
-  return 0;
-}
 
 template <class Ctx>
 distill::status run(const Ctx& ctx, const feature_stats_call& c, tensor) {
@@ -136,49 +100,21 @@ template <class Ctx>
 distill::status run(const Ctx& ctx, const stats_matching_call& c, tensor workspace) {
   using Space = typename Ctx::memory_space;
   constexpr const char* fn = "stats_matching";
-  const bool tokens = c.student && c.student->ndim == 3;
-  return dispatch(feature_types<Ctx>{}, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    distill::tensor_view<distill::accum_t<T>, 1, Space> loss;
-    distill::tensor_view<std::byte, 1, Space> ws;
-    DISTILL_TRY(view(fn, "loss", c.loss, loss));
-    DISTILL_TRY(workspace_view(fn, workspace, ws));
-    const auto& o = c.options;
-    if (tokens) {
-      distill::tensor_view<const T, 3, Space> student, teacher;
-      distill::tensor_view<T, 3, Space> grad;
+  if (c.student && c.student->ndim == 3)
+    return with_loss_views<3>(ctx, feature_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
       distill::tensor_view<const std::uint8_t, 2, Space> sm, tm;
-      DISTILL_TRY(view(fn, "student", c.student, student));
-      DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-      DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
       DISTILL_TRY(view(fn, "student_mask", c.student_mask, sm));
       DISTILL_TRY(view(fn, "teacher_mask", c.teacher_mask, tm));
-      switch (c.which) {
-        case pass::forward: return distill::stats_matching_forward(ctx, student, sm, teacher, tm, loss, ws, o);
-        case pass::backward: return distill::stats_matching_backward(ctx, student, sm, teacher, tm, grad, ws, o);
-        default: return distill::stats_matching_forward_backward(ctx, student, sm, teacher, tm, loss, grad, ws, o);
-      }
-    }
-    if (c.student_mask || c.teacher_mask)
-      return distill::fail(distill::errc::invalid_argument, fn, "token masks are for (B, L, D) tokens, not (B, C, H, W) maps");
-    distill::tensor_view<const T, 4, Space> student, teacher;
-    distill::tensor_view<T, 4, Space> grad;
-    DISTILL_TRY(view(fn, "student", c.student, student));
-    DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-    DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
-    switch (c.which) {
-      case pass::forward: return distill::stats_matching_forward(ctx, student, teacher, loss, ws, o);
-      case pass::backward: return distill::stats_matching_backward(ctx, student, teacher, grad, ws, o);
-      default: return distill::stats_matching_forward_backward(ctx, student, teacher, loss, grad, ws, o);
-    }
+      DISTILL_TORCH_RETURN_PASS(c.which, stats_matching, v, (ctx, v.student, sm, v.teacher, tm), (v.ws, c.options))
+    });
+  if (c.student_mask || c.teacher_mask)
+    return distill::fail(distill::errc::invalid_argument, fn, "token masks are for (B, L, D) tokens, not (B, C, H, W) maps");
+  return with_loss_views<4>(ctx, feature_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
+    DISTILL_TORCH_RETURN_PASS(c.which, stats_matching, v, (ctx, v.student, v.teacher), (v.ws, c.options))
   });
 }
 
 // ---- AdaIN ----
-
-template <class Ctx>
-std::size_t workspace_size(const Ctx&, const adain_call&) {
-  return 0;
-}
 
 template <class Ctx>
 distill::status run(const Ctx& ctx, const adain_call& c, tensor) {
@@ -207,23 +143,9 @@ std::size_t workspace_size(const Ctx& ctx, const adain_stats_loss_call& c) {
 
 template <class Ctx>
 distill::status run(const Ctx& ctx, const adain_stats_loss_call& c, tensor workspace) {
-  using Space = typename Ctx::memory_space;
   constexpr const char* fn = "adain_stats_loss";
-  return dispatch(feature_types<Ctx>{}, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    distill::tensor_view<const T, 4, Space> student, teacher;
-    distill::tensor_view<T, 4, Space> grad;
-    distill::tensor_view<distill::accum_t<T>, 1, Space> loss;
-    distill::tensor_view<std::byte, 1, Space> ws;
-    DISTILL_TRY(view(fn, "student", c.student, student));
-    DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-    DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
-    DISTILL_TRY(view(fn, "loss", c.loss, loss));
-    DISTILL_TRY(workspace_view(fn, workspace, ws));
-    switch (c.which) {
-      case pass::forward: return distill::adain_stats_loss_forward(ctx, student, teacher, loss, ws, c.options);
-      case pass::backward: return distill::adain_stats_loss_backward(ctx, student, teacher, grad, ws, c.options);
-      default: return distill::adain_stats_loss_forward_backward(ctx, student, teacher, loss, grad, ws, c.options);
-    }
+  return with_loss_views<4>(ctx, feature_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
+    DISTILL_TORCH_RETURN_PASS(c.which, adain_stats_loss, v, (ctx, v.student, v.teacher), (v.ws, c.options))
   });
 }
 
@@ -238,28 +160,12 @@ template <class Ctx>
 distill::status run(const Ctx& ctx, const embedding_alignment_call& c, tensor workspace) {
   using Space = typename Ctx::memory_space;
   constexpr const char* fn = "embedding_alignment";
-  return dispatch(feature_types<Ctx>{}, fn, "student", c.student, [&]<class T>(type_tag<T>) -> distill::status {
-    using Acc = distill::accum_t<T>;
-    distill::tensor_view<const T, 2, Space> student, teacher;
-    distill::tensor_view<T, 2, Space> grad;
-    distill::tensor_view<Acc, 1, Space> loss;
-    distill::tensor_view<const Acc, 1, Space> weights;
+  return with_loss_views<2>(ctx, feature_types<Ctx>{}, fn, c, workspace, [&](auto& v) -> distill::status {
+    distill::tensor_view<const accum_of<decltype(v)>, 1, Space> weights;
     distill::tensor_view<const std::uint8_t, 1, Space> mask;
-    distill::tensor_view<std::byte, 1, Space> ws;
-    DISTILL_TRY(view(fn, "student", c.student, student));
-    DISTILL_TRY(view(fn, "teacher", c.teacher, teacher));
-    DISTILL_TRY(view(fn, "grad_student", c.grad_student, grad));
-    DISTILL_TRY(view(fn, "loss", c.loss, loss));
     DISTILL_TRY(view(fn, "row_weights", c.row_weights, weights));
     DISTILL_TRY(view(fn, "row_mask", c.row_mask, mask));
-    DISTILL_TRY(workspace_view(fn, workspace, ws));
-    switch (c.which) {
-      case pass::forward: return distill::embedding_alignment_forward(ctx, student, teacher, weights, mask, loss, ws, c.options);
-      case pass::backward:
-        return distill::embedding_alignment_backward(ctx, student, teacher, weights, mask, grad, ws, c.options);
-      default:
-        return distill::embedding_alignment_forward_backward(ctx, student, teacher, weights, mask, loss, grad, ws, c.options);
-    }
+    DISTILL_TORCH_RETURN_PASS(c.which, embedding_alignment, v, (ctx, v.student, v.teacher, weights, mask), (v.ws, c.options))
   });
 }
 

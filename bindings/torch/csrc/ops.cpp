@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstring>
 #include <deque>
 #include <initializer_list>
 #include <string>
@@ -107,18 +108,23 @@ distill::matmul_precision precision_of(c10::string_view v) {
 bool has_loss(pass p) { return p != pass::backward; }
 bool has_grad(pass p) { return p != pass::forward; }
 
+/// Extent 0 of `t` (rows, samples, tokens), 0 for a 0-dim tensor (distill reports its rank).
+int64_t rows_of(const at::Tensor& t) { return t.dim() > 0 ? t.size(0) : 0; }
+
 /// Loss (or statistics) dtype: float64 for float64 inputs, float32 otherwise (distill accumulates
 /// in float for float32 and 16-bit inputs).
 at::TensorOptions accum_options(const at::Tensor& like) {
   return like.options().dtype(like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
+/// A new contiguous tensor of the shape, dtype and device of `like` (gradients, outputs).
+at::Tensor empty_contiguous(const at::Tensor& like) {
+  return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+}
 at::Tensor loss_output(pass p, const at::Tensor& like, int64_t rows, distill::reduction r) {
   if (!has_loss(p)) return {};
   return at::empty({r == distill::reduction::none ? rows : 1}, accum_options(like));
 }
-at::Tensor grad_output(pass p, const at::Tensor& like) {
-  return has_grad(p) ? at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous)) : at::Tensor();
-}
+at::Tensor grad_output(pass p, const at::Tensor& like) { return has_grad(p) ? empty_contiguous(like) : at::Tensor(); }
 /// A reduced loss as a 0-dim tensor (a view of the (1) output distill wrote).
 at::Tensor scalar_if_reduced(const at::Tensor& loss, distill::reduction r) {
   return loss.defined() && r != distill::reduction::none ? loss.squeeze(0) : loss;
@@ -141,45 +147,97 @@ at::Tensor scalar_if_reduced(const at::Tensor& loss, distill::reduction r) {
   }
 }
 
-/// Runs `call` on the device of `like`: the CPU with PyTorch's thread count, or CUDA on the
-/// tensor's device and current stream. Scratch comes from the tensors' allocator.
-template <class Call>
-void execute(const at::Tensor& like, const Call& call) {
-  auto go = [&](const auto& ctx) {
-    const std::size_t bytes = workspace_size(ctx, call);
-    at::Tensor scratch;
-    described dl;
-    if (bytes > 0) scratch = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
-    const distill::status st = run(ctx, call, dl(scratch));
-    if (!st.ok()) raise(st);
-  };
+/// Calls `go(ctx)` with the context of `like`'s device (the CPU with PyTorch's thread count, or
+/// CUDA on the tensor's device and current stream) and raises the status it returns.
+template <class Go>
+void on_device_of(const at::Tensor& like, Go&& go) {
+  distill::status st;
   if (like.is_cuda()) {
 #ifdef DISTILL_TORCH_WITH_CUDA
     const c10::cuda::CUDAGuard guard(like.device());
-    go(distill::cuda{c10::cuda::getCurrentCUDAStream(like.get_device()).stream()});
+    st = go(distill::cuda{c10::cuda::getCurrentCUDAStream(like.get_device()).stream()});
 #else
     TORCH_CHECK(false, "distill_torch was built without CUDA (against a CPU-only PyTorch); rebuild it against a CUDA-enabled one");
 #endif
   } else {
     TORCH_CHECK_VALUE(like.is_cpu(), "distill runs on CPU and CUDA tensors, not on ", like.device());
-    go(distill::cpu{at::get_num_threads()});
+    st = go(distill::cpu{at::get_num_threads()});
   }
+  if (!st.ok()) raise(st);
 }
 
-/// The queue ops update the state; they have their own `run` (no workspace).
-void execute_queue(const at::Tensor& like, sample_queue_call& call) {
-  if (like.is_cuda()) {
-#ifdef DISTILL_TORCH_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(like.device());
-    const distill::status st = run(distill::cuda{c10::cuda::getCurrentCUDAStream(like.get_device()).stream()}, call);
-    if (!st.ok()) raise(st);
-    return;
-#else
-    TORCH_CHECK(false, "distill_torch was built without CUDA (against a CPU-only PyTorch); rebuild it against a CUDA-enabled one");
-#endif
-  }
-  const distill::status st = run(distill::cpu{at::get_num_threads()}, call);
-  if (!st.ok()) raise(st);
+/// Runs `call` on the device of `like`, with scratch from the tensors' allocator.
+template <class Call>
+void execute(const at::Tensor& like, const Call& call) {
+  on_device_of(like, [&](const auto& ctx) {
+    const std::size_t bytes = workspace_size(ctx, call);
+    at::Tensor scratch;
+    described dl;
+    if (bytes > 0) scratch = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+    return run(ctx, call, dl(scratch));
+  });
+}
+
+/// A loss operator: describes the student and teacher into `c`, then the call's other inputs
+/// (`more(dl)`), allocates the loss (`rows` values for reduction "none", else one) and the
+/// student's gradient as pass `c.which` asks, runs `c` on the student's device and returns
+/// (loss, grad_student), the loss 0-dim when reduced.
+template <class Call, class More>
+std::tuple<at::Tensor, at::Tensor> loss_op(Call& c, const at::Tensor& student, const at::Tensor& teacher, int64_t rows,
+                                           More&& more) {
+  const distill::reduction r = c.options.reduction;
+  const at::Tensor loss = loss_output(c.which, student, rows, r);
+  const at::Tensor grad = grad_output(c.which, student);
+  described dl;
+  c.student = dl(student);
+  c.teacher = dl(teacher);
+  more(dl);
+  c.loss = dl(loss);
+  c.grad_student = dl(grad);
+  execute(student, c);
+  return {scalar_if_reduced(loss, r), grad};
+}
+template <class Call>
+std::tuple<at::Tensor, at::Tensor> loss_op(Call& c, const at::Tensor& student, const at::Tensor& teacher, int64_t rows) {
+  return loss_op(c, student, teacher, rows, [](described&) {});
+}
+
+distill::attention_input attention_input_of(c10::string_view v, const char* option) {
+  using distill::attention_input;
+  return choose<attention_input>(v, option,
+                                 {{"logits", attention_input::logits}, {"probabilities", attention_input::probabilities}});
+}
+
+/// The options the dense and the multi-label soft targets share.
+template <class Options>
+void set_soft_target_options(Options& o, double temperature, bool scale_by_t_squared, c10::string_view reduction,
+                             double soft_weight, double hard_label_weight, double grad_scale) {
+  o.temperature = static_cast<float>(temperature);
+  o.scale_by_t_squared = scale_by_t_squared;
+  o.reduction = reduction_of(reduction);
+  o.soft_weight = static_cast<float>(soft_weight);
+  o.hard_label_weight = static_cast<float>(hard_label_weight);
+  o.grad_scale = static_cast<float>(grad_scale);
+}
+
+/// A call of a primitive on feature statistics (feature_stats, AdaIN, the statistics losses)
+/// with their options eps and unbiased.
+template <class Call>
+Call stats_call(double eps, bool unbiased) {
+  Call c;
+  c.options.eps = eps;
+  c.options.unbiased = unbiased;
+  return c;
+}
+
+/// The options of the statistics losses after eps and unbiased.
+template <class Options>
+void set_stats_loss_options(Options& o, double mean_weight, double std_weight, c10::string_view reduction,
+                            double grad_scale) {
+  o.mean_weight = mean_weight;
+  o.std_weight = std_weight;
+  o.reduction = reduction_of(reduction);
+  o.grad_scale = grad_scale;
 }
 
 }  // namespace
@@ -203,14 +261,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target(
                                        {"dkd", kind::dkd},
                                        {"kl_topk_teacher_student", kind::kl_topk_teacher_student}});
   c.which = pass_of(pass_name);
-  auto& o = c.options;
-  o.temperature = static_cast<float>(temperature);
-  o.scale_by_t_squared = scale_by_t_squared;
-  o.reduction = reduction_of(reduction);
-  o.soft_weight = static_cast<float>(soft_weight);
-  o.hard_label_weight = static_cast<float>(hard_label_weight);
-  o.ignore_index = ignore_index;
-  o.grad_scale = static_cast<float>(grad_scale);
+  set_soft_target_options(c.options, temperature, scale_by_t_squared, reduction, soft_weight, hard_label_weight,
+                          grad_scale);
+  c.options.ignore_index = ignore_index;
   c.jsd_beta = static_cast<float>(jsd_beta);
   c.jsd_scaling = choose<distill::jsd_scaling>(jsd_scaling, "jsd_scaling", {{"continuous", distill::jsd_scaling::continuous},
                                                                             {"trl", distill::jsd_scaling::trl}});
@@ -219,22 +272,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target(
   c.topk_variant = choose<distill::topk_variant>(topk_variant, "topk_variant",
                                                  {{"renormalized", distill::topk_variant::renormalized},
                                                   {"rest_bucket", distill::topk_variant::rest_bucket}});
-  const at::Tensor loss_out = loss_output(c.which, student, student.dim() > 0 ? student.size(0) : 0, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
   const at::Tensor grad_t =
       temperature_tensor && has_grad(c.which) ? at::empty({1}, accum_options(student)) : at::Tensor();
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.teacher_indices = dl(teacher_indices);
-  c.labels = dl(labels);
-  c.row_weights = dl(row_weights);
-  c.temperature = dl(temperature_tensor);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  c.grad_temperature = dl(grad_t);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad, grad_t};
+  auto [loss_out, grad] = loss_op(c, student, teacher, rows_of(student), [&](described& dl) {
+    c.teacher_indices = dl(teacher_indices);
+    c.labels = dl(labels);
+    c.row_weights = dl(row_weights);
+    c.temperature = dl(temperature_tensor);
+    c.grad_temperature = dl(grad_t);
+  });
+  return {loss_out, grad, grad_t};
 }
 
 std::tuple<at::Tensor, at::Tensor> multilabel_soft_target(
@@ -244,28 +291,16 @@ std::tuple<at::Tensor, at::Tensor> multilabel_soft_target(
     bool subtract_teacher_entropy, double grad_scale) {
   multilabel_soft_target_call c;
   c.which = pass_of(pass_name);
-  auto& o = c.options;
-  o.temperature = static_cast<float>(temperature);
-  o.scale_by_t_squared = scale_by_t_squared;
-  o.reduction = reduction_of(reduction);
-  o.soft_weight = static_cast<float>(soft_weight);
-  o.hard_label_weight = static_cast<float>(hard_label_weight);
-  o.subtract_teacher_entropy = subtract_teacher_entropy;
-  o.grad_scale = static_cast<float>(grad_scale);
-  const at::Tensor loss_out = loss_output(c.which, student, student.dim() > 0 ? student.size(0) : 0, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.labels = dl(labels);
-  c.mask = dl(mask);
-  c.row_weights = dl(row_weights);
-  c.class_weights = dl(class_weights);
-  c.pos_weights = dl(pos_weights);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  set_soft_target_options(c.options, temperature, scale_by_t_squared, reduction, soft_weight, hard_label_weight,
+                          grad_scale);
+  c.options.subtract_teacher_entropy = subtract_teacher_entropy;
+  return loss_op(c, student, teacher, rows_of(student), [&](described& dl) {
+    c.labels = dl(labels);
+    c.mask = dl(mask);
+    c.row_weights = dl(row_weights);
+    c.class_weights = dl(class_weights);
+    c.pos_weights = dl(pos_weights);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_transfer(c10::string_view pass_name, const at::Tensor& student,
@@ -282,15 +317,7 @@ std::tuple<at::Tensor, at::Tensor> attention_transfer(c10::string_view pass_name
   o.reduction = reduction_of(reduction);
   o.eps = eps;
   o.grad_scale = grad_scale;
-  const at::Tensor loss_out = loss_output(c.which, student, student.dim() > 0 ? student.size(0) : 0, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  return loss_op(c, student, teacher, rows_of(student));
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_map(c10::string_view divergence, c10::string_view pass_name,
@@ -303,11 +330,8 @@ std::tuple<at::Tensor, at::Tensor> attention_map(c10::string_view divergence, c1
   c.kl = choose<bool>(divergence, "divergence", {{"mse", false}, {"kl_teacher_student", true}});
   c.which = pass_of(pass_name);
   auto& o = c.options;
-  using distill::attention_input;
-  o.student_input = choose<attention_input>(student_input, "student_input", {{"logits", attention_input::logits},
-                                                                             {"probabilities", attention_input::probabilities}});
-  o.teacher_input = choose<attention_input>(teacher_input, "teacher_input", {{"logits", attention_input::logits},
-                                                                             {"probabilities", attention_input::probabilities}});
+  o.student_input = attention_input_of(student_input, "student_input");
+  o.teacher_input = attention_input_of(teacher_input, "teacher_input");
   using distill::attention_head_map;
   o.head_map = choose<attention_head_map>(head_map, "head_map", {{"one_to_one", attention_head_map::one_to_one},
                                                                  {"index", attention_head_map::index},
@@ -316,28 +340,19 @@ std::tuple<at::Tensor, at::Tensor> attention_map(c10::string_view divergence, c1
   o.reduction = reduction_of(reduction);
   o.grad_scale = grad_scale;
   const int64_t rows = student.dim() == 4 ? student.size(0) * student.size(1) * student.size(2) : 0;
-  const at::Tensor loss_out = loss_output(c.which, student, rows, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.key_mask = dl(key_mask);
-  c.query_mask = dl(query_mask);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  return loss_op(c, student, teacher, rows, [&](described& dl) {
+    c.key_mask = dl(key_mask);
+    c.query_mask = dl(query_mask);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> feature_stats(const at::Tensor& x, const opt_tensor& token_mask, double eps,
                                                  bool unbiased) {
-  feature_stats_call c;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
   const int64_t features = x.dim() == 3 ? x.size(2) : x.dim() == 4 ? x.size(1) : 0;
-  const at::Tensor mean = at::empty({x.dim() > 0 ? x.size(0) : 0, features}, accum_options(x));
+  const at::Tensor mean = at::empty({rows_of(x), features}, accum_options(x));
   const at::Tensor std_dev = at::empty_like(mean);
   described dl;
+  auto c = stats_call<feature_stats_call>(eps, unbiased);
   c.x = dl(x);
   c.token_mask = dl(token_mask);
   c.mean = dl(mean);
@@ -348,12 +363,10 @@ std::tuple<at::Tensor, at::Tensor> feature_stats(const at::Tensor& x, const opt_
 
 at::Tensor feature_stats_backward(const at::Tensor& x, const at::Tensor& grad_mean, const at::Tensor& grad_std,
                                   const opt_tensor& token_mask, double eps, bool unbiased) {
-  feature_stats_call c;
-  c.backward = true;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
-  const at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor grad_x = empty_contiguous(x);
   described dl;
+  auto c = stats_call<feature_stats_call>(eps, unbiased);
+  c.backward = true;
   c.x = dl(x);
   c.token_mask = dl(token_mask);
   c.grad_mean = dl(grad_mean);
@@ -368,34 +381,19 @@ std::tuple<at::Tensor, at::Tensor> stats_matching(c10::string_view pass_name, co
                                                   const opt_tensor& teacher_mask, double eps, bool unbiased,
                                                   double mean_weight, double std_weight, c10::string_view reduction,
                                                   double grad_scale) {
-  stats_matching_call c;
+  auto c = stats_call<stats_matching_call>(eps, unbiased);
   c.which = pass_of(pass_name);
-  auto& o = c.options;
-  o.eps = eps;
-  o.unbiased = unbiased;
-  o.mean_weight = mean_weight;
-  o.std_weight = std_weight;
-  o.reduction = reduction_of(reduction);
-  o.grad_scale = grad_scale;
-  const at::Tensor loss_out = loss_output(c.which, student, 1, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.student_mask = dl(student_mask);
-  c.teacher_mask = dl(teacher_mask);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  set_stats_loss_options(c.options, mean_weight, std_weight, reduction, grad_scale);
+  return loss_op(c, student, teacher, 1, [&](described& dl) {
+    c.student_mask = dl(student_mask);
+    c.teacher_mask = dl(teacher_mask);
+  });
 }
 
 at::Tensor adain(const at::Tensor& content, const at::Tensor& style, double eps, bool unbiased) {
-  adain_call c;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
-  const at::Tensor out = at::empty(content.sizes(), content.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor out = empty_contiguous(content);
   described dl;
+  auto c = stats_call<adain_call>(eps, unbiased);
   c.content = dl(content);
   c.style = dl(style);
   c.out = dl(out);
@@ -406,14 +404,11 @@ at::Tensor adain(const at::Tensor& content, const at::Tensor& style, double eps,
 std::tuple<at::Tensor, at::Tensor> adain_backward(const at::Tensor& content, const at::Tensor& style,
                                                   const at::Tensor& grad_out, bool content_grad, double eps,
                                                   bool unbiased) {
-  adain_call c;
-  c.backward = true;
-  c.options.eps = eps;
-  c.options.unbiased = unbiased;
-  const auto contiguous = at::MemoryFormat::Contiguous;
-  const at::Tensor grad_content = content_grad ? at::empty(content.sizes(), content.options().memory_format(contiguous)) : at::Tensor();
-  const at::Tensor grad_style = at::empty(style.sizes(), style.options().memory_format(contiguous));
+  const at::Tensor grad_content = content_grad ? empty_contiguous(content) : at::Tensor();
+  const at::Tensor grad_style = empty_contiguous(style);
   described dl;
+  auto c = stats_call<adain_call>(eps, unbiased);
+  c.backward = true;
   c.content = dl(content);
   c.style = dl(style);
   c.grad_out = dl(grad_out);
@@ -427,25 +422,11 @@ std::tuple<at::Tensor, at::Tensor> adain_stats_loss(c10::string_view pass_name, 
                                                     const at::Tensor& teacher, double eps, bool unbiased,
                                                     double adain_weight, double mean_weight, double std_weight,
                                                     c10::string_view reduction, double grad_scale) {
-  adain_stats_loss_call c;
+  auto c = stats_call<adain_stats_loss_call>(eps, unbiased);
   c.which = pass_of(pass_name);
-  auto& o = c.options;
-  o.eps = eps;
-  o.unbiased = unbiased;
-  o.adain_weight = adain_weight;
-  o.mean_weight = mean_weight;
-  o.std_weight = std_weight;
-  o.reduction = reduction_of(reduction);
-  o.grad_scale = grad_scale;
-  const at::Tensor loss_out = loss_output(c.which, student, 1, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  set_stats_loss_options(c.options, mean_weight, std_weight, reduction, grad_scale);
+  c.options.adain_weight = adain_weight;
+  return loss_op(c, student, teacher, 1);
 }
 
 std::tuple<at::Tensor, at::Tensor> embedding_alignment(c10::string_view pass_name, const at::Tensor& student,
@@ -467,17 +448,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_alignment(c10::string_view pass_nam
   o.scale = scale;
   o.reduction = reduction_of(reduction);
   o.grad_scale = grad_scale;
-  const at::Tensor loss_out = loss_output(c.which, student, student.dim() > 0 ? student.size(0) : 0, o.reduction);
-  const at::Tensor grad = grad_output(c.which, student);
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.row_weights = dl(row_weights);
-  c.row_mask = dl(row_mask);
-  c.loss = dl(loss_out);
-  c.grad_student = dl(grad);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), grad};
+  return loss_op(c, student, teacher, rows_of(student), [&](described& dl) {
+    c.row_weights = dl(row_weights);
+    c.row_mask = dl(row_mask);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_nce(
@@ -494,28 +468,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_nce(
   o.normalize_eps = static_cast<float>(normalize_eps);
   o.grad_scale = static_cast<float>(grad_scale);
   o.precision = precision_of(precision);
-  const int64_t tokens = student.dim() > 0 ? student.size(0) : 0;
-  const at::Tensor loss_out = loss_output(c.which, student, tokens, o.reduction);
+  const int64_t tokens = rows_of(student);
   const at::Tensor per_token_loss = per_token && has_loss(c.which) ? at::empty({tokens}, accum_options(student)) : at::Tensor();
-  const at::Tensor grad = grad_output(c.which, student);
   const at::Tensor grad_t = teacher_grad ? grad_output(c.which, teacher) : at::Tensor();
-  described dl;
-  c.student = dl(student);
-  c.teacher = dl(teacher);
-  c.token_mask = dl(token_mask);
-  c.token_ids = dl(token_ids);
-  c.queue = {dl(queue_keys), dl(queue_ids), queue_write_position, queue_size};
-  c.loss = dl(loss_out);
-  c.per_token_loss = dl(per_token_loss);
-  c.grad_student = dl(grad);
-  c.grad_teacher = dl(grad_t);
-  execute(student, c);
-  return {scalar_if_reduced(loss_out, o.reduction), per_token_loss, grad, grad_t};
+  auto [loss_out, grad] = loss_op(c, student, teacher, tokens, [&](described& dl) {
+    c.token_mask = dl(token_mask);
+    c.token_ids = dl(token_ids);
+    c.queue = {dl(queue_keys), dl(queue_ids), queue_write_position, queue_size};
+    c.per_token_loss = dl(per_token_loss);
+    c.grad_teacher = dl(grad_t);
+  });
+  return {loss_out, per_token_loss, grad, grad_t};
 }
 
 namespace {
-std::vector<int64_t> queue_action(sample_queue_call& c, const at::Tensor& keys) {
-  execute_queue(keys, c);
+/// Runs `what` on the caller's queue (keys, ids, write_position, size), with the action's own
+/// arguments from `more(c, dl)`, and returns the new (write_position, size).
+template <class More>
+std::vector<int64_t> queue_action(sample_queue_call::action what, const at::Tensor& keys, const opt_tensor& ids,
+                                  int64_t write_position, int64_t size, More&& more) {
+  sample_queue_call c;
+  described dl;
+  c.what = what;
+  c.queue = {dl(keys), dl(ids), write_position, size};
+  more(c, dl);
+  on_device_of(keys, [&](const auto& ctx) { return run(ctx, c); });
   return {c.queue.write_position, c.queue.size};
 }
 }  // namespace
@@ -523,45 +500,31 @@ std::vector<int64_t> queue_action(sample_queue_call& c, const at::Tensor& keys) 
 std::vector<int64_t> sample_queue_enqueue(const at::Tensor& keys, const opt_tensor& ids, int64_t write_position,
                                           int64_t size, const at::Tensor& new_keys, const opt_tensor& new_ids,
                                           bool normalize, double normalize_eps) {
-  sample_queue_call c;
-  described dl;
-  c.what = sample_queue_call::action::enqueue;
-  c.queue = {dl(keys), dl(ids), write_position, size};
-  c.keys = dl(new_keys);
-  c.ids = dl(new_ids);
-  c.enqueue.normalize = normalize;
-  c.enqueue.normalize_eps = static_cast<float>(normalize_eps);
-  return queue_action(c, keys);
+  return queue_action(sample_queue_call::action::enqueue, keys, ids, write_position, size,
+                      [&](sample_queue_call& c, described& dl) {
+                        c.keys = dl(new_keys);
+                        c.ids = dl(new_ids);
+                        c.enqueue.normalize = normalize;
+                        c.enqueue.normalize_eps = static_cast<float>(normalize_eps);
+                      });
 }
 
 std::vector<int64_t> sample_queue_init_random(const at::Tensor& keys, const opt_tensor& ids, int64_t write_position,
                                               int64_t size, int64_t seed) {
-  sample_queue_call c;
-  described dl;
-  c.what = sample_queue_call::action::init_random;
-  c.queue = {dl(keys), dl(ids), write_position, size};
-  c.seed = static_cast<std::uint64_t>(seed);
-  return queue_action(c, keys);
+  return queue_action(sample_queue_call::action::init_random, keys, ids, write_position, size,
+                      [&](sample_queue_call& c, described&) { c.seed = static_cast<std::uint64_t>(seed); });
 }
 
 void sample_queue_save(const at::Tensor& keys, const opt_tensor& ids, int64_t write_position, int64_t size,
                        c10::string_view path) {
-  sample_queue_call c;
-  described dl;
-  c.what = sample_queue_call::action::save;
-  c.queue = {dl(keys), dl(ids), write_position, size};
-  c.path = std::string(path);
-  queue_action(c, keys);
+  queue_action(sample_queue_call::action::save, keys, ids, write_position, size,
+               [&](sample_queue_call& c, described&) { c.path = std::string(path); });
 }
 
 std::vector<int64_t> sample_queue_load(const at::Tensor& keys, const opt_tensor& ids, int64_t write_position,
                                        int64_t size, c10::string_view path) {
-  sample_queue_call c;
-  described dl;
-  c.what = sample_queue_call::action::load;
-  c.queue = {dl(keys), dl(ids), write_position, size};
-  c.path = std::string(path);
-  return queue_action(c, keys);
+  return queue_action(sample_queue_call::action::load, keys, ids, write_position, size,
+                      [&](sample_queue_call& c, described&) { c.path = std::string(path); });
 }
 
 namespace {
@@ -594,7 +557,7 @@ at::Tensor relational_pairing(const at::Tensor& objects, const at::Tensor& quest
   relational_pairing_call c = pairing_call(dl, objects, question, pair_mask, object_mask, weights, biases,
                                            include_self_pairs, last_relu, mask_scale, precision, tile_pairs);
   const int64_t hidden = weights.empty() ? 0 : weights.back().size(-1);
-  const at::Tensor out = at::empty({objects.dim() > 0 ? objects.size(0) : 0, hidden}, objects.options());
+  const at::Tensor out = at::empty({rows_of(objects), hidden}, objects.options());
   c.out = dl(out);
   execute(objects, c);
   return out;
@@ -610,15 +573,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vec
   relational_pairing_call c = pairing_call(dl, objects, question, pair_mask, object_mask, weights, biases,
                                            include_self_pairs, last_relu, mask_scale, precision, tile_pairs);
   c.backward = true;
-  auto like = [](const at::Tensor& t) { return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous)); };
-  const at::Tensor grad_objects = needs[0] ? like(objects) : at::Tensor();
-  const at::Tensor grad_question = needs[1] ? like(question) : at::Tensor();
-  const at::Tensor grad_pair_mask = needs[2] && pair_mask ? like(*pair_mask) : at::Tensor();
+  const at::Tensor grad_objects = needs[0] ? empty_contiguous(objects) : at::Tensor();
+  const at::Tensor grad_question = needs[1] ? empty_contiguous(question) : at::Tensor();
+  const at::Tensor grad_pair_mask = needs[2] && pair_mask ? empty_contiguous(*pair_mask) : at::Tensor();
   std::vector<at::Tensor> grad_weights, grad_biases;
   if (needs[3]) {
-    for (const at::Tensor& w : weights) grad_weights.push_back(like(w));
-    for (const c10::optional<at::Tensor>& b : biases)
-      grad_biases.push_back(b ? like(*b) : at::Tensor());
+    for (const at::Tensor& w : weights) grad_weights.push_back(empty_contiguous(w));
+    for (const c10::optional<at::Tensor>& b : biases) grad_biases.push_back(b ? empty_contiguous(*b) : at::Tensor());
   }
   c.grad_out = dl(grad_out);
   c.grad_objects = dl(grad_objects);
@@ -630,16 +591,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vec
   return {grad_objects, grad_question, grad_pair_mask, grad_weights, grad_biases};
 }
 
-at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
-                     double spatial_scale, int64_t sampling_ratio, bool aligned) {
+namespace {
+roi_align_call roi_call(bool backward, double spatial_scale, int64_t sampling_ratio, bool aligned) {
   roi_align_call c;
+  c.backward = backward;
   c.options.spatial_scale = static_cast<float>(spatial_scale);
   c.options.sampling_ratio = static_cast<int>(sampling_ratio);
   c.options.aligned = aligned;
+  return c;
+}
+}  // namespace
+
+at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
+                     double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  roi_align_call c = roi_call(false, spatial_scale, sampling_ratio, aligned);
   TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, "roi_align: the output size must be positive");
-  const at::Tensor out = at::empty({rois.dim() > 0 ? rois.size(0) : 0, input.dim() > 1 ? input.size(1) : 0, pooled_height,
-                                    pooled_width},
-                                   input.options());
+  const at::Tensor out =
+      at::empty({rows_of(rois), input.dim() > 1 ? input.size(1) : 0, pooled_height, pooled_width}, input.options());
   described dl;
   c.input = dl(input);
   c.rois = dl(rois);
@@ -650,11 +618,7 @@ at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, int64_t po
 
 at::Tensor roi_align_backward(const at::Tensor& rois, const at::Tensor& grad_output, at::IntArrayRef input_shape,
                               double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  roi_align_call c;
-  c.backward = true;
-  c.options.spatial_scale = static_cast<float>(spatial_scale);
-  c.options.sampling_ratio = static_cast<int>(sampling_ratio);
-  c.options.aligned = aligned;
+  roi_align_call c = roi_call(true, spatial_scale, sampling_ratio, aligned);
   const at::Tensor grad_input = at::empty(input_shape, grad_output.options());
   described dl;
   c.rois = dl(rois);
@@ -667,104 +631,97 @@ at::Tensor roi_align_backward(const at::Tensor& rois, const at::Tensor& grad_out
 }  // namespace distill_torch
 
 // =============================================================================================
-// Registration: schemas (names and defaults as in distill's options structs) and one kernel per
-// operator for the CPU key, and the CUDA key when built against a CUDA-enabled PyTorch.
+// Registration: every operator once, its schema (names and defaults as in distill's options
+// structs) with its kernel; the schemas go to TORCH_LIBRARY, the kernels to the CPU key, and the
+// CUDA key when built against a CUDA-enabled PyTorch.
 // =============================================================================================
 
-TORCH_LIBRARY(distill, m) {
-  m.def(
-      "soft_target(str loss, str pass_, Tensor student, Tensor teacher, Tensor? teacher_indices=None, Tensor? labels=None, "
+namespace {
+/// Defines each operator's schema (`define`) or registers its kernel with `m`'s dispatch key.
+void each_op(torch::Library& m, bool define) {
+  using namespace distill_torch;
+  const auto op = [&](const char* schema, auto* kernel) {
+    if (define) {
+      m.def(schema);
+    } else {
+      const std::string name(schema, std::strchr(schema, '('));
+      m.impl(name.c_str(), kernel);
+    }
+  };
+  op("soft_target(str loss, str pass_, Tensor student, Tensor teacher, Tensor? teacher_indices=None, Tensor? labels=None, "
       "Tensor? row_weights=None, Tensor? temperature_tensor=None, float temperature=1.0, bool scale_by_t_squared=True, "
       "str reduction='batchmean', float soft_weight=1.0, float hard_label_weight=0.0, int ignore_index=-100, "
       "float grad_scale=1.0, float jsd_beta=0.5, str jsd_scaling='continuous', float dkd_alpha=1.0, float dkd_beta=8.0, "
-      "str topk_variant='renormalized') -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "multilabel_soft_target(str pass_, Tensor student, Tensor teacher, Tensor? labels=None, Tensor? mask=None, "
+      "str topk_variant='renormalized') -> (Tensor, Tensor, Tensor)",
+     &soft_target);
+  op("multilabel_soft_target(str pass_, Tensor student, Tensor teacher, Tensor? labels=None, Tensor? mask=None, "
       "Tensor? row_weights=None, Tensor? class_weights=None, Tensor? pos_weights=None, float temperature=1.0, "
       "bool scale_by_t_squared=True, str reduction='batchmean', float soft_weight=1.0, float hard_label_weight=0.0, "
-      "bool subtract_teacher_entropy=False, float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def(
-      "attention_transfer(str pass_, Tensor student, Tensor teacher, float p=2.0, float beta=1.0, str form='squared_mean', "
-      "str reduction='mean', float eps=1e-12, float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def(
-      "attention_map(str divergence, str pass_, Tensor student, Tensor teacher, Tensor? key_mask=None, "
+      "bool subtract_teacher_entropy=False, float grad_scale=1.0) -> (Tensor, Tensor)",
+     &multilabel_soft_target);
+  op("attention_transfer(str pass_, Tensor student, Tensor teacher, float p=2.0, float beta=1.0, str form='squared_mean', "
+      "str reduction='mean', float eps=1e-12, float grad_scale=1.0) -> (Tensor, Tensor)",
+     &attention_transfer);
+  op("attention_map(str divergence, str pass_, Tensor student, Tensor teacher, Tensor? key_mask=None, "
       "Tensor? query_mask=None, str student_input='logits', str teacher_input='logits', str head_map='one_to_one', "
-      "int[] teacher_heads=[], str reduction='mean', float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def("feature_stats(Tensor x, Tensor? token_mask=None, float eps=1e-5, bool unbiased=False) -> (Tensor, Tensor)");
-  m.def(
-      "feature_stats_backward(Tensor x, Tensor grad_mean, Tensor grad_std, Tensor? token_mask=None, float eps=1e-5, "
-      "bool unbiased=False) -> Tensor");
-  m.def(
-      "stats_matching(str pass_, Tensor student, Tensor teacher, Tensor? student_mask=None, Tensor? teacher_mask=None, "
+      "int[] teacher_heads=[], str reduction='mean', float grad_scale=1.0) -> (Tensor, Tensor)",
+     &attention_map);
+  op("feature_stats(Tensor x, Tensor? token_mask=None, float eps=1e-5, bool unbiased=False) -> (Tensor, Tensor)",
+     &feature_stats);
+  op("feature_stats_backward(Tensor x, Tensor grad_mean, Tensor grad_std, Tensor? token_mask=None, float eps=1e-5, "
+      "bool unbiased=False) -> Tensor",
+     &feature_stats_backward);
+  op("stats_matching(str pass_, Tensor student, Tensor teacher, Tensor? student_mask=None, Tensor? teacher_mask=None, "
       "float eps=1e-5, bool unbiased=False, float mean_weight=1.0, float std_weight=1.0, str reduction='mean', "
-      "float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def("adain(Tensor content, Tensor style, float eps=1e-5, bool unbiased=False) -> Tensor");
-  m.def(
-      "adain_backward(Tensor content, Tensor style, Tensor grad_out, bool content_grad=True, float eps=1e-5, "
-      "bool unbiased=False) -> (Tensor, Tensor)");
-  m.def(
-      "adain_stats_loss(str pass_, Tensor student, Tensor teacher, float eps=1e-5, bool unbiased=False, "
+      "float grad_scale=1.0) -> (Tensor, Tensor)",
+     &stats_matching);
+  op("adain(Tensor content, Tensor style, float eps=1e-5, bool unbiased=False) -> Tensor",
+     &adain);
+  op("adain_backward(Tensor content, Tensor style, Tensor grad_out, bool content_grad=True, float eps=1e-5, "
+      "bool unbiased=False) -> (Tensor, Tensor)",
+     &adain_backward);
+  op("adain_stats_loss(str pass_, Tensor student, Tensor teacher, float eps=1e-5, bool unbiased=False, "
       "float adain_weight=1.0, float mean_weight=1.0, float std_weight=1.0, str reduction='mean', float grad_scale=1.0) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "embedding_alignment(str pass_, Tensor student, Tensor teacher, Tensor? row_weights=None, Tensor? row_mask=None, "
+      "-> (Tensor, Tensor)",
+     &adain_stats_loss);
+  op("embedding_alignment(str pass_, Tensor student, Tensor teacher, Tensor? row_weights=None, Tensor? row_mask=None, "
       "str metric='mse', str normalize='none', float norm_eps=1e-12, float scale=1.0, str reduction='mean', "
-      "float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def(
-      "token_nce(str pass_, Tensor student, Tensor teacher, Tensor? queue_keys, Tensor? queue_ids, int queue_write_position, "
+      "float grad_scale=1.0) -> (Tensor, Tensor)",
+     &embedding_alignment);
+  op("token_nce(str pass_, Tensor student, Tensor teacher, Tensor? queue_keys, Tensor? queue_ids, int queue_write_position, "
       "int queue_size, Tensor? token_mask=None, Tensor? token_ids=None, bool teacher_grad=False, bool per_token=False, "
       "float temperature=0.07, str reduction='mean', bool in_batch_negatives=False, float normalize_eps=1e-12, "
-      "float grad_scale=1.0, str precision='fp32') -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "sample_queue_enqueue(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, Tensor new_keys, "
-      "Tensor? new_ids=None, bool normalize=True, float normalize_eps=1e-12) -> int[]");
-  m.def("sample_queue_init_random(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, int seed) -> int[]");
-  m.def("sample_queue_save(Tensor keys, Tensor? ids, int write_position, int size, str path) -> ()");
-  m.def("sample_queue_load(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, str path) -> int[]");
-  m.def(
-      "relational_pairing(Tensor objects, Tensor question, Tensor? pair_mask, Tensor? object_mask, Tensor[] weights, "
+      "float grad_scale=1.0, str precision='fp32') -> (Tensor, Tensor, Tensor, Tensor)",
+     &token_nce);
+  op("sample_queue_enqueue(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, Tensor new_keys, "
+      "Tensor? new_ids=None, bool normalize=True, float normalize_eps=1e-12) -> int[]",
+     &sample_queue_enqueue);
+  op("sample_queue_init_random(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, int seed) -> int[]",
+     &sample_queue_init_random);
+  op("sample_queue_save(Tensor keys, Tensor? ids, int write_position, int size, str path) -> ()",
+     &sample_queue_save);
+  op("sample_queue_load(Tensor(a!) keys, Tensor(b!)? ids, int write_position, int size, str path) -> int[]",
+     &sample_queue_load);
+  op("relational_pairing(Tensor objects, Tensor question, Tensor? pair_mask, Tensor? object_mask, Tensor[] weights, "
       "Tensor?[] biases, bool include_self_pairs=True, bool last_relu=True, float mask_scale=1.0, str precision='fp32', "
-      "int tile_pairs=0) -> Tensor");
-  m.def(
-      "relational_pairing_backward(Tensor objects, Tensor question, Tensor? pair_mask, Tensor? object_mask, "
+      "int tile_pairs=0) -> Tensor",
+     &relational_pairing);
+  op("relational_pairing_backward(Tensor objects, Tensor question, Tensor? pair_mask, Tensor? object_mask, "
       "Tensor[] weights, Tensor?[] biases, Tensor grad_out, int[] needs, bool include_self_pairs=True, "
       "bool last_relu=True, float mask_scale=1.0, str precision='fp32', int tile_pairs=0) "
-      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
-  m.def(
-      "roi_align(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale=1.0, "
-      "int sampling_ratio=-1, bool aligned=False) -> Tensor");
-  m.def(
-      "roi_align_backward(Tensor rois, Tensor grad_output, int[] input_shape, float spatial_scale=1.0, "
-      "int sampling_ratio=-1, bool aligned=False) -> Tensor");
-}
-
-namespace {
-void register_kernels(torch::Library& m) {
-  using namespace distill_torch;
-  m.impl("soft_target", &soft_target);
-  m.impl("multilabel_soft_target", &multilabel_soft_target);
-  m.impl("attention_transfer", &attention_transfer);
-  m.impl("attention_map", &attention_map);
-  m.impl("feature_stats", &feature_stats);
-  m.impl("feature_stats_backward", &feature_stats_backward);
-  m.impl("stats_matching", &stats_matching);
-  m.impl("adain", &adain);
-  m.impl("adain_backward", &adain_backward);
-  m.impl("adain_stats_loss", &adain_stats_loss);
-  m.impl("embedding_alignment", &embedding_alignment);
-  m.impl("token_nce", &token_nce);
-  m.impl("sample_queue_enqueue", &sample_queue_enqueue);
-  m.impl("sample_queue_init_random", &sample_queue_init_random);
-  m.impl("sample_queue_save", &sample_queue_save);
-  m.impl("sample_queue_load", &sample_queue_load);
-  m.impl("relational_pairing", &relational_pairing);
-  m.impl("relational_pairing_backward", &relational_pairing_backward);
-  m.impl("roi_align", &roi_align);
-  m.impl("roi_align_backward", &roi_align_backward);
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[])",
+     &relational_pairing_backward);
+  op("roi_align(Tensor input, Tensor rois, int pooled_height, int pooled_width, float spatial_scale=1.0, "
+      "int sampling_ratio=-1, bool aligned=False) -> Tensor",
+     &roi_align);
+  op("roi_align_backward(Tensor rois, Tensor grad_output, int[] input_shape, float spatial_scale=1.0, "
+      "int sampling_ratio=-1, bool aligned=False) -> Tensor",
+     &roi_align_backward);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(distill, CPU, m) { register_kernels(m); }
+TORCH_LIBRARY(distill, m) { each_op(m, true); }
+TORCH_LIBRARY_IMPL(distill, CPU, m) { each_op(m, false); }
 #ifdef DISTILL_TORCH_WITH_CUDA
-TORCH_LIBRARY_IMPL(distill, CUDA, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(distill, CUDA, m) { each_op(m, false); }
 #endif

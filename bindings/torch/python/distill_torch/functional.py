@@ -58,26 +58,28 @@ def _scaled(grad, upstream, row_shape):
 
 
 class _FusedLoss(torch.autograd.Function):
-    """A loss of `student` (and nothing else differentiable) computed by `run(pass_)`, which
-    returns (loss, grad_student). With reduction 'none', `row_shape` views the upstream gradient
-    so it scales each row's gradient (every row's loss depends on its own row only)."""
+    """A loss of the differentiable `inputs` (and nothing else) computed by `run(pass_, needs)`,
+    which returns (loss, one gradient per input, None where `needs` says none is wanted). With
+    reduction 'none', `row_shape` views the upstream gradient so it scales each row's gradient
+    (every row's loss depends on its own row only)."""
 
     @staticmethod
-    def forward(ctx, run, row_shape, student):
-        loss, grad = run("forward_backward" if ctx.needs_input_grad[2] else "forward")
+    def forward(ctx, run, row_shape, *inputs):
+        needs = ctx.needs_input_grad[2:]
+        loss, *grads = run("forward_backward" if any(needs) else "forward", needs)
         ctx.row_shape = row_shape
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(*grads)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, upstream):
-        (grad,) = ctx.saved_tensors
-        return None, None, _scaled(grad, upstream, ctx.row_shape)
+        return (None, None, *(_scaled(grad, upstream, ctx.row_shape) for grad in ctx.saved_tensors))
 
 
 def _fused_loss(run, student, reduction, row_shape):
-    return _FusedLoss.apply(run, row_shape if reduction == "none" else None, student)
+    """A loss of `student` alone: `run(pass_)` returns (loss, grad_student)."""
+    return _FusedLoss.apply(lambda pass_, needs: run(pass_), row_shape if reduction == "none" else None, student)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,23 +341,6 @@ def embedding_alignment(student, teacher, *, metric="mse", normalize="none", nor
 # Token-wise InfoNCE against a sample queue
 # ---------------------------------------------------------------------------------------------
 
-class _TokenNCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, run, reduction, student, teacher):
-        want_s, want_t = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        loss, _, grad_s, grad_t = run("forward_backward" if want_s or want_t else "forward", want_t)
-        ctx.reduction = reduction
-        ctx.save_for_backward(grad_s, grad_t)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, upstream):
-        grad_s, grad_t = ctx.saved_tensors
-        rows = (-1, 1) if ctx.reduction == "none" else None
-        return None, None, _scaled(grad_s, upstream, rows), _scaled(grad_t, upstream, rows)
-
-
 def token_nce(student, teacher, queue, *, token_mask=None, token_ids=None, temperature=0.07, reduction="mean",
               in_batch_negatives=False, normalize_eps=1e-12, precision="fp32"):
     """Token-wise InfoNCE (DistillVLM / MoCo) of (M, D) student tokens against their (M, D) teacher
@@ -373,12 +358,13 @@ def token_nce(student, teacher, queue, *, token_mask=None, token_ids=None, tempe
     if queue is not None:
         keys, ids, write_position, size = queue.keys, queue.ids, queue.write_position, len(queue)
 
-    def run(pass_, teacher_grad):
-        return ops.token_nce(pass_, student, teacher, keys, ids, write_position, size, token_mask, token_ids,
-                             teacher_grad, False, temperature, reduction, in_batch_negatives, normalize_eps, 1.0,
-                             precision)
+    def run(pass_, needs):
+        loss, _, grad_s, grad_t = ops.token_nce(pass_, student, teacher, keys, ids, write_position, size, token_mask,
+                                                token_ids, needs[1], False, temperature, reduction, in_batch_negatives,
+                                                normalize_eps, 1.0, precision)
+        return loss, grad_s, grad_t
 
-    return _TokenNCE.apply(run, reduction, student, teacher)
+    return _FusedLoss.apply(run, (-1, 1) if reduction == "none" else None, student, teacher)
 
 
 # ---------------------------------------------------------------------------------------------
