@@ -196,6 +196,19 @@ struct row_ctx {
 
 /// Row prologue shared by both kernels: label, weight, temperature, the label column.
 /// Returns false for an ignored row (whose outputs it has written).
+/// A row whose label is the ignore index (dense and top-k kernels): zero gradient (unless
+/// accumulating) and zero row outputs; the block's threads call it together.
+template <class Args>
+__device__ void write_ignored_row(const Args& a, index_t r) {
+  if (a.g && !a.accumulate)
+    for (index_t c = threadIdx.x; c < a.cols; c += blockDim.x) a.g[r * a.ldg + c] = store<std::remove_pointer_t<decltype(a.g)>>(0.0f);
+  if (threadIdx.x == 0) {
+    float* const outputs[] = {a.row_loss, a.row_dt, a.diag_kl, a.diag_entropy, a.diag_top1, a.diag_hard};
+    for (float* out : outputs)
+      if (out) out[r] = 0.0f;
+  }
+}
+
 template <class TS, class TT, class Policy>
 __device__ bool row_begin(const dense_args<TS, TT, Policy>& a, index_t r, row_ctx<Policy>& x) {
   x.sc.t_squared = a.t_squared;
@@ -205,19 +218,8 @@ __device__ bool row_begin(const dense_args<TS, TT, Policy>& a, index_t r, row_ct
   x.inv_divisor = safe_inverse(a.divisor_ptr ? soft_target_detail::checked_normalizer(*a.divisor_ptr) : a.divisor);
   x.bad = false;
   x.tv = {};
-  if (!a.labels.empty() && x.label == a.ignore_index) {  // ignored row: zero gradient, zero outputs
-    if (a.g && !a.accumulate) {
-      TS* g = a.g + r * a.ldg;
-      for (index_t c = threadIdx.x; c < a.cols; c += blockDim.x) g[c] = store<TS>(0.0f);
-    }
-    if (threadIdx.x == 0) {
-      if (a.row_loss) a.row_loss[r] = 0.0f;
-      if (a.row_dt) a.row_dt[r] = 0.0f;
-      if (a.diag_kl) a.diag_kl[r] = 0.0f;
-      if (a.diag_entropy) a.diag_entropy[r] = 0.0f;
-      if (a.diag_top1) a.diag_top1[r] = 0.0f;
-      if (a.diag_hard) a.diag_hard[r] = 0.0f;
-    }
+  if (!a.labels.empty() && x.label == a.ignore_index) {
+    write_ignored_row(a, r);
     return false;
   }
   if (!a.labels.empty() && (x.label < 0 || x.label >= a.cols)) {  // cannot be reported: NaN row

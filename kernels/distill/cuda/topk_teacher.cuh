@@ -101,16 +101,7 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
   if (!a.labels.empty() && label0 == a.ignore_index) {
-    if (grow && !a.accumulate)
-      for (index_t c = threadIdx.x; c < a.cols; c += blockDim.x) grow[c] = store<TS>(0.0f);
-    if (threadIdx.x == 0) {
-      if (a.row_loss) a.row_loss[r] = 0.0f;
-      if (a.row_dt) a.row_dt[r] = 0.0f;
-      if (a.diag_kl) a.diag_kl[r] = 0.0f;
-      if (a.diag_entropy) a.diag_entropy[r] = 0.0f;
-      if (a.diag_top1) a.diag_top1[r] = 0.0f;
-      if (a.diag_hard) a.diag_hard[r] = 0.0f;
-    }
+    write_ignored_row(a, r);
     return;
   }
   const bool label_ok = a.labels.empty() || (label0 >= 0 && label0 < a.cols);
