@@ -59,6 +59,25 @@ __device__ DISTILL_FORCEINLINE std::int64_t token_id(const std::int64_t* ids, in
   return ids == nullptr ? no_sample_id : ids[i * stride];
 }
 
+/// What the keys, finalize and in-batch key-gradient passes all read: student tokens Z (M, D),
+/// teacher tokens Y, the optional mask and ids, the norms from prepare. Filled once per call;
+/// each pass's argument struct extends it.
+template <class TS, class TT>
+struct token_operands {
+  const TS* z;
+  index_t ldz;
+  const TT* y;
+  index_t ldy;
+  const std::uint8_t* mask;
+  index_t mask_stride;
+  const std::int64_t* ids;
+  index_t ids_stride;
+  const float* norm_q;
+  const float* norm_k;
+  index_t M, D;
+  float eps, inv_tau;
+};
+
 // ---------------------------------------------------------------------------------------------
 // 1. prepare: one warp per token
 // ---------------------------------------------------------------------------------------------
@@ -158,29 +177,17 @@ std::size_t key_tile_bytes() {
 // 2. keys: logits, online softmax and P K per (64 tokens, key split, column block)
 // ---------------------------------------------------------------------------------------------
 template <class TS, class TT, class TQ>
-struct keys_args {
-  const TS* z;
-  index_t ldz;
-  const TT* y;
-  index_t ldy;
+struct keys_args : token_operands<TS, TT> {
   const TQ* queue;
   index_t ldq;
   index_t queue_rows;  // valid queue keys n
   const std::int64_t* queue_ids;
   index_t queue_ids_stride;
-  const std::uint8_t* mask;
-  index_t mask_stride;
-  const std::int64_t* ids;
-  index_t ids_stride;
-  const float* norm_q;
-  const float* norm_k;
   float* part_m;
   float* part_l;
   float* part_acc;
-  index_t M, D;
   index_t queue_tiles, total_tiles;
   std::size_t key_bytes;  // one key buffer: the larger of the queue's and the teacher's tiles
-  float eps, inv_tau;
   int ksplits, nchunks, stages;
   bool vec_z, vec_q, vec_y;
 };
@@ -305,14 +312,8 @@ __global__ void __launch_bounds__(flash::threads, 1) token_nce_keys_block_per_ro
 // 3. finalize: one warp per token
 // ---------------------------------------------------------------------------------------------
 template <class TS, class TT, class GS, class GT>
-struct finalize_args {
-  const TS* z;
-  index_t ldz;
-  const TT* y;
-  index_t ldy;
-  const std::uint8_t* mask;
-  index_t mask_stride;
-  const float *norm_q, *norm_k, *s0, *part_m, *part_l, *part_acc;
+struct finalize_args : token_operands<TS, TT> {
+  const float *s0, *part_m, *part_l, *part_acc;
   const int* valid_count;
   float* lse;
   float* tok_loss;
@@ -325,8 +326,7 @@ struct finalize_args {
   GT* grad_teacher;  // nullptr: no teacher gradient here
   index_t ld_gt;
   float* gk;         // teacher in-batch: positive term written here instead (nullptr otherwise)
-  index_t M, D;
-  float eps, inv_tau, grad_scale;
+  float grad_scale;
   distill::reduction reduction;
   int ksplits;
   bool accumulate;
@@ -410,21 +410,12 @@ __global__ void __launch_bounds__(256) token_nce_finalize_warp_per_token_kernel(
 //    on the flash tiles with rows = teacher keys b and key tiles = student tokens i.
 // ---------------------------------------------------------------------------------------------
 template <class TS, class TT>
-struct key_grad_args {
-  const TS* z;
-  index_t ldz;
-  const TT* y;
-  index_t ldy;
-  const std::uint8_t* mask;
-  index_t mask_stride;
-  const std::int64_t* ids;
-  index_t ids_stride;
-  const float *norm_q, *norm_k, *lse;
+struct key_grad_args : token_operands<TS, TT> {
+  const float* lse;
   const int* valid_count;
   float* part_acc;  // [ksplits][M][D] split sums
-  index_t M, D;
   std::size_t key_bytes;
-  float eps, inv_tau, grad_scale;
+  float grad_scale;
   reduction red;
   int ksplits, nchunks, stages;
   bool vec_z, vec_y;
@@ -630,33 +621,36 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
       Z.data(), Z.stride(0), Y.data(), Y.stride(0), M, D, mask_ptr, mask_stride, inv_tau, eps, ws.norm_q, ws.norm_k, ws.s0, ws.count);
   DISTILL_TRY(launch_status(fn, stream));
 
+  token_operands<TS, TT> tokens{};
+  tokens.z = Z.data();
+  tokens.ldz = Z.stride(0);
+  tokens.y = Y.data();
+  tokens.ldy = Y.stride(0);
+  tokens.mask = mask_ptr;
+  tokens.mask_stride = mask_stride;
+  tokens.ids = ids_ptr;
+  tokens.ids_stride = ids_stride;
+  tokens.norm_q = ws.norm_q;
+  tokens.norm_k = ws.norm_k;
+  tokens.M = M;
+  tokens.D = D;
+  tokens.eps = eps;
+  tokens.inv_tau = inv_tau;
+
   // 2. keys
   keys_args<TS, TT, TQ> ka{};
-  ka.z = Z.data();
-  ka.ldz = Z.stride(0);
-  ka.y = Y.data();
-  ka.ldy = Y.stride(0);
+  static_cast<token_operands<TS, TT>&>(ka) = tokens;
   ka.queue = queue.keys().empty() ? nullptr : queue.keys().data();
   ka.ldq = queue.keys().empty() ? 0 : queue.keys().stride(0);
   ka.queue_rows = queue.size();
   ka.queue_ids = queue.has_ids() ? queue.ids().data() : nullptr;
   ka.queue_ids_stride = queue.has_ids() ? queue.ids().stride(0) : 0;
-  ka.mask = mask_ptr;
-  ka.mask_stride = mask_stride;
-  ka.ids = ids_ptr;
-  ka.ids_stride = ids_stride;
-  ka.norm_q = ws.norm_q;
-  ka.norm_k = ws.norm_k;
   ka.part_m = ws.part_m;
   ka.part_l = ws.part_l;
   ka.part_acc = ws.acc;
-  ka.M = M;
-  ka.D = D;
   ka.queue_tiles = ceil_div<index_t>(queue.size(), tile_keys);
   ka.total_tiles = ka.queue_tiles + (opt.in_batch_negatives ? ceil_div<index_t>(M, tile_keys) : 0);
   ka.key_bytes = std::max(key_tile_bytes<TQ>(), opt.in_batch_negatives ? key_tile_bytes<TT>() : std::size_t(0));
-  ka.eps = eps;
-  ka.inv_tau = inv_tau;
   ka.ksplits = p.ksplits;
   ka.nchunks = p.nchunks;
   ka.vec_z = rows_16b_aligned(Z);
@@ -670,14 +664,7 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   // 3. finalize
   const bool teacher_inbatch = !grad_teacher.empty() && opt.in_batch_negatives;
   finalize_args<TS, TT, TS, TT> fa{};
-  fa.z = Z.data();
-  fa.ldz = Z.stride(0);
-  fa.y = Y.data();
-  fa.ldy = Y.stride(0);
-  fa.mask = mask_ptr;
-  fa.mask_stride = mask_stride;
-  fa.norm_q = ws.norm_q;
-  fa.norm_k = ws.norm_k;
+  static_cast<token_operands<TS, TT>&>(fa) = tokens;
   fa.s0 = ws.s0;
   fa.part_m = ws.part_m;
   fa.part_l = ws.part_l;
@@ -694,10 +681,6 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   fa.grad_teacher = (grad_teacher.empty() || teacher_inbatch) ? nullptr : grad_teacher.data();
   fa.ld_gt = grad_teacher.empty() ? 0 : grad_teacher.stride(0);
   fa.gk = teacher_inbatch ? ws.gk : nullptr;
-  fa.M = M;
-  fa.D = D;
-  fa.eps = eps;
-  fa.inv_tau = inv_tau;
   fa.grad_scale = opt.grad_scale;
   fa.reduction = opt.reduction;
   fa.ksplits = p.ksplits;
@@ -709,24 +692,11 @@ status run(const char* fn, const cuda& ctx, cuda_view<const TS, 2> Z, cuda_view<
   //    which finalize has consumed)
   if (teacher_inbatch) {
     key_grad_args<TS, TT> kg{};
-    kg.z = Z.data();
-    kg.ldz = Z.stride(0);
-    kg.y = Y.data();
-    kg.ldy = Y.stride(0);
-    kg.mask = mask_ptr;
-    kg.mask_stride = mask_stride;
-    kg.ids = ids_ptr;
-    kg.ids_stride = ids_stride;
-    kg.norm_q = ws.norm_q;
-    kg.norm_k = ws.norm_k;
+    static_cast<token_operands<TS, TT>&>(kg) = tokens;
     kg.lse = ws.lse;
     kg.valid_count = ws.count;
     kg.part_acc = ws.acc;
-    kg.M = M;
-    kg.D = D;
     kg.key_bytes = key_tile_bytes<TS>();
-    kg.eps = eps;
-    kg.inv_tau = inv_tau;
     kg.grad_scale = opt.grad_scale;
     kg.red = opt.reduction;
     kg.ksplits = static_cast<int>(std::min<index_t>(p.ksplits, ceil_div<index_t>(M, tile_keys)));
