@@ -426,6 +426,15 @@ __device__ DISTILL_FORCEINLINE void load_tile(Dst* __restrict__ smem, const Src*
   }
 }
 
+/// Zeroes a policy's register tile (fully unrolled, so it stays in registers).
+template <int R, int C>
+__device__ DISTILL_FORCEINLINE void zero_registers(float (&tile)[R][C]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < C; ++j) tile[i][j] = 0.0f;
+}
+
 /// Tensor-core policy (TF32 or BF16 mma.sync). Warp w owns rows 16 (w / 2) .. +15; logits
 /// columns 32 (w % 2) .. +31 (4 n-tiles of 8); accumulator columns 128 (w % 2) .. +127 (16
 /// n-tiles of 8).
@@ -438,18 +447,8 @@ struct mma_policy {
   float s[4][4];     // logits: 4 n-tiles of the warp's 16 x 32
   float acc[16][4];  // accumulator: 16 n-tiles of the warp's 16 x 128
 
-  __device__ DISTILL_FORCEINLINE void zero_logits() {
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
-  }
-  __device__ DISTILL_FORCEINLINE void zero_acc() {
-#pragma unroll
-    for (int n = 0; n < 16; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-  }
+  __device__ DISTILL_FORCEINLINE void zero_logits() { zero_registers(s); }
+  __device__ DISTILL_FORCEINLINE void zero_acc() { zero_registers(acc); }
 
   /// s += Rs[64, 0:kw] Ks[64, 0:kw]^T (kw a multiple of kstep; columns past D are zero in smem).
   template <class TR, class TK>
@@ -571,18 +570,8 @@ struct ffma_policy {
   float s[4][4];
   float acc[4][16];
 
-  __device__ DISTILL_FORCEINLINE void zero_logits() {
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
-  }
-  __device__ DISTILL_FORCEINLINE void zero_acc() {
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 16; ++j) acc[i][j] = 0.0f;
-  }
+  __device__ DISTILL_FORCEINLINE void zero_logits() { zero_registers(s); }
+  __device__ DISTILL_FORCEINLINE void zero_acc() { zero_registers(acc); }
 
   template <class TR, class TK>
   __device__ DISTILL_FORCEINLINE void logits(const TR* __restrict__ rs, const TK* __restrict__ ks, int kw) {
