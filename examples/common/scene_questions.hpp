@@ -43,10 +43,11 @@
 //
 // ---- Drawing a question (balance) --------------------------------------------------------------
 // A scene's *candidates* are all its questions above that exist (each with its answer). Question
-// j of scene k of a split: rng = splitmix64(mix64(mix64(mix64(mix64(seed) ^ mix64(world seed) ^
-// tag ^ tag(split)) + k) + j)). A draw: a family uniformly from the six (again, uniformly among the
-// families with candidates, when the scene has none of it), then the answer first, uniformly
-// among the distinct answers of that family's candidates; the draw is kept with probability
+// j of scene k of a split draws from rng = splitmix64(mix64(mix64(mix64(base) + k) + j)), base =
+// mix64(mix64(seed) ^ mix64(world seed) ^ "QUEST" ^ tag(split)) (the world's split tags).
+// A draw: a family uniformly from the six (again, uniformly among the families with candidates,
+// when the scene has none of it), then the answer first, uniformly among the distinct answers of
+// that family's candidates; the draw is kept with probability
 // answer_acceptance_percent(family, answer) / 100, else drawn again (16 draws at most, then the
 // last is kept); then a candidate with that answer, uniformly. Drawing the answer before the
 // question keeps an answer that many questions of a scene lead to from dominating (a scene

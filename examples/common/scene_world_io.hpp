@@ -29,7 +29,8 @@
 //             flags (bit 0 out of context, bit 1 mirrored), size, x0, y0, box x1, y1, x2, y2 (one byte
 //             each), source image index (u32), two zero bytes
 //     pixels  scenes x side x side grey bytes, row-major
-// 4 000 scenes of 96 x 96 make a 37 MB file.
+// 4 000 scenes of 96 x 96 make a 37 MB file. Files derived from a scene set (the question files of
+// scene_questions_io.hpp) record its payload checksum (scene_set_checksum) to notice a changed world.
 //
 // Checks on reading, in order (the first failure decides): missing -> generate; shorter than the
 // header, bad magic or header checksum -> corrupt; other format or generator version, other
