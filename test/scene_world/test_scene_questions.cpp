@@ -312,6 +312,21 @@ TEST_CASE("scene questions: deterministic, prefixes of more questions and more s
   const scene_question_set c = generate_questions(other_world, question_params(7));
   CHECK(c.questions != a.questions);
   check_against_reference(other_world, c);
+  // a question repeats in its scene only once every question with its family and answer was asked
+  std::size_t repeats = 0;
+  for (std::size_t k = 0; k < world.size(); ++k) {
+    const auto asked = a.of_scene(k);
+    const auto ref = reference_questions(world.scenes[k], 8, 4);
+    for (std::size_t j = 0; j < asked.size(); ++j) {
+      if (std::find(asked.begin(), asked.begin() + static_cast<std::ptrdiff_t>(j), asked[j]) == asked.begin() + static_cast<std::ptrdiff_t>(j)) continue;
+      ++repeats;
+      for (const auto& r : ref)
+        if (r.family == static_cast<int>(asked[j].family) && r.answer == asked[j].answer)
+          CHECK(std::any_of(asked.begin(), asked.begin() + static_cast<std::ptrdiff_t>(j), [&](const scene_question& x) { return same(x, r); }));
+    }
+  }
+  CHECK(repeats > 0);
+  CHECK(repeats < a.size() / 2);
   // varied: many different questions over the set
   std::map<std::tuple<int, int, int>, int> kinds;
   for (const auto& x : a.questions) ++kinds[{static_cast<int>(x.family), x.subject, x.object}];
