@@ -47,13 +47,13 @@
 // mix64(mix64(seed) ^ mix64(world seed) ^ "QUEST" ^ tag(split)) (the world's split tags).
 // A draw: a family uniformly from the six (again, uniformly among the families with candidates,
 // when the scene has none of it), then the answer first, uniformly among the distinct answers of
-// that family's candidates; the draw is kept with probability
-// answer_acceptance_percent(family, answer) / 100, else drawn again (16 draws at most, then the
-// last is kept); then a candidate with that answer, uniformly among those not asked yet about the
-// scene (among all of them when every one was asked). Drawing the answer before the
-// question keeps an answer that many questions of a scene lead to from dominating (a scene
-// offering answers A gives each 1/|A|); the acceptance table corrects what the layout makes
-// common across scenes (the trousers sit in the middle, so they are most often what is closest):
+// that family's candidates; the draw is kept with probability answer_acceptance_percent(family,
+// answer) / 100, else drawn again (16 draws at most, then the last is kept); then a candidate with
+// that answer, uniformly among those not asked yet about the scene (among all of them when every
+// one was asked). Drawing the answer before the question keeps an answer that many questions of a
+// scene lead to from dominating (a scene offering answers A gives each 1/|A|); the acceptance
+// table corrects what the layout makes common across scenes (the trousers sit in the middle, so
+// they are most often what is closest):
 //   left_of: Bag 50 %    closest_to: Trouser 20 %, Bag 70 %    everything else 100 %.
 // No state crosses scenes, so question j of scene k is a function of (seed, world seed, split, k, j)
 // alone: n questions per scene are a prefix of n + 1, n scenes a prefix of n + 1, and generation
@@ -195,7 +195,7 @@ inline std::string question_text(const scene_question& q) {
 struct scene_question_params {
   std::uint64_t seed = 1;
   std::uint32_t questions_per_scene = 10;  ///< 1..1000
-  int direction_margin = 8;                ///< m, canvas pixels, 0..64: how far a centre must be left of / above another
+  int direction_margin = 8;                ///< m, canvas pixels, 0..64: how far a centre must be left of / above another (defaults suit side 96)
   int tie_margin = 4;                      ///< t, canvas pixels, 0..64: how much nearer the answer item must be than the runner-up
   friend bool operator==(const scene_question_params&, const scene_question_params&) = default;
 };
