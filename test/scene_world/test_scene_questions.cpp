@@ -379,6 +379,9 @@ TEST_CASE("scene questions: answers are balanced within each family", "[scene_qu
   for (const auto& x : qs.questions) ++tally[static_cast<std::size_t>(x.family)][x.answer];
   CHECK(tally == w.answers);
   CHECK(w.questions == 10000);
+  const std::string table = describe_answers(w);
+  for (const auto name : question_family_names) CHECK(table.find(std::string(name) + " (") != std::string::npos);
+  CHECK(table.find("yes ") != std::string::npos);
   for (int f = 0; f < question_family_count; ++f) {
     INFO(question_family_names[static_cast<std::size_t>(f)]);
     const double share = static_cast<double>(w.per_family[static_cast<std::size_t>(f)]) / 10000.0;
