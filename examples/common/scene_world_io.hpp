@@ -29,7 +29,8 @@
 //             flags (bit 0 out of context, bit 1 mirrored), size, x0, y0, box x1, y1, x2, y2 (one byte
 //             each), source image index (u32), two zero bytes
 //     pixels  scenes x side x side grey bytes, row-major
-// 4 000 scenes of 96 x 96 make a 37 MB file.
+// 4 000 scenes of 96 x 96 make a 37 MB file. Files derived from a scene set (the question files of
+// scene_questions_io.hpp) record its payload checksum (scene_set_checksum) to notice a changed world.
 //
 // Checks on reading, in order (the first failure decides): missing -> generate; shorter than the
 // header, bad magic or header checksum -> corrupt; other format or generator version, other
@@ -217,14 +218,11 @@ inline scene_read_result read_scene_set(const std::filesystem::path& path, const
   return r;
 }
 
-/// Writes a scene set atomically (temporary file, flush, rename). `source` is the Fashion-MNIST
-/// set its items come from (its fingerprint goes into the header). Throws std::runtime_error on
-/// I/O errors (the previous file is then untouched).
-inline void write_scene_set(const std::filesystem::path& path, const scene_set& d, const labelled_images& source) {
-  using namespace scene_io_detail;
-  if (d.scenes.size() != d.params.scenes || d.pixels.size() != d.params.scenes * d.pixels_per_scene())
-    throw std::invalid_argument("write_scene_set: the set's contents do not match its parameters");
-  std::vector<unsigned char> scenes, items;
+namespace scene_io_detail {
+
+/// The scene and item sections of the payload (the format above).
+inline void encode_records(const scene_set& d, std::vector<unsigned char>& scenes, std::vector<unsigned char>& items) {
+  scenes.clear(), items.clear();
   scenes.reserve(2 * d.scenes.size());
   items.reserve(scene_item_record_bytes * d.item_count());
   for (const scene& sc : d.scenes) {
@@ -242,6 +240,30 @@ inline void write_scene_set(const std::filesystem::path& path, const scene_set& 
       put_le32(b + 10, it.source);
     }
   }
+}
+
+}  // namespace scene_io_detail
+
+/// The payload checksum a scene file of `d` holds (header bytes 72..80): FNV-1a 64 of its scene,
+/// item and pixel sections. Files derived from a scene set (questions) record it to notice when
+/// the world they were made from changes.
+inline std::uint64_t scene_set_checksum(const scene_set& d) {
+  std::vector<unsigned char> scenes, items;
+  scene_io_detail::encode_records(d, scenes, items);
+  distill::fnv1a64 pc;
+  pc.update(scenes).update(items).update(d.pixels);
+  return pc.value();
+}
+
+/// Writes a scene set atomically (temporary file, flush, rename). `source` is the Fashion-MNIST
+/// set its items come from (its fingerprint goes into the header). Throws std::runtime_error on
+/// I/O errors (the previous file is then untouched).
+inline void write_scene_set(const std::filesystem::path& path, const scene_set& d, const labelled_images& source) {
+  using namespace scene_io_detail;
+  if (d.scenes.size() != d.params.scenes || d.pixels.size() != d.params.scenes * d.pixels_per_scene())
+    throw std::invalid_argument("write_scene_set: the set's contents do not match its parameters");
+  std::vector<unsigned char> scenes, items;
+  encode_records(d, scenes, items);
   distill::fnv1a64 pc;
   pc.update(scenes).update(items).update(d.pixels);
   const auto header = encode_header(d.params, static_cast<std::uint32_t>(d.item_count()), source_fingerprint(source),
