@@ -108,6 +108,60 @@ tensor_view<T, 2, Space> make_rows_view(T* data, const tensor_shape& s) noexcept
   const index_t ext[2] = {s.size() / last, last}, str[2] = {last, 1};
   return tensor_view<T, 2, Space>(data, ext, str);
 }
+
+/// What both tensor specialisations share: the shape, its queries and checks, the views and
+/// the vector upload. `Derived` provides data() and copy_from_host(const T*, index_t).
+template <class Derived, class T, class Space>
+class tensor_base {
+ public:
+  const tensor_shape& shape() const noexcept { return shape_; }
+  int rank() const noexcept { return shape_.rank; }
+  index_t extent(int d) const noexcept { return shape_[d]; }
+  index_t size() const noexcept { return shape_.size(); }
+  bool empty() const noexcept { return size() == 0; }
+
+  /// Contiguous view of the current shape with R axes (see the file comment).
+  template <int R>
+  tensor_view<T, R, Space> view() noexcept {
+    return make_view<R, Space>(self().data(), shape_);
+  }
+  template <int R>
+  tensor_view<const T, R, Space> view() const noexcept {
+    return make_view<R, Space>(self().data(), shape_);
+  }
+  template <int R>
+  tensor_view<const T, R, Space> cview() const noexcept {
+    return view<R>();
+  }
+  /// Leading axes merged: (size / last, last).
+  tensor_view<T, 2, Space> rows_view() noexcept { return make_rows_view<Space>(self().data(), shape_); }
+  tensor_view<const T, 2, Space> rows_view() const noexcept { return make_rows_view<Space>(self().data(), shape_); }
+
+  [[nodiscard]] status copy_from_host(const std::vector<T>& host) {
+    return self().copy_from_host(host.data(), static_cast<index_t>(host.size()));
+  }
+
+ protected:
+  tensor_shape shape_;
+
+  static status check_resize(const tensor_shape& s) {
+    if (s.rank < 0 || s.rank > tensor_shape::max_rank)
+      return fail(errc::invalid_argument, "nn::tensor::resize", "rank must be in [0, 6]");
+    for (int d = 0; d < s.rank; ++d)
+      if (s[d] < 0) return fail(errc::invalid_argument, "nn::tensor::resize", "negative extent in " + s.to_string());
+    return {};
+  }
+  status check_upload(index_t n) const {
+    if (n != size())
+      return fail(errc::shape_mismatch, "nn::tensor::copy_from_host",
+                  std::to_string(n) + " elements given for a tensor of shape " + shape_.to_string());
+    return {};
+  }
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
 }  // namespace tensor_detail
 
 /// Owning tensor; specialised for host_space here and for cuda_space in nn_tensor.cuh.
@@ -116,7 +170,10 @@ class tensor;
 
 /// Host tensor backed by std::vector<T>. Elements are value-initialised (zero) when allocated.
 template <class T>
-class tensor<T, host_space> {
+class tensor<T, host_space> : public tensor_detail::tensor_base<tensor<T, host_space>, T, host_space> {
+  using base = tensor_detail::tensor_base<tensor<T, host_space>, T, host_space>;
+  using base::shape_;
+
  public:
   using value_type = T;
   using memory_space = host_space;
@@ -131,58 +188,28 @@ class tensor<T, host_space> {
   /// Set the shape; reallocates (zero-filled) only when the capacity is too small. Contents are
   /// kept up to the old size, so a same-size resize is free.
   [[nodiscard]] status resize(const tensor_shape& s) {
-    if (s.rank < 0 || s.rank > tensor_shape::max_rank)
-      return fail(errc::invalid_argument, "nn::tensor::resize", "rank must be in [0, 6]");
-    for (int d = 0; d < s.rank; ++d)
-      if (s[d] < 0) return fail(errc::invalid_argument, "nn::tensor::resize", "negative extent in " + s.to_string());
+    DISTILL_TRY(base::check_resize(s));
     const auto n = static_cast<std::size_t>(s.size());
     if (n > storage_.size()) storage_.resize(n);
     shape_ = s;
     return {};
   }
 
-  const tensor_shape& shape() const noexcept { return shape_; }
-  int rank() const noexcept { return shape_.rank; }
-  index_t extent(int d) const noexcept { return shape_[d]; }
-  index_t size() const noexcept { return shape_.size(); }
-  bool empty() const noexcept { return size() == 0; }
   T* data() noexcept { return storage_.data(); }
   const T* data() const noexcept { return storage_.data(); }
 
-  /// Contiguous view of the current shape with R axes (see the file comment).
-  template <int R>
-  host_view<T, R> view() noexcept {
-    return tensor_detail::make_view<R, host_space>(data(), shape_);
-  }
-  template <int R>
-  host_view<const T, R> view() const noexcept {
-    return tensor_detail::make_view<R, host_space>(data(), shape_);
-  }
-  template <int R>
-  host_view<const T, R> cview() const noexcept {
-    return view<R>();
-  }
-  /// Leading axes merged: (size / last, last).
-  host_view<T, 2> rows_view() noexcept { return tensor_detail::make_rows_view<host_space>(data(), shape_); }
-  host_view<const T, 2> rows_view() const noexcept { return tensor_detail::make_rows_view<host_space>(data(), shape_); }
-
   /// Copy `host` (exactly size() elements) into the tensor.
+  using base::copy_from_host;
   [[nodiscard]] status copy_from_host(const T* host, index_t n) {
-    if (n != size())
-      return fail(errc::shape_mismatch, "nn::tensor::copy_from_host",
-                  std::to_string(n) + " elements given for a tensor of shape " + shape_.to_string());
+    DISTILL_TRY(base::check_upload(n));
     for (index_t i = 0; i < n; ++i) storage_[static_cast<std::size_t>(i)] = host[i];
     return {};
   }
-  [[nodiscard]] status copy_from_host(const std::vector<T>& host) {
-    return copy_from_host(host.data(), static_cast<index_t>(host.size()));
-  }
   /// The contents as a host vector (size() elements).
-  std::vector<T> to_host() const { return std::vector<T>(storage_.begin(), storage_.begin() + size()); }
+  std::vector<T> to_host() const { return std::vector<T>(storage_.begin(), storage_.begin() + this->size()); }
 
  private:
   std::vector<T> storage_;
-  tensor_shape shape_;
 };
 
 template <class T>

@@ -21,14 +21,17 @@ namespace distill::nn {
 /// Device tensor backed by cudaMalloc. New storage is zeroed (cudaMemset, synchronous on the
 /// legacy stream) so a freshly allocated gradient or optimiser state reads as zero.
 template <class T>
-class tensor<T, cuda_space> {
+class tensor<T, cuda_space> : public tensor_detail::tensor_base<tensor<T, cuda_space>, T, cuda_space> {
+  using base = tensor_detail::tensor_base<tensor<T, cuda_space>, T, cuda_space>;
+  using base::shape_;
+
  public:
   using value_type = T;
   using memory_space = cuda_space;
 
   tensor() = default;
   explicit tensor(const tensor_shape& s) { throw_if_error(resize(s)); }
-  tensor(tensor&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), capacity_(std::exchange(o.capacity_, 0)), shape_(o.shape_) {}
+  tensor(tensor&& o) noexcept : base(o), ptr_(std::exchange(o.ptr_, nullptr)), capacity_(std::exchange(o.capacity_, 0)) {}
   tensor& operator=(tensor&& o) noexcept {
     std::swap(ptr_, o.ptr_);
     std::swap(capacity_, o.capacity_);
@@ -46,9 +49,7 @@ class tensor<T, cuda_space> {
   /// that is captured in a CUDA graph.
   [[nodiscard]] status resize(const tensor_shape& s) {
     constexpr const char* fn = "nn::tensor::resize";
-    if (s.rank < 0 || s.rank > tensor_shape::max_rank) return fail(errc::invalid_argument, fn, "rank must be in [0, 6]");
-    for (int d = 0; d < s.rank; ++d)
-      if (s[d] < 0) return fail(errc::invalid_argument, fn, "negative extent in " + s.to_string());
+    DISTILL_TRY(base::check_resize(s));
     const index_t n = s.size();
     if (n > capacity_) {
       // cudaFree waits for the device, so kernels still reading the old storage finish first.
@@ -70,35 +71,15 @@ class tensor<T, cuda_space> {
     return {};
   }
 
-  const tensor_shape& shape() const noexcept { return shape_; }
-  int rank() const noexcept { return shape_.rank; }
-  index_t extent(int d) const noexcept { return shape_[d]; }
-  index_t size() const noexcept { return shape_.size(); }
-  bool empty() const noexcept { return size() == 0; }
   T* data() noexcept { return ptr_; }
   const T* data() const noexcept { return ptr_; }
 
-  template <int R>
-  cuda_view<T, R> view() noexcept {
-    return tensor_detail::make_view<R, cuda_space>(data(), shape_);
-  }
-  template <int R>
-  cuda_view<const T, R> view() const noexcept {
-    return tensor_detail::make_view<R, cuda_space>(data(), shape_);
-  }
-  template <int R>
-  cuda_view<const T, R> cview() const noexcept {
-    return view<R>();
-  }
-  cuda_view<T, 2> rows_view() noexcept { return tensor_detail::make_rows_view<cuda_space>(data(), shape_); }
-  cuda_view<const T, 2> rows_view() const noexcept { return tensor_detail::make_rows_view<cuda_space>(data(), shape_); }
-
   /// Upload of exactly size() elements; synchronises the whole device before and after (set-up
   /// and checkpoints only), so it is safe whatever streams the tensor is used on.
+  using base::copy_from_host;
   [[nodiscard]] status copy_from_host(const T* host, index_t n) {
     constexpr const char* fn = "nn::tensor::copy_from_host";
-    if (n != size())
-      return fail(errc::shape_mismatch, fn, std::to_string(n) + " elements given for a tensor of shape " + shape_.to_string());
+    DISTILL_TRY(base::check_upload(n));
     if (n) {
       DISTILL_CUDA_TRY(cudaDeviceSynchronize());
       DISTILL_CUDA_TRY(cudaMemcpy(ptr_, host, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
@@ -106,13 +87,10 @@ class tensor<T, cuda_space> {
     }
     return {};
   }
-  [[nodiscard]] status copy_from_host(const std::vector<T>& host) {
-    return copy_from_host(host.data(), static_cast<index_t>(host.size()));
-  }
   /// Download after synchronising the whole device (work on any stream is finished first);
   /// throws distill::error when the copy fails. Set-up, checkpoints and tests only.
   std::vector<T> to_host() const {
-    std::vector<T> h(static_cast<std::size_t>(size()));
+    std::vector<T> h(static_cast<std::size_t>(this->size()));
     if (!h.empty()) {
       cudaError_t e = cudaDeviceSynchronize();
       if (e == cudaSuccess) e = cudaMemcpy(h.data(), ptr_, h.size() * sizeof(T), cudaMemcpyDeviceToHost);
@@ -124,7 +102,6 @@ class tensor<T, cuda_space> {
  private:
   T* ptr_ = nullptr;
   index_t capacity_ = 0;
-  tensor_shape shape_;
 };
 
 template <class T>
