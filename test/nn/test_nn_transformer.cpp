@@ -284,6 +284,7 @@ TEST_CASE("transformer encoder: bad arguments are refused with their status", "[
   REQUIRE(enc.forward(cpu{1}, xv, mv, yv).ok());
   const std::vector<host_view<const float, 4>> one{make_view(static_cast<const float*>(probs.data()), B, H, L, L)};
   CHECK(enc.backward(cpu{1}, xv, mv, as_const(yv), make_view(dx.data(), B, L, D), one).code() == errc::invalid_argument);
+  CHECK(enc.forward(cpu{1}, xv, mv, make_view(x.data(), B, L, D)).code() == errc::invalid_argument);  // y aliases x
   CHECK(enc.forward(cpu{1}, make_view(static_cast<const float*>(wide.data()), B, L, 12), mv, make_view(wide.data(), B, L, 12)).code() ==
         errc::shape_mismatch);
 

@@ -24,10 +24,10 @@
 //! Linear1'(gelu'(drop_h'(Linear2'(.)))) and Attn' sums the query and key/value paths (self-attention).
 //! Stack: x_0 = x, x_{i+1} = layer_i(x_i), y = LN_f(x_N) with `final_norm`, else x_N.
 //!
-//! Which arrangement the paper's models use: the original Transformer and BERT (hence the
-//! BERT-initialised VLMs distilled in DistillVLM, Fang et al. 2021, which build on Oscar/VinVL)
-//! are post-LN: `norm_first = false` reproduces them, and `final_norm` stays off (post-LN already
-//! ends in LN2). Pre-LN trains without warm-up (Xiong et al.) and is the default here, as for
+//! Which arrangement the papers' models use: the original Transformer and BERT are post-LN, and
+//! so are the BERT-based vision-language models DistillVLM (Fang et al. 2021) distils (its
+//! teacher follows Oscar, a BERT-base encoder; the paper publishes no code): `norm_first = false`
+//! reproduces them, with `final_norm` off (post-LN already ends in LN2). Pre-LN trains without warm-up (Xiong et al.) and is the default here, as for
 //! PyTorch's `nn.TransformerEncoderLayer(norm_first=True)`, which a pre-LN layer with dropout 0
 //! (or in evaluation) and activation 'gelu' matches (same parameters, eps 1e-5, key padding
 //! mask = !key_valid); a pre-LN stack usually wants `final_norm = true`.
@@ -55,7 +55,7 @@
 //! Residual adds reuse the element-wise identity activation backward (dx += dy * 1, both
 //! backends, nn/activation.hpp) instead of a kernel of their own. Caches (resized per batch,
 //! grow-only): LN outputs, residual sums, FFN pre-activation and activation, and gradient
-//! scratch; (B L (6 D + 3 F)) elements per layer plus the attention layer's own caches.
+//! scratch: B L (6 D + 3 F) elements per layer (+ 2 B L F with dropout) plus the attention layer's.
 
 #include <cstdint>
 #include <span>
@@ -340,6 +340,7 @@ class transformer_encoder {
     DISTILL_TRY(check_input_tokens(fn, x));
     DISTILL_TRY(check_same_shape(fn, "y", y, "x", x));
     if (!y.contiguous()) return fail(errc::unsupported_layout, fn, "'y' must be contiguous");
+    if (y.data() == x.data()) return fail(errc::invalid_argument, fn, "'y' must not alias 'x' (the backward reads 'x')");
     const index_t B = x.extent(0), L = x.extent(1), D = dim(), n = num_layers();
     for (index_t i = 0; i < n; ++i) {
       const bool last_to_y = i == n - 1 && !final_norm;
