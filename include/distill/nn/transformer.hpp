@@ -23,14 +23,18 @@
 //! where f' is the vector-Jacobian product of f (the layers' own backward passes), FFN' is
 //! Linear1'(gelu'(drop_h'(Linear2'(.)))) and Attn' sums the query and key/value paths (self-attention).
 //! Stack: x_0 = x, x_{i+1} = layer_i(x_i), y = LN_f(x_N) with `final_norm`, else x_N.
+//! The FFN activation defaults to GELU (BERT's); the original Transformer used ReLU
+//! (`ffn_activation = activation::relu`, also PyTorch's default).
 //!
 //! Which arrangement the papers' models use: the original Transformer and BERT are post-LN, and
 //! so are the BERT-based vision-language models DistillVLM (Fang et al. 2021) distils (its
 //! teacher follows Oscar, a BERT-base encoder; the paper publishes no code): `norm_first = false`
-//! reproduces them, with `final_norm` off (post-LN already ends in LN2). Pre-LN trains without warm-up (Xiong et al.) and is the default here, as for
-//! PyTorch's `nn.TransformerEncoderLayer(norm_first=True)`, which a pre-LN layer with dropout 0
-//! (or in evaluation) and activation 'gelu' matches (same parameters, eps 1e-5, key padding
-//! mask = !key_valid); a pre-LN stack usually wants `final_norm = true`.
+//! reproduces them, with `final_norm` off (post-LN already ends in LN2). Pre-LN trains without
+//! warm-up (Xiong et al.) and is the default here, as for PyTorch's
+//! `nn.TransformerEncoderLayer(norm_first=True)`, which a pre-LN layer with dropout 0 (or in
+//! evaluation) and activation 'gelu' matches, as a post-LN one matches norm_first=False (same
+//! parameters, eps 1e-5, src_key_padding_mask = !key_valid); a pre-LN stack usually wants
+//! `final_norm = true`.
 //!
 //! Dropout (nn/dropout.hpp, seeded, the same masks on both backends) sits where PyTorch puts it:
 //! on the attention output (drop_a), on the FFN hidden units (drop_h) and on the FFN output
@@ -48,9 +52,11 @@
 //!     e.forward(ctx, x, key_valid, y), e.backward(ctx, x, key_valid, dy, dx, grad_probs)
 //!     e.attention_probs(i)                             layer i's probabilities
 //!   grad_probs of the stack: an empty span (none) or one view per layer, each possibly absent.
-//! Parameters are named as the submodules of PyTorch's layer, under "<name>.layers.<i>" for the
-//! stack: "<name>.layers.0.attn.q_proj.weight", ".attn.out_proj.bias", ".linear1.weight",
-//! ".linear2.weight", ".norm1.weight", ".norm2.bias", and the final "<name>.norm.weight".
+//! Parameters are named as PyTorch's submodules (linear1, linear2, norm1, norm2), the attention's
+//! as nn::multi_head_attention's (attn.q_proj, k_proj, v_proj, out_proj; PyTorch packs the first
+//! three into self_attn.in_proj_weight), under "<name>.layers.<i>" in a stack:
+//! "<name>.layers.0.attn.q_proj.weight", ".linear1.bias", ".norm2.weight", final "<name>.norm.weight".
+//! NaN or inf in x or the parameters propagates to the outputs (no check, as in the other layers).
 //!
 //! Residual adds reuse the element-wise identity activation backward (dx += dy * 1, both
 //! backends, nn/activation.hpp) instead of a kernel of their own. Caches (resized per batch,
