@@ -184,6 +184,29 @@ TEST_CASE("transformer encoder layer with dropout: training masks match the refe
   }
 }
 
+TEST_CASE("transformer encoder stack with dropout: each layer draws its own masks, as the reference", "[nn][transformer]") {
+  distill_test::rng g(1605);
+  const long B = 2, L = 4, D = 8, H = 2, F = 12, N = 3;
+  nn::transformer_options opt;
+  opt.dropout = 0.3;
+  opt.dropout_seed = 5;
+  nn::transformer_encoder<double> enc("enc", N, D, H, F, opt);
+  const auto all = randomize(enc.parameters(), g);
+  std::vector<tref::layer_params> layers(N);
+  for (long i = 0; i < N; ++i)
+    layers[static_cast<std::size_t>(i)].assign(all.begin() + i * tref::layer_tensor_count, all.begin() + (i + 1) * tref::layer_tensor_count);
+  const vec x = g.normals(B * L * D);
+  const auto mask = padding_mask(B, L);
+  vec y(x.size());
+  REQUIRE(enc.forward(cpu{2}, make_view(x.data(), B, L, D), make_view(mask.data(), B, L), make_view(y.data(), B, L, D)).ok());
+  tref::layer_shape s{B, L, D, H, F, true};
+  s.dropout = 0.3;
+  s.seed = 5;
+  CHECK_CLOSE("y (training)", y, tref::encoder(x, mask, layers, {}, {}, s), distill_test::tol::f64);
+  s.seed = 6;  // a wrong seed gives other masks: the comparison above can fail
+  CHECK_FALSE(distill_test::compare(y.data(), tref::encoder(x, mask, layers, {}, {}, s).data(), y.size(), distill_test::tol::f64).ok);
+}
+
 TEMPLATE_TEST_CASE("transformer encoder stack: forward, per-layer probabilities, backward with grad_probs per layer, names", "[nn][transformer]",
                    float, double) {
   distill_test::rng g(1604);
