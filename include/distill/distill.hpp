@@ -81,6 +81,7 @@
 #include "distill/nn/reshape.hpp"        // defines: nn::nchw_to_tokens, nn::tokens_to_nchw
 #include "distill/nn/cast.hpp"           // defines: nn::cast (float, double, float16, bfloat16 storage)
 #include "distill/nn/attention.hpp"      // defines: nn::attention_core_forward/backward, nn::attention_params, nn::attention_core_workspace_size, nn::multi_head_attention
+#include "distill/nn/transformer.hpp"    // defines: nn::transformer_encoder_layer, nn::transformer_encoder, nn::transformer_options
 #include "distill/nn/cross_entropy.hpp"  // defines: nn::softmax_cross_entropy_forward(_backward), nn::cross_entropy_options, nn::argmax_rows
 #include "distill/nn/optimizer.hpp"      // defines: nn::sgd, nn::adam, nn::adamw, nn::param_group, nn::sgd_options, nn::adam_options
 #include "distill/nn/schedule.hpp"       // defines: nn::lr_schedule (constant, step, cosine, warm-up)
