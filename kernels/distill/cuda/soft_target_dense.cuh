@@ -144,6 +144,8 @@ __device__ DISTILL_FORCEINLINE dense_state<float> block_merge_state(dense_state<
 // ---------------------------------------------------------------------------------------------
 // Kernel arguments (plain values, copied to the device with the launch).
 // ---------------------------------------------------------------------------------------------
+/// The dense kernels' arguments. The top-k kernel's extend them (with no policy and its values
+/// as `t`): setup_common fills every field they share.
 template <class TS, class TT, class Policy>
 struct dense_args {
   const TS* s;
@@ -175,7 +177,7 @@ struct dense_args {
   typename Policy::params prm;
 };
 
-/// For launchers that use only the common fields of dense_args (the top-k loss).
+/// The policy of a kernel that uses only the fields dense_args shares (the top-k loss).
 struct no_policy {
   struct params {};
 };
@@ -619,8 +621,25 @@ status check_extras_on_device(const char* fn, const soft_target_extras<Acc, cuda
   return {};
 }
 
-/// Fills the parts of the arguments every primitive shares and launches the divisor kernel if
-/// the mean must be counted. Returns the pointer the finalize kernel reads the divisor from.
+/// The CUDA-side checks every soft-target entry point makes after the shared validation: device
+/// memory (the caller checks its teacher's views), the workspace, a contiguous loss.
+template <class TS, class G>
+status check_cuda_io(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& student, const cuda_view<float, 1>& loss,
+                     const cuda_view<G, 2>& grad, bool want_grad, const soft_target_extras<float, cuda_space>& ex,
+                     const cuda_view<std::byte, 1>& workspace) {
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "student", student));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
+  if (want_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
+  DISTILL_TRY(check_extras_on_device(fn, ex));
+  DISTILL_TRY(check_workspace(fn, workspace, soft_target_workspace_size(ctx, student.extent(0)), "soft_target_workspace_size"));
+  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
+  if (loss.extent(0) > 1 && loss.stride(0) != 1)
+    return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
+  return {};
+}
+
+/// Fills the fields every primitive shares (dense_args') and launches the divisor kernel if
+/// the mean must be counted; `a.divisor_ptr` is where the finalize kernel then reads it.
 template <class Args, class TS, class TT, class G>
 status setup_common(const char* fn, const cuda& ctx, Args& a, const cuda_view<TS, 2>& student, const cuda_view<TT, 2>& teacher,
                     const cuda_view<float, 1>& loss, const cuda_view<G, 2>& grad, bool want_grad,
@@ -728,15 +747,8 @@ status dense_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>&
   DISTILL_TRY(soft_target_detail::validate_soft_target(fn, student, teacher, true, loss, loss_required, grad, want_grad,
                                                        opt, ex, Policy::uses_target, true));
   DISTILL_TRY(Policy::validate(fn, student.extent(1), prm));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "student", student));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "teacher", teacher));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  if (want_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
-  DISTILL_TRY(check_extras_on_device(fn, ex));
-  DISTILL_TRY(check_workspace(fn, workspace, soft_target_workspace_size(ctx, student.extent(0)), "soft_target_workspace_size"));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  if (loss.extent(0) > 1 && loss.stride(0) != 1)
-    return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
+  DISTILL_TRY(check_cuda_io(fn, ctx, student, loss, grad, want_grad, ex, workspace));
 
   dense_args<S, T, Policy> a{};
   workspace_carver carver(workspace.data());

@@ -31,28 +31,11 @@ namespace distill {
 namespace soft_target_cuda {
 
 template <class TS, class TT>
-struct topk_args {
-  const TS* s;
-  index_t lds;
+struct topk_args : dense_args<TS, TT, no_policy> {  // t, ldt: the teacher's top-k values
   const std::int64_t* idx;
   index_t ldi;
-  const TT* v;
-  index_t ldv;
-  TS* g;
-  index_t ldg;
-  index_t rows, cols, k;
+  index_t k;
   topk_variant variant;
-  float temperature;
-  const float* temperature_ptr;
-  bool t_squared;
-  float soft_weight, hard_weight, grad_scale;
-  label_view<cuda_space> labels;
-  std::int64_t ignore_index;
-  const float* row_weights;
-  float divisor;
-  const float* divisor_ptr;
-  bool accumulate, hard, want_dt;
-  float *row_loss, *row_dt, *diag_kl, *diag_entropy, *diag_top1, *diag_hard;
 };
 
 constexpr int topk_threads = 256;
@@ -124,7 +107,7 @@ __global__ void __launch_bounds__(topk_threads) topk_teacher_block_per_row_kerne
     const unsigned bit = 1u << (c & 31);
     if (atomicOr(&bitmap[c >> 5], bit) & bit) atomicOr(&row_bad, 1);  // a repeated index
     cls[j] = static_cast<int>(c);
-    val[j] = load<float>(a.v[r * a.ldv + j]);
+    val[j] = load<float>(a.t[r * a.ldt + j]);
     sraw[j] = load<float>(srow[c]);
   }
   const float z_label = label >= 0 ? load<float>(srow[label]) : 0.0f;
@@ -238,48 +221,28 @@ status topk_cuda_entry(const char* fn, const cuda& ctx, const cuda_view<TS, 2>& 
   using S = std::remove_const_t<TS>;
   using T = std::remove_const_t<TT>;
   DISTILL_TRY(soft_target_detail::topk_validate(fn, student, idx, values, loss, loss_required, grad, want_grad, opt, ex, true));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "student", student));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "teacher_indices", idx));
   DISTILL_TRY(cuda_detail::check_device_view(fn, "teacher_logprobs", values));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "loss", loss));
-  if (want_grad) DISTILL_TRY(cuda_detail::check_device_view(fn, "grad_student", grad));
-  DISTILL_TRY(check_extras_on_device(fn, ex));
-  DISTILL_TRY(check_workspace(fn, workspace, soft_target_workspace_size(ctx, student.extent(0)), "soft_target_workspace_size"));
-  DISTILL_TRY(cuda_detail::check_device_view(fn, "workspace", workspace));
-  if (loss.extent(0) > 1 && loss.stride(0) != 1)
-    return fail(errc::unsupported_layout, fn, "'loss' must be contiguous on the CUDA path");
+  DISTILL_TRY(check_cuda_io(fn, ctx, student, loss, grad, want_grad, ex, workspace));
 
   // the shared scratch: the class bitmap and three arrays over the k slots; the kernel's static
   // shared memory counts against the same per-block limit (allow_dynamic_smem)
   const std::size_t smem = topk_dynamic_smem_bytes(student.extent(1), idx.extent(1));
   DISTILL_TRY(cuda_detail::allow_dynamic_smem(fn, topk_teacher_block_per_row_kernel<S, T>, smem));
 
-  // the fields dense_args shares with topk_args are filled by the common setup
-  dense_args<S, T, no_policy> common{};
+  topk_args<S, T> a{};
   workspace_carver carver(workspace.data());
   const soft_target_scratch ws(carver, student.extent(0));
-  DISTILL_TRY(setup_common(fn, ctx, common, student, values, loss, grad, want_grad, opt, ex, ws));
-  topk_args<S, T> a{};
-  a.s = common.s, a.lds = common.lds;
+  DISTILL_TRY(setup_common(fn, ctx, a, student, values, loss, grad, want_grad, opt, ex, ws));
   a.idx = idx.data(), a.ldi = idx.stride(0);
-  a.v = values.data(), a.ldv = values.stride(0);
-  a.g = common.g, a.ldg = common.ldg;
-  a.rows = common.rows, a.cols = common.cols, a.k = idx.extent(1);
+  a.k = idx.extent(1);
   a.variant = opt.variant;
-  a.temperature = common.temperature, a.temperature_ptr = common.temperature_ptr, a.t_squared = common.t_squared;
-  a.soft_weight = common.soft_weight, a.hard_weight = common.hard_weight, a.grad_scale = common.grad_scale;
-  a.labels = common.labels, a.ignore_index = common.ignore_index, a.row_weights = common.row_weights;
-  a.divisor = common.divisor, a.divisor_ptr = common.divisor_ptr;
-  a.accumulate = common.accumulate, a.hard = common.hard, a.want_dt = common.want_dt;
-  a.row_loss = common.row_loss, a.row_dt = common.row_dt;
-  a.diag_kl = common.diag_kl, a.diag_entropy = common.diag_entropy, a.diag_top1 = common.diag_top1,
-  a.diag_hard = common.diag_hard;
 
   const cudaStream_t stream = cuda_detail::stream_of(ctx);
   if (a.rows > 2147483647) return fail(errc::shape_mismatch, fn, "more than 2^31 - 1 rows");
   topk_teacher_block_per_row_kernel<S, T><<<static_cast<unsigned>(a.rows), topk_threads, smem, stream>>>(a);
   DISTILL_TRY(cuda_detail::launch_status(fn, stream));
-  return launch_finalize(fn, ctx, common, opt, loss, ex, ws);
+  return launch_finalize(fn, ctx, a, opt, loss, ex, ws);
 }
 
 }  // namespace soft_target_cuda
