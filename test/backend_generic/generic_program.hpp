@@ -420,6 +420,19 @@ class program {
     expect("nn::conv2d_backward", nn::conv2d_backward(exec_, cx.template cview<4>(), cw.template cview<4>(), dy.template cview<4>(),
                                                       dx.template view<4>(), dw.template view<4>(), db.template view<1>(), view_of(ws), p));
     keep("nn_conv2d/dx", dx), keep("nn_conv2d/dw", dw), keep("nn_conv2d/db", db);
+
+    // a layer object built from the others: seeded initialisation gives both backends the same weights
+    const index_t Bt = 2, L = 5, D = 8;
+    nn::transformer_encoder_layer<float, Space> encoder("generic.encoder", D, 2, 16);
+    auto tx = upload(normals(Bt * L * D), {Bt, L, D}), tdy = upload(normals(Bt * L * D), {Bt, L, D});
+    auto key_valid = upload(std::vector<std::uint8_t>{1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, {Bt, L});
+    auto ty = output({Bt, L, D}), tdx = output({Bt, L, D});
+    expect("nn::transformer_encoder_layer::forward",
+           encoder.forward(exec_, tx.template cview<3>(), key_valid.template cview<2>(), ty.template view<3>()));
+    expect("nn::transformer_encoder_layer::backward", encoder.backward(exec_, tx.template cview<3>(), key_valid.template cview<2>(),
+                                                                       tdy.template cview<3>(), tdx.template view<3>()));
+    keep("nn_transformer/y", ty), keep("nn_transformer/dx", tdx);
+    keep("nn_transformer/grad_q_proj", encoder.attn.q_proj.weight.grad), keep("nn_transformer/grad_linear1", encoder.linear1.weight.grad);
   }
 
   const Ctx& ctx_;
