@@ -118,9 +118,14 @@ TEMPLATE_LIST_TEST_CASE("linear forward and backward match the reference (odd sh
       CAPTURE(to_string(mode), N, I, O, pad, bias, threads);
       const vec x = rounded<T>(g.normals(N * I)), w = rounded<T>(g.normals(O * I, 0, 0.3)), b = bias ? rounded<T>(g.normals(O)) : vec{},
                 dy = rounded<T>(g.normals(N * O));
-      auto xt = tensor_of<T, 2, S>({N, I}, x, {pad, 0}), wt = tensor_of<T, 2, S>({O, I}, w), dyt = tensor_of<T, 2, S>({N, O}, dy, {pad, 0});
+      auto xt = tensor_of<T, 2, S>({N, I}, x, {pad, 0});
+      auto wt = tensor_of<T, 2, S>({O, I}, w);
+      auto dyt = tensor_of<T, 2, S>({N, O}, dy, {pad, 0});
       auto bt = tensor_of<T, 1, S>({std::max(O, 1L)}, bias ? b : vec(static_cast<std::size_t>(O), 0.0));
-      auto yt = tensor<T, 2, S>({N, O}, {pad, 0}), dxt = tensor<T, 2, S>({N, I}, {pad, 0}), dwt = tensor<T, 2, S>({O, I}), dbt = tensor<T, 1, S>({O});
+      auto yt = tensor<T, 2, S>({N, O}, {pad, 0});
+      auto dxt = tensor<T, 2, S>({N, I}, {pad, 0});
+      auto dwt = tensor<T, 2, S>({O, I});
+      auto dbt = tensor<T, 1, S>({O});
       nn_run<S> run(threads, mode);
       const auto bv = bias ? bt.template view<const T>() : absent<T, 1, S>();
       REQUIRE(nn::linear_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bv, yt.view()).ok());
@@ -168,10 +173,12 @@ TEMPLATE_LIST_TEST_CASE("activations: forward against the reference, backward ag
       if (std::fabs(v) < 0.05) v += 0.2;  // keep away from the ReLU kink
     x = rounded<T>(x);
     const vec r = rounded<T>(g.normals(R * C));
-    auto xt = tensor_of<T, 2, S>({R, C}, x, {2, 0}), rt = tensor_of<T, 2, S>({R, C}, r, {1, 0});
+    auto xt = tensor_of<T, 2, S>({R, C}, x, {2, 0});
+    auto rt = tensor_of<T, 2, S>({R, C}, r, {1, 0});
     for (auto [kind, rk] : kinds) {
       CAPTURE(R, C, nn::to_string(kind));
-      auto yt = tensor<T, 2, S>({R, C}, {3, 0}), dxt = tensor<T, 2, S>({R, C}, {1, 0});
+      auto yt = tensor<T, 2, S>({R, C}, {3, 0});
+      auto dxt = tensor<T, 2, S>({R, C}, {1, 0});
       nn_run<S> run;
       REQUIRE(nn::activation_forward(run.ctx, kind, xt.template view<const T>(), yt.view()).ok());
       REQUIRE(nn::activation_backward(run.ctx, kind, xt.template view<const T>(), rt.template view<const T>(), dxt.view()).ok());
@@ -207,11 +214,13 @@ TEMPLATE_LIST_TEST_CASE("dropout: masks follow the counter-based stream, backwar
   distill_test::rng g(120);
   const long R = 37, C = 53;
   const vec x = rounded<T>(g.normals(R * C)), r = rounded<T>(g.normals(R * C));
-  auto xt = tensor_of<T, 2, S>({R, C}, x, {2, 0}), rt = tensor_of<T, 2, S>({R, C}, r);
+  auto xt = tensor_of<T, 2, S>({R, C}, x, {2, 0});
+  auto rt = tensor_of<T, 2, S>({R, C}, r);
   for (double p : {0.0, 0.1, 0.3, 0.5, 0.9, 1.0}) {
     CAPTURE(p);
     const nn::dropout_params d{p, 1234, 999, true};
-    auto yt = tensor<T, 2, S>({R, C}, {1, 0}), dxt = tensor<T, 2, S>({R, C}, {3, 0});
+    auto yt = tensor<T, 2, S>({R, C}, {1, 0});
+    auto dxt = tensor<T, 2, S>({R, C}, {3, 0});
     nn_run<S> run;
     REQUIRE(nn::dropout_forward(run.ctx, xt.template view<const T>(), yt.view(), d).ok());
     REQUIRE(nn::dropout_backward(run.ctx, rt.template view<const T>(), dxt.view(), d).ok());
@@ -261,12 +270,18 @@ TEMPLATE_LIST_TEST_CASE("layer norm forward and backward match the reference, wi
   for (auto [N, D] : {std::pair<long, long>{9, 1}, {9, 7}, {9, 64}, {9, 257}, {33, 77}}) {
     const vec x = rounded<T>(g.normals(N * D, 3, 2)), gamma = rounded<T>(g.normals(D)), beta = rounded<T>(g.normals(D)),
               r = rounded<T>(g.normals(N * D));
-    auto xt = tensor_of<T, 2, S>({N, D}, x, {3, 0}), rt = tensor_of<T, 2, S>({N, D}, r, {1, 0});
-    auto gt = tensor_of<T, 1, S>({D}, gamma), bt = tensor_of<T, 1, S>({D}, beta);
+    auto xt = tensor_of<T, 2, S>({N, D}, x, {3, 0});
+    auto rt = tensor_of<T, 2, S>({N, D}, r, {1, 0});
+    auto gt = tensor_of<T, 1, S>({D}, gamma);
+    auto bt = tensor_of<T, 1, S>({D}, beta);
     for (bool affine : {true, false}) {
       CAPTURE(N, D, affine);
-      auto yt = tensor<T, 2, S>({N, D}, {2, 0}), mt = tensor<T, 1, S>({N}), st = tensor<T, 1, S>({N});
-      auto dxt = tensor<T, 2, S>({N, D}, {1, 0}), dgt = tensor<T, 1, S>({D}), dbt = tensor<T, 1, S>({D});
+      auto yt = tensor<T, 2, S>({N, D}, {2, 0});
+      auto mt = tensor<T, 1, S>({N});
+      auto st = tensor<T, 1, S>({N});
+      auto dxt = tensor<T, 2, S>({N, D}, {1, 0});
+      auto dgt = tensor<T, 1, S>({D});
+      auto dbt = tensor<T, 1, S>({D});
       const auto gv = affine ? gt.template view<const T>() : absent<T, 1, S>();
       const auto bv = affine ? bt.template view<const T>() : absent<T, 1, S>();
       nn_run<S> run;
@@ -328,11 +343,18 @@ TEMPLATE_LIST_TEST_CASE("batch norm: batch statistics, running statistics, evalu
       CAPTURE(N, C, L, training);
       const vec x = rounded<T>(g.normals(N * C * L, 1, 3)), gamma = rounded<T>(g.normals(C)), beta = rounded<T>(g.normals(C));
       const vec rm = rounded<T>(g.normals(C)), rv = rounded<T>(g.uniforms(C, 0.5, 2)), r = rounded<T>(g.normals(N * C * L));
-      auto xt = tensor_of<T, 3, S>({N, C, L}, x, {2, 0, 0}), rt = tensor_of<T, 3, S>({N, C, L}, r);
-      auto gt = tensor_of<T, 1, S>({C}, gamma), bt = tensor_of<T, 1, S>({C}, beta), rmt = tensor_of<T, 1, S>({C}, rm),
-           rvt = tensor_of<T, 1, S>({C}, rv);
-      auto yt = tensor<T, 3, S>({N, C, L}, {1, 0, 0}), smt = tensor<T, 1, S>({C}), sit = tensor<T, 1, S>({C});
-      auto dxt = tensor<T, 3, S>({N, C, L}, {3, 0, 0}), dgt = tensor<T, 1, S>({C}), dbt = tensor<T, 1, S>({C});
+      auto xt = tensor_of<T, 3, S>({N, C, L}, x, {2, 0, 0});
+      auto rt = tensor_of<T, 3, S>({N, C, L}, r);
+      auto gt = tensor_of<T, 1, S>({C}, gamma);
+      auto bt = tensor_of<T, 1, S>({C}, beta);
+      auto rmt = tensor_of<T, 1, S>({C}, rm);
+      auto rvt = tensor_of<T, 1, S>({C}, rv);
+      auto yt = tensor<T, 3, S>({N, C, L}, {1, 0, 0});
+      auto smt = tensor<T, 1, S>({C});
+      auto sit = tensor<T, 1, S>({C});
+      auto dxt = tensor<T, 3, S>({N, C, L}, {3, 0, 0});
+      auto dgt = tensor<T, 1, S>({C});
+      auto dbt = tensor<T, 1, S>({C});
       nn_run<S> run;
       REQUIRE(nn::batch_norm_forward(run.ctx, xt.template view<const T>(), gt.template view<const T>(), bt.template view<const T>(), rmt.view(),
                                      rvt.view(), yt.view(), smt.view(), sit.view(), nn::batch_norm_params{eps, momentum, training})
@@ -412,10 +434,14 @@ TEMPLATE_LIST_TEST_CASE("conv2d forward and backward match the direct reference 
       const vec want = ref::conv2d(x, w, b, c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Wo);
       const vec r = rounded<T>(g.normals(want.size()));
       // y, dy and dx with a batch stride that has a gap (the CPU): it must stay untouched
-      auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x), wt = tensor_of<T, 4, S>({c.Co, c.Ci, c.k, c.k}, w), bt = tensor_of<T, 1, S>({c.Co}, b);
+      auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x);
+      auto wt = tensor_of<T, 4, S>({c.Co, c.Ci, c.k, c.k}, w);
+      auto bt = tensor_of<T, 1, S>({c.Co}, b);
       auto rt = tensor_of<T, 4, S>({c.B, c.Co, Ho, Wo}, r, {4, 0, 0, 0});
-      auto yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {5, 0, 0, 0}), dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {3, 0, 0, 0});
-      auto dwt = tensor<T, 4, S>({c.Co, c.Ci, c.k, c.k}), dbt = tensor<T, 1, S>({c.Co});
+      auto yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {5, 0, 0, 0});
+      auto dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {3, 0, 0, 0});
+      auto dwt = tensor<T, 4, S>({c.Co, c.Ci, c.k, c.k});
+      auto dbt = tensor<T, 1, S>({c.Co});
       nn_run<S> run(threads);
       workspace<S> ws(nn::conv2d_workspace_size<T>(run.ctx, c.B, c.Ci, c.Co, c.k, c.k, Ho, Wo));
       const nn::conv2d_params p{c.s, c.s, c.p, c.p};
@@ -476,9 +502,14 @@ TEMPLATE_LIST_TEST_CASE("depthwise_conv2d forward matches the direct reference, 
           return ref::depthwise_conv2d(xx, ww, bb, c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Wo);
         };
         const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
-        auto xt = tensor_of<T, 4, S>({c.B, c.C, c.H, c.W}, x), wt = tensor_of<T, 4, S>({c.C, 1, c.k, c.k}, w), bt = tensor_of<T, 1, S>({c.C}, b);
-        auto rt = tensor_of<T, 4, S>({c.B, c.C, Ho, Wo}, r, {2, 0, 0, 0}), yt = tensor<T, 4, S>({c.B, c.C, Ho, Wo}, {3, 0, 0, 0});
-        auto dxt = tensor<T, 4, S>({c.B, c.C, c.H, c.W}, {1, 0, 0, 0}), dwt = tensor<T, 4, S>({c.C, 1, c.k, c.k}), dbt = tensor<T, 1, S>({c.C});
+        auto xt = tensor_of<T, 4, S>({c.B, c.C, c.H, c.W}, x);
+        auto wt = tensor_of<T, 4, S>({c.C, 1, c.k, c.k}, w);
+        auto bt = tensor_of<T, 1, S>({c.C}, b);
+        auto rt = tensor_of<T, 4, S>({c.B, c.C, Ho, Wo}, r, {2, 0, 0, 0});
+        auto yt = tensor<T, 4, S>({c.B, c.C, Ho, Wo}, {3, 0, 0, 0});
+        auto dxt = tensor<T, 4, S>({c.B, c.C, c.H, c.W}, {1, 0, 0, 0});
+        auto dwt = tensor<T, 4, S>({c.C, 1, c.k, c.k});
+        auto dbt = tensor<T, 1, S>({c.C});
         nn_run<S> run(threads);
         const nn::conv2d_params p{c.s, c.s, c.p, c.p};
         REQUIRE(nn::depthwise_conv2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
@@ -526,9 +557,14 @@ TEMPLATE_LIST_TEST_CASE("conv_transpose2d forward matches the scatter reference,
           return ref::conv_transpose2d(xx, ww, bb, c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, c.op, c.op, Ho, Wo);
         };
         const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
-        auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x), wt = tensor_of<T, 4, S>({c.Ci, c.Co, c.k, c.k}, w), bt = tensor_of<T, 1, S>({c.Co}, b);
-        auto rt = tensor_of<T, 4, S>({c.B, c.Co, Ho, Wo}, r, {2, 0, 0, 0}), yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {4, 0, 0, 0});
-        auto dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {1, 0, 0, 0}), dwt = tensor<T, 4, S>({c.Ci, c.Co, c.k, c.k}), dbt = tensor<T, 1, S>({c.Co});
+        auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x);
+        auto wt = tensor_of<T, 4, S>({c.Ci, c.Co, c.k, c.k}, w);
+        auto bt = tensor_of<T, 1, S>({c.Co}, b);
+        auto rt = tensor_of<T, 4, S>({c.B, c.Co, Ho, Wo}, r, {2, 0, 0, 0});
+        auto yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {4, 0, 0, 0});
+        auto dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {1, 0, 0, 0});
+        auto dwt = tensor<T, 4, S>({c.Ci, c.Co, c.k, c.k});
+        auto dbt = tensor<T, 1, S>({c.Co});
         nn_run<S> run(threads);
         const nn::conv_transpose2d_params p{c.s, c.s, c.p, c.p, c.op, c.op};
         REQUIRE(nn::conv_transpose2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
@@ -587,8 +623,10 @@ TEMPLATE_LIST_TEST_CASE("pooling: max/average/global against the reference, grad
       std::vector<int> ref_arg;
       const vec ymax = ref::pool2d(x, N, C, H, W, k, s, true, &ref_arg), yavg = ref::pool2d(x, N, C, H, W, k, s, false);
       const vec r = rounded<T>(g.normals(ymax.size()));
-      auto xt = tensor_of<T, 4, S>({N, C, H, W}, x, {3, 0, 0, 0}), rt = tensor_of<T, 4, S>({N, C, Ho, Wo}, r, {1, 0, 0, 0});
-      auto yt = tensor<T, 4, S>({N, C, Ho, Wo}, {2, 0, 0, 0}), dxt = tensor<T, 4, S>({N, C, H, W}, {1, 0, 0, 0});
+      auto xt = tensor_of<T, 4, S>({N, C, H, W}, x, {3, 0, 0, 0});
+      auto rt = tensor_of<T, 4, S>({N, C, Ho, Wo}, r, {1, 0, 0, 0});
+      auto yt = tensor<T, 4, S>({N, C, Ho, Wo}, {2, 0, 0, 0});
+      auto dxt = tensor<T, 4, S>({N, C, H, W}, {1, 0, 0, 0});
       auto argt = tensor<std::int32_t, 4, S>({N, C, Ho, Wo});
       const nn::pool2d_params p{k, s};
       nn_run<S> run;
@@ -619,8 +657,10 @@ TEMPLATE_LIST_TEST_CASE("pooling: max/average/global against the reference, grad
         for (long j = 0; j < L; ++j) o[static_cast<std::size_t>(i)] += v[static_cast<std::size_t>(i * L + j)] / L;
       return o;
     };
-    auto xt = tensor_of<T, 3, S>({N, C, L}, x, {2, 0, 0}), rt = tensor_of<T, 2, S>({N, C}, r, {1, 0});
-    auto yt = tensor<T, 2, S>({N, C}, {3, 0}), dxt = tensor<T, 3, S>({N, C, L}, {1, 0, 0});
+    auto xt = tensor_of<T, 3, S>({N, C, L}, x, {2, 0, 0});
+    auto rt = tensor_of<T, 2, S>({N, C}, r, {1, 0});
+    auto yt = tensor<T, 2, S>({N, C}, {3, 0});
+    auto dxt = tensor<T, 3, S>({N, C, L}, {1, 0, 0});
     nn_run<S> run;
     REQUIRE(nn::global_avg_pool_forward(run.ctx, xt.template view<const T>(), yt.view()).ok());
     REQUIRE(nn::global_avg_pool_backward(run.ctx, rt.template view<const T>(), dxt.view()).ok());
@@ -642,8 +682,10 @@ TEMPLATE_LIST_TEST_CASE("embedding gathers rows and scatters gradients (repeated
   for (auto& i : ids) i = static_cast<std::int32_t>(g.integer(0, V - 1));
   const vec table = rounded<T>(g.normals(V * D)), r = rounded<T>(g.normals(N * D));
   guarded_array<std::int32_t, S> idt(ids);
-  auto tt = tensor_of<T, 2, S>({V, D}, table, {2, 0}), rt = tensor_of<T, 2, S>({N, D}, r, {1, 0});
-  auto yt = tensor<T, 2, S>({N, D}, {3, 0}), dtt = tensor<T, 2, S>({V, D});
+  auto tt = tensor_of<T, 2, S>({V, D}, table, {2, 0});
+  auto rt = tensor_of<T, 2, S>({N, D}, r, {1, 0});
+  auto yt = tensor<T, 2, S>({N, D}, {3, 0});
+  auto dtt = tensor<T, 2, S>({V, D});
   nn_run<S> run;
   REQUIRE(nn::embedding_forward<std::int32_t, T>(run.ctx, idt.template view<const std::int32_t>(), tt.template view<const T>(), yt.view()).ok());
   REQUIRE(nn::embedding_backward<std::int32_t, T>(run.ctx, idt.template view<const std::int32_t>(), rt.template view<const T>(), dtt.view()).ok());
@@ -684,7 +726,8 @@ void check_cross_entropy(distill_test::rng& g) {
       const double scale = 1.7;
       const nn::cross_entropy_options o{reds[ri], -100, eps, scale};
       const long nl = ri == 0 ? N : 1;
-      auto losst = tensor<T, 1, S>({nl}), gradt = tensor<T, 2, S>({N, C}, {1, 0});
+      auto losst = tensor<T, 1, S>({nl});
+      auto gradt = tensor<T, 2, S>({N, C}, {1, 0});
       nn_run<S> run;
       REQUIRE(nn::softmax_cross_entropy_forward_backward(run.ctx, zt.template view<const T>(), lt.template view<const L>(), losst.view(), gradt.view(), o)
                   .ok());
@@ -784,13 +827,20 @@ TEMPLATE_LIST_TEST_CASE("attention core: output, probabilities, scores, masks an
       const long M = c.B * c.H * c.Lq * c.Lk;
       const vec dO = rounded<T>(g.normals(c.B * c.Lq * c.D)), gp = rounded<T>(g.normals(M)), gs = rounded<T>(g.normals(M));
       const auto mask = c.masked ? random_mask(g, c.B, c.Lk, true) : std::vector<std::uint8_t>{};
-      auto qt = tensor_of<T, 3, S>({c.B, c.Lq, c.D}, q, {2, 0, 0}), kt = tensor_of<T, 3, S>({c.B, c.Lk, c.D}, k),
-           vt = tensor_of<T, 3, S>({c.B, c.Lk, c.D}, v), dOt = tensor_of<T, 3, S>({c.B, c.Lq, c.D}, dO);
-      auto gpt = tensor_of<T, 4, S>({c.B, c.H, c.Lq, c.Lk}, gp), gst = tensor_of<T, 4, S>({c.B, c.H, c.Lq, c.Lk}, gs);
+      auto qt = tensor_of<T, 3, S>({c.B, c.Lq, c.D}, q, {2, 0, 0});
+      auto kt = tensor_of<T, 3, S>({c.B, c.Lk, c.D}, k);
+      auto vt = tensor_of<T, 3, S>({c.B, c.Lk, c.D}, v);
+      auto dOt = tensor_of<T, 3, S>({c.B, c.Lq, c.D}, dO);
+      auto gpt = tensor_of<T, 4, S>({c.B, c.H, c.Lq, c.Lk}, gp);
+      auto gst = tensor_of<T, 4, S>({c.B, c.H, c.Lq, c.Lk}, gs);
       auto mt = tensor<std::uint8_t, 2, S>({c.B, c.Lk});
       if (c.masked) mt.set(vec(mask.begin(), mask.end()));
-      auto Pt = tensor<T, 4, S>({c.B, c.H, c.Lq, c.Lk}), St = tensor<T, 4, S>({c.B, c.H, c.Lq, c.Lk}), Ot = tensor<T, 3, S>({c.B, c.Lq, c.D}, {1, 0, 0});
-      auto dqt = tensor<T, 3, S>({c.B, c.Lq, c.D}), dkt = tensor<T, 3, S>({c.B, c.Lk, c.D}), dvt = tensor<T, 3, S>({c.B, c.Lk, c.D});
+      auto Pt = tensor<T, 4, S>({c.B, c.H, c.Lq, c.Lk});
+      auto St = tensor<T, 4, S>({c.B, c.H, c.Lq, c.Lk});
+      auto Ot = tensor<T, 3, S>({c.B, c.Lq, c.D}, {1, 0, 0});
+      auto dqt = tensor<T, 3, S>({c.B, c.Lq, c.D});
+      auto dkt = tensor<T, 3, S>({c.B, c.Lk, c.D});
+      auto dvt = tensor<T, 3, S>({c.B, c.Lk, c.D});
       nn_run<S> run(threads);
       workspace<S> ws(nn::attention_core_workspace_size<T>(run.ctx, c.B, c.H, c.Lq, c.Lk));
       const auto mv = c.masked ? mt.template view<const std::uint8_t>() : absent<std::uint8_t, 2, S>();
@@ -856,10 +906,13 @@ TEMPLATE_LIST_TEST_CASE("multi-head attention layer: self- and cross-attention a
       const vec o = ref::attention_core(q, k, v, mask, B, Lq, L2, D, H, 1 / std::sqrt(2.0), &ref_probs, nullptr);
       return ref::linear(o, wo, bo, B * Lq, D, D);
     };
-    auto xqt = tensor_of<T, 3, S>({B, Lq, D}, xq), xkvt = tensor_of<T, 3, S>({B, L2, kv_dim}, xkv);
+    auto xqt = tensor_of<T, 3, S>({B, Lq, D}, xq);
+    auto xkvt = tensor_of<T, 3, S>({B, L2, kv_dim}, xkv);
     auto mt = tensor_of<std::uint8_t, 2, S>({B, L2}, vec(mask.begin(), mask.end()));
-    auto yt = tensor<T, 3, S>({B, Lq, D}), rt = tensor<T, 3, S>({B, Lq, D});
-    auto dxqt = tensor<T, 3, S>({B, Lq, D}), dxkvt = tensor<T, 3, S>({B, L2, kv_dim});
+    auto yt = tensor<T, 3, S>({B, Lq, D});
+    auto rt = tensor<T, 3, S>({B, Lq, D});
+    auto dxqt = tensor<T, 3, S>({B, Lq, D});
+    auto dxkvt = tensor<T, 3, S>({B, L2, kv_dim});
     const vec r = rounded<T>(g.normals(B * Lq * D));
     rt.set(r);
     nn_run<S> run;
@@ -895,7 +948,9 @@ TEMPLATE_LIST_TEST_CASE("nchw_to_tokens and tokens_to_nchw are inverse transpose
   for (auto [B, C, L] : {std::array<long, 3>{3, 37, 45}, std::array<long, 3>{3, 24, 25}, std::array<long, 3>{1, 1, 7}}) {
     CAPTURE(B, C, L);
     const vec x = rounded<T>(g.normals(B * C * L));
-    auto xt = tensor_of<T, 3, S>({B, C, L}, x, {3, 0, 0}), tt = tensor<T, 3, S>({B, L, C}, {2, 0, 0}), back = tensor<T, 3, S>({B, C, L}, {1, 0, 0});
+    auto xt = tensor_of<T, 3, S>({B, C, L}, x, {3, 0, 0});
+    auto tt = tensor<T, 3, S>({B, L, C}, {2, 0, 0});
+    auto back = tensor<T, 3, S>({B, C, L}, {1, 0, 0});
     nn_run<S> run;
     REQUIRE(nn::nchw_to_tokens(run.ctx, xt.template view<const T>(), tt.view()).ok());
     REQUIRE(nn::tokens_to_nchw(run.ctx, tt.template view<const T>(), back.view()).ok());
