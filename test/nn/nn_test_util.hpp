@@ -6,7 +6,6 @@
 
 #include <catch2/catch.hpp>
 
-#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -47,43 +46,6 @@ inline void check_gradient(const char* what, const std::function<double(const ve
                            distill_test::tolerance t = {1e-6, 1e-5}) {
   const vec numeric = distill_test::numeric_gradient(f, x);
   CHECK_CLOSE(what, analytic, numeric, t);
-}
-
-/// A batch of B images (C, H, W) inside a larger buffer: each image is followed by `gap`
-/// sentinel elements, so the view has a batch stride with padding that a layer must not touch.
-template <class T>
-struct gapped_images {
-  static constexpr T sentinel = T(-7);
-  long B, image, gap;
-  std::vector<T> buffer;
-  gapped_images(long B_, long C, long H, long W, long gap_)
-      : B(B_), image(C * H * W), gap(gap_), buffer(static_cast<std::size_t>(B_ * (C * H * W + gap_)), sentinel), shape{B_, C, H, W} {}
-  distill::host_view<T, 4> view() {
-    return distill::make_strided_view(buffer.data(), shape, std::array<distill::index_t, 4>{image + gap, shape[2] * shape[3], shape[3], 1});
-  }
-  /// The B images, gaps left out, in double.
-  vec images() const {
-    vec out;
-    for (long n = 0; n < B; ++n)
-      for (long i = 0; i < image; ++i) out.push_back(static_cast<double>(at(n, i)));
-    return out;
-  }
-  bool gaps_intact() const {
-    bool intact = true;
-    for (long n = 0; n < B; ++n)
-      for (long i = image; i < image + gap; ++i) intact &= at(n, i) == sentinel;
-    return intact;
-  }
-
- private:
-  std::array<distill::index_t, 4> shape;
-  T at(long n, long i) const { return buffer[static_cast<std::size_t>(n * (image + gap) + i)]; }
-};
-
-/// Each of `twice` is 2x the matching `once` (a gradient accumulated onto itself).
-inline void require_doubled(const vec& twice, const vec& once) {
-  REQUIRE(twice.size() == once.size());
-  for (std::size_t i = 0; i < once.size(); ++i) REQUIRE(twice[i] == Approx(2 * once[i]).margin(1e-12));
 }
 
 }  // namespace nn_test

@@ -1,6 +1,5 @@
-// Depthwise and transposed convolution: forward against the direct double references
-// (reference/nn_conv_ref.hpp), backward against central finite differences of them, strided
-// batches, thread counts, accumulation, layer classes and errors.
+// Depthwise and transposed convolution on the CPU only: the adjoint identity, layer classes and
+// errors. Forward and backward against reference/nn_conv_ref.hpp run from nn_cases.hpp.
 #include <catch2/catch.hpp>
 
 #include <array>
@@ -17,16 +16,6 @@ using nn_test::vec;
 namespace ref = distill_ref::nn;
 
 namespace {
-struct dw_case {
-  long B, C, H, W, k, s, p;
-};
-struct tr_case {
-  long B, Ci, H, W, Co, k, s, p, op;
-};
-const dw_case dw_cases[] = {{2, 3, 7, 7, 3, 1, 1}, {3, 4, 6, 5, 3, 2, 1}, {1, 2, 5, 5, 1, 1, 0}, {2, 1, 8, 6, 5, 1, 2}, {4, 3, 4, 4, 2, 2, 0}};
-const tr_case tr_cases[] = {{2, 4, 7, 7, 2, 3, 2, 1, 1}, {3, 3, 4, 5, 2, 3, 1, 1, 0}, {1, 2, 3, 3, 3, 2, 2, 0, 0},
-                            {2, 2, 5, 4, 3, 4, 3, 1, 2}, {4, 1, 2, 2, 1, 1, 1, 0, 0}};
-
 template <class T>
 host_view<const T, 4> cv4(const std::vector<T>& v, long a, long b, long c, long d) {
   return make_view(static_cast<const T*>(v.data()), a, b, c, d);
@@ -36,114 +25,6 @@ host_view<const T, 1> cv1(const std::vector<T>& v) {
   return make_view(static_cast<const T*>(v.data()), static_cast<index_t>(v.size()));
 }
 }  // namespace
-
-TEMPLATE_TEST_CASE("depthwise_conv2d forward matches the direct reference", "[nn][depthwise_conv2d]", float, double) {
-  distill_test::rng g(301);
-  const auto tol = std::is_same_v<TestType, double> ? distill_test::tol::f64 : distill_test::tolerance{1e-5, 1e-5};
-  for (const auto& c : dw_cases)
-    for (int threads : {1, 2}) {
-      CAPTURE(c.B, c.C, c.H, c.W, c.k, c.s, c.p, threads);
-      const auto x = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.B * c.C * c.H * c.W)));
-      const auto w = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.C * c.k * c.k)));
-      const auto b = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.C)));
-      long Ho, Wo;
-      const vec expect = ref::depthwise_conv2d(nn_test::widen(x), nn_test::widen(w), nn_test::widen(b), c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s,
-                                               c.p, c.p, Ho, Wo);
-      // y inside a larger buffer: a batch stride with a gap that must stay untouched
-      nn_test::gapped_images<TestType> y(c.B, c.C, Ho, Wo, 3);
-      REQUIRE(nn::depthwise_conv2d_forward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv1(b), y.view(),
-                                           {}, nn::conv2d_params{c.s, c.s, c.p, c.p})
-                  .ok());
-      CHECK_CLOSE("y", y.images(), expect, tol);
-      CHECK(y.gaps_intact());
-    }
-}
-
-TEST_CASE("depthwise_conv2d backward matches finite differences of the reference, and accumulates", "[nn][depthwise_conv2d][grad]") {
-  distill_test::rng g(302);
-  for (const auto& c : dw_cases)
-    for (int threads : {1, 2}) {
-      CAPTURE(c.B, c.C, c.H, c.W, c.k, c.s, c.p, threads);
-      const vec x = g.normals(static_cast<std::size_t>(c.B * c.C * c.H * c.W)), w = g.normals(static_cast<std::size_t>(c.C * c.k * c.k)),
-                b = g.normals(static_cast<std::size_t>(c.C));
-      long Ho, Wo;
-      auto fwd = [&](const vec& xx, const vec& ww, const vec& bb) {
-        return ref::depthwise_conv2d(xx, ww, bb, c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Wo);
-      };
-      const vec r = g.normals(fwd(x, w, b).size());
-      vec dx(x.size()), dw(w.size()), db(b.size());
-      const nn::conv2d_params p{c.s, c.s, c.p, c.p};
-      REQUIRE(nn::depthwise_conv2d_backward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv4(r, c.B, c.C, Ho, Wo),
-                                            make_view(dx.data(), c.B, c.C, c.H, c.W), make_view(dw.data(), c.C, 1, c.k, c.k),
-                                            make_view(db.data(), c.C), {}, p)
-                  .ok());
-      nn_test::check_gradient("dx", [&](const vec& v) { return nn_test::dot(r, fwd(v, w, b)); }, x, dx);
-      nn_test::check_gradient("dw", [&](const vec& v) { return nn_test::dot(r, fwd(x, v, b)); }, w, dw);
-      nn_test::check_gradient("db", [&](const vec& v) { return nn_test::dot(r, fwd(x, w, v)); }, b, db);
-      vec dx2 = dx, dw2 = dw, db2 = db;
-      REQUIRE(nn::depthwise_conv2d_backward(cpu{threads}, cv4(x, c.B, c.C, c.H, c.W), cv4(w, c.C, 1, c.k, c.k), cv4(r, c.B, c.C, Ho, Wo),
-                                            make_view(dx2.data(), c.B, c.C, c.H, c.W), make_view(dw2.data(), c.C, 1, c.k, c.k),
-                                            make_view(db2.data(), c.C), {}, p, nn::grad_options{true, true})
-                  .ok());
-      nn_test::require_doubled(dx2, dx);
-      nn_test::require_doubled(dw2, dw);
-      nn_test::require_doubled(db2, db);
-    }
-}
-
-TEMPLATE_TEST_CASE("conv_transpose2d forward matches the scatter reference", "[nn][conv_transpose2d]", float, double) {
-  distill_test::rng g(303);
-  const auto tol = std::is_same_v<TestType, double> ? distill_test::tol::f64 : distill_test::tolerance{1e-5, 1e-5};
-  for (const auto& c : tr_cases)
-    for (int threads : {1, 2}) {
-      CAPTURE(c.B, c.Ci, c.H, c.W, c.Co, c.k, c.s, c.p, c.op, threads);
-      const auto x = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.B * c.Ci * c.H * c.W)));
-      const auto w = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.Ci * c.Co * c.k * c.k)));
-      const auto b = nn_test::cast<TestType>(g.normals(static_cast<std::size_t>(c.Co)));
-      long Ho, Wo;
-      const vec expect = ref::conv_transpose2d(nn_test::widen(x), nn_test::widen(w), nn_test::widen(b), c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s,
-                                               c.s, c.p, c.p, c.op, c.op, Ho, Wo);
-      // y inside a larger buffer: a batch stride with a gap that must stay untouched
-      nn_test::gapped_images<TestType> y(c.B, c.Co, Ho, Wo, 4);
-      REQUIRE(nn::conv_transpose2d_forward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv1(b), y.view(),
-                                           {}, nn::conv_transpose2d_params{c.s, c.s, c.p, c.p, c.op, c.op})
-                  .ok());
-      CHECK_CLOSE("y", y.images(), expect, tol);
-      CHECK(y.gaps_intact());
-    }
-}
-
-TEST_CASE("conv_transpose2d backward matches finite differences of the reference, and accumulates", "[nn][conv_transpose2d][grad]") {
-  distill_test::rng g(304);
-  for (const auto& c : tr_cases)
-    for (int threads : {1, 2}) {
-      CAPTURE(c.B, c.Ci, c.H, c.W, c.Co, c.k, c.s, c.p, c.op, threads);
-      const vec x = g.normals(static_cast<std::size_t>(c.B * c.Ci * c.H * c.W)), w = g.normals(static_cast<std::size_t>(c.Ci * c.Co * c.k * c.k)),
-                b = g.normals(static_cast<std::size_t>(c.Co));
-      long Ho, Wo;
-      auto fwd = [&](const vec& xx, const vec& ww, const vec& bb) {
-        return ref::conv_transpose2d(xx, ww, bb, c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, c.op, c.op, Ho, Wo);
-      };
-      const vec r = g.normals(fwd(x, w, b).size());
-      vec dx(x.size()), dw(w.size()), db(b.size());
-      const nn::conv_transpose2d_params p{c.s, c.s, c.p, c.p, c.op, c.op};
-      REQUIRE(nn::conv_transpose2d_backward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv4(r, c.B, c.Co, Ho, Wo),
-                                            make_view(dx.data(), c.B, c.Ci, c.H, c.W), make_view(dw.data(), c.Ci, c.Co, c.k, c.k),
-                                            make_view(db.data(), c.Co), {}, p)
-                  .ok());
-      nn_test::check_gradient("dx", [&](const vec& v) { return nn_test::dot(r, fwd(v, w, b)); }, x, dx);
-      nn_test::check_gradient("dw", [&](const vec& v) { return nn_test::dot(r, fwd(x, v, b)); }, w, dw);
-      nn_test::check_gradient("db", [&](const vec& v) { return nn_test::dot(r, fwd(x, w, v)); }, b, db);
-      vec dx2 = dx, dw2 = dw, db2 = db;
-      REQUIRE(nn::conv_transpose2d_backward(cpu{threads}, cv4(x, c.B, c.Ci, c.H, c.W), cv4(w, c.Ci, c.Co, c.k, c.k), cv4(r, c.B, c.Co, Ho, Wo),
-                                            make_view(dx2.data(), c.B, c.Ci, c.H, c.W), make_view(dw2.data(), c.Ci, c.Co, c.k, c.k),
-                                            make_view(db2.data(), c.Co), {}, p, nn::grad_options{true, true})
-                  .ok());
-      nn_test::require_doubled(dx2, dx);
-      nn_test::require_doubled(dw2, dw);
-      nn_test::require_doubled(db2, db);
-    }
-}
 
 TEST_CASE("conv_transpose2d is the adjoint of conv2d: <conv2d(y), x> = <y, conv_transpose2d(x)>", "[nn][conv_transpose2d]") {
   distill_test::rng g(305);

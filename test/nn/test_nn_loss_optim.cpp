@@ -1,5 +1,5 @@
-// Softmax cross-entropy (forward against the reference, gradient against finite differences,
-// every reduction and option), argmax, optimisers against hand-computed steps, parameter
+// Softmax cross-entropy edge cases (its reductions and options against the reference: nn_cases.hpp),
+// optimisers against hand-computed steps, parameter
 // groups, gradient clipping, schedules and initialisers.
 #include <catch2/catch.hpp>
 
@@ -19,40 +19,6 @@
 using namespace distill;
 using nn_test::vec;
 namespace ref = distill_ref::nn;
-
-TEST_CASE("softmax cross-entropy: every reduction, ignore_index, label smoothing, gradient by finite differences", "[nn][cross_entropy][grad]") {
-  distill_test::rng g(401);
-  const long N = 7, C = 5;
-  const vec z = g.normals(N * C, 0, 3);
-  std::vector<std::int64_t> labels = {0, 4, -100, 2, 2, -100, 1};
-  std::vector<long> lab_long(labels.begin(), labels.end());
-  const reduction reds[] = {reduction::none, reduction::sum, reduction::mean, reduction::batchmean};
-  for (int ri = 0; ri < 4; ++ri)
-    for (double eps : {0.0, 0.1}) {
-      CAPTURE(ri, eps);
-      const nn::cross_entropy_options o{reds[ri], -100, eps, 1.7};
-      vec loss(ri == 0 ? N : 1), grad(z.size());
-      REQUIRE(nn::softmax_cross_entropy_forward_backward(cpu{2}, make_view(z.data(), N, C), make_view(labels.data(), N),
-                                                                               make_view(loss.data(), ri == 0 ? N : 1), make_view(grad.data(), N, C), o)
-                  .ok());
-      const vec expect = ref::cross_entropy(z, lab_long, N, C, eps, -100, ri);
-      CHECK_CLOSE("loss", loss, expect, distill_test::tol::f64);
-      auto f = [&](const vec& zz) {
-        const vec l = ref::cross_entropy(zz, lab_long, N, C, eps, -100, ri);
-        double s = 0;
-        for (double v : l) s += v;
-        return 1.7 * s;
-      };
-      nn_test::check_gradient("grad", f, z, grad);
-      for (long c = 0; c < C; ++c) CHECK(grad[static_cast<std::size_t>(2 * C + c)] == 0.0);  // ignored row
-    }
-  // float logits, int32 labels, forward-only entry point
-  const auto zf = nn_test::cast<float>(z);
-  std::vector<std::int32_t> l32(labels.begin(), labels.end());
-  float lf = 0;
-  REQUIRE(nn::softmax_cross_entropy_forward(cpu{1}, make_view(zf.data(), N, C), make_view(l32.data(), N), make_view(&lf, 1)).ok());
-  CHECK(lf == Approx(ref::cross_entropy(nn_test::widen(zf), lab_long, N, C, 0, -100, 2)[0]).epsilon(1e-5));
-}
 
 TEST_CASE("softmax cross-entropy edge cases: all ignored, -inf logits, bad labels", "[nn][cross_entropy]") {
   std::vector<float> z = {1, 2, 3, -INFINITY, 0, 5}, grad(6);

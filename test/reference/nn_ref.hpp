@@ -3,7 +3,9 @@
 // Naive double-precision references for the nn/ building blocks, written for clarity: plain
 // loops over the definitions, dense row-major std::vector<double> tensors, no cleverness. The
 // tests compare the library's forward passes against these and its backward passes against
-// central finite differences of these.
+// central finite differences of these or, where shapes are too big for finite differences, against
+// the analytic gradients below (each checked against finite differences of its forward in
+// test/nn/nn_cases.hpp).
 
 #include <algorithm>
 #include <cmath>
@@ -217,6 +219,157 @@ inline vec attention_core(const vec& q, const vec& k, const vec& v, const std::v
         }
       }
   return o;
+}
+
+// ---- analytic gradients of L = <dy, f(...)> (dy the upstream gradient) ----
+
+/// dx (N, I) = dy W, dw (O, I) = dy^T x, db (O) = column sums of dy.
+inline void linear_backward(const vec& x, const vec& w, const vec& dy, long N, long I, long O, vec& dx, vec& dw, vec& db) {
+  dx.assign(static_cast<std::size_t>(N * I), 0.0);
+  dw.assign(static_cast<std::size_t>(O * I), 0.0);
+  db.assign(static_cast<std::size_t>(O), 0.0);
+  for (long n = 0; n < N; ++n)
+    for (long o = 0; o < O; ++o) {
+      const double g = dy[static_cast<std::size_t>(n * O + o)];
+      db[static_cast<std::size_t>(o)] += g;
+      for (long i = 0; i < I; ++i) {
+        dx[static_cast<std::size_t>(n * I + i)] += g * w[static_cast<std::size_t>(o * I + i)];
+        dw[static_cast<std::size_t>(o * I + i)] += g * x[static_cast<std::size_t>(n * I + i)];
+      }
+    }
+}
+
+/// Layer norm over the last axis of (N, D): with xhat = (x - mean) rstd and g = dy gamma,
+/// dx = rstd (g - mean(g) - xhat mean(g xhat)), dgamma = sum_n dy xhat, dbeta = sum_n dy.
+inline void layer_norm_backward(const vec& x, const vec& gamma, const vec& dy, long N, long D, double eps, vec& dx, vec& dgamma,
+                                vec& dbeta) {
+  vec mean, rstd;
+  layer_norm(x, {}, {}, N, D, eps, &mean, &rstd);
+  dx.assign(x.size(), 0.0);
+  dgamma.assign(static_cast<std::size_t>(D), 0.0);
+  dbeta.assign(static_cast<std::size_t>(D), 0.0);
+  for (long n = 0; n < N; ++n) {
+    double mg = 0, mgx = 0;
+    for (long d = 0; d < D; ++d) {
+      const std::size_t i = static_cast<std::size_t>(n * D + d);
+      const double xh = (x[i] - mean[static_cast<std::size_t>(n)]) * rstd[static_cast<std::size_t>(n)];
+      const double g = dy[i] * (gamma.empty() ? 1.0 : gamma[static_cast<std::size_t>(d)]);
+      mg += g / D;
+      mgx += g * xh / D;
+      dgamma[static_cast<std::size_t>(d)] += dy[i] * xh;
+      dbeta[static_cast<std::size_t>(d)] += dy[i];
+    }
+    for (long d = 0; d < D; ++d) {
+      const std::size_t i = static_cast<std::size_t>(n * D + d);
+      const double xh = (x[i] - mean[static_cast<std::size_t>(n)]) * rstd[static_cast<std::size_t>(n)];
+      const double g = dy[i] * (gamma.empty() ? 1.0 : gamma[static_cast<std::size_t>(d)]);
+      dx[i] = rstd[static_cast<std::size_t>(n)] * (g - mg - xh * mgx);
+    }
+  }
+}
+
+/// Batch norm over (N, C, S), M = N S values per channel. Training (batch statistics):
+/// dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)); evaluation (running statistics):
+/// dx = gamma dy / sqrt(running_var + eps). dgamma = sum dy xhat, dbeta = sum dy.
+inline void batch_norm_backward(const vec& x, const vec& gamma, const vec& dy, long N, long C, long S, bool training, double eps,
+                                const vec& running_mean, const vec& running_var, vec& dx, vec& dgamma, vec& dbeta) {
+  dx.assign(x.size(), 0.0);
+  dgamma.assign(static_cast<std::size_t>(C), 0.0);
+  dbeta.assign(static_cast<std::size_t>(C), 0.0);
+  const double M = static_cast<double>(N * S);
+  for (long c = 0; c < C; ++c) {
+    double mu = 0, var = 0;
+    if (training) {
+      for (long n = 0; n < N; ++n)
+        for (long k = 0; k < S; ++k) mu += x[static_cast<std::size_t>((n * C + c) * S + k)] / M;
+      for (long n = 0; n < N; ++n)
+        for (long k = 0; k < S; ++k) var += std::pow(x[static_cast<std::size_t>((n * C + c) * S + k)] - mu, 2) / M;
+    } else {
+      mu = running_mean[static_cast<std::size_t>(c)];
+      var = running_var[static_cast<std::size_t>(c)];
+    }
+    const double rs = 1 / std::sqrt(var + eps), gm = gamma.empty() ? 1.0 : gamma[static_cast<std::size_t>(c)];
+    double sdy = 0, sdyx = 0;
+    for (long n = 0; n < N; ++n)
+      for (long k = 0; k < S; ++k) {
+        const std::size_t i = static_cast<std::size_t>((n * C + c) * S + k);
+        sdy += dy[i];
+        sdyx += dy[i] * (x[i] - mu) * rs;
+      }
+    dgamma[static_cast<std::size_t>(c)] = sdyx;
+    dbeta[static_cast<std::size_t>(c)] = sdy;
+    for (long n = 0; n < N; ++n)
+      for (long k = 0; k < S; ++k) {
+        const std::size_t i = static_cast<std::size_t>((n * C + c) * S + k);
+        dx[i] = training ? gm * rs * (dy[i] - sdy / M - (x[i] - mu) * rs * sdyx / M) : gm * rs * dy[i];
+      }
+  }
+}
+
+/// Direct convolution's gradients (the same loops as conv2d, scattering instead of gathering).
+inline void conv2d_backward(const vec& x, const vec& w, const vec& dy, long B, long Ci, long H, long W, long Co, long kh, long kw, long sh,
+                            long sw, long ph, long pw, vec& dx, vec& dw, vec& db) {
+  const long Ho = (H + 2 * ph - kh) / sh + 1, Wo = (W + 2 * pw - kw) / sw + 1;
+  dx.assign(x.size(), 0.0);
+  dw.assign(w.size(), 0.0);
+  db.assign(static_cast<std::size_t>(Co), 0.0);
+  for (long n = 0; n < B; ++n)
+    for (long co = 0; co < Co; ++co)
+      for (long oy = 0; oy < Ho; ++oy)
+        for (long ox = 0; ox < Wo; ++ox) {
+          const double g = dy[static_cast<std::size_t>(((n * Co + co) * Ho + oy) * Wo + ox)];
+          db[static_cast<std::size_t>(co)] += g;
+          for (long ci = 0; ci < Ci; ++ci)
+            for (long ky = 0; ky < kh; ++ky)
+              for (long kx = 0; kx < kw; ++kx) {
+                const long iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                const std::size_t xi = static_cast<std::size_t>(((n * Ci + ci) * H + iy) * W + ix);
+                const std::size_t wi = static_cast<std::size_t>(((co * Ci + ci) * kh + ky) * kw + kx);
+                dx[xi] += g * w[wi];
+                dw[wi] += g * x[xi];
+              }
+        }
+}
+
+/// Attention core's gradients for L = <dO, o> + <gP, probs> + <gS, scores> (gP, gS may be
+/// empty; masked scores are constant -inf and take no gradient). Per head, with P = softmax(S):
+/// dV = P^T dO, dP = dO V^T + gP, dS = P (dP - rowsum(dP P)) + gS, dq = scale dS K, dk = scale dS^T Q.
+inline void attention_core_backward(const vec& q, const vec& k, const vec& v, const std::vector<std::uint8_t>& key_valid, const vec& dO,
+                                    const vec& gP, const vec& gS, long B, long Lq, long Lk, long D, long H, double scale, vec& dq, vec& dk,
+                                    vec& dv) {
+  const long dh = D / H;
+  vec P, S;
+  attention_core(q, k, v, key_valid, B, Lq, Lk, D, H, scale, &P, &S);
+  dq.assign(q.size(), 0.0);
+  dk.assign(k.size(), 0.0);
+  dv.assign(v.size(), 0.0);
+  for (long b = 0; b < B; ++b)
+    for (long h = 0; h < H; ++h)
+      for (long i = 0; i < Lq; ++i) {
+        const std::size_t row = static_cast<std::size_t>(((b * H + h) * Lq + i) * Lk);
+        vec dP(static_cast<std::size_t>(Lk), 0.0);
+        double dot = 0;
+        for (long j = 0; j < Lk; ++j) {
+          double s = gP.empty() ? 0.0 : gP[row + static_cast<std::size_t>(j)];
+          for (long e = 0; e < dh; ++e) {
+            const double go = dO[static_cast<std::size_t>((b * Lq + i) * D + h * dh + e)];
+            s += go * v[static_cast<std::size_t>((b * Lk + j) * D + h * dh + e)];
+            dv[static_cast<std::size_t>((b * Lk + j) * D + h * dh + e)] += P[row + static_cast<std::size_t>(j)] * go;
+          }
+          dP[static_cast<std::size_t>(j)] = s;
+          dot += s * P[row + static_cast<std::size_t>(j)];
+        }
+        for (long j = 0; j < Lk; ++j) {
+          if (!std::isfinite(S[row + static_cast<std::size_t>(j)])) continue;
+          const double ds = P[row + static_cast<std::size_t>(j)] * (dP[static_cast<std::size_t>(j)] - dot) +
+                            (gS.empty() ? 0.0 : gS[row + static_cast<std::size_t>(j)]);
+          for (long e = 0; e < dh; ++e) {
+            dq[static_cast<std::size_t>((b * Lq + i) * D + h * dh + e)] += scale * ds * k[static_cast<std::size_t>((b * Lk + j) * D + h * dh + e)];
+            dk[static_cast<std::size_t>((b * Lk + j) * D + h * dh + e)] += scale * ds * q[static_cast<std::size_t>((b * Lq + i) * D + h * dh + e)];
+          }
+        }
+      }
 }
 
 /// SplitMix64-based counter RNG, re-implemented from its definition (Steele, Lea & Flood 2014)
