@@ -24,17 +24,40 @@
 // keep the 300 best by objectness, NMS at IoU 0.5 (non_max_suppression), first K per scene.
 //
 // Everything random (initialisation, batches, anchor sampling) follows the config's seed.
+//
+// Proposal cache: later examples read the proposals of a scene set from a file instead of
+// retraining (load_or_make_proposals). Format, version 1, integers little-endian:
+//   header (56 bytes)
+//      0  8  magic "RPNPROPS"
+//      8  4  format version (1)
+//     12  4  scenes
+//     16  8  scene set checksum (scene_set_checksum of the scenes the proposals are of)
+//     24  8  key: what made the proposals (proposal_cache_key: the config and the training scenes)
+//     32  8  proposal rows in all
+//     40  8  payload checksum: FNV-1a 64 of the payload
+//     48  8  header checksum: FNV-1a 64 of bytes [0, 48)
+//   payload: scenes x u32 proposal counts, then rows x 4 float32 boxes (x1, y1, x2, y2), then rows
+//   x float32 objectness logits; a scene's rows best first.
+// A file that is missing, of other scenes or another key, or corrupt (checksums, sizes, counts
+// above the config's maximum, boxes outside the canvas) is not used: the proposals are made again
+// and the file rewritten (atomically).
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <iostream>
 #include <numeric>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "distill/core/file_io.hpp"
 #include "distill/core/splitmix64.hpp"
 #include "distill/detection/anchor_labels.hpp"
 #include "distill/detection/boxes.hpp"
@@ -50,6 +73,7 @@
 #include "distill/nn/schedule.hpp"
 #include "distill/nn/sequential.hpp"
 #include "scene_world.hpp"
+#include "scene_world_io.hpp"
 
 namespace examples {
 
@@ -461,6 +485,115 @@ inline proposal_set random_windows(const anchor_grid& grid, std::size_t scenes, 
     }
     p.offsets.push_back(p.scores.size());
   }
+  return p;
+}
+
+// ---- proposal cache ----------------------------------------------------------------------------
+
+inline constexpr std::array<char, 8> proposal_file_magic = {'R', 'P', 'N', 'P', 'R', 'O', 'P', 'S'};
+inline constexpr std::uint32_t proposal_file_format_version = 1;
+inline constexpr std::size_t proposal_file_header_bytes = 56;
+
+/// What decides a trained network's proposals: every config field and the training scenes.
+inline std::uint64_t proposal_cache_key(const region_proposal_config& c, const scene_set& train) {
+  std::vector<unsigned char> b;
+  auto f64 = [&](double v) { std::uint64_t u; std::memcpy(&u, &v, 8); distill::append_le64(b, u); };
+  for (double v : c.anchor_sizes) f64(v);
+  f64(-1);
+  for (double v : c.anchor_ratios) f64(v);
+  f64(-1);
+  for (int v : c.widths) distill::append_le32(b, static_cast<std::uint32_t>(v));
+  for (int v : {c.epochs, c.batch, c.sampled_anchors, c.pre_nms, c.max_proposals}) distill::append_le32(b, static_cast<std::uint32_t>(v));
+  for (double v : {c.lr, c.weight_decay, c.positive_fraction, c.positive_iou, c.negative_iou, static_cast<double>(c.nms_iou)}) f64(v);
+  distill::append_le64(b, c.seed);
+  distill::append_le64(b, scene_set_checksum(train));
+  return distill::fnv1a64::of(b);
+}
+
+namespace rpn_detail {
+inline std::uint64_t le(const unsigned char* p, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+inline float le_float(const unsigned char* p) {
+  const auto u = static_cast<std::uint32_t>(le(p, 4));
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace rpn_detail
+
+/// Writes `p`, the proposals of `scenes` made as `key` says, atomically. Throws on I/O errors.
+inline void write_proposals(const std::filesystem::path& path, const proposal_set& p, const scene_set& scenes, std::uint64_t key) {
+  if (p.scenes() != scenes.size() || p.boxes.size() != 4 * p.scores.size() || p.offsets.back() != p.scores.size())
+    throw std::invalid_argument("write_proposals: the proposal set does not match its scenes");
+  std::vector<unsigned char> payload, header(proposal_file_magic.begin(), proposal_file_magic.end());
+  for (std::size_t s = 0; s < p.scenes(); ++s) distill::append_le32(payload, static_cast<std::uint32_t>(p.count(s)));
+  auto put = [&](float v) { std::uint32_t u; std::memcpy(&u, &v, 4); distill::append_le32(payload, u); };
+  for (float v : p.boxes) put(v);
+  for (float v : p.scores) put(v);
+  distill::append_le32(header, proposal_file_format_version);
+  distill::append_le32(header, static_cast<std::uint32_t>(p.scenes()));
+  distill::append_le64(header, scene_set_checksum(scenes));
+  distill::append_le64(header, key);
+  distill::append_le64(header, p.scores.size());
+  distill::append_le64(header, distill::fnv1a64::of(payload));
+  distill::append_le64(header, distill::fnv1a64::of(header));
+  distill::atomic_write_options opt;
+  opt.create_parent_directories = true;
+  const distill::status st = distill::write_file_atomically("write_proposals", path.string(), {header, payload}, opt);
+  if (!st.ok()) throw std::runtime_error(st.message());
+}
+
+/// Reads the proposals of `scenes` stored at `path` with `key` into `out`; returns false (and
+/// says why) when the file is missing, of other scenes or another key, or corrupt.
+inline bool read_proposals(const std::filesystem::path& path, const scene_set& scenes, std::uint64_t key, int max_per_scene, proposal_set& out,
+                           std::string& why) {
+  using rpn_detail::le;
+  out = proposal_set{};
+  if (!std::filesystem::exists(path)) return why = "missing", false;
+  std::vector<unsigned char> f;
+  if (const distill::status st = distill::read_file("read_proposals", path.string(), f); !st.ok()) return why = st.message(), false;
+  const std::size_t H = proposal_file_header_bytes;
+  if (f.size() < H || !std::equal(proposal_file_magic.begin(), proposal_file_magic.end(), f.begin()) ||
+      le(&f[48], 8) != distill::fnv1a64::of(std::span<const unsigned char>(f.data(), 48)))
+    return why = "corrupt header", false;
+  if (le(&f[8], 4) != proposal_file_format_version) return why = "another format version", false;
+  if (le(&f[12], 4) != scenes.size() || le(&f[16], 8) != scene_set_checksum(scenes)) return why = "made for other scenes", false;
+  if (le(&f[24], 8) != key) return why = "made by another network or configuration", false;
+  const std::uint64_t rows = le(&f[32], 8), n = scenes.size();
+  if (rows > n * static_cast<std::uint64_t>(std::max(0, max_per_scene)) || f.size() != H + 4 * n + 20 * rows) return why = "corrupt: sizes", false;
+  if (le(&f[40], 8) != distill::fnv1a64::of(std::span<const unsigned char>(f.data() + H, f.size() - H))) return why = "corrupt: payload checksum", false;
+  const unsigned char* q = f.data() + H;
+  for (std::size_t s = 0; s < n; ++s) {
+    const std::uint64_t c = le(q + 4 * s, 4);
+    if (c > static_cast<std::uint64_t>(max_per_scene)) return why = "corrupt: proposal count", false;
+    out.offsets.push_back(out.offsets.back() + static_cast<std::size_t>(c));
+  }
+  if (out.offsets.back() != rows) return why = "corrupt: proposal counts", false;
+  q += 4 * n;
+  const float side = static_cast<float>(scenes.params.side);
+  for (std::uint64_t i = 0; i < 4 * rows; ++i) out.boxes.push_back(rpn_detail::le_float(q + 4 * i));
+  for (std::uint64_t i = 0; i < rows; ++i) out.scores.push_back(rpn_detail::le_float(q + 16 * rows + 4 * i));
+  for (std::uint64_t r = 0; r < rows; ++r) {
+    const float* b = &out.boxes[4 * r];
+    if (!(b[0] >= 0 && b[1] >= 0 && b[2] <= side && b[3] <= side && b[2] >= b[0] && b[3] >= b[1]) || !std::isfinite(out.scores[r]))
+      return out = proposal_set{}, why = "corrupt: box " + std::to_string(r), false;
+  }
+  return true;
+}
+
+/// The cached proposals of `scenes` when the file at `path` holds them for `key`; otherwise
+/// make() computes them and the file is (re)written. Says on `log` what happened.
+inline proposal_set load_or_make_proposals(const std::filesystem::path& path, const scene_set& scenes, std::uint64_t key, int max_per_scene,
+                                           const std::function<proposal_set()>& make, std::ostream& log = std::cerr) {
+  proposal_set p;
+  std::string why;
+  if (read_proposals(path, scenes, key, max_per_scene, p, why)) return p;
+  log << "  proposals " << path.string() << ": " << why << ", making them\n";
+  p = make();
+  write_proposals(path, p, scenes, key);
   return p;
 }
 

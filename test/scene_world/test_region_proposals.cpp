@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 #include <set>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "../../examples/common/region_proposals.hpp"
@@ -102,7 +104,7 @@ TEST_CASE("region proposals: targets, sampling and the random baseline", "[scene
 
 TEST_CASE("region proposals: the smoke training beats the untrained network and random windows", "[scene_world][region_proposals]") {
   const auto data = synthetic_fashion(60, 20, 12);
-  auto p = small_params(scene_split::train, 400);
+  auto p = small_params(scene_split::train, 320);
   const scene_set train = generate_scenes(scene_sources(data, p), p);
   auto pv = small_params(scene_split::validation, 60);
   const scene_set val = generate_scenes(scene_sources(data, pv), pv);
@@ -126,4 +128,52 @@ TEST_CASE("region proposals: the smoke training beats the untrained network and 
   CHECK(trained > untrained_recall + 0.15);
   CHECK(trained > random_recall + 0.15);
   CHECK(region_proposal_network::recall(ours, val, 20, 0.5) >= trained);
+}
+
+TEST_CASE("region proposals: the proposal cache round-trips and refuses other or corrupt files", "[scene_world][region_proposals]") {
+  const auto data = synthetic_fashion(40, 12, 13);
+  const auto p = small_params(scene_split::test, 12);
+  const scene_set s = generate_scenes(scene_sources(data, p), p);
+  auto p2 = p;
+  p2.seed = 99;
+  const scene_set other = generate_scenes(scene_sources(data, p2), p2);
+  const region_proposal_config c = region_proposal_config::smoke();
+  region_proposal_network net(c, 96);  // untrained: any ranked proposals will do here
+  const proposal_set made = net.propose(s);
+  const fs::path dir = temp_dir("proposals"), file = dir / "test.rpn";
+  const std::uint64_t key = proposal_cache_key(c, s);
+  int calls = 0;
+  auto make = [&] { ++calls; return made; };
+  std::ostringstream log;
+  const proposal_set first = load_or_make_proposals(file, s, key, c.max_proposals, make, log);
+  CHECK(calls == 1);
+  const proposal_set second = load_or_make_proposals(file, s, key, c.max_proposals, make, log);
+  CHECK(calls == 1);  // read from the file
+  CHECK(second.boxes == made.boxes);
+  CHECK(second.scores == made.scores);
+  CHECK(second.offsets == made.offsets);
+  // the documented layout: magic, scene count, rows, first count and first box
+  const auto bytes = read_bytes(file);
+  REQUIRE(bytes.size() == 56 + 4 * s.size() + 20 * made.scores.size());
+  CHECK(std::string(bytes.begin(), bytes.begin() + 8) == "RPNPROPS");
+  CHECK(le(&bytes[12], 4) == s.size());
+  CHECK(le(&bytes[32], 8) == made.scores.size());
+  CHECK(le(&bytes[56], 4) == made.count(0));
+  // another key, other scenes, a flipped payload byte: not used
+  proposal_set out;
+  std::string why;
+  CHECK_FALSE(read_proposals(file, s, key + 1, c.max_proposals, out, why));
+  CHECK(why.find("another") != std::string::npos);
+  CHECK_FALSE(read_proposals(file, other, key, c.max_proposals, out, why));
+  CHECK(why.find("other scenes") != std::string::npos);
+  CHECK(proposal_cache_key(c, s) != proposal_cache_key(region_proposal_config{}, s));
+  auto bad = bytes;
+  bad[bad.size() - 3] ^= 0x40;
+  write_bytes(file, bad);
+  CHECK_FALSE(read_proposals(file, s, key, c.max_proposals, out, why));
+  CHECK(why.find("corrupt") != std::string::npos);
+  load_or_make_proposals(file, s, key, c.max_proposals, make, log);
+  CHECK(calls == 2);  // made again and rewritten
+  CHECK(read_proposals(file, s, key, c.max_proposals, out, why));
+  fs::remove_all(dir);
 }
