@@ -25,6 +25,8 @@
 //
 // Everything random (initialisation, batches, anchor sampling) follows the config's seed.
 //
+// A trained network saves and loads itself (nn::checkpoint, keyed like the cache below).
+//
 // Proposal cache: later examples read the proposals of a scene set from a file instead of
 // retraining (load_or_make_proposals). Format, version 1, integers little-endian:
 //   header (56 bytes)
@@ -52,6 +54,7 @@
 #include <functional>
 #include <iostream>
 #include <numeric>
+#include <sstream>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -65,6 +68,7 @@
 #include "distill/detection/sliding_windows.hpp"
 #include "distill/detection/smooth_l1.hpp"
 #include "distill/losses/multilabel_soft_target.hpp"
+#include "distill/nn/checkpoint.hpp"
 #include "distill/metrics/proposal_recall.hpp"
 #include "distill/nn/batch_norm.hpp"
 #include "distill/nn/conv2d.hpp"
@@ -355,6 +359,38 @@ class region_proposal_network {
     net_.set_training(false);
     log.seconds = std::chrono::duration<double>(clock::now() - t0).count();
     return log;
+  }
+
+  /// Saves the trained network (parameters, batch-norm statistics, pixel statistics) with `key`
+  /// (e.g. proposal_cache_key) as an nn::checkpoint, atomically. Throws on I/O errors.
+  void save(const std::filesystem::path& path, std::uint64_t key) {
+    distill::nn::checkpoint ck;
+    throw_if_error(ck.add_parameters(net_.parameters()));
+    auto bits = [](float v) { std::uint32_t u; std::memcpy(&u, &v, 4); return std::to_string(u); };  // exact
+    ck.put_string("rpn", std::to_string(key) + " " + bits(mean_) + " " + bits(stddev_));
+    std::error_code ec;
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+    throw_if_error(ck.save(path.string()));
+  }
+  /// Restores a network saved with the same `key` (and so the same config); false (and why) when
+  /// the file is missing, unreadable or of another key, the network then unchanged.
+  bool load(const std::filesystem::path& path, std::uint64_t key, std::string& why) {
+    if (!std::filesystem::exists(path)) return why = "missing", false;
+    distill::nn::checkpoint ck;
+    std::string meta;
+    distill::status st = distill::nn::checkpoint::load(path.string(), ck);
+    if (st.ok()) st = ck.get_string("rpn", meta);
+    if (!st.ok()) return why = st.message(), false;
+    std::istringstream in(meta);
+    std::uint64_t k = 0;
+    std::uint32_t mean_bits = 0, stddev_bits = 0;
+    float mean = 0, stddev = 0;
+    if (in >> k >> mean_bits >> stddev_bits) std::memcpy(&mean, &mean_bits, 4), std::memcpy(&stddev, &stddev_bits, 4);
+    if (!in || k != key || !(stddev > 0) || !std::isfinite(mean)) return why = "made with another configuration or training set", false;
+    if (st = ck.restore_parameters(net_.parameters()); !st.ok()) return why = st.message(), false;
+    mean_ = mean, stddev_ = stddev;
+    net_.set_training(false);
+    return true;
   }
 
   /// Ranked proposals (at most config().max_proposals per scene) of every scene of `set`.

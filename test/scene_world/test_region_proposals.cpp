@@ -128,6 +128,19 @@ TEST_CASE("region proposals: the smoke training beats the untrained network and 
   CHECK(trained > untrained_recall + 0.15);
   CHECK(trained > random_recall + 0.15);
   CHECK(region_proposal_network::recall(ours, val, 20, 0.5) >= trained);
+  // a saved network proposes the same boxes after loading; another key is refused
+  const fs::path dir = temp_dir("rpn_checkpoint"), file = dir / "rpn.ckpt";
+  const std::uint64_t key = proposal_cache_key(c, train);
+  net.save(file, key);
+  region_proposal_network restored(c, 96);
+  std::string why;
+  CHECK_FALSE(restored.load(file, key + 1, why));
+  CHECK_FALSE(restored.load(dir / "missing.ckpt", key, why));
+  REQUIRE(restored.load(file, key, why));
+  const proposal_set again = restored.propose(val);
+  CHECK(again.boxes == ours.boxes);
+  CHECK(again.offsets == ours.offsets);
+  fs::remove_all(dir);
 }
 
 TEST_CASE("region proposals: the proposal cache round-trips and refuses other or corrupt files", "[scene_world][region_proposals]") {
