@@ -25,6 +25,12 @@
 //
 // Everything random (initialisation, batches, anchor sampling) follows the config's seed.
 //
+// Measured on Fashion-MNIST scenes (2 shared cores of an EPYC, OMP_WAIT_POLICY=passive: with the
+// default spinning wait an oversubscribed machine runs several times slower): the default config
+// trains on 3000 scenes in about 35 s; its first 10 proposals per test scene cover 0.99 of the
+// items at IoU 0.5 and 0.79 at 0.7 (all 974 windows: 0.98 and 0.43; 10 random windows: 0.06 and
+// 0.00). smoke() trains on 400 scenes in under 2 s and reaches 0.56 / 0.17.
+//
 // A trained network saves and loads itself (nn::checkpoint, keyed like the cache below).
 //
 // Proposal cache: later examples read the proposals of a scene set from a file instead of
@@ -530,7 +536,8 @@ inline constexpr std::array<char, 8> proposal_file_magic = {'R', 'P', 'N', 'P', 
 inline constexpr std::uint32_t proposal_file_format_version = 1;
 inline constexpr std::size_t proposal_file_header_bytes = 56;
 
-/// What decides a trained network's proposals: every config field and the training scenes.
+/// What decides a trained network's proposals: every config field but `threads` (which changes
+/// only the rounding of the summed gradients) and the training scenes.
 inline std::uint64_t proposal_cache_key(const region_proposal_config& c, const scene_set& train) {
   std::vector<unsigned char> b;
   auto f64 = [&](double v) { std::uint64_t u; std::memcpy(&u, &v, 8); distill::append_le64(b, u); };
