@@ -5,6 +5,7 @@
 // differences (every reduction, weights, beta 0 = L1, float and double, accumulate), bad input.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -15,6 +16,7 @@
 #include "reference/proposal_ref.hpp"
 #include "support/compare.hpp"
 #include "support/finite_diff.hpp"
+#include "support/guarded.hpp"
 #include "support/random.hpp"
 
 using namespace distill;
@@ -253,4 +255,51 @@ TEST_CASE("smooth L1: bad input", "[detection][smooth_l1]") {
   CHECK(fwd(2, 1, {}, make_view(w.data(), 2)) == errc::invalid_argument);
   CHECK(fwd(2, 1, {}, make_view(w.data(), 1)) == errc::shape_mismatch);
   CHECK(smooth_l1_backward(cpu{1}, make_view(p.data(), 2, 4), make_view(t.data(), 2, 4), {}, make_view(grad.data(), 1, 4), {}).code() == errc::shape_mismatch);
+}
+
+TEST_CASE("smooth L1 and anchor labels: strided views, outputs written only where they should be", "[detection][smooth_l1][anchor_labels]") {
+  distill_test::rng g(33);
+  using A1 = std::array<index_t, 1>;
+  using A2 = std::array<index_t, 2>;
+  const int N = 7, D = 4, ld = 6;  // rows padded to 6
+  std::vector<double> pred(static_cast<std::size_t>(N * ld)), target(static_cast<std::size_t>(N * ld)), w(static_cast<std::size_t>(2 * N));
+  std::vector<double> pd, td, wd;
+  for (int r = 0; r < N; ++r) {
+    for (int k = 0; k < D; ++k) {
+      pred[static_cast<std::size_t>(r * ld + k)] = g.normal(), target[static_cast<std::size_t>(r * ld + k)] = g.normal();
+      pd.push_back(pred[static_cast<std::size_t>(r * ld + k)]), td.push_back(target[static_cast<std::size_t>(r * ld + k)]);
+    }
+    w[static_cast<std::size_t>(2 * r)] = g.uniform(0, 2), wd.push_back(w[static_cast<std::size_t>(2 * r)]);
+  }
+  distill_test::guarded<double> grad(static_cast<std::size_t>(N * ld)), loss(1);
+  const auto pv = make_strided_view(static_cast<const double*>(pred.data()), A2{N, D}, A2{ld, 1});
+  const auto tv = make_strided_view(static_cast<const double*>(target.data()), A2{N, D}, A2{ld, 1});
+  const auto wv = make_strided_view(static_cast<const double*>(w.data()), A1{N}, A1{2});
+  smooth_l1_options o;
+  o.reduction = reduction::sum;
+  REQUIRE(smooth_l1_forward_backward(cpu{1}, pv, tv, wv, make_view(loss.data(), 1), make_strided_view(grad.data(), A2{N, D}, A2{ld, 1}), {}, o).ok());
+  CHECK(grad.intact());
+  CHECK(grad.padding_intact(N, D, ld));
+  CHECK(loss.intact());
+  CHECK_CLOSE_SCALAR("strided loss", loss.data()[0], distill_ref::smooth_l1_ref(pd, td, wd, N, D, o.beta, 0), distill_test::tol::f64);
+
+  // anchor labels into strided outputs
+  const std::vector<double> anchors = random_boxes<double>(g, 9, false), gts = random_boxes<double>(g, 3, false);
+  distill_test::guarded<std::int32_t> labels(18);
+  distill_test::guarded<std::int64_t> matched(18);
+  distill_test::guarded<double> miou(18);
+  REQUIRE(anchor_labels(cpu{1}, make_view(anchors.data(), 9, 4), make_view(gts.data(), 3, 4), make_strided_view(labels.data(), A1{9}, A1{2}),
+                        make_strided_view(matched.data(), A1{9}, A1{2}), make_strided_view(miou.data(), A1{9}, A1{2}))
+              .ok());
+  CHECK(labels.intact());
+  CHECK(matched.intact());
+  CHECK(miou.intact());
+  CHECK(labels.padding_intact(9, 1, 2));
+  CHECK(matched.padding_intact(9, 1, 2));
+  CHECK(miou.padding_intact(9, 1, 2));
+  const auto ref = distill_ref::anchor_labels_ref(to_ref(anchors), to_ref(gts), 0.7, 0.3, true);
+  for (int a = 0; a < 9; ++a) {
+    CHECK(labels.data()[2 * a] == ref.labels[static_cast<std::size_t>(a)]);
+    CHECK(matched.data()[2 * a] == ref.matched[static_cast<std::size_t>(a)]);
+  }
 }
