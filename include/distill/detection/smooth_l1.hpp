@@ -17,18 +17,21 @@
 //! Faster R-CNN's RPN uses beta = 1/9 (Detectron) and torchvision's RPN beta = 1/9 as well;
 //! the default here is beta = 1/9.
 //!
-//! Entry points (CPU only: a host loss over a few hundred rows per image; no CUDA path yet):
+//! Entry points (CUDA overloads with the same arguments in kernels/distill/cuda/smooth_l1.cuh):
 //!   smooth_l1_forward(ctx, prediction, target, weights, loss, workspace, options)
 //!   smooth_l1_backward(ctx, prediction, target, weights, grad_prediction, workspace, options)
 //!   smooth_l1_forward_backward(ctx, prediction, target, weights, loss, grad_prediction, workspace, options)
-//!   smooth_l1_workspace_size(ctx, rows, columns)   0 on the CPU (pass {})
-//! prediction, target: (N, D) float or double (the same type); weights: (N) of that type or
-//! absent (every w_r = 1); loss: (1), or (N) with reduction none; grad_prediction: (N, D).
+//!   smooth_l1_workspace_size(ctx, rows, columns)   0 on the CPU (pass {}); on CUDA one float per
+//!                                                   row and the divisor
+//! prediction, target: (N, D) float or double on the CPU, float on CUDA (the same type); weights:
+//! (N) of that type or absent (every w_r = 1); loss: (1), or (N) with reduction none;
+//! grad_prediction: (N, D).
 //!
 //! Bad input: shape mismatches, negative strides, beta < 0 or not finite, non-finite
-//! grad_scale, negative or non-finite weights (errc::invalid_argument). With `check_finite`,
-//! NaN/inf in prediction or target is refused (errc::non_finite); off, it propagates to its
-//! row's loss and gradient.
+//! grad_scale (errc::invalid_argument); on the CPU also negative or non-finite weights (the CUDA
+//! path cannot read device values without a synchronisation: there they are used as given).
+//! With `check_finite`, the CPU refuses NaN/inf in prediction or target (errc::non_finite); off
+//! (and always on CUDA), it propagates to its row's loss and gradient.
 
 #include <cmath>
 #include <cstddef>
@@ -40,6 +43,7 @@
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -51,28 +55,41 @@ struct smooth_l1_options {
   bool check_finite = false;
 };
 
-/// Bytes of scratch the entry points need: none on the CPU.
+namespace smooth_l1_detail {
+/// The CUDA scratch (core/workspace.hpp): 1 / divisor and the row losses, summed in a fixed order.
+struct cuda_scratch {
+  float* inv_divisor;
+  float* row_loss;
+  constexpr cuda_scratch(workspace_carver& w, index_t rows) : inv_divisor(w.take<float>(1)), row_loss(w.take<float>(rows)) {}
+};
+}  // namespace smooth_l1_detail
+
+/// Bytes of scratch the entry points need: none on the CPU; on CUDA one float per row and one.
 constexpr std::size_t smooth_l1_workspace_size(const cpu&, index_t /*rows*/, index_t /*columns*/) noexcept { return 0; }
+constexpr std::size_t smooth_l1_workspace_size(const cuda&, index_t rows, index_t /*columns*/) noexcept {
+  return workspace_carver::size_of<smooth_l1_detail::cuda_scratch>(rows);
+}
 
 namespace smooth_l1_detail {
 
 template <class Acc>
-Acc huber(Acc x, Acc beta) noexcept {
-  const Acc a = std::fabs(x);
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc huber(Acc x, Acc beta) noexcept {
+  const Acc a = x < Acc(0) ? -x : x;
   return a < beta ? Acc(0.5) * x * x / beta : a - Acc(0.5) * beta;
 }
 template <class Acc>
-Acc huber_derivative(Acc x, Acc beta) noexcept {
-  if (std::fabs(x) < beta) return x / beta;
-  if (std::isnan(x)) return x;
+DISTILL_HOST_DEVICE DISTILL_FORCEINLINE Acc huber_derivative(Acc x, Acc beta) noexcept {
+  const Acc a = x < Acc(0) ? -x : x;
+  if (a < beta) return x / beta;
+  if (x != x) return x;  // NaN propagates
   return x > Acc(0) ? Acc(1) : (x < Acc(0) ? Acc(-1) : Acc(0));
 }
 
-template <class TP, class TT, class TW, class TL, class TG>
-status run(const char* fn, host_view<TP, 2> pred, host_view<TT, 2> target, host_view<TW, 1> weights, host_view<TL, 1> loss,
-           host_view<TG, 2> grad, host_view<std::byte, 1> workspace, const smooth_l1_options& opt, bool want_loss, bool want_grad) {
-  using T = std::remove_const_t<TP>;
-  const index_t N = pred.extent(0), D = pred.extent(1);
+/// Shapes, strides and options, shared by both backends.
+template <class VP, class VT, class VW, class VL, class VG>
+status check_args(const char* fn, const VP& pred, const VT& target, const VW& weights, const VL& loss, bool want_loss, const VG& grad, bool want_grad,
+                  const smooth_l1_options& opt) {
+  const index_t N = pred.extent(0);
   DISTILL_TRY(check_same_shape(fn, "prediction", pred, "target", target));
   if (pred.size() > 0) {
     DISTILL_TRY(check_present(fn, "prediction", pred));
@@ -95,13 +112,22 @@ status run(const char* fn, host_view<TP, 2> pred, host_view<TT, 2> target, host_
     if (grad.size() > 0) DISTILL_TRY(check_present(fn, "grad_prediction", grad));
     DISTILL_TRY(check_strides(fn, "grad_prediction", grad));
   }
-  DISTILL_TRY(check_workspace(fn, workspace, 0, "smooth_l1_workspace_size"));
   if (!(opt.beta >= 0) || !std::isfinite(opt.beta))
     return fail(errc::invalid_argument, fn, "'beta' must be finite and >= 0, got " + check_detail::num(opt.beta));
   if (!std::isfinite(opt.grad_scale)) return fail(errc::invalid_argument, fn, "'grad_scale' must be finite");
   if (opt.reduction != reduction::none && opt.reduction != reduction::sum && opt.reduction != reduction::mean &&
       opt.reduction != reduction::batchmean)
     return fail(errc::invalid_argument, fn, "unknown 'reduction'");
+  return {};
+}
+
+template <class TP, class TT, class TW, class TL, class TG>
+status run(const char* fn, host_view<TP, 2> pred, host_view<TT, 2> target, host_view<TW, 1> weights, host_view<TL, 1> loss,
+           host_view<TG, 2> grad, host_view<std::byte, 1> workspace, const smooth_l1_options& opt, bool want_loss, bool want_grad) {
+  using T = std::remove_const_t<TP>;
+  const index_t N = pred.extent(0), D = pred.extent(1);
+  DISTILL_TRY(check_args(fn, pred, target, weights, loss, want_loss, grad, want_grad, opt));
+  DISTILL_TRY(check_workspace(fn, workspace, 0, "smooth_l1_workspace_size"));
   for (index_t r = 0; r < weights.extent(0); ++r) {
     const double w = static_cast<double>(weights(r));
     if (!(w >= 0) || !std::isfinite(w)) return fail(errc::invalid_argument, fn, "'weights' " + std::to_string(r) + " must be finite and >= 0");
@@ -173,3 +199,7 @@ template <class TP, class TT, class TL, class TG>
 }
 
 }  // namespace distill
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/smooth_l1.cuh"
+#endif
