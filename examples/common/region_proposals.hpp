@@ -13,8 +13,8 @@
 // Faster R-CNN's RPN coder, weights (1, 1, 1, 1)).
 //
 // Training targets (library: anchor_labels, box_encode): positive at IoU >= 0.6 with a true box
-// (0.7 in Faster R-CNN: the scene world's tight boxes of 10..54 px are coarsely covered by 15
-// anchor shapes on a stride-8 grid, so 0.7 leaves most items with only their best anchor),
+// (0.7 in Faster R-CNN: on 500 Fashion-MNIST scenes no anchor reaches 0.7 for 54% of the items,
+// which then have only their best anchor, 1.1 positives per item; at 0.6: 16%, 2.1 per item),
 // background below 0.3, each box's best anchors positive too; per scene 64 anchors sampled,
 // at most half positive (Faster R-CNN: 256 per image). Loss = binary cross-entropy on the sampled
 // anchors' objectness (library: multilabel_soft_target with only its hard-label term, mean over
