@@ -40,11 +40,14 @@
 #include "distill/detection/boxes.hpp"      // defines: box_iou, box_match, box_clip, box_encode, box_decode_forward/backward, box_clip_options, box_coder_options
 #include "distill/detection/nms.hpp"        // defines: non_max_suppression, nms_options
 #include "distill/detection/sliding_windows.hpp"  // defines: sliding_window_boxes, sliding_window_count, sliding_window_options
+#include "distill/detection/anchor_labels.hpp"    // defines: anchor_labels, anchor_label_options, anchor_positive/negative/ignored
+#include "distill/detection/smooth_l1.hpp"        // defines: smooth_l1_forward/backward/forward_backward, smooth_l1_options, smooth_l1_workspace_size
 #include "distill/detection/roi_align.hpp"  // defines: roi_align_forward/backward, roi_align_options
 #include "distill/detection/wsddn.hpp"      // defines: wsddn_forward/backward/forward_backward, wsddn_streams, wsddn_host_streams, wsddn_options, wsddn_workspace_size
 #include "distill/metrics/average_precision.hpp"  // defines: average_precision, multilabel_average_precision, ap_interpolation, average_precision_options
 #include "distill/metrics/detection_metrics.hpp"  // defines: detection_average_precision, corloc, detection_list, ground_truth_list, detection_ap_options, corloc_options
 #include "distill/metrics/topk_accuracy.hpp"      // defines: topk_accuracy, topk_accuracy_options
+#include "distill/metrics/proposal_recall.hpp"    // defines: proposal_recall, image_box_list, proposal_recall_options
 #include "distill/logic/lukasiewicz.hpp"    // defines: lukasiewicz_and/or/not/implies(_n), distance_to_satisfaction, hinge_energy
 #include "distill/logic/scene.hpp"          // defines: scene_object, spatial_predicate_options, builtin_predicate, builtin_truth_values, check_scene
 #include "distill/logic/rules.hpp"          // defines: rule_set, parse_rules, load_rules, rule_error, logic_rule, predicate_kind
