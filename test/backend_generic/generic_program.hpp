@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // One program, written once as a template over the execution context, that calls every family's
-// entry points (soft targets, attention, features, contrastive, relational, nn) with the same
-// arguments on distill::cpu (host views) and distill::cuda (device views). That it compiles for
+// entry points (soft targets, attention, features, contrastive, relational, detection, nn) with
+// the same arguments on distill::cpu (host views) and distill::cuda (device views). That it compiles for
 // both contexts is half of the test: test_backend_generic.cpp builds it as CPU code,
 // test_backend_generic.cu builds it under nvcc for both contexts. The other half: every call
 // succeeds, writes every output it owns (outputs start as NaN), sizes its scratch with the
@@ -49,6 +49,7 @@ class program {
     features();
     contrastive();
     relational();
+    detection();
     nn();
     return std::move(r_);
   }
@@ -385,6 +386,61 @@ class program {
            box_pair_features_backward(ctx_, boxes, gf.template cview<2>(),
                                       box_pair_grads<float, Space>{gs.template view<2>(), go.template view<2>()}));
     keep("box_pair_features/grad_subject", gs), keep("box_pair_features/grad_object", go);
+  }
+
+  // ---- detection: boxes, RoI Align, the WSDDN head, smooth L1 --------------------------------
+  void detection() {
+    using namespace distill;
+    const std::vector<float> a = {0, 0, 4, 4, 1, 2, 6, 7, 3, 3, 3.5f, 9}, b = {2, 1, 5, 5, 0, 0, 8, 8};
+    auto boxes_a = upload(a, {3, 4}), boxes_b = upload(b, {2, 4});
+    auto iou = output({3, 2});
+    expect("box_iou", box_iou(ctx_, boxes_a.template cview<2>(), boxes_b.template cview<2>(), iou.template view<2>()));
+    keep("box_iou/iou", iou);
+    auto deltas = upload(normals(12, 0.5), {3, 4}), decoded = output({3, 4});
+    expect("box_decode_forward", box_decode_forward(ctx_, boxes_a.template cview<2>(), deltas.template cview<2>(), decoded.template view<2>()));
+    keep("box_decode/boxes", decoded);
+    auto grad_boxes = upload(normals(12), {3, 4}), grad_deltas = output({3, 4});
+    expect("box_decode_backward", box_decode_backward(ctx_, boxes_a.template cview<2>(), deltas.template cview<2>(),
+                                                      grad_boxes.template cview<2>(), grad_deltas.template view<2>()));
+    keep("box_decode/grad_deltas", grad_deltas);
+
+    const index_t B = 2, C = 3, H = 7, W = 6, K = 3, P = 2;
+    auto feature_map = upload(normals(B * C * H * W), {B, C, H, W});
+    auto rois = upload(std::vector<float>{0, 0.5f, 1, 4, 5, 1, 2, 0, 5.5f, 6.5f, 1, 1, 1, 2.5f, 2}, {K, 5});
+    auto pooled = output({K, C, P, P});
+    expect("roi_align_forward", roi_align_forward(ctx_, feature_map.template cview<4>(), rois.template cview<2>(), pooled.template view<4>()));
+    keep("roi_align/output", pooled);
+    auto grad_pooled = upload(normals(K * C * P * P), {K, C, P, P}), grad_map = output({B, C, H, W});
+    expect("roi_align_backward", roi_align_backward(ctx_, rois.template cview<2>(), grad_pooled.template cview<4>(), grad_map.template view<4>()));
+    keep("roi_align/grad_input", grad_map);
+
+    const index_t R = 5, Cw = 4;
+    auto cls = upload(normals(B * R * Cw), {B, R, Cw}), det = upload(normals(B * R * Cw), {B, R, Cw});
+    auto labels = upload(std::vector<std::uint8_t>{1, 0, 0, 1, 0, 1, 1, 0}, {B, Cw});
+    auto scores = output({B, Cw}), loss = output({1}), grad_cls = output({B, R, Cw}), grad_det = output({B, R, Cw});
+    auto ws = scratch(wsddn_workspace_size(ctx_, B, R, Cw));
+    expect("wsddn_forward_backward",
+           wsddn_forward_backward(ctx_, wsddn_streams<const float, Space>{cls.template cview<3>(), det.template cview<3>()},
+                                  labels.template cview<2>(), scores.template view<2>(), loss.template view<1>(),
+                                  wsddn_streams<float, Space>{grad_cls.template view<3>(), grad_det.template view<3>()}, view_of(ws)));
+    keep("wsddn/image_scores", scores), keep("wsddn/loss", loss);
+    keep("wsddn/grad_classification", grad_cls), keep("wsddn/grad_detection", grad_det);
+    refuses_short_workspace("wsddn_forward_backward", wsddn_workspace_size(ctx_, B, R, Cw), [&](auto w) {
+      return wsddn_forward_backward(ctx_, wsddn_streams<const float, Space>{cls.template cview<3>(), det.template cview<3>()},
+                                    labels.template cview<2>(), scores.template view<2>(), loss.template view<1>(),
+                                    wsddn_streams<float, Space>{grad_cls.template view<3>(), grad_det.template view<3>()}, w);
+    });
+
+    auto prediction = upload(normals(12, 0.3), {3, 4}), target = upload(normals(12, 0.3), {3, 4});
+    auto l1_loss = output({1}), l1_grad = output({3, 4});
+    auto l1_ws = scratch(smooth_l1_workspace_size(ctx_, 3, 4));
+    expect("smooth_l1_forward_backward", smooth_l1_forward_backward(ctx_, prediction.template cview<2>(), target.template cview<2>(), {},
+                                                                    l1_loss.template view<1>(), l1_grad.template view<2>(), view_of(l1_ws)));
+    keep("smooth_l1/loss", l1_loss), keep("smooth_l1/grad", l1_grad);
+    refuses_short_workspace("smooth_l1_forward_backward", smooth_l1_workspace_size(ctx_, 3, 4), [&](auto w) {
+      return smooth_l1_forward_backward(ctx_, prediction.template cview<2>(), target.template cview<2>(), {}, l1_loss.template view<1>(),
+                                        l1_grad.template view<2>(), w);
+    });
   }
 
   // ---- nn (on the model context: distill::cpu or nn::cuda_blas) ------------------------------
