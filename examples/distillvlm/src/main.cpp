@@ -9,7 +9,8 @@
 //             the same regions for teacher and student, so their region tokens line up
 //   teacher   a larger VQA transformer (CNN + RoI Align region tokens, question words, [CLS])
 //   student   a smaller one, trained alone (CE) and distilled (CE + logit KD + last-layer
-//             attention-map MSE with the teacher's heads averaged in groups onto the student's)
+//             attention-map MSE with the teacher's heads averaged in groups onto the student's,
+//             and, with --nce-weight, token-wise NCE against a queue of teacher keys)
 //   report    accuracy per question family on validation and test, results.json, curves.csv
 //
 //   distillvlm --preset smoke|cpu-small [--seeds 1] [--out DIR] [--resume]
@@ -69,7 +70,7 @@ int main(int argc, char** argv) {
   std::optional<int> seeds, threads, teacher_epochs, student_epochs;
   std::optional<std::uint64_t> first_seed;
   std::optional<std::uint32_t> train_scenes;
-  std::optional<double> kd_weight, kd_temperature, attention_weight;
+  std::optional<double> kd_weight, kd_temperature, attention_weight, nce_weight;
   app.add_option("--preset", preset, "smoke (under 30 s, CI) or cpu-small")->check(CLI::IsMember({"smoke", "cpu-small"}));
   app.add_option("--seeds", seeds, "number of seeds")->check(CLI::Range(1, 100));
   app.add_option("--first-seed", first_seed, "seed of the first run (the others follow)");
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
   app.add_option("--kd-weight", kd_weight, "weight of the logit KD term w T^2 KL(p_t || p_s)")->check(CLI::NonNegativeNumber);
   app.add_option("--kd-temperature", kd_temperature, "temperature of the logit KD term")->check(CLI::PositiveNumber);
   app.add_option("--attention-weight", attention_weight, "weight of the last-layer attention-map MSE")->check(CLI::NonNegativeNumber);
+  app.add_option("--nce-weight", nce_weight, "weight of the token-wise NCE against the queue of teacher keys (0: off)")->check(CLI::NonNegativeNumber);
   c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CLI11_PARSE(app, argc, argv);
 
@@ -98,6 +100,7 @@ int main(int argc, char** argv) {
     if (kd_weight) c.kd.kd_weight = *kd_weight;
     if (kd_temperature) c.kd.kd_temperature = *kd_temperature;
     if (attention_weight) c.kd.attention_weight = *attention_weight;
+    if (nce_weight) c.kd.nce_weight = *nce_weight;
     if (c.teacher.heads % c.student.heads != 0) throw std::invalid_argument("the teacher's heads must be a multiple of the student's (group_mean head mapping)");
 
     const distill::cpu ctx{c.threads};

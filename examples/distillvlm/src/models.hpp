@@ -120,16 +120,21 @@ class vqa_transformer {
   /// The key mask (B, L) of the last forward's batch.
   distill::host_view<const std::uint8_t, 2> key_valid() const { return distill::make_view(b_->key_valid.data(), b_->questions, b_->L); }
 
+  /// The encoder's output tokens (B L, width) of the last forward.
+  cview<2> hidden_rows() const { return hidden_.rows_view(); }
+
   /// From dL/dlogits (B, 19) of the last forward and, when given, an extra gradient (B, H, L, L)
-  /// into the last layer's attention probabilities. Parameter gradients accumulate.
-  void backward(const distill::cpu& ctx, cview<2> dlogits, cview<4> grad_last_attention = {}) {
+  /// into the last layer's attention probabilities and an extra gradient (B L, width) into the
+  /// encoder's output tokens (token-wise losses). Parameter gradients accumulate.
+  void backward(const distill::cpu& ctx, cview<2> dlogits, cview<4> grad_last_attention = {}, cview<2> grad_hidden = {}) {
     const vqa_batch& b = *b_;
     const index_t S = b.scenes, K = b.K, B = b.questions, L = b.L, W = c_.width;
     resize(d_cls_, {B, W});
     throw_if_error(head_.backward(ctx, cls_.cview<2>(), dlogits, d_cls_.view<2>()));
     resize(d_hidden_, {B, L, W});
-    std::fill_n(d_hidden_.data(), d_hidden_.size(), 0.0f);
-    for (index_t q = 0; q < B; ++q) std::copy_n(d_cls_.data() + q * W, W, d_hidden_.data() + q * L * W);
+    if (grad_hidden.empty()) std::fill_n(d_hidden_.data(), d_hidden_.size(), 0.0f);
+    else std::copy_n(grad_hidden.data(), d_hidden_.size(), d_hidden_.data());
+    for (index_t q = 0; q < B; ++q) add_into(d_hidden_.data() + q * L * W, d_cls_.data() + q * W, W);
     resize(d_tokens_, {B, L, W});
     std::vector<cview<4>> gp;
     if (!grad_last_attention.empty()) {

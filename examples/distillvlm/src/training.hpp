@@ -11,6 +11,8 @@
 #include <array>
 #include <chrono>
 #include <limits>
+#include <optional>
+#include <utility>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -24,6 +26,8 @@
 #include "distill/nn/schedule.hpp"
 #include "models.hpp"
 #include "distill/attention/attention_map.hpp"
+#include "distill/contrastive/sample_queue.hpp"
+#include "distill/contrastive/token_nce.hpp"
 #include "distill/losses/kl_teacher_student.hpp"
 #include "distill/nn/checkpoint.hpp"
 #include "distill/nn/cross_entropy.hpp"
@@ -63,6 +67,10 @@ class training_run {
     if (steps_ <= 0) throw std::runtime_error(log_.name + ": fewer training scenes than one step");
   }
 
+  /// Extra state saved in and restored from the checkpoint (e.g. a queue of keys).
+  std::function<void(nn::checkpoint&)> save_extra;
+  std::function<distill::status(const nn::checkpoint&)> restore_extra;
+
   const run_log& log() const { return log_; }
   bool finished() const { return log_.epochs_done >= epochs_; }
 
@@ -82,6 +90,7 @@ class training_run {
     }
     if (why.empty()) st = ck.restore_parameters(params_);
     if (why.empty() && st.ok()) st = ck.restore_optimizer(opt_);
+    if (why.empty() && st.ok() && restore_extra) st = restore_extra(ck);
     if (why.empty() && !st.ok()) why = st.to_string();
     if (!why.empty()) {
       std::cerr << "  not resuming " << log_.name << " from " << checkpoint_.string() << ": " << why << "\n";
@@ -141,6 +150,7 @@ class training_run {
     for (const auto& e : log_.curve)
       j["curve"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation", e.validation}, {"seconds", e.seconds}});
     ck.put_string("meta", j.dump());
+    if (save_extra) save_extra(ck);
     if (const distill::status st = ck.save(checkpoint_.string()); !st.ok()) std::cerr << "  warning: checkpoint not saved: " << st.to_string() << "\n";
   }
 
@@ -190,6 +200,71 @@ inline double attention_mse(const distill::cpu& ctx, cview<4> student, cview<4> 
                                                              distill::make_view(&loss, 1), grad, distill::host_view<std::byte, 1>{}, o));
   return loss;
 }
+
+/// DistillVLM's token-wise NCE: student output tokens and teacher output tokens, each through a
+/// linear projection of its own (both trained; the teacher itself stays frozen), compared token
+/// by token (the same token of the same question is the positive) against a queue of earlier
+/// teacher keys (contrastive/token_nce.hpp, MoCo's per-token loss, mean over the real tokens);
+/// the teacher keys of each step are enqueued after the loss.
+struct token_nce_head {
+  nn::linear<float> student_proj, teacher_proj;
+  distill::host_sample_queue<float> queue;
+  tensor zs, zt, dzs, dzt, dhs, keys;
+  std::vector<std::byte> workspace;
+
+  token_nce_head(const distill::cpu& ctx, index_t student_width, index_t teacher_width, const distill_config& d, std::uint64_t seed)
+      : student_proj("nce.student_proj", student_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
+        teacher_proj("nce.teacher_proj", teacher_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
+        queue(d.nce_queue, d.nce_dim) {
+    throw_if_error(distill::sample_queue_init_random(ctx, queue.queue(), ex::mix64(seed ^ 0x515545554Eull)));
+  }
+  param_list parameters() {
+    param_list p = student_proj.parameters();
+    append(p, teacher_proj.parameters());
+    return p;
+  }
+  /// The loss (before w) and w times its gradient into the student's output tokens (dhs).
+  double step(const distill::cpu& ctx, cview<2> hs, cview<2> ht, const std::vector<std::uint8_t>& valid, const distill_config& d) {
+    const index_t M = hs.extent(0), D = d.nce_dim;
+    resize(zs, {M, D}), resize(zt, {M, D}), resize(dzs, {M, D}), resize(dzt, {M, D}), resize(dhs, {M, hs.extent(1)});
+    throw_if_error(student_proj.forward(ctx, hs, zs.view<2>()));
+    throw_if_error(teacher_proj.forward(ctx, ht, zt.view<2>()));
+    distill::token_nce_options o;
+    o.temperature = static_cast<float>(d.nce_temperature);
+    o.reduction = distill::reduction::mean;
+    o.grad_scale = static_cast<float>(d.nce_weight);
+    workspace.resize(distill::token_nce_queue_workspace_size<float>(ctx, M, D, d.nce_queue, o));
+    float loss = 0;
+    distill::token_nce_inputs<float> in;
+    in.student = zs.cview<2>(), in.teacher = zt.cview<2>(), in.token_mask = distill::make_view(valid.data(), M);
+    distill::token_nce_outputs<float> out;
+    out.loss = distill::make_view(&loss, 1), out.grad_student = dzs.view<2>(), out.grad_teacher = dzt.view<2>();
+    throw_if_error(distill::token_nce_queue_forward_backward(ctx, in, std::as_const(queue.queue()), out,
+                                                             distill::make_view(workspace.data(), static_cast<index_t>(workspace.size())), o));
+    throw_if_error(student_proj.backward(ctx, hs, dzs.cview<2>(), dhs.view<2>()));
+    throw_if_error(teacher_proj.backward(ctx, ht, dzt.cview<2>(), view<2>{}));
+    index_t n = 0;  // the real tokens' teacher keys, in order
+    resize(keys, {M, D});
+    for (index_t i = 0; i < M; ++i)
+      if (valid[static_cast<std::size_t>(i)]) std::copy_n(zt.data() + i * D, D, keys.data() + n++ * D);
+    throw_if_error(distill::sample_queue_enqueue(ctx, queue.queue(), distill::make_view(static_cast<const float*>(keys.data()), n, D)));
+    return loss;
+  }
+  void save(nn::checkpoint& ck) const {
+    const auto& q = queue.queue();
+    throw_if_error(ck.put("nce_queue/keys", q.keys().data(), {q.capacity(), q.dim()}));
+    ck.put_int("nce_queue_write_position", q.write_position());
+    ck.put_int("nce_queue_fill_count", q.size());
+  }
+  distill::status restore(const nn::checkpoint& ck) {
+    auto& q = queue.queue();
+    std::int64_t wp = 0, n = 0;
+    DISTILL_TRY(ck.get("nce_queue/keys", {q.capacity(), q.dim()}, q.keys().data()));
+    DISTILL_TRY(ck.get_int("nce_queue_write_position", wp));
+    DISTILL_TRY(ck.get_int("nce_queue_fill_count", n));
+    return q.restore_state(wp, n);
+  }
+};
 
 // ---- evaluation ---------------------------------------------------------------------------
 
@@ -256,8 +331,18 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
   const region_source src = region_source::oracle;
   const int K = c.max_regions;
   const index_t steps = static_cast<index_t>(w.train.scenes.size()) / o.scenes;
+  std::optional<token_nce_head> nce;
+  param_list params = m.parameters();
+  if (teacher && c.kd.nce_weight > 0) {
+    nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, seed);
+    append(params, nce->parameters());
+  }
   training_run run(name + "-seed" + std::to_string(seed), "accuracy", ckpt_dir / (name + "-seed" + std::to_string(seed) + ".ckpt"), fingerprint,
-                   m.parameters(), o, steps);
+                   params, o, steps);
+  if (nce) {
+    run.save_extra = [&](nn::checkpoint& ck) { nce->save(ck); };
+    run.restore_extra = [&](const nn::checkpoint& ck) { return nce->restore(ck); };
+  }
   if (resume) run.try_resume();
   vqa_batch b;
   tensor grad, grad_att;
@@ -274,14 +359,19 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
     }
     if (c.kd.kd_weight > 0)
       loss += c.kd.kd_weight * logit_kd(ctx, m.logits().cview<2>(), teacher->logits().cview<2>(), c.kd.kd_temperature, c.kd.kd_weight, grad.view<2>());
+    cview<4> d_att;
     if (c.kd.attention_weight > 0) {
       const auto ps = m.last_attention();
       resize(grad_att, {ps.extent(0), ps.extent(1), ps.extent(2), ps.extent(3)});
       loss += c.kd.attention_weight * attention_mse(ctx, ps, teacher->last_attention(), m.key_valid(), c.kd.attention_weight, grad_att.view<4>());
-      m.backward(ctx, grad.cview<2>(), grad_att.cview<4>());
-    } else {
-      m.backward(ctx, grad.cview<2>());
+      d_att = grad_att.cview<4>();
     }
+    cview<2> d_hidden;
+    if (nce) {
+      loss += c.kd.nce_weight * nce->step(ctx, m.hidden_rows(), teacher->hidden_rows(), b.key_valid, c.kd);
+      d_hidden = nce->dhs.cview<2>();
+    }
+    m.backward(ctx, grad.cview<2>(), d_att, d_hidden);
     return loss;
   };
   if (teacher) teacher->set_training(false);
