@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// What a run of distillvlm is: the presets, the world and its questions, both transformers, the
+// losses and the schedules, in one struct that results.json records.
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace dvlm {
+
+using json = nlohmann::ordered_json;
+
+struct optimiser_config {
+  double lr = 1e-3;            ///< AdamW peak learning rate, cosine decay to 0 over the run (per step)
+  double weight_decay = 1e-2;  ///< decoupled
+  int scenes = 16;             ///< scenes per step; every question of each scene is in the batch
+  int epochs = 6;
+};
+
+/// The scene world (examples/common/scene_world.hpp) and its questions (scene_questions.hpp):
+/// train questions feed the models, validation questions show the curves, test questions are
+/// only reported (nothing is selected on them).
+struct world_config {
+  std::uint64_t seed = 1;
+  int side = 96;
+  double out_of_context_rate = 0.25;
+  std::uint32_t train_scenes = 1500, validation_scenes = 300, test_scenes = 1000;
+  std::uint32_t validation_per_class = 500;
+  std::uint64_t split_seed = 1;
+  std::uint64_t question_seed = 1;
+  std::uint32_t questions_per_scene = 10;
+};
+
+/// One VQA transformer: CNN backbone (conv 3x3 stages) -> RoI Align of each region -> linear to
+/// `width`, + box geometry -> region tokens; [CLS] + regions + question words -> encoder -> answer.
+struct vlm_config {
+  int channels0 = 16, channels1 = 32, channels2 = 64;  ///< the backbone's three stages (stride 2, 2, 1)
+  int roi_side = 4;
+  int width = 256, layers = 4, heads = 8, ffn = 512;
+};
+
+struct distill_config {
+  double kd_weight = 1.0;         ///< logit KD: w T^2 KL(p_t || p_s) (Hinton et al.), added to CE
+  double kd_temperature = 2.0;
+  double attention_weight = 1.0;  ///< last-layer attention-map MSE, teacher heads averaged in groups onto student heads, sum / B
+  /// Token-wise NCE between projected student and teacher output tokens, negatives from a queue
+  /// of teacher keys. Off (0) in cpu-small until it has been measured at that scale; on in smoke.
+  double nce_weight = 0.0;
+  double nce_temperature = 0.07;
+  int nce_dim = 64;               ///< width of both projections
+  int nce_queue = 4096;           ///< teacher keys in the queue
+};
+
+struct run_config {
+  std::string preset = "cpu-small";
+  int seeds = 1;
+  std::uint64_t first_seed = 1;
+  int threads = 2;
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int max_regions = 6;  ///< K: region tokens per scene (padded with a key mask)
+  world_config world;
+  // cpu-small sizes: the teacher (4 layers, 8 heads, width 256) and student (2 layers, 4
+  // heads, width 128) at half the width, so that the three runs fit in about 15 minutes on 2 cores.
+  vlm_config teacher{16, 32, 64, 4, 128, 4, 8, 256};
+  vlm_config student{8, 16, 32, 4, 64, 2, 4, 128};
+  optimiser_config teacher_opt{1e-3, 1e-2, 16, 4};
+  optimiser_config student_opt{1e-3, 1e-2, 16, 4};
+  distill_config kd;
+};
+
+inline void apply_preset(run_config& c, const std::string& preset) {
+  c.preset = preset;
+  if (preset == "cpu-small") {
+    c.seeds = 1;
+  } else if (preset == "smoke") {  // seconds on 2 cores: the pipeline on a few dozen scenes (CTest)
+    c.seeds = 1;
+    c.world.train_scenes = 48, c.world.validation_scenes = 16, c.world.test_scenes = 16;
+    c.world.questions_per_scene = 4;
+    c.teacher = {8, 16, 32, 3, 64, 2, 4, 128};
+    c.student = {8, 16, 16, 3, 32, 1, 2, 64};
+    c.teacher_opt = {1e-3, 1e-2, 8, 1}, c.student_opt = {1e-3, 1e-2, 8, 1};
+    c.kd.nce_weight = 1.0, c.kd.nce_dim = 16, c.kd.nce_queue = 256;
+  } else {
+    throw std::invalid_argument("--preset must be smoke or cpu-small, not '" + preset + "'");
+  }
+}
+
+inline json to_json(const optimiser_config& o) {
+  return {{"optimizer", "adamw"}, {"lr", o.lr}, {"schedule", "cosine_per_step"}, {"weight_decay", o.weight_decay}, {"scenes_per_step", o.scenes}, {"epochs", o.epochs}};
+}
+inline json to_json(const world_config& w) {
+  return {{"seed", w.seed}, {"side", w.side}, {"out_of_context_rate", w.out_of_context_rate}, {"train_scenes", w.train_scenes},
+          {"validation_scenes", w.validation_scenes}, {"test_scenes", w.test_scenes}, {"validation_per_class", w.validation_per_class},
+          {"split_seed", w.split_seed}, {"question_seed", w.question_seed}, {"questions_per_scene", w.questions_per_scene}};
+}
+inline json to_json(const vlm_config& v) {
+  return {{"backbone_channels", {v.channels0, v.channels1, v.channels2}}, {"roi_side", v.roi_side}, {"width", v.width}, {"layers", v.layers},
+          {"heads", v.heads}, {"ffn", v.ffn}};
+}
+inline json to_json(const distill_config& d) {
+  return {{"kd_weight", d.kd_weight}, {"kd_temperature", d.kd_temperature}, {"attention_weight", d.attention_weight},
+          {"attention_loss", "mse on probabilities, last layer, head_map group_mean, reduction batchmean"}, {"nce_weight", d.nce_weight},
+          {"nce_temperature", d.nce_temperature}, {"nce_dim", d.nce_dim}, {"nce_queue", d.nce_queue}};
+}
+inline json to_json(const run_config& c) {
+  return {{"preset", c.preset}, {"seeds", c.seeds}, {"first_seed", c.first_seed}, {"threads", c.threads}, {"max_regions", c.max_regions},
+          {"regions", "oracle: the true item boxes (a stand-in until the class-agnostic proposal detector is wired in)"},
+          {"world", to_json(c.world)}, {"teacher", to_json(c.teacher)}, {"student", to_json(c.student)},
+          {"teacher_optimiser", to_json(c.teacher_opt)}, {"student_optimiser", to_json(c.student_opt)}, {"distillation", to_json(c.kd)}};
+}
+
+}  // namespace dvlm

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The data of a run: the scene world (train, validation and test scenes) and one question file
+// per split, generated once and reused from <world-dir>; the regions each scene offers the two
+// models (region_source); and the batches the models read.
+//
+// A batch is `scenes` scenes and every question about them (questions_per_scene each): the CNNs
+// run once per scene and each question's sequence gathers its scene's region tokens. Which scenes
+// a step takes depends only on (seed, epoch), so a resumed run sees the same batches.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../../common/random.hpp"
+#include "../../common/scene_questions_io.hpp"
+#include "../../common/scene_world_io.hpp"
+#include "config.hpp"
+#include "distill/nn/tensor.hpp"
+
+namespace dvlm {
+
+namespace ex = examples;
+using distill::index_t;
+using tensor = distill::nn::host_tensor<float>;
+
+/// One split: its scenes and the questions about them.
+struct split_data {
+  ex::scene_set scenes;
+  ex::scene_question_set questions;
+};
+
+struct world {
+  split_data train, validation, test;
+  float mean = 0, stddev = 1;  ///< of pixel / 255 over the train scenes
+  int side = 96;
+};
+
+inline ex::scene_world_params world_params(const world_config& w, ex::scene_split split) {
+  ex::scene_world_params p;
+  p.seed = w.seed, p.split = split, p.side = w.side, p.out_of_context_rate = w.out_of_context_rate;
+  p.validation_per_class = w.validation_per_class, p.split_seed = w.split_seed;
+  p.scenes = split == ex::scene_split::train ? w.train_scenes : split == ex::scene_split::validation ? w.validation_scenes : w.test_scenes;
+  return p;
+}
+
+inline ex::scene_question_params question_params(const world_config& w) {
+  ex::scene_question_params q;
+  q.seed = w.question_seed, q.questions_per_scene = w.questions_per_scene;
+  return q;
+}
+
+/// Loads the three splits and their questions from `dir` (generating the files that are
+/// missing, changed or corrupt) and the pixel statistics of the train scenes.
+inline world load_world(const world_config& c, const std::string& data_dir, const std::filesystem::path& dir) {
+  world w;
+  w.side = c.side;
+  ex::fashion_mnist fm;  // always read: a scene file is used only when made from these very images
+  distill::throw_if_error(ex::load_fashion_mnist(data_dir, fm));
+  const auto qp = question_params(c);
+  const ex::scene_split splits[3] = {ex::scene_split::train, ex::scene_split::validation, ex::scene_split::test};
+  split_data* out[3] = {&w.train, &w.validation, &w.test};
+  for (int s = 0; s < 3; ++s) {
+    const auto p = world_params(c, splits[s]);
+    out[s]->scenes = ex::load_or_generate_scenes(dir / ex::scene_file_name(p), p, fm);
+    out[s]->questions = ex::load_or_generate_questions(dir / ex::question_file_name(p, qp), qp, out[s]->scenes);
+  }
+  double sum = 0, sq = 0;
+  for (std::uint8_t v : w.train.scenes.pixels) sum += v, sq += double(v) * v;
+  const double n = static_cast<double>(w.train.scenes.pixels.size());
+  const double mean = sum / (n * 255.0);
+  w.mean = static_cast<float>(mean);
+  w.stddev = static_cast<float>(std::sqrt(std::max(sq / (n * 255.0 * 255.0) - mean * mean, 1e-12)));
+  return w;
+}
+
+// ---- regions ------------------------------------------------------------------------------
+
+/// Where the region tokens of a scene come from: up to K boxes per scene, in canvas pixels.
+/// Teacher and student read the same boxes, so their region tokens correspond one to one (the
+/// premise of DistillVLM's token-wise losses).
+///
+/// ORACLE BOXES, A TEMPORARY STAND-IN: for now the only source is `oracle`, the world's true
+/// item boxes. DistillVLM takes its regions from one class-agnostic detector (the student's
+/// proposals, used by both models); that detector is being written for the scene world
+/// (examples/common/region_proposals.hpp) and will replace this source. Until then the models
+/// are told exactly where every item is, which makes the task easier than the paper's, for the
+/// teacher and the student alike.
+enum class region_source { oracle };
+
+inline const char* region_source_name(region_source s) { return s == region_source::oracle ? "oracle" : "?"; }
+
+/// The regions of a scene: boxes (x1, y1, x2, y2), at most K.
+inline std::vector<ex::pixel_box> scene_regions(const ex::scene& sc, region_source src, int K) {
+  std::vector<ex::pixel_box> boxes;
+  if (src == region_source::oracle)
+    for (const auto& it : sc.items)
+      if (static_cast<int>(boxes.size()) < K) boxes.push_back(it.box);
+  return boxes;
+}
+
+// ---- batches ------------------------------------------------------------------------------
+
+/// Sequence layout: [CLS], K region tokens, question_max_tokens word tokens.
+inline index_t sequence_length(int K) { return 1 + K + ex::question_max_tokens; }
+
+/// What both models read for a batch of scenes and their questions.
+struct vqa_batch {
+  index_t scenes = 0, questions = 0, K = 0, L = 0;
+  tensor pixels;                       ///< (S, 1, side, side), normalised
+  tensor rois;                         ///< (S K, 5): (scene in batch, x1, y1, x2, y2); padded regions a 1-pixel box at the origin
+  tensor geometry;                     ///< (S K, 6): x1, y1, x2, y2, width, height over side
+  std::vector<std::int64_t> region_row;  ///< (B K): the row of rois each question's region tokens read
+  std::vector<std::int64_t> word_ids;  ///< (B L): word of each token (cls_word / region_word for those)
+  std::vector<std::int64_t> position_ids;  ///< (B L): 0 for [CLS] and regions, 1 + t for word t
+  std::vector<std::uint8_t> key_valid;  ///< (B L): 1 = a real token
+  std::vector<std::int64_t> answers;    ///< (B)
+  std::vector<const ex::scene_question*> source;  ///< (B)
+};
+
+inline constexpr int cls_word = ex::question_word_count, region_word = ex::question_word_count + 1, vocabulary = ex::question_word_count + 2;
+
+inline void fill_batch(const world& w, const split_data& d, std::span<const std::uint32_t> scene_ids, region_source src, int K, vqa_batch& b) {
+  const index_t S = static_cast<index_t>(scene_ids.size()), side = w.side, L = sequence_length(K);
+  const std::uint32_t qps = d.questions.params.questions_per_scene;
+  b.scenes = S, b.questions = S * qps, b.K = K, b.L = L;
+  distill::throw_if_error(b.pixels.resize({S, 1, side, side}));
+  distill::throw_if_error(b.rois.resize({S * K, 5}));
+  distill::throw_if_error(b.geometry.resize({S * K, 6}));
+  const float a = 1.0f / (255.0f * w.stddev), c = -w.mean / w.stddev, inv = 1.0f / static_cast<float>(side);
+  std::vector<std::uint8_t> region_valid(static_cast<std::size_t>(S * K), 0);
+  for (index_t s = 0; s < S; ++s) {
+    const auto px = d.scenes.image(scene_ids[static_cast<std::size_t>(s)]);
+    float* out = b.pixels.data() + s * side * side;
+    for (std::size_t i = 0; i < px.size(); ++i) out[i] = static_cast<float>(px[i]) * a + c;
+    const auto boxes = scene_regions(d.scenes.scenes[scene_ids[static_cast<std::size_t>(s)]], src, K);
+    for (index_t k = 0; k < K; ++k) {
+      float* r = b.rois.data() + (s * K + k) * 5;
+      float* g = b.geometry.data() + (s * K + k) * 6;
+      const bool real = k < static_cast<index_t>(boxes.size());
+      const ex::pixel_box bx = real ? boxes[static_cast<std::size_t>(k)] : ex::pixel_box{0, 0, 1, 1};
+      r[0] = static_cast<float>(s), r[1] = static_cast<float>(bx.x1), r[2] = static_cast<float>(bx.y1), r[3] = static_cast<float>(bx.x2),
+      r[4] = static_cast<float>(bx.y2);
+      g[0] = bx.x1 * inv, g[1] = bx.y1 * inv, g[2] = bx.x2 * inv, g[3] = bx.y2 * inv, g[4] = bx.width() * inv, g[5] = bx.height() * inv;
+      if (!real) std::fill_n(g, 6, 0.0f);
+      region_valid[static_cast<std::size_t>(s * K + k)] = real ? 1 : 0;
+    }
+  }
+  const index_t B = b.questions;
+  b.region_row.resize(static_cast<std::size_t>(B * K));
+  b.word_ids.assign(static_cast<std::size_t>(B * L), 0);
+  b.position_ids.assign(static_cast<std::size_t>(B * L), 0);
+  b.key_valid.assign(static_cast<std::size_t>(B * L), 0);
+  b.answers.resize(static_cast<std::size_t>(B));
+  b.source.resize(static_cast<std::size_t>(B));
+  for (index_t s = 0; s < S; ++s) {
+    const auto qs = d.questions.of_scene(scene_ids[static_cast<std::size_t>(s)]);
+    for (std::uint32_t j = 0; j < qps; ++j) {
+      const index_t q = s * qps + j;
+      const ex::scene_question& sq = qs[j];
+      b.source[static_cast<std::size_t>(q)] = &sq;
+      b.answers[static_cast<std::size_t>(q)] = sq.answer;
+      const std::size_t base = static_cast<std::size_t>(q * L);
+      b.word_ids[base] = cls_word, b.key_valid[base] = 1;
+      for (index_t k = 0; k < K; ++k) {
+        b.region_row[static_cast<std::size_t>(q * K + k)] = s * K + k;
+        b.word_ids[base + 1 + static_cast<std::size_t>(k)] = region_word;
+        b.key_valid[base + 1 + static_cast<std::size_t>(k)] = region_valid[static_cast<std::size_t>(s * K + k)];
+      }
+      for (int t = 0; t < ex::question_max_tokens; ++t) {
+        const std::size_t i = base + 1 + static_cast<std::size_t>(K + t);
+        b.word_ids[i] = sq.tokens[static_cast<std::size_t>(t)];
+        b.position_ids[i] = 1 + t;
+        b.key_valid[i] = t < sq.length ? 1 : 0;
+      }
+    }
+  }
+}
+
+/// The scenes of step `step` of `epoch`: a permutation of the train scenes that depends only on
+/// (seed, epoch), cut into consecutive groups (the last incomplete group is dropped).
+inline std::vector<std::uint32_t> step_scenes(std::size_t n_scenes, int per_step, std::uint64_t seed, int epoch, index_t step) {
+  const auto order = ex::shuffled_order(n_scenes, seed, static_cast<std::uint64_t>(epoch));
+  const auto first = static_cast<std::size_t>(step) * static_cast<std::size_t>(per_step);
+  return {order.begin() + static_cast<std::ptrdiff_t>(first), order.begin() + static_cast<std::ptrdiff_t>(first + static_cast<std::size_t>(per_step))};
+}
+
+}  // namespace dvlm

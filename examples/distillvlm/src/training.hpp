@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// One training run (a network, a seed, a method): AdamW with a per-step cosine schedule, a
+// progress bar, a validation number after every epoch, and a checkpoint after every epoch
+// (parameters, batch-norm statistics, optimiser state and the run's log, written atomically with
+// a checksum by nn::checkpoint). With --resume a run whose checkpoint matches its fingerprint
+// continues after its last epoch (a finished run is not retrained); batches, masks and
+// everything random depend only on (seed, epoch, index), so the result is the same as without
+// the interruption.
+
+#include <array>
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <utility>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "../../common/progress.hpp"
+#include "../../common/random.hpp"
+#include "../../common/results.hpp"
+#include "config.hpp"
+#include "distill/nn/schedule.hpp"
+#include "models.hpp"
+#include "distill/attention/attention_map.hpp"
+#include "distill/contrastive/sample_queue.hpp"
+#include "distill/contrastive/token_nce.hpp"
+#include "distill/losses/kl_teacher_student.hpp"
+#include "distill/nn/checkpoint.hpp"
+#include "distill/nn/cross_entropy.hpp"
+
+namespace dvlm {
+
+struct epoch_record {
+  int epoch = 0;
+  double train_loss = 0, validation = 0, seconds = 0;  ///< seconds: training time so far
+};
+
+/// A run's identity and log.
+struct run_log {
+  std::string name;       ///< e.g. "context-seed1"
+  std::string metric;     ///< what `validation` measures, e.g. "top-1"
+  bool percent = true;    ///< print `validation` as a percentage
+  int epochs_done = 0;
+  double seconds = 0;     ///< training time (evaluations excluded)
+  std::vector<epoch_record> curve;
+};
+
+class training_run {
+ public:
+  /// `fingerprint`: everything that decides the run's result (a checkpoint is resumed only when it matches).
+  training_run(std::string name, std::string metric, const std::filesystem::path& checkpoint, json fingerprint, param_list params,
+               const optimiser_config& o, index_t steps_per_epoch, bool percent = true)
+      : checkpoint_(checkpoint),
+        fingerprint_(std::move(fingerprint)),
+        params_(std::move(params)),
+        opt_(params_, nn::adam_options{o.lr, 0.9, 0.999, 1e-8, o.weight_decay, true, 0.0}),
+        schedule_(nn::lr_schedule::cosine(o.lr, steps_per_epoch * o.epochs)),
+        epochs_(o.epochs),
+        steps_(steps_per_epoch) {
+    log_.name = std::move(name);
+    log_.metric = std::move(metric);
+    log_.percent = percent;
+    if (steps_ <= 0) throw std::runtime_error(log_.name + ": fewer training scenes than one step");
+  }
+
+  /// Extra state saved in and restored from the checkpoint (e.g. a queue of keys).
+  std::function<void(nn::checkpoint&)> save_extra;
+  std::function<distill::status(const nn::checkpoint&)> restore_extra;
+
+  const run_log& log() const { return log_; }
+  bool finished() const { return log_.epochs_done >= epochs_; }
+
+  /// Restores the run from its checkpoint when it exists and matches; says why when it does not.
+  void try_resume() {
+    namespace fs = std::filesystem;
+    if (!fs::exists(checkpoint_)) return;
+    nn::checkpoint ck;
+    std::string meta, why;
+    distill::status st = nn::checkpoint::load(checkpoint_.string(), ck);
+    if (st.ok()) st = ck.get_string("meta", meta);
+    if (!st.ok()) why = st.to_string();
+    json j;
+    if (why.empty()) {
+      j = json::parse(meta, nullptr, false);
+      if (j.is_discarded() || j.value("fingerprint", json()) != fingerprint_) why = "it was made with another configuration";
+    }
+    if (why.empty()) st = ck.restore_parameters(params_);
+    if (why.empty() && st.ok()) st = ck.restore_optimizer(opt_);
+    if (why.empty() && st.ok() && restore_extra) st = restore_extra(ck);
+    if (why.empty() && !st.ok()) why = st.to_string();
+    if (!why.empty()) {
+      std::cerr << "  not resuming " << log_.name << " from " << checkpoint_.string() << ": " << why << "\n";
+      return;
+    }
+    log_.epochs_done = j.at("epochs_done").get<int>();
+    log_.seconds = j.at("seconds").get<double>();
+    for (const auto& e : j.at("curve"))
+      log_.curve.push_back({e.at("epoch").get<int>(), e.at("train_loss").get<double>(), e.at("validation").get<double>(), e.at("seconds").get<double>()});
+    std::cerr << "  resumed " << log_.name << " after epoch " << log_.epochs_done << (finished() ? " (finished)" : "") << "\n";
+  }
+
+  /// Trains the remaining epochs. step(epoch, step) runs one batch's forward and backward
+  /// (gradients accumulate into the zeroed parameters) and returns its loss; validate() returns
+  /// the validation number after an epoch.
+  void run(const distill::cpu& ctx, const std::function<double(int, index_t)>& step, const std::function<double()>& validate,
+           const std::function<void(bool)>& set_training) {
+    using clock = std::chrono::steady_clock;
+    for (int epoch = log_.epochs_done; epoch < epochs_; ++epoch) {
+      examples::progress_options bar_options;
+      bar_options.unit = "step";
+      examples::progress_bar bar(log_.name + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), steps_, bar_options);
+      const auto t0 = clock::now();
+      double loss = 0;
+      set_training(true);
+      for (index_t s = 0; s < steps_; ++s) {
+        throw_if_error(nn::zero_grad(ctx, params_));
+        loss += step(epoch, s);
+        opt_.options.lr = schedule_(static_cast<index_t>(epoch) * steps_ + s);
+        throw_if_error(opt_.step(ctx));
+        bar.advance();
+        bar.set_suffix("loss " + examples::table::fixed(loss / static_cast<double>(s + 1), 4));
+      }
+      bar.finish();
+      log_.seconds += std::chrono::duration<double>(clock::now() - t0).count();
+      set_training(false);
+      const double val = validate();
+      log_.curve.push_back({epoch + 1, loss / static_cast<double>(steps_), val, log_.seconds});
+      log_.epochs_done = epoch + 1;
+      std::cerr << "  " << log_.name << ": epoch " << epoch + 1 << " loss " << examples::table::fixed(loss / static_cast<double>(steps_), 4)
+                << ", validation " << log_.metric << " " << (log_.percent ? examples::table::fixed(100 * val, 2) + "%" : examples::table::fixed(val, 4)) << " ("
+                << examples::table::fixed(log_.seconds, 1)
+                << " s)\n";
+      save();
+    }
+    set_training(false);
+  }
+
+ private:
+  void save() const {
+    nn::checkpoint ck;
+    throw_if_error(ck.add_parameters(params_));
+    throw_if_error(ck.add_optimizer(const_cast<nn::adamw<float>&>(opt_)));
+    json j;
+    j["fingerprint"] = fingerprint_, j["epochs_done"] = log_.epochs_done, j["seconds"] = log_.seconds;
+    j["curve"] = json::array();
+    for (const auto& e : log_.curve)
+      j["curve"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation", e.validation}, {"seconds", e.seconds}});
+    ck.put_string("meta", j.dump());
+    if (save_extra) save_extra(ck);
+    if (const distill::status st = ck.save(checkpoint_.string()); !st.ok()) std::cerr << "  warning: checkpoint not saved: " << st.to_string() << "\n";
+  }
+
+  std::filesystem::path checkpoint_;
+  json fingerprint_;
+  param_list params_;
+  nn::adamw<float> opt_;
+  nn::lr_schedule schedule_;
+  int epochs_;
+  index_t steps_;
+  run_log log_;
+};
+// ---- losses -------------------------------------------------------------------------------
+
+/// Mean softmax cross-entropy over the rows; dL/dlogits (overwritten) into `grad`. Returns the loss.
+inline double cross_entropy(const distill::cpu& ctx, cview<2> logits, const std::vector<std::int64_t>& labels, view<2> grad) {
+  float loss = 0;
+  throw_if_error(nn::softmax_cross_entropy_forward_backward(ctx, logits, ids_view(labels), distill::make_view(&loss, 1), grad));
+  return loss;
+}
+
+/// Hinton KD: w T^2 KL(p_t || p_s) at temperature T, mean over the rows; w times its gradient
+/// is added to `grad`. Returns the loss before w.
+inline double logit_kd(const distill::cpu& ctx, cview<2> student, cview<2> teacher, double T, double w, view<2> grad) {
+  float loss = 0;
+  distill::soft_target_options o;
+  o.temperature = static_cast<float>(T);
+  o.reduction = distill::reduction::mean;
+  o.grad_scale = static_cast<float>(w);
+  o.accumulate = true;
+  throw_if_error(distill::kl_teacher_student_forward_backward(ctx, student, teacher, distill::make_view(&loss, 1), grad, {}, {}, o));
+  return loss;
+}
+
+/// DistillVLM's attention loss on the last layer: sum over valid (head, query, key) of
+/// (P_s - mean of the teacher heads of its group)^2, divided by B; w times its gradient into
+/// `grad` (overwritten). Padded regions and padding words are masked as keys and as queries.
+inline double attention_mse(const distill::cpu& ctx, cview<4> student, cview<4> teacher, distill::host_view<const std::uint8_t, 2> valid, double w,
+                            view<4> grad) {
+  float loss = 0;
+  distill::attention_map_options o;
+  o.student_input = o.teacher_input = distill::attention_input::probabilities;
+  o.head_map = distill::attention_head_map::group_mean;
+  o.reduction = distill::reduction::batchmean;
+  o.grad_scale = w;
+  throw_if_error(distill::attention_map_mse_forward_backward(ctx, student, teacher, distill::attention_masks<distill::host_space>{valid, valid},
+                                                             distill::make_view(&loss, 1), grad, distill::host_view<std::byte, 1>{}, o));
+  return loss;
+}
+
+/// DistillVLM's token-wise NCE: student output tokens and teacher output tokens, each through a
+/// linear projection of its own (both trained; the teacher itself stays frozen), compared token
+/// by token (the same token of the same question is the positive) against a queue of earlier
+/// teacher keys (contrastive/token_nce.hpp, MoCo's per-token loss, mean over the real tokens);
+/// the teacher keys of each step are enqueued after the loss.
+struct token_nce_head {
+  nn::linear<float> student_proj, teacher_proj;
+  distill::host_sample_queue<float> queue;
+  tensor zs, zt, dzs, dzt, dhs, keys;
+  std::vector<std::byte> workspace;
+
+  token_nce_head(const distill::cpu& ctx, index_t student_width, index_t teacher_width, const distill_config& d, std::uint64_t seed)
+      : student_proj("nce.student_proj", student_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
+        teacher_proj("nce.teacher_proj", teacher_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
+        queue(d.nce_queue, d.nce_dim) {
+    throw_if_error(distill::sample_queue_init_random(ctx, queue.queue(), ex::mix64(seed ^ 0x515545554Eull)));
+  }
+  param_list parameters() {
+    param_list p = student_proj.parameters();
+    append(p, teacher_proj.parameters());
+    return p;
+  }
+  /// The loss (before w) and w times its gradient into the student's output tokens (dhs).
+  double step(const distill::cpu& ctx, cview<2> hs, cview<2> ht, const std::vector<std::uint8_t>& valid, const distill_config& d) {
+    const index_t M = hs.extent(0), D = d.nce_dim;
+    resize(zs, {M, D}), resize(zt, {M, D}), resize(dzs, {M, D}), resize(dzt, {M, D}), resize(dhs, {M, hs.extent(1)});
+    throw_if_error(student_proj.forward(ctx, hs, zs.view<2>()));
+    throw_if_error(teacher_proj.forward(ctx, ht, zt.view<2>()));
+    distill::token_nce_options o;
+    o.temperature = static_cast<float>(d.nce_temperature);
+    o.reduction = distill::reduction::mean;
+    o.grad_scale = static_cast<float>(d.nce_weight);
+    workspace.resize(distill::token_nce_queue_workspace_size<float>(ctx, M, D, d.nce_queue, o));
+    float loss = 0;
+    distill::token_nce_inputs<float> in;
+    in.student = zs.cview<2>(), in.teacher = zt.cview<2>(), in.token_mask = distill::make_view(valid.data(), M);
+    distill::token_nce_outputs<float> out;
+    out.loss = distill::make_view(&loss, 1), out.grad_student = dzs.view<2>(), out.grad_teacher = dzt.view<2>();
+    throw_if_error(distill::token_nce_queue_forward_backward(ctx, in, std::as_const(queue.queue()), out,
+                                                             distill::make_view(workspace.data(), static_cast<index_t>(workspace.size())), o));
+    throw_if_error(student_proj.backward(ctx, hs, dzs.cview<2>(), dhs.view<2>()));
+    throw_if_error(teacher_proj.backward(ctx, ht, dzt.cview<2>(), view<2>{}));
+    index_t n = 0;  // the real tokens' teacher keys, in order
+    resize(keys, {M, D});
+    for (index_t i = 0; i < M; ++i)
+      if (valid[static_cast<std::size_t>(i)]) std::copy_n(zt.data() + i * D, D, keys.data() + n++ * D);
+    throw_if_error(distill::sample_queue_enqueue(ctx, queue.queue(), distill::make_view(static_cast<const float*>(keys.data()), n, D)));
+    return loss;
+  }
+  void save(nn::checkpoint& ck) const {
+    const auto& q = queue.queue();
+    throw_if_error(ck.put("nce_queue/keys", q.keys().data(), {q.capacity(), q.dim()}));
+    ck.put_int("nce_queue_write_position", q.write_position());
+    ck.put_int("nce_queue_fill_count", q.size());
+  }
+  distill::status restore(const nn::checkpoint& ck) {
+    auto& q = queue.queue();
+    std::int64_t wp = 0, n = 0;
+    DISTILL_TRY(ck.get("nce_queue/keys", {q.capacity(), q.dim()}, q.keys().data()));
+    DISTILL_TRY(ck.get_int("nce_queue_write_position", wp));
+    DISTILL_TRY(ck.get_int("nce_queue_fill_count", n));
+    return q.restore_state(wp, n);
+  }
+};
+
+// ---- evaluation ---------------------------------------------------------------------------
+
+/// Accuracy over every question of a split and per question family.
+struct accuracy {
+  std::int64_t correct = 0, total = 0;
+  std::array<std::int64_t, ex::question_family_count> family_correct{}, family_total{};
+  double overall() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+  double family(int f) const {
+    const auto t = family_total[static_cast<std::size_t>(f)];
+    return t ? static_cast<double>(family_correct[static_cast<std::size_t>(f)]) / static_cast<double>(t) : std::numeric_limits<double>::quiet_NaN();
+  }
+  void add(const ex::scene_question& q, bool right) {
+    ++total, ++family_total[static_cast<std::size_t>(q.family)];
+    if (right) ++correct, ++family_correct[static_cast<std::size_t>(q.family)];
+  }
+};
+
+inline accuracy evaluate(const distill::cpu& ctx, vqa_transformer& m, const world& w, const split_data& d, region_source src, int K) {
+  m.set_training(false);
+  accuracy acc;
+  vqa_batch b;
+  constexpr std::uint32_t chunk = 32;
+  for (std::uint32_t first = 0; first < d.scenes.size(); first += chunk) {
+    std::vector<std::uint32_t> ids;
+    for (std::uint32_t k = first; k < std::min<std::uint32_t>(first + chunk, static_cast<std::uint32_t>(d.scenes.size())); ++k) ids.push_back(k);
+    fill_batch(w, d, ids, src, K, b);
+    m.forward(ctx, b);
+    const float* z = m.logits().data();
+    for (index_t q = 0; q < b.questions; ++q, z += ex::answer_count) {
+      const auto best = std::max_element(z, z + ex::answer_count) - z;
+      acc.add(*b.source[static_cast<std::size_t>(q)], best == b.answers[static_cast<std::size_t>(q)]);
+    }
+  }
+  return acc;
+}
+
+/// The answer prior: the most common train answer of each family, asked of every question.
+inline accuracy prior_accuracy(const split_data& train, const split_data& d) {
+  std::array<std::array<std::int64_t, ex::answer_count>, ex::question_family_count> counts{};
+  for (const auto& q : train.questions.questions) ++counts[static_cast<std::size_t>(q.family)][q.answer];
+  accuracy acc;
+  for (const auto& q : d.questions.questions) {
+    const auto& c = counts[static_cast<std::size_t>(q.family)];
+    acc.add(q, std::max_element(c.begin(), c.end()) - c.begin() == q.answer);
+  }
+  return acc;
+}
+
+// ---- the three runs of a seed -------------------------------------------------------------
+
+struct model_result {
+  std::string name;
+  run_log log;
+  accuracy validation, test;
+  index_t parameters = 0;
+};
+
+/// Trains `m` (CE alone when `teacher` is null; CE + logit KD + last-layer attention MSE from
+/// the frozen `teacher` otherwise), resuming from its checkpoint when asked, then evaluates it.
+inline model_result train_model(const distill::cpu& ctx, const run_config& c, const world& w, const std::string& name, vqa_transformer& m,
+                                vqa_transformer* teacher, const optimiser_config& o, std::uint64_t seed, const std::filesystem::path& ckpt_dir,
+                                bool resume, const json& fingerprint) {
+  const region_source src = region_source::oracle;
+  const int K = c.max_regions;
+  const index_t steps = static_cast<index_t>(w.train.scenes.size()) / o.scenes;
+  std::optional<token_nce_head> nce;
+  param_list params = m.parameters();
+  if (teacher && c.kd.nce_weight > 0) {
+    nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, seed);
+    append(params, nce->parameters());
+  }
+  training_run run(name + "-seed" + std::to_string(seed), "accuracy", ckpt_dir / (name + "-seed" + std::to_string(seed) + ".ckpt"), fingerprint,
+                   params, o, steps);
+  if (nce) {
+    run.save_extra = [&](nn::checkpoint& ck) { nce->save(ck); };
+    run.restore_extra = [&](const nn::checkpoint& ck) { return nce->restore(ck); };
+  }
+  if (resume) run.try_resume();
+  vqa_batch b;
+  tensor grad, grad_att;
+  auto step = [&](int epoch, index_t s) {
+    const auto ids = step_scenes(w.train.scenes.size(), o.scenes, seed, epoch, s);
+    fill_batch(w, w.train, ids, src, K, b);
+    if (teacher) teacher->forward(ctx, b);  // frozen, in evaluation mode
+    m.forward(ctx, b);
+    resize(grad, m.logits().shape());
+    double loss = cross_entropy(ctx, m.logits().cview<2>(), b.answers, grad.view<2>());
+    if (!teacher) {
+      m.backward(ctx, grad.cview<2>());
+      return loss;
+    }
+    if (c.kd.kd_weight > 0)
+      loss += c.kd.kd_weight * logit_kd(ctx, m.logits().cview<2>(), teacher->logits().cview<2>(), c.kd.kd_temperature, c.kd.kd_weight, grad.view<2>());
+    cview<4> d_att;
+    if (c.kd.attention_weight > 0) {
+      const auto ps = m.last_attention();
+      resize(grad_att, {ps.extent(0), ps.extent(1), ps.extent(2), ps.extent(3)});
+      loss += c.kd.attention_weight * attention_mse(ctx, ps, teacher->last_attention(), m.key_valid(), c.kd.attention_weight, grad_att.view<4>());
+      d_att = grad_att.cview<4>();
+    }
+    cview<2> d_hidden;
+    if (nce) {
+      loss += c.kd.nce_weight * nce->step(ctx, m.hidden_rows(), teacher->hidden_rows(), b.key_valid, c.kd);
+      d_hidden = nce->dhs.cview<2>();
+    }
+    m.backward(ctx, grad.cview<2>(), d_att, d_hidden);
+    return loss;
+  };
+  if (teacher) teacher->set_training(false);
+  if (!run.finished())
+    run.run(ctx, step, [&] { return evaluate(ctx, m, w, w.validation, src, K).overall(); }, [&](bool t) { m.set_training(t); });
+  model_result r;
+  r.name = name;
+  r.log = run.log();
+  r.validation = evaluate(ctx, m, w, w.validation, src, K);
+  r.test = evaluate(ctx, m, w, w.test, src, K);
+  r.parameters = count_learnt(m.parameters());
+  return r;
+}
+
+}  // namespace dvlm
