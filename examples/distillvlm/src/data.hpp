@@ -97,6 +97,7 @@ struct proposal_summary {
   bool trained = false;           ///< trained in this run (false: loaded or not needed, the caches held every split)
   double train_seconds = 0;
   double recall50 = 0, recall70 = 0;  ///< of the validation scenes' items by the first K proposals, IoU >= 0.5 / 0.7
+  double recall50_all = 0, recall70_all = 0;  ///< the same by every kept proposal (max_proposals per scene)
 };
 
 inline std::string hex16(std::uint64_t v) {
@@ -135,6 +136,8 @@ inline proposal_summary attach_proposals(world& w, const ex::region_proposal_con
                                                       rc.max_proposals, [&] { return network().propose(splits[s]->scenes); });
   sum.recall50 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.5);
   sum.recall70 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.7);
+  sum.recall50_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.5);
+  sum.recall70_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.7);
   return sum;
 }
 
