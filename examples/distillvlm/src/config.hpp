@@ -49,7 +49,7 @@ struct distill_config {
   double kd_temperature = 2.0;
   double attention_weight = 1.0;  ///< last-layer attention-map MSE, teacher heads averaged in groups onto student heads, sum / B
   /// Token-wise NCE between projected student and teacher output tokens, negatives from a queue
-  /// of teacher keys. Off (0) in cpu-small until it has been measured at that scale; on in smoke.
+  /// of teacher keys. Off (0) in cpu-small (one seed of it measured, README.md); on in smoke.
   double nce_weight = 0.0;
   double nce_temperature = 0.07;
   int nce_dim = 64;               ///< width of both projections
