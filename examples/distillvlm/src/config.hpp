@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../../common/region_proposals.hpp"
+
 namespace dvlm {
 
 using json = nlohmann::ordered_json;
@@ -47,12 +49,22 @@ struct distill_config {
   double kd_temperature = 2.0;
   double attention_weight = 1.0;  ///< last-layer attention-map MSE, teacher heads averaged in groups onto student heads, sum / B
   /// Token-wise NCE between projected student and teacher output tokens, negatives from a queue
-  /// of teacher keys. Off (0) in cpu-small until it has been measured at that scale; on in smoke.
+  /// of teacher keys. Off (0) in cpu-small (one seed of it measured, README.md); on in smoke.
   double nce_weight = 0.0;
   double nce_temperature = 0.07;
   int nce_dim = 64;               ///< width of both projections
   int nce_queue = 4096;           ///< teacher keys in the queue
 };
+
+/// Where the region tokens of a scene come from (src/data.hpp). Teacher and student always read
+/// the same boxes, so their region tokens correspond one to one.
+///   proposals  the first K proposals of one class-agnostic region proposal network
+///              (examples/common/region_proposals.hpp), trained once per world on the train
+///              scenes' boxes: DistillVLM's setting (the regions carry boxes, no class)
+///   oracle     the world's true item boxes (an upper bound: the models are told where every item is)
+enum class region_source { proposals, oracle };
+
+inline const char* region_source_name(region_source s) { return s == region_source::oracle ? "oracle" : "proposals"; }
 
 struct run_config {
   std::string preset = "cpu-small";
@@ -61,6 +73,8 @@ struct run_config {
   int threads = 2;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int max_regions = 6;  ///< K: region tokens per scene (padded with a key mask)
+  region_source regions = region_source::proposals;
+  examples::region_proposal_config rpn;  ///< the proposal network (its default training; smoke() in the smoke preset)
   world_config world;
   // cpu-small sizes: the teacher (4 layers, 8 heads, width 256) and student (2 layers, 4
   // heads, width 128) at half the width, so that the three runs fit in about 15 minutes on 2 cores.
@@ -83,6 +97,7 @@ inline void apply_preset(run_config& c, const std::string& preset) {
     c.student = {8, 16, 16, 3, 32, 1, 2, 64};
     c.teacher_opt = {1e-3, 1e-2, 8, 1}, c.student_opt = {1e-3, 1e-2, 8, 1};
     c.kd.nce_weight = 1.0, c.kd.nce_dim = 16, c.kd.nce_queue = 256;
+    c.rpn = examples::region_proposal_config::smoke();
   } else {
     throw std::invalid_argument("--preset must be smoke or cpu-small, not '" + preset + "'");
   }
@@ -105,10 +120,22 @@ inline json to_json(const distill_config& d) {
           {"attention_loss", "mse on probabilities, last layer, head_map group_mean, reduction batchmean"}, {"nce_weight", d.nce_weight},
           {"nce_temperature", d.nce_temperature}, {"nce_dim", d.nce_dim}, {"nce_queue", d.nce_queue}};
 }
+/// The proposal network's configuration (every field that decides its proposals).
+inline json to_json(const examples::region_proposal_config& r) {
+  return {{"anchor_sizes", r.anchor_sizes}, {"anchor_ratios", r.anchor_ratios}, {"widths", r.widths}, {"epochs", r.epochs}, {"batch", r.batch},
+          {"lr", r.lr}, {"weight_decay", r.weight_decay}, {"sampled_anchors", r.sampled_anchors}, {"positive_fraction", r.positive_fraction},
+          {"positive_iou", r.positive_iou}, {"negative_iou", r.negative_iou}, {"pre_nms", r.pre_nms}, {"nms_iou", r.nms_iou},
+          {"max_proposals", r.max_proposals}, {"seed", r.seed}};
+}
+inline json regions_json(const run_config& c) {
+  if (c.regions == region_source::oracle) return {{"source", "oracle"}, {"meaning", "the true item boxes"}};
+  return {{"source", "proposals"},
+          {"meaning", "the first max_regions proposals of one class-agnostic RPN trained on the train scenes' boxes, read by teacher and student"},
+          {"rpn", to_json(c.rpn)}};
+}
 inline json to_json(const run_config& c) {
   return {{"preset", c.preset}, {"seeds", c.seeds}, {"first_seed", c.first_seed}, {"threads", c.threads}, {"max_regions", c.max_regions},
-          {"regions", "oracle: the true item boxes (a stand-in until the class-agnostic proposal detector is wired in)"},
-          {"world", to_json(c.world)}, {"teacher", to_json(c.teacher)}, {"student", to_json(c.student)},
+          {"regions", regions_json(c)}, {"world", to_json(c.world)}, {"teacher", to_json(c.teacher)}, {"student", to_json(c.student)},
           {"teacher_optimiser", to_json(c.teacher_opt)}, {"student_optimiser", to_json(c.student_opt)}, {"distillation", to_json(c.kd)}};
 }
 

@@ -2,21 +2,27 @@
 #pragma once
 // The data of a run: the scene world (train, validation and test scenes) and one question file
 // per split, generated once and reused from <world-dir>; the regions each scene offers the two
-// models (region_source); and the batches the models read.
+// models (region_source: the proposals of one class-agnostic RPN, or the true boxes); and the
+// batches the models read.
 //
 // A batch is `scenes` scenes and every question about them (questions_per_scene each): the CNNs
 // run once per scene and each question's sequence gathers its scene's region tokens. Which scenes
 // a step takes depends only on (seed, epoch), so a resumed run sees the same batches.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <iostream>
+#include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../../common/random.hpp"
+#include "../../common/region_proposals.hpp"
 #include "../../common/scene_questions_io.hpp"
 #include "../../common/scene_world_io.hpp"
 #include "config.hpp"
@@ -32,6 +38,7 @@ using tensor = distill::nn::host_tensor<float>;
 struct split_data {
   ex::scene_set scenes;
   ex::scene_question_set questions;
+  ex::proposal_set proposals;  ///< ranked proposals of each scene (region_source::proposals only)
 };
 
 struct world {
@@ -80,26 +87,74 @@ inline world load_world(const world_config& c, const std::string& data_dir, cons
 
 // ---- regions ------------------------------------------------------------------------------
 
-/// Where the region tokens of a scene come from: up to K boxes per scene, in canvas pixels.
-/// Teacher and student read the same boxes, so their region tokens correspond one to one (the
-/// premise of DistillVLM's token-wise losses).
-///
-/// ORACLE BOXES, A TEMPORARY STAND-IN: for now the only source is `oracle`, the world's true
-/// item boxes. DistillVLM takes its regions from one class-agnostic detector (the student's
-/// proposals, used by both models); that detector is being written for the scene world
-/// (examples/common/region_proposals.hpp) and will replace this source. Until then the models
-/// are told exactly where every item is, which makes the task easier than the paper's, for the
-/// teacher and the student alike.
-enum class region_source { oracle };
+/// A region box (x1, y1, x2, y2) in canvas pixels. A region is a box and nothing else: the
+/// models never see an item's class through it (proposals have none).
+using region_box = std::array<float, 4>;
 
-inline const char* region_source_name(region_source s) { return s == region_source::oracle ? "oracle" : "?"; }
+/// The proposal network's results for this world (region_source::proposals).
+struct proposal_summary {
+  std::uint64_t key = 0;          ///< proposal_cache_key: the network's config and train scenes
+  bool trained = false;           ///< trained in this run (false: loaded or not needed, the caches held every split)
+  double train_seconds = 0;
+  double recall50 = 0, recall70 = 0;  ///< of the validation scenes' items by the first K proposals, IoU >= 0.5 / 0.7
+  double recall50_all = 0, recall70_all = 0;  ///< the same by every kept proposal (max_proposals per scene)
+};
 
-/// The regions of a scene: boxes (x1, y1, x2, y2), at most K.
-inline std::vector<ex::pixel_box> scene_regions(const ex::scene& sc, region_source src, int K) {
-  std::vector<ex::pixel_box> boxes;
-  if (src == region_source::oracle)
-    for (const auto& it : sc.items)
-      if (static_cast<int>(boxes.size()) < K) boxes.push_back(it.box);
+inline std::string hex16(std::uint64_t v) {
+  static const char* digits = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) s[static_cast<std::size_t>(i)] = digits[v & 15];
+  return s;
+}
+
+/// Gives every split its proposals: one class-agnostic RPN trained on the train scenes' true
+/// boxes (the only use of the boxes) and cached as <dir>/rpn-<key>.ckpt, its proposals of each
+/// split cached as <dir>/proposals-<split>-<key>.bin (checked on every load; remade when missing,
+/// stale or corrupt). Both caches are deterministic, so a resumed run reads the same regions.
+inline proposal_summary attach_proposals(world& w, const ex::region_proposal_config& rc, int K, const std::filesystem::path& dir) {
+  proposal_summary sum;
+  sum.key = ex::proposal_cache_key(rc, w.train.scenes);
+  const std::string tag = hex16(sum.key);
+  std::optional<ex::region_proposal_network> net;
+  auto network = [&]() -> ex::region_proposal_network& {
+    if (net) return *net;
+    net.emplace(rc, w.side);
+    const auto path = dir / ("rpn-" + tag + ".ckpt");
+    std::string why;
+    if (!net->load(path, sum.key, why)) {
+      std::cerr << "  proposal network " << path.string() << ": " << why << ", training it on " << w.train.scenes.size() << " train scenes\n";
+      const ex::rpn_training_log log = net->train(w.train.scenes);
+      net->save(path, sum.key);
+      sum.trained = true, sum.train_seconds = log.seconds;
+    }
+    return *net;
+  };
+  const char* names[3] = {"train", "validation", "test"};
+  split_data* splits[3] = {&w.train, &w.validation, &w.test};
+  for (int s = 0; s < 3; ++s)
+    splits[s]->proposals = ex::load_or_make_proposals(dir / ("proposals-" + std::string(names[s]) + "-" + tag + ".bin"), splits[s]->scenes, sum.key,
+                                                      rc.max_proposals, [&] { return network().propose(splits[s]->scenes); });
+  sum.recall50 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.5);
+  sum.recall70 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.7);
+  sum.recall50_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.5);
+  sum.recall70_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.7);
+  return sum;
+}
+
+/// The regions of scene `id` of a split: at most K boxes. Oracle: the true item boxes (their
+/// classes dropped). Proposals: the first K of the scene's ranked proposals.
+inline std::vector<region_box> scene_regions(const split_data& d, std::uint32_t id, region_source src, int K) {
+  std::vector<region_box> boxes;
+  if (src == region_source::oracle) {
+    for (const auto& it : d.scenes.scenes[id].items)
+      if (static_cast<int>(boxes.size()) < K)
+        boxes.push_back({static_cast<float>(it.box.x1), static_cast<float>(it.box.y1), static_cast<float>(it.box.x2), static_cast<float>(it.box.y2)});
+    return boxes;
+  }
+  if (d.proposals.scenes() != d.scenes.size()) throw std::logic_error("scene_regions: the split has no proposals (attach_proposals)");
+  const std::size_t n = std::min<std::size_t>(d.proposals.count(id), static_cast<std::size_t>(std::max(0, K)));
+  for (std::size_t r = d.proposals.offsets[id]; r < d.proposals.offsets[id] + n; ++r)
+    boxes.push_back({d.proposals.boxes[4 * r], d.proposals.boxes[4 * r + 1], d.proposals.boxes[4 * r + 2], d.proposals.boxes[4 * r + 3]});
   return boxes;
 }
 
@@ -137,15 +192,14 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
     const auto px = d.scenes.image(scene_ids[static_cast<std::size_t>(s)]);
     float* out = b.pixels.data() + s * side * side;
     for (std::size_t i = 0; i < px.size(); ++i) out[i] = static_cast<float>(px[i]) * a + c;
-    const auto boxes = scene_regions(d.scenes.scenes[scene_ids[static_cast<std::size_t>(s)]], src, K);
+    const auto boxes = scene_regions(d, scene_ids[static_cast<std::size_t>(s)], src, K);
     for (index_t k = 0; k < K; ++k) {
       float* r = b.rois.data() + (s * K + k) * 5;
       float* g = b.geometry.data() + (s * K + k) * 6;
       const bool real = k < static_cast<index_t>(boxes.size());
-      const ex::pixel_box bx = real ? boxes[static_cast<std::size_t>(k)] : ex::pixel_box{0, 0, 1, 1};
-      r[0] = static_cast<float>(s), r[1] = static_cast<float>(bx.x1), r[2] = static_cast<float>(bx.y1), r[3] = static_cast<float>(bx.x2),
-      r[4] = static_cast<float>(bx.y2);
-      g[0] = bx.x1 * inv, g[1] = bx.y1 * inv, g[2] = bx.x2 * inv, g[3] = bx.y2 * inv, g[4] = bx.width() * inv, g[5] = bx.height() * inv;
+      const region_box bx = real ? boxes[static_cast<std::size_t>(k)] : region_box{0, 0, 1, 1};
+      r[0] = static_cast<float>(s), r[1] = bx[0], r[2] = bx[1], r[3] = bx[2], r[4] = bx[3];
+      g[0] = bx[0] * inv, g[1] = bx[1] * inv, g[2] = bx[2] * inv, g[3] = bx[3] * inv, g[4] = (bx[2] - bx[0]) * inv, g[5] = (bx[3] - bx[1]) * inv;
       if (!real) std::fill_n(g, 6, 0.0f);
       region_valid[static_cast<std::size_t>(s * K + k)] = real ? 1 : 0;
     }

@@ -5,15 +5,17 @@
 // exists and what does not yet.
 //
 //   world     scenes and template questions (19 answers), generated once into <world-dir>
-//   regions   ORACLE item boxes for now (a stand-in for the class-agnostic proposal detector),
-//             the same regions for teacher and student, so their region tokens line up
+//   regions   the first K proposals of one class-agnostic region proposal network trained on the
+//             train scenes' boxes (examples/common/region_proposals.hpp; cached in <world-dir>),
+//             or with --regions oracle the true item boxes; the same regions for teacher and
+//             student, so their region tokens line up
 //   teacher   a larger VQA transformer (CNN + RoI Align region tokens, question words, [CLS])
 //   student   a smaller one, trained alone (CE) and distilled (CE + logit KD + last-layer
 //             attention-map MSE with the teacher's heads averaged in groups onto the student's,
 //             and, with --nce-weight, token-wise NCE against a queue of teacher keys)
 //   report    accuracy per question family on validation and test, results.json, curves.csv
 //
-//   distillvlm --preset smoke|cpu-small [--seeds 1] [--out DIR] [--resume]
+//   distillvlm --preset smoke|cpu-small [--regions proposals|oracle] [--seeds 1] [--out DIR] [--resume]
 
 #include <CLI/CLI.hpp>
 
@@ -65,13 +67,16 @@ void print_row(const std::string& name, const accuracy& val, const accuracy& tes
 int main(int argc, char** argv) {
   CLI::App app{"DistillVLM on visual questions about scenes of real Fashion-MNIST items (work in progress)"};
   run_config c;
-  std::string preset = "cpu-small", out = "distillvlm_out", world_dir;
+  std::string preset = "cpu-small", out = "distillvlm_out", world_dir, regions = "proposals";
   bool resume = false;
   std::optional<int> seeds, threads, teacher_epochs, student_epochs;
   std::optional<std::uint64_t> first_seed;
   std::optional<std::uint32_t> train_scenes;
+  std::optional<int> max_regions;
   std::optional<double> kd_weight, kd_temperature, attention_weight, nce_weight;
   app.add_option("--preset", preset, "smoke (under 30 s, CI) or cpu-small")->check(CLI::IsMember({"smoke", "cpu-small"}));
+  app.add_option("--regions", regions, "region source: proposals (one class-agnostic RPN's, read by teacher and student) or oracle (the true item boxes)")
+      ->check(CLI::IsMember({"proposals", "oracle"}));
   app.add_option("--seeds", seeds, "number of seeds")->check(CLI::Range(1, 100));
   app.add_option("--first-seed", first_seed, "seed of the first run (the others follow)");
   app.add_option("--out", out, "output folder: results.json, curves.csv, checkpoints/");
@@ -79,6 +84,7 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", c.data_dir, "folder of the four Fashion-MNIST .gz files (Debian: /usr/share/datasets/fashion-mnist)");
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
   app.add_flag("--resume", resume, "continue from the checkpoints in <out>/checkpoints (finished runs are not retrained)");
+  app.add_option("--max-regions", max_regions, "K: region tokens per scene (proposals: the first K; oracle: at most K true boxes)")->check(CLI::Range(1, 20));
   app.add_option("--train-scenes", train_scenes, "train scenes (each with its questions)")->check(CLI::Range(1, 1000000));
   app.add_option("--teacher-epochs", teacher_epochs, "epochs of the teacher")->check(CLI::Range(1, 10000));
   app.add_option("--student-epochs", student_epochs, "epochs of each student")->check(CLI::Range(1, 10000));
@@ -91,10 +97,15 @@ int main(int argc, char** argv) {
 
   try {
     apply_preset(c, preset);
+    c.regions = regions == "oracle" ? region_source::oracle : region_source::proposals;
     if (seeds) c.seeds = *seeds;
     if (first_seed) c.first_seed = *first_seed;
     if (threads) c.threads = *threads;
+    c.rpn.threads = c.threads;
     if (train_scenes) c.world.train_scenes = *train_scenes;
+    if (max_regions) c.max_regions = *max_regions;
+    if (c.regions == region_source::proposals && c.max_regions > c.rpn.max_proposals)
+      throw std::invalid_argument("--max-regions must not exceed the proposals kept per scene (" + std::to_string(c.rpn.max_proposals) + ")");
     if (teacher_epochs) c.teacher_opt.epochs = *teacher_epochs;
     if (student_epochs) c.student_opt.epochs = *student_epochs;
     if (kd_weight) c.kd.kd_weight = *kd_weight;
@@ -111,17 +122,31 @@ int main(int argc, char** argv) {
     const auto t_start = std::chrono::steady_clock::now();
     const double cpu_start = cpu_seconds();
 
-    const world w = load_world(c.world, c.data_dir, world_dir.empty() ? o / "world" : fs::path(world_dir));
+    const fs::path wdir = world_dir.empty() ? o / "world" : fs::path(world_dir);
+    world w = load_world(c.world, c.data_dir, wdir);
     std::cout << "scene world: " << w.train.scenes.size() << " / " << w.validation.scenes.size() << " / " << w.test.scenes.size()
               << " train / validation / test scenes, " << w.train.questions.size() << " / " << w.validation.questions.size() << " / "
-              << w.test.questions.size() << " questions; regions: " << region_source_name(region_source::oracle)
-              << " (the true item boxes, a stand-in for the proposal detector), K = " << c.max_regions << "\n";
+              << w.test.questions.size() << " questions\n";
 
     json results;
     results["config"] = to_json(c);
     results["device"] = device;
     results["load_average_start"] = load_average();
-    const json fp_world = {{"world", to_json(c.world)}, {"max_regions", c.max_regions}, {"regions", region_source_name(region_source::oracle)}};
+    json fp_world = {{"world", to_json(c.world)}, {"max_regions", c.max_regions}, {"regions", region_source_name(c.regions)}};
+    if (c.regions == region_source::proposals) {
+      const proposal_summary ps = attach_proposals(w, c.rpn, c.max_regions, wdir);
+      fp_world["proposal_key"] = hex16(ps.key);
+      std::cout << "regions: the first K = " << c.max_regions << " proposals of the class-agnostic RPN (key " << hex16(ps.key) << ", "
+                << (ps.trained ? "trained in " + ex::table::fixed(ps.train_seconds, 1) + " s" : std::string("cached")) << "); recall@" << c.max_regions
+                << " of the validation items: " << ex::table::fixed(ps.recall50, 3) << " at IoU 0.5, " << ex::table::fixed(ps.recall70, 3)
+                << " at IoU 0.7 (all " << c.rpn.max_proposals << " kept proposals: " << ex::table::fixed(ps.recall50_all, 3) << " / "
+                << ex::table::fixed(ps.recall70_all, 3) << ")\n";
+      results["proposals"] = {{"key", hex16(ps.key)}, {"trained_in_this_run", ps.trained}, {"train_seconds", ps.train_seconds},
+                              {"validation_recall_at_K", {{"K", c.max_regions}, {"iou_0.5", ps.recall50}, {"iou_0.7", ps.recall70}}},
+                              {"validation_recall_all_kept", {{"kept", c.rpn.max_proposals}, {"iou_0.5", ps.recall50_all}, {"iou_0.7", ps.recall70_all}}}};
+    } else {
+      std::cout << "regions: oracle, the true item boxes (at most K = " << c.max_regions << ")\n";
+    }
     const accuracy prior_val = prior_accuracy(w.train, w.validation), prior_test = prior_accuracy(w.train, w.test);
     results["answer_prior"] = {{"validation", accuracy_json(prior_val)}, {"test", accuracy_json(prior_test)}};
     json runs = json::array();

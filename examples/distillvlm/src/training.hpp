@@ -328,7 +328,7 @@ struct model_result {
 inline model_result train_model(const distill::cpu& ctx, const run_config& c, const world& w, const std::string& name, vqa_transformer& m,
                                 vqa_transformer* teacher, const optimiser_config& o, std::uint64_t seed, const std::filesystem::path& ckpt_dir,
                                 bool resume, const json& fingerprint) {
-  const region_source src = region_source::oracle;
+  const region_source src = c.regions;
   const int K = c.max_regions;
   const index_t steps = static_cast<index_t>(w.train.scenes.size()) / o.scenes;
   std::optional<token_nce_head> nce;
