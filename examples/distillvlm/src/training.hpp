@@ -1,12 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// One training run (a network, a seed, a method): AdamW with a per-step cosine schedule, a
-// progress bar, a validation number after every epoch, and a checkpoint after every epoch
-// (parameters, batch-norm statistics, optimiser state and the run's log, written atomically with
-// a checksum by nn::checkpoint). With --resume a run whose checkpoint matches its fingerprint
-// continues after its last epoch (a finished run is not retrained); batches, masks and
-// everything random depend only on (seed, epoch, index), so the result is the same as without
-// the interruption.
+// distillvlm's training pieces: the runs (examples/common/training_run.hpp: AdamW with a per-step
+// cosine schedule, progress bar, per-epoch validation and checkpoint, exact --resume, the NCE
+// queue saved as extra state) and the losses of the teacher and the students below.
 
 #include <array>
 #include <chrono>
@@ -22,6 +18,7 @@
 #include "../../common/progress.hpp"
 #include "../../common/random.hpp"
 #include "../../common/results.hpp"
+#include "../../common/training_run.hpp"
 #include "config.hpp"
 #include "distill/nn/schedule.hpp"
 #include "models.hpp"
@@ -34,135 +31,10 @@
 
 namespace dvlm {
 
-struct epoch_record {
-  int epoch = 0;
-  double train_loss = 0, validation = 0, seconds = 0;  ///< seconds: training time so far
-};
+using examples::epoch_record;
+using examples::run_log;
+using examples::training_run;
 
-/// A run's identity and log.
-struct run_log {
-  std::string name;       ///< e.g. "context-seed1"
-  std::string metric;     ///< what `validation` measures, e.g. "top-1"
-  bool percent = true;    ///< print `validation` as a percentage
-  int epochs_done = 0;
-  double seconds = 0;     ///< training time (evaluations excluded)
-  std::vector<epoch_record> curve;
-};
-
-class training_run {
- public:
-  /// `fingerprint`: everything that decides the run's result (a checkpoint is resumed only when it matches).
-  training_run(std::string name, std::string metric, const std::filesystem::path& checkpoint, json fingerprint, param_list params,
-               const optimiser_config& o, index_t steps_per_epoch, bool percent = true)
-      : checkpoint_(checkpoint),
-        fingerprint_(std::move(fingerprint)),
-        params_(std::move(params)),
-        opt_(params_, nn::adam_options{o.lr, 0.9, 0.999, 1e-8, o.weight_decay, true, 0.0}),
-        schedule_(nn::lr_schedule::cosine(o.lr, steps_per_epoch * o.epochs)),
-        epochs_(o.epochs),
-        steps_(steps_per_epoch) {
-    log_.name = std::move(name);
-    log_.metric = std::move(metric);
-    log_.percent = percent;
-    if (steps_ <= 0) throw std::runtime_error(log_.name + ": fewer training scenes than one step");
-  }
-
-  /// Extra state saved in and restored from the checkpoint (e.g. a queue of keys).
-  std::function<void(nn::checkpoint&)> save_extra;
-  std::function<distill::status(const nn::checkpoint&)> restore_extra;
-
-  const run_log& log() const { return log_; }
-  bool finished() const { return log_.epochs_done >= epochs_; }
-
-  /// Restores the run from its checkpoint when it exists and matches; says why when it does not.
-  void try_resume() {
-    namespace fs = std::filesystem;
-    if (!fs::exists(checkpoint_)) return;
-    nn::checkpoint ck;
-    std::string meta, why;
-    distill::status st = nn::checkpoint::load(checkpoint_.string(), ck);
-    if (st.ok()) st = ck.get_string("meta", meta);
-    if (!st.ok()) why = st.to_string();
-    json j;
-    if (why.empty()) {
-      j = json::parse(meta, nullptr, false);
-      if (j.is_discarded() || j.value("fingerprint", json()) != fingerprint_) why = "it was made with another configuration";
-    }
-    if (why.empty()) st = ck.restore_parameters(params_);
-    if (why.empty() && st.ok()) st = ck.restore_optimizer(opt_);
-    if (why.empty() && st.ok() && restore_extra) st = restore_extra(ck);
-    if (why.empty() && !st.ok()) why = st.to_string();
-    if (!why.empty()) {
-      std::cerr << "  not resuming " << log_.name << " from " << checkpoint_.string() << ": " << why << "\n";
-      return;
-    }
-    log_.epochs_done = j.at("epochs_done").get<int>();
-    log_.seconds = j.at("seconds").get<double>();
-    for (const auto& e : j.at("curve"))
-      log_.curve.push_back({e.at("epoch").get<int>(), e.at("train_loss").get<double>(), e.at("validation").get<double>(), e.at("seconds").get<double>()});
-    std::cerr << "  resumed " << log_.name << " after epoch " << log_.epochs_done << (finished() ? " (finished)" : "") << "\n";
-  }
-
-  /// Trains the remaining epochs. step(epoch, step) runs one batch's forward and backward
-  /// (gradients accumulate into the zeroed parameters) and returns its loss; validate() returns
-  /// the validation number after an epoch.
-  void run(const distill::cpu& ctx, const std::function<double(int, index_t)>& step, const std::function<double()>& validate,
-           const std::function<void(bool)>& set_training) {
-    using clock = std::chrono::steady_clock;
-    for (int epoch = log_.epochs_done; epoch < epochs_; ++epoch) {
-      examples::progress_options bar_options;
-      bar_options.unit = "step";
-      examples::progress_bar bar(log_.name + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), steps_, bar_options);
-      const auto t0 = clock::now();
-      double loss = 0;
-      set_training(true);
-      for (index_t s = 0; s < steps_; ++s) {
-        throw_if_error(nn::zero_grad(ctx, params_));
-        loss += step(epoch, s);
-        opt_.options.lr = schedule_(static_cast<index_t>(epoch) * steps_ + s);
-        throw_if_error(opt_.step(ctx));
-        bar.advance();
-        bar.set_suffix("loss " + examples::table::fixed(loss / static_cast<double>(s + 1), 4));
-      }
-      bar.finish();
-      log_.seconds += std::chrono::duration<double>(clock::now() - t0).count();
-      set_training(false);
-      const double val = validate();
-      log_.curve.push_back({epoch + 1, loss / static_cast<double>(steps_), val, log_.seconds});
-      log_.epochs_done = epoch + 1;
-      std::cerr << "  " << log_.name << ": epoch " << epoch + 1 << " loss " << examples::table::fixed(loss / static_cast<double>(steps_), 4)
-                << ", validation " << log_.metric << " " << (log_.percent ? examples::table::fixed(100 * val, 2) + "%" : examples::table::fixed(val, 4)) << " ("
-                << examples::table::fixed(log_.seconds, 1)
-                << " s)\n";
-      save();
-    }
-    set_training(false);
-  }
-
- private:
-  void save() const {
-    nn::checkpoint ck;
-    throw_if_error(ck.add_parameters(params_));
-    throw_if_error(ck.add_optimizer(const_cast<nn::adamw<float>&>(opt_)));
-    json j;
-    j["fingerprint"] = fingerprint_, j["epochs_done"] = log_.epochs_done, j["seconds"] = log_.seconds;
-    j["curve"] = json::array();
-    for (const auto& e : log_.curve)
-      j["curve"].push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"validation", e.validation}, {"seconds", e.seconds}});
-    ck.put_string("meta", j.dump());
-    if (save_extra) save_extra(ck);
-    if (const distill::status st = ck.save(checkpoint_.string()); !st.ok()) std::cerr << "  warning: checkpoint not saved: " << st.to_string() << "\n";
-  }
-
-  std::filesystem::path checkpoint_;
-  json fingerprint_;
-  param_list params_;
-  nn::adamw<float> opt_;
-  nn::lr_schedule schedule_;
-  int epochs_;
-  index_t steps_;
-  run_log log_;
-};
 // ---- losses -------------------------------------------------------------------------------
 
 /// Mean softmax cross-entropy over the rows; dL/dlogits (overwritten) into `grad`. Returns the loss.
