@@ -44,7 +44,6 @@ using cview = distill::host_view<const float, R>;
 inline constexpr float map_stride = 4.0f;  ///< stride of the map RoI Align reads
 
 inline void resize(tensor& t, const nn::tensor_shape& s) { throw_if_error(t.resize(s)); }
-inline void append(param_list& to, const param_list& from) { to.insert(to.end(), from.begin(), from.end()); }
 
 /// Number of learnt values (batch-norm running statistics excluded).
 inline index_t count_learnt(const param_list& params) {
@@ -160,14 +159,7 @@ class vqa_transformer {
   }
 
   param_list parameters() {
-    param_list p = backbone_.parameters();
-    append(p, region_fc_.parameters());
-    append(p, geometry_fc_.parameters());
-    append(p, words_.parameters());
-    append(p, positions_.parameters());
-    append(p, encoder_.parameters());
-    append(p, head_.parameters());
-    return p;
+    return nn::collect_parameters(backbone_, region_fc_, geometry_fc_, words_, positions_, encoder_, head_);
   }
   void set_training(bool t) {
     backbone_.set_training(t);

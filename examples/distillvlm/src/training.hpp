@@ -91,9 +91,7 @@ struct token_nce_head {
     throw_if_error(distill::sample_queue_init_random(ctx, queue.queue(), ex::mix64(seed ^ 0x515545554Eull)));
   }
   param_list parameters() {
-    param_list p = student_proj.parameters();
-    append(p, teacher_proj.parameters());
-    return p;
+    return nn::collect_parameters(student_proj, teacher_proj);
   }
   /// The loss (before w) and w times its gradient into the student's output tokens (dhs).
   double step(const distill::cpu& ctx, cview<2> hs, cview<2> ht, const std::vector<std::uint8_t>& valid, const distill_config& d) {
@@ -207,7 +205,7 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
   param_list params = m.parameters();
   if (teacher && c.kd.nce_weight > 0) {
     nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, seed);
-    append(params, nce->parameters());
+    params = nn::collect_parameters(params, *nce);
   }
   training_run run(name + "-seed" + std::to_string(seed), "accuracy", ckpt_dir / (name + "-seed" + std::to_string(seed) + ".ckpt"), fingerprint,
                    params, o, steps);

@@ -57,7 +57,6 @@ inline void add_stage(nn::sequential<float>& s, const std::string& name, int in,
   s.add(nn::activation::relu);
 }
 
-inline void append(param_list& to, const param_list& from) { to.insert(to.end(), from.begin(), from.end()); }
 
 /// Number of learnt values (batch-norm running statistics excluded).
 inline index_t count_learnt(const param_list& params) {
@@ -182,14 +181,7 @@ class item_recogniser {
   }
 
   param_list parameters() {
-    param_list p = backbone_.parameters();
-    append(p, scene_.parameters());
-    append(p, appearance_.parameters());
-    append(p, from_appearance_.parameters());
-    append(p, from_scene_.parameters());
-    append(p, from_box_.parameters());
-    append(p, classifier_.parameters());
-    return p;
+    return nn::collect_parameters(backbone_, scene_, appearance_, from_appearance_, from_scene_, from_box_, classifier_);
   }
   void set_training(bool t) {
     backbone_.set_training(t);
@@ -279,11 +271,7 @@ class wsddn_teacher {
   }
 
   param_list parameters() {
-    param_list p = backbone_.parameters();
-    append(p, head_.parameters());
-    append(p, cls_.parameters());
-    append(p, det_.parameters());
-    return p;
+    return nn::collect_parameters(backbone_, head_, cls_, det_);
   }
   void set_training(bool t) {
     backbone_.set_training(t);
@@ -363,21 +351,16 @@ class multilabel_student {
 
   /// The classifier (trunk and top): what is deployed and what the classification phase trains.
   param_list classifier_parameters() {
-    param_list p = trunk_.parameters();
-    append(p, top_.parameters());
-    return p;
+    return nn::collect_parameters(trunk_, top_);
   }
   /// What stage 1 trains: the trunk and the adapter (the adapter exists only for it).
   param_list stage1_parameters() {
-    param_list p = trunk_.parameters();
-    append(p, adapter_.parameters());
-    return p;
+    return nn::collect_parameters(trunk_, adapter_);
   }
   /// Every parameter (to copy a pretrained student).
   param_list parameters() {
     param_list p = classifier_parameters();
-    append(p, adapter_.parameters());
-    return p;
+    return nn::collect_parameters(p, adapter_);
   }
   void set_training(bool t) {
     trunk_.set_training(t);
