@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -49,12 +50,32 @@ struct distill_config {
   double kd_temperature = 2.0;
   double attention_weight = 1.0;  ///< last-layer attention-map MSE, teacher heads averaged in groups onto student heads, sum / B
   /// Token-wise NCE between projected student and teacher output tokens, negatives from a queue
-  /// of teacher keys. Off (0) in cpu-small (one seed of it measured, README.md); on in smoke.
-  double nce_weight = 0.0;
+  /// of teacher keys (nce_queue > 0) or, with nce_queue = 0, the other tokens of the batch.
+  double nce_weight = 1.0;
   double nce_temperature = 0.07;
   int nce_dim = 64;               ///< width of both projections
-  int nce_queue = 4096;           ///< teacher keys in the queue
+  int nce_queue = 4096;           ///< teacher keys in the queue of the methods that use NCE
 };
+
+/// A row of the ablation: a student trained with CE and the terms that are on (their weights
+/// from distill_config), from the aligned teacher or from the teacher on its own regions.
+struct student_method {
+  const char* name;
+  bool kd, attention, nce;
+  bool own_regions;  ///< the teacher read its own detector's regions (tokens aligned by best IoU)
+  bool distilled() const { return kd || attention || nce; }
+};
+
+inline constexpr student_method student_methods[] = {
+    {"alone", false, false, false, false},     {"kd", true, false, false, false},  {"attention", false, true, false, false},
+    {"nce", false, false, true, false},        {"all", true, true, true, false},   {"all_own_regions", true, true, true, true},
+};
+
+inline const student_method& find_method(const std::string& name) {
+  for (const auto& m : student_methods)
+    if (name == m.name) return m;
+  throw std::invalid_argument("--methods: unknown method '" + name + "' (alone, kd, attention, nce, all, all_own_regions)");
+}
 
 /// Where the region tokens of a scene come from (src/data.hpp). Teacher and student always read
 /// the same boxes, so their region tokens correspond one to one.
@@ -68,39 +89,60 @@ inline const char* region_source_name(region_source s) { return s == region_sour
 
 struct run_config {
   std::string preset = "cpu-small";
-  int seeds = 1;
+  int seeds = 3;  ///< of the students; each teacher is trained once, with the first seed
   std::uint64_t first_seed = 1;
   int threads = 2;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int max_regions = 6;  ///< K: region tokens per scene (padded with a key mask)
   region_source regions = region_source::proposals;
   examples::region_proposal_config rpn;  ///< the proposal network (its default training; smoke() in the smoke preset)
+  /// The teacher's own detector (all_own_regions): another class-agnostic RPN, another seed and
+  /// twice the widths, whose proposals do not line up with the student's.
+  examples::region_proposal_config teacher_rpn = own_detector(rpn);
+  std::vector<std::string> methods = {"alone", "kd", "attention", "nce", "all", "all_own_regions"};
+  std::vector<int> queue_sweep = {0, 256, 1024, 4096};  ///< queue sizes of the `nce` method (rows nce_q<N>)
   world_config world;
   // cpu-small sizes: the teacher (4 layers, 8 heads, width 256) and student (2 layers, 4
-  // heads, width 128) at half the width, so that the three runs fit in about 15 minutes on 2 cores.
+  // heads, width 128) at half the width (the full preset has the widths).
   vlm_config teacher{16, 32, 64, 4, 128, 4, 8, 256};
   vlm_config student{8, 16, 32, 4, 64, 2, 4, 128};
   optimiser_config teacher_opt{1e-3, 1e-2, 16, 4};
   optimiser_config student_opt{1e-3, 1e-2, 16, 4};
   distill_config kd;
+
+  static examples::region_proposal_config own_detector(examples::region_proposal_config r) {
+    r.seed += 1;
+    for (int& w : r.widths) w *= 2;
+    return r;
+  }
 };
 
 inline void apply_preset(run_config& c, const std::string& preset) {
   c.preset = preset;
   if (preset == "cpu-small") {
-    c.seeds = 1;
+    c.seeds = 3;
+  } else if (preset == "full") {  // the widths, more scenes and epochs (hours on CPU)
+    c.seeds = 3;
+    c.world.train_scenes = 4000, c.world.validation_scenes = 500, c.world.test_scenes = 1000;
+    c.teacher = {16, 32, 64, 4, 256, 4, 8, 512};
+    c.student = {8, 16, 32, 4, 128, 2, 4, 256};
+    c.teacher_opt = {1e-3, 1e-2, 16, 8}, c.student_opt = {1e-3, 1e-2, 16, 8};
+    c.kd.nce_dim = 128;
+    c.rpn.epochs = 6;
   } else if (preset == "smoke") {  // seconds on 2 cores: the pipeline on a few dozen scenes (CTest)
     c.seeds = 1;
+    c.queue_sweep = {0, 256};
     c.world.train_scenes = 48, c.world.validation_scenes = 16, c.world.test_scenes = 16;
     c.world.questions_per_scene = 4;
     c.teacher = {8, 16, 32, 3, 64, 2, 4, 128};
     c.student = {8, 16, 16, 3, 32, 1, 2, 64};
     c.teacher_opt = {1e-3, 1e-2, 8, 1}, c.student_opt = {1e-3, 1e-2, 8, 1};
-    c.kd.nce_weight = 1.0, c.kd.nce_dim = 16, c.kd.nce_queue = 256;
+    c.kd.nce_dim = 16, c.kd.nce_queue = 256;
     c.rpn = examples::region_proposal_config::smoke();
   } else {
-    throw std::invalid_argument("--preset must be smoke or cpu-small, not '" + preset + "'");
+    throw std::invalid_argument("--preset must be smoke, cpu-small or full, not '" + preset + "'");
   }
+  c.teacher_rpn = run_config::own_detector(c.rpn);
 }
 
 inline json to_json(const optimiser_config& o) {
@@ -131,10 +173,21 @@ inline json regions_json(const run_config& c) {
   if (c.regions == region_source::oracle) return {{"source", "oracle"}, {"meaning", "the true item boxes"}};
   return {{"source", "proposals"},
           {"meaning", "the first max_regions proposals of one class-agnostic RPN trained on the train scenes' boxes, read by teacher and student"},
-          {"rpn", to_json(c.rpn)}};
+          {"rpn", to_json(c.rpn)},
+          {"teacher_own_rpn", to_json(c.teacher_rpn)},
+          {"teacher_own_meaning", "all_own_regions: the teacher's own detector (another seed, twice the widths); each student region token is "
+                                  "mapped to the teacher region of best IoU, student regions with no overlapping teacher region are masked out of "
+                                  "the attention and NCE terms"}};
 }
 inline json to_json(const run_config& c) {
-  return {{"preset", c.preset}, {"seeds", c.seeds}, {"first_seed", c.first_seed}, {"threads", c.threads}, {"max_regions", c.max_regions},
+  json methods = json::array();
+  for (const auto& name : c.methods) {
+    const student_method& m = find_method(name);
+    methods.push_back({{"name", m.name}, {"kd", m.kd}, {"attention", m.attention}, {"nce", m.nce}, {"teacher_regions", m.own_regions ? "own" : "shared"}});
+  }
+  return {{"preset", c.preset}, {"seeds", c.seeds}, {"first_seed", c.first_seed},
+          {"teachers", "each teacher is trained once, with the first seed, and teaches every student seed"}, {"threads", c.threads},
+          {"methods", methods}, {"queue_sweep", c.queue_sweep}, {"max_regions", c.max_regions},
           {"regions", regions_json(c)}, {"world", to_json(c.world)}, {"teacher", to_json(c.teacher)}, {"student", to_json(c.student)},
           {"teacher_optimiser", to_json(c.teacher_opt)}, {"student_optimiser", to_json(c.student_opt)}, {"distillation", to_json(c.kd)}};
 }

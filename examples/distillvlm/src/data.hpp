@@ -39,7 +39,12 @@ struct split_data {
   ex::scene_set scenes;
   ex::scene_question_set questions;
   ex::proposal_set proposals;  ///< ranked proposals of each scene (region_source::proposals only)
+  ex::proposal_set own_proposals;  ///< those of the teacher's own detector (all_own_regions only)
 };
+
+/// Which regions a model reads: the shared ones (both models, region_source) or the teacher's
+/// own detector's proposals.
+enum class region_set { shared, teacher_own };
 
 struct world {
   split_data train, validation, test;
@@ -107,11 +112,12 @@ inline std::string hex16(std::uint64_t v) {
   return s;
 }
 
-/// Gives every split its proposals: one class-agnostic RPN trained on the train scenes' true
+/// Gives every split its proposals (into split_data::*target): one class-agnostic RPN trained on the train scenes' true
 /// boxes (the only use of the boxes) and cached as <dir>/rpn-<key>.ckpt, its proposals of each
 /// split cached as <dir>/proposals-<split>-<key>.bin (checked on every load; remade when missing,
 /// stale or corrupt). Both caches are deterministic, so a resumed run reads the same regions.
-inline proposal_summary attach_proposals(world& w, const ex::region_proposal_config& rc, int K, const std::filesystem::path& dir) {
+inline proposal_summary attach_proposals(world& w, const ex::region_proposal_config& rc, int K, const std::filesystem::path& dir,
+                                         ex::proposal_set split_data::*target = &split_data::proposals) {
   proposal_summary sum;
   sum.key = ex::proposal_cache_key(rc, w.train.scenes);
   const std::string tag = hex16(sum.key);
@@ -132,18 +138,20 @@ inline proposal_summary attach_proposals(world& w, const ex::region_proposal_con
   const char* names[3] = {"train", "validation", "test"};
   split_data* splits[3] = {&w.train, &w.validation, &w.test};
   for (int s = 0; s < 3; ++s)
-    splits[s]->proposals = ex::load_or_make_proposals(dir / ("proposals-" + std::string(names[s]) + "-" + tag + ".bin"), splits[s]->scenes, sum.key,
+    splits[s]->*target = ex::load_or_make_proposals(dir / ("proposals-" + std::string(names[s]) + "-" + tag + ".bin"), splits[s]->scenes, sum.key,
                                                       rc.max_proposals, [&] { return network().propose(splits[s]->scenes); });
-  sum.recall50 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.5);
-  sum.recall70 = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, K, 0.7);
-  sum.recall50_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.5);
-  sum.recall70_all = ex::region_proposal_network::recall(w.validation.proposals, w.validation.scenes, rc.max_proposals, 0.7);
+  const ex::proposal_set& val = w.validation.*target;
+  sum.recall50 = ex::region_proposal_network::recall(val, w.validation.scenes, K, 0.5);
+  sum.recall70 = ex::region_proposal_network::recall(val, w.validation.scenes, K, 0.7);
+  sum.recall50_all = ex::region_proposal_network::recall(val, w.validation.scenes, rc.max_proposals, 0.5);
+  sum.recall70_all = ex::region_proposal_network::recall(val, w.validation.scenes, rc.max_proposals, 0.7);
   return sum;
 }
 
 /// The regions of scene `id` of a split: at most K boxes. Oracle: the true item boxes (their
-/// classes dropped). Proposals: the first K of the scene's ranked proposals.
-inline std::vector<region_box> scene_regions(const split_data& d, std::uint32_t id, region_source src, int K) {
+/// classes dropped). Proposals: the first K of the scene's ranked proposals (of the shared
+/// detector, or of the teacher's own).
+inline std::vector<region_box> scene_regions(const split_data& d, std::uint32_t id, region_source src, int K, region_set set) {
   std::vector<region_box> boxes;
   if (src == region_source::oracle) {
     for (const auto& it : d.scenes.scenes[id].items)
@@ -151,10 +159,10 @@ inline std::vector<region_box> scene_regions(const split_data& d, std::uint32_t 
         boxes.push_back({static_cast<float>(it.box.x1), static_cast<float>(it.box.y1), static_cast<float>(it.box.x2), static_cast<float>(it.box.y2)});
     return boxes;
   }
-  if (d.proposals.scenes() != d.scenes.size()) throw std::logic_error("scene_regions: the split has no proposals (attach_proposals)");
-  const std::size_t n = std::min<std::size_t>(d.proposals.count(id), static_cast<std::size_t>(std::max(0, K)));
-  for (std::size_t r = d.proposals.offsets[id]; r < d.proposals.offsets[id] + n; ++r)
-    boxes.push_back({d.proposals.boxes[4 * r], d.proposals.boxes[4 * r + 1], d.proposals.boxes[4 * r + 2], d.proposals.boxes[4 * r + 3]});
+  const ex::proposal_set& p = set == region_set::shared ? d.proposals : d.own_proposals;
+  if (p.scenes() != d.scenes.size()) throw std::logic_error("scene_regions: the split has no proposals (attach_proposals)");
+  const std::size_t n = std::min<std::size_t>(p.count(id), static_cast<std::size_t>(std::max(0, K)));
+  for (std::size_t r = p.offsets[id]; r < p.offsets[id] + n; ++r) boxes.push_back({p.boxes[4 * r], p.boxes[4 * r + 1], p.boxes[4 * r + 2], p.boxes[4 * r + 3]});
   return boxes;
 }
 
@@ -173,13 +181,19 @@ struct vqa_batch {
   std::vector<std::int64_t> word_ids;  ///< (B L): word of each token (cls_word / region_word for those)
   std::vector<std::int64_t> position_ids;  ///< (B L): 0 for [CLS] and regions, 1 + t for word t
   std::vector<std::uint8_t> key_valid;  ///< (B L): 1 = a real token
+  std::vector<std::uint8_t> region_valid;  ///< (S K): 1 = a real region
+  /// (B L): token NCE ids, equal only for the same token: region k of a scene has one id in every
+  /// question about that scene (so those copies are not each other's negatives), words and [CLS]
+  /// one per (question, position).
+  std::vector<std::int64_t> token_ids;
   std::vector<std::int64_t> answers;    ///< (B)
   std::vector<const ex::scene_question*> source;  ///< (B)
 };
 
 inline constexpr int cls_word = ex::question_word_count, region_word = ex::question_word_count + 1, vocabulary = ex::question_word_count + 2;
 
-inline void fill_batch(const world& w, const split_data& d, std::span<const std::uint32_t> scene_ids, region_source src, int K, vqa_batch& b) {
+inline void fill_batch(const world& w, const split_data& d, std::span<const std::uint32_t> scene_ids, region_source src, int K, vqa_batch& b,
+                       region_set set = region_set::shared) {
   const index_t S = static_cast<index_t>(scene_ids.size()), side = w.side, L = sequence_length(K);
   const std::uint32_t qps = d.questions.params.questions_per_scene;
   b.scenes = S, b.questions = S * qps, b.K = K, b.L = L;
@@ -187,12 +201,13 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
   distill::throw_if_error(b.rois.resize({S * K, 5}));
   distill::throw_if_error(b.geometry.resize({S * K, 6}));
   const float a = 1.0f / (255.0f * w.stddev), c = -w.mean / w.stddev, inv = 1.0f / static_cast<float>(side);
-  std::vector<std::uint8_t> region_valid(static_cast<std::size_t>(S * K), 0);
+  std::vector<std::uint8_t>& region_valid = b.region_valid;
+  region_valid.assign(static_cast<std::size_t>(S * K), 0);
   for (index_t s = 0; s < S; ++s) {
     const auto px = d.scenes.image(scene_ids[static_cast<std::size_t>(s)]);
     float* out = b.pixels.data() + s * side * side;
     for (std::size_t i = 0; i < px.size(); ++i) out[i] = static_cast<float>(px[i]) * a + c;
-    const auto boxes = scene_regions(d, scene_ids[static_cast<std::size_t>(s)], src, K);
+    const auto boxes = scene_regions(d, scene_ids[static_cast<std::size_t>(s)], src, K, set);
     for (index_t k = 0; k < K; ++k) {
       float* r = b.rois.data() + (s * K + k) * 5;
       float* g = b.geometry.data() + (s * K + k) * 6;
@@ -209,10 +224,12 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
   b.word_ids.assign(static_cast<std::size_t>(B * L), 0);
   b.position_ids.assign(static_cast<std::size_t>(B * L), 0);
   b.key_valid.assign(static_cast<std::size_t>(B * L), 0);
+  b.token_ids.assign(static_cast<std::size_t>(B * L), 0);
   b.answers.resize(static_cast<std::size_t>(B));
   b.source.resize(static_cast<std::size_t>(B));
   for (index_t s = 0; s < S; ++s) {
-    const auto qs = d.questions.of_scene(scene_ids[static_cast<std::size_t>(s)]);
+    const std::uint32_t scene = scene_ids[static_cast<std::size_t>(s)];
+    const auto qs = d.questions.of_scene(scene);
     for (std::uint32_t j = 0; j < qps; ++j) {
       const index_t q = s * qps + j;
       const ex::scene_question& sq = qs[j];
@@ -220,7 +237,12 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
       b.answers[static_cast<std::size_t>(q)] = sq.answer;
       const std::size_t base = static_cast<std::size_t>(q * L);
       b.word_ids[base] = cls_word, b.key_valid[base] = 1;
+      // ids: regions (scene K + k), the other tokens (question L + position) above all of them
+      const std::int64_t region_ids = static_cast<std::int64_t>(d.scenes.size()) * K;
+      const std::int64_t question = static_cast<std::int64_t>(scene) * qps + j;
+      for (index_t i = 0; i < L; ++i) b.token_ids[base + static_cast<std::size_t>(i)] = region_ids + question * L + i;
       for (index_t k = 0; k < K; ++k) {
+        b.token_ids[base + 1 + static_cast<std::size_t>(k)] = static_cast<std::int64_t>(scene) * K + k;
         b.region_row[static_cast<std::size_t>(q * K + k)] = s * K + k;
         b.word_ids[base + 1 + static_cast<std::size_t>(k)] = region_word;
         b.key_valid[base + 1 + static_cast<std::size_t>(k)] = region_valid[static_cast<std::size_t>(s * K + k)];
@@ -233,6 +255,44 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
       }
     }
   }
+}
+
+inline double box_iou(const float* a, const float* b) {
+  const double iw = std::max(0.0f, std::min(a[2], b[2]) - std::max(a[0], b[0])), ih = std::max(0.0f, std::min(a[3], b[3]) - std::max(a[1], b[1]));
+  const double inter = iw * ih, uni = double(a[2] - a[0]) * (a[3] - a[1]) + double(b[2] - b[0]) * (b[3] - b[1]) - inter;
+  return uni > 0 ? inter / uni : 0.0;
+}
+
+/// For a student batch and a teacher batch of the same scenes and questions but other regions:
+/// the teacher token each student token stands for (B L), -1 when none. [CLS] and words map to
+/// themselves; student region k to the teacher region of best IoU in its scene, -1 when no real
+/// teacher region overlaps it (or it is padding).
+inline std::vector<std::int64_t> align_tokens(const vqa_batch& student, const vqa_batch& teacher) {
+  if (student.scenes != teacher.scenes || student.questions != teacher.questions || student.L != teacher.L)
+    throw std::logic_error("align_tokens: the batches hold other scenes or layouts");
+  const index_t S = student.scenes, K = student.K, B = student.questions, L = student.L;
+  std::vector<std::int64_t> region_match(static_cast<std::size_t>(S * K), -1);
+  for (index_t r = 0; r < S * K; ++r) {
+    if (!student.region_valid[static_cast<std::size_t>(r)]) continue;
+    const index_t s = r / K;
+    double best = 0;
+    for (index_t k = 0; k < K; ++k)
+      if (teacher.region_valid[static_cast<std::size_t>(s * K + k)])
+        if (const double iou = box_iou(student.rois.data() + r * 5 + 1, teacher.rois.data() + (s * K + k) * 5 + 1); iou > best)
+          best = iou, region_match[static_cast<std::size_t>(r)] = k;
+  }
+  std::vector<std::int64_t> map(static_cast<std::size_t>(B * L));
+  for (index_t q = 0; q < B; ++q)
+    for (index_t i = 0; i < L; ++i) {
+      std::int64_t& t = map[static_cast<std::size_t>(q * L + i)];
+      t = i;
+      if (i >= 1 && i <= K) {
+        const std::int64_t k = region_match[static_cast<std::size_t>(student.region_row[static_cast<std::size_t>(q * K + i - 1)])];
+        t = k < 0 ? -1 : 1 + k;
+      }
+      if (!student.key_valid[static_cast<std::size_t>(q * L + i)]) t = -1;
+    }
+  return map;
 }
 
 /// The scenes of step `step` of `epoch`: a permutation of the train scenes that depends only on

@@ -78,23 +78,31 @@ inline double attention_mse(const distill::cpu& ctx, cview<4> student, cview<4> 
 /// by token (the same token of the same question is the positive) against a queue of earlier
 /// teacher keys (contrastive/token_nce.hpp, MoCo's per-token loss, mean over the real tokens);
 /// the teacher keys of each step are enqueued after the loss.
+/// With a queue size of 0 there is no queue: the negatives are the batch's other teacher tokens
+/// (token_nce_options::in_batch_negatives). Either way negatives with the token's own id (the
+/// same region of the same scene, in another question or an earlier step) are dropped.
 struct token_nce_head {
   nn::linear<float> student_proj, teacher_proj;
-  distill::host_sample_queue<float> queue;
+  distill::host_sample_queue<float> queue;  ///< empty when queue_size is 0
   tensor zs, zt, dzs, dzt, dhs, keys;
+  std::vector<std::int64_t> key_ids;
   std::vector<std::byte> workspace;
 
-  token_nce_head(const distill::cpu& ctx, index_t student_width, index_t teacher_width, const distill_config& d, std::uint64_t seed)
+  token_nce_head(const distill::cpu& ctx, index_t student_width, index_t teacher_width, const distill_config& d, index_t queue_size, std::uint64_t seed)
       : student_proj("nce.student_proj", student_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
-        teacher_proj("nce.teacher_proj", teacher_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}),
-        queue(d.nce_queue, d.nce_dim) {
+        teacher_proj("nce.teacher_proj", teacher_width, d.nce_dim, nn::init_options{seed, nn::init_scheme::torch_default, 0}) {
+    if (queue_size == 0) return;
+    queue = distill::host_sample_queue<float>(queue_size, d.nce_dim, true);
     throw_if_error(distill::sample_queue_init_random(ctx, queue.queue(), ex::mix64(seed ^ 0x515545554Eull)));
   }
+  bool has_queue() const { return queue.queue().capacity() > 0; }
   param_list parameters() {
     return nn::collect_parameters(student_proj, teacher_proj);
   }
   /// The loss (before w) and w times its gradient into the student's output tokens (dhs).
-  double step(const distill::cpu& ctx, cview<2> hs, cview<2> ht, const std::vector<std::uint8_t>& valid, const distill_config& d) {
+  /// `valid`: the tokens that take part; `ids`: their token ids (vqa_batch::token_ids).
+  double step(const distill::cpu& ctx, cview<2> hs, cview<2> ht, const std::vector<std::uint8_t>& valid, const std::vector<std::int64_t>& ids,
+              const distill_config& d) {
     const index_t M = hs.extent(0), D = d.nce_dim;
     resize(zs, {M, D}), resize(zt, {M, D}), resize(dzs, {M, D}), resize(dzt, {M, D}), resize(dhs, {M, hs.extent(1)});
     throw_if_error(student_proj.forward(ctx, hs, zs.view<2>()));
@@ -103,33 +111,42 @@ struct token_nce_head {
     o.temperature = static_cast<float>(d.nce_temperature);
     o.reduction = distill::reduction::mean;
     o.grad_scale = static_cast<float>(d.nce_weight);
-    workspace.resize(distill::token_nce_queue_workspace_size<float>(ctx, M, D, d.nce_queue, o));
+    o.in_batch_negatives = !has_queue();
+    workspace.resize(distill::token_nce_queue_workspace_size<float>(ctx, M, D, queue.queue().capacity(), o));
     float loss = 0;
     distill::token_nce_inputs<float> in;
     in.student = zs.cview<2>(), in.teacher = zt.cview<2>(), in.token_mask = distill::make_view(valid.data(), M);
+    in.token_ids = distill::make_view(ids.data(), M);
     distill::token_nce_outputs<float> out;
     out.loss = distill::make_view(&loss, 1), out.grad_student = dzs.view<2>(), out.grad_teacher = dzt.view<2>();
     throw_if_error(distill::token_nce_queue_forward_backward(ctx, in, std::as_const(queue.queue()), out,
                                                              distill::make_view(workspace.data(), static_cast<index_t>(workspace.size())), o));
     throw_if_error(student_proj.backward(ctx, hs, dzs.cview<2>(), dhs.view<2>()));
     throw_if_error(teacher_proj.backward(ctx, ht, dzt.cview<2>(), view<2>{}));
-    index_t n = 0;  // the real tokens' teacher keys, in order
+    if (!has_queue()) return loss;
+    index_t n = 0;  // the real tokens' teacher keys and ids, in order
     resize(keys, {M, D});
+    key_ids.clear();
     for (index_t i = 0; i < M; ++i)
-      if (valid[static_cast<std::size_t>(i)]) std::copy_n(zt.data() + i * D, D, keys.data() + n++ * D);
-    throw_if_error(distill::sample_queue_enqueue(ctx, queue.queue(), distill::make_view(static_cast<const float*>(keys.data()), n, D)));
+      if (valid[static_cast<std::size_t>(i)]) std::copy_n(zt.data() + i * D, D, keys.data() + n++ * D), key_ids.push_back(ids[static_cast<std::size_t>(i)]);
+    throw_if_error(distill::sample_queue_enqueue(ctx, queue.queue(), distill::make_view(static_cast<const float*>(keys.data()), n, D),
+                                                 distill::make_view(static_cast<const std::int64_t*>(key_ids.data()), n)));
     return loss;
   }
   void save(nn::checkpoint& ck) const {
+    if (!has_queue()) return;
     const auto& q = queue.queue();
     throw_if_error(ck.put("nce_queue/keys", q.keys().data(), {q.capacity(), q.dim()}));
+    throw_if_error(ck.put("nce_queue/ids", q.ids().data(), {q.capacity()}));
     ck.put_int("nce_queue_write_position", q.write_position());
     ck.put_int("nce_queue_fill_count", q.size());
   }
   distill::status restore(const nn::checkpoint& ck) {
     auto& q = queue.queue();
     std::int64_t wp = 0, n = 0;
+    if (!has_queue()) return {};
     DISTILL_TRY(ck.get("nce_queue/keys", {q.capacity(), q.dim()}, q.keys().data()));
+    DISTILL_TRY(ck.get("nce_queue/ids", {q.capacity()}, q.ids().data()));
     DISTILL_TRY(ck.get_int("nce_queue_write_position", wp));
     DISTILL_TRY(ck.get_int("nce_queue_fill_count", n));
     return q.restore_state(wp, n);
@@ -153,7 +170,8 @@ struct accuracy {
   }
 };
 
-inline accuracy evaluate(const distill::cpu& ctx, vqa_transformer& m, const world& w, const split_data& d, region_source src, int K) {
+inline accuracy evaluate(const distill::cpu& ctx, vqa_transformer& m, const world& w, const split_data& d, region_source src, int K,
+                         region_set set = region_set::shared) {
   m.set_training(false);
   accuracy acc;
   vqa_batch b;
@@ -161,7 +179,7 @@ inline accuracy evaluate(const distill::cpu& ctx, vqa_transformer& m, const worl
   for (std::uint32_t first = 0; first < d.scenes.size(); first += chunk) {
     std::vector<std::uint32_t> ids;
     for (std::uint32_t k = first; k < std::min<std::uint32_t>(first + chunk, static_cast<std::uint32_t>(d.scenes.size())); ++k) ids.push_back(k);
-    fill_batch(w, d, ids, src, K, b);
+    fill_batch(w, d, ids, src, K, b, set);
     m.forward(ctx, b);
     const float* z = m.logits().data();
     for (index_t q = 0; q < b.questions; ++q, z += ex::answer_count) {
@@ -184,61 +202,109 @@ inline accuracy prior_accuracy(const split_data& train, const split_data& d) {
   return acc;
 }
 
-// ---- the three runs of a seed -------------------------------------------------------------
+// ---- one run -----------------------------------------------------------------------------
 
 struct model_result {
   std::string name;
   run_log log;
   accuracy validation, test;
-  index_t parameters = 0;
+  index_t parameters = 0;          ///< of the deployed model (the NCE projections are dropped after training)
+  double ms_per_question = 0;      ///< inference: evaluate() on the test split, wall time / questions
 };
 
-/// Trains `m` (CE alone when `teacher` is null; CE + logit KD + last-layer attention MSE from
-/// the frozen `teacher` otherwise), resuming from its checkpoint when asked, then evaluates it.
-inline model_result train_model(const distill::cpu& ctx, const run_config& c, const world& w, const std::string& name, vqa_transformer& m,
-                                vqa_transformer* teacher, const optimiser_config& o, std::uint64_t seed, const std::filesystem::path& ckpt_dir,
-                                bool resume, const json& fingerprint) {
+/// What a run trains: the model reads `regions`; with a teacher, the student learns CE + the
+/// terms `method` turns on (weights from distill_config) from the frozen teacher, which reads
+/// its own regions when method.own_regions; without one, CE alone.
+struct run_spec {
+  std::string name;  ///< of the run and its checkpoint
+  region_set regions = region_set::shared;
+  vqa_transformer* teacher = nullptr;
+  student_method method = student_methods[0];
+  int nce_queue = 0;  ///< queue size of the NCE term (0: in-batch negatives)
+};
+
+/// Gathers the own-regions teacher's last attention [b, h, pi(i), pi(j)] and output rows pi(i)
+/// onto the student's token positions (zeros where pi = -1; those tokens are masked).
+inline void gather_teacher(cview<4> att, cview<2> rows, const std::vector<std::int64_t>& pi, tensor& att_out, tensor& rows_out) {
+  const index_t B = att.extent(0), H = att.extent(1), L = att.extent(2), W = rows.extent(1);
+  resize(att_out, {B, H, L, L}), resize(rows_out, {B * L, W});
+  for (index_t b = 0; b < B; ++b) {
+    const std::int64_t* p = pi.data() + b * L;
+    for (index_t h = 0; h < H; ++h)
+      for (index_t i = 0; i < L; ++i)
+        for (index_t j = 0; j < L; ++j)
+          att_out.data()[((b * H + h) * L + i) * L + j] = p[i] < 0 || p[j] < 0 ? 0.0f : att(b, h, p[i], p[j]);
+    for (index_t i = 0; i < L; ++i)
+      if (p[i] < 0) std::fill_n(rows_out.data() + (b * L + i) * W, W, 0.0f);
+      else std::copy_n(rows.data() + (b * L + p[i]) * W, W, rows_out.data() + (b * L + i) * W);
+  }
+}
+
+/// Trains `m` as `spec` says, resuming from its checkpoint when asked, then evaluates it.
+inline model_result train_model(const distill::cpu& ctx, const run_config& c, const world& w, const run_spec& spec, vqa_transformer& m,
+                                const optimiser_config& o, std::uint64_t seed, const std::filesystem::path& ckpt_dir, bool resume,
+                                const json& fingerprint) {
   const region_source src = c.regions;
   const int K = c.max_regions;
   const index_t steps = static_cast<index_t>(w.train.scenes.size()) / o.scenes;
+  vqa_transformer* teacher = spec.teacher;
+  const student_method& method = spec.method;
+  const region_set teacher_regions = method.own_regions ? region_set::teacher_own : region_set::shared;
   std::optional<token_nce_head> nce;
   param_list params = m.parameters();
-  if (teacher && c.kd.nce_weight > 0) {
-    nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, seed);
+  if (teacher && method.nce) {
+    nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, spec.nce_queue, seed);
     params = nn::collect_parameters(params, *nce);
   }
-  training_run run(name + "-seed" + std::to_string(seed), "accuracy", ckpt_dir / (name + "-seed" + std::to_string(seed) + ".ckpt"), fingerprint,
-                   params, o, steps);
+  const std::string run_name = spec.name + "-seed" + std::to_string(seed);
+  training_run run(run_name, "accuracy", ckpt_dir / (run_name + ".ckpt"), fingerprint, params, o, steps);
   if (nce) {
     run.save_extra = [&](nn::checkpoint& ck) { nce->save(ck); };
     run.restore_extra = [&](const nn::checkpoint& ck) { return nce->restore(ck); };
   }
   if (resume) run.try_resume();
-  vqa_batch b;
-  tensor grad, grad_att;
+  vqa_batch b, tb;
+  tensor grad, grad_att, t_att, t_rows;
+  std::vector<std::uint8_t> valid;
   auto step = [&](int epoch, index_t s) {
     const auto ids = step_scenes(w.train.scenes.size(), o.scenes, seed, epoch, s);
-    fill_batch(w, w.train, ids, src, K, b);
-    if (teacher) teacher->forward(ctx, b);  // frozen, in evaluation mode
+    fill_batch(w, w.train, ids, src, K, b, spec.regions);
     m.forward(ctx, b);
     resize(grad, m.logits().shape());
     double loss = cross_entropy(ctx, m.logits().cview<2>(), b.answers, grad.view<2>());
-    if (!teacher) {
+    if (!teacher || !method.distilled()) {
       m.backward(ctx, grad.cview<2>());
       return loss;
     }
-    if (c.kd.kd_weight > 0)
+    // The teacher (frozen, in evaluation mode) on the same scenes and questions; with its own
+    // regions, its attention and output tokens are gathered onto the student's tokens.
+    cview<4> t_attention;
+    cview<2> t_hidden;
+    valid = b.key_valid;
+    if (method.own_regions) {
+      fill_batch(w, w.train, ids, src, K, tb, teacher_regions);
+      teacher->forward(ctx, tb);
+      const auto pi = align_tokens(b, tb);
+      for (std::size_t i = 0; i < valid.size(); ++i) valid[i] = valid[i] && pi[i] >= 0;
+      gather_teacher(teacher->last_attention(), teacher->hidden_rows(), pi, t_att, t_rows);
+      t_attention = t_att.cview<4>(), t_hidden = t_rows.cview<2>();
+    } else {
+      teacher->forward(ctx, b);
+      t_attention = teacher->last_attention(), t_hidden = teacher->hidden_rows();
+    }
+    if (method.kd)
       loss += c.kd.kd_weight * logit_kd(ctx, m.logits().cview<2>(), teacher->logits().cview<2>(), c.kd.kd_temperature, c.kd.kd_weight, grad.view<2>());
     cview<4> d_att;
-    if (c.kd.attention_weight > 0) {
+    if (method.attention) {
       const auto ps = m.last_attention();
       resize(grad_att, {ps.extent(0), ps.extent(1), ps.extent(2), ps.extent(3)});
-      loss += c.kd.attention_weight * attention_mse(ctx, ps, teacher->last_attention(), m.key_valid(), c.kd.attention_weight, grad_att.view<4>());
+      loss += c.kd.attention_weight * attention_mse(ctx, ps, t_attention, distill::make_view(static_cast<const std::uint8_t*>(valid.data()), b.questions, b.L),
+                                                    c.kd.attention_weight, grad_att.view<4>());
       d_att = grad_att.cview<4>();
     }
     cview<2> d_hidden;
     if (nce) {
-      loss += c.kd.nce_weight * nce->step(ctx, m.hidden_rows(), teacher->hidden_rows(), b.key_valid, c.kd);
+      loss += c.kd.nce_weight * nce->step(ctx, m.hidden_rows(), t_hidden, valid, b.token_ids, c.kd);
       d_hidden = nce->dhs.cview<2>();
     }
     m.backward(ctx, grad.cview<2>(), d_att, d_hidden);
@@ -246,12 +312,14 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
   };
   if (teacher) teacher->set_training(false);
   if (!run.finished())
-    run.run(ctx, step, [&] { return evaluate(ctx, m, w, w.validation, src, K).overall(); }, [&](bool t) { m.set_training(t); });
+    run.run(ctx, step, [&] { return evaluate(ctx, m, w, w.validation, src, K, spec.regions).overall(); }, [&](bool t) { m.set_training(t); });
   model_result r;
-  r.name = name;
+  r.name = spec.name;
   r.log = run.log();
-  r.validation = evaluate(ctx, m, w, w.validation, src, K);
-  r.test = evaluate(ctx, m, w, w.test, src, K);
+  r.validation = evaluate(ctx, m, w, w.validation, src, K, spec.regions);
+  const auto t0 = std::chrono::steady_clock::now();
+  r.test = evaluate(ctx, m, w, w.test, src, K, spec.regions);
+  r.ms_per_question = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / static_cast<double>(std::max<std::int64_t>(1, r.test.total));
   r.parameters = count_learnt(m.parameters());
   return r;
 }
