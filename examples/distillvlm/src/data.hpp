@@ -295,6 +295,28 @@ inline std::vector<std::int64_t> align_tokens(const vqa_batch& student, const vq
   return map;
 }
 
+/// How well the teacher's own regions cover the student's on a split (region_source::proposals):
+/// the share of the student's real region tokens whose best-IoU teacher region overlaps at all
+/// (the others are masked out of the attention and NCE terms), and overlaps at IoU >= 0.5.
+struct alignment_stats {
+  double matched = 0, matched50 = 0, mean_best_iou = 0;
+};
+inline alignment_stats region_alignment(const split_data& d, int K) {
+  alignment_stats a;
+  std::int64_t n = 0;
+  for (std::uint32_t id = 0; id < d.scenes.size(); ++id) {
+    const auto s = scene_regions(d, id, region_source::proposals, K, region_set::shared);
+    const auto t = scene_regions(d, id, region_source::proposals, K, region_set::teacher_own);
+    for (const auto& bs : s) {
+      double best = 0;
+      for (const auto& bt : t) best = std::max(best, box_iou(bs.data(), bt.data()));
+      ++n, a.matched += best > 0, a.matched50 += best >= 0.5, a.mean_best_iou += best;
+    }
+  }
+  if (n) a.matched /= static_cast<double>(n), a.matched50 /= static_cast<double>(n), a.mean_best_iou /= static_cast<double>(n);
+  return a;
+}
+
 /// The scenes of step `step` of `epoch`: a permutation of the train scenes that depends only on
 /// (seed, epoch), cut into consecutive groups (the last incomplete group is dropped).
 inline std::vector<std::uint32_t> step_scenes(std::size_t n_scenes, int per_step, std::uint64_t seed, int epoch, index_t step) {

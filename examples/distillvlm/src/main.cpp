@@ -253,9 +253,14 @@ int main(int argc, char** argv) {
       fp_world["proposal_key"] = key;
       results["proposals"] = shared;
       if (own_regions) {
-        const auto [own_key, own] = attach(c.teacher_rpn, &split_data::own_proposals, "the teacher's own detector");
+        auto [own_key, own] = attach(c.teacher_rpn, &split_data::own_proposals, "the teacher's own detector");
         fp_own_world = fp_world;
         fp_own_world["teacher_own_proposal_key"] = own_key;
+        const alignment_stats al = region_alignment(w.train, c.max_regions);
+        std::cout << "alignment of the student's region tokens to the teacher's own (train scenes, best IoU): " << ex::table::fixed(al.matched, 3)
+                  << " overlap a teacher region (the rest are masked), " << ex::table::fixed(al.matched50, 3) << " at IoU >= 0.5, mean best IoU "
+                  << ex::table::fixed(al.mean_best_iou, 3) << "\n";
+        own["train_alignment"] = {{"matched", al.matched}, {"matched_iou_0.5", al.matched50}, {"mean_best_iou", al.mean_best_iou}};
         results["teacher_own_proposals"] = own;
       }
     } else {
