@@ -254,7 +254,8 @@ int main(int argc, char** argv) {
       results["proposals"] = shared;
       if (own_regions) {
         auto [own_key, own] = attach(c.teacher_rpn, &split_data::own_proposals, "the teacher's own detector");
-        fp_own_world = fp_world;
+        fp_own_world = fp_world;  // the own teacher reads only its own detector's regions
+        fp_own_world.erase("proposal_key");
         fp_own_world["teacher_own_proposal_key"] = own_key;
         const alignment_stats al = region_alignment(w.train, c.max_regions);
         std::cout << "alignment of the student's region tokens to the teacher's own (train scenes, best IoU): " << ex::table::fixed(al.matched, 3)
