@@ -13,7 +13,8 @@
 //   student   a smaller one, trained alone (CE) and distilled (CE + logit KD + last-layer
 //             attention-map MSE with the teacher's heads averaged in groups onto the student's,
 //             and, with --nce-weight, token-wise NCE against a queue of teacher keys)
-//   report    accuracy per question family on validation and test, results.json, curves.csv
+//   report    accuracy per question family on validation and test, results.json, curves.csv,
+//             curves.png, attention.png (figures.hpp)
 //
 //   distillvlm --preset smoke|cpu-small [--regions proposals|oracle] [--seeds 1] [--out DIR] [--resume]
 
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "figures.hpp"
 #include "training.hpp"
 
 namespace fs = std::filesystem;
@@ -177,6 +179,10 @@ int main(int argc, char** argv) {
                         {"validation", accuracy_json(r.validation)}, {"test", accuracy_json(r.test)}});
         logs.push_back(r.log);
       }
+      if (k == 0) {  // the first seed's three models on one test scene
+        const attention_subject shown[] = {{"teacher", &teacher}, {"student before distillation (alone)", &alone}, {"student after distillation", &distilled}};
+        std::cerr << write_attention_picture(o / "attention.png", ctx, c, w, w.test, "test", 0, picture_question(w.test, 0), shown, std::cout).message << "\n";
+      }
     }
     results["runs"] = runs;
     results["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -188,6 +194,7 @@ int main(int argc, char** argv) {
       for (const auto& e : l.curve)
         csv += l.name + "," + std::to_string(e.epoch) + "," + std::to_string(e.train_loss) + "," + std::to_string(e.validation) + "," + std::to_string(e.seconds) + "\n";
     examples::write_text_file(o / "curves.csv", csv);
+    std::cerr << write_curves_png(o / "curves.png", logs).message << "\n";
     std::cout << "\n" << ex::table::fixed(results["seconds"].get<double>(), 1) << " s wall, " << ex::table::fixed(results["cpu_seconds"].get<double>(), 1)
               << " s CPU (" << device << ", load average now " << load_average() << ")\n";
     std::cerr << "wrote " << (o / "results.json").string() << " and curves.csv\n";
