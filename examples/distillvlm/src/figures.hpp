@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <numeric>
+#include <ostream>
 #include <span>
 #include <sstream>
 #include <string>
@@ -72,14 +73,14 @@ struct attention_subject {
   vqa_transformer* model = nullptr;
 };
 
+namespace figures_detail {
+
 /// What one model did with the question: its answer and its head-averaged last-layer attention
 /// over the real tokens.
 struct attention_reading {
   int predicted = 0;
   std::vector<float> map;  ///< (n, n), n = real tokens, rows are queries
 };
-
-namespace figures_detail {
 
 inline constexpr examples::rgb8 region_rgb{40, 120, 255};
 
@@ -152,11 +153,11 @@ inline std::uint32_t picture_question(const split_data& d, std::uint32_t scene) 
 /// `question` (0-based, among the scene's questions) each model's last-layer attention averaged
 /// over its heads: [CLS] to each region as the tint of the region's box, and the L x L map over
 /// the real tokens, with the mean absolute difference of each later model's map to the first
-/// model's (the teacher's). The models run in evaluation mode on a batch of this one scene. All panels
-/// share one colour scale (the largest head-averaged attention shown; the [CLS]-to-region tints
-/// their own, the largest [CLS]-to-region attention). Prints the question and the answers to
-/// `log`. Throws std::invalid_argument for a bad scene, question or model; the result says
-/// whether the PNG was written.
+/// model's (the teacher's). The models are put in evaluation mode and run on a batch of this one
+/// scene. Colours: the maps of all models share one scale, 0 to the largest value shown; the
+/// region tints share another, 0 to the largest [CLS]-to-region value. Prints the question and
+/// the answers to `log`. Throws std::invalid_argument for a bad scene, question or model; the
+/// result says whether the PNG was written.
 inline examples::plot_result write_attention_picture(const std::filesystem::path& png, const distill::cpu& ctx, const run_config& c, const world& w,
                                                      const split_data& d, const std::string& split_name, std::uint32_t scene, std::uint32_t question,
                                                      std::span<const attention_subject> models, std::ostream& log) {
