@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Drawing for the examples' pictures: an RGB canvas, bitmap text (stb_easy_font), anti-aliased
-// segments, rings and arrowheads, a grid of panels, and PNG files (stb_image_write), all from
-// Debian's libstb-dev.
+// segments, rings and arrowheads, heat maps (a white-to-dark-red colour scale, labelled matrices,
+// a colour bar), a grid of panels, and PNG files (stb_image_write), all from Debian's libstb-dev.
 //
 // PNG encoding: stb_image_write's implementation is compiled into every translation unit that
 // includes this header, with internal linkage (STB_IMAGE_WRITE_STATIC), so nothing has to be
@@ -205,6 +205,93 @@ inline void draw_arrowhead(canvas& img, float tx, float ty, float ux, float uy, 
     }
 }
 
+
+// ---- heat maps --------------------------------------------------------------------------------
+
+/// A sequential colour scale for t in [0, 1] (clamped; NaN counts as 0): white at 0, then
+/// ColorBrewer's YlOrRd (yellow, orange, red) to dark red at 1. Darker means more, so a heat map
+/// reads on white paper and in grey print.
+inline rgb8 heat_rgb(float t) {
+  static constexpr std::array<rgb8, 9> stops = {{{255, 255, 255}, {255, 237, 160}, {254, 217, 118}, {254, 178, 76}, {253, 141, 60},
+                                                 {252, 78, 42},   {227, 26, 28},   {189, 0, 38},    {128, 0, 38}}};
+  t = std::isnan(t) ? 0.0f : std::clamp(t, 0.0f, 1.0f);
+  const float x = t * static_cast<float>(stops.size() - 1);
+  const std::size_t i = std::min(static_cast<std::size_t>(x), stops.size() - 2);
+  const float f = x - static_cast<float>(i);
+  const auto mix = [f](std::uint8_t a, std::uint8_t b) { return static_cast<std::uint8_t>(std::lround(a + f * (b - a))); };
+  return {mix(stops[i].r, stops[i + 1].r), mix(stops[i].g, stops[i + 1].g), mix(stops[i].b, stops[i + 1].b)};
+}
+
+/// The canvas turned a quarter turn counter-clockwise (text then reads from bottom to top).
+inline canvas rotated_left(const canvas& c) {
+  canvas r(c.height(), c.width());
+  for (int y = 0; y < c.height(); ++y)
+    for (int x = 0; x < c.width(); ++x) r.set(y, c.width() - 1 - x, c.at(x, y));
+  return r;
+}
+
+struct heat_map_options {
+  int cell = 20;         ///< pixels per cell side
+  float vmax = 1;        ///< the value drawn darkest (values are clamped to [0, vmax])
+  int text_scale = 1;    ///< of the labels and numbers
+  bool numbers = false;  ///< print round(100 v) in every cell with v >= 0.005 (attention as percent)
+  std::vector<int> groups;  ///< indices i: a dark line before row i and column i separates groups (square maps)
+};
+
+/// A matrix (row_labels.size() x col_labels.size(), row-major `values`) as cells coloured by
+/// heat_rgb(v / vmax), row labels right-aligned on the left, column labels above it, rotated.
+inline canvas heat_map(std::span<const float> values, std::span<const std::string> row_labels, std::span<const std::string> col_labels,
+                       const heat_map_options& o = {}) {
+  const int rows = static_cast<int>(row_labels.size()), cols = static_cast<int>(col_labels.size());
+  if (rows == 0 || cols == 0) throw std::invalid_argument("heat_map: need at least one row label and one column label");
+  if (values.size() != static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols))
+    throw std::invalid_argument("heat_map: values holds " + std::to_string(values.size()) + " numbers, not rows x cols = " + std::to_string(rows * cols));
+  if (o.cell <= 0 || !(o.vmax > 0)) throw std::invalid_argument("heat_map: cell and vmax must be positive");
+  const int pad = 4, line = text_line_height(o.text_scale);
+  int left = 0, top = 0;
+  for (const auto& l : row_labels) left = std::max(left, text_width(l, o.text_scale));
+  for (const auto& l : col_labels) top = std::max(top, text_width(l, o.text_scale));
+  left += pad, top += pad;
+  canvas c(left + cols * o.cell + 1, top + rows * o.cell + 1);
+  const int text_dy = (o.cell - line) / 2 + o.text_scale;  // stb_easy_font leaves about one unit above the capitals
+  for (int i = 0; i < rows; ++i)
+    draw_text(c, left - pad - text_width(row_labels[static_cast<std::size_t>(i)], o.text_scale), top + i * o.cell + text_dy, row_labels[static_cast<std::size_t>(i)],
+              text_rgb, o.text_scale);
+  for (int j = 0; j < cols; ++j) {
+    const std::string& l = col_labels[static_cast<std::size_t>(j)];
+    canvas t(std::max(1, text_width(l, o.text_scale)), line);
+    draw_text(t, 0, 0, l, text_rgb, o.text_scale);
+    c.paste(rotated_left(t), left + j * o.cell + text_dy, top - pad - t.width());
+  }
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) {
+      const float v = values[static_cast<std::size_t>(i * cols + j)], t = v / o.vmax;
+      c.fill_rect(left + j * o.cell, top + i * o.cell, o.cell, o.cell, heat_rgb(t));
+      if (o.numbers && v >= 0.005f) {
+        const std::string s = std::to_string(static_cast<int>(std::lround(100 * v)));
+        draw_text(c, left + j * o.cell + (o.cell - text_width(s, o.text_scale)) / 2 + o.text_scale, top + i * o.cell + text_dy, s,
+                  t > 0.55f ? white_rgb : text_rgb, o.text_scale);
+      }
+    }
+  for (int i = 0; i <= rows; ++i) c.fill_rect(left, top + i * o.cell, cols * o.cell + 1, 1, gap_rgb);
+  for (int j = 0; j <= cols; ++j) c.fill_rect(left + j * o.cell, top, 1, rows * o.cell + 1, gap_rgb);
+  for (int g : o.groups) {
+    if (g > 0 && g < rows) c.fill_rect(left, top + g * o.cell - 1, cols * o.cell + 1, 2, text_rgb);
+    if (g > 0 && g < cols) c.fill_rect(left + g * o.cell - 1, top, 2, rows * o.cell + 1, text_rgb);
+  }
+  return c;
+}
+
+/// A horizontal colour bar of heat_rgb from 0 (left) to 1 (right), `length` x `thickness`
+/// pixels, with the labels of its two ends (e.g. 0 and the heat map's vmax) under it.
+inline canvas colour_bar(int length, int thickness, const std::string& low_label, const std::string& high_label, int text_scale = 1) {
+  if (length < 2 || thickness < 1) throw std::invalid_argument("colour_bar: length must be at least 2 and thickness at least 1");
+  canvas c(length + text_width(high_label, text_scale) / 2 + 1, thickness + text_line_height(text_scale) + 2);
+  for (int x = 0; x < length; ++x) c.fill_rect(x, 0, 1, thickness, heat_rgb(static_cast<float>(x) / static_cast<float>(length - 1)));
+  draw_text(c, 0, thickness + 2, low_label, text_rgb, text_scale);
+  draw_text(c, std::max(0, length - text_width(high_label, text_scale) / 2), thickness + 2, high_label, text_rgb, text_scale);
+  return c;
+}
 
 /// Several canvases in a grid (row-major, `columns` per row) of equal cells, separated by a thin
 /// gray gap; each part sits at the top-left of its white cell.

@@ -3,7 +3,8 @@
 // images (no data files needed): determinism and the prefix property, the documented file layout
 // decoded here independently, round trips, corrupt/changed/missing files refused and regenerated,
 // split disjointness, template and out-of-context statistics against the documented table,
-// geometry (boxes, overlap), masks and their size threshold, degradations confined to the item.
+// geometry (boxes, overlap), masks and their size threshold, degradations confined to the item;
+// and the pictures drawn of them (scene_render.hpp, image.hpp: the heat colour scale and heat maps).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -385,4 +386,58 @@ TEST_CASE("scene world: pictures of scenes", "[scene_world]") {
   CHECK(edge.g > edge.b + 40);
   const rgb8 det = c.at(10 * 3, 20 * 3);
   CHECK(det.b > det.r + 60);
+}
+
+TEST_CASE("image: heat colour scale, rotation and heat maps", "[scene_world][image]") {
+  // the scale: white at 0, ColorBrewer YlOrRd's stops (orange #fd8d3c at 1/2, #800026 at 1), darker and darker
+  CHECK(heat_rgb(0.0f) == rgb8{255, 255, 255});
+  CHECK(heat_rgb(0.5f) == rgb8{253, 141, 60});
+  CHECK(heat_rgb(1.0f) == rgb8{128, 0, 38});
+  CHECK(heat_rgb(-3.0f) == heat_rgb(0.0f));
+  CHECK(heat_rgb(7.0f) == heat_rgb(1.0f));
+  CHECK(heat_rgb(std::nanf("")) == heat_rgb(0.0f));
+  const auto luma = [](rgb8 c) { return 0.299 * c.r + 0.587 * c.g + 0.114 * c.b; };
+  for (int i = 1; i <= 64; ++i) CHECK(luma(heat_rgb(static_cast<float>(i) / 64)) < luma(heat_rgb(static_cast<float>(i - 1) / 64)));
+
+  // a quarter turn counter-clockwise: the top-right pixel goes to the top-left, the top-left to the bottom-left
+  canvas small(3, 2);
+  small.set(2, 0, rgb8{1, 2, 3});
+  small.set(0, 0, rgb8{4, 5, 6});
+  const canvas turned = rotated_left(small);
+  CHECK(turned.width() == 2);
+  CHECK(turned.height() == 3);
+  CHECK(turned.at(0, 0) == rgb8{1, 2, 3});
+  CHECK(turned.at(0, 2) == rgb8{4, 5, 6});
+
+  // a 2 x 3 map: cell colours from value / vmax (clamped), labels drawn left of and above the cells
+  const std::vector<float> values = {0.0f, 0.25f, 0.5f, 0.125f, 1.0f, 0.05f};
+  const std::vector<std::string> rows = {"query", "q2"}, cols = {"a", "bb", "longer"};
+  heat_map_options o;
+  o.cell = 10, o.vmax = 0.5f, o.groups = {1};
+  const canvas m = heat_map(values, rows, cols, o);
+  const int left = text_width("query", 1) + 4, top = text_width("longer", 1) + 4;
+  CHECK(m.width() == left + 3 * 10 + 1);
+  CHECK(m.height() == top + 2 * 10 + 1);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) {
+      INFO("cell " << i << ", " << j);
+      CHECK(m.at(left + j * 10 + 6, top + i * 10 + 5) == heat_rgb(values[static_cast<std::size_t>(i * 3 + j)] / 0.5f));
+    }
+  CHECK(m.at(left + 16, top + 15) == heat_rgb(1.0f));  // 1.0 over vmax 0.5: clamped to the darkest
+  CHECK(m.at(left + 10, top + 3) == text_rgb);  // the group line before column 1
+  CHECK(m.at(left + 25, top + 10) == text_rgb);  // and before row 1
+  CHECK(m.at(left + 20, top + 3) == gap_rgb);    // an ordinary cell border
+  const auto dark_in = [&](int x0, int y0, int x1, int y1) {
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x)
+        if (luma(m.at(x, y)) < 100) return true;
+    return false;
+  };
+  CHECK(dark_in(0, top, left - 4, top + 10));      // the row label "query"
+  CHECK(dark_in(left, 0, left + 10, top - 4));     // the column label "a"
+  CHECK_FALSE(dark_in(0, 0, left - 4, top - 4));   // nothing in the corner
+  CHECK_THROWS_AS(heat_map(std::vector<float>(5), rows, cols, o), std::invalid_argument);
+  const canvas bar = colour_bar(50, 6, "0", "32 %");
+  CHECK(bar.at(0, 0) == heat_rgb(0.0f));
+  CHECK(bar.at(49, 3) == heat_rgb(1.0f));
 }

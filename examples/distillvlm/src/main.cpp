@@ -15,7 +15,8 @@
 //             all, all_own_regions (the teacher on its own regions, tokens aligned by best IoU);
 //             and the queue-size sweep of the nce method (rows nce_q<N>)
 //   report    mean +- std over seeds of accuracy per question family on validation and test,
-//             parameters, inference time; results.json, results.md, curves.csv
+//             parameters, inference time; results.json, results.md, curves.csv, curves.png,
+//             attention.png (figures.hpp)
 //
 //   distillvlm --preset smoke|cpu-small|full [--methods a,b] [--queue-sweep 0,256] [--seeds 3] [--out DIR] [--resume]
 
@@ -29,12 +30,14 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "config.hpp"
+#include "figures.hpp"
 #include "training.hpp"
 
 namespace fs = std::filesystem;
@@ -329,6 +332,7 @@ int main(int argc, char** argv) {
     for (int q : c.queue_sweep) student_rows.push_back({"nce_q" + std::to_string(q), &find_method("nce"), q});
     for (const auto& sr : student_rows) rows.push_back({sr.row, "student", {}});
     const std::size_t first_student_row = rows.size() - student_rows.size();
+    std::map<std::string, std::unique_ptr<vqa_transformer>> pictured;  // the first seed's alone and all students, for attention.png
     for (int k = 0; k < c.seeds; ++k) {
       const std::uint64_t seed = c.first_seed + static_cast<std::uint64_t>(k);
       for (std::size_t i = 0; i < student_rows.size(); ++i) {
@@ -344,14 +348,22 @@ int main(int argc, char** argv) {
           if (m.kd) fp["kd"] = {{"weight", c.kd.kd_weight}, {"temperature", c.kd.kd_temperature}};
           if (m.attention) fp["attention"] = {{"weight", c.kd.attention_weight}};
           if (m.nce) fp["nce"] = {{"weight", c.kd.nce_weight}, {"temperature", c.kd.nce_temperature}, {"dim", c.kd.nce_dim}, {"queue", sr.queue}};
-          vqa_transformer student("student", c.student, seed);
+          auto student = std::make_unique<vqa_transformer>("student", c.student, seed);
           vqa_transformer* t = !m.distilled() ? nullptr : m.own_regions ? &*own_teacher : &teacher;
-          it = done.emplace(key, train_model(ctx, c, w, run_spec{name, region_set::shared, t, m, sr.queue}, student, c.student_opt, seed, ckpt, resume, fp))
+          it = done.emplace(key, train_model(ctx, c, w, run_spec{name, region_set::shared, t, m, sr.queue}, *student, c.student_opt, seed, ckpt, resume, fp))
                    .first;
+          if (k == 0 && (m.name == std::string("alone") || m.name == std::string("all"))) pictured[m.name] = std::move(student);
           report(it->second, sr.row, seed,
                  {{"model", "student"}, {"method", m.name}, {"nce_queue", m.nce ? json(sr.queue) : json()}});
         }
         rows[first_student_row + i].runs.push_back(&it->second);
+      }
+      if (k == 0 && pictured.count("alone") && pictured.count("all")) {  // the first seed's models on one test scene
+        const attention_subject shown[] = {{"teacher", &teacher},
+                                           {"student before distillation (alone)", pictured["alone"].get()},
+                                           {"student after distillation (all)", pictured["all"].get()}};
+        std::cerr << write_attention_picture(o / "attention.png", ctx, c, w, w.test, "test", 0, picture_question(w.test, 0), shown, std::cout).message << "\n";
+        pictured.clear();
       }
     }
 
@@ -373,6 +385,7 @@ int main(int argc, char** argv) {
       for (const auto& e : l.curve)
         csv += l.name + "," + std::to_string(e.epoch) + "," + std::to_string(e.train_loss) + "," + std::to_string(e.validation) + "," + std::to_string(e.seconds) + "\n";
     examples::write_text_file(o / "curves.csv", csv);
+    std::cerr << write_curves_png(o / "curves.png", logs).message << "\n";
     std::cout << "\n" << ex::table::fixed(results["seconds"].get<double>(), 1) << " s wall, " << ex::table::fixed(results["cpu_seconds"].get<double>(), 1)
               << " s CPU (" << device << ", load average now " << load_average() << ")\n";
     std::cerr << "wrote " << (o / "results.json").string() << ", results.md and curves.csv\n";
