@@ -178,7 +178,7 @@ inline examples::plot_result write_attention_picture(const std::filesystem::path
   fill_batch(w, d, std::span<const std::uint32_t>(&scene, 1), c.regions, K, b);
   const index_t q = question, L = b.L;
   const ex::scene_question& sq = *b.source[static_cast<std::size_t>(q)];
-  const std::vector<region_box> boxes = scene_regions(d, scene, c.regions, K);
+  const std::vector<region_box> boxes = scene_regions(d, scene, c.regions, K, region_set::shared);
 
   // the real tokens: [CLS], the scene's regions, the question's words
   std::vector<index_t> tokens;
