@@ -13,9 +13,12 @@
 //   student   a smaller one, trained alone (CE) and distilled (CE + logit KD + last-layer
 //             attention-map MSE with the teacher's heads averaged in groups onto the student's,
 //             and, with --nce-weight, token-wise NCE against a queue of teacher keys)
+//   pretrain  with --pretrain-epochs N, each model first learns masked region classification
+//             (src/pretraining.hpp; the distilled student from the pre-trained teacher), then is
+//             fine-tuned on the questions from those weights
 //   report    accuracy per question family on validation and test, results.json, curves.csv
 //
-//   distillvlm --preset smoke|cpu-small [--regions proposals|oracle] [--seeds 1] [--out DIR] [--resume]
+//   distillvlm --preset smoke|cpu-small [--regions proposals|oracle] [--pretrain-epochs N] [--seeds 1] [--out DIR] [--resume]
 
 #include <CLI/CLI.hpp>
 
@@ -30,6 +33,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "pretraining.hpp"
 #include "training.hpp"
 
 namespace fs = std::filesystem;
@@ -74,6 +78,8 @@ int main(int argc, char** argv) {
   std::optional<std::uint32_t> train_scenes;
   std::optional<int> max_regions;
   std::optional<double> kd_weight, kd_temperature, attention_weight, nce_weight;
+  std::optional<int> pretrain_epochs;
+  std::optional<bool> pretrain_distill;
   app.add_option("--preset", preset, "smoke (under 30 s, CI) or cpu-small")->check(CLI::IsMember({"smoke", "cpu-small"}));
   app.add_option("--regions", regions, "region source: proposals (one class-agnostic RPN's, read by teacher and student) or oracle (the true item boxes)")
       ->check(CLI::IsMember({"proposals", "oracle"}));
@@ -92,6 +98,10 @@ int main(int argc, char** argv) {
   app.add_option("--kd-temperature", kd_temperature, "temperature of the logit KD term")->check(CLI::PositiveNumber);
   app.add_option("--attention-weight", attention_weight, "weight of the last-layer attention-map MSE")->check(CLI::NonNegativeNumber);
   app.add_option("--nce-weight", nce_weight, "weight of the token-wise NCE against the queue of teacher keys (0: off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--pretrain-epochs", pretrain_epochs, "epochs of masked-region-classification pre-training of every model before fine-tuning (0: none)")
+      ->check(CLI::Range(0, 10000));
+  app.add_option("--pretrain-distill", pretrain_distill,
+                 "true: the distilled student is pre-trained from the pre-trained teacher (region-logit KD + attention MSE); false: it starts from the student pre-trained alone");
   c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CLI11_PARSE(app, argc, argv);
 
@@ -112,6 +122,8 @@ int main(int argc, char** argv) {
     if (kd_temperature) c.kd.kd_temperature = *kd_temperature;
     if (attention_weight) c.kd.attention_weight = *attention_weight;
     if (nce_weight) c.kd.nce_weight = *nce_weight;
+    if (pretrain_epochs) c.pretrain.epochs = *pretrain_epochs;
+    if (pretrain_distill) c.pretrain.distill = *pretrain_distill;
     if (c.teacher.heads % c.student.heads != 0) throw std::invalid_argument("the teacher's heads must be a multiple of the student's (group_mean head mapping)");
 
     const distill::cpu ctx{c.threads};
@@ -149,7 +161,7 @@ int main(int argc, char** argv) {
     }
     const accuracy prior_val = prior_accuracy(w.train, w.validation), prior_test = prior_accuracy(w.train, w.test);
     results["answer_prior"] = {{"validation", accuracy_json(prior_val)}, {"test", accuracy_json(prior_test)}};
-    json runs = json::array();
+    json runs = json::array(), pretraining = json::array();
     std::vector<run_log> logs;
     std::cout << "\nAccuracy (%): validation, test, and test per family (";
     for (int f = 0; f < ex::question_family_count; ++f) std::cout << (f ? ", " : "") << ex::question_family_names[static_cast<std::size_t>(f)];
@@ -166,6 +178,16 @@ int main(int argc, char** argv) {
       fp_kd["teacher"] = fp_teacher, fp_kd["distillation"] = to_json(c.kd);
 
       vqa_transformer teacher("teacher", c.teacher, seed), alone("student", c.student, seed), distilled("student", c.student, seed);
+      if (c.pretrain.epochs > 0) {  // pre-training (src/pretraining.hpp); fine-tuning starts from its weights
+        const seed_pretraining p = pretrain_seed(ctx, c, w, fp_world, seed, ckpt, resume, teacher, alone, distilled, fp_teacher, fp_alone, fp_kd);
+        for (const auto& r : p.results) {
+          std::cout << "  " << r.name << " s" << seed << ": validation masked-region accuracy " << percent(r.validation.accuracy) << " % ("
+                    << r.validation.regions << " regions; most common class " << percent(r.validation.majority) << " %), "
+                    << ex::table::fixed(r.log.seconds, 1) << " s training\n";
+          logs.push_back(r.log);
+        }
+        pretraining.push_back({{"seed", seed}, {"models", p.to_json()}});
+      }
       std::vector<model_result> rs;
       rs.push_back(train_model(ctx, c, w, "teacher", teacher, nullptr, c.teacher_opt, seed, ckpt, resume, fp_teacher));
       rs.push_back(train_model(ctx, c, w, "student_alone", alone, nullptr, c.student_opt, seed, ckpt, resume, fp_alone));
@@ -179,6 +201,7 @@ int main(int argc, char** argv) {
       }
     }
     results["runs"] = runs;
+    if (c.pretrain.epochs > 0) results["pretraining"] = pretraining;
     results["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     results["cpu_seconds"] = cpu_seconds() - cpu_start;
     results["load_average_end"] = load_average();
