@@ -240,9 +240,11 @@ struct seed_pretraining {
 inline seed_pretraining pretrain_seed(const distill::cpu& ctx, const run_config& c, const world& w, const json& fp_world, std::uint64_t seed,
                                       const std::filesystem::path& ckpt_dir, bool resume, vqa_transformer& teacher, vqa_transformer& alone,
                                       vqa_transformer& distilled, json& fp_teacher, json& fp_alone, json& fp_kd) {
+  json task = to_json(c.pretrain);
+  task.erase("distill");  // concerns the distilled student alone
   json fp_t = fp_world, fp_s = fp_world;
-  fp_t["teacher"] = to_json(c.teacher), fp_t["optimiser"] = to_json(c.teacher_opt), fp_t["seed"] = seed, fp_t["pretraining"] = to_json(c.pretrain);
-  fp_s["student"] = to_json(c.student), fp_s["optimiser"] = to_json(c.student_opt), fp_s["seed"] = seed, fp_s["pretraining"] = to_json(c.pretrain);
+  fp_t["teacher"] = to_json(c.teacher), fp_t["optimiser"] = to_json(c.teacher_opt), fp_t["seed"] = seed, fp_t["pretraining"] = task;
+  fp_s["student"] = to_json(c.student), fp_s["optimiser"] = to_json(c.student_opt), fp_s["seed"] = seed, fp_s["pretraining"] = task;
   fp_t["optimiser"]["epochs"] = fp_s["optimiser"]["epochs"] = c.pretrain.epochs;
   json fp_d = fp_s;
   fp_d["teacher"] = fp_t, fp_d["distillation"] = to_json(c.kd);
