@@ -77,6 +77,17 @@ inline const student_method& find_method(const std::string& name) {
   throw std::invalid_argument("--methods: unknown method '" + name + "' (alone, kd, attention, nce, all, all_own_regions)");
 }
 
+/// The pre-training stage (src/pretraining.hpp): masked region classification. A scene's [CLS],
+/// K region tokens and the words of one of its questions; in each such sequence a fraction of the
+/// real regions have their visual features zeroed (box kept) and a linear head on their output
+/// tokens names the Fashion-MNIST class of the item each overlaps best at IoU >= 0.5, or
+/// background (11 classes).
+struct pretrain_config {
+  int epochs = 0;          ///< 0: no pre-training; else teacher and students are pre-trained, then fine-tuned from it
+  double mask_rate = 0.2;  ///< masked regions per scene: max(1, round(rate x its real regions))
+  bool distill = true;     ///< the distilled student is pre-trained from the pre-trained teacher (CE + region-logit KD + attention MSE); false: it starts from the student pre-trained alone
+};
+
 /// Where the region tokens of a scene come from (src/data.hpp). Teacher and student always read
 /// the same boxes, so their region tokens correspond one to one.
 ///   proposals  the first K proposals of one class-agnostic region proposal network
@@ -109,6 +120,7 @@ struct run_config {
   optimiser_config teacher_opt{1e-3, 1e-2, 16, 4};
   optimiser_config student_opt{1e-3, 1e-2, 16, 4};
   distill_config kd;
+  pretrain_config pretrain;  ///< its optimiser: the model's, with pretrain.epochs epochs
 
   static examples::region_proposal_config own_detector(examples::region_proposal_config r) {
     r.seed += 1;
@@ -139,6 +151,7 @@ inline void apply_preset(run_config& c, const std::string& preset) {
     c.teacher_opt = {1e-3, 1e-2, 8, 1}, c.student_opt = {1e-3, 1e-2, 8, 1};
     c.kd.nce_dim = 16, c.kd.nce_queue = 256;
     c.rpn = examples::region_proposal_config::smoke();
+    c.pretrain.epochs = 1;
   } else {
     throw std::invalid_argument("--preset must be smoke, cpu-small or full, not '" + preset + "'");
   }
@@ -169,6 +182,10 @@ inline json to_json(const examples::region_proposal_config& r) {
           {"positive_iou", r.positive_iou}, {"negative_iou", r.negative_iou}, {"pre_nms", r.pre_nms}, {"nms_iou", r.nms_iou},
           {"max_proposals", r.max_proposals}, {"seed", r.seed}};
 }
+inline json to_json(const pretrain_config& p) {
+  return {{"objective", "masked region classification (10 Fashion-MNIST classes + background, IoU >= 0.5)"}, {"epochs", p.epochs},
+          {"mask_rate", p.mask_rate}, {"masked", "pooled region features zeroed, box geometry kept"}, {"distill", p.distill}};
+}
 inline json regions_json(const run_config& c) {
   if (c.regions == region_source::oracle) return {{"source", "oracle"}, {"meaning", "the true item boxes"}};
   return {{"source", "proposals"},
@@ -189,7 +206,8 @@ inline json to_json(const run_config& c) {
           {"teachers", "each teacher is trained once, with the first seed, and teaches every student seed"}, {"threads", c.threads},
           {"methods", methods}, {"queue_sweep", c.queue_sweep}, {"max_regions", c.max_regions},
           {"regions", regions_json(c)}, {"world", to_json(c.world)}, {"teacher", to_json(c.teacher)}, {"student", to_json(c.student)},
-          {"teacher_optimiser", to_json(c.teacher_opt)}, {"student_optimiser", to_json(c.student_opt)}, {"distillation", to_json(c.kd)}};
+          {"teacher_optimiser", to_json(c.teacher_opt)}, {"student_optimiser", to_json(c.student_opt)}, {"distillation", to_json(c.kd)},
+          {"pretraining", to_json(c.pretrain)}};
 }
 
 }  // namespace dvlm

@@ -188,6 +188,10 @@ struct vqa_batch {
   std::vector<std::int64_t> token_ids;
   std::vector<std::int64_t> answers;    ///< (B)
   std::vector<const ex::scene_question*> source;  ///< (B)
+  /// (rows of rois): 1 = the row's pooled features are replaced by zeros, its box kept (masked
+  /// region classification, src/pretraining.hpp, appends masked copies of the S K rows for the
+  /// questions' region_row to pick); empty (fill_batch's default): no row is masked.
+  std::vector<std::uint8_t> masked_regions;
 };
 
 inline constexpr int cls_word = ex::question_word_count, region_word = ex::question_word_count + 1, vocabulary = ex::question_word_count + 2;
@@ -197,6 +201,7 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
   const index_t S = static_cast<index_t>(scene_ids.size()), side = w.side, L = sequence_length(K);
   const std::uint32_t qps = d.questions.params.questions_per_scene;
   b.scenes = S, b.questions = S * qps, b.K = K, b.L = L;
+  b.masked_regions.clear();
   distill::throw_if_error(b.pixels.resize({S, 1, side, side}));
   distill::throw_if_error(b.rois.resize({S * K, 5}));
   distill::throw_if_error(b.geometry.resize({S * K, 6}));

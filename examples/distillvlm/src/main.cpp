@@ -14,11 +14,14 @@
 //   students  a smaller one per method and seed (the ablation): alone (CE), kd, attention, nce,
 //             all, all_own_regions (the teacher on its own regions, tokens aligned by best IoU);
 //             and the queue-size sweep of the nce method (rows nce_q<N>)
+//   pretrain  with --pretrain-epochs N, each model first learns masked region classification
+//             (src/pretraining.hpp; with --pretrain-distill the distilled students from the
+//             pre-trained teacher), then is fine-tuned on the questions from those weights
 //   report    mean +- std over seeds of accuracy per question family on validation and test,
 //             parameters, inference time; results.json, results.md, curves.csv, curves.png,
 //             attention.png (figures.hpp)
 //
-//   distillvlm --preset smoke|cpu-small|full [--methods a,b] [--queue-sweep 0,256] [--seeds 3] [--out DIR] [--resume]
+//   distillvlm --preset smoke|cpu-small|full [--methods a,b] [--queue-sweep 0,256] [--pretrain-epochs N] [--seeds 3] [--out DIR] [--resume]
 
 #include <CLI/CLI.hpp>
 
@@ -38,6 +41,7 @@
 
 #include "config.hpp"
 #include "figures.hpp"
+#include "pretraining.hpp"
 #include "training.hpp"
 
 namespace fs = std::filesystem;
@@ -150,6 +154,8 @@ int main(int argc, char** argv) {
   std::optional<int> max_regions;
   std::optional<double> kd_weight, kd_temperature, attention_weight, nce_weight;
   std::optional<std::string> methods, queue_sweep;
+  std::optional<int> pretrain_epochs;
+  std::optional<bool> pretrain_distill;
   app.add_option("--preset", preset, "smoke (under 30 s, CI), cpu-small, or full (the issue's widths)")->check(CLI::IsMember({"smoke", "cpu-small", "full"}));
   app.add_option("--regions", regions, "region source: proposals (one class-agnostic RPN's, read by teacher and student) or oracle (the true item boxes)")
       ->check(CLI::IsMember({"proposals", "oracle"}));
@@ -171,6 +177,10 @@ int main(int argc, char** argv) {
   app.add_option("--attention-weight", attention_weight, "weight of the last-layer attention-map MSE where a method turns it on")->check(CLI::PositiveNumber);
   app.add_option("--nce-weight", nce_weight, "weight of the token-wise NCE where a method turns it on")->check(CLI::PositiveNumber);
   app.add_option("--nce-queue", nce_queue, "teacher keys in the NCE queue of the methods (0: no queue, in-batch negatives)")->check(CLI::Range(0, 1 << 20));
+  app.add_option("--pretrain-epochs", pretrain_epochs, "epochs of masked-region-classification pre-training of every model before fine-tuning (0: none)")
+      ->check(CLI::Range(0, 10000));
+  app.add_option("--pretrain-distill", pretrain_distill,
+                 "true: the distilled student is pre-trained from the pre-trained teacher (region-logit KD + attention MSE); false: it starts from the student pre-trained alone");
   c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CLI11_PARSE(app, argc, argv);
 
@@ -217,6 +227,8 @@ int main(int argc, char** argv) {
         c.queue_sweep.push_back(n);
       }
     }
+    if (pretrain_epochs) c.pretrain.epochs = *pretrain_epochs;
+    if (pretrain_distill) c.pretrain.distill = *pretrain_distill;
     if (c.teacher.heads % c.student.heads != 0) throw std::invalid_argument("the teacher's heads must be a multiple of the student's (group_mean head mapping)");
 
     const distill::cpu ctx{c.threads};
@@ -272,6 +284,7 @@ int main(int argc, char** argv) {
     }
     const accuracy prior_val = prior_accuracy(w.train, w.validation), prior_test = prior_accuracy(w.train, w.test);
     results["answer_prior"] = {{"validation", accuracy_json(prior_val)}, {"test", accuracy_json(prior_test)}};
+    json pretraining = json::array();
     std::vector<run_log> logs;
     std::cout << "\nAccuracy (%): validation, test, and test per family (";
     for (int f = 0; f < ex::question_family_count; ++f) std::cout << (f ? ", " : "") << ex::question_family_names[static_cast<std::size_t>(f)];
@@ -299,20 +312,43 @@ int main(int argc, char** argv) {
       fp["teacher"] = to_json(c.teacher), fp["optimiser"] = to_json(c.teacher_opt), fp["seed"] = teacher_seed;
       return fp;
     };
-    const json fp_teacher = teacher_fp(fp_world);
+    json fp_teacher = teacher_fp(fp_world), fp_own_teacher;
     vqa_transformer teacher("teacher", c.teacher, teacher_seed);
     std::optional<vqa_transformer> own_teacher;
+    if (own_regions) fp_own_teacher = teacher_fp(fp_own_world), own_teacher.emplace("teacher", c.teacher, teacher_seed);
     std::vector<table_row> rows;
+
+    // Pre-training (src/pretraining.hpp), before any fine-tuning: the distilled students learn
+    // masked region classification from the pre-trained teacher, not from the fine-tuned one.
+    std::map<std::uint64_t, student_pretraining> pretrained;  // by seed
+    if (c.pretrain.epochs > 0) {
+      auto log_pretraining = [&](const pretrain_result& r, std::uint64_t seed) {
+        std::cout << "  " << r.name << " s" << seed << ": validation masked-region accuracy " << percent(r.validation.accuracy) << " % ("
+                  << r.validation.regions << " regions; most common class " << percent(r.validation.majority) << " %), "
+                  << ex::table::fixed(r.log.seconds, 1) << " s training\n";
+        logs.push_back(r.log);
+        pretraining.push_back(pretraining_json(r, seed));
+      };
+      mrc_model teacher_mrc(teacher, "teacher", teacher_seed);
+      log_pretraining(pretrain_teacher(ctx, c, w, "pretrain_teacher", teacher_mrc, region_set::shared, teacher_seed, ckpt, resume, fp_teacher), teacher_seed);
+      if (own_teacher) {
+        mrc_model own_mrc(*own_teacher, "teacher", teacher_seed);
+        log_pretraining(pretrain_teacher(ctx, c, w, "pretrain_teacher_own_regions", own_mrc, region_set::teacher_own, teacher_seed, ckpt, resume, fp_own_teacher),
+                        teacher_seed);
+      }
+      for (int k = 0; k < c.seeds; ++k) {
+        const std::uint64_t seed = c.first_seed + static_cast<std::uint64_t>(k);
+        student_pretraining& sp = pretrained[seed];
+        for (const auto& r : pretrain_students(ctx, c, w, fp_world, seed, ckpt, resume, teacher_mrc, fp_teacher, sp)) log_pretraining(r, seed);
+      }
+    }
     {
       const model_result& r = done["teacher"] = train_model(ctx, c, w, run_spec{"teacher", region_set::shared, nullptr, student_methods[0], 0}, teacher,
                                                             c.teacher_opt, teacher_seed, ckpt, resume, fp_teacher);
       report(r, "teacher", teacher_seed, {{"model", "teacher"}, {"regions", "shared"}});
       rows.push_back({"teacher", "teacher", {&r}});
     }
-    json fp_own_teacher;
     if (own_regions) {
-      fp_own_teacher = teacher_fp(fp_own_world);
-      own_teacher.emplace("teacher", c.teacher, teacher_seed);
       const model_result& r = done["teacher_own_regions"] =
           train_model(ctx, c, w, run_spec{"teacher_own_regions", region_set::teacher_own, nullptr, student_methods[0], 0}, *own_teacher, c.teacher_opt,
                       teacher_seed, ckpt, resume, fp_own_teacher);
@@ -349,6 +385,7 @@ int main(int argc, char** argv) {
           if (m.attention) fp["attention"] = {{"weight", c.kd.attention_weight}};
           if (m.nce) fp["nce"] = {{"weight", c.kd.nce_weight}, {"temperature", c.kd.nce_temperature}, {"dim", c.kd.nce_dim}, {"queue", sr.queue}};
           auto student = std::make_unique<vqa_transformer>("student", c.student, seed);
+          if (c.pretrain.epochs > 0) fp["pretraining"] = pretrained.at(seed).start(*student, m.distilled() && !m.own_regions);
           vqa_transformer* t = !m.distilled() ? nullptr : m.own_regions ? &*own_teacher : &teacher;
           it = done.emplace(key, train_model(ctx, c, w, run_spec{name, region_set::shared, t, m, sr.queue}, *student, c.student_opt, seed, ckpt, resume, fp))
                    .first;
@@ -375,6 +412,7 @@ int main(int argc, char** argv) {
               << md;
     results["runs"] = runs;
     results["summary"] = summary;
+    if (c.pretrain.epochs > 0) results["pretraining"] = pretraining;
     results["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     results["cpu_seconds"] = cpu_seconds() - cpu_start;
     results["load_average_end"] = load_average();

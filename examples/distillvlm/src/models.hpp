@@ -88,16 +88,17 @@ class vqa_transformer {
   /// Answer logits (B, 19) of the questions of `b`.
   void forward(const distill::cpu& ctx, const vqa_batch& b) {
     b_ = &b;
-    const index_t S = b.scenes, K = b.K, B = b.questions, L = b.L, W = c_.width, C = c_.channels2, r = c_.roi_side;
+    const index_t R = b.rois.extent(0), K = b.K, B = b.questions, L = b.L, W = c_.width, C = c_.channels2, r = c_.roi_side;
     throw_if_error(backbone_.forward(ctx, b.pixels.cview<4>()));
     const tensor& F = backbone_.output();
-    resize(pooled_, {S * K, C, r, r});
+    resize(pooled_, {R, C, r, r});
     throw_if_error(distill::roi_align_forward(ctx, F.cview<4>(), b.rois.cview<2>(), pooled_.view<4>(), roi_options()));
-    resize(region_, {S * K, W});
-    resize(tmp_region_, {S * K, W});
+    zero_masked_rows(b, pooled_);
+    resize(region_, {R, W});
+    resize(tmp_region_, {R, W});
     throw_if_error(region_fc_.forward(ctx, pooled_rows(), region_.view<2>()));
     throw_if_error(geometry_fc_.forward(ctx, b.geometry.cview<2>(), tmp_region_.view<2>()));
-    add_into(region_.data(), tmp_region_.data(), S * K * W);
+    add_into(region_.data(), tmp_region_.data(), R * W);
     resize(tokens_, {B, L, W});
     resize(tmp_tokens_, {B * L, W});
     throw_if_error(words_.forward(ctx, ids_view(b.word_ids), tokens_.rows_view()));
@@ -122,14 +123,16 @@ class vqa_transformer {
   /// The encoder's output tokens (B L, width) of the last forward.
   cview<2> hidden_rows() const { return hidden_.rows_view(); }
 
-  /// From dL/dlogits (B, 19) of the last forward and, when given, an extra gradient (B, H, L, L)
+  /// From dL/dlogits (B, 19) of the last forward (empty: the answer head is not trained, as in
+  /// pre-training) and, when given, an extra gradient (B, H, L, L)
   /// into the last layer's attention probabilities and an extra gradient (B L, width) into the
   /// encoder's output tokens (token-wise losses). Parameter gradients accumulate.
   void backward(const distill::cpu& ctx, cview<2> dlogits, cview<4> grad_last_attention = {}, cview<2> grad_hidden = {}) {
     const vqa_batch& b = *b_;
-    const index_t S = b.scenes, K = b.K, B = b.questions, L = b.L, W = c_.width;
+    const index_t R = b.rois.extent(0), K = b.K, B = b.questions, L = b.L, W = c_.width;
     resize(d_cls_, {B, W});
-    throw_if_error(head_.backward(ctx, cls_.cview<2>(), dlogits, d_cls_.view<2>()));
+    if (dlogits.empty()) std::fill_n(d_cls_.data(), d_cls_.size(), 0.0f);
+    else throw_if_error(head_.backward(ctx, cls_.cview<2>(), dlogits, d_cls_.view<2>()));
     resize(d_hidden_, {B, L, W});
     if (grad_hidden.empty()) std::fill_n(d_hidden_.data(), d_hidden_.size(), 0.0f);
     else std::copy_n(grad_hidden.data(), d_hidden_.size(), d_hidden_.data());
@@ -144,7 +147,7 @@ class vqa_transformer {
     const tensor& dt = d_tokens_;
     throw_if_error(words_.backward(ctx, ids_view(b.word_ids), dt.rows_view()));
     throw_if_error(positions_.backward(ctx, ids_view(b.position_ids), dt.rows_view()));
-    resize(d_region_, {S * K, W});
+    resize(d_region_, {R, W});
     std::fill_n(d_region_.data(), d_region_.size(), 0.0f);
     for (index_t q = 0; q < B; ++q)
       for (index_t k = 0; k < K; ++k)
@@ -153,13 +156,31 @@ class vqa_transformer {
     resize(d_pooled_, pooled_.shape());
     throw_if_error(region_fc_.backward(ctx, pooled_rows(), d_region_.cview<2>(),
                                        distill::make_view(d_pooled_.data(), d_pooled_.extent(0), d_pooled_.size() / d_pooled_.extent(0))));
+    zero_masked_rows(b, d_pooled_);  // a masked region's features are a constant: no gradient reaches the map
     resize(d_map_, backbone_.output().shape());
     throw_if_error(distill::roi_align_backward(ctx, b.rois.cview<2>(), d_pooled_.cview<4>(), d_map_.view<4>(), roi_options()));
     throw_if_error(backbone_.backward(ctx, b.pixels.cview<4>(), d_map_.cview<4>()));
   }
 
   param_list parameters() {
-    return nn::collect_parameters(backbone_, region_fc_, geometry_fc_, words_, positions_, encoder_, head_);
+    param_list body = body_parameters();
+    return nn::collect_parameters(body, head_);
+  }
+  /// Everything but the answer head: what pre-training trains and fine-tuning starts from.
+  param_list body_parameters() { return nn::collect_parameters(backbone_, region_fc_, geometry_fc_, words_, positions_, encoder_); }
+  /// The body's values (and buffers) in one vector, and back: a pre-trained body for several students.
+  std::vector<float> body_weights() {
+    std::vector<float> v;
+    for (const auto* p : body_parameters()) v.insert(v.end(), p->value.data(), p->value.data() + p->value.size());
+    return v;
+  }
+  void set_body_weights(const std::vector<float>& v) {
+    std::size_t at = 0;
+    for (auto* p : body_parameters()) {
+      if (at + static_cast<std::size_t>(p->value.size()) > v.size()) throw std::invalid_argument("set_body_weights: too few values for " + p->name);
+      std::copy_n(v.data() + at, p->value.size(), p->value.data()), at += static_cast<std::size_t>(p->value.size());
+    }
+    if (at != v.size()) throw std::invalid_argument("set_body_weights: " + std::to_string(v.size()) + " values for a body of " + std::to_string(at));
   }
   void set_training(bool t) {
     backbone_.set_training(t);
@@ -168,6 +189,13 @@ class vqa_transformer {
 
  private:
   cview<2> pooled_rows() const { return distill::make_view(static_cast<const float*>(pooled_.data()), pooled_.extent(0), pooled_.size() / pooled_.extent(0)); }
+  /// Zeroes the rows (R, ...) of the batch's masked region rows.
+  static void zero_masked_rows(const vqa_batch& b, tensor& t) {
+    if (b.masked_regions.empty()) return;
+    const index_t row = t.size() / t.extent(0);
+    for (std::size_t i = 0; i < b.masked_regions.size(); ++i)
+      if (b.masked_regions[i]) std::fill_n(t.data() + static_cast<index_t>(i) * row, row, 0.0f);
+  }
   static void add_into(float* dst, const float* src, index_t n) {
     for (index_t i = 0; i < n; ++i) dst[i] += src[i];
   }
