@@ -34,32 +34,54 @@ namespace dvlm {
 
 // ---- curves -------------------------------------------------------------------------------
 
-/// curves.png: training loss (left) and validation accuracy (right) per epoch, one line per run.
-/// Never throws: without gnuplot the result says so and the numbers stay in curves.csv.
+/// curves.png: training loss (left) and validation accuracy (right) per epoch, one line per run
+/// name, the mean over its seeds (a run "student_kd-seed2" is seed 2 of "student_kd"), so that
+/// an ablation of many rows and seeds stays readable; every run is in curves.csv. Never throws:
+/// without gnuplot the result says so and the numbers stay in curves.csv.
 inline examples::plot_result write_curves_png(const std::filesystem::path& png, const std::vector<examples::run_log>& logs) {
   using examples::gnuplot::double_quoted;
+  struct line {
+    std::string name;
+    int seeds = 0;
+    std::vector<double> loss, accuracy;  ///< sums over the seeds, per epoch
+  };
+  std::vector<line> lines;
+  for (const auto& l : logs) {
+    const auto cut = l.name.rfind("-seed");
+    const std::string name = cut == std::string::npos ? l.name : l.name.substr(0, cut);
+    auto it = std::find_if(lines.begin(), lines.end(), [&](const line& x) { return x.name == name; });
+    if (it == lines.end()) it = lines.insert(lines.end(), line{name, 0, {}, {}});
+    ++it->seeds;
+    for (std::size_t e = 0; e < l.curve.size(); ++e) {
+      if (it->loss.size() <= e) it->loss.push_back(0), it->accuracy.push_back(0);
+      it->loss[e] += l.curve[e].train_loss, it->accuracy[e] += 100 * l.curve[e].validation;
+    }
+  }
   std::ostringstream gp;
-  gp << "# distillvlm: training loss and validation accuracy per epoch (written by distillvlm; rerun: gnuplot <this file>)\n"
-     << examples::gnuplot::png_terminal(1200, 500, png);
-  for (std::size_t r = 0; r < logs.size(); ++r) {
+  gp << "# distillvlm: training loss and validation accuracy per epoch, mean over seeds (written by distillvlm; rerun: gnuplot <this file>)\n"
+     << examples::gnuplot::png_terminal(1500, 560, png);
+  for (std::size_t r = 0; r < lines.size(); ++r) {
     gp << "$run" << r << " << EOD\n";
-    for (const auto& e : logs[r].curve) gp << e.epoch << " " << e.train_loss << " " << 100 * e.validation << "\n";
+    for (std::size_t e = 0; e < lines[r].loss.size(); ++e)
+      gp << e + 1 << " " << lines[r].loss[e] / lines[r].seeds << " " << lines[r].accuracy[e] / lines[r].seeds << "\n";
     gp << "EOD\n";
   }
   const auto plot = [&](int column, bool key) {  // the same colours in both panels: one key is enough
     gp << "plot ";
-    if (logs.empty()) gp << "NaN notitle";
-    for (std::size_t r = 0; r < logs.size(); ++r)
-      gp << (r ? ", \\\n     " : "") << "$run" << r << " using 1:" << column << " with linespoints lw 2 pt 7 lc " << r + 1 << " "
-         << (key ? "title " + double_quoted(logs[r].name) : std::string("notitle"));
+    if (lines.empty()) gp << "NaN notitle";
+    for (std::size_t r = 0; r < lines.size(); ++r) {
+      const std::string title = lines[r].name + (lines[r].seeds > 1 ? " (" + std::to_string(lines[r].seeds) + " seeds)" : std::string());
+      gp << (r ? ", \\\n     " : "") << "$run" << r << " using 1:" << column << " with linespoints lw 2 pt " << 5 + r % 4 << " lc " << r + 1 << " dt "
+         << 1 + (r / 8) % 3 << " " << (key ? "title " + double_quoted(title) : std::string("notitle"));
+    }
     gp << "\n";
   };
-  gp << "set multiplot layout 1,2 title \"distillvlm: training loss and validation accuracy per epoch\"\n"
+  gp << "set multiplot layout 1,2 title \"distillvlm: training loss and validation accuracy per epoch (mean over seeds)\"\n"
      << "set grid\nset xlabel \"epoch\"\nset xtics 1\nset offsets 0.2, 0.2, 0, 0\nset yrange [0:*]\nunset key\n"
-     << "set title \"training loss, mean over the epoch's steps\\n(each run's objective: the distilled student's adds the KD and attention terms)\"\n"
+     << "set title \"training loss, mean over the epoch's steps\\n(each run's own objective: a distilled student's adds its terms)\"\n"
      << "set ylabel \"loss\"\n";
   plot(2, false);
-  gp << "set title \"validation accuracy after each epoch\"\nset ylabel \"accuracy (%)\"\nset key bottom right opaque box\n";
+  gp << "set title \"validation accuracy after each epoch\"\nset ylabel \"accuracy (%)\"\nset yrange [*:*]\nset key outside right top box\n";
   plot(3, true);
   gp << "unset multiplot\nset output\n";
   return examples::run_gnuplot(gp.str(), png, "gnuplot", "curves.csv");
