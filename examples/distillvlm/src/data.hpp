@@ -26,6 +26,7 @@
 #include "../../common/scene_questions_io.hpp"
 #include "../../common/scene_world_io.hpp"
 #include "config.hpp"
+#include "distill/detection/boxes.hpp"
 #include "distill/nn/tensor.hpp"
 
 namespace dvlm {
@@ -262,10 +263,10 @@ inline void fill_batch(const world& w, const split_data& d, std::span<const std:
   }
 }
 
+/// IoU of two [x1, y1, x2, y2] boxes, in double (the library's rule, detection/boxes.hpp).
 inline double box_iou(const float* a, const float* b) {
-  const double iw = std::max(0.0f, std::min(a[2], b[2]) - std::max(a[0], b[0])), ih = std::max(0.0f, std::min(a[3], b[3]) - std::max(a[1], b[1]));
-  const double inter = iw * ih, uni = double(a[2] - a[0]) * (a[3] - a[1]) + double(b[2] - b[0]) * (b[3] - b[1]) - inter;
-  return uni > 0 ? inter / uni : 0.0;
+  const double da[4] = {a[0], a[1], a[2], a[3]}, db[4] = {b[0], b[1], b[2], b[3]};
+  return distill::detection_detail::iou(da, db);
 }
 
 /// For a student batch and a teacher batch of the same scenes and questions but other regions:

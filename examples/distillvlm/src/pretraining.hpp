@@ -44,11 +44,8 @@ inline std::vector<int> region_class_labels(const split_data& d, std::uint32_t i
     double best = 0;
     int cls = background_class;
     for (const auto& it : d.scenes.scenes[id].items) {
-      const double ix = std::max(0.0, std::min<double>(r[2], it.box.x2) - std::max<double>(r[0], it.box.x1));
-      const double iy = std::max(0.0, std::min<double>(r[3], it.box.y2) - std::max<double>(r[1], it.box.y1));
-      const double inter = ix * iy, uni = double(r[2] - r[0]) * (r[3] - r[1]) + it.box.area() - inter;
-      const double iou = uni > 0 ? inter / uni : 0.0;
-      if (iou >= 0.5 && iou > best) best = iou, cls = it.cls;
+      const float item[4] = {static_cast<float>(it.box.x1), static_cast<float>(it.box.y1), static_cast<float>(it.box.x2), static_cast<float>(it.box.y2)};
+      if (const double iou = box_iou(r.data(), item); iou >= 0.5 && iou > best) best = iou, cls = it.cls;
     }
     labels.push_back(cls);
   }
