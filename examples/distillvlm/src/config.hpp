@@ -117,8 +117,8 @@ struct run_config {
   // heads, width 128) at half the width (the full preset has the widths).
   vlm_config teacher{16, 32, 64, 4, 128, 4, 8, 256};
   vlm_config student{8, 16, 32, 4, 64, 2, 4, 128};
-  optimiser_config teacher_opt{1e-3, 1e-2, 16, 4};
-  optimiser_config student_opt{1e-3, 1e-2, 16, 4};
+  optimiser_config teacher_opt{1e-3, 1e-2, 16, 8};
+  optimiser_config student_opt{1e-3, 1e-2, 16, 8};
   distill_config kd;
   pretrain_config pretrain;  ///< its optimiser: the model's, with pretrain.epochs epochs
 

@@ -301,6 +301,25 @@ inline std::vector<std::int64_t> align_tokens(const vqa_batch& student, const vq
   return map;
 }
 
+/// Gathers the own-regions teacher's last attention [b, h, pi(i), pi(j)] and output rows pi(i)
+/// onto the student's token positions (zeros where pi = -1; those tokens are masked).
+inline void gather_teacher(distill::host_view<const float, 4> att, distill::host_view<const float, 2> rows, const std::vector<std::int64_t>& pi,
+                           tensor& att_out, tensor& rows_out) {
+  const index_t B = att.extent(0), H = att.extent(1), L = att.extent(2), W = rows.extent(1);
+  distill::throw_if_error(att_out.resize({B, H, L, L}));
+  distill::throw_if_error(rows_out.resize({B * L, W}));
+  for (index_t b = 0; b < B; ++b) {
+    const std::int64_t* p = pi.data() + b * L;
+    for (index_t h = 0; h < H; ++h)
+      for (index_t i = 0; i < L; ++i)
+        for (index_t j = 0; j < L; ++j)
+          att_out.data()[((b * H + h) * L + i) * L + j] = p[i] < 0 || p[j] < 0 ? 0.0f : att(b, h, p[i], p[j]);
+    for (index_t i = 0; i < L; ++i)
+      if (p[i] < 0) std::fill_n(rows_out.data() + (b * L + i) * W, W, 0.0f);
+      else std::copy_n(rows.data() + (b * L + p[i]) * W, W, rows_out.data() + (b * L + i) * W);
+  }
+}
+
 /// How well the teacher's own regions cover the student's on a split (region_source::proposals):
 /// the share of the student's real region tokens whose best-IoU teacher region overlaps at all
 /// (the others are masked out of the attention and NCE terms), and overlaps at IoU >= 0.5.

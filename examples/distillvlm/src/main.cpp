@@ -356,6 +356,19 @@ int main(int argc, char** argv) {
       rows.push_back({"teacher_own_regions", "teacher", {&r}});
     }
 
+    // What the frozen teachers give the distilled students, computed once for every seed.
+    std::optional<teacher_outputs> teacher_out, own_teacher_out;
+    auto outputs_of = [&](bool own) -> const teacher_outputs* {
+      std::optional<teacher_outputs>& t = own ? own_teacher_out : teacher_out;
+      if (!t) {
+        const auto t0 = std::chrono::steady_clock::now();
+        t = compute_teacher_outputs(ctx, own ? *own_teacher : teacher, w, c.regions, c.max_regions, own);
+        std::cerr << "  " << (own ? "teacher_own_regions" : "teacher") << ": outputs on the " << w.train.questions.size() << " train questions in "
+                  << ex::table::fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1) << " s\n";
+      }
+      return &*t;
+    };
+
     // The students: each (row, queue size) per seed; the sweep's row at the methods' queue size
     // is the nce method's own run.
     struct student_row {
@@ -386,7 +399,7 @@ int main(int argc, char** argv) {
           if (m.nce) fp["nce"] = {{"weight", c.kd.nce_weight}, {"temperature", c.kd.nce_temperature}, {"dim", c.kd.nce_dim}, {"queue", sr.queue}};
           auto student = std::make_unique<vqa_transformer>("student", c.student, seed);
           if (c.pretrain.epochs > 0) fp["pretraining"] = pretrained.at(seed).start(*student, m.distilled() && !m.own_regions);
-          vqa_transformer* t = !m.distilled() ? nullptr : m.own_regions ? &*own_teacher : &teacher;
+          const teacher_outputs* t = m.distilled() ? outputs_of(m.own_regions) : nullptr;
           it = done.emplace(key, train_model(ctx, c, w, run_spec{name, region_set::shared, t, m, sr.queue}, *student, c.student_opt, seed, ckpt, resume, fp))
                    .first;
           if (k == 0 && (m.name == std::string("alone") || m.name == std::string("all"))) pictured[m.name] = std::move(student);

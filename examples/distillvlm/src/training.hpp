@@ -212,33 +212,88 @@ struct model_result {
   double ms_per_question = 0;      ///< inference: evaluate() on the test split, wall time / questions
 };
 
-/// What a run trains: the model reads `regions`; with a teacher, the student learns CE + the
-/// terms `method` turns on (weights from distill_config) from the frozen teacher, which reads
-/// its own regions when method.own_regions; without one, CE alone.
+/// What a frozen teacher gives its students on the train questions, computed once (one forward
+/// pass over the train scenes) and read by every student run and seed that learns from it.
+/// Exact: the teacher is in evaluation mode (batch norm on running statistics), so a
+/// question's outputs depend only on its scene and question, never on the batch around it.
+/// Questions in scene order (scene s, question j at s * questions_per_scene + j); with the
+/// teacher's own regions, its attention and output rows are already gathered onto the student's
+/// token positions (align_tokens, gather_teacher) and `matched` marks the tokens it could map.
+/// Size: questions x (19 + H L^2 + L W) floats (cpu-small: 15 000 questions, 224 MB).
+struct teacher_outputs {
+  index_t questions_per_scene = 0, heads = 0, L = 0, width = 0;
+  std::vector<float> logits;          ///< (N, 19)
+  std::vector<float> attention;       ///< (N, H, L, L): last layer, on the student's token positions
+  std::vector<float> hidden;          ///< (N L, width): output tokens, on the student's positions
+  std::vector<std::uint8_t> matched;  ///< (N L): 1 = the student's token has a teacher token
+
+  /// The rows of a batch of scenes (fill_batch's order), into the given tensors and mask.
+  void gather(std::span<const std::uint32_t> scenes, tensor& z, tensor& att, tensor& rows, std::vector<std::uint8_t>& m) const {
+    const index_t Q = questions_per_scene, B = static_cast<index_t>(scenes.size()) * Q, A = ex::answer_count, P = heads * L * L;
+    resize(z, {B, A}), resize(att, {B, heads, L, L}), resize(rows, {B * L, width});
+    m.resize(static_cast<std::size_t>(B * L));
+    for (index_t s = 0; s < static_cast<index_t>(scenes.size()); ++s) {
+      const index_t from = static_cast<index_t>(scenes[static_cast<std::size_t>(s)]) * Q, to = s * Q;
+      std::copy_n(logits.data() + from * A, Q * A, z.data() + to * A);
+      std::copy_n(attention.data() + from * P, Q * P, att.data() + to * P);
+      std::copy_n(hidden.data() + from * L * width, Q * L * width, rows.data() + to * L * width);
+      std::copy_n(matched.data() + from * L, Q * L, m.data() + to * L);
+    }
+  }
+};
+
+/// The teacher's outputs on every train question; `own_regions`: it reads its own detector's
+/// regions and its tokens are aligned onto the student's (shared) regions by best IoU.
+inline teacher_outputs compute_teacher_outputs(const distill::cpu& ctx, vqa_transformer& teacher, const world& w, region_source src, int K,
+                                               bool own_regions) {
+  teacher.set_training(false);
+  const split_data& d = w.train;
+  teacher_outputs t;
+  t.questions_per_scene = d.questions.params.questions_per_scene, t.heads = teacher.heads(), t.L = sequence_length(K), t.width = teacher.config().width;
+  const index_t N = static_cast<index_t>(d.scenes.size()) * t.questions_per_scene, L = t.L, P = t.heads * L * L;
+  t.logits.resize(static_cast<std::size_t>(N * ex::answer_count));
+  t.attention.resize(static_cast<std::size_t>(N * P));
+  t.hidden.resize(static_cast<std::size_t>(N * L * t.width));
+  t.matched.resize(static_cast<std::size_t>(N * L));
+  vqa_batch b, tb;
+  tensor att, rows;
+  constexpr std::uint32_t chunk = 32;
+  for (std::uint32_t first = 0; first < d.scenes.size(); first += chunk) {
+    std::vector<std::uint32_t> ids;
+    for (std::uint32_t k = first; k < std::min<std::uint32_t>(first + chunk, static_cast<std::uint32_t>(d.scenes.size())); ++k) ids.push_back(k);
+    fill_batch(w, d, ids, src, K, b, region_set::shared);
+    cview<4> a;
+    cview<2> h;
+    std::vector<std::int64_t> pi(b.key_valid.size());
+    if (own_regions) {
+      fill_batch(w, d, ids, src, K, tb, region_set::teacher_own);
+      teacher.forward(ctx, tb);
+      pi = align_tokens(b, tb);
+      gather_teacher(teacher.last_attention(), teacher.hidden_rows(), pi, att, rows);
+      a = att.cview<4>(), h = rows.cview<2>();
+    } else {
+      teacher.forward(ctx, b);
+      for (std::size_t i = 0; i < pi.size(); ++i) pi[i] = b.key_valid[i] ? 0 : -1;
+      a = teacher.last_attention(), h = teacher.hidden_rows();
+    }
+    const index_t q0 = static_cast<index_t>(first) * t.questions_per_scene, B = b.questions;
+    std::copy_n(teacher.logits().data(), B * ex::answer_count, t.logits.data() + q0 * ex::answer_count);
+    std::copy_n(a.data(), B * P, t.attention.data() + q0 * P);
+    std::copy_n(h.data(), B * L * t.width, t.hidden.data() + q0 * L * t.width);
+    for (index_t i = 0; i < B * L; ++i) t.matched[static_cast<std::size_t>(q0 * L + i)] = pi[static_cast<std::size_t>(i)] >= 0 ? 1 : 0;
+  }
+  return t;
+}
+
+/// What a run trains: the model reads `regions`; with a teacher's outputs, the student learns
+/// CE + the terms `method` turns on (weights from distill_config) from them; without, CE alone.
 struct run_spec {
   std::string name;  ///< of the run and its checkpoint
   region_set regions = region_set::shared;
-  vqa_transformer* teacher = nullptr;
+  const teacher_outputs* teacher = nullptr;
   student_method method = student_methods[0];
   int nce_queue = 0;  ///< queue size of the NCE term (0: in-batch negatives)
 };
-
-/// Gathers the own-regions teacher's last attention [b, h, pi(i), pi(j)] and output rows pi(i)
-/// onto the student's token positions (zeros where pi = -1; those tokens are masked).
-inline void gather_teacher(cview<4> att, cview<2> rows, const std::vector<std::int64_t>& pi, tensor& att_out, tensor& rows_out) {
-  const index_t B = att.extent(0), H = att.extent(1), L = att.extent(2), W = rows.extent(1);
-  resize(att_out, {B, H, L, L}), resize(rows_out, {B * L, W});
-  for (index_t b = 0; b < B; ++b) {
-    const std::int64_t* p = pi.data() + b * L;
-    for (index_t h = 0; h < H; ++h)
-      for (index_t i = 0; i < L; ++i)
-        for (index_t j = 0; j < L; ++j)
-          att_out.data()[((b * H + h) * L + i) * L + j] = p[i] < 0 || p[j] < 0 ? 0.0f : att(b, h, p[i], p[j]);
-    for (index_t i = 0; i < L; ++i)
-      if (p[i] < 0) std::fill_n(rows_out.data() + (b * L + i) * W, W, 0.0f);
-      else std::copy_n(rows.data() + (b * L + p[i]) * W, W, rows_out.data() + (b * L + i) * W);
-  }
-}
 
 /// Trains `m` as `spec` says, resuming from its checkpoint when asked, then evaluates it.
 inline model_result train_model(const distill::cpu& ctx, const run_config& c, const world& w, const run_spec& spec, vqa_transformer& m,
@@ -247,13 +302,12 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
   const region_source src = c.regions;
   const int K = c.max_regions;
   const index_t steps = static_cast<index_t>(w.train.scenes.size()) / o.scenes;
-  vqa_transformer* teacher = spec.teacher;
+  const teacher_outputs* teacher = spec.teacher;
   const student_method& method = spec.method;
-  const region_set teacher_regions = method.own_regions ? region_set::teacher_own : region_set::shared;
   std::optional<token_nce_head> nce;
   param_list params = m.parameters();
   if (teacher && method.nce) {
-    nce.emplace(ctx, m.config().width, teacher->config().width, c.kd, spec.nce_queue, seed);
+    nce.emplace(ctx, m.config().width, teacher->width, c.kd, spec.nce_queue, seed);
     params = nn::collect_parameters(params, *nce);
   }
   const std::string run_name = spec.name + "-seed" + std::to_string(seed);
@@ -263,9 +317,9 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
     run.restore_extra = [&](const nn::checkpoint& ck) { return nce->restore(ck); };
   }
   if (resume) run.try_resume();
-  vqa_batch b, tb;
-  tensor grad, grad_att, t_att, t_rows;
-  std::vector<std::uint8_t> valid;
+  vqa_batch b;
+  tensor grad, grad_att, t_logits, t_att, t_rows;
+  std::vector<std::uint8_t> valid, matched;
   auto step = [&](int epoch, index_t s) {
     const auto ids = step_scenes(w.train.scenes.size(), o.scenes, seed, epoch, s);
     fill_batch(w, w.train, ids, src, K, b, spec.regions);
@@ -276,24 +330,15 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
       m.backward(ctx, grad.cview<2>());
       return loss;
     }
-    // The teacher (frozen, in evaluation mode) on the same scenes and questions; with its own
-    // regions, its attention and output tokens are gathered onto the student's tokens.
-    cview<4> t_attention;
-    cview<2> t_hidden;
+    // The frozen teacher's outputs on the same questions (its own regions' tokens mapped onto
+    // the student's; the tokens it has no match for are masked).
+    teacher->gather(ids, t_logits, t_att, t_rows, matched);
     valid = b.key_valid;
-    if (method.own_regions) {
-      fill_batch(w, w.train, ids, src, K, tb, teacher_regions);
-      teacher->forward(ctx, tb);
-      const auto pi = align_tokens(b, tb);
-      for (std::size_t i = 0; i < valid.size(); ++i) valid[i] = valid[i] && pi[i] >= 0;
-      gather_teacher(teacher->last_attention(), teacher->hidden_rows(), pi, t_att, t_rows);
-      t_attention = t_att.cview<4>(), t_hidden = t_rows.cview<2>();
-    } else {
-      teacher->forward(ctx, b);
-      t_attention = teacher->last_attention(), t_hidden = teacher->hidden_rows();
-    }
+    for (std::size_t i = 0; i < valid.size(); ++i) valid[i] = valid[i] && matched[i];
+    const cview<4> t_attention = t_att.cview<4>();
+    const cview<2> t_hidden = t_rows.cview<2>();
     if (method.kd)
-      loss += c.kd.kd_weight * logit_kd(ctx, m.logits().cview<2>(), teacher->logits().cview<2>(), c.kd.kd_temperature, c.kd.kd_weight, grad.view<2>());
+      loss += c.kd.kd_weight * logit_kd(ctx, m.logits().cview<2>(), t_logits.cview<2>(), c.kd.kd_temperature, c.kd.kd_weight, grad.view<2>());
     cview<4> d_att;
     if (method.attention) {
       const auto ps = m.last_attention();
@@ -310,7 +355,6 @@ inline model_result train_model(const distill::cpu& ctx, const run_config& c, co
     m.backward(ctx, grad.cview<2>(), d_att, d_hidden);
     return loss;
   };
-  if (teacher) teacher->set_training(false);
   if (!run.finished())
     run.run(ctx, step, [&] { return evaluate(ctx, m, w, w.validation, src, K, spec.regions).overall(); }, [&](bool t) { m.set_training(t); });
   model_result r;
