@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // distillvlm: DistillVLM (Fang et al. 2021, "Compressing Visual-Linguistic Model via Knowledge
 // Distillation") on visual questions about scenes of real Fashion-MNIST items
-// (examples/common/scene_world.hpp, scene_questions.hpp). Work in progress: README.md says what
-// exists and what does not yet.
+// (examples/common/scene_world.hpp, scene_questions.hpp): the paper's ablation at equal budget
+// over student seeds, and a queue-size sweep of its token-wise NCE (README.md: results).
 //
 //   world     scenes and template questions (19 answers), generated once into <world-dir>
 //   regions   the first K proposals of one class-agnostic region proposal network trained on the
@@ -10,7 +10,8 @@
 //             or with --regions oracle the true item boxes; the same regions for teacher and
 //             student, so their region tokens line up
 //   teacher   a larger VQA transformer (CNN + RoI Align region tokens, question words, [CLS]),
-//             trained once (first seed); a second one on its own detector's regions
+//             trained once (first seed); a second one on its own detector's regions; each
+//             teacher's outputs on the train questions computed once for all its students
 //   students  a smaller one per method and seed (the ablation): alone (CE), kd, attention, nce,
 //             all, all_own_regions (the teacher on its own regions, tokens aligned by best IoU);
 //             and the queue-size sweep of the nce method (rows nce_q<N>)
