@@ -16,12 +16,13 @@
 //!
 //! The forward writes mu_c and invstd_c (the ones it used, in both modes) to `saved_mean` and
 //! `saved_invstd`; the backward reads them. Training needs M >= 2. CPU: channels in parallel,
-//! two passes for the statistics (deterministic). CUDA: grid (channel, chunk of images) blocks
+//! two vectorised passes for the statistics (in double; deterministic). CUDA: grid (channel, chunk of images) blocks
 //! compute (count, mean, M2) partials merged in order with Chan's formula, then an element-wise
 //! pass; the backward likewise.
 
 #include <cmath>
 
+#include "distill/core/simd.hpp"
 #include "distill/nn/common.hpp"
 
 namespace distill::nn {
@@ -33,25 +34,61 @@ struct batch_norm_params {
 };
 
 namespace nn_detail {
+/// sum_k r[k] (squared = false) or sum_k (r[k] - mu)^2 (squared = true) over n contiguous values,
+/// in double with two batch accumulators (a fixed lane order: the result depends on the
+/// instruction set, never on the thread count). A serial double sum would run at one add per
+/// add latency, which made the statistics of small convolutional layers cost more than the
+/// convolutions.
+template <class T>
+double contiguous_sum(const T* r, index_t n, bool squared, double mu) {
+  constexpr index_t w = simd::width<double>;
+  simd::batch<double> a0(0.0), a1(0.0);
+  const simd::batch<double> m(mu);
+  index_t k = 0;
+  if (!squared) {
+    for (; k + 2 * w <= n; k += 2 * w) a0 += simd::load<double>(r + k), a1 += simd::load<double>(r + k + w);
+  } else {
+    for (; k + 2 * w <= n; k += 2 * w) {
+      const auto d0 = simd::load<double>(r + k) - m, d1 = simd::load<double>(r + k + w) - m;
+      a0 = simd::fma(d0, d0, a0), a1 = simd::fma(d1, d1, a1);
+    }
+  }
+  double s = simd::reduce_sum(a0 + a1);
+  for (; k < n; ++k) {
+    const double d = static_cast<double>(r[k]) - (squared ? mu : 0.0);
+    s += squared ? d * d : d;
+  }
+  return s;
+}
+
+/// sdy += sum_k g[k], sdyx += sum_k g[k] (x[k] - mu) over n contiguous values (as contiguous_sum).
+template <class T, class G>
+void contiguous_grad_sums(const T* x, const G* g, index_t n, double mu, double& sdy, double& sdyx) {
+  constexpr index_t w = simd::width<double>;
+  simd::batch<double> a(0.0), b(0.0);
+  const simd::batch<double> m(mu);
+  index_t k = 0;
+  for (; k + w <= n; k += w) {
+    const auto gk = simd::load<double>(g + k);
+    a += gk, b = simd::fma(gk, simd::load<double>(x + k) - m, b);
+  }
+  double s0 = simd::reduce_sum(a), s1 = simd::reduce_sum(b);
+  for (; k < n; ++k) {
+    const double gk = static_cast<double>(g[k]);
+    s0 += gk, s1 += gk * (static_cast<double>(x[k]) - mu);
+  }
+  sdy += s0, sdyx += s1;
+}
+
 /// sum_k x(n, c, k) (squared = false) or sum_k (x(n, c, k) - mu)^2 (squared = true) over one
-/// row, in double; a contiguous row is read through a pointer (vectorised).
+/// row, in double.
 template <class X>
 double row_sum(const X& x, index_t n, index_t c, index_t S, bool squared, double mu = 0.0) {
+  if (x.stride(2) == 1) return contiguous_sum(&x(n, c, 0), S, squared, mu);
   double s = 0;
-  if (x.stride(2) == 1) {
-    const auto* r = &x(n, c, 0);
-    if (!squared)
-      for (index_t k = 0; k < S; ++k) s += static_cast<double>(r[k]);
-    else
-      for (index_t k = 0; k < S; ++k) {
-        const double d = static_cast<double>(r[k]) - mu;
-        s += d * d;
-      }
-  } else {
-    for (index_t k = 0; k < S; ++k) {
-      const double d = static_cast<double>(x(n, c, k)) - mu;
-      s += squared ? d * d : d;
-    }
+  for (index_t k = 0; k < S; ++k) {
+    const double d = static_cast<double>(x(n, c, k)) - (squared ? mu : 0.0);
+    s += squared ? d * d : d;
   }
   return s;
 }
@@ -162,13 +199,7 @@ template <class TD, class T = std::remove_const_t<TD>>
           double sdy = 0, sdyx = 0;
           for (index_t n = 0; n < N; ++n) {
             if (rows) {
-              const T* xr = &x(n, c, 0);
-              const TD* gr = &dy(n, c, 0);
-              for (index_t k = 0; k < S; ++k) {
-                const double g = static_cast<double>(gr[k]);
-                sdy += g;
-                sdyx += g * (static_cast<double>(xr[k]) - mu);
-              }
+              nn_detail::contiguous_grad_sums(&x(n, c, 0), &dy(n, c, 0), S, mu, sdy, sdyx);
             } else {
               for (index_t k = 0; k < S; ++k) {
                 const double g = static_cast<double>(dy(n, c, k));
