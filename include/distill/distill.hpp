@@ -58,7 +58,7 @@
 #include "distill/features/text_embedding_classifier.hpp"  // defines: text_classifier_forward/backward, text_classifier_cross_entropy_*, text_classifier_options, text_classifier_workspace_size
 #include "distill/attention/attention_transfer.hpp"  // defines: attention_transfer_{forward,backward,forward_backward}, attention_transfer_options, attention_transfer_layer, attention_transfer_workspace_size
 #include "distill/attention/attention_map.hpp"       // defines: attention_map_mse_*, attention_map_kl_teacher_student_*, attention_map_options, attention_masks, attention_map_workspace_size
-#include "distill/attention/attention_diversity.hpp"  // defines: attention_diversity_{forward,backward,forward_backward,target,shift}, attention_diversity_options, attention_diversity_workspace_size (CPU only)
+#include "distill/attention/attention_diversity.hpp"  // defines: attention_diversity_{forward,backward,forward_backward,target,shift}, attention_diversity_options, attention_diversity_workspace_size
 #include "distill/contrastive/sample_queue.hpp"     // defines: sample_queue, host_sample_queue, cuda_sample_queue (nvcc), sample_queue_enqueue, sample_queue_init_random, sample_queue_save, sample_queue_load, sample_queue_serialize, sample_queue_deserialize, no_sample_id
 #include "distill/contrastive/token_nce.hpp"        // defines: token_nce_queue_forward, token_nce_queue_backward, token_nce_queue_forward_backward, token_nce_queue_workspace_size, token_nce_inputs, token_nce_outputs, token_nce_options
 #include "distill/contrastive/momentum_update.hpp"  // defines: momentum_update, momentum_param
@@ -78,8 +78,8 @@
 #include "distill/nn/layer_norm.hpp"     // defines: nn::layer_norm_forward/backward, nn::layer_norm
 #include "distill/nn/batch_norm.hpp"     // defines: nn::batch_norm_forward/backward, nn::batch_norm_params, nn::batch_norm
 #include "distill/nn/conv2d.hpp"         // defines: nn::conv2d_forward/backward, nn::conv2d_params, nn::conv2d_workspace_size, nn::conv2d
-#include "distill/nn/depthwise_conv2d.hpp"  // defines: nn::depthwise_conv2d_forward/backward, nn::depthwise_conv2d (CPU only)
-#include "distill/nn/conv_transpose2d.hpp"  // defines: nn::conv_transpose2d_forward/backward, nn::conv_transpose2d_params, nn::conv_transpose2d (CPU only)
+#include "distill/nn/depthwise_conv2d.hpp"  // defines: nn::depthwise_conv2d_forward/backward, nn::depthwise_conv2d_workspace_size, nn::depthwise_conv2d
+#include "distill/nn/conv_transpose2d.hpp"  // defines: nn::conv_transpose2d_forward/backward, nn::conv_transpose2d_params, nn::conv_transpose2d_workspace_size, nn::conv_transpose2d
 #include "distill/nn/pooling.hpp"        // defines: nn::global_avg_pool_*, nn::max_pool2d_*, nn::avg_pool2d_*, nn::pool2d_params
 #include "distill/nn/reshape.hpp"        // defines: nn::nchw_to_tokens, nn::tokens_to_nchw
 #include "distill/nn/cast.hpp"           // defines: nn::cast (float, double, float16, bfloat16 storage)

@@ -493,116 +493,120 @@ struct tr_case {
 };
 }  // namespace conv
 
-// Depthwise and transposed convolutions have CPU kernels only: these cases run where the space has them.
-template <class Space>
-inline constexpr bool has_conv_variants = on_host<Space>;
-
 TEMPLATE_LIST_TEST_CASE("depthwise_conv2d forward matches the direct reference, backward its finite differences, and accumulates",
                         "[nn][depthwise_conv2d][grad]", storage_types) {
   using T = TestType;
-  if constexpr (has_conv_variants<S>) {
-    distill_test::rng g(301);
-    const tolerance t = tol_for<T>({1e-5, 1e-5});
-    for (const auto& c : {conv::dw_case{2, 3, 7, 7, 3, 1, 1}, {3, 4, 6, 5, 3, 2, 1}, {1, 2, 5, 5, 1, 1, 0}, {2, 1, 8, 6, 5, 1, 2}, {4, 3, 4, 4, 2, 2, 0}})
-      for (int threads : thread_counts()) {
-        CAPTURE(c.B, c.C, c.H, c.W, c.k, c.s, c.p, threads);
-        const vec x = rounded<T>(g.normals(c.B * c.C * c.H * c.W)), w = rounded<T>(g.normals(c.C * c.k * c.k)), b = rounded<T>(g.normals(c.C));
-        long Ho, Wo;
-        auto f = [&](const vec& xx, const vec& ww, const vec& bb) {
-          return ref::depthwise_conv2d(xx, ww, bb, c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Wo);
-        };
-        const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
-        auto xt = tensor_of<T, 4, S>({c.B, c.C, c.H, c.W}, x);
-        auto wt = tensor_of<T, 4, S>({c.C, 1, c.k, c.k}, w);
-        auto bt = tensor_of<T, 1, S>({c.C}, b);
-        auto rt = tensor_of<T, 4, S>({c.B, c.C, Ho, Wo}, r, {2, 0, 0, 0});
-        auto yt = tensor<T, 4, S>({c.B, c.C, Ho, Wo}, {3, 0, 0, 0});
-        auto dxt = tensor<T, 4, S>({c.B, c.C, c.H, c.W}, {1, 0, 0, 0});
-        auto dwt = tensor<T, 4, S>({c.C, 1, c.k, c.k});
-        auto dbt = tensor<T, 1, S>({c.C});
-        nn_run<S> run(threads);
-        const nn::conv2d_params p{c.s, c.s, c.p, c.p};
-        REQUIRE(nn::depthwise_conv2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
-                                             yt.view(), {}, p)
-                    .ok());
-        REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                              dxt.view(), dwt.view(), dbt.view(), {}, p)
-                    .ok());
-        CHECK_CLOSE("y", yt.get(), want, t);
-        const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
-                  gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
-        const tolerance tg = grad_tol<T>({1e-4, 1e-4});
-        CHECK_CLOSE("dx", dxt.get(), gx, tg);
-        CHECK_CLOSE("dw", dwt.get(), gw, tg);
-        CHECK_CLOSE("db", dbt.get(), gb, tg);
-        REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                              dxt.view(), dwt.view(), dbt.view(), {}, p, nn::grad_options{true, true})
-                    .ok());
-        CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
-        CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
-        CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
-        CHECK(yt.intact());
-        CHECK(dxt.intact());
-        CHECK(dwt.intact());
-        CHECK(dbt.intact());
-        CHECK(rt.intact());
-      }
-  }
+  distill_test::rng g(301);
+  const tolerance t = tol_for<T>({1e-5, 1e-5});
+  std::vector<conv::dw_case> cases = {{2, 3, 7, 7, 3, 1, 1}, {3, 4, 6, 5, 3, 2, 1}, {1, 2, 5, 5, 1, 1, 0}, {2, 1, 8, 6, 5, 1, 2}, {4, 3, 4, 4, 2, 2, 0}};
+  if constexpr (!host) cases.push_back({3, 2, 12, 12, 3, 1, 1});  // B Ho Wo above one block of the dw / db reductions
+  for (const auto& c : cases)
+    for (int threads : thread_counts()) {
+      CAPTURE(c.B, c.C, c.H, c.W, c.k, c.s, c.p, threads);
+      const vec x = rounded<T>(g.normals(c.B * c.C * c.H * c.W)), w = rounded<T>(g.normals(c.C * c.k * c.k)), b = rounded<T>(g.normals(c.C));
+      long Ho, Wo;
+      auto f = [&](const vec& xx, const vec& ww, const vec& bb) {
+        return ref::depthwise_conv2d(xx, ww, bb, c.B, c.C, c.H, c.W, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Wo);
+      };
+      const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
+      auto xt = tensor_of<T, 4, S>({c.B, c.C, c.H, c.W}, x);
+      auto wt = tensor_of<T, 4, S>({c.C, 1, c.k, c.k}, w);
+      auto bt = tensor_of<T, 1, S>({c.C}, b);
+      auto rt = tensor_of<T, 4, S>({c.B, c.C, Ho, Wo}, r, {2, 0, 0, 0});
+      auto yt = tensor<T, 4, S>({c.B, c.C, Ho, Wo}, {3, 0, 0, 0});
+      auto dxt = tensor<T, 4, S>({c.B, c.C, c.H, c.W}, {1, 0, 0, 0});
+      auto dwt = tensor<T, 4, S>({c.C, 1, c.k, c.k});
+      auto dbt = tensor<T, 1, S>({c.C});
+      nn_run<S> run(threads);
+      workspace<S> ws(nn::depthwise_conv2d_workspace_size<T>(run.ctx, c.B, c.C, c.k, c.k, Ho, Wo));
+      const nn::conv2d_params p{c.s, c.s, c.p, c.p};
+      REQUIRE(nn::depthwise_conv2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
+                                           yt.view(), ws.view(), p)
+                  .ok());
+      REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p)
+                  .ok());
+      run.sync();
+      CHECK_CLOSE("y", yt.get(), want, t);
+      const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
+                gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
+      const tolerance tg = grad_tol<T>({1e-4, 1e-4});
+      CHECK_CLOSE("dx", dxt.get(), gx, tg);
+      CHECK_CLOSE("dw", dwt.get(), gw, tg);
+      CHECK_CLOSE("db", dbt.get(), gb, tg);
+      REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p, nn::grad_options{true, true})
+                  .ok());
+      run.sync();
+      CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
+      CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
+      CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
+      CHECK(yt.intact());
+      CHECK(dxt.intact());
+      CHECK(dwt.intact());
+      CHECK(dbt.intact());
+      CHECK(rt.intact());
+      CHECK(ws.intact());
+    }
 }
 
 TEMPLATE_LIST_TEST_CASE("conv_transpose2d forward matches the scatter reference, backward its finite differences, and accumulates",
                         "[nn][conv_transpose2d][grad]", storage_types) {
   using T = TestType;
-  if constexpr (has_conv_variants<S>) {
-    distill_test::rng g(303);
-    const tolerance t = tol_for<T>({1e-5, 1e-5});
-    for (const auto& c : {conv::tr_case{2, 4, 7, 7, 2, 3, 2, 1, 1}, {3, 3, 4, 5, 2, 3, 1, 1, 0}, {1, 2, 3, 3, 3, 2, 2, 0, 0},
-                          {2, 2, 5, 4, 3, 4, 3, 1, 2}, {4, 1, 2, 2, 1, 1, 1, 0, 0}})
-      for (int threads : thread_counts()) {
-        CAPTURE(c.B, c.Ci, c.H, c.W, c.Co, c.k, c.s, c.p, c.op, threads);
-        const vec x = rounded<T>(g.normals(c.B * c.Ci * c.H * c.W)), w = rounded<T>(g.normals(c.Ci * c.Co * c.k * c.k)),
-                  b = rounded<T>(g.normals(c.Co));
-        long Ho, Wo;
-        auto f = [&](const vec& xx, const vec& ww, const vec& bb) {
-          return ref::conv_transpose2d(xx, ww, bb, c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, c.op, c.op, Ho, Wo);
-        };
-        const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
-        auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x);
-        auto wt = tensor_of<T, 4, S>({c.Ci, c.Co, c.k, c.k}, w);
-        auto bt = tensor_of<T, 1, S>({c.Co}, b);
-        auto rt = tensor_of<T, 4, S>({c.B, c.Co, Ho, Wo}, r, {2, 0, 0, 0});
-        auto yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {4, 0, 0, 0});
-        auto dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {1, 0, 0, 0});
-        auto dwt = tensor<T, 4, S>({c.Ci, c.Co, c.k, c.k});
-        auto dbt = tensor<T, 1, S>({c.Co});
-        nn_run<S> run(threads);
-        const nn::conv_transpose2d_params p{c.s, c.s, c.p, c.p, c.op, c.op};
-        REQUIRE(nn::conv_transpose2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
-                                             yt.view(), {}, p)
-                    .ok());
-        REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                              dxt.view(), dwt.view(), dbt.view(), {}, p)
-                    .ok());
-        CHECK_CLOSE("y", yt.get(), want, t);
-        const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
-                  gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
-        const tolerance tg = grad_tol<T>({1e-4, 1e-4});
-        CHECK_CLOSE("dx", dxt.get(), gx, tg);
-        CHECK_CLOSE("dw", dwt.get(), gw, tg);
-        CHECK_CLOSE("db", dbt.get(), gb, tg);
-        REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                              dxt.view(), dwt.view(), dbt.view(), {}, p, nn::grad_options{true, true})
-                    .ok());
-        CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
-        CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
-        CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
-        CHECK(yt.intact());
-        CHECK(dxt.intact());
-        CHECK(dwt.intact());
-        CHECK(dbt.intact());
-        CHECK(rt.intact());
-      }
-  }
+  distill_test::rng g(303);
+  const tolerance t = tol_for<T>({1e-5, 1e-5});
+  std::vector<conv::tr_case> cases = {{2, 4, 7, 7, 2, 3, 2, 1, 1}, {3, 3, 4, 5, 2, 3, 1, 1, 0}, {1, 2, 3, 3, 3, 2, 2, 0, 0},
+                                     {2, 2, 5, 4, 3, 4, 3, 1, 2}, {4, 1, 2, 2, 1, 1, 1, 0, 0}};
+  if constexpr (!host) cases.push_back({3, 2, 6, 6, 2, 3, 2, 1, 1});  // B Ho Wo above one block of the db reduction
+  for (const auto& c : cases)
+    for (int threads : thread_counts()) {
+      CAPTURE(c.B, c.Ci, c.H, c.W, c.Co, c.k, c.s, c.p, c.op, threads);
+      const vec x = rounded<T>(g.normals(c.B * c.Ci * c.H * c.W)), w = rounded<T>(g.normals(c.Ci * c.Co * c.k * c.k)),
+                b = rounded<T>(g.normals(c.Co));
+      long Ho, Wo;
+      auto f = [&](const vec& xx, const vec& ww, const vec& bb) {
+        return ref::conv_transpose2d(xx, ww, bb, c.B, c.Ci, c.H, c.W, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, c.op, c.op, Ho, Wo);
+      };
+      const vec want = f(x, w, b), r = rounded<T>(g.normals(want.size()));
+      auto xt = tensor_of<T, 4, S>({c.B, c.Ci, c.H, c.W}, x);
+      auto wt = tensor_of<T, 4, S>({c.Ci, c.Co, c.k, c.k}, w);
+      auto bt = tensor_of<T, 1, S>({c.Co}, b);
+      auto rt = tensor_of<T, 4, S>({c.B, c.Co, Ho, Wo}, r, {2, 0, 0, 0});
+      auto yt = tensor<T, 4, S>({c.B, c.Co, Ho, Wo}, {4, 0, 0, 0});
+      auto dxt = tensor<T, 4, S>({c.B, c.Ci, c.H, c.W}, {1, 0, 0, 0});
+      auto dwt = tensor<T, 4, S>({c.Ci, c.Co, c.k, c.k});
+      auto dbt = tensor<T, 1, S>({c.Co});
+      nn_run<S> run(threads);
+      workspace<S> ws(nn::conv_transpose2d_workspace_size<T>(run.ctx, c.B, c.Ci, c.Co, c.k, c.k, c.H, c.W));
+      const nn::conv_transpose2d_params p{c.s, c.s, c.p, c.p, c.op, c.op};
+      REQUIRE(nn::conv_transpose2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
+                                           yt.view(), ws.view(), p)
+                  .ok());
+      REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p)
+                  .ok());
+      run.sync();
+      CHECK_CLOSE("y", yt.get(), want, t);
+      const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
+                gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
+      const tolerance tg = grad_tol<T>({1e-4, 1e-4});
+      CHECK_CLOSE("dx", dxt.get(), gx, tg);
+      CHECK_CLOSE("dw", dwt.get(), gw, tg);
+      CHECK_CLOSE("db", dbt.get(), gb, tg);
+      REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p, nn::grad_options{true, true})
+                  .ok());
+      run.sync();
+      CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
+      CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
+      CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
+      CHECK(yt.intact());
+      CHECK(dxt.intact());
+      CHECK(dwt.intact());
+      CHECK(dbt.intact());
+      CHECK(rt.intact());
+      CHECK(ws.intact());
+    }
 }
 
 // ---------------------------------------------------------------- pooling

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The nn layers on CUDA: the cases every backend runs (nn_cases.hpp: linear in every GEMM mode,
-// activations, dropout masks, layer and batch norm, conv2d, pooling, embedding, cross-entropy and
-// argmax, the attention core and layer, token transposes, 16-bit casts; float against the double
-// references, padded views between canary bands on a non-blocking stream), then what only CUDA
-// has: host memory refused as device memory, __half views, a too-small conv2d workspace, the NaN
-// loss of an out-of-range device label, token transposes past gridDim.y, cuBLAS in graphs.
+// activations, dropout masks, layer and batch norm, conv2d, depthwise and transposed convolutions,
+// pooling, embedding, cross-entropy and argmax, the attention core and layer, token transposes,
+// 16-bit casts; float against the double references, padded views between canary bands on a
+// non-blocking stream), then what only CUDA has: host memory refused as device memory, __half
+// views, a too-small conv2d workspace, the NaN loss of an out-of-range device label, token
+// transposes past gridDim.y, cuBLAS in graphs.
 #include <catch2/catch.hpp>
 
 #include <cuda_fp16.h>
@@ -151,4 +152,48 @@ TEST_CASE("cuda_blas: GEMMs captured into CUDA graphs run in the handle's own wo
   }
   cudaStreamDestroy(s1);
   cudaStreamDestroy(s2);
+}
+
+TEST_CASE("CUDA depthwise and transposed convolution layers track their CPU layers", "[nn][cuda][conv2d][layers]") {
+  nn::cuda_blas blas;
+  distill_test::rng g(604);
+  const long B = 3, C = 4, H = 9, W = 7;
+  const auto x = nn_test::cast<float>(g.normals(B * C * H * W));
+  const nn::init_options init{.seed = 5, .scheme = nn::init_scheme::kaiming_normal};
+  // FFSD's shapes: a 3x3 depthwise filter, then a stride-2 upsampling to half the channels
+  nn::depthwise_conv2d<float, cuda_space> ddw("dw", C, 3, {1, 1, 1, 1}, init);
+  nn::depthwise_conv2d<float> hdw("dw", C, 3, {1, 1, 1, 1}, init);
+  nn::conv_transpose2d<float, cuda_space> dup("up", C, C / 2, 3, {2, 2, 1, 1, 1, 1}, init);
+  nn::conv_transpose2d<float> hup("up", C, C / 2, 3, {2, 2, 1, 1, 1, 1}, init);
+  REQUIRE(ddw.weight.value.to_host() == hdw.weight.value.to_host());
+  REQUIRE(dup.weight.value.to_host() == hup.weight.value.to_host());
+  const auto ys = hup.output_shape(B, H, W);
+  const auto dy = nn_test::cast<float>(g.normals(ys[0] * ys[1] * ys[2] * ys[3]));
+  // host
+  std::vector<float> hmid(static_cast<std::size_t>(B * C * H * W)), hy(dy.size()), hdmid(hmid.size()), hdx(hmid.size());
+  REQUIRE(hdw.forward(cpu{2}, make_view(x.data(), B, C, H, W), make_view(hmid.data(), B, C, H, W)).ok());
+  REQUIRE(hup.forward(cpu{2}, make_view(static_cast<const float*>(hmid.data()), B, C, H, W), make_view(hy.data(), ys[0], ys[1], ys[2], ys[3])).ok());
+  REQUIRE(hup.backward(cpu{2}, make_view(static_cast<const float*>(hmid.data()), B, C, H, W),
+                       make_view(dy.data(), ys[0], ys[1], ys[2], ys[3]), make_view(hdmid.data(), B, C, H, W))
+              .ok());
+  REQUIRE(hdw.backward(cpu{2}, make_view(x.data(), B, C, H, W), make_view(static_cast<const float*>(hdmid.data()), B, C, H, W),
+                       make_view(hdx.data(), B, C, H, W))
+              .ok());
+  // device
+  auto dx_in = dev<float>({B, C, H, W}, x), ddy = dev<float>(ys, dy);
+  nn::device_tensor<float> dmid({B, C, H, W}), dy_out(ys), ddmid({B, C, H, W}), ddx({B, C, H, W});
+  REQUIRE(ddw.forward(blas, dx_in.cview<4>(), dmid.view<4>()).ok());
+  REQUIRE(dup.forward(blas, dmid.cview<4>(), dy_out.view<4>()).ok());
+  REQUIRE(dup.backward(blas, dmid.cview<4>(), ddy.cview<4>(), ddmid.view<4>()).ok());
+  REQUIRE(ddw.backward(blas, dx_in.cview<4>(), ddmid.cview<4>(), ddx.view<4>()).ok());
+  cuda_sync();
+  const distill_test::tolerance t{1e-5, 1e-4};
+  CHECK_CLOSE("depthwise y", dmid.to_host(), hmid, t);
+  CHECK_CLOSE("transposed y", dy_out.to_host(), hy, t);
+  CHECK_CLOSE("transposed dx", ddmid.to_host(), hdmid, t);
+  CHECK_CLOSE("depthwise dx", ddx.to_host(), hdx, t);
+  CHECK_CLOSE("transposed dW", dup.weight.grad.to_host(), hup.weight.grad.to_host(), t);
+  CHECK_CLOSE("transposed db", dup.bias.grad.to_host(), hup.bias.grad.to_host(), t);
+  CHECK_CLOSE("depthwise dW", ddw.weight.grad.to_host(), hdw.weight.grad.to_host(), t);
+  CHECK_CLOSE("depthwise db", ddw.bias.grad.to_host(), hdw.bias.grad.to_host(), t);
 }

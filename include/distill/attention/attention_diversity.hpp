@@ -28,9 +28,12 @@
 //!
 //! Needs N >= 3 (k >= 1). NaN in a sample gives NaN in its loss and gradient. The CPU path keeps
 //! a copy of one sample's peer map per thread (N floats); it needs no workspace.
+//! CUDA (kernels/distill/cuda/attention_diversity.cuh; float, float16, bfloat16 features): one
+//! block per sample, the maps in the workspace, theta by exact rank counting (ties as on the
+//! CPU), fixed-order block reductions; the reduced loss summed by one block (deterministic).
 //!
-//! Entry points (CPU; every one takes a workspace of attention_diversity_workspace_size(...)
-//! bytes before the options, empty on the CPU):
+//! Entry points (a distill::cpu or a distill::cuda context; every one takes a workspace of
+//! attention_diversity_workspace_size(ctx, ...) bytes before the options, empty on the CPU):
 //!   attention_diversity_forward(ctx, student, peer, loss, workspace, opt)
 //!   attention_diversity_backward(ctx, student, peer, grad_student, workspace, opt)
 //!   attention_diversity_forward_backward(ctx, student, peer, loss, grad_student, workspace, opt)
@@ -45,12 +48,14 @@
 #include <vector>
 
 #include "distill/core/checks.hpp"
+#include "distill/core/config.hpp"
 #include "distill/core/context.hpp"
 #include "distill/core/dtype.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/core/reduction.hpp"
 #include "distill/core/status.hpp"
 #include "distill/core/tensor_view.hpp"
+#include "distill/core/workspace.hpp"
 
 namespace distill {
 
@@ -68,6 +73,23 @@ struct attention_diversity_options {
 /// Bytes of scratch the entry points need (none on the CPU).
 inline std::size_t attention_diversity_workspace_size(const cpu&, index_t /*batch*/, index_t /*height*/, index_t /*width*/) noexcept {
   return 0;
+}
+
+namespace attention_diversity_detail {
+/// The CUDA workspace: the peer's normalised map y and the student's map (later its column
+/// factor) of every sample, and the per-sample losses.
+struct cuda_scratch {
+  float* peer_map;
+  float* student_map;
+  float* sample_loss;
+  constexpr cuda_scratch(workspace_carver& w, index_t batch, index_t spatial)
+      : peer_map(w.take<float>(batch * spatial)), student_map(w.take<float>(batch * spatial)), sample_loss(w.take<float>(batch)) {}
+};
+}  // namespace attention_diversity_detail
+
+/// On CUDA: two float maps per sample and one float per sample.
+constexpr std::size_t attention_diversity_workspace_size(const cuda&, index_t batch, index_t height, index_t width) noexcept {
+  return workspace_carver::size_of<attention_diversity_detail::cuda_scratch>(batch, height * width);
 }
 
 namespace attention_diversity_detail {
@@ -299,3 +321,7 @@ template <class TP, class TO>
 }
 
 }  // namespace distill
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/attention_diversity.cuh"
+#endif

@@ -14,13 +14,17 @@
 //!   backward:  cy_b = im2col(dy_b) (K, P),  dx_b = W cy_b,  dW = sum_b x_b cy_b^T,  db = sum dy
 //! FLOPs: 2 B Ci K P per GEMM.
 //!
-//! Workspace (the protocol of conv2d.hpp, so that a CUDA path keeps these signatures): the
-//! argument before the params, conv_transpose2d_workspace_size<T>(ctx, ...) bytes, 0 on the CPU.
+//! Workspace (the protocol of conv2d.hpp): the argument before the params,
+//! conv_transpose2d_workspace_size<T>(ctx, ...) bytes (0 on the CPU).
 //!
-//! CPU only (no CUDA overload yet): images in parallel as in conv2d.hpp (im2col / col2im of that
-//! header, GEMMs through distill::gemm on one thread per image), dW summed per thread and added
-//! in thread order (deterministic for a fixed thread count). Layouts: (C, H, W) of each image
-//! contiguous (any batch stride), w contiguous.
+//! CPU: images in parallel as in conv2d.hpp (im2col / col2im of that header, GEMMs through
+//! distill::gemm on one thread per image), dW summed per thread and added in thread order
+//! (deterministic for a fixed thread count).
+//! CUDA (kernels/distill/cuda/nn_conv_transpose2d.cuh): conv2d's CUDA pieces, a strided-batched
+//! cuBLAS GEMM and the gather-form col2im forward; im2col of dy, GEMMs for dx and dW (x permuted
+//! to (Ci, B H W) in the workspace), per-channel block sums for db (deterministic, no atomics).
+//! Layouts: (C, H, W) of each image contiguous (any batch stride), w contiguous; b and db
+//! contiguous on CUDA.
 
 #include <string>
 #include <vector>
@@ -42,12 +46,19 @@ constexpr index_t conv_transpose2d_output_extent(index_t in, index_t k, index_t 
   return (in - 1) * stride - 2 * pad + k + output_pad;
 }
 
-/// Bytes of scratch the transposed convolution needs for B images of Ci x H x W: none on the CPU
+/// Bytes of scratch the transposed convolution needs for B input images of Ci x H x W: none on the CPU
 /// (each thread keeps one image's Co kh kw x H W columns in a vector).
 template <class T = float>
 constexpr std::size_t conv_transpose2d_workspace_size(const cpu&, index_t /*B*/, index_t /*Ci*/, index_t /*Co*/, index_t /*kh*/,
                                                       index_t /*kw*/, index_t /*H*/, index_t /*W*/) noexcept {
   return 0;
+}
+/// On CUDA: the im2col matrix of dy (Co kh kw x B H W) and x permuted to (Ci, B H W).
+template <class T = float>
+constexpr std::size_t conv_transpose2d_workspace_size(const cuda&, index_t B, index_t Ci, index_t Co, index_t kh, index_t kw, index_t H,
+                                                      index_t W) noexcept {
+  const index_t BP = B * H * W;
+  return static_cast<std::size_t>(Co * kh * kw * BP + Ci * BP) * sizeof(T);
 }
 
 namespace nn_detail {
@@ -150,14 +161,16 @@ template <class TD, class T = std::remove_const_t<TD>>
   return {};
 }
 
-/// Transposed convolution layer owning W (Ci, Co, k, k) and b (Co) (CPU); fan_in = Co k k and
-/// fan_out = Ci k k, as torch computes them for this weight layout.
-template <class T>
+/// Transposed convolution layer owning W (Ci, Co, k, k) and b (Co); fan_in = Co k k and fan_out
+/// = Ci k k, as torch computes them for this weight layout. Owns the CUDA workspace (grown on
+/// first use for a batch size).
+template <class T, class Space = host_space>
 class conv_transpose2d {
  public:
   index_t in_channels = 0, out_channels = 0, kernel = 0;
   conv_transpose2d_params params;
-  parameter<T, host_space> weight, bias;
+  parameter<T, Space> weight, bias;
+  tensor<std::byte, Space> workspace;  // conv_transpose2d_workspace_size bytes (none on the CPU)
 
   conv_transpose2d() = default;
   conv_transpose2d(const std::string& name, index_t ci, index_t co, index_t k, conv_transpose2d_params p = {}, const init_options& init = {},
@@ -167,7 +180,7 @@ class conv_transpose2d {
         kernel(k),
         params(p),
         weight(name + ".weight", {ci, co, k, k}),
-        bias(with_bias ? parameter<T, host_space>(name + ".bias", {co}) : parameter<T, host_space>{}) {
+        bias(with_bias ? parameter<T, Space>(name + ".bias", {co}) : parameter<T, Space>{}) {
     throw_if_error(init_weight_and_bias(weight, with_bias ? &bias : nullptr, co * k * k, ci * k * k, init));
   }
 
@@ -175,15 +188,33 @@ class conv_transpose2d {
     return {B, out_channels, conv_transpose2d_output_extent(H, kernel, params.stride_h, params.pad_h, params.output_pad_h),
             conv_transpose2d_output_extent(W, kernel, params.stride_w, params.pad_w, params.output_pad_w)};
   }
-  [[nodiscard]] status forward(const cpu& ctx, in_view<T, 4> x, out_view<T, 4> y) {
-    return conv_transpose2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, {}, params);
+  template <class Ctx>
+  [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 4, Space> x, out_view<T, 4, Space> y) {
+    DISTILL_TRY(reserve(ctx, x));
+    return conv_transpose2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, workspace.template view<1>(),
+                                    params);
   }
   /// Accumulates into weight.grad / bias.grad (when trainable); `dx` may be absent.
-  [[nodiscard]] status backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> dy, out_view<T, 4> dx) {
+  template <class Ctx>
+  [[nodiscard]] status backward(const Ctx& ctx, in_view<T, 4, Space> x, in_view<T, 4, Space> dy, out_view<T, 4, Space> dx) {
+    DISTILL_TRY(reserve(ctx, x));
     return conv_transpose2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                                     nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
+                                     nn_detail::grad_if_trainable<1>(bias), workspace.template view<1>(), params, layer_grad_options);
   }
-  parameter_list<T, host_space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
+  parameter_list<T, Space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
+
+ private:
+  template <class Ctx>
+  status reserve(const Ctx& ctx, const tensor_view<const T, 4, Space>& x) {
+    const auto n = static_cast<index_t>(
+        conv_transpose2d_workspace_size<T>(ctx, x.extent(0), in_channels, out_channels, kernel, kernel, x.extent(2), x.extent(3)));
+    if (n > workspace.size()) return workspace.resize({n});
+    return {};
+  }
 };
 
 }  // namespace distill::nn
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/nn_conv_transpose2d.cuh"
+#endif

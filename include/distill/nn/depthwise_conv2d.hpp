@@ -13,13 +13,17 @@
 //!              db[c] = sum_{b, oy, ox} dy[b, c, oy, ox]
 //! FLOPs: 2 B C kh kw Ho Wo per pass.
 //!
-//! Workspace (the protocol of conv2d.hpp, so that a CUDA path keeps these signatures): the
-//! argument before the params, depthwise_conv2d_workspace_size<T>(ctx, ...) bytes, 0 on the CPU.
+//! Workspace (the protocol of conv2d.hpp): the argument before the params,
+//! depthwise_conv2d_workspace_size<T>(ctx, ...) bytes, 0 on both backends.
 //!
-//! CPU only (no CUDA overload yet): direct loops, (b, c) planes in parallel for y and dx (dx is
-//! scattered within its own plane, so no two threads write the same element), channels in
-//! parallel for dw and db (each summed over the batch in order: deterministic). Layouts: (C, H, W)
-//! of each image contiguous (any batch stride), w contiguous.
+//! CPU: direct loops, (b, c) planes in parallel for y and dx (dx is scattered within its own
+//! plane, so no two threads write the same element), channels in parallel for dw and db (each
+//! summed over the batch in order: deterministic).
+//! CUDA (kernels/distill/cuda/nn_depthwise_conv2d.cuh): direct kernels, one thread per output (y)
+//! and per input element (dx, gather form), one block per (channel, tap) for dw and per channel
+//! for db with fixed-order block reductions (deterministic, no atomics).
+//! Layouts: (C, H, W) of each image contiguous (any batch stride), w contiguous; b and db
+//! contiguous on CUDA.
 
 #include <string>
 #include <vector>
@@ -29,9 +33,14 @@
 
 namespace distill::nn {
 
-/// Bytes of scratch the depthwise forward and backward need: none on the CPU.
+/// Bytes of scratch the depthwise forward and backward need: none on either backend.
 template <class T = float>
 constexpr std::size_t depthwise_conv2d_workspace_size(const cpu&, index_t /*B*/, index_t /*C*/, index_t /*kh*/, index_t /*kw*/,
+                                                      index_t /*Ho*/, index_t /*Wo*/) noexcept {
+  return 0;
+}
+template <class T = float>
+constexpr std::size_t depthwise_conv2d_workspace_size(const cuda&, index_t /*B*/, index_t /*C*/, index_t /*kh*/, index_t /*kw*/,
                                                       index_t /*Ho*/, index_t /*Wo*/) noexcept {
   return 0;
 }
@@ -144,14 +153,14 @@ template <class TD, class T = std::remove_const_t<TD>>
   return {};
 }
 
-/// Depthwise convolution layer owning W (C, 1, k, k) and b (C) (CPU); fan_in = fan_out = k k, as
-/// torch computes them for groups = C.
-template <class T>
+/// Depthwise convolution layer owning W (C, 1, k, k) and b (C); fan_in = fan_out = k k, as torch
+/// computes them for groups = C. No workspace on either backend.
+template <class T, class Space = host_space>
 class depthwise_conv2d {
  public:
   index_t channels = 0, kernel = 0;
   conv2d_params params;
-  parameter<T, host_space> weight, bias;
+  parameter<T, Space> weight, bias;
 
   depthwise_conv2d() = default;
   depthwise_conv2d(const std::string& name, index_t c, index_t k, conv2d_params p = {}, const init_options& init = {}, bool with_bias = true)
@@ -159,22 +168,29 @@ class depthwise_conv2d {
         kernel(k),
         params(p),
         weight(name + ".weight", {c, 1, k, k}),
-        bias(with_bias ? parameter<T, host_space>(name + ".bias", {c}) : parameter<T, host_space>{}) {
+        bias(with_bias ? parameter<T, Space>(name + ".bias", {c}) : parameter<T, Space>{}) {
     throw_if_error(init_weight_and_bias(weight, with_bias ? &bias : nullptr, k * k, k * k, init));
   }
 
   tensor_shape output_shape(index_t B, index_t H, index_t W) const {
     return {B, channels, conv2d_output_extent(H, kernel, params.stride_h, params.pad_h), conv2d_output_extent(W, kernel, params.stride_w, params.pad_w)};
   }
-  [[nodiscard]] status forward(const cpu& ctx, in_view<T, 4> x, out_view<T, 4> y) {
-    return depthwise_conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, {}, params);
+  template <class Ctx>
+  [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 4, Space> x, out_view<T, 4, Space> y) {
+    return depthwise_conv2d_forward(ctx, x, nn_detail::value_of<4>(weight), nn_detail::value_of<1>(bias), y, tensor_view<std::byte, 1, Space>{},
+                                    params);
   }
   /// Accumulates into weight.grad / bias.grad (when trainable); `dx` may be absent.
-  [[nodiscard]] status backward(const cpu& ctx, in_view<T, 4> x, in_view<T, 4> dy, out_view<T, 4> dx) {
+  template <class Ctx>
+  [[nodiscard]] status backward(const Ctx& ctx, in_view<T, 4, Space> x, in_view<T, 4, Space> dy, out_view<T, 4, Space> dx) {
     return depthwise_conv2d_backward(ctx, x, nn_detail::value_of<4>(weight), dy, dx, nn_detail::grad_if_trainable<4>(weight),
-                                     nn_detail::grad_if_trainable<1>(bias), {}, params, layer_grad_options);
+                                     nn_detail::grad_if_trainable<1>(bias), tensor_view<std::byte, 1, Space>{}, params, layer_grad_options);
   }
-  parameter_list<T, host_space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
+  parameter_list<T, Space> parameters() { return nn_detail::weight_and_bias(weight, bias); }
 };
 
 }  // namespace distill::nn
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/nn_depthwise_conv2d.cuh"
+#endif

@@ -14,6 +14,7 @@
 #error "distill/cuda/nn_conv2d.cuh must be compiled by nvcc"
 #endif
 
+#include "distill/cuda/detail/reduce.cuh"
 #include "distill/cuda/nn_blas.cuh"
 #include "distill/nn/conv2d.hpp"
 
@@ -100,6 +101,24 @@ __global__ void nn_conv2d_col2im_gather_kernel(const T* dcol, conv_arg g, T* dx,
     T& o = dx[b * dx_batch_stride + rem];
     o = accumulate ? o + s : s;
   }
+}
+
+inline constexpr int conv_channel_sum_block = 256;
+
+// Block c: out[c] (+)= sum_{b, q} v[b, c, q] (v: B images of C planes of P elements), each thread a fixed
+// stride of (b, q), then a fixed reduction tree: the bias gradient, deterministic and without atomics.
+template <class T, class TV>
+__global__ void __launch_bounds__(conv_channel_sum_block)
+    nn_conv_channel_sum_kernel(const TV* v, index_t batch_stride, index_t B, index_t C, index_t P, T* out, bool accumulate) {
+  __shared__ T red[conv_channel_sum_block / 32];
+  const index_t c = blockIdx.x;
+  T s = T(0);
+  for (index_t i = threadIdx.x; i < B * P; i += conv_channel_sum_block) {
+    const index_t b = i / P, q = i - b * P;
+    s += static_cast<T>(v[b * batch_stride + c * P + q]);
+  }
+  s = block_sum<conv_channel_sum_block>(s, red);
+  if (threadIdx.x == 0) out[c] = accumulate ? out[c] + s : s;
 }
 
 template <class V>
