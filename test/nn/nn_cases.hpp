@@ -491,6 +491,35 @@ struct dw_case {
 struct tr_case {
   long B, Ci, H, W, Co, k, s, p, op;
 };
+
+/// The checks shared by the convolution variants: `backward(opt)` runs the layer's backward into
+/// dxt, dwt, dbt (after its forward into yt); y must match `want`, the gradients the finite
+/// differences of r . f(x, w, b), a second, accumulating backward twice them; no tensor is
+/// written outside its extent.
+template <class T, class Run, class Y, class DX, class DW, class DB, class R, class WS, class F, class Backward>
+void check_forward_backward(Run& run, Y& yt, DX& dxt, DW& dwt, DB& dbt, R& rt, WS& ws, const vec& want, const vec& r, const vec& x,
+                            const vec& w, const vec& b, F f, Backward backward, tolerance t) {
+  REQUIRE(backward(nn::grad_options{}).ok());
+  run.sync();
+  CHECK_CLOSE("y", yt.get(), want, t);
+  const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
+            gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
+  const tolerance tg = grad_tol<T>({1e-4, 1e-4});
+  CHECK_CLOSE("dx", dxt.get(), gx, tg);
+  CHECK_CLOSE("dw", dwt.get(), gw, tg);
+  CHECK_CLOSE("db", dbt.get(), gb, tg);
+  REQUIRE(backward(nn::grad_options{true, true}).ok());
+  run.sync();
+  CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
+  CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
+  CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
+  CHECK(yt.intact());
+  CHECK(dxt.intact());
+  CHECK(dwt.intact());
+  CHECK(dbt.intact());
+  CHECK(rt.intact());
+  CHECK(ws.intact());
+}
 }  // namespace conv
 
 TEMPLATE_LIST_TEST_CASE("depthwise_conv2d forward matches the direct reference, backward its finite differences, and accumulates",
@@ -523,30 +552,10 @@ TEMPLATE_LIST_TEST_CASE("depthwise_conv2d forward matches the direct reference, 
       REQUIRE(nn::depthwise_conv2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
                                            yt.view(), ws.view(), p)
                   .ok());
-      REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p)
-                  .ok());
-      run.sync();
-      CHECK_CLOSE("y", yt.get(), want, t);
-      const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
-                gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
-      const tolerance tg = grad_tol<T>({1e-4, 1e-4});
-      CHECK_CLOSE("dx", dxt.get(), gx, tg);
-      CHECK_CLOSE("dw", dwt.get(), gw, tg);
-      CHECK_CLOSE("db", dbt.get(), gb, tg);
-      REQUIRE(nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p, nn::grad_options{true, true})
-                  .ok());
-      run.sync();
-      CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
-      CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
-      CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
-      CHECK(yt.intact());
-      CHECK(dxt.intact());
-      CHECK(dwt.intact());
-      CHECK(dbt.intact());
-      CHECK(rt.intact());
-      CHECK(ws.intact());
+      conv::check_forward_backward<T>(run, yt, dxt, dwt, dbt, rt, ws, want, r, x, w, b, f, [&](nn::grad_options opt) {
+        return nn::depthwise_conv2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                          dxt.view(), dwt.view(), dbt.view(), ws.view(), p, opt);
+      }, t);
     }
 }
 
@@ -582,30 +591,10 @@ TEMPLATE_LIST_TEST_CASE("conv_transpose2d forward matches the scatter reference,
       REQUIRE(nn::conv_transpose2d_forward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), bt.template view<const T>(),
                                            yt.view(), ws.view(), p)
                   .ok());
-      REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p)
-                  .ok());
-      run.sync();
-      CHECK_CLOSE("y", yt.get(), want, t);
-      const vec gx = fd([&](const vec& v) { return dot(r, f(v, w, b)); }, x), gw = fd([&](const vec& v) { return dot(r, f(x, v, b)); }, w),
-                gb = fd([&](const vec& v) { return dot(r, f(x, w, v)); }, b);
-      const tolerance tg = grad_tol<T>({1e-4, 1e-4});
-      CHECK_CLOSE("dx", dxt.get(), gx, tg);
-      CHECK_CLOSE("dw", dwt.get(), gw, tg);
-      CHECK_CLOSE("db", dbt.get(), gb, tg);
-      REQUIRE(nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
-                                            dxt.view(), dwt.view(), dbt.view(), ws.view(), p, nn::grad_options{true, true})
-                  .ok());
-      run.sync();
-      CHECK_CLOSE("accumulated dx", dxt.get(), times(gx, 2), tg);
-      CHECK_CLOSE("accumulated dw", dwt.get(), times(gw, 2), tg);
-      CHECK_CLOSE("accumulated db", dbt.get(), times(gb, 2), tg);
-      CHECK(yt.intact());
-      CHECK(dxt.intact());
-      CHECK(dwt.intact());
-      CHECK(dbt.intact());
-      CHECK(rt.intact());
-      CHECK(ws.intact());
+      conv::check_forward_backward<T>(run, yt, dxt, dwt, dbt, rt, ws, want, r, x, w, b, f, [&](nn::grad_options opt) {
+        return nn::conv_transpose2d_backward(run.ctx, xt.template view<const T>(), wt.template view<const T>(), rt.template view<const T>(),
+                                          dxt.view(), dwt.view(), dbt.view(), ws.view(), p, opt);
+      }, t);
     }
 }
 
