@@ -136,6 +136,19 @@ status conv_workspace(const char* fn, const conv2d_geometry& g, const cuda_view<
   return {};
 }
 
+/// The device checks of a convolution backward's tensors (the variants' shared preamble; absent
+/// gradients pass).
+template <class X, class Wt, class DY, class DX, class DW, class DB>
+status check_conv_grad_views(const char* fn, const X& x, const Wt& w, const DY& dy, const DX& dx, const DW& dw, const DB& db) {
+  if (!db.empty() && !db.contiguous()) return fail(errc::unsupported_layout, fn, "'db' must be contiguous on CUDA");
+  DISTILL_TRY(check_device_view(fn, "x", x));
+  DISTILL_TRY(check_device_view(fn, "w", w));
+  DISTILL_TRY(check_device_view(fn, "dy", dy));
+  DISTILL_TRY(check_device_view(fn, "dx", dx));
+  DISTILL_TRY(check_device_view(fn, "dw", dw));
+  return check_device_view(fn, "db", db);
+}
+
 }  // namespace cuda_detail
 
 template <class T>

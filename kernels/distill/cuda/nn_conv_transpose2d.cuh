@@ -79,13 +79,7 @@ template <class TD, class T = std::remove_const_t<TD>>
   conv2d_geometry g;
   DISTILL_TRY(nn_detail::conv_transpose2d_geometry_of(fn, x, w, p, g));
   DISTILL_TRY(nn_detail::check_conv_grads(fn, x, w, dy, dx, dw, db, g.B, g.Ci, g.H, g.W));
-  if (!db.empty() && !db.contiguous()) return fail(errc::unsupported_layout, fn, "'db' must be contiguous on CUDA");
-  DISTILL_TRY(check_device_view(fn, "x", x));
-  DISTILL_TRY(check_device_view(fn, "w", w));
-  DISTILL_TRY(check_device_view(fn, "dy", dy));
-  DISTILL_TRY(check_device_view(fn, "dx", dx));
-  DISTILL_TRY(check_device_view(fn, "dw", dw));
-  DISTILL_TRY(check_device_view(fn, "db", db));
+  DISTILL_TRY(check_conv_grad_views(fn, x, w, dy, dx, dw, db));
   T* col = nullptr;
   DISTILL_TRY(conv_transpose_workspace(fn, g, workspace, col));
   const index_t K = g.K(), P = g.P(), BP = g.B * P, Cin = g.Co, Cout = g.Ci;
