@@ -16,9 +16,9 @@
 //!
 //! The forward writes mu_c and invstd_c (the ones it used, in both modes) to `saved_mean` and
 //! `saved_invstd`; the backward reads them. Training needs M >= 2. CPU: channels in parallel,
-//! two vectorised passes for the statistics (in double; deterministic). CUDA: grid (channel, chunk of images) blocks
-//! compute (count, mean, M2) partials merged in order with Chan's formula, then an element-wise
-//! pass; the backward likewise.
+//! two vectorised passes for the statistics (in double; deterministic). CUDA: grid (channel,
+//! chunk of images) blocks compute (count, mean, M2) partials merged in order with Chan's
+//! formula, then an element-wise pass; the backward likewise.
 
 #include <cmath>
 
