@@ -16,6 +16,7 @@ static test_comm_t world;
 inline const test_comm_t& test_comm() { return world; }
 
 #include "distributed/distributed_cases.hpp"
+#include "distributed/data_parallel_cases.hpp"
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);

@@ -10,3 +10,4 @@ inline const test_comm_t& test_comm() {
 }
 
 #include "distributed/distributed_cases.hpp"
+#include "distributed/data_parallel_cases.hpp"

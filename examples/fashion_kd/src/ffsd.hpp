@@ -224,6 +224,7 @@ class ffsd_learner final : public learner {
   /// outputs are constants in it, as in the reference code), so computing all gradients first
   /// and then stepping every optimiser equals the reference's network-by-network updates.
   double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net*, const step_info& at) override {
+    if (data_parallel_) throw std::runtime_error("ffsd does not train data-parallel yet (run it in one process)");
     const auto y = loss::labels_of(b.labels);
     const double T = loss_.ffsd_temperature;
     const double l_div = warm(loss_.ffsd_lambda_diversity, at.epoch), l_fus = warm(loss_.ffsd_lambda_fusion, at.epoch),
@@ -297,6 +298,8 @@ class ffsd_learner final : public learner {
     leader_opt_->step(ctx);
     for (auto& o : decoder_opt_) o->step(ctx);
   }
+  /// Not data-parallel yet: its fusion and decoder modules were not checked against one process.
+  void set_replica(const nn::replica& r) override { data_parallel_ = r.data_parallel(); }
   param_list parameters() override { return all_parameters(); }
 
   std::vector<evaluated_net> evaluated() override {
@@ -410,6 +413,7 @@ class ffsd_learner final : public learner {
   fusion_block trans_fusion_;
   fusion_module fusion_;
   decoder leader_decoder_;
+  bool data_parallel_ = false;
   std::vector<std::unique_ptr<staged_net>> students_;
   std::vector<std::unique_ptr<decoder>> decoders_;
   std::vector<std::unique_ptr<scheduled_sgd>> student_opt_;

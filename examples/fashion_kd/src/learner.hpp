@@ -64,11 +64,8 @@ class learner {
   virtual double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) = 0;
   /// One step of every optimiser from the gradients.
   virtual void step(const distill::cpu& ctx) = 0;
-  double train_step(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) {
-    const double l = compute_gradients(ctx, b, teacher, at);
-    step(ctx);
-    return l;
-  }
+  /// Data-parallel training: this process's share of every batch (trainer.hpp).
+  virtual void set_replica(const nn::replica& r) = 0;
   /// Every trainable parameter and buffer (for checks and checkpoints).
   virtual param_list parameters() = 0;
   /// The networks to evaluate (the deployed ones).
@@ -160,6 +157,10 @@ class student_learner final : public learner {
     return l;
   }
   void step(const distill::cpu& ctx) override { sgd_.step(ctx); }
+  void set_replica(const nn::replica& r) override {
+    net_.set_replica(r);
+    if (connector_) connector_->set_replica(r);
+  }
   param_list parameters() override {
     auto p = net_.parameters();
     if (connector_) {

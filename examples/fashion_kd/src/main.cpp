@@ -10,6 +10,8 @@
 //            curves.png, confusion matrices and misclassified test images (PNG)
 //
 //   fashion_kd --preset smoke|cpu-small|full [--methods ...] [--seeds 3] [--out DIR] [overrides]
+//   mpirun -np P fashion_kd ... --threads 1     data-parallel over P processes (built with MPI):
+//            the same models as one process with the same (global) batch, up to float rounding
 
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
@@ -119,9 +121,17 @@ std::vector<curve_point> row_curve(const member& m) {
   return out;
 }
 
+int run(int argc, char** argv, const examples::replicas& world);
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  return examples::run_replicated("fashion_kd", argc, argv, [&](const examples::replicas& world) { return run(argc, argv, world); });
+}
+
+namespace {
+
+int run(int argc, char** argv, const examples::replicas& world) {
   CLI::App app{"Knowledge distillation on Fashion-MNIST: Hinton KD, DKD, attention transfer, AdaIN-KD and FFSD side by side"};
   run_config c;
   std::string preset = "cpu-small", out = "fashion_out";
@@ -145,7 +155,7 @@ int main(int argc, char** argv) {
   app.add_flag("--retrain-teacher", retrain_teacher, "train the teacher again even when <out>/teacher.ckpt matches");
   app.add_option("--epochs", epochs, "student epochs")->check(CLI::Range(1, 10000));
   app.add_option("--teacher-epochs", teacher_epochs, "teacher epochs")->check(CLI::Range(1, 10000));
-  app.add_option("--batch", batch, "student batch size")->check(CLI::Range(2, 65536));
+  app.add_option("--batch,--global-batch", batch, "student batch size (data-parallel: the global batch, split over the ranks)")->check(CLI::Range(2, 65536));
   app.add_option("--lr", lr, "student peak learning rate (SGD, Nesterov, cosine)")->check(CLI::PositiveNumber);
   app.add_option("--student-train-per-class", student_per_class, "students' training images per class (0: all 5 500)")->check(CLI::Range(0, 6000));
   app.add_option("--teacher-train-per-class", teacher_per_class, "teacher's training images per class (0: all 5 500)")->check(CLI::Range(0, 6000));
@@ -165,7 +175,7 @@ int main(int argc, char** argv) {
   app.add_option("--at-beta", at_beta, "attention transfer beta (beta/2 per stage pair)")->check(CLI::NonNegativeNumber);
   app.add_option("--stats-weight", stats_w, "weight of the statistics L2 loss")->check(CLI::NonNegativeNumber);
   app.add_option("--adain-weight", adain_w, "weight of the AdaIN-KD loss")->check(CLI::NonNegativeNumber);
-  c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  c.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(world.size)));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -197,10 +207,14 @@ int main(int argc, char** argv) {
     if (at_beta) c.loss.at_beta = *at_beta;
     if (stats_w) c.loss.stats_weight = *stats_w;
     if (adain_w) c.loss.adain_weight = *adain_w;
+    if (world.data_parallel() && std::count(c.methods.begin(), c.methods.end(), "ffsd"))
+      throw std::invalid_argument("ffsd does not train data-parallel yet: leave it out of --methods under mpirun, or run one process");
     const distill::cpu ctx{c.threads};
     const auto wall0 = std::chrono::steady_clock::now();
     const std::string load0 = load_average();
-    const std::string device = "CPU, " + std::to_string(c.threads) + " thread" + (c.threads > 1 ? "s" : "");
+    std::string device = "CPU, " + std::to_string(c.threads) + " thread" + (c.threads > 1 ? "s" : "");
+    if (world.data_parallel()) device += " x " + std::to_string(world.size) + " MPI ranks";
+    if (!world.root()) std::cerr.setstate(std::ios::failbit);  // rank 0 speaks for the job
     fs::create_directories(fs::path(out) / "checkpoints");
     std::cerr << "fashion_kd: preset " << c.preset << ", " << c.seeds << " seed(s), methods:";
     for (const auto& m : c.methods) std::cerr << " " << m;
@@ -236,7 +250,7 @@ int main(int argc, char** argv) {
         t.start_epoch = 0, t.seconds = 0, t.curve.clear();
       }
       if (t.start_epoch >= plan.epochs) std::cerr << "  teacher: reusing " << t.checkpoint << "\n";
-      train_members(ctx, teacher_run, plan, nullptr, data);
+      train_members(ctx, world, teacher_run, plan, nullptr, data);
       teacher->set_training(false);
       nn::set_trainable(teacher->parameters(), false);
       seed_run r{c.first_seed, t.curve.back().val, t.curve.back().test, t.seconds, c.teacher_opt.epochs,
@@ -273,14 +287,14 @@ int main(int argc, char** argv) {
                       "seed " + std::to_string(seed), student_fingerprint(c, seed)};
       if (resume)
         for (auto& m : members) try_resume(m, plan);
-      train_members(ctx, members, plan, teacher, data);
+      train_members(ctx, world, members, plan, teacher, data);
       for (auto& m : members) {
         const auto points = row_curve(m);
         curves.insert(curves.end(), points.begin(), points.end());
         for (const auto& e : m.model->evaluated()) {
           row_result& r = row_ref(row_of(e.name));
           r.parameters = count_learnt(e.net->parameters());
-          if (k == 0 && !first_seed_predictions.count(r.key)) first_seed_predictions[r.key] = predict(ctx, *e.net, data.d.test, data.test, data.norm);
+          if (k == 0 && world.root() && !first_seed_predictions.count(r.key)) first_seed_predictions[r.key] = predict(ctx, *e.net, data.d.test, data.test, data.norm);
         }
         for (const auto& p : points)
           if (p.epoch == c.student_opt.epochs)
@@ -288,7 +302,8 @@ int main(int argc, char** argv) {
       }
     }
 
-    // ---- report -------------------------------------------------------------------------------
+    // ---- report (rank 0) ------------------------------------------------------------------------
+    if (!world.root()) return 0;
     std::vector<row_result> table_rows;
     if (!teacher_row.runs.empty()) table_rows.push_back(teacher_row);
     table_rows.insert(table_rows.end(), rows.begin(), rows.end());
@@ -331,7 +346,10 @@ int main(int argc, char** argv) {
     std::cerr << "wrote " << (o / "results.json").string() << ", curves.csv, curves.png, confusion_teacher.png, confusion_student.png, errors.png\n";
     return 0;
   } catch (const std::exception& e) {
-    std::cerr << "fashion_kd: " << e.what() << "\n";
+    std::cerr.clear();
+    std::cerr << "fashion_kd" << (world.data_parallel() ? " (rank " + std::to_string(world.rank) + ")" : std::string()) << ": " << e.what() << "\n";
     return 1;
   }
 }
+
+}  // namespace

@@ -104,6 +104,11 @@ class staged_net {
     for (auto& s : stages_) s.set_training(t);
     head_.set_training(t);
   }
+  /// Data-parallel share of the batch for batch norm and dropout (trainer.hpp).
+  void set_replica(const nn::replica& r) {
+    for (auto& s : stages_) s.set_replica(r);
+    head_.set_replica(r);
+  }
   /// The dropout layers' mask counters: state a checkpoint must keep for an exact resume.
   std::vector<std::uint64_t*> dropout_offsets() {
     std::vector<std::uint64_t*> v;

@@ -4,7 +4,9 @@
 // gets the same batches in the same order; the teacher's forward pass runs once per batch for
 // all members that learn from it; after each epoch every deployed network is evaluated on the
 // validation and test sets and each member is checkpointed (atomically, with a checksum), so
-// --resume continues exactly where a run stopped.
+// --resume continues exactly where a run stopped. Data-parallel (common/replicas.hpp): every rank
+// takes its B / P rows of each global batch, gradients are averaged before each step, the
+// evaluation is split over the ranks, and rank 0 alone shows progress and writes checkpoints.
 
 #include <chrono>
 #include <cstdio>
@@ -19,6 +21,7 @@
 #include "../../common/fashion_mnist.hpp"
 #include "../../common/progress.hpp"
 #include "distill/nn/cross_entropy.hpp"
+#include "../../common/replicas.hpp"
 #include "learner.hpp"
 #include "report.hpp"
 
@@ -61,11 +64,17 @@ inline std::vector<std::int32_t> predict(const distill::cpu& ctx, staged_net& ne
   return out;
 }
 
-inline double accuracy(std::span<const std::int32_t> predicted, const examples::labelled_images& data, std::span<const std::uint32_t> ids) {
+/// Accuracy of `net` on the images `ids`, each rank predicting its share of them.
+inline double accuracy(const distill::cpu& ctx, const examples::replicas& world, staged_net& net, const examples::labelled_images& data,
+                       std::span<const std::uint32_t> ids, const examples::pixel_normalization& norm) {
   if (ids.empty()) return 0;
-  std::size_t right = 0;
-  for (std::size_t i = 0; i < ids.size(); ++i) right += predicted[i] == data.labels[ids[i]];
-  return static_cast<double>(right) / static_cast<double>(ids.size());
+  const std::size_t P = static_cast<std::size_t>(world.size), r = static_cast<std::size_t>(world.rank);
+  const auto mine = ids.subspan(ids.size() * r / P, ids.size() * (r + 1) / P - ids.size() * r / P);
+  const auto predicted = predict(ctx, net, data, mine, norm);
+  double right = 0;
+  for (std::size_t i = 0; i < mine.size(); ++i) right += predicted[i] == data.labels[mine[i]];
+  world.total(std::span<double>(&right, 1));
+  return right / static_cast<double>(ids.size());
 }
 
 struct train_plan {
@@ -77,8 +86,9 @@ struct train_plan {
   nlohmann::json fingerprint; ///< what must match for a checkpoint to be resumed
 };
 
-/// Restores a member from its checkpoint when it exists and matches; says why when it does not.
-inline void try_resume(member& m, const train_plan& plan) {
+/// Restores a member from its checkpoint when it exists and matches; says why when it does not
+/// (when `verbose`).
+inline void try_resume(member& m, const train_plan& plan, bool verbose = true) {
   namespace fs = std::filesystem;
   if (!fs::exists(m.checkpoint)) return;
   nn::checkpoint ck;
@@ -99,14 +109,14 @@ inline void try_resume(member& m, const train_plan& plan) {
     }
   }
   if (!why.empty()) {
-    std::cerr << "  not resuming " << m.key << " from " << m.checkpoint << ": " << why << "\n";
+    if (verbose) std::cerr << "  not resuming " << m.key << " from " << m.checkpoint << ": " << why << "\n";
     return;
   }
   m.start_epoch = j.at("epoch").get<int>();
   m.seconds = j.at("seconds").get<double>();
   for (const auto& p : j.at("curve"))
     m.curve.push_back({p.at("row"), p.at("seed"), p.at("epoch"), p.at("val"), p.at("test"), p.at("train_seconds")});
-  std::cerr << "  resumed " << m.key << " after epoch " << m.start_epoch << "\n";
+  if (verbose) std::cerr << "  resumed " << m.key << " after epoch " << m.start_epoch << "\n";
 }
 
 inline void save_member(const member& m, int epochs_done, const train_plan& plan) {
@@ -122,29 +132,38 @@ inline void save_member(const member& m, int epochs_done, const train_plan& plan
 }
 
 /// Trains every member for plan.epochs (from its own start epoch), evaluating after each epoch.
-/// `teacher` (evaluation mode, frozen) runs once per batch when a member needs it.
-inline void train_members(const distill::cpu& ctx, std::vector<member>& members, const train_plan& plan, staged_net* teacher,
-                          const data_sets& data) {
+/// `teacher` (evaluation mode, frozen) runs once per batch when a member needs it. plan.batch is
+/// the global batch: each rank of `world` trains on its plan.batch / P rows of it.
+inline void train_members(const distill::cpu& ctx, const examples::replicas& world, std::vector<member>& members, const train_plan& plan,
+                          staged_net* teacher, const data_sets& data) {
   using clock = std::chrono::steady_clock;
   const std::size_t N = plan.train_ids.size(), B = static_cast<std::size_t>(plan.batch);
   const index_t steps = static_cast<index_t>(N / B);
   if (steps == 0) throw std::runtime_error(plan.label + ": fewer training images (" + std::to_string(N) + ") than one batch (" + std::to_string(B) + ")");
+  if (B % static_cast<std::size_t>(world.size) != 0)  // batch norm's statistics need equal shares
+    throw std::invalid_argument(plan.label + ": the batch (" + std::to_string(B) + ") must be a multiple of the " + std::to_string(world.size) + " ranks");
+  const nn::replica share = world.share(B);
+  const std::size_t Bl = world.count_of(B), first_row = world.first_of(B);
+  if (world.data_parallel())
+    for (auto& m : members) m.model->set_replica(share);
   int first_epoch = plan.epochs;
   for (const auto& m : members) first_epoch = std::min(first_epoch, m.start_epoch);
-  tensor x({static_cast<index_t>(B), 1, 28, 28});
-  std::vector<std::int64_t> y(B);
-  std::vector<std::uint32_t> ids(B);
+  tensor x({static_cast<index_t>(Bl), 1, 28, 28});
+  std::vector<std::int64_t> y(Bl);
+  std::vector<std::uint32_t> ids(Bl);
   for (int epoch = first_epoch; epoch < plan.epochs; ++epoch) {
     const auto order = examples::shuffled_order(N, plan.seed, static_cast<std::uint64_t>(epoch));
-    examples::progress_bar bar(plan.label + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(plan.epochs),
-                               static_cast<std::int64_t>(steps) * static_cast<std::int64_t>(B), {.unit = "img", .clock = {}});
+    std::optional<examples::progress_bar> bar;
+    if (world.root())
+      bar.emplace(plan.label + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(plan.epochs),
+                  static_cast<std::int64_t>(steps) * static_cast<std::int64_t>(B), examples::progress_options{.unit = "img", .clock = {}});
     bool need_teacher = false;
     for (const auto& m : members) need_teacher |= m.start_epoch <= epoch && m.uses_teacher;
     double teacher_seconds = 0;
     std::vector<double> own(members.size(), 0.0), loss_sum(members.size(), 0.0);
     for (index_t s = 0; s < steps; ++s) {
-      for (std::size_t i = 0; i < B; ++i) ids[i] = plan.train_ids[order[static_cast<std::size_t>(s) * B + i]];
-      examples::fill_batch(data.d.train, ids, data.norm, plan.augment, plan.seed, static_cast<std::uint64_t>(epoch), std::span<float>(x.data(), B * 784), y);
+      for (std::size_t i = 0; i < Bl; ++i) ids[i] = plan.train_ids[order[static_cast<std::size_t>(s) * B + first_row + i]];
+      examples::fill_batch(data.d.train, ids, data.norm, plan.augment, plan.seed, static_cast<std::uint64_t>(epoch), std::span<float>(x.data(), Bl * 784), y);
       const batch b{x.cview<4>(), y};
       if (need_teacher) {
         const auto t0 = clock::now();
@@ -154,25 +173,31 @@ inline void train_members(const distill::cpu& ctx, std::vector<member>& members,
       for (std::size_t k = 0; k < members.size(); ++k) {
         if (members[k].start_epoch > epoch) continue;
         const auto t0 = clock::now();
-        loss_sum[k] += members[k].model->train_step(ctx, b, members[k].uses_teacher ? teacher : nullptr, {epoch, s, steps});
+        learner& l = *members[k].model;
+        loss_sum[k] += l.compute_gradients(ctx, b, members[k].uses_teacher ? teacher : nullptr, {epoch, s, steps});
+        if (world.combine_gradients) world.combine_gradients(l.parameters(), 1.0 / world.size);
+        l.step(ctx);
         own[k] += std::chrono::duration<double>(clock::now() - t0).count();
       }
-      bar.advance(static_cast<std::int64_t>(B));
+      if (bar) bar->advance(static_cast<std::int64_t>(B));
     }
-    bar.finish();
+    if (bar) bar->finish();
+    world.total(loss_sum);  // the mean over ranks of the local mean losses = the global batch's
     for (std::size_t k = 0; k < members.size(); ++k) {
       member& m = members[k];
       if (m.start_epoch > epoch) continue;
       m.seconds += own[k] + (m.uses_teacher ? teacher_seconds : 0.0);
-      std::string line = "  " + m.key + ": loss " + examples::table::fixed(loss_sum[k] / static_cast<double>(steps), 4);
+      std::string line = "  " + m.key + ": loss " + examples::table::fixed(loss_sum[k] / world.size / static_cast<double>(steps), 4);
       for (const auto& e : m.model->evaluated()) {
-        const double val = accuracy(predict(ctx, *e.net, data.d.train, data.validation, data.norm), data.d.train, data.validation);
-        const double test = accuracy(predict(ctx, *e.net, data.d.test, data.test, data.norm), data.d.test, data.test);
+        const double val = accuracy(ctx, world, *e.net, data.d.train, data.validation, data.norm);
+        const double test = accuracy(ctx, world, *e.net, data.d.test, data.test, data.norm);
         m.curve.push_back({e.name, plan.seed, epoch + 1, val, test, m.seconds});
         line += " | " + e.name + " val " + examples::table::fixed(100 * val, 2) + "% test " + examples::table::fixed(100 * test, 2) + "%";
       }
-      std::cerr << line << " (" << examples::table::fixed(own[k] + (m.uses_teacher ? teacher_seconds : 0.0), 1) << " s)\n";
-      save_member(m, epoch + 1, plan);
+      if (world.root()) {
+        std::cerr << line << " (" << examples::table::fixed(own[k] + (m.uses_teacher ? teacher_seconds : 0.0), 1) << " s)\n";
+        save_member(m, epoch + 1, plan);
+      }
       m.start_epoch = epoch + 1;
     }
   }

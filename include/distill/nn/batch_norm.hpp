@@ -19,11 +19,17 @@
 //! two vectorised passes for the statistics (in double; deterministic). CUDA: grid (channel,
 //! chunk of images) blocks compute (count, mean, M2) partials merged in order with Chan's
 //! formula, then an element-wise pass; the backward likewise.
+//! Data-parallel (CPU): with a sum over replicas (nn/replica.hpp) the means above are over the
+//! global batch: the forward adds the replicas' sum x and M, then their sum (x - mu)^2; the
+//! backward their sum dy and sum dy xhat (synchronised batch norm, as torch's SyncBatchNorm).
 
 #include <cmath>
+#include <span>
+#include <vector>
 
 #include "distill/core/simd.hpp"
 #include "distill/nn/common.hpp"
+#include "distill/nn/replica.hpp"
 
 namespace distill::nn {
 
@@ -108,10 +114,13 @@ status check_batch_norm(const char* fn, const X& x, const G& gamma, const batch_
 
 /// running_mean / running_var are updated in training and read in evaluation; they may be absent
 /// in training (no running statistics kept). gamma / beta may be absent (no affine transform).
+/// `sum_over_replicas` (training only): synchronised statistics over a data-parallel global batch
+/// (nn/replica.hpp); two calls, with C + 1 and C values.
 template <class T>
 [[nodiscard]] status batch_norm_forward(const cpu& ctx, in_view<T, 3> x, in_view<T, 1> gamma, in_view<T, 1> beta,
                                         out_view<T, 1> running_mean, out_view<T, 1> running_var, host_view<T, 3> y,
-                                        out_view<T, 1> saved_mean, out_view<T, 1> saved_invstd, const batch_norm_params& p) {
+                                        out_view<T, 1> saved_mean, out_view<T, 1> saved_invstd, const batch_norm_params& p,
+                                        const replica_sum& sum_over_replicas = {}) {
   constexpr const char* fn = "nn::batch_norm_forward";
   DISTILL_TRY(nn_detail::check_batch_norm(fn, x, gamma, p));
   DISTILL_TRY(check_same_shape(fn, "y", y, "x", x));
@@ -129,19 +138,46 @@ template <class T>
     DISTILL_TRY(check_shape(fn, "running_mean", running_mean, {C}));
     DISTILL_TRY(check_shape(fn, "running_var", running_var, {C}));
   }
-  const double M = static_cast<double>(N * S);
+  const index_t grain = std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S));
+  const bool synchronised = p.training && static_cast<bool>(sum_over_replicas);
+  // mean_var[c] = (mu_c, var_c) over the global batch: each replica's sums, added by the caller's
+  // all-reduce (one for the sums and the count, one for the squared deviations).
+  std::vector<double> stats;
+  double M = static_cast<double>(N * S);
+  if (synchronised) {
+    stats.assign(static_cast<std::size_t>(2 * C + 1), 0.0);
+    parallel_for(ctx, C, [&](index_t c0, index_t c1) {
+      for (index_t c = c0; c < c1; ++c)
+        for (index_t n = 0; n < N; ++n) stats[static_cast<std::size_t>(c)] += nn_detail::row_sum(x, n, c, S, false);
+    }, grain);
+    stats[static_cast<std::size_t>(C)] = M;
+    DISTILL_TRY(sum_over_replicas(std::span<double>(stats.data(), static_cast<std::size_t>(C + 1))));
+    M = stats[static_cast<std::size_t>(C)];
+    parallel_for(ctx, C, [&](index_t c0, index_t c1) {
+      for (index_t c = c0; c < c1; ++c) {
+        const double mu = stats[static_cast<std::size_t>(c)] / M;
+        for (index_t n = 0; n < N; ++n) stats[static_cast<std::size_t>(C + 1 + c)] += nn_detail::row_sum(x, n, c, S, true, mu);
+      }
+    }, grain);
+    DISTILL_TRY(sum_over_replicas(std::span<double>(stats.data() + C + 1, static_cast<std::size_t>(C))));
+  }
   parallel_for(
       ctx, C,
       [&](index_t c0, index_t c1) {
         for (index_t c = c0; c < c1; ++c) {
           double mu, invstd;
           if (p.training) {
-            double s = 0;
-            for (index_t n = 0; n < N; ++n) s += nn_detail::row_sum(x, n, c, S, false);
-            mu = s / M;
-            double v = 0;
-            for (index_t n = 0; n < N; ++n) v += nn_detail::row_sum(x, n, c, S, true, mu);
-            const double var = v / M;
+            double var;
+            if (synchronised) {
+              mu = stats[static_cast<std::size_t>(c)] / M, var = stats[static_cast<std::size_t>(C + 1 + c)] / M;
+            } else {
+              double s = 0;
+              for (index_t n = 0; n < N; ++n) s += nn_detail::row_sum(x, n, c, S, false);
+              mu = s / M;
+              double v = 0;
+              for (index_t n = 0; n < N; ++n) v += nn_detail::row_sum(x, n, c, S, true, mu);
+              var = v / M;
+            }
             invstd = 1.0 / std::sqrt(var + p.eps);
             if (!running_mean.empty()) {
               running_mean(c) = static_cast<T>((1 - p.momentum) * static_cast<double>(running_mean(c)) + p.momentum * mu);
@@ -168,15 +204,18 @@ template <class T>
           }
         }
       },
-      std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));
+      grain);
   return {};
 }
 
 /// `dx`, `dgamma`, `dbeta` may each be absent. `training` must match the forward's mode.
+/// `sum_over_replicas` (training only, as in the forward): dx uses the means of dy and dy xhat
+/// over the global batch (one call with 2 C + 1 values); dgamma and dbeta stay this replica's.
 template <class TD, class T = std::remove_const_t<TD>>
 [[nodiscard]] status batch_norm_backward(const cpu& ctx, in_view<T, 3> x, in_view<T, 1> gamma, in_view<T, 1> saved_mean,
                                          in_view<T, 1> saved_invstd, host_view<TD, 3> dy, out_view<T, 3> dx,
-                                         out_view<T, 1> dgamma, out_view<T, 1> dbeta, bool training, grad_options opt = {}) {
+                                         out_view<T, 1> dgamma, out_view<T, 1> dbeta, bool training, grad_options opt = {},
+                                         const replica_sum& sum_over_replicas = {}) {
   constexpr const char* fn = "nn::batch_norm_backward";
   DISTILL_TRY(nn_detail::check_batch_norm(fn, x, gamma, batch_norm_params{1e-5, 0.1, training}));
   DISTILL_TRY(check_same_shape(fn, "dy", dy, "x", x));
@@ -189,52 +228,68 @@ template <class TD, class T = std::remove_const_t<TD>>
   if (!dx.empty()) DISTILL_TRY(check_same_shape(fn, "dx", dx, "x", x));
   if (!dgamma.empty()) DISTILL_TRY(check_shape(fn, "dgamma", dgamma, {C}));
   if (!dbeta.empty()) DISTILL_TRY(check_shape(fn, "dbeta", dbeta, {C}));
-  const double M = static_cast<double>(N * S);
-  parallel_for(
-      ctx, C,
-      [&](index_t c0, index_t c1) {
-        for (index_t c = c0; c < c1; ++c) {
-          const double mu = static_cast<double>(saved_mean(c)), is = static_cast<double>(saved_invstd(c));
-          const bool rows = x.stride(2) == 1 && dy.stride(2) == 1 && (dx.empty() || dx.stride(2) == 1);
-          double sdy = 0, sdyx = 0;
-          for (index_t n = 0; n < N; ++n) {
-            if (rows) {
-              nn_detail::contiguous_grad_sums(&x(n, c, 0), &dy(n, c, 0), S, mu, sdy, sdyx);
-            } else {
-              for (index_t k = 0; k < S; ++k) {
-                const double g = static_cast<double>(dy(n, c, k));
-                sdy += g;
-                sdyx += g * (static_cast<double>(x(n, c, k)) - mu);
-              }
-            }
-          }
-          sdyx *= is;
-          if (!dgamma.empty()) dgamma(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dgamma(c)) + sdyx : sdyx);
-          if (!dbeta.empty()) dbeta(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dbeta(c)) + sdy : sdy);
-          if (dx.empty()) continue;
-          const double a = (gamma.empty() ? 1.0 : static_cast<double>(gamma(c))) * is;
-          const double mdy = training ? sdy / M : 0.0, mdyx = training ? sdyx / M : 0.0;
-          // dx = a (dy - mdy - (x - mu) is mdyx) = a dy + (a mu is mdyx - a mdy) - a is mdyx x
-          for (index_t n = 0; n < N; ++n) {
-            if (rows) {
-              const T* xr = &x(n, c, 0);
-              const TD* gr = &dy(n, c, 0);
-              T* dr = &dx(n, c, 0);
-              for (index_t k = 0; k < S; ++k) {
-                const double v = a * (static_cast<double>(gr[k]) - mdy - (static_cast<double>(xr[k]) - mu) * is * mdyx);
-                dr[k] = static_cast<T>(opt.accumulate_input ? static_cast<double>(dr[k]) + v : v);
-              }
-            } else {
-              for (index_t k = 0; k < S; ++k) {
-                const double xh = (static_cast<double>(x(n, c, k)) - mu) * is;
-                const double v = a * (static_cast<double>(dy(n, c, k)) - mdy - xh * mdyx);
-                dx(n, c, k) = static_cast<T>(opt.accumulate_input ? static_cast<double>(dx(n, c, k)) + v : v);
-              }
-            }
-          }
+  const index_t grain = std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S));
+  const bool rows = x.stride(2) == 1 && dy.stride(2) == 1 && (dx.empty() || dx.stride(2) == 1);
+  // sums[c] = sum dy, sums[C + c] = sum dy xhat over this replica's values of channel c; sums[2C] = M
+  std::vector<double> sums(static_cast<std::size_t>(2 * C + 1), 0.0);
+  sums[static_cast<std::size_t>(2 * C)] = static_cast<double>(N * S);
+  const auto channel_sums = [&](index_t c) {
+    const double mu = static_cast<double>(saved_mean(c)), is = static_cast<double>(saved_invstd(c));
+    double sdy = 0, sdyx = 0;
+    for (index_t n = 0; n < N; ++n) {
+      if (rows) {
+        nn_detail::contiguous_grad_sums(&x(n, c, 0), &dy(n, c, 0), S, mu, sdy, sdyx);
+      } else {
+        for (index_t k = 0; k < S; ++k) {
+          const double g = static_cast<double>(dy(n, c, k));
+          sdy += g;
+          sdyx += g * (static_cast<double>(x(n, c, k)) - mu);
         }
-      },
-      std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S)));
+      }
+    }
+    sdyx *= is;
+    if (!dgamma.empty()) dgamma(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dgamma(c)) + sdyx : sdyx);
+    if (!dbeta.empty()) dbeta(c) = static_cast<T>(opt.accumulate_params ? static_cast<double>(dbeta(c)) + sdy : sdy);
+    sums[static_cast<std::size_t>(c)] = sdy, sums[static_cast<std::size_t>(C + c)] = sdyx;
+  };
+  const auto input_grad = [&](index_t c) {
+    const double mu = static_cast<double>(saved_mean(c)), is = static_cast<double>(saved_invstd(c));
+    const double a = (gamma.empty() ? 1.0 : static_cast<double>(gamma(c))) * is, M = sums[static_cast<std::size_t>(2 * C)];
+    const double mdy = training ? sums[static_cast<std::size_t>(c)] / M : 0.0, mdyx = training ? sums[static_cast<std::size_t>(C + c)] / M : 0.0;
+    // dx = a (dy - mdy - (x - mu) is mdyx)
+    for (index_t n = 0; n < N; ++n) {
+      if (rows) {
+        const T* xr = &x(n, c, 0);
+        const TD* gr = &dy(n, c, 0);
+        T* dr = &dx(n, c, 0);
+        for (index_t k = 0; k < S; ++k) {
+          const double v = a * (static_cast<double>(gr[k]) - mdy - (static_cast<double>(xr[k]) - mu) * is * mdyx);
+          dr[k] = static_cast<T>(opt.accumulate_input ? static_cast<double>(dr[k]) + v : v);
+        }
+      } else {
+        for (index_t k = 0; k < S; ++k) {
+          const double xh = (static_cast<double>(x(n, c, k)) - mu) * is;
+          const double v = a * (static_cast<double>(dy(n, c, k)) - mdy - xh * mdyx);
+          dx(n, c, k) = static_cast<T>(opt.accumulate_input ? static_cast<double>(dx(n, c, k)) + v : v);
+        }
+      }
+    }
+  };
+  if (training && sum_over_replicas) {
+    parallel_for(ctx, C, [&](index_t c0, index_t c1) { for (index_t c = c0; c < c1; ++c) channel_sums(c); }, grain);
+    DISTILL_TRY(sum_over_replicas(std::span<double>(sums)));
+    if (!dx.empty()) parallel_for(ctx, C, [&](index_t c0, index_t c1) { for (index_t c = c0; c < c1; ++c) input_grad(c); }, grain);
+  } else {  // one pass per channel while its values are in cache
+    parallel_for(
+        ctx, C,
+        [&](index_t c0, index_t c1) {
+          for (index_t c = c0; c < c1; ++c) {
+            channel_sums(c);
+            if (!dx.empty()) input_grad(c);
+          }
+        },
+        grain);
+  }
   return {};
 }
 
@@ -247,6 +302,7 @@ class batch_norm {
   batch_norm_params params;
   parameter<T, Space> gamma, beta, running_mean, running_var;
   tensor<T, Space> saved_mean, saved_invstd;  // cache (C) of the last forward
+  replica_sum sum_over_replicas;               // data-parallel: synchronised statistics (CPU)
 
   batch_norm() = default;
   batch_norm(const std::string& name, index_t c, double eps = 1e-5, double momentum = 0.1)
@@ -265,17 +321,33 @@ class batch_norm {
   void set_training(bool t) noexcept { params.training = t; }
 
   /// x, y: (N, C, S); pass (N, C, H, W) tensors as view<3>().
+  /// Synchronised statistics when `r` has a sum over replicas (nn/replica.hpp; CPU only).
+  void set_replica(const replica& r) { sum_over_replicas = r.sum; }
+
   template <class Ctx>
   [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 3, Space> x, out_view<T, 3, Space> y) {
-    return batch_norm_forward(ctx, x, gamma.value.template view<1>(), beta.value.template view<1>(),
-                              running_mean.value.template view<1>(), running_var.value.template view<1>(), y,
-                              saved_mean.template view<1>(), saved_invstd.template view<1>(), params);
+    if constexpr (std::is_same_v<Space, host_space>) {
+      return batch_norm_forward(ctx, x, gamma.value.template view<1>(), beta.value.template view<1>(),
+                                running_mean.value.template view<1>(), running_var.value.template view<1>(), y,
+                                saved_mean.template view<1>(), saved_invstd.template view<1>(), params, sum_over_replicas);
+    } else {
+      if (sum_over_replicas) return fail(errc::invalid_argument, "nn::batch_norm", "synchronised statistics (sum_over_replicas) are CPU-only");
+      return batch_norm_forward(ctx, x, gamma.value.template view<1>(), beta.value.template view<1>(),
+                                running_mean.value.template view<1>(), running_var.value.template view<1>(), y,
+                                saved_mean.template view<1>(), saved_invstd.template view<1>(), params);
+    }
   }
   template <class Ctx>
   [[nodiscard]] status backward(const Ctx& ctx, in_view<T, 3, Space> x, in_view<T, 3, Space> dy, out_view<T, 3, Space> dx) {
-    return batch_norm_backward(ctx, x, gamma.value.template view<1>(), saved_mean.template cview<1>(),
-                               saved_invstd.template cview<1>(), dy, dx, nn_detail::grad_if_trainable<1>(gamma),
-                               nn_detail::grad_if_trainable<1>(beta), params.training, layer_grad_options);
+    if constexpr (std::is_same_v<Space, host_space>) {
+      return batch_norm_backward(ctx, x, gamma.value.template view<1>(), saved_mean.template cview<1>(),
+                                 saved_invstd.template cview<1>(), dy, dx, nn_detail::grad_if_trainable<1>(gamma),
+                                 nn_detail::grad_if_trainable<1>(beta), params.training, layer_grad_options, sum_over_replicas);
+    } else {
+      return batch_norm_backward(ctx, x, gamma.value.template view<1>(), saved_mean.template cview<1>(),
+                                 saved_invstd.template cview<1>(), dy, dx, nn_detail::grad_if_trainable<1>(gamma),
+                                 nn_detail::grad_if_trainable<1>(beta), params.training, layer_grad_options);
+    }
   }
   parameter_list<T, Space> parameters() { return {&gamma, &beta, &running_mean, &running_var}; }
 };

@@ -13,12 +13,16 @@
 //! The `nn::dropout` layer advances `offset` by the element count after every training-mode
 //! forward, so consecutive steps draw fresh masks, and its backward uses the offset of the last
 //! forward. Saving `offset` in a checkpoint (the layer exposes it) resumes the same sequence.
+//! Data-parallel (nn/replica.hpp): a replica holding rows [first_row, first_row + n) of a global
+//! batch draws the masks of those global rows (offset + first_row * cols) and advances `offset`
+//! by the global batch's element count, so the replicas together drop what one process would.
 
 #include <cmath>
 #include <cstdint>
 
 #include "distill/nn/common.hpp"
 #include "distill/nn/random.hpp"
+#include "distill/nn/replica.hpp"
 
 namespace distill::nn {
 
@@ -99,15 +103,23 @@ class dropout {
   std::uint64_t seed = 0;
   std::uint64_t offset = 0;  ///< counter of the next training forward
   bool training = true;
+  index_t first_row = 0, global_rows = 0;  ///< data-parallel share (nn/replica.hpp); 0: the batch is global
 
   dropout() = default;
   explicit dropout(double p_, std::uint64_t seed_ = 0) : p(p_), seed(seed_) {}
 
+  void set_replica(const replica& r) noexcept { first_row = r.first_row, global_rows = r.global_rows; }
+
   template <class Ctx>
   [[nodiscard]] status forward(const Ctx& ctx, in_view<T, 2, Space> x, out_view<T, 2, Space> y) {
-    last_ = {p, seed, offset, training};
+    const index_t rows = x.extent(0), cols = x.extent(1);
+    if (training && global_rows > 0 && (first_row < 0 || first_row + rows > global_rows))
+      return fail(errc::shape_mismatch, "nn::dropout", "this replica's rows [" + std::to_string(first_row) + ", " +
+                                                          std::to_string(first_row + rows) + ") do not lie in the global batch of " +
+                                                          std::to_string(global_rows) + " rows");
+    last_ = {p, seed, offset + static_cast<std::uint64_t>(training && global_rows > 0 ? first_row * cols : 0), training};
     DISTILL_TRY(dropout_forward(ctx, x, y, last_));
-    if (training) offset += static_cast<std::uint64_t>(x.extent(0) * x.extent(1));
+    if (training) offset += static_cast<std::uint64_t>((global_rows > 0 ? global_rows : rows) * cols);
     return {};
   }
   template <class Ctx>

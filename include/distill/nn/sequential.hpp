@@ -76,6 +76,7 @@ class stage {
   virtual status backward(const exec_t<Space>& ctx, const T* in, const tensor_shape& shape, const tensor<T, Space>& out, const T* g_out,
                           T* g_in) = 0;
   virtual void set_training(bool) {}
+  virtual void set_replica(const replica&) {}
   virtual void append_parameters(parameter_list<T, Space>&) {}
 };
 
@@ -92,6 +93,7 @@ class stage_of final : public stage<T, Space> {
   status backward(const exec_t<Space>& ctx, const T* in, const tensor_shape& shape, const tensor<T, Space>& out, const T* g_out,
                   T* g_in) override;
   void set_training(bool t) override;
+  void set_replica(const replica& r) override;
   void append_parameters(parameter_list<T, Space>& out) override;
 
  private:
@@ -144,6 +146,10 @@ class sequential {
   /// Training mode for dropout and batch norm (default true).
   void set_training(bool t) {
     for (auto& s : stages_) s->set_training(t);
+  }
+  /// This process's share of a data-parallel batch, for dropout and batch norm (nn/replica.hpp).
+  void set_replica(const replica& r) {
+    for (auto& s : stages_) s->set_replica(r);
   }
 
   parameter_list<T, Space> parameters() {
@@ -344,6 +350,11 @@ template <class T, class Space, class L>
 void stage_of<T, Space, L>::set_training(bool t) {
   if constexpr (std::is_same_v<L, dropout<T, Space>>) layer.training = t;
   if constexpr (std::is_same_v<L, batch_norm<T, Space>>) layer.set_training(t);
+}
+
+template <class T, class Space, class L>
+void stage_of<T, Space, L>::set_replica(const replica& r) {
+  if constexpr (std::is_same_v<L, dropout<T, Space>> || std::is_same_v<L, batch_norm<T, Space>>) layer.set_replica(r);
 }
 
 template <class T, class Space, class L>
