@@ -144,7 +144,8 @@ class lockstep_communicator {
       std::memcpy(x.data(), slots[r].data(), bytes);
       for (std::size_t i = 0; i < n; ++i) op(acc[i], x[i]);
     }
-    DISTILL_TRY(distributed_detail::cuda_status("lockstep", cudaMemcpyAsync(data.data(), acc.data(), bytes, cudaMemcpyHostToDevice, stream_)));
+    DISTILL_TRY(distributed_detail::cuda_status(
+        "lockstep", cudaMemcpyAsync(data.data(), acc.data(), bytes, cudaMemcpyHostToDevice, stream_)));
     return distributed_detail::cuda_status("lockstep", cudaStreamSynchronize(stream_));
   }
   lockstep_clique* clique_;

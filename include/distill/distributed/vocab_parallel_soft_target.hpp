@@ -102,7 +102,8 @@ std::size_t vocab_parallel_workspace_size(const cpu&, const Comm& comm, index_t 
 template <class Acc = float, class Comm>
 std::size_t vocab_parallel_workspace_size(const cuda&, const Comm& comm, index_t rows) noexcept {
   static_assert(std::is_same_v<Acc, float>, "the CUDA path accumulates in float");
-  return workspace_carver::size_of<vocab_parallel_cuda_scratch>(rows, all_reduce_merge_workspace_size(comm, rows, sizeof(vocab_parallel_row<float>)));
+  const std::size_t merge = all_reduce_merge_workspace_size(comm, rows, sizeof(vocab_parallel_row<float>));
+  return workspace_carver::size_of<vocab_parallel_cuda_scratch>(rows, merge);
 }
 
 namespace vocab_parallel_detail {
