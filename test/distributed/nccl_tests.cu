@@ -328,6 +328,7 @@ void check_slices(which w, index_t N, index_t C, int P, const jsd_options& o, bo
   CHECK(ws_bytes >= soft_target_workspace_size(ctx, N));
   std::vector<rank_buffers<T>> ranks;
   for (int r = 0; r < P; ++r) ranks.emplace_back(p, r, P, loss_n, ws_bytes);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // the uploads (default stream) before `stream` reads them
 
   for (int round = 0; round < 3; ++round)  // JSD's two collectives need 3 rounds (the clique's comment)
     for (int r = 0; r < P; ++r) {
@@ -410,6 +411,7 @@ TEST_CASE("CUDA vocab-parallel losses over NCCL: one rank holding the whole voca
     const std::size_t ws_bytes = vocab_parallel_workspace_size(ctx, comm, N);
     CHECK(ws_bytes >= soft_target_workspace_size(ctx, N) + N * sizeof(vocab_parallel_row<float>));  // + the all-gather
     rank_buffers<float> b(p, 0, 1, 1, ws_bytes);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     const cuda_view<vocab_parallel_row<float>, 1> saved = make_view<cuda_space>(b.saved.data(), N);
     const cuda_view<float, 1> loss = make_view<cuda_space>(b.loss.data(), 1);
     const soft_target_options& base = o;
