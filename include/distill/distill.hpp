@@ -63,7 +63,7 @@
 #include "distill/contrastive/token_nce.hpp"        // defines: token_nce_queue_forward, token_nce_queue_backward, token_nce_queue_forward_backward, token_nce_queue_workspace_size, token_nce_inputs, token_nce_outputs, token_nce_options
 #include "distill/contrastive/momentum_update.hpp"  // defines: momentum_update, momentum_param
 #include "distill/distributed/communicator.hpp"  // defines: communicator (concept), reduce_op, single_process_communicator, counting_communicator, all_reduce_merge_workspace_size (MPI: distributed/mpi_communicator.hpp, NCCL: distributed/nccl_communicator.hpp)
-#include "distill/distributed/vocab_parallel_soft_target.hpp"  // defines: vocab_parallel_{kl_teacher_student,kl_student_teacher,jsd}_{forward,backward,forward_backward}, vocab_shard, vocab_parallel_row, vocab_parallel_workspace_size (CPU)
+#include "distill/distributed/vocab_parallel_soft_target.hpp"  // defines: vocab_parallel_{kl_teacher_student,kl_student_teacher,jsd}_{forward,backward,forward_backward}, vocab_shard, vocab_parallel_row, vocab_parallel_workspace_size (CPU; CUDA under nvcc: distill/cuda/vocab_parallel_soft_target.cuh)
 #include "distill/distributed/sample_queue_all_ranks.hpp"  // defines: sample_queue_enqueue_all_ranks, sample_queue_save_rank0, sample_queue_load_all_ranks, sample_queue_all_ranks_workspace_size
 #include "distill/nn/tensor.hpp"         // defines: nn::tensor, nn::host_tensor, nn::device_tensor (nvcc), nn::tensor_shape, nn::fill_zero
 #include "distill/nn/blas.hpp"           // defines: nn::cuda_blas (nvcc), nn::exec_t, nn::exec_options, nn::make_exec

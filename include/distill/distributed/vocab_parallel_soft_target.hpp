@@ -27,8 +27,10 @@
 //! all: it takes no communicator. Its gradient of a class is the single-process formula
 //! (q_k - p_k for forward KL, ...) with p and q normalised by the saved global statistics.
 //!
-//! Entry points (CPU; the views are host views, `comm` any host communicator of
-//! distributed/communicator.hpp; `name` is vocab_parallel_kl_teacher_student,
+//! Entry points (CPU: host views and any host communicator of distributed/communicator.hpp;
+//! CUDA, from a translation unit compiled by nvcc: a `cuda` context, device views, float
+//! accumulation and a communicator on cuda_space (nccl_communicator) working on the context's
+//! stream; kernels/distill/cuda/vocab_parallel_soft_target.cuh; `name` is vocab_parallel_kl_teacher_student,
 //! vocab_parallel_kl_student_teacher or vocab_parallel_jsd, options soft_target_options or
 //! jsd_options):
 //!   name_forward         (ctx, comm, shard, student, teacher, loss, saved, extras, workspace, options)
@@ -39,7 +41,10 @@
 //! grad_student: (N, C_r), may be the student itself; extras: labels (global class indices),
 //! row weights, normalizer, temperature and the per-row diagnostics as in the single-process
 //! losses (not grad_temperature: dL/dT sums over all classes, which would need a collective in
-//! the backward); workspace: vocab_parallel_workspace_size(ctx, comm, N) bytes (0 over MPI).
+//! the backward); workspace: vocab_parallel_workspace_size(ctx, comm, N) bytes (0 over MPI; on
+//! CUDA the backward needs soft_target_workspace_size(ctx, N)). The CUDA path writes NaN for a
+//! row without a distribution or with a label outside [0, C) (the CPU path reports it: that needs
+//! the values on the host) and never waits on the host.
 //! Every rank must make the same calls with the same N, options and extras (the collective rule);
 //! an argument error found on one rank only returns there before the collective, so check
 //! shapes the same way on every rank.
@@ -53,6 +58,7 @@
 #include "distill/core/checks.hpp"
 #include "distill/core/context.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/core/workspace.hpp"
 #include "distill/distributed/communicator.hpp"
 #include "distill/losses/detail/soft_target_cpu.hpp"
 #include "distill/losses/jsd.hpp"
@@ -76,10 +82,28 @@ struct vocab_parallel_row {
   Acc mix_pa, mix_qb;  ///< JSD's <p, a> and <q, b> (0 for the other losses)
 };
 
-/// Scratch bytes of the vocab-parallel losses over `rows` rows: the communicator's merge scratch.
+/// The CUDA path's scratch: the soft-target losses' per-row losses and divisor first (all the
+/// backward needs), JSD's mixture sums, the communicator's merge scratch.
+struct vocab_parallel_cuda_scratch {
+  soft_target_scratch rows;
+  float* mix;  // 2 per row
+  std::byte* merge;
+  constexpr vocab_parallel_cuda_scratch(workspace_carver& w, index_t n, std::size_t merge_bytes)
+      : rows(w, n), mix(w.take<float>(2 * n)), merge(w.take<std::byte>(merge_bytes)) {}
+};
+
+/// Scratch bytes of the vocab-parallel losses over `rows` rows. CPU: the communicator's merge
+/// scratch. CUDA: vocab_parallel_cuda_scratch; its backward needs only soft_target_workspace_size
+/// bytes (the forward's workspace serves).
 template <class Acc = float, class Comm>
 std::size_t vocab_parallel_workspace_size(const cpu&, const Comm& comm, index_t rows) noexcept {
   return all_reduce_merge_workspace_size(comm, rows, sizeof(vocab_parallel_row<Acc>));
+}
+template <class Acc = float, class Comm>
+std::size_t vocab_parallel_workspace_size(const cuda&, const Comm& comm, index_t rows) noexcept {
+  static_assert(std::is_same_v<Acc, float>, "the CUDA path accumulates in float");
+  const std::size_t merge = all_reduce_merge_workspace_size(comm, rows, sizeof(vocab_parallel_row<float>));
+  return workspace_carver::size_of<vocab_parallel_cuda_scratch>(rows, merge);
 }
 
 namespace vocab_parallel_detail {
@@ -89,7 +113,8 @@ using namespace soft_target_detail;
 /// The merge of the one collective: two slices of the same rows.
 template <class Acc>
 struct merge_rows {
-  vocab_parallel_row<Acc> operator()(const vocab_parallel_row<Acc>& lower, const vocab_parallel_row<Acc>& higher) const noexcept {
+  DISTILL_HOST_DEVICE vocab_parallel_row<Acc> operator()(const vocab_parallel_row<Acc>& lower,
+                                                         const vocab_parallel_row<Acc>& higher) const noexcept {
     vocab_parallel_row<Acc> r = lower;
     r.stats.merge(higher.stats);
     r.label_logit += higher.label_logit;  // one rank holds the label column, the others add 0
@@ -403,3 +428,7 @@ DISTILL_VOCAB_PARALLEL_ENTRY_POINTS(jsd, jsd_policy, jsd_options)
 }  // namespace distill
 
 #undef DISTILL_VOCAB_PARALLEL_ENTRY_POINTS
+
+#if DISTILL_CUDA_COMPILER
+#include "distill/cuda/vocab_parallel_soft_target.cuh"
+#endif
