@@ -25,11 +25,11 @@ inline nn::sequential<float> small_net() {
   return s;
 }
 
-/// Loss of rows [first, first + n): (1/n) sum_i w_i . y_i with fixed weights w per global row, so
-/// dL/dy_i = w_i / n.
-inline void loss_grad(const std::vector<float>& w, index_t first, index_t n, std::vector<float>& dy) {
-  dy.assign(static_cast<std::size_t>(n * 5), 0.0f);
-  for (index_t i = 0; i < n * 5; ++i) dy[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(first * 5 + i)] / static_cast<float>(n);
+/// Loss of rows [first, first + n) of `width` outputs: (1/n) sum_i w_i . y_i with fixed weights w
+/// per global row, so dL/dy_i = w_i / n.
+inline void loss_grad(const std::vector<float>& w, index_t first, index_t n, std::vector<float>& dy, index_t width = 5) {
+  dy.assign(static_cast<std::size_t>(n * width), 0.0f);
+  for (index_t i = 0; i < n * width; ++i) dy[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(first * width + i)] / static_cast<float>(n);
 }
 
 }  // namespace data_parallel_cases
@@ -116,4 +116,40 @@ TEST_CASE("data-parallel pieces refuse what they cannot do", "[distributed][data
   std::vector<float> x(3 * 2, 1.0f), y(6);
   CHECK(d.forward(distill::cpu{1}, distill::make_view(static_cast<const float*>(x.data()), 3, 2), distill::make_view(y.data(), 3, 2)).code() ==
         distill::errc::shape_mismatch);
+}
+
+TEST_CASE("data-parallel gradients with unequal shares (a short last batch) equal one process", "[distributed][data_parallel]") {
+  using namespace distill;
+  const test_comm_t& comm = test_comm();
+  const index_t B = 7, D = 6;  // 7 rows over 2 or 3 ranks: shares 3/4, 2/2/3
+  const index_t P = comm.size(), first = B * comm.rank() / P, n = B * (comm.rank() + 1) / P - first;
+  distill_test::rng r(405);
+  const auto x = r.normals<float>(static_cast<std::size_t>(B * D));
+  const auto w = r.normals<float>(static_cast<std::size_t>(B * 3));
+  const auto net = [] {
+    nn::sequential<float> s;
+    s.add(nn::linear<float>("fc0", 6, 8, {3, nn::init_scheme::torch_default, 0}));
+    s.add(nn::activation::relu);
+    s.add(nn::dropout<float>(0.3, 5));
+    s.add(nn::linear<float>("fc1", 8, 3, {4, nn::init_scheme::torch_default, 0}));
+    return s;
+  };
+  const cpu ctx{1};
+  nn::sequential<float> whole = net(), part = net();
+  part.set_replica({first, B, {}});
+  std::vector<float> dy;
+  REQUIRE(whole.forward(ctx, make_view(x.data(), B, D)).ok());
+  data_parallel_cases::loss_grad(w, 0, B, dy, 3);
+  REQUIRE(whole.backward(ctx, make_view(x.data(), B, D), make_view(static_cast<const float*>(dy.data()), B, index_t(3))).ok());
+  REQUIRE(part.forward(ctx, make_view(x.data() + first * D, n, D)).ok());
+  data_parallel_cases::loss_grad(w, first, n, dy, 3);
+  REQUIRE(part.backward(ctx, make_view(x.data() + first * D, n, D), make_view(static_cast<const float*>(dy.data()), n, index_t(3))).ok());
+  gradient_buckets<float> buckets;
+  REQUIRE(all_reduce_gradients(comm, part.parameters(), buckets, static_cast<double>(n) / static_cast<double>(B)).ok());
+  const auto pw = whole.parameters(), pp = part.parameters();
+  for (std::size_t k = 0; k < pw.size(); ++k) {
+    INFO(pw[k]->name);
+    for (index_t i = 0; i < pw[k]->grad.size(); ++i) CHECK(pp[k]->grad.data()[i] == Approx(pw[k]->grad.data()[i]).epsilon(1e-5).margin(1e-6));
+  }
+  CHECK(all_reduce_gradients(comm, part.parameters(), buckets, 1.5).code() == errc::invalid_argument);
 }

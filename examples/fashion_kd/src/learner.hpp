@@ -64,6 +64,12 @@ class learner {
   virtual double compute_gradients(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) = 0;
   /// One step of every optimiser from the gradients.
   virtual void step(const distill::cpu& ctx) = 0;
+  /// One process: the gradients, then the step (the trainer combines ranks' gradients between them).
+  double train_step(const distill::cpu& ctx, const batch& b, staged_net* teacher, const step_info& at) {
+    const double l = compute_gradients(ctx, b, teacher, at);
+    step(ctx);
+    return l;
+  }
   /// Data-parallel training: this process's share of every batch (trainer.hpp).
   virtual void set_replica(const nn::replica& r) = 0;
   /// Every trainable parameter and buffer (for checks and checkpoints).

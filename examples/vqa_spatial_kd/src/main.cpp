@@ -25,6 +25,7 @@
 #include "config.hpp"
 #include "dataset_io.hpp"
 #include "../../common/progress.hpp"
+#include "../../common/replicas.hpp"
 #include "distill/core/file_io.hpp"
 #include "distill/nn/checkpoint.hpp"
 #include "logic_masks.hpp"
@@ -202,11 +203,15 @@ nlohmann::json resumable_meta(const std::string& ckpt, const std::string& what, 
 /// Trains one model for one seed (resuming from its checkpoint when asked), evaluating on the
 /// test set after every epoch and checkpointing after every epoch (a failed save stops the run:
 /// a later --resume must be able to continue from every finished epoch).
+/// Data-parallel (examples/common/replicas.hpp): each rank takes its rows of every batch, the
+/// gradients are combined before each step, and rank 0 alone shows progress and checkpoints.
 trained train_model(const model_spec& spec, std::uint64_t seed, const run_options& o, const std::string& device, const nlohmann::json& settings,
-                    const split_data& train, const split_data& test, model_runner* teacher, std::vector<curve_point>& curves) {
+                    const split_data& train, const split_data& test, model_runner* teacher, std::vector<curve_point>& curves,
+                    const examples::replicas& world) {
   train_config cfg = o.train;
   cfg.seed = seed;
   trained t{make_runner(device, spec, cfg), {}};
+  if (world.data_parallel()) distill::throw_if_error(t.model->set_gradient_combiner(world.combine_gradients));
   t.result.seed = seed;
   int start_epoch = 0;
   double seconds = 0;
@@ -233,23 +238,25 @@ trained train_model(const model_spec& spec, std::uint64_t seed, const run_option
     progress_bar bar(spec.title + " seed " + std::to_string(seed) + " epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
                      static_cast<std::int64_t>(Q), progress_options{.unit = "q", .clock = {}});
     const auto t0 = std::chrono::steady_clock::now();
-    double loss_sum = 0;
+    double loss_sum = 0;  // of the global batches' losses (this rank's share of each)
     std::size_t steps = 0;
     for (std::size_t first = 0; first < Q; first += B) {
-      const std::size_t n = std::min(B, Q - first);
-      const host_batch b = buf.fill(train, std::span<const std::uint32_t>(order).subspan(first, n), o.pixels);
+      const std::size_t n = std::min(B, Q - first), mine_first = world.first_of(n), mine_n = world.count_of(n);
+      host_batch b = buf.fill(train, std::span<const std::uint32_t>(order).subspan(first + mine_first, mine_n), o.pixels);
+      if (world.data_parallel()) b.first_row = static_cast<int>(mine_first), b.global_size = static_cast<int>(n);
       double loss = 0;
       distill::throw_if_error(t.model->train_step(b, teacher, o.train.lr, loss));
       if (!std::isfinite(loss)) throw std::runtime_error(spec.name + ": the training loss is not finite (" + std::to_string(loss) + ")");
-      loss_sum += loss, ++steps;
+      loss_sum += loss * static_cast<double>(mine_n) / static_cast<double>(n), ++steps;
       bar.advance(static_cast<std::int64_t>(n));
-      if (steps % 20 == 0) {
+      if (steps % 20 == 0 && !world.data_parallel()) {
         char s[48];
         std::snprintf(s, sizeof s, "loss %.4f", loss_sum / static_cast<double>(steps));
         bar.set_suffix(s);
       }
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    world.total(std::span<double>(&loss_sum, 1));
     acc = evaluate(*t.model, test, o);
     const double train_loss = loss_sum / static_cast<double>(std::max<std::size_t>(steps, 1));
     char s[96];
@@ -258,6 +265,7 @@ trained train_model(const model_spec& spec, std::uint64_t seed, const run_option
     bar.set_suffix(s);
     bar.finish();
     mine.push_back(make_curve_point(spec.name, seed, epoch + 1, train_loss, acc.metrics(), seconds));
+    if (!world.root()) continue;
     if (const distill::status st = t.model->save(ckpt, epoch + 1, checkpoint_meta(settings, seconds, mine).dump()); !st.ok())
       throw std::runtime_error("checkpoint of " + what + " after epoch " + std::to_string(epoch + 1) + " not saved: " + st.to_string() +
                                "; stopping, since --resume could not continue from it");
@@ -340,9 +348,17 @@ void render_examples(const split_data& test, const run_options& o, const std::ma
   else std::cerr << "could not write " << path.string() << "\n";
 }
 
+int run(int argc, char** argv, const examples::replicas& world);
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  return examples::run_replicated("vqa_spatial_kd", argc, argv, [&](const examples::replicas& world) { return run(argc, argv, world); });
+}
+
+namespace {
+
+int run(int argc, char** argv, const examples::replicas& world) {
   run_options o;
   if (const auto stop = parse_command_line(argc, argv, o, std::cout, std::cerr)) return *stop;
 
@@ -360,9 +376,18 @@ int main(int argc, char** argv) {
     if (device == "cuda") throw std::runtime_error("--device cuda: this build has no CUDA (nvcc was not found when it was configured)");
     device = "cpu";
 #endif
+    if (world.data_parallel()) {
+      if (o.pixels) throw std::invalid_argument("data-parallel training takes state descriptions: pixels' token NCE uses in-batch negatives");
+      if (device != "cpu") throw std::invalid_argument("data-parallel training runs on the CPU (--device cpu)");
+      if (static_cast<int>(o.train.batch) < world.size) throw std::invalid_argument("--batch must be at least the number of ranks");
+      device_name += " x " + std::to_string(world.size) + " MPI ranks";
+    }
+    if (!world.root()) std::cerr.setstate(std::ios::failbit);  // rank 0 speaks for the job
     fs::create_directories(fs::path(o.out) / "checkpoints");
-    require_writable(fs::path(o.out) / "checkpoints", "checkpoints");  // without them --resume could not continue
-    require_writable(o.out, "results");
+    if (world.root()) {
+      require_writable(fs::path(o.out) / "checkpoints", "checkpoints");  // without them --resume could not continue
+      require_writable(o.out, "results");
+    }
     if (o.data_dir.empty()) o.data_dir = (fs::path(o.out) / "data").string();
     fs::create_directories(o.data_dir);
     std::cerr << "vqa_spatial_kd: preset " << o.preset << (o.pixels ? " (pixels)" : " (state descriptions)") << ", " << o.seeds
@@ -389,8 +414,13 @@ int main(int argc, char** argv) {
                 << " masks/s)\n";
       return s;
     };
+    if (!world.root()) world.barrier();  // rank 0 generates the data files first
     const split_data train = load_split(dataset_split::train, o.train_images);
     const split_data test = load_split(dataset_split::test, o.test_images);
+    if (world.root()) world.barrier();
+    if (world.data_parallel() && train.d.questions.size() % static_cast<std::size_t>(o.train.batch) != 0 &&
+        train.d.questions.size() % static_cast<std::size_t>(o.train.batch) < static_cast<std::size_t>(world.size))
+      throw std::invalid_argument("the last batch of each epoch would leave a rank without questions: choose --batch or --train-images");
 
     // train every model for every seed
     std::vector<model_result> results;
@@ -403,7 +433,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<model_runner> teacher;
       for (std::size_t mi = 0; mi < o.models.size(); ++mi) {
         const model_spec spec = spec_of(o.models[mi], o);
-        trained t = train_model(spec, seed, o, device, settings, train, test, spec.distill_logits ? teacher.get() : nullptr, curves);
+        trained t = train_model(spec, seed, o, device, settings, train, test, spec.distill_logits ? teacher.get() : nullptr, curves, world);
         results[mi].seeds.push_back(t.result);
         const auto& r = t.result.test;
         std::cerr << "  " << spec.title << " seed " << seed << ": non-relational " << report_detail::fixed(100 * r[metric_non_relational], 1)
@@ -417,7 +447,8 @@ int main(int argc, char** argv) {
       }
     }
 
-    // report
+    // report (rank 0)
+    if (!world.root()) return 0;
     const std::string table = format_results_table(results);
     std::cout << "\nTest accuracy by question type (" << o.seeds << " seed" << (o.seeds > 1 ? "s, mean ± std" : "") << "), "
               << device_name << ":\n\n" << table << std::flush;
@@ -430,7 +461,10 @@ int main(int argc, char** argv) {
     std::cerr << "wrote " << (out / "results.json").string() << " and " << (out / "curves.csv").string() << "\n";
     return 0;
   } catch (const std::exception& e) {
-    std::cerr << "vqa_spatial_kd: " << e.what() << "\n";
+    std::cerr.clear();
+    std::cerr << "vqa_spatial_kd" << (world.data_parallel() ? " (rank " + std::to_string(world.rank) + ")" : std::string()) << ": " << e.what() << "\n";
     return 1;
   }
 }
+
+}  // namespace

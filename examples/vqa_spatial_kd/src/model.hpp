@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "distill/nn/blas.hpp"
@@ -44,6 +45,13 @@ class rn_model final : public model_runner, public teacher_signals<Space> {
 
   const model_spec& spec() const override { return spec_; }
 
+  distill::status set_gradient_combiner(gradient_combiner combine) override {
+    if constexpr (!std::is_same_v<Space, distill::host_space>)
+      if (combine) return distill::fail(distill::errc::invalid_argument, "rn_model", "data-parallel training runs on the CPU (--device cpu)");
+    combine_ = std::move(combine);
+    return {};
+  }
+
   std::int64_t parameter_count() const override {
     std::int64_t n = 0;
     for (const auto* p : net_.parameters())
@@ -52,7 +60,10 @@ class rn_model final : public model_runner, public teacher_signals<Space> {
   }
 
   distill::status train_step(const host_batch& b, model_runner* teacher, double lr, double& loss_out) override {
+    if (b.global_size > 0) net_.dropout().set_replica({b.first_row, b.global_size, {}});  // the global rows' masks
     DISTILL_TRY(compute_gradients(b, teacher, loss_out));
+    if constexpr (std::is_same_v<Space, distill::host_space>)
+      if (combine_) combine_(net_.parameters(), b.global_size > 0 ? static_cast<double>(b.size) / b.global_size : 1.0);
     opt_.options.lr = lr;
     DISTILL_TRY(opt_.step(ctx_));
     return objective_.end_step();
@@ -150,6 +161,7 @@ class rn_model final : public model_runner, public teacher_signals<Space> {
   kd_objective<Space> objective_;
   distill::nn::adam<T, Space> opt_;
   tensor d_logits_;
+  gradient_combiner combine_;
 };
 
 }  // namespace vqa

@@ -16,11 +16,13 @@
 // statistics on the feature maps and by the token-wise contrastive loss on the object tokens.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "distill/core/status.hpp"
+#include "distill/nn/parameter.hpp"
 
 namespace vqa {
 
@@ -70,7 +72,13 @@ struct host_batch {
   const float* questions = nullptr;         ///< [B, 11]
   const std::int64_t* answers = nullptr;    ///< [B] (training)
   const float* logic_mask = nullptr;        ///< [B, N, N]
+  int first_row = 0;                        ///< data-parallel: this rank's first row in the global batch
+  int global_size = 0;                      ///< data-parallel: rows of the global batch (0: this batch is all)
 };
+
+/// Data-parallel training (CPU): after each step's gradients, before the optimiser step, they are
+/// handed to this with the rank's share of the batch's rows (examples/common/replicas.hpp).
+using gradient_combiner = std::function<void(const distill::nn::parameter_list<float, distill::host_space>&, double share)>;
 
 class model_runner {
  public:
@@ -83,6 +91,8 @@ class model_runner {
   [[nodiscard]] virtual distill::status predict(const host_batch& b, std::int32_t* answers, float* pair_weights) = 0;
   [[nodiscard]] virtual distill::status save(const std::string& path, int epoch, const std::string& meta) = 0;
   [[nodiscard]] virtual distill::status load(const std::string& path, int& epoch, std::string& meta) = 0;
+  /// Data-parallel training; refused by the CUDA runner (the NCCL path is not wired here).
+  [[nodiscard]] virtual distill::status set_gradient_combiner(gradient_combiner combine) = 0;
   virtual std::int64_t parameter_count() const = 0;
   virtual const model_spec& spec() const = 0;
 };
