@@ -8,9 +8,14 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
@@ -22,8 +27,10 @@
 #include "distill/losses/jsd.hpp"
 #include "distill/losses/kl_student_teacher.hpp"
 #include "distill/losses/kl_teacher_student.hpp"
+#include "distill/losses/topk_teacher_file.hpp"
 
 #include "reference/soft_target_ref.hpp"
+#include "distributed/topk_teacher_data.hpp"
 #include "support/compare.hpp"
 #include "support/random.hpp"
 
@@ -402,4 +409,71 @@ TEST_CASE("sample queue across ranks: all-gathered enqueue, rank-0 save, load on
   host_sample_queue<float> none(K, D, true);
   CHECK(sample_queue_load_all_ranks(ctx, comm, none.queue(), path + ".missing").code() == errc::io_error);
   CHECK(none.queue().size() == 0);
+}
+
+TEST_CASE("top-k teacher from sharded files: each rank reads its rows, loss and gradients equal one process over one file", "[distributed][topk_file]") {
+  using namespace distributed_cases;
+  const test_comm_t& comm = test_comm();
+  const int P = comm.size(), me = comm.rank();
+  const index_t N = 13, C = 29, k = 5, S = 2;
+  const float T = 2.0f;
+  // one folder for the job: rank 0's pid names it
+  std::int64_t id = me == 0 ? std::int64_t(::getpid()) : 0;
+  REQUIRE(comm.broadcast(make_view(&id, 1), 0).ok());
+  const std::filesystem::path dir = topk_teacher_data::temp_folder("topk_shards_np" + std::to_string(P), id);
+  const index_t begin = row_split_begin(N, P, me), end = row_split_begin(N, P, me + 1), rows = end - begin;
+  const cpu ctx{};
+
+  for (const topk_variant v : {topk_variant::renormalized, topk_variant::rest_bucket}) {
+    const auto t = topk_teacher_data::random_teacher(N, C, k, T, v == topk_variant::rest_bucket ? 402 : 401);
+    const std::vector<float> zs = rng(403).normals<float>(std::size_t(N * C), 0.0, 2.0);
+    const topk_teacher_file_info sharded{.total_rows = N, .shards = S, .classes = C, .k = k, .variant = v, .temperature = T};
+    topk_teacher_file_info whole = sharded;
+    whole.shards = 1;
+    const std::string prefix = (dir / (v == topk_variant::rest_bucket ? "rest_bucket" : "renormalized")).string();
+    const std::string whole_prefix = prefix + "_whole";
+    if (me == 0) {
+      REQUIRE(topk_teacher_write(prefix, sharded, make_view(t.indices.data(), N, k), make_view(t.values.data(), N, k)).ok());
+      REQUIRE(topk_teacher_write(whole_prefix, whole, make_view(t.indices.data(), N, k), make_view(t.values.data(), N, k)).ok());
+    }
+    REQUIRE(comm.barrier().ok());
+
+    // this rank's rows from the shards (3 ranks over 2 shards: rank 1 reads both), bit for bit
+    std::vector<std::int64_t> idx(std::size_t(rows * k));
+    std::vector<float> val(idx.size());
+    REQUIRE(topk_teacher_read(prefix, sharded, begin, end, make_view(idx.data(), rows, k), make_view(val.data(), rows, k)).to_string() == "ok");
+    CHECK(std::equal(idx.begin(), idx.end(), t.indices.begin() + begin * k));
+    CHECK(std::memcmp(val.data(), t.values.data() + begin * k, val.size() * 4) == 0);
+
+    // the data-parallel step: sum over my rows, all-reduced, scaled by 1/N (gradient too)
+    topk_teacher_options o;
+    o.temperature = T;
+    o.variant = v;
+    o.reduction = reduction::sum;
+    o.grad_scale = 1.0f / float(N);
+    float loss = 0;
+    std::vector<float> grad(std::size_t(rows * C));
+    REQUIRE(kl_topk_teacher_student_forward_backward(ctx, make_view(zs.data() + begin * C, rows, C), make_view(idx.data(), rows, k),
+                                                     make_view(val.data(), rows, k), make_view(&loss, 1), make_view(grad.data(), rows, C),
+                                                     {}, {}, o).ok());
+    REQUIRE(comm.all_reduce(make_view(&loss, 1), reduce_op::sum).ok());
+    loss /= float(N);
+
+    // one process: every row from the one unsharded file, batchmean
+    std::vector<std::int64_t> all_idx(std::size_t(N * k));
+    std::vector<float> all_val(all_idx.size()), all_grad(std::size_t(N * C));
+    REQUIRE(topk_teacher_read(whole_prefix, whole, 0, N, make_view(all_idx.data(), N, k), make_view(all_val.data(), N, k)).ok());
+    o.reduction = reduction::batchmean;
+    o.grad_scale = 1.0f;
+    float want = 0;
+    REQUIRE(kl_topk_teacher_student_forward_backward(ctx, make_view(zs.data(), N, C), make_view(all_idx.data(), N, k),
+                                                     make_view(all_val.data(), N, k), make_view(&want, 1), make_view(all_grad.data(), N, C),
+                                                     {}, {}, o).ok());
+    INFO("variant " << (v == topk_variant::rest_bucket ? "rest_bucket" : "renormalized") << ", rank " << me << " of " << P);
+    CHECK_CLOSE("all-reduced loss vs one process", std::vector<float>{loss}, std::vector<float>{want}, distill_test::tol::f32_sum);
+    CHECK_CLOSE("my gradient rows vs one process", grad, std::vector<float>(all_grad.begin() + begin * C, all_grad.begin() + end * C),
+                distill_test::tol::f32);
+  }
+  REQUIRE(comm.barrier().ok());
+  if (me == 0) std::filesystem::remove_all(dir);
 }
