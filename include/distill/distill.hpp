@@ -33,6 +33,7 @@
 #include "distill/losses/soft_cross_entropy.hpp"      // defines: soft_cross_entropy_forward/backward/forward_backward
 #include "distill/losses/dkd.hpp"                     // defines: dkd_forward/backward/forward_backward, dkd_options
 #include "distill/losses/topk_teacher.hpp"            // defines: kl_topk_teacher_student_forward/backward/forward_backward, topk_teacher_options, topk_variant
+#include "distill/losses/topk_teacher_file.hpp"       // defines: topk_teacher_write, topk_teacher_write_shard, topk_teacher_read, topk_teacher_file_info, row_split_begin
 #include "distill/losses/multilabel_soft_target.hpp"   // defines: multilabel_soft_target_forward/backward/forward_backward, multilabel_soft_target_options, multilabel_soft_target_inputs, multilabel_soft_target_workspace_size
 #include "distill/relational/pairing.hpp"       // defines: relational_pairing_forward/backward/forward_backward, relational_mlp, relational_mlp_view, relational_pairing_grads, relational_pairing_options, relational_pairing_workspace_size
 #include "distill/relational/pair_scorer.hpp"   // defines: pair_scorer_forward/backward, pair_scorer_loss_forward/backward/forward_backward, pair_scorer_weights, pair_scorer_grads, pair_scorer_options, pair_scorer_kind, pair_normalization, pair_scorer_workspace_size
@@ -65,6 +66,7 @@
 #include "distill/distributed/communicator.hpp"  // defines: communicator (concept), reduce_op, single_process_communicator, counting_communicator, all_reduce_merge_workspace_size (MPI: distributed/mpi_communicator.hpp, NCCL: distributed/nccl_communicator.hpp)
 #include "distill/distributed/vocab_parallel_soft_target.hpp"  // defines: vocab_parallel_{kl_teacher_student,kl_student_teacher,jsd}_{forward,backward,forward_backward}, vocab_shard, vocab_parallel_row, vocab_parallel_workspace_size (CPU; CUDA under nvcc: distill/cuda/vocab_parallel_soft_target.cuh)
 #include "distill/distributed/sample_queue_all_ranks.hpp"  // defines: sample_queue_enqueue_all_ranks, sample_queue_save_rank0, sample_queue_load_all_ranks, sample_queue_all_ranks_workspace_size
+#include "distill/distributed/data_parallel.hpp"  // defines: data_parallel_replica, local_batch, all_reduce_gradients, gradient_buckets, broadcast_parameters
 #include "distill/nn/tensor.hpp"         // defines: nn::tensor, nn::host_tensor, nn::device_tensor (nvcc), nn::tensor_shape, nn::fill_zero
 #include "distill/nn/blas.hpp"           // defines: nn::cuda_blas (nvcc), nn::exec_t, nn::exec_options, nn::make_exec
 #include "distill/nn/random.hpp"         // defines: nn::stream_key, nn::random_bits, nn::random_u24 (counter-based RNG)
@@ -74,6 +76,7 @@
 #include "distill/nn/linear.hpp"         // defines: nn::linear_forward/backward, nn::linear
 #include "distill/nn/activation.hpp"     // defines: nn::activation, nn::activation_forward/backward
 #include "distill/nn/dropout.hpp"        // defines: nn::dropout_forward/backward, nn::dropout_params, nn::dropout
+#include "distill/nn/replica.hpp"        // defines: nn::replica, nn::replica_sum (data-parallel share of a batch)
 #include "distill/nn/embedding.hpp"      // defines: nn::embedding_forward/backward, nn::embedding
 #include "distill/nn/layer_norm.hpp"     // defines: nn::layer_norm_forward/backward, nn::layer_norm
 #include "distill/nn/batch_norm.hpp"     // defines: nn::batch_norm_forward/backward, nn::batch_norm_params, nn::batch_norm
