@@ -113,8 +113,8 @@ struct run_config {
   std::vector<std::string> methods = {"alone", "kd", "attention", "nce", "all", "all_own_regions"};
   std::vector<int> queue_sweep = {0, 256, 1024, 4096};  ///< queue sizes of the `nce` method (rows nce_q<N>)
   world_config world;
-  // cpu-small sizes: the teacher (4 layers, 8 heads, width 256) and student (2 layers, 4
-  // heads, width 128) at half the width (the full preset has the widths).
+  // cpu-small sizes: the target teacher (4 layers, 8 heads, width 256) and student (2 layers, 4
+  // heads, width 128) at half the width (the full preset has the target widths).
   vlm_config teacher{16, 32, 64, 4, 128, 4, 8, 256};
   vlm_config student{8, 16, 32, 4, 64, 2, 4, 128};
   optimiser_config teacher_opt{1e-3, 1e-2, 16, 8};
@@ -133,7 +133,7 @@ inline void apply_preset(run_config& c, const std::string& preset) {
   c.preset = preset;
   if (preset == "cpu-small") {
     c.seeds = 3;
-  } else if (preset == "full") {  // the widths, more scenes and epochs (hours on CPU)
+  } else if (preset == "full") {  // the target widths, more scenes and epochs (hours on CPU)
     c.seeds = 3;
     c.world.train_scenes = 4000, c.world.validation_scenes = 500, c.world.test_scenes = 1000;
     c.teacher = {16, 32, 64, 4, 256, 4, 8, 512};

@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> methods, queue_sweep;
   std::optional<int> pretrain_epochs;
   std::optional<bool> pretrain_distill;
-  app.add_option("--preset", preset, "smoke (under 30 s, CI), cpu-small, or full (the issue's widths)")->check(CLI::IsMember({"smoke", "cpu-small", "full"}));
+  app.add_option("--preset", preset, "smoke (under 30 s, CI), cpu-small, or full (teacher width 256, student 128)")->check(CLI::IsMember({"smoke", "cpu-small", "full"}));
   app.add_option("--regions", regions, "region source: proposals (one class-agnostic RPN's, read by teacher and student) or oracle (the true item boxes)")
       ->check(CLI::IsMember({"proposals", "oracle"}));
   app.add_option("--methods", methods, "rows of the ablation, comma-separated: alone, kd, attention, nce, all, all_own_regions (default: all six)");

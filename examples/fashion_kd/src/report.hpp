@@ -118,7 +118,7 @@ inline const row_result* find_row(std::span<const row_result> rows, const std::s
   return nullptr;
 }
 
-/// The comparisons the issue asks about, as text lines (only those whose rows were run).
+/// The comparisons the README reports, as text lines (only those whose rows were run).
 inline std::string format_comparisons(std::span<const row_result> rows) {
   using examples::table::fixed;
   const std::pair<const char*, const char*> pairs[] = {{"kd", "ce"},       {"dkd", "ce"},    {"at", "ce"},          {"at_kd", "kd"},

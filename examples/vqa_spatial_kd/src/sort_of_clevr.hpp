@@ -22,7 +22,7 @@
 //   public generator breaks such ties by index; ties occur in about 3 % of integer scenes).
 //
 // Questions (per image: `non_relational_per_image` + `relational_per_image`, 10 + 10 by default,
-// as in the paper and in the issue)
+// as in the paper)
 //   type      kind            subtype  question about the object of colour c      answer
 //   shape     non-relational  0        what is its shape?                          square / circle
 //   left      non-relational  1        is it on the left?      (x < 37.5)          yes / no
