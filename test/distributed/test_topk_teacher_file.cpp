@@ -94,6 +94,7 @@ TEST_CASE("top-k teacher files: the split, the file as written, any row range re
       const status st = topk_teacher_read(prefix, info, b, e, make_view(o.idx.data(), e - b, k), make_view(o.val.data(), e - b, k));
       INFO("rows [" << b << ", " << e << "): " << st.to_string());
       REQUIRE(st.ok());
+      if (e == b) continue;  // nothing read (and memcmp must not see the empty vectors' null pointers)
       CHECK(std::memcmp(o.idx.data(), t.indices.data() + b * k, o.idx.size() * 8) == 0);
       CHECK(std::memcmp(o.val.data(), t.values.data() + b * k, o.val.size() * 4) == 0);
     }
