@@ -86,9 +86,8 @@ struct train_plan {
   nlohmann::json fingerprint; ///< what must match for a checkpoint to be resumed
 };
 
-/// Restores a member from its checkpoint when it exists and matches; says why when it does not
-/// (when `verbose`).
-inline void try_resume(member& m, const train_plan& plan, bool verbose = true) {
+/// Restores a member from its checkpoint when it exists and matches; says why when it does not.
+inline void try_resume(member& m, const train_plan& plan) {
   namespace fs = std::filesystem;
   if (!fs::exists(m.checkpoint)) return;
   nn::checkpoint ck;
@@ -109,14 +108,14 @@ inline void try_resume(member& m, const train_plan& plan, bool verbose = true) {
     }
   }
   if (!why.empty()) {
-    if (verbose) std::cerr << "  not resuming " << m.key << " from " << m.checkpoint << ": " << why << "\n";
+    std::cerr << "  not resuming " << m.key << " from " << m.checkpoint << ": " << why << "\n";
     return;
   }
   m.start_epoch = j.at("epoch").get<int>();
   m.seconds = j.at("seconds").get<double>();
   for (const auto& p : j.at("curve"))
     m.curve.push_back({p.at("row"), p.at("seed"), p.at("epoch"), p.at("val"), p.at("test"), p.at("train_seconds")});
-  if (verbose) std::cerr << "  resumed " << m.key << " after epoch " << m.start_epoch << "\n";
+  std::cerr << "  resumed " << m.key << " after epoch " << m.start_epoch << "\n";
 }
 
 inline void save_member(const member& m, int epochs_done, const train_plan& plan) {

@@ -140,8 +140,9 @@ template <class T>
   }
   const index_t grain = std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(1, N * S));
   const bool synchronised = p.training && static_cast<bool>(sum_over_replicas);
-  // mean_var[c] = (mu_c, var_c) over the global batch: each replica's sums, added by the caller's
-  // all-reduce (one for the sums and the count, one for the squared deviations).
+  // Synchronised: stats = [sum x per channel (C), M, sum (x - mu)^2 per channel (C)], each part
+  // added over the replicas by the caller's sum (first the C + 1, then the C), so mu and var are
+  // the global batch's.
   std::vector<double> stats;
   double M = static_cast<double>(N * S);
   if (synchronised) {
